@@ -1,0 +1,76 @@
+//! A string that must never be printed: passwords, secret keys.
+
+use std::fmt;
+
+/// A secret value; `Debug` and `Display` print a placeholder, never the value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for handing to a client library; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no value was given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Replace every occurrence of each non-trivial secret in `text` with `***`.
+///
+/// A last line of defence for messages that come from libraries we do not control.
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets {
+        // Very short values would mangle ordinary words and are not worth hiding.
+        if secret.len() >= 4 {
+            out = out.replace(secret, "***");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_hide_the_value() {
+        let s = Secret::new("hunter2-secret");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(format!("{s}"), "***");
+        assert_eq!(s.expose(), "hunter2-secret");
+    }
+
+    #[test]
+    fn scrub_replaces_every_occurrence() {
+        assert_eq!(scrub("a s3cr3t b s3cr3t", &["s3cr3t"]), "a *** b ***");
+        assert_eq!(scrub("abc", &["ab"]), "abc");
+    }
+}

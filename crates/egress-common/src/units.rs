@@ -1,0 +1,52 @@
+//! Human-readable sizes and rates, in the units `mc mirror` printed (KiB, MiB, GiB).
+
+/// Format a byte count as `17.38 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", UNITS[unit])
+}
+
+/// Format a rate in bytes per second as `18.77 MiB/s`.
+pub fn human_rate(bytes: u64, seconds: f64) -> String {
+    let per_sec = if seconds > 0.0 {
+        (bytes as f64 / seconds) as u64
+    } else {
+        0
+    };
+    format!("{}/s", human_bytes(per_sec))
+}
+
+/// MiB per second as a plain number, for structured log fields.
+pub fn mib_per_sec(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        let v = bytes as f64 / (1024.0 * 1024.0) / seconds;
+        (v * 100.0).round() / 100.0
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_like_mc() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.00 KiB");
+        assert_eq!(human_bytes(18_224_250), "17.38 MiB");
+        assert_eq!(human_rate(2 * 1024 * 1024, 2.0), "1.00 MiB/s");
+        assert_eq!(human_rate(5, 0.0), "0 B/s");
+        assert_eq!(mib_per_sec(3 * 1024 * 1024, 2.0), 1.5);
+    }
+}

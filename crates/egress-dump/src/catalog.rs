@@ -1,0 +1,141 @@
+//! Finding each listed table in the catalog before anything is streamed.
+
+use tokio_postgres::Client;
+
+use crate::tables::{quote_ident, Ident, TableRef};
+
+/// A table that exists and can be read.
+#[derive(Debug, Clone)]
+pub struct ResolvedTable {
+    /// As the user listed it.
+    pub requested: TableRef,
+    /// Schema it was found in.
+    pub schema: String,
+    /// Its exact name.
+    pub name: String,
+    /// `pg_class.relkind`: `r` table, `p` partitioned, `v` view, `m` materialized view, `f` foreign.
+    pub kind: char,
+    /// Row estimate from `pg_class.reltuples` (-1 when never analysed).
+    pub estimated_rows: i64,
+    /// On-disk size, including TOAST.
+    pub estimated_bytes: i64,
+}
+
+/// Why a listed table cannot be dumped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// No such table or view (also what an injection attempt looks like).
+    Missing,
+    /// It exists but the user may not SELECT from it.
+    NotReadable,
+    /// It is not something COPY can read (a sequence, an index...).
+    NotATable(char),
+}
+
+impl ResolvedTable {
+    /// The COPY statement; identifiers always quoted. Plain tables are copied directly,
+    /// views and partitioned tables through a query (COPY refuses them otherwise).
+    pub fn copy_sql(&self, header: bool) -> String {
+        let name = format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name));
+        let options = if header { "(FORMAT csv, HEADER)" } else { "(FORMAT csv)" };
+        if self.kind == 'r' {
+            format!("COPY {name} TO STDOUT {options}")
+        } else {
+            format!("COPY (SELECT * FROM {name}) TO STDOUT {options}")
+        }
+    }
+}
+
+const LOOKUP: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
+       has_table_privilege(c.oid, 'SELECT'), c.reltuples::bigint, pg_total_relation_size(c.oid) \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.oid = to_regclass($1)";
+
+/// Look `table` up. Unquoted names match exactly first, then folded to lower case as
+/// PostgreSQL folds unquoted SQL identifiers (so `TABLES=Users` still finds `users`).
+pub async fn resolve(client: &Client, table: &TableRef) -> Result<Result<ResolvedTable, Problem>, tokio_postgres::Error> {
+    for candidate in candidates(table) {
+        // to_regclass raises for a schema we may not use; treat that like "not found".
+        let rows = match client.query(LOOKUP, &[&candidate]).await {
+            Ok(rows) => rows,
+            Err(e) if e.as_db_error().is_some() => continue,
+            Err(e) => return Err(e),
+        };
+        let Some(row) = rows.first() else { continue };
+        let kind: String = row.get(2);
+        let kind = kind.chars().next().unwrap_or('?');
+        let readable: bool = row.get(3);
+        if !matches!(kind, 'r' | 'p' | 'v' | 'm' | 'f') {
+            return Ok(Err(Problem::NotATable(kind)));
+        }
+        if !readable {
+            return Ok(Err(Problem::NotReadable));
+        }
+        return Ok(Ok(ResolvedTable {
+            requested: table.clone(),
+            schema: row.get(0),
+            name: row.get(1),
+            kind,
+            estimated_rows: row.get(4),
+            estimated_bytes: row.get(5),
+        }));
+    }
+    Ok(Err(Problem::Missing))
+}
+
+/// The quoted, qualified names to try, most exact first.
+fn candidates(table: &TableRef) -> Vec<String> {
+    let variants = |ident: &Ident| -> Vec<String> {
+        let lower = ident.text.to_lowercase();
+        if ident.quoted || lower == ident.text {
+            vec![ident.text.clone()]
+        } else {
+            vec![ident.text.clone(), lower]
+        }
+    };
+    let names = variants(&table.name);
+    let mut out = Vec::new();
+    match &table.schema {
+        None => out.extend(names.iter().map(|n| quote_ident(n))),
+        Some(schema) => {
+            for s in variants(schema) {
+                for n in &names {
+                    out.push(format!("{}.{}", quote_ident(&s), quote_ident(n)));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::parse_list;
+
+    #[test]
+    fn candidates_try_exact_then_folded() {
+        let t = &parse_list("Public.Users").unwrap()[0];
+        assert_eq!(
+            candidates(t),
+            [r#""Public"."Users""#, r#""Public"."users""#, r#""public"."Users""#, r#""public"."users""#]
+        );
+        let t = &parse_list(r#""Mixed""#).unwrap()[0];
+        assert_eq!(candidates(t), [r#""Mixed""#]);
+    }
+
+    #[test]
+    fn copy_sql_quotes_everything() {
+        let t = ResolvedTable {
+            requested: parse_list("x").unwrap().remove(0),
+            schema: "s".into(),
+            name: "a\"b".into(),
+            kind: 'r',
+            estimated_rows: 0,
+            estimated_bytes: 0,
+        };
+        assert_eq!(t.copy_sql(false), r#"COPY "s"."a""b" TO STDOUT (FORMAT csv)"#);
+        let v = ResolvedTable { kind: 'v', ..t };
+        assert_eq!(v.copy_sql(true), r#"COPY (SELECT * FROM "s"."a""b") TO STDOUT (FORMAT csv, HEADER)"#);
+    }
+}

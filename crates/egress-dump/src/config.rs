@@ -1,0 +1,91 @@
+//! Command-line flags, each with the environment variable the original deployment used.
+
+use std::time::Duration;
+
+use clap::Parser;
+use egress_common::logging::LogFormat;
+
+/// Stream PostgreSQL tables as gzip CSV into S3 (or a local folder), one folder per day.
+///
+/// The database is configured like libpq: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE,
+/// PGSSLMODE, PGSSLROOTCERT, PGAPPNAME (or --database-url). S3 credentials and region come
+/// from the standard AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+/// AWS_PROFILE, web identity).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "egress-dump", version, about, max_term_width = 100)]
+pub struct Args {
+    /// Tables to dump, space- or comma-separated; `schema.table` and `"Quoted"` names allowed.
+    #[arg(long, env = "TABLES", default_value = "", hide_default_value = true)]
+    pub tables: String,
+
+    /// Where to write: s3://bucket/path, file:///abs/dir or a local directory.
+    #[arg(long, env = "S3_OUTPUT", default_value = "./egress-out")]
+    pub output: String,
+
+    /// PostgreSQL connection URL; the PG* variables fill in whatever it leaves out.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// S3 endpoint for non-AWS stores (Ceph RGW, MinIO); enables path-style requests.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+
+    /// S3 region (default: the AWS chain's, else us-east-1).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+
+    /// Date folder to write, YYYY-MM-DD (default: today in UTC, fixed at start).
+    #[arg(long, env = "DUMP_DATE")]
+    pub date: Option<String>,
+
+    /// gzip level, 1 (fastest) to 9 (smallest).
+    #[arg(long, env = "COMPRESSION_LEVEL", default_value_t = 6,
+          value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compression_level: u32,
+
+    /// Write a CSV header line first.
+    #[arg(long, env = "DUMP_HEADER")]
+    pub header: bool,
+
+    /// Dump the remaining tables after one fails (the run still exits 1).
+    #[arg(long, env = "KEEP_GOING")]
+    pub keep_going: bool,
+
+    /// Connect, check every table and print the plan; write nothing.
+    #[arg(long, env = "DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Show a live progress line on a terminal: auto (when stderr is a TTY) or never.
+    #[arg(long, env = "PROGRESS", default_value = "auto", value_parser = ["auto", "never"])]
+    pub progress: String,
+
+    /// Connect and read timeout for the database and S3, in seconds.
+    #[arg(long, env = "EGRESS_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+
+    /// Parts uploaded concurrently per table (memory use is about this times the part size).
+    #[arg(long, env = "UPLOAD_CONCURRENCY", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub upload_concurrency: u64,
+
+    /// First part size in MiB (grows past 1,000 parts so any table fits S3's 10,000 parts).
+    #[arg(long, env = "PART_SIZE_MIB", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(5..=512))]
+    pub part_size_mib: u64,
+}
+
+impl Args {
+    /// The timeout as a `Duration`.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}

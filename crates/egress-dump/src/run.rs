@@ -1,0 +1,306 @@
+//! One dump run: validate everything, then stream each table to its object.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::anyhow;
+use chrono::NaiveDate;
+use egress_common::s3::{self, S3Settings};
+use egress_common::units::mib_per_sec;
+use egress_common::{Failure, Location, ResultExt};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tracing::{error, info};
+
+use crate::catalog::{self, Problem, ResolvedTable};
+use crate::config::Args;
+use crate::copy_stream::{self, CopyError};
+use crate::database::{self, PgEnv};
+use crate::gzip;
+use crate::multipart;
+use crate::progress::{Counters, Display};
+use crate::sink::Destination;
+use crate::tables::{self, TableRef};
+
+const MIB: usize = 1024 * 1024;
+const CREDENTIALS_HINT: &str = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS profile)";
+
+/// What one table's dump produced.
+#[derive(Debug, Clone)]
+pub struct TableReport {
+    /// Table as listed.
+    pub table: String,
+    /// Where it went.
+    pub target: String,
+    /// Data rows.
+    pub rows: u64,
+    /// Compression statistics and checksums.
+    pub stats: gzip::CompressStats,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Run a whole dump as configured by `args`.
+pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
+    let tables = tables::parse_list(&args.tables).usage_err()?;
+    let date = run_date(args.date.as_deref())?;
+    let location = Location::parse(&args.output).usage_err()?;
+    let destination = open_destination(args, &location).await?;
+
+    let target = database::resolve(args.database_url.as_deref(), &PgEnv::from_process(), args.timeout())?;
+    let client = target.connect_with_retry(5).await?;
+    database::prepare_session(&client).await.runtime_err()?;
+    // One snapshot for every table of the run: the day's files agree with each other.
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| Failure::runtime(anyhow!("cannot start a read-only transaction: {e}")))?;
+
+    let resolved = resolve_all(&client, &tables).await?;
+    if args.dry_run {
+        print_plan(&resolved, &destination, &date);
+        return Ok(Vec::new());
+    }
+
+    let mut reports = Vec::new();
+    let mut failed: Vec<(String, String)> = Vec::new();
+    for (index, table) in resolved.iter().enumerate() {
+        let name = table.requested.file_stem();
+        let _ = client.batch_execute("SAVEPOINT egress_table").await;
+        match dump_table(&client, table, &destination, &date, args).await {
+            Ok(report) => {
+                let _ = client.batch_execute("RELEASE SAVEPOINT egress_table").await;
+                reports.push(report);
+            }
+            Err(failure) => {
+                let _ = client.batch_execute("ROLLBACK TO SAVEPOINT egress_table").await;
+                error!(table = %name, error = %failure, "Table '{name}': Dump failed.");
+                failed.push((name, failure.one_line()));
+                if !args.keep_going {
+                    let skipped: Vec<String> = resolved[index + 1..].iter().map(|t| t.requested.file_stem()).collect();
+                    return Err(summarise_failure(&reports, &failed, &skipped));
+                }
+            }
+        }
+    }
+    let _ = client.batch_execute("COMMIT").await;
+    if !failed.is_empty() {
+        return Err(summarise_failure(&reports, &failed, &[]));
+    }
+    let names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
+    info!(tables = reports.len(), succeeded = %names.join(" "), "Success.");
+    Ok(reports)
+}
+
+fn summarise_failure(done: &[TableReport], failed: &[(String, String)], skipped: &[String]) -> Failure {
+    let ok: Vec<&str> = done.iter().map(|r| r.table.as_str()).collect();
+    let bad: Vec<&str> = failed.iter().map(|(t, _)| t.as_str()).collect();
+    error!(
+        succeeded = %ok.join(" "),
+        failed = %bad.join(" "),
+        not_attempted = %skipped.join(" "),
+        "Failed. {} of {} tables dumped.",
+        ok.len(),
+        ok.len() + bad.len() + skipped.len()
+    );
+    let first = failed.first().map(|(t, e)| format!("table '{t}': {e}")).unwrap_or_default();
+    Failure::runtime(anyhow!(
+        "{} table(s) failed ({}); first failure: {first}",
+        bad.len(),
+        bad.join(", ")
+    ))
+}
+
+/// `--date`, or today in UTC; fixed once so a run across midnight stays in one folder.
+pub fn run_date(arg: Option<&str>) -> Result<String, Failure> {
+    match arg {
+        None => Ok(chrono::Utc::now().date_naive().format("%Y-%m-%d").to_string()),
+        Some(text) => NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+            .ok()
+            .filter(|d| d.format("%Y-%m-%d").to_string() == text.trim())
+            .map(|d| d.format("%Y-%m-%d").to_string())
+            .ok_or_else(|| Failure::usage(anyhow!("--date '{text}' is not a valid date: use YYYY-MM-DD, e.g. 2024-01-31"))),
+    }
+}
+
+async fn open_destination(args: &Args, location: &Location) -> Result<Destination, Failure> {
+    match location {
+        Location::S3 { bucket, prefix } => {
+            if let Some(url) = &args.endpoint_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(Failure::usage(anyhow!(
+                        "AWS_ENDPOINT_URL '{url}' is not an http(s) URL: use e.g. https://rgw.example.com"
+                    )));
+                }
+            }
+            let settings = S3Settings {
+                endpoint_url: args.endpoint_url.clone(),
+                region: args.region.clone(),
+                timeout: args.timeout(),
+                max_attempts: 5,
+                ..Default::default()
+            };
+            let client = s3::client(&settings).await;
+            // Fail on credentials or bucket before touching the database.
+            client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(if prefix.is_empty() { String::new() } else { format!("{prefix}/") })
+                .max_keys(1)
+                .send()
+                .await
+                .map_err(|e| s3::failure(&e, &format!("checking {location}"), bucket, CREDENTIALS_HINT))?;
+            Destination::new(location, Some(client))
+                .ok_or_else(|| Failure::runtime(anyhow!("internal: no S3 client")))
+        }
+        Location::Local(dir) => {
+            if !args.dry_run {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Failure::usage(anyhow!("cannot create output directory {}: {e}; choose a writable --output", dir.display())))?;
+            }
+            Ok(Destination::Local(dir.clone()))
+        }
+    }
+}
+
+async fn resolve_all(client: &Client, tables: &[TableRef]) -> Result<Vec<ResolvedTable>, Failure> {
+    let mut resolved = Vec::new();
+    let mut problems = Vec::new();
+    for table in tables {
+        match catalog::resolve(client, table).await {
+            Ok(Ok(found)) => resolved.push(found),
+            Ok(Err(problem)) => problems.push(match problem {
+                Problem::Missing => format!("'{table}' does not exist (or is not visible to this user)"),
+                Problem::NotReadable => format!("'{table}' is not readable (GRANT SELECT to the dump user)"),
+                Problem::NotATable(kind) => format!("'{table}' is not a table or view (relkind '{kind}')"),
+            }),
+            Err(e) => return Err(Failure::runtime(anyhow!("cannot look up table '{table}': {e}"))),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Failure::usage(anyhow!(
+            "{} of {} tables cannot be dumped: {}; fix TABLES or the database grants",
+            problems.len(),
+            tables.len(),
+            problems.join(", ")
+        )));
+    }
+    Ok(resolved)
+}
+
+fn print_plan(tables: &[ResolvedTable], destination: &Destination, date: &str) {
+    println!("{:<32} {:>14} {:>12}  target", "table", "est. rows", "est. size");
+    for t in tables {
+        let target = destination.describe(&format!("{date}/{}.csv.gz", t.requested.file_stem()));
+        let rows = if t.estimated_rows < 0 { "unknown".to_string() } else { t.estimated_rows.to_string() };
+        println!(
+            "{:<32} {:>14} {:>12}  {target}",
+            t.requested.file_stem(),
+            rows,
+            egress_common::units::human_bytes(t.estimated_bytes.max(0) as u64)
+        );
+    }
+    info!(tables = tables.len(), "Dry run: nothing was written.");
+}
+
+async fn dump_table(
+    client: &Client,
+    table: &ResolvedTable,
+    destination: &Destination,
+    date: &str,
+    args: &Args,
+) -> Result<TableReport, Failure> {
+    let name = table.requested.file_stem();
+    let relative = format!("{date}/{name}.csv.gz");
+    let target = destination.describe(&relative);
+    info!(table = %name, target = %target, "Table '{name}': Data collection started.");
+    let started = Instant::now();
+    let sink = destination.open(&relative).await?;
+    let counters = Arc::new(Counters::default());
+    let display = Display::start(name.clone(), counters.clone(), args.progress == "auto");
+
+    let (raw_tx, raw_rx) = mpsc::channel(8);
+    let (part_tx, part_rx) = mpsc::channel(1);
+    let base = args.part_size_mib as usize * MIB;
+    let level = args.compression_level;
+    let compress_counters = counters.clone();
+    let compressor = tokio::task::spawn_blocking(move || {
+        gzip::compress(raw_rx, part_tx, level, |n| multipart::part_size(n, base), &compress_counters)
+    });
+    let sql = table.copy_sql(args.header);
+    let copy = copy_stream::copy_out(client, &sql, args.header, raw_tx, &counters);
+    let receive = sink.receive(part_rx, args.upload_concurrency as usize);
+    let (copied, compressed, received) = tokio::join!(copy, compressor, receive);
+    display.finish().await;
+
+    // Only when all three stages succeeded may the object become visible.
+    let (copy, stats, pending) = match (copied, compressed, received) {
+        (Ok(copy), Ok(Ok(stats)), Ok(pending)) => (copy, stats, pending),
+        // The upload stage failed: it has already aborted its upload; this removes a temp file.
+        (_, _, Err(upload_failure)) => {
+            sink.abort(None).await;
+            return Err(upload_failure);
+        }
+        (copied, compressed, Ok(pending)) => {
+            sink.abort(Some(pending)).await;
+            return Err(match (copied, compressed) {
+                (Err(CopyError::Database(e)), _) => {
+                    Failure::runtime(anyhow!("reading table '{name}' failed: {}", describe_db_error(&e)))
+                }
+                (_, Err(join)) => Failure::runtime(anyhow!("compressing table '{name}' failed: {join}")),
+                _ => Failure::runtime(anyhow!("dumping table '{name}' stopped unexpectedly")),
+            });
+        }
+    };
+    sink.commit(pending).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    info!(
+        table = %name,
+        target = %target,
+        rows = copy.rows,
+        uncompressed_bytes = stats.uncompressed_bytes,
+        compressed_bytes = stats.compressed_bytes,
+        seconds = (seconds * 1000.0).round() / 1000.0,
+        mib_per_s = mib_per_sec(stats.uncompressed_bytes, seconds),
+        "Table '{name}': Dump uploaded to intermediate storage."
+    );
+    Ok(TableReport {
+        table: name,
+        target,
+        rows: copy.rows,
+        stats,
+        seconds,
+    })
+}
+
+/// A database error as one line: the server's message and SQLSTATE, or the transport error.
+pub fn describe_db_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_strict() {
+        assert_eq!(run_date(Some("2024-02-29")).unwrap(), "2024-02-29");
+        assert!(run_date(Some("2023-02-29")).is_err());
+        assert!(run_date(Some("2024-1-5")).is_err());
+        assert!(run_date(Some("yesterday")).is_err());
+        assert_eq!(run_date(None).unwrap().len(), 10);
+    }
+}

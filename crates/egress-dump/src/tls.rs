@@ -1,0 +1,231 @@
+//! TLS to PostgreSQL with libpq's `sslmode` semantics, on rustls.
+//!
+//! | mode        | encrypt        | verify chain | verify host name |
+//! |-------------|----------------|--------------|------------------|
+//! | disable     | no             | -            | -                |
+//! | allow/prefer| if server can  | no           | no               |
+//! | require     | yes            | only if a root certificate is configured (as libpq) | no |
+//! | verify-ca   | yes            | yes          | no               |
+//! | verify-full | yes            | yes          | yes              |
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use egress_common::Failure;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Treated as `prefer` (TLS when the server offers it).
+    Allow,
+    /// TLS when the server offers it, without verification (libpq's default).
+    Prefer,
+    /// Always TLS; verify the chain only if a root certificate is configured.
+    Require,
+    /// Always TLS; verify the chain against the root certificate.
+    VerifyCa,
+    /// Always TLS; verify the chain and that the certificate names the host.
+    VerifyFull,
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(anyhow!(
+                    "PGSSLMODE '{other}' is not valid: use disable, allow, prefer, require, verify-ca or verify-full"
+                ))
+            }
+        })
+    }
+}
+
+/// `PGSSLROOTCERT`, else libpq's default `~/.postgresql/root.crt` when it exists.
+pub fn root_cert_path(configured: Option<&str>) -> Option<PathBuf> {
+    if let Some(path) = configured {
+        return Some(PathBuf::from(path));
+    }
+    let home = std::env::var_os("HOME")?;
+    let default = Path::new(&home).join(".postgresql/root.crt");
+    default.exists().then_some(default)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Build the connector for `mode`. Certificate problems are configuration errors (exit 2).
+pub fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<MakeRustlsConnect, Failure> {
+    let provider = provider();
+    let roots = match (mode, root_cert) {
+        (SslMode::Disable | SslMode::Allow | SslMode::Prefer, _) => None,
+        (SslMode::Require, None) => None,
+        (_, Some(path)) => Some(load_roots(path).map_err(Failure::usage)?),
+        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+            return Err(Failure::usage(anyhow!(
+                "PGSSLMODE={} needs a CA certificate: set PGSSLROOTCERT to the CA bundle file (for RDS, the global bundle from AWS) or to 'system'",
+                if mode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" }
+            )))
+        }
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match roots {
+        None => Arc::new(AcceptAny(provider.clone())),
+        Some(roots) => {
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| Failure::usage(anyhow!("cannot use the CA certificate: {e}")))?;
+            if mode == SslMode::VerifyFull {
+                webpki
+            } else {
+                Arc::new(ChainOnly(webpki))
+            }
+        }
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Failure::usage(anyhow!("TLS set-up failed: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+fn load_roots(path: &Path) -> anyhow::Result<RootCertStore> {
+    let mut store = RootCertStore::empty();
+    if path.as_os_str() == "system" {
+        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return Ok(store);
+    }
+    let pem = std::fs::read(path).with_context(|| {
+        format!("cannot read PGSSLROOTCERT file '{}': give a readable PEM CA bundle", path.display())
+    })?;
+    let mut reader = std::io::BufReader::new(pem.as_slice());
+    for cert in rustls_pemfile::certs(&mut reader) {
+        let cert = cert.with_context(|| format!("'{}' is not a PEM certificate file", path.display()))?;
+        store
+            .add(cert)
+            .with_context(|| format!("'{}' holds an unusable certificate", path.display()))?;
+    }
+    if store.is_empty() {
+        return Err(anyhow!(
+            "'{}' contains no PEM certificates: give the CA bundle in PEM form",
+            path.display()
+        ));
+    }
+    Ok(store)
+}
+
+/// `prefer`/`require` without a root certificate: encrypt, verify nothing (as libpq).
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to the given CA; the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libpq_modes() {
+        assert_eq!("verify-full".parse::<SslMode>().unwrap(), SslMode::VerifyFull);
+        assert_eq!("REQUIRE".parse::<SslMode>().unwrap(), SslMode::Require);
+        assert!("maybe".parse::<SslMode>().is_err());
+    }
+
+    #[test]
+    fn verify_modes_need_a_ca() {
+        assert!(connector(SslMode::VerifyFull, None).is_err());
+        assert!(connector(SslMode::Require, None).is_ok());
+        match connector(SslMode::VerifyCa, Some(Path::new("/nonexistent/ca.pem"))) {
+            Err(err) => assert!(err.one_line().contains("PGSSLROOTCERT"), "{err}"),
+            Ok(_) => panic!("an unreadable CA file must be rejected"),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! egress-sync: mirror objects between S3-compatible stores.

@@ -1,0 +1,1 @@
+//! End-to-end tests of the egress-dump binary against real PostgreSQL and S3 servers.

@@ -1,0 +1,165 @@
+//! An ephemeral PostgreSQL cluster: `initdb` into a temp dir, `pg_ctl start` on a free port.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::process::{find_binary, RunAs};
+
+/// Superuser password of every test cluster.
+pub const PASSWORD: &str = "egress-test-pw";
+/// Superuser name of every test cluster.
+pub const USER: &str = "postgres";
+
+/// A running test cluster; stopped (immediate mode) and deleted on drop.
+pub struct PgServer {
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    bin: PathBuf,
+    data: PathBuf,
+    run_as: RunAs,
+    _dir: tempfile::TempDir,
+}
+
+fn bindir() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        }
+    }
+    for v in ["17", "16", "15", "14"] {
+        dirs.push(PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")));
+    }
+    dirs
+}
+
+impl PgServer {
+    /// Start a cluster with password (scram) authentication over TCP.
+    pub fn start() -> PgServer {
+        Self::start_with(&[])
+    }
+
+    /// Start a cluster with extra `postgresql.conf` lines.
+    pub fn start_with(extra_conf: &[&str]) -> PgServer {
+        let install = "apt-get install postgresql-15 (or set PG_BINDIR)";
+        let dirs = match std::env::var_os("PG_BINDIR") {
+            Some(d) => vec![PathBuf::from(d)],
+            None => bindir(),
+        };
+        let initdb = find_binary("initdb", "PG_INITDB", &dirs, install);
+        let bin = initdb.parent().map(PathBuf::from).unwrap_or_default();
+        let run_as = RunAs::unprivileged();
+        let dir = tempfile::Builder::new().prefix("egress-pg-").tempdir().expect("temp dir");
+        run_as.own(dir.path());
+        let data = dir.path().join("data");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, PASSWORD).expect("write password file");
+        run_as.own(&pwfile);
+        let mut cmd = Command::new(&initdb);
+        cmd.args(["-D"]).arg(&data).args([
+            "-U",
+            USER,
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        cmd.arg(format!("--pwfile={}", pwfile.display()));
+        run_as.apply(&mut cmd);
+        let out = cmd.output().expect("run initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = crate::free_port();
+        let mut conf = format!(
+            "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 128MB\nmax_connections = 50\n",
+            dir.path().display()
+        );
+        for line in extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).expect("write postgresql.conf");
+        let server = PgServer {
+            port,
+            bin,
+            data,
+            run_as,
+            _dir: dir,
+        };
+        server.pg_ctl(&["start", "-w", "-t", "60"]);
+        server
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let log = self.data.parent().map(|d| d.join("server.log")).unwrap_or_default();
+        let mut cmd = Command::new(self.bin.join("pg_ctl"));
+        cmd.arg("-D").arg(&self.data).arg("-l").arg(&log).args(args);
+        self.run_as.apply(&mut cmd);
+        let out = cmd.output().expect("run pg_ctl");
+        if !out.status.success() && args.first() != Some(&"stop") {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("pg_ctl {args:?} failed: {}\n{tail}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    /// Directory holding the cluster (for TLS files).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data
+    }
+
+    /// Restart, e.g. after changing configuration.
+    pub fn restart(&self) {
+        self.pg_ctl(&["restart", "-w", "-m", "fast", "-t", "60"]);
+    }
+
+    /// Environment for a client: the libpq variables.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("PGHOST".into(), "127.0.0.1".into()),
+            ("PGPORT".into(), self.port.to_string()),
+            ("PGUSER".into(), USER.into()),
+            ("PGPASSWORD".into(), PASSWORD.into()),
+            ("PGDATABASE".into(), "postgres".into()),
+        ]
+    }
+
+    /// A connected client (superuser).
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let conn = format!(
+            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=postgres",
+            self.port
+        );
+        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            .await
+            .expect("connect to test PostgreSQL");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// Run SQL through `psql` and return its stdout bytes (the reference for byte identity).
+    pub fn psql(&self, sql: &str) -> Vec<u8> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", USER, "-d", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .env("PGPASSWORD", PASSWORD)
+            .env("PGCLIENTENCODING", "UTF8")
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]);
+    }
+}

@@ -1,0 +1,193 @@
+//! Ephemeral S3-compatible servers: `s3s-fs` (checks signatures, fast) and `moto` (has
+//! ListMultipartUploads), each on a free loopback port with its own credentials.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+
+use crate::process::{find_binary, wait_for_port};
+
+/// Which server implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Kind {
+    /// `s3s-fs`: verifies SigV4 and checksums; no ListMultipartUploads.
+    S3sFs,
+    /// `moto_server`: implements ListMultipartUploads; accepts any credentials.
+    Moto,
+}
+
+/// A running server; killed on drop.
+pub struct S3Server {
+    /// Which implementation.
+    pub kind: S3Kind,
+    /// `http://127.0.0.1:<port>`
+    pub endpoint: String,
+    /// Access key the server accepts.
+    pub access_key: String,
+    /// Secret key the server accepts.
+    pub secret_key: String,
+    /// Data directory (s3s-fs stores objects as files here).
+    pub root: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// Start a server of `kind` with credentials unique to this instance.
+    pub fn start(kind: S3Kind) -> S3Server {
+        let dir = tempfile::Builder::new().prefix("egress-s3-").tempdir().expect("temp dir");
+        let root = dir.path().join("data");
+        std::fs::create_dir_all(&root).expect("create data dir");
+        let port = crate::free_port();
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).expect("create log");
+        let access_key = format!("AKTEST{port}");
+        let secret_key = format!("secret-{port}-{}", std::process::id());
+        let mut cmd = match kind {
+            S3Kind::S3sFs => {
+                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+                let bin = find_binary(
+                    "s3s-fs",
+                    "S3S_FS",
+                    &[home.join(".cargo/bin")],
+                    "cargo install s3s-fs@0.14.1 --locked --features binary",
+                );
+                let mut cmd = Command::new(bin);
+                cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--access-key", &access_key, "--secret-key", &secret_key])
+                    .arg(&root);
+                cmd
+            }
+            S3Kind::Moto => {
+                let bin = find_binary(
+                    "moto_server",
+                    "MOTO_SERVER",
+                    &[PathBuf::from("/opt/egress-moto/bin")],
+                    "python3 -m venv /opt/egress-moto && /opt/egress-moto/bin/pip install 'moto[server]'",
+                );
+                let mut cmd = Command::new(bin);
+                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                cmd
+            }
+        };
+        cmd.stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log))
+            .stdin(Stdio::null());
+        let child = cmd.spawn().expect("spawn S3 server");
+        let server = S3Server {
+            kind,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            access_key,
+            secret_key,
+            root,
+            child,
+            _dir: dir,
+        };
+        wait_for_port(port, Duration::from_secs(30), "S3 test server", &log_path);
+        server
+    }
+
+    /// Environment for egress-dump: the standard AWS variables pointing here.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+        ]
+    }
+
+    /// A client with this server's credentials.
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(&self.access_key, &self.secret_key, None, None, "test"))
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// Create a bucket.
+    pub async fn create_bucket(&self, bucket: &str) {
+        self.client()
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create bucket {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+    }
+
+    /// Every key under `prefix`, sorted.
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client()
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.unwrap_or_else(|e| panic!("list {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+        }
+        keys.sort();
+        keys
+    }
+
+    /// An object's bytes.
+    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let out = self
+            .client()
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("get {bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        out.body.collect().await.expect("read body").into_bytes().to_vec()
+    }
+
+    /// Put an object.
+    pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
+        self.client()
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+    }
+
+    /// Multipart uploads not yet completed or aborted (server must implement the call: moto).
+    pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
+        assert_eq!(self.kind, S3Kind::Moto, "s3s-fs has no ListMultipartUploads; use S3Kind::Moto");
+        let out = self
+            .client()
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list uploads {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        out.uploads().iter().filter_map(|u| u.key().map(str::to_string)).collect()
+    }
+
+    /// Stop the server now (fault injection).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
