@@ -167,12 +167,13 @@ where
         (Some(code), _) => code.clone(),
         (None, SdkError::DispatchFailure(_)) => "could not connect".to_string(),
         (None, SdkError::TimeoutError(_)) => "timed out".to_string(),
-        (None, other) => aws_sdk_s3::error::DisplayErrorContext(other)
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("unknown error")
-            .to_string(),
+        (None, other) => {
+            let status = other
+                .raw_response()
+                .map(|r| format!("HTTP {}: ", r.status().as_u16()))
+                .unwrap_or_default();
+            format!("{status}{}", crate::exit::error_chain(other))
+        }
     };
     let message = match problem {
         S3Problem::Credentials => format!(

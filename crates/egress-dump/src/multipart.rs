@@ -168,8 +168,8 @@ async fn upload_part(target: S3Object, upload_id: String, number: u32, body: Byt
         .build())
 }
 
-/// Make the object visible.
-pub async fn complete(target: &S3Object, pending: Pending) -> Result<(), Failure> {
+/// Make the object visible; `size` is what the object must measure afterwards.
+pub async fn complete(target: &S3Object, pending: Pending, size: u64) -> Result<(), Failure> {
     match pending {
         Pending::Single(body) => {
             target
@@ -194,6 +194,13 @@ pub async fn complete(target: &S3Object, pending: Pending) -> Result<(), Failure
                 .send()
                 .await;
             if let Err(e) = result {
+                // A 200 whose body the SDK cannot parse (some S3 clones use another XML
+                // root) may still have completed the upload: believe the object, not the body.
+                let ok_status = e.raw_response().is_some_and(|r| r.status().is_success());
+                if ok_status && object_has_size(target, size).await {
+                    tracing::debug!(key = %target.key, "completion reply unparseable, object verified by HEAD");
+                    return Ok(());
+                }
                 abort_upload(target, &upload_id).await;
                 return Err(failure(
                     &e,
@@ -205,6 +212,11 @@ pub async fn complete(target: &S3Object, pending: Pending) -> Result<(), Failure
         }
     }
     Ok(())
+}
+
+async fn object_has_size(target: &S3Object, size: u64) -> bool {
+    let head = target.client.head_object().bucket(&target.bucket).key(&target.key).send().await;
+    matches!(head, Ok(h) if h.content_length() == Some(size as i64))
 }
 
 /// Throw away an upload that must not become visible.

@@ -252,7 +252,7 @@ async fn dump_table(
             });
         }
     };
-    sink.commit(pending).await?;
+    sink.commit(pending, stats.compressed_bytes).await?;
     let seconds = started.elapsed().as_secs_f64();
     info!(
         table = %name,

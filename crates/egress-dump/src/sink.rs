@@ -119,10 +119,10 @@ impl Sink {
         }
     }
 
-    /// Make the object visible.
-    pub async fn commit(&self, pending: Pending) -> Result<(), Failure> {
+    /// Make the object (of `size` bytes) visible.
+    pub async fn commit(&self, pending: Pending, size: u64) -> Result<(), Failure> {
         match (self, pending) {
-            (Sink::S3(object), Pending::S3(p)) => multipart::complete(object, p).await,
+            (Sink::S3(object), Pending::S3(p)) => multipart::complete(object, p, size).await,
             (Sink::Local { path, temp }, _) => {
                 let result = tokio::fs::rename(temp, path)
                     .await
