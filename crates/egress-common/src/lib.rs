@@ -1,6 +1,7 @@
 //! Shared building blocks of `egress-dump` and `egress-sync`: where data goes (locations),
 //! how the S3 client is built, how runs log, and how failures map to exit codes.
 
+pub mod envlist;
 pub mod exit;
 pub mod location;
 pub mod logging;

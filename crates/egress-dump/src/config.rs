@@ -72,16 +72,39 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
 
+    /// Tables dumped in parallel from one exported snapshot (1 = one connection).
+    #[arg(long, env = "DUMP_JOBS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub jobs: u64,
+
+    /// Write a one-paragraph run summary here when the file is writable (Kubernetes shows it).
+    #[arg(long, env = "TERMINATION_LOG", default_value = "/dev/termination-log")]
+    pub termination_log: String,
+
     /// Parts uploaded concurrently per table (memory use is about this times the part size).
     #[arg(long, env = "UPLOAD_CONCURRENCY", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(1..=16))]
     pub upload_concurrency: u64,
+
+    /// Print the environment variables this binary reads (for deployment checks) and exit.
+    #[arg(long, hide = true)]
+    pub list_env: bool,
 
     /// First part size in MiB (grows past 1,000 parts so any table fits S3's 10,000 parts).
     #[arg(long, env = "PART_SIZE_MIB", default_value_t = 8,
           value_parser = clap::value_parser!(u64).range(5..=512))]
     pub part_size_mib: u64,
 }
+
+/// Variables read outside clap: libpq's and the AWS SDK's.
+pub const EXTRA_ENV: &[&str] = &[
+    "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE", "PGSSLROOTCERT", "PGAPPNAME",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+];
+
+/// Variables a CronJob must set (the rest have defaults or are alternatives).
+pub const REQUIRED_ENV: &[&str] = &["TABLES", "S3_OUTPUT", "PGHOST", "PGUSER", "PGPASSWORD", "PGDATABASE"];
 
 impl Args {
     /// The timeout as a `Duration`.

@@ -7,6 +7,15 @@ use egress_dump::Args;
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if args.list_env {
+        use clap::CommandFactory;
+        let cmd = Args::command();
+        print!(
+            "{}",
+            egress_common::envlist::listing(&cmd, egress_dump::config::EXTRA_ENV, egress_dump::config::REQUIRED_ENV)
+        );
+        return;
+    }
     logging::init(args.log_format, args.verbose, false);
     let code = match egress_dump::run(&args).await {
         Ok(_) => ExitCode::Success,
