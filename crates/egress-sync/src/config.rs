@@ -1,0 +1,127 @@
+//! Command-line flags, each with the environment variable the original deployment used.
+
+use std::time::Duration;
+
+use clap::Parser;
+use egress_common::logging::LogFormat;
+
+/// Mirror new and changed objects from an input S3 endpoint/path to an output one
+/// (AWS S3, Ceph RGW, MinIO, or a local directory), verified.
+///
+/// A side is a local directory when its URL is empty or file://.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "egress-sync", version, about, max_term_width = 100)]
+pub struct Args {
+    /// Input S3 endpoint, e.g. https://s3.amazonaws.com (empty: INPUT_PATH is a local directory).
+    #[arg(long, env = "INPUT_URL", default_value = "")]
+    pub input_url: String,
+    /// Input bucket or bucket/sub/path (or a directory).
+    #[arg(long, env = "INPUT_PATH", default_value = "")]
+    pub input_path: String,
+    /// Input access key (default: the AWS credential chain).
+    #[arg(long, env = "INPUT_ACCESS_KEY_ID", hide_env_values = true)]
+    pub input_access_key_id: Option<String>,
+    /// Input secret key.
+    #[arg(long, env = "INPUT_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub input_secret_access_key: Option<String>,
+    /// Input region.
+    #[arg(long, env = "INPUT_REGION", default_value = "us-east-1")]
+    pub input_region: String,
+
+    /// Output S3 endpoint, e.g. a Ceph RGW URL (empty: OUTPUT_PATH is a local directory).
+    #[arg(long, env = "OUTPUT_URL", default_value = "")]
+    pub output_url: String,
+    /// Output bucket or bucket/sub/path (or a directory).
+    #[arg(long, env = "OUTPUT_PATH", default_value = "")]
+    pub output_path: String,
+    /// Output access key (default: the AWS credential chain).
+    #[arg(long, env = "OUTPUT_ACCESS_KEY_ID", hide_env_values = true)]
+    pub output_access_key_id: Option<String>,
+    /// Output secret key.
+    #[arg(long, env = "OUTPUT_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub output_secret_access_key: Option<String>,
+    /// Output region.
+    #[arg(long, env = "OUTPUT_REGION", default_value = "us-east-1")]
+    pub output_region: String,
+
+    /// Objects transferred concurrently.
+    #[arg(long, env = "SYNC_JOBS", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub jobs: u64,
+
+    /// Print the plan and change nothing.
+    #[arg(long, env = "DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Delete output objects that are absent from the input (after every copy succeeded).
+    #[arg(long, env = "REMOVE")]
+    pub remove: bool,
+
+    /// Most objects --remove may delete (default: 10% of the output's objects).
+    #[arg(long, env = "MAX_DELETE")]
+    pub max_delete: Option<u64>,
+
+    /// Only keys matching one of these globs (relative to the input path); repeatable or comma-separated.
+    #[arg(long, env = "INCLUDE", value_delimiter = ',')]
+    pub include: Vec<String>,
+
+    /// Skip keys matching these globs; repeatable or comma-separated.
+    #[arg(long, env = "EXCLUDE", value_delimiter = ',')]
+    pub exclude: Vec<String>,
+
+    /// Objects up to this size (MiB) are copied with one GET and one PUT; larger ones in parts.
+    #[arg(long, env = "MULTIPART_THRESHOLD_MIB", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(5..=512))]
+    pub multipart_threshold_mib: u64,
+
+    /// Part size (MiB) for objects copied in parts when the input's own layout is not reused.
+    #[arg(long, env = "PART_SIZE_MIB", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(5..=512))]
+    pub part_size_mib: u64,
+
+    /// Bytes of object data held in memory at once, across all transfers (MiB).
+    #[arg(long, env = "MEMORY_BUDGET_MIB", default_value_t = 40,
+          value_parser = clap::value_parser!(u64).range(16..=4096))]
+    pub memory_budget_mib: u64,
+
+    /// Connect and read timeout for both endpoints, in seconds.
+    #[arg(long, env = "EGRESS_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Show a live progress line on a terminal: auto (when stderr is a TTY) or never.
+    #[arg(long, env = "PROGRESS", default_value = "auto", value_parser = ["auto", "never"])]
+    pub progress: String,
+
+    /// Write a one-paragraph run summary here when the file is writable (Kubernetes shows it).
+    #[arg(long, env = "TERMINATION_LOG", default_value = "/dev/termination-log")]
+    pub termination_log: String,
+
+    /// Print the environment variables this binary reads (for deployment checks) and exit.
+    #[arg(long, hide = true)]
+    pub list_env: bool,
+}
+
+/// Variables read outside clap (the AWS chain, used when no static keys are given).
+pub const EXTRA_ENV: &[&str] = &["AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+
+/// Variables a CronJob must set.
+pub const REQUIRED_ENV: &[&str] = &[
+    "INPUT_URL", "INPUT_PATH", "INPUT_ACCESS_KEY_ID", "INPUT_SECRET_ACCESS_KEY",
+    "OUTPUT_URL", "OUTPUT_PATH", "OUTPUT_ACCESS_KEY_ID", "OUTPUT_SECRET_ACCESS_KEY",
+];
+
+impl Args {
+    /// The timeout as a `Duration`.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}

@@ -1,0 +1,139 @@
+//! Carrying out a plan: a bounded pool of verified, retried transfers, then deletions.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egress_common::units::human_bytes;
+use egress_common::Failure;
+use futures::StreamExt;
+use rand::Rng;
+use tracing::{error, info};
+
+use crate::object::ObjectInfo;
+use crate::plan::Plan;
+use crate::store::Store;
+use crate::transfer::{self, Copied, Settings};
+
+/// Attempts per object (first try included).
+const ATTEMPTS: u32 = 3;
+
+/// How the two sides are named in log lines (`input/<path>/<key>`).
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// INPUT_PATH as configured.
+    pub input: String,
+    /// OUTPUT_PATH as configured.
+    pub output: String,
+}
+
+/// What happened.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Objects copied.
+    pub copied: Vec<(String, Copied)>,
+    /// Objects that failed every attempt, with the last cause.
+    pub failed: Vec<(String, String)>,
+    /// Objects deleted.
+    pub deleted: Vec<String>,
+    /// Bytes the plan meant to copy.
+    pub planned_bytes: u64,
+    /// Wall time of the transfers.
+    pub seconds: f64,
+}
+
+impl Report {
+    /// Bytes actually copied.
+    pub fn transferred(&self) -> u64 {
+        self.copied.iter().map(|(_, c)| c.bytes).sum()
+    }
+}
+
+/// Copy everything the plan says, `jobs` at a time; delete only when every copy succeeded.
+pub async fn execute(plan: &Plan, source: Arc<Store>, dest: Arc<Store>, settings: &Settings, jobs: usize, names: &Names) -> Report {
+    let started = Instant::now();
+    let copies: Vec<ObjectInfo> = plan.copies().map(|(o, _)| o.clone()).collect();
+    let mut report = Report {
+        planned_bytes: copies.iter().map(|o| o.size).sum(),
+        ..Default::default()
+    };
+    let mut results = futures::stream::iter(copies.into_iter().map(|object| {
+        let (source, dest) = (source.clone(), dest.clone());
+        async move {
+            let result = copy_with_retry(&source, &dest, &object, settings).await;
+            (object, result)
+        }
+    }))
+    .buffer_unordered(jobs.max(1));
+    while let Some((object, result)) = results.next().await {
+        match result {
+            Ok(copied) => {
+                info!(
+                    size = copied.bytes,
+                    verified = copied.verified,
+                    "`input/{}/{}` -> `output/{}/{}`",
+                    names.input,
+                    object.key,
+                    names.output,
+                    object.key
+                );
+                report.copied.push((object.key, copied));
+            }
+            Err(failure) => {
+                error!(key = %object.key, error = %failure, "copy failed after {ATTEMPTS} attempts");
+                report.failed.push((object.key, failure.one_line()));
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    let deletes: Vec<&ObjectInfo> = plan.deletes().collect();
+    if !deletes.is_empty() {
+        if report.failed.is_empty() {
+            for object in deletes {
+                match dest.delete(&object.key).await {
+                    Ok(()) => {
+                        info!(key = %object.key, "deleted `output/{}/{}`", names.output, object.key);
+                        report.deleted.push(object.key.clone());
+                    }
+                    Err(failure) => {
+                        error!(key = %object.key, error = %failure, "delete failed");
+                        report.failed.push((object.key.clone(), failure.one_line()));
+                    }
+                }
+            }
+        } else {
+            error!(
+                pending = deletes.len(),
+                "not deleting {} object(s) because some copies failed",
+                deletes.len()
+            );
+        }
+    }
+    report
+}
+
+async fn copy_with_retry(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo, settings: &Settings) -> Result<Copied, Failure> {
+    let mut attempt = 1;
+    loop {
+        match transfer::copy(source, dest, object, settings).await {
+            Ok(copied) => return Ok(copied),
+            Err(failure) if attempt < ATTEMPTS && !transfer::is_permanent(&failure) => {
+                let backoff = Duration::from_millis(500 * (1 << (attempt - 1)))
+                    + Duration::from_millis(rand::rng().random_range(0..250));
+                tracing::warn!(key = %object.key, attempt, error = %failure, "copy failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                attempt += 1;
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+}
+
+/// The original tool's closing line: `Total: 17.38 MiB, Transferred: 17.38 MiB, Speed: 18.77 MiB/s`.
+pub fn total_line(report: &Report) -> String {
+    format!(
+        "Total: {}, Transferred: {}, Speed: {}",
+        human_bytes(report.planned_bytes),
+        human_bytes(report.transferred()),
+        egress_common::units::human_rate(report.transferred(), report.seconds)
+    )
+}
