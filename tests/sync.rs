@@ -1,1 +1,343 @@
-//! End-to-end tests of egress-sync.
+//! End-to-end tests of the `egress-sync` binary between real S3-compatible servers, each a
+//! separate process with its own credentials.
+
+use std::collections::HashMap;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use egress_testkit::{S3Kind, S3Server};
+use futures::StreamExt;
+
+const SRC: &str = "source-bucket";
+const DST: &str = "mirror-bucket";
+const MIB: usize = 1024 * 1024;
+
+fn sync_command(input: &S3Server, input_path: &str, output: &S3Server, output_path: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress-sync"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("INPUT_URL", &input.endpoint)
+        .env("INPUT_PATH", input_path)
+        .env("INPUT_ACCESS_KEY_ID", &input.access_key)
+        .env("INPUT_SECRET_ACCESS_KEY", &input.secret_key)
+        .env("OUTPUT_URL", &output.endpoint)
+        .env("OUTPUT_PATH", output_path)
+        .env("OUTPUT_ACCESS_KEY_ID", &output.access_key)
+        .env("OUTPUT_SECRET_ACCESS_KEY", &output.secret_key)
+        .args(["--part-size-mib", "5", "--multipart-threshold-mib", "5"])
+        .args(args);
+    cmd
+}
+
+fn sync(input: &S3Server, input_path: &str, output: &S3Server, output_path: &str, args: &[&str]) -> Output {
+    sync_command(input, input_path, output, output_path, args).output().expect("run egress-sync")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit={:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn last_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string()
+}
+
+/// Deterministic pseudo-random bytes (poorly compressible, distinct per seed).
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+async fn put_many(server: &S3Server, bucket: &str, objects: Vec<(String, Vec<u8>)>) {
+    let client = server.client();
+    futures::stream::iter(objects.into_iter().map(|(key, body)| {
+        let client = client.clone();
+        async move {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(&key)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        }
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<()>>()
+    .await;
+}
+
+/// Upload `body` in parts of `part` bytes (a multipart ETag), with metadata.
+async fn put_multipart(server: &S3Server, bucket: &str, key: &str, body: &[u8], part: usize) {
+    let client = server.client();
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .content_type("application/gzip")
+        .metadata("origin", "multipart-test")
+        .send()
+        .await
+        .expect("create multipart");
+    let id = created.upload_id().unwrap().to_string();
+    let mut parts = Vec::new();
+    for (i, chunk) in body.chunks(part).enumerate() {
+        let n = i as i32 + 1;
+        let out = client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .part_number(n)
+            .body(ByteStream::from(chunk.to_vec()))
+            .send()
+            .await
+            .expect("upload part");
+        parts.push(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag().map(str::to_string)).build());
+    }
+    client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .expect("complete multipart");
+}
+
+/// Every object under `prefix` as key (relative) -> bytes.
+async fn contents(server: &S3Server, bucket: &str, prefix: &str) -> HashMap<String, Vec<u8>> {
+    let mut out = HashMap::new();
+    for key in server.keys(bucket, prefix).await {
+        if key.ends_with(".egress-sync-state.json") {
+            continue;
+        }
+        let rel = key.strip_prefix(prefix).unwrap_or(&key).to_string();
+        out.insert(rel, server.get(bucket, &key).await);
+    }
+    out
+}
+
+const ODD_KEYS: &[&str] = &[
+    "odd/with space.csv.gz",
+    "odd/unicode-żółć-日本.csv",
+    "odd/plus+sign.csv",
+    "odd/percent%20literal.csv",
+    "odd/amp&ersand.csv",
+    "odd/double//slash.csv",
+];
+
+#[tokio::test]
+async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket(SRC).await;
+    output.create_bucket(DST).await;
+
+    // More than one listing page of small objects, odd keys, and large objects.
+    let mut objects: Vec<(String, Vec<u8>)> = (0..1050)
+        .map(|i| (format!("data/2024-01-{:02}/obj-{i:04}.csv.gz", i % 28 + 1), data(i, 200 + (i as usize * 37) % 3000)))
+        .collect();
+    objects.extend(ODD_KEYS.iter().enumerate().map(|(i, k)| (format!("data/{k}"), data(5000 + i as u64, 100))));
+    put_many(&input, SRC, objects).await;
+    let big_multipart = data(9001, 17 * MIB + 12345);
+    put_multipart(&input, SRC, "data/big/multipart.bin", &big_multipart, 5 * MIB).await;
+    input.put(SRC, "data/big/single-put.bin", data(9002, 12 * MIB + 1)).await;
+    input
+        .client()
+        .put_object()
+        .bucket(SRC)
+        .key("data/meta/with-metadata.json.gz")
+        .content_type("application/json")
+        .content_encoding("gzip")
+        .metadata("Owner", "team-a")
+        .body(ByteStream::from(b"{}".to_vec()))
+        .send()
+        .await
+        .unwrap();
+
+    let out = sync(&input, &format!("{SRC}/data"), &output, &format!("{DST}/mirror"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "`input/{SRC}/data/big/multipart.bin` -> `output/{DST}/mirror/big/multipart.bin`"
+        )),
+        "{stdout}"
+    );
+    let last = last_line(&out);
+    assert!(last.contains("Total: ") && last.contains("Transferred: ") && last.contains("Speed: "), "{last}");
+    assert!(last.contains("copied=1059"), "{last}");
+
+    let source = contents(&input, SRC, "data/").await;
+    let mirror = contents(&output, DST, "mirror/").await;
+    assert_eq!(source.len(), 1059);
+    assert_eq!(source.keys().collect::<std::collections::BTreeSet<_>>(), mirror.keys().collect());
+    for (key, bytes) in &source {
+        assert!(mirror[key] == *bytes, "{key} differs");
+    }
+    let head = output
+        .client()
+        .head_object()
+        .bucket(DST)
+        .key("mirror/meta/with-metadata.json.gz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("application/json"));
+    assert_eq!(head.content_encoding(), Some("gzip"));
+    let meta = head.metadata().cloned().unwrap_or_default();
+    let owner = meta.iter().find(|(k, _)| k.eq_ignore_ascii_case("owner")).map(|(_, v)| v.as_str());
+    assert_eq!(owner, Some("team-a"), "{meta:?}");
+
+    // Nothing changed: nothing is copied.
+    let out = sync(&input, &format!("{SRC}/data"), &output, &format!("{DST}/mirror"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let last = last_line(&out);
+    assert!(last.contains("copied=0") && last.contains("Transferred: 0 B"), "{last}");
+    assert!(last.contains("skipped=1059"), "{last}");
+
+    // One object rewritten with the same size: only it is copied.
+    let key = "data/2024-01-05/obj-0004.csv.gz";
+    let old = &source[key.strip_prefix("data/").unwrap()];
+    let mut changed = old.clone();
+    changed[0] ^= 0xff;
+    input.put(SRC, key, changed.clone()).await;
+    let out = sync(&input, &format!("{SRC}/data"), &output, &format!("{DST}/mirror"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let last = last_line(&out);
+    assert!(last.contains("copied=1 "), "{last}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("obj-0004.csv.gz"));
+    assert_eq!(output.get(DST, "mirror/2024-01-05/obj-0004.csv.gz").await, changed);
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing_and_remove_is_guarded() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket(SRC).await;
+    output.create_bucket(DST).await;
+    input.create_bucket("empty-bucket").await;
+    put_many(&input, SRC, (0..20).map(|i| (format!("k{i:02}"), data(i, 64))).collect()).await;
+
+    let out = sync(&input, SRC, &output, DST, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("copy (new) `input/source-bucket/k00` -> `output/mirror-bucket/k00`"));
+    assert!(output.keys(DST, "").await.is_empty(), "dry run wrote nothing");
+
+    let out = sync(&input, SRC, &output, DST, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Extra objects at the destination: 3 of 23 is over the default 10% limit.
+    put_many(&output, DST, (0..3).map(|i| (format!("extra{i}"), vec![1u8; 10])).collect()).await;
+    let out = sync(&input, SRC, &output, DST, &["--remove"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-delete 3"), "{}", text(&out));
+    let out = sync(&input, SRC, &output, DST, &["--remove", "--max-delete", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(output.keys(DST, "extra").await.len(), 3, "nothing deleted");
+    // An empty source never deletes, whatever the limit.
+    let out = sync(&input, "empty-bucket", &output, DST, &["--remove", "--max-delete", "1000"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("input listing is empty"), "{}", text(&out));
+    assert_eq!(output.keys(DST, "").await.len(), 24, "20 mirrored + 3 extra + records file");
+    let out = sync(&input, SRC, &output, DST, &["--remove", "--max-delete", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(output.keys(DST, "extra").await.is_empty());
+    assert!(last_line(&out).contains("deleted=3"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn bad_configuration_fails_cleanly() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket(SRC).await;
+    output.create_bucket(DST).await;
+    input.put(SRC, "a", b"x".to_vec()).await;
+
+    let sentinel = "WRONG-secret-sentinel-4h8d";
+    let run = |f: &dyn Fn(&mut Command)| {
+        let mut cmd = sync_command(&input, SRC, &output, DST, &[]);
+        f(&mut cmd);
+        cmd.output().expect("run")
+    };
+    let cases: Vec<(&str, Box<dyn Fn(&mut Command)>, i32, &str)> = vec![
+        ("wrong input secret", Box::new(|c| { c.env("INPUT_SECRET_ACCESS_KEY", sentinel); }), 2, "INPUT_ACCESS_KEY_ID"),
+        ("wrong output secret", Box::new(|c| { c.env("OUTPUT_SECRET_ACCESS_KEY", sentinel); }), 2, "OUTPUT_ACCESS_KEY_ID"),
+        ("missing bucket", Box::new(|c| { c.env("OUTPUT_PATH", "no-such-bucket/x"); }), 2, "does not exist"),
+        ("unreachable endpoint", Box::new(|c| { c.env("INPUT_URL", format!("http://127.0.0.1:{}", egress_testkit::free_port())); }), 1, "unreachable"),
+        ("malformed url", Box::new(|c| { c.env("OUTPUT_URL", "rgw.example:8080"); }), 2, "OUTPUT_URL"),
+        ("empty path", Box::new(|c| { c.env("INPUT_PATH", ""); }), 2, "INPUT_PATH is empty"),
+        ("half credentials", Box::new(|c| { c.env_remove("OUTPUT_SECRET_ACCESS_KEY"); }), 2, "OUTPUT_SECRET_ACCESS_KEY"),
+        ("unknown flag", Box::new(|c| { c.arg("--frobnicate"); }), 2, "--frobnicate"),
+        ("bad glob", Box::new(|c| { c.args(["--include", "[abc"]); }), 2, "not a valid glob"),
+    ];
+    for (name, f, code, needle) in cases {
+        let out = run(&*f);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{name}: {all}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{name}: expected '{needle}': {all}");
+        for secret in [sentinel, input.secret_key.as_str(), output.secret_key.as_str()] {
+            assert!(!all.contains(secret), "{name}: secret leaked: {all}");
+        }
+        assert!(output.keys(DST, "").await.is_empty(), "{name}: nothing written");
+    }
+}
+
+#[tokio::test]
+async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::Moto);
+    input.create_bucket(SRC).await;
+    output.create_bucket(DST).await;
+    let mut expected = HashMap::new();
+    for i in 0..4u64 {
+        let body = data(100 + i, 24 * MIB);
+        put_multipart(&input, SRC, &format!("large/{i}.bin"), &body, 8 * MIB).await;
+        expected.insert(format!("large/{i}.bin"), body);
+    }
+    let mut child = sync_command(&input, SRC, &output, DST, &["--jobs", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn egress-sync");
+    // Kill it once uploads are under way.
+    let started = std::time::Instant::now();
+    loop {
+        if !output.pending_uploads(DST).await.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no multipart upload started");
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("kill");
+    child.wait().unwrap();
+
+    let out = sync(&input, SRC, &output, DST, &["--jobs", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mirror = contents(&output, DST, "").await;
+    assert_eq!(mirror.len(), expected.len());
+    for (key, body) in &expected {
+        assert!(mirror.get(key) == Some(body), "{key} differs after the re-run");
+    }
+    assert!(output.pending_uploads(DST).await.is_empty(), "no multipart upload left pending");
+}

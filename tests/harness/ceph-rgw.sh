@@ -16,6 +16,7 @@
 # Config choices: no cephx (auth none), msgr v2 only, memstore OSD, pools of size 1 with
 # few PGs, no mgr (not needed for pools/RGW), beast frontend on 127.0.0.1.
 set -euo pipefail
+export PATH="$PATH:/usr/bin:/usr/sbin:/bin:/sbin"
 
 log() { echo "ceph-rgw: $*" >&2; }
 die() {
@@ -26,6 +27,8 @@ die() {
             echo "---- tail of $f ----" >&2
             tail -n 30 "$f" >&2
         done
+        # Leave nothing running behind a failed start.
+        [[ "${STARTING:-}" == 1 ]] && stop "$DIR"
     fi
     exit 1
 }
@@ -38,29 +41,22 @@ need() {
     fi
 }
 
+# A free loopback port: let the kernel pick one (python3 is a dependency of the ceph CLI).
 free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 30000))
-        # Nothing answering there, and nothing bound (ss may be missing: then just connect).
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            if ! command -v ss >/dev/null 2>&1 || ! ss -Htln "sport = :$p" 2>/dev/null | grep -q .; then
-                echo "$p"
-                return
-            fi
-        fi
-    done
-    die "no free port found"
+    /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' ||
+        die "cannot pick a free port"
 }
 
 stop() {
     local dir=$1 f pid
     [[ -d "$dir/run" ]] || return 0
     # RGW first, then the OSD, then the monitor.
-    for name in client.rgw osd.0 mon.a; do
+    for name in watchdog client.rgw osd.0 mon.a; do
         f="$dir/run/$name.pid"
         [[ -s "$f" ]] || continue
         pid=$(<"$f")
+        # The watchdog runs `stop` itself (bash execs it in place): do not kill ourselves.
+        [[ $pid == "$$" ]] && continue
         kill -KILL "$pid" 2>/dev/null || true
     done
     # Wait (briefly) until they are gone so the ports and files are released.
@@ -74,10 +70,12 @@ stop() {
         done
         rm -f "$f"
     done
+    rm -f "$dir/run/watchdog.pid"
 }
 
 start() {
     DIR=$(realpath -m "$1")
+    STARTING=1
     local rgw_port=$2 mon_port=${3:-}
     need ceph-mon ceph-osd radosgw radosgw-admin ceph monmaptool ceph-authtool uuidgen curl
     mkdir -p "$DIR"
@@ -102,7 +100,8 @@ ms bind ipv6 = false
 auth cluster required = none
 auth service required = none
 auth client required = none
-auth allow insecure global id reclaim = true
+# Daemons (radosgw) default to msgr2 "secure" mode towards the monitor, which needs cephx.
+ms mon client mode = crc secure
 keyring = $DIR/keyring
 
 run dir = $DIR/run
@@ -148,7 +147,6 @@ memstore device bytes = 2147483648
 osd crush update on start = true
 osd op num shards = 1
 osd op num threads per shard = 2
-osd memory target = 939524096
 
 [client]
 log file = $DIR/log/\$name.\$pid.log
@@ -158,9 +156,9 @@ pid file = $DIR/run/\$name.pid
 log file = $DIR/log/rgw.log
 rgw data = $DIR/rgw
 rgw frontends = beast endpoint=127.0.0.1:$rgw_port
+# No DNS name: path-style requests only (bucket in the path), as the tests use.
 rgw dns name =
 rgw enable usage log = false
-rgw crypt require ssl = false
 rgw thread pool size = 64
 debug rgw = 1
 EOF
@@ -171,15 +169,16 @@ EOF
     log "monitor on 127.0.0.1:$mon_port (fsid $fsid)"
     ceph-authtool --create-keyring "$DIR/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
     monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$mon_port]" "$DIR/monmap" >/dev/null
-    ceph-mon "${c[@]}" --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/keyring" ||
-        die "ceph-mon --mkfs failed"
-    ceph-mon "${c[@]}" -i a || die "ceph-mon failed to start"
+    ceph-mon "${c[@]}" --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/keyring" \
+        </dev/null >>"$DIR/log/mon-mkfs.log" 2>&1 || die "ceph-mon --mkfs failed"
+    # Daemons fork; keep their stdio off our stdout so callers reading it see EOF.
+    ceph-mon "${c[@]}" -i a </dev/null >>"$DIR/log/mon.out" 2>&1 || die "ceph-mon failed to start"
 
-    ceph "${c[@]}" --connect-timeout 20 osd new "$osd_uuid" >/dev/null || die "ceph osd new failed (monitor not up?)"
+    ceph "${c[@]}" --connect-timeout 20 osd new "$osd_uuid" </dev/null >/dev/null 2>>"$DIR/log/ceph-cli.log" || die "ceph osd new failed (monitor not up?)"
     mkdir -p "$DIR/osd/0"
     ceph-osd "${c[@]}" -i 0 --mkfs --osd-uuid "$osd_uuid" >>"$DIR/log/osd-mkfs.log" 2>&1 ||
         die "ceph-osd --mkfs failed"
-    ceph-osd "${c[@]}" -i 0 || die "ceph-osd failed to start"
+    ceph-osd "${c[@]}" -i 0 </dev/null >>"$DIR/log/osd.out" 2>&1 || die "ceph-osd failed to start"
     log "OSD started"
 
     # RGW creates its pools itself; it just needs the OSD to be up.
@@ -203,9 +202,17 @@ EOF
     done
     log "RGW answers on 127.0.0.1:$rgw_port"
 
+    # Optional watchdog: stop the cluster once process $CEPH_RGW_WATCH_PID is gone (a test
+    # runner killed without running its destructors must not leak daemons).
+    if [[ -n "${CEPH_RGW_WATCH_PID:-}" ]]; then
+        setsid bash -c 'while kill -0 "$1" 2>/dev/null && [[ -e "$2/ceph.conf" ]]; do sleep 1; done; "$3" stop "$2"' \
+            watchdog "$CEPH_RGW_WATCH_PID" "$DIR" "$(realpath "$0")" </dev/null >/dev/null 2>&1 &
+        echo $! >"$DIR/run/watchdog.pid"
+    fi
+
     local access secret
-    access="AK$(head -c 64 /dev/urandom | tr -dc 'A-Z0-9' | head -c 18)"
-    secret="$(head -c 256 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 40)"
+    access="AK$(head -c 4096 /dev/urandom | tr -dc 'A-Z0-9' | head -c 18)"
+    secret="$(head -c 4096 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 40)"
     radosgw-admin "${c[@]}" user create --uid=egress-test --display-name="egress test" \
         --access-key="$access" --secret-key="$secret" >"$DIR/log/user.json" 2>>"$DIR/log/radosgw-admin.log" ||
         die "radosgw-admin user create failed"

@@ -15,10 +15,22 @@ pub struct ObjectInfo {
     pub modified: i64,
 }
 
+impl ObjectInfo {
+    /// What identifies this version of the object in a listing: its ETag, or size and
+    /// modification time on stores whose listings carry no ETag.
+    pub fn identity(&self) -> String {
+        if self.etag.is_empty() {
+            format!("size{}-mtime{}", self.size, self.modified)
+        } else {
+            self.etag.clone()
+        }
+    }
+}
+
 /// What the source looked like when we copied it, and what the copy looked like.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
-    /// Source ETag at copy time.
+    /// Source identity at copy time (its listed ETag; see [`ObjectInfo::identity`]).
     pub source_etag: String,
     /// Source size at copy time.
     pub source_size: u64,
@@ -27,6 +39,9 @@ pub struct Record {
     /// Destination ETag right after the copy (to notice changes made by others); may be empty.
     #[serde(default)]
     pub dest_etag: String,
+    /// Destination size right after the copy.
+    #[serde(default)]
+    pub dest_size: u64,
 }
 
 /// User-metadata keys holding the record on each copied object (compared case-insensitively).
@@ -41,12 +56,13 @@ pub mod meta_keys {
 
 impl Record {
     /// The record for a copy of `source` whose result has ETag `dest_etag`.
-    pub fn of(source: &ObjectInfo, dest_etag: &str) -> Record {
+    pub fn of(source: &ObjectInfo, dest_etag: &str, dest_size: u64) -> Record {
         Record {
-            source_etag: source.etag.clone(),
+            source_etag: source.identity(),
             source_size: source.size,
             source_modified: source.modified,
             dest_etag: dest_etag.to_string(),
+            dest_size,
         }
     }
 
@@ -60,7 +76,7 @@ impl Record {
     }
 
     /// Read a record back from user metadata (any key case); `None` if it is not there.
-    pub fn from_metadata(metadata: &HashMap<String, String>, dest_etag: &str) -> Option<Record> {
+    pub fn from_metadata(metadata: &HashMap<String, String>, dest_etag: &str, dest_size: u64) -> Option<Record> {
         let get = |name: &str| {
             metadata
                 .iter()
@@ -72,6 +88,7 @@ impl Record {
             source_size: get(meta_keys::SOURCE_SIZE)?.parse().ok()?,
             source_modified: get(meta_keys::SOURCE_MODIFIED).and_then(|v| v.parse().ok()).unwrap_or(0),
             dest_etag: dest_etag.to_string(),
+            dest_size,
         })
     }
 }
@@ -103,14 +120,21 @@ mod tests {
     #[test]
     fn record_round_trips_through_metadata_in_any_case() {
         let src = ObjectInfo { key: "k".into(), size: 7, etag: "abc-2".into(), modified: 1700000000 };
-        let record = Record::of(&src, "d1");
+        let record = Record::of(&src, "d1", 7);
         let meta: HashMap<String, String> = record
             .to_metadata()
             .into_iter()
             .map(|(k, v)| (k.to_uppercase(), v))
             .collect();
-        assert_eq!(Record::from_metadata(&meta, "d1"), Some(record));
-        assert_eq!(Record::from_metadata(&HashMap::new(), "d1"), None);
+        assert_eq!(Record::from_metadata(&meta, "d1", 7), Some(record));
+        assert_eq!(Record::from_metadata(&HashMap::new(), "d1", 7), None);
+    }
+
+    #[test]
+    fn identity_falls_back_to_size_and_time() {
+        let o = ObjectInfo { key: "k".into(), size: 3, etag: String::new(), modified: 9 };
+        assert_eq!(o.identity(), "size3-mtime9");
+        assert_eq!(ObjectInfo { etag: "e".into(), ..o }.identity(), "e");
     }
 
     #[test]

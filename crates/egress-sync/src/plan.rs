@@ -92,11 +92,16 @@ impl fmt::Display for SkipReason {
     }
 }
 
-/// The record for `dest` if it still describes the object at the destination.
+/// The record for `dest` if it still describes the object at the destination: same ETag
+/// (or same size, on stores whose listings carry no ETag).
 fn usable<'a>(records: &'a HashMap<String, Record>, dest: &ObjectInfo) -> Option<&'a Record> {
-    records
-        .get(&dest.key)
-        .filter(|r| r.dest_etag.is_empty() || r.dest_etag == dest.etag)
+    records.get(&dest.key).filter(|r| {
+        if dest.etag.is_empty() || r.dest_etag.is_empty() {
+            r.dest_size == dest.size
+        } else {
+            r.dest_etag == dest.etag
+        }
+    })
 }
 
 /// Keys present on both sides for which no usable record is known: only these need the
@@ -126,9 +131,11 @@ pub fn build(
         let action = match dest_by_key.get(s.key.as_str()) {
             None => Action::Copy(s.clone(), CopyReason::New),
             Some(d) => match usable(records, d) {
-                Some(r) if r.source_etag == s.etag && r.source_size == s.size => {
-                    Action::Skip(s.clone(), SkipReason::Unchanged, Some(Record { dest_etag: d.etag.clone(), ..r.clone() }))
-                }
+                Some(r) if r.source_etag == s.identity() && r.source_size == s.size => Action::Skip(
+                    s.clone(),
+                    SkipReason::Unchanged,
+                    Some(Record { dest_etag: d.etag.clone(), dest_size: d.size, ..r.clone() }),
+                ),
                 Some(_) => Action::Copy(s.clone(), CopyReason::SourceChanged),
                 None if s.size != d.size => Action::Copy(s.clone(), CopyReason::SizeDiffers),
                 None if s.modified > d.modified => Action::Copy(s.clone(), CopyReason::SourceNewer),
@@ -136,7 +143,7 @@ pub fn build(
                     s.clone(),
                     SkipReason::SameSizeNotNewer,
                     // Remember the pairing so the next run decides from listings alone.
-                    Some(Record::of(s, &d.etag)),
+                    Some(Record::of(s, &d.etag, d.size)),
                 ),
             },
         };
@@ -216,8 +223,8 @@ mod tests {
         let src = [obj("same", 5, "s1", 10), obj("changed", 5, "s2-new", 10)];
         let dst = [obj("same", 5, "d1", 20), obj("changed", 5, "d2", 20)];
         let records: HashMap<String, Record> = [
-            ("same".to_string(), Record::of(&src[0], "d1")),
-            ("changed".to_string(), Record::of(&obj("changed", 5, "s2-old", 9), "d2")),
+            ("same".to_string(), Record::of(&src[0], "d1", 5)),
+            ("changed".to_string(), Record::of(&obj("changed", 5, "s2-old", 9), "d2", 5)),
         ]
         .into();
         let plan = build(&src, &dst, &records, PlanOptions::default()).unwrap();
@@ -228,7 +235,7 @@ mod tests {
     fn a_record_for_an_overwritten_destination_is_ignored() {
         let src = [obj("k", 5, "s1", 10)];
         let dst = [obj("k", 6, "someone-else", 30)];
-        let records: HashMap<String, Record> = [("k".to_string(), Record::of(&src[0], "d-old"))].into();
+        let records: HashMap<String, Record> = [("k".to_string(), Record::of(&src[0], "d-old", 5))].into();
         let plan = build(&src, &dst, &records, PlanOptions::default()).unwrap();
         assert_eq!(kinds(&plan), ["copy k (SizeDiffers)"]);
         assert_eq!(keys_needing_metadata(&src, &dst, &records), ["k"]);
@@ -247,12 +254,24 @@ mod tests {
     }
 
     #[test]
+    fn stores_without_listing_etags_use_size_and_time() {
+        let src = [obj("k", 5, "", 10)];
+        let dst = [obj("k", 5, "", 20)];
+        let records: HashMap<String, Record> = [("k".to_string(), Record::of(&src[0], "put-etag", 5))].into();
+        let plan = build(&src, &dst, &records, PlanOptions::default()).unwrap();
+        assert_eq!(kinds(&plan), ["skip k (Unchanged)"]);
+        let touched = [obj("k", 5, "", 11)];
+        let plan = build(&touched, &dst, &records, PlanOptions::default()).unwrap();
+        assert_eq!(kinds(&plan), ["copy k (SourceChanged)"]);
+    }
+
+    #[test]
     fn deletes_only_with_remove_and_within_limits() {
         let src: Vec<ObjectInfo> = (0..20).map(|i| obj(&format!("k{i:02}"), 1, "e", 1)).collect();
         let mut dst = src.clone();
         dst.push(obj("extra1", 1, "e", 1));
         dst.push(obj("extra2", 1, "e", 1));
-        let records: HashMap<String, Record> = src.iter().map(|o| (o.key.clone(), Record::of(o, "e"))).collect();
+        let records: HashMap<String, Record> = src.iter().map(|o| (o.key.clone(), Record::of(o, "e", 1))).collect();
         let plan = build(&src, &dst, &records, PlanOptions::default()).unwrap();
         assert_eq!(plan.deletes().count(), 0);
         let remove = PlanOptions { remove: true, max_delete: None };

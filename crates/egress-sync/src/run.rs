@@ -262,13 +262,13 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
 /// Records carried in destination objects' metadata, one HEAD each (only for objects the
 /// records file does not cover, e.g. the first run after `mc mirror`).
 async fn records_from_metadata(dest: &Arc<Store>, dest_list: &[ObjectInfo], keys: Vec<String>, jobs: usize) -> HashMap<String, Record> {
-    let etags: HashMap<&str, &str> = dest_list.iter().map(|o| (o.key.as_str(), o.etag.as_str())).collect();
+    let listed: HashMap<&str, (&str, u64)> = dest_list.iter().map(|o| (o.key.as_str(), (o.etag.as_str(), o.size))).collect();
     let found: Vec<(String, Option<Record>)> = futures::stream::iter(keys.into_iter().map(|key| {
         let dest = dest.clone();
-        let etag = etags.get(key.as_str()).map(|e| e.to_string()).unwrap_or_default();
+        let (etag, size) = listed.get(key.as_str()).map(|(e, s)| (e.to_string(), *s)).unwrap_or_default();
         async move {
             let record = match dest.head(&key).await {
-                Ok(meta) => Record::from_metadata(&meta.metadata, &etag),
+                Ok(meta) => Record::from_metadata(&meta.metadata, &etag, size),
                 Err(_) => None,
             };
             (key, record)

@@ -77,16 +77,25 @@ pub async fn copy(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo, s
     }
 }
 
+/// What was copied, in listing terms: the listed version, unless the read shows that the
+/// source changed since it was listed.
+fn copied_version(listed: &ObjectInfo, read: &ObjectMeta) -> ObjectInfo {
+    if !listed.etag.is_empty() && !read.etag.is_empty() && listed.etag != read.etag {
+        ObjectInfo { key: listed.key.clone(), size: read.size, etag: read.etag.clone(), modified: read.modified }
+    } else {
+        listed.clone()
+    }
+}
+
 /// The destination's metadata: the source's, minus any old record, plus ours.
-fn dest_meta(source: &ObjectMeta) -> ObjectMeta {
+fn dest_meta(source: &ObjectMeta, record: &Record) -> ObjectMeta {
     let mut meta = source.clone();
     meta.metadata.retain(|k, _| {
         ![meta_keys::SOURCE_ETAG, meta_keys::SOURCE_SIZE, meta_keys::SOURCE_MODIFIED]
             .iter()
             .any(|m| k.eq_ignore_ascii_case(m))
     });
-    let info = ObjectInfo { key: String::new(), size: source.size, etag: source.etag.clone(), modified: source.modified };
-    meta.metadata.extend(Record::of(&info, "").to_metadata());
+    meta.metadata.extend(record.to_metadata());
     meta
 }
 
@@ -113,10 +122,10 @@ async fn copy_small(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo,
         }
         verified = "size+md5";
     }
-    let write_meta = dest_meta(&meta);
+    let version = copied_version(object, &meta);
+    let write_meta = dest_meta(&meta, &Record::of(&version, "", meta.size));
     let dest_etag = dest.put(&object.key, body, &write_meta, &md5).await?;
-    let info = ObjectInfo { key: object.key.clone(), size: meta.size, etag: meta.etag.clone(), modified: meta.modified };
-    Ok(Copied { bytes: meta.size, record: Record::of(&info, &dest_etag), verified })
+    Ok(Copied { bytes: meta.size, record: Record::of(&version, &dest_etag, meta.size), verified })
 }
 
 /// Part sizes: the source's own layout when it can be learned (then the multipart ETag
@@ -142,7 +151,8 @@ async fn layout(source: &Store, meta: &ObjectMeta, key: &str, part_size: u64) ->
 async fn copy_large(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo, settings: &Settings) -> Result<Copied, Failure> {
     let meta = source.head(&object.key).await?;
     let (sizes, replicated) = layout(source, &meta, &object.key, settings.part_size).await;
-    let upload = Arc::new(dest.create_multipart(&object.key, &dest_meta(&meta)).await?);
+    let version = copied_version(object, &meta);
+    let upload = Arc::new(dest.create_multipart(&object.key, &dest_meta(&meta, &Record::of(&version, "", meta.size))).await?);
     let parts = match upload_parts(source, dest, &upload, &object.key, &meta, &sizes, settings).await {
         Ok(parts) => parts,
         Err(f) => {
@@ -174,8 +184,7 @@ async fn copy_large(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo,
     }
     let numbered: Vec<(u32, String)> = etags.into_iter().enumerate().map(|(i, e)| (i as u32 + 1, e)).collect();
     let dest_etag = dest.complete(&upload, numbered).await?;
-    let info = ObjectInfo { key: object.key.clone(), size: meta.size, etag: meta.etag.clone(), modified: meta.modified };
-    Ok(Copied { bytes: meta.size, record: Record::of(&info, &dest_etag), verified })
+    Ok(Copied { bytes: meta.size, record: Record::of(&version, &dest_etag, meta.size), verified })
 }
 
 type PartsResult = ([u8; 16], Vec<[u8; 16]>, Vec<String>);

@@ -1,13 +1,15 @@
-//! Test harness for egress: real servers on loopback, torn down when dropped (also when a
-//! test panics). A missing server binary fails the test with install instructions; it
-//! never skips.
+//! Test harness for egress: real servers (PostgreSQL, S3 look-alikes, Ceph RGW) on
+//! loopback, torn down when dropped (also when a test panics). A missing server binary
+//! fails the test with install instructions; it never skips.
 
+pub mod ceph;
 pub mod postgres;
 pub mod process;
 pub mod s3;
 
+pub use ceph::CephRgw;
 pub use postgres::PgServer;
-pub use s3::{S3Kind, S3Server};
+pub use s3::{S3Endpoint, S3Kind, S3Server};
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {

@@ -89,6 +89,77 @@ impl S3Server {
         server
     }
 
+    /// Address and credentials, with the client helpers.
+    pub fn s3(&self) -> S3Endpoint {
+        S3Endpoint {
+            endpoint: self.endpoint.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+        }
+    }
+
+    /// See [`S3Endpoint::env`].
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.s3().env()
+    }
+
+    /// See [`S3Endpoint::client`].
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        self.s3().client()
+    }
+
+    /// See [`S3Endpoint::create_bucket`].
+    pub async fn create_bucket(&self, bucket: &str) {
+        self.s3().create_bucket(bucket).await
+    }
+
+    /// See [`S3Endpoint::keys`].
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        self.s3().keys(bucket, prefix).await
+    }
+
+    /// See [`S3Endpoint::get`].
+    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        self.s3().get(bucket, key).await
+    }
+
+    /// See [`S3Endpoint::put`].
+    pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
+        self.s3().put(bucket, key, body).await
+    }
+
+    /// Multipart uploads not yet completed or aborted (server must implement the call: moto).
+    pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
+        assert_eq!(self.kind, S3Kind::Moto, "s3s-fs has no ListMultipartUploads; use S3Kind::Moto");
+        self.s3().pending_uploads(bucket).await
+    }
+
+    /// Stop the server now (fault injection).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where an S3-compatible server listens and the credentials it accepts, with the helpers
+/// tests use (shared by [`S3Server`] and [`crate::CephRgw`]).
+#[derive(Debug, Clone)]
+pub struct S3Endpoint {
+    /// `http://127.0.0.1:<port>`
+    pub endpoint: String,
+    /// Access key the server accepts.
+    pub access_key: String,
+    /// Secret key the server accepts.
+    pub secret_key: String,
+}
+
+impl S3Endpoint {
     /// Environment for egress-dump: the standard AWS variables pointing here.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
@@ -99,7 +170,8 @@ impl S3Server {
         ]
     }
 
-    /// A client with this server's credentials.
+    /// A client with these credentials: path-style, and checksums only where required
+    /// (Ceph RGW 16 rejects the SDK's default aws-chunked checksum trailers).
     pub fn client(&self) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
@@ -166,9 +238,9 @@ impl S3Server {
             .unwrap_or_else(|e| panic!("put {bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
     }
 
-    /// Multipart uploads not yet completed or aborted (server must implement the call: moto).
+    /// Keys of multipart uploads not yet completed or aborted (the server must implement
+    /// ListMultipartUploads).
     pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
-        assert_eq!(self.kind, S3Kind::Moto, "s3s-fs has no ListMultipartUploads; use S3Kind::Moto");
         let out = self
             .client()
             .list_multipart_uploads()
@@ -177,17 +249,5 @@ impl S3Server {
             .await
             .unwrap_or_else(|e| panic!("list uploads {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
         out.uploads().iter().filter_map(|u| u.key().map(str::to_string)).collect()
-    }
-
-    /// Stop the server now (fault injection).
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

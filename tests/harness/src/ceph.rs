@@ -1,0 +1,174 @@
+//! An ephemeral Ceph cluster (one monitor, one memstore OSD) with a RADOS Gateway serving
+//! S3 on a free loopback port, built by `ceph-rgw.sh` from Debian's packages. Everything
+//! lives in a temp dir; the daemons are killed on drop (and by the script's watchdog when
+//! the test process dies without running destructors).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::s3::S3Endpoint;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ceph-rgw.sh");
+const INSTALL: &str = "apt-get install ceph-mon ceph-osd radosgw ceph-common";
+const BINARIES: &[&str] = &["ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph", "monmaptool", "ceph-authtool"];
+
+/// A running Ceph RGW; stopped and deleted on drop.
+pub struct CephRgw {
+    /// `http://127.0.0.1:<port>`
+    pub endpoint: String,
+    /// Access key of the S3 user created for this instance.
+    pub access_key: String,
+    /// Secret key of that user.
+    pub secret_key: String,
+    /// The cluster directory (`ceph.conf`, `log/`, `run/`).
+    pub dir: PathBuf,
+    stopped: bool,
+    _dir: tempfile::TempDir,
+}
+
+fn missing_binaries() -> Vec<&'static str> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/bin", "/usr/sbin"].map(PathBuf::from));
+    BINARIES
+        .iter()
+        .copied()
+        .filter(|name| !dirs.iter().any(|d| d.join(name).is_file()))
+        .collect()
+}
+
+fn log_tail(dir: &Path) -> String {
+    let mut out = String::new();
+    for name in ["rgw.log", "osd.0.log", "mon.a.log"] {
+        let text = std::fs::read_to_string(dir.join("log").join(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        if !tail.is_empty() {
+            out.push_str(&format!("---- {name} ----\n{tail}\n"));
+        }
+    }
+    out
+}
+
+impl CephRgw {
+    /// Start a cluster and gateway (a few seconds) with a fresh S3 user.
+    pub fn start() -> CephRgw {
+        let missing = missing_binaries();
+        assert!(missing.is_empty(), "Ceph binaries not found: {}; install them with: {INSTALL}", missing.join(", "));
+        let tmp = tempfile::Builder::new().prefix("egress-ceph-").tempdir().expect("temp dir");
+        let dir = tmp.path().join("cluster");
+        let rgw_port = crate::free_port();
+        let mon_port = loop {
+            let p = crate::free_port();
+            if p != rgw_port {
+                break p;
+            }
+        };
+        let out = Command::new("bash")
+            .arg(SCRIPT)
+            .arg("start")
+            .arg(&dir)
+            .arg(rgw_port.to_string())
+            .arg(mon_port.to_string())
+            .env("CEPH_RGW_WATCH_PID", std::process::id().to_string())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {SCRIPT}: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let value = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                .map(str::to_string)
+        };
+        match (out.status.success(), value("ACCESS_KEY"), value("SECRET_KEY")) {
+            (true, Some(access_key), Some(secret_key)) => CephRgw {
+                endpoint: format!("http://127.0.0.1:{rgw_port}"),
+                access_key,
+                secret_key,
+                dir,
+                stopped: false,
+                _dir: tmp,
+            },
+            _ => {
+                // The script stops what it started on failure; make sure anyway.
+                let _ = Command::new("bash").arg(SCRIPT).arg("stop").arg(&dir).output();
+                panic!(
+                    "Ceph RGW failed to start ({}); needs: {INSTALL}\nscript stdout:\n{stdout}\nscript stderr:\n{stderr}\n{}",
+                    out.status,
+                    if stderr.contains("---- tail of") { String::new() } else { log_tail(&dir) }
+                );
+            }
+        }
+    }
+
+    /// Address and credentials, with the client helpers.
+    pub fn s3(&self) -> S3Endpoint {
+        S3Endpoint {
+            endpoint: self.endpoint.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+        }
+    }
+
+    /// See [`S3Endpoint::env`].
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.s3().env()
+    }
+
+    /// See [`S3Endpoint::client`].
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        self.s3().client()
+    }
+
+    /// See [`S3Endpoint::create_bucket`].
+    pub async fn create_bucket(&self, bucket: &str) {
+        self.s3().create_bucket(bucket).await
+    }
+
+    /// See [`S3Endpoint::keys`].
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        self.s3().keys(bucket, prefix).await
+    }
+
+    /// See [`S3Endpoint::get`].
+    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        self.s3().get(bucket, key).await
+    }
+
+    /// See [`S3Endpoint::put`].
+    pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
+        self.s3().put(bucket, key, body).await
+    }
+
+    /// See [`S3Endpoint::pending_uploads`] (RGW implements ListMultipartUploads).
+    pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
+        self.s3().pending_uploads(bucket).await
+    }
+
+    /// The tail of the gateway, OSD and monitor logs (for assertion messages).
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.dir)
+    }
+
+    /// Kill the daemons now (fault injection); idempotent.
+    pub fn kill(&mut self) {
+        if !self.stopped {
+            self.stopped = true;
+            let _ = Command::new("bash")
+                .arg(SCRIPT)
+                .arg("stop")
+                .arg(&self.dir)
+                .stdin(Stdio::null())
+                .output();
+        }
+    }
+}
+
+impl Drop for CephRgw {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
