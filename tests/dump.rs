@@ -40,7 +40,11 @@ fn env_for(pg: &PgServer, s3: &S3Server, tables: &str, output: &str) -> Vec<(Str
 }
 
 async fn setup(pg: &PgServer, sql: &str) {
-    pg.client().await.batch_execute(sql).await.expect("set up tables");
+    pg.client()
+        .await
+        .batch_execute(sql)
+        .await
+        .expect("set up tables");
 }
 
 const TRICKY: &str = r#"
@@ -60,16 +64,31 @@ INSERT INTO tricky VALUES
 "#;
 
 fn assert_valid_gzip_everywhere(path: &Path) {
-    let gzip_t = Command::new("gzip").arg("-t").arg(path).output().expect("run gzip -t");
-    assert!(gzip_t.status.success(), "gzip -t: {}", String::from_utf8_lossy(&gzip_t.stderr));
+    let gzip_t = Command::new("gzip")
+        .arg("-t")
+        .arg(path)
+        .output()
+        .expect("run gzip -t");
+    assert!(
+        gzip_t.status.success(),
+        "gzip -t: {}",
+        String::from_utf8_lossy(&gzip_t.stderr)
+    );
     let zcat = Command::new("zcat").arg(path).output().expect("run zcat");
     assert!(zcat.status.success());
     let py = Command::new("python3")
-        .args(["-c", "import gzip,sys; sys.stdout.buffer.write(gzip.open(sys.argv[1]).read())"])
+        .args([
+            "-c",
+            "import gzip,sys; sys.stdout.buffer.write(gzip.open(sys.argv[1]).read())",
+        ])
         .arg(path)
         .output()
         .expect("run python3");
-    assert!(py.status.success(), "python gzip: {}", String::from_utf8_lossy(&py.stderr));
+    assert!(
+        py.status.success(),
+        "python gzip: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     assert_eq!(py.stdout, zcat.stdout);
     let java_src = path.with_file_name("Gunzip.java");
     std::fs::write(
@@ -84,8 +103,15 @@ fn assert_valid_gzip_everywhere(path: &Path) {
         .arg(path)
         .output()
         .expect("run java (install default-jre-headless)");
-    assert!(java.status.success(), "java GZIPInputStream: {}", String::from_utf8_lossy(&java.stderr));
-    assert_eq!(java.stdout, zcat.stdout, "Java's GZIPInputStream reads the same bytes");
+    assert!(
+        java.status.success(),
+        "java GZIPInputStream: {}",
+        String::from_utf8_lossy(&java.stderr)
+    );
+    assert_eq!(
+        java.stdout, zcat.stdout,
+        "Java's GZIPInputStream reads the same bytes"
+    );
 }
 
 #[tokio::test]
@@ -95,12 +121,24 @@ async fn object_is_byte_identical_to_psql_copy_and_valid_gzip() {
     s3.create_bucket(BUCKET).await;
     setup(&pg, TRICKY).await;
 
-    let out = dump(&env_for(&pg, &s3, "tricky", &format!("s3://{BUCKET}/nightly")), &[]);
+    let out = dump(
+        &env_for(&pg, &s3, "tricky", &format!("s3://{BUCKET}/nightly")),
+        &[],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let log = String::from_utf8_lossy(&out.stdout);
-    assert!(log.contains("Table 'tricky': Data collection started."), "{log}");
-    assert!(log.contains("Table 'tricky': Dump uploaded to intermediate storage."), "{log}");
-    assert!(log.lines().last().unwrap_or("").contains("Success."), "{log}");
+    assert!(
+        log.contains("Table 'tricky': Data collection started."),
+        "{log}"
+    );
+    assert!(
+        log.contains("Table 'tricky': Dump uploaded to intermediate storage."),
+        "{log}"
+    );
+    assert!(
+        log.lines().last().unwrap_or("").contains("Success."),
+        "{log}"
+    );
     assert!(log.contains("rows=8"), "{log}");
 
     let key = format!("nightly/{DATE}/tricky.csv.gz");
@@ -108,7 +146,11 @@ async fn object_is_byte_identical_to_psql_copy_and_valid_gzip() {
     let object = s3.get(BUCKET, &key).await;
     let expected = pg.psql("COPY tricky TO STDOUT (FORMAT csv)");
     assert!(expected.len() > 300);
-    assert_eq!(gunzip(&object), expected, "gunzipped object equals psql's COPY output byte for byte");
+    assert_eq!(
+        gunzip(&object),
+        expected,
+        "gunzipped object equals psql's COPY output byte for byte"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tricky.csv.gz");
@@ -136,8 +178,19 @@ async fn large_table_uses_several_parts_and_leaves_no_pending_upload() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let key = format!("{DATE}/big.csv.gz");
     let object = s3.get(BUCKET, &key).await;
-    assert!(object.len() > 15 * 1024 * 1024, "object spans several parts: {} bytes", object.len());
-    let head = s3.client().head_object().bucket(BUCKET).key(&key).send().await.unwrap();
+    assert!(
+        object.len() > 15 * 1024 * 1024,
+        "object spans several parts: {} bytes",
+        object.len()
+    );
+    let head = s3
+        .client()
+        .head_object()
+        .bucket(BUCKET)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
     assert!(
         head.e_tag().unwrap_or("").contains('-'),
         "a multipart ETag (md5-N), got {:?}",
@@ -169,20 +222,52 @@ async fn failure_mid_stream_aborts_the_upload_and_keep_going_dumps_the_rest() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or("");
-    assert!(last.contains("Failed. 1 of 3 tables dumped."), "{}", text(&out));
-    assert!(last.contains("not_attempted=good2") || last.contains("not_attempted=\"good2\""), "{last}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("division by zero"), "{}", text(&out));
-    assert_eq!(s3.keys(BUCKET, "").await, vec![format!("p/{DATE}/good.csv.gz")]);
-    assert!(s3.pending_uploads(BUCKET).await.is_empty(), "the failed table's upload was aborted");
+    assert!(
+        last.contains("Failed. 1 of 3 tables dumped."),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        last.contains("not_attempted=good2") || last.contains("not_attempted=\"good2\""),
+        "{last}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("division by zero"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        s3.keys(BUCKET, "").await,
+        vec![format!("p/{DATE}/good.csv.gz")]
+    );
+    assert!(
+        s3.pending_uploads(BUCKET).await.is_empty(),
+        "the failed table's upload was aborted"
+    );
 
     // --keep-going: the other tables are dumped, the run still fails.
-    let out = dump(&env, &["--keep-going", "--compression-level", "1", "--part-size-mib", "5"]);
+    let out = dump(
+        &env,
+        &[
+            "--keep-going",
+            "--compression-level",
+            "1",
+            "--part-size-mib",
+            "5",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(
         s3.keys(BUCKET, "").await,
-        vec![format!("p/{DATE}/good.csv.gz"), format!("p/{DATE}/good2.csv.gz")]
+        vec![
+            format!("p/{DATE}/good.csv.gz"),
+            format!("p/{DATE}/good2.csv.gz")
+        ]
     );
-    assert_eq!(gunzip(&s3.get(BUCKET, &format!("p/{DATE}/good2.csv.gz")).await), b"1\n2\n3\n4\n5\n");
+    assert_eq!(
+        gunzip(&s3.get(BUCKET, &format!("p/{DATE}/good2.csv.gz")).await),
+        b"1\n2\n3\n4\n5\n"
+    );
     assert!(s3.pending_uploads(BUCKET).await.is_empty());
 }
 
@@ -240,7 +325,15 @@ async fn schema_qualified_mixed_case_empty_tables_to_a_local_folder() {
     assert_eq!(read("empty_one.csv.gz"), b"v\n");
 
     // Without --header an empty table is a valid, empty gzip stream.
-    let out = dump(&env, &["--tables", "empty_one", "--output", out_dir.to_str().unwrap()]);
+    let out = dump(
+        &env,
+        &[
+            "--tables",
+            "empty_one",
+            "--output",
+            out_dir.to_str().unwrap(),
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(read("empty_one.csv.gz"), b"");
     assert_valid_gzip_everywhere(&day.join("empty_one.csv.gz"));
@@ -251,9 +344,18 @@ async fn missing_tables_are_all_reported_and_injection_is_just_a_missing_name() 
     let pg = PgServer::start();
     let s3 = S3Server::start(S3Kind::S3sFs);
     s3.create_bucket(BUCKET).await;
-    setup(&pg, "CREATE TABLE y (v int); INSERT INTO y VALUES (1); CREATE TABLE real_one (v int);").await;
+    setup(
+        &pg,
+        "CREATE TABLE y (v int); INSERT INTO y VALUES (1); CREATE TABLE real_one (v int);",
+    )
+    .await;
     let out = dump(
-        &env_for(&pg, &s3, r#"real_one nope "x; drop table y" also_missing"#, &format!("s3://{BUCKET}")),
+        &env_for(
+            &pg,
+            &s3,
+            r#"real_one nope "x; drop table y" also_missing"#,
+            &format!("s3://{BUCKET}"),
+        ),
         &[],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -264,7 +366,12 @@ async fn missing_tables_are_all_reported_and_injection_is_just_a_missing_name() 
     assert!(err.contains("'also_missing' does not exist"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(s3.keys(BUCKET, "").await.is_empty(), "nothing written");
-    let still_there = pg.client().await.query_one("SELECT count(*) FROM y", &[]).await.unwrap();
+    let still_there = pg
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM y", &[])
+        .await
+        .unwrap();
     assert_eq!(still_there.get::<_, i64>(0), 1, "table y was not dropped");
 }
 
@@ -273,11 +380,21 @@ async fn dry_run_prints_the_plan_and_writes_nothing() {
     let pg = PgServer::start();
     let s3 = S3Server::start(S3Kind::S3sFs);
     s3.create_bucket(BUCKET).await;
-    setup(&pg, "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i; ANALYZE t;").await;
-    let out = dump(&env_for(&pg, &s3, "t", &format!("s3://{BUCKET}/x")), &["--dry-run"]);
+    setup(
+        &pg,
+        "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i; ANALYZE t;",
+    )
+    .await;
+    let out = dump(
+        &env_for(&pg, &s3, "t", &format!("s3://{BUCKET}/x")),
+        &["--dry-run"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("s3://{BUCKET}/x/{DATE}/t.csv.gz")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("s3://{BUCKET}/x/{DATE}/t.csv.gz")),
+        "{stdout}"
+    );
     assert!(stdout.contains("1000"), "row estimate shown: {stdout}");
     assert!(s3.keys(BUCKET, "").await.is_empty());
 }
@@ -292,37 +409,128 @@ async fn bad_inputs_fail_cleanly_with_their_exit_codes() {
     setup(&pg, "CREATE TABLE t (v int); INSERT INTO t VALUES (1);").await;
     let good = env_for(&pg, &s3, "t", &format!("s3://{BUCKET}/p"));
     let with = |key: &str, value: &str| -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = good.iter().filter(|(k, _)| k != key).cloned().collect();
+        let mut env: Vec<(String, String)> =
+            good.iter().filter(|(k, _)| k != key).cloned().collect();
         env.push((key.into(), value.into()));
         env
     };
     let closed_port = egress_testkit::free_port().to_string();
     let wrong_secret = "WRONG-secret-sentinel-9f3k";
     let wrong_password = "WRONG-password-sentinel-7x2q";
-    let cases: Vec<(&str, Vec<(String, String)>, Vec<&str>, i32, &str)> = vec![
-        ("no tables", with("TABLES", " "), vec![], 2, "no tables given"),
-        ("duplicate table", with("TABLES", "t t"), vec![], 2, "listed more than once"),
-        ("malformed S3_OUTPUT", with("S3_OUTPUT", "s3:/egress-test"), vec![], 2, "unsupported location"),
-        ("S3_OUTPUT without bucket", with("S3_OUTPUT", "s3://"), vec![], 2, "names no bucket"),
-        ("invalid date", with("DUMP_DATE", "2024-13-01"), vec![], 2, "not a valid date"),
-        ("compression level", good.clone(), vec!["--compression-level", "10"], 2, "compression-level"),
-        ("unknown flag", good.clone(), vec!["--frobnicate"], 2, "--frobnicate"),
-        ("missing bucket", with("S3_OUTPUT", "s3://no-such-bucket/p"), vec![], 2, "does not exist"),
-        ("wrong S3 secret", with("AWS_SECRET_ACCESS_KEY", wrong_secret), vec![], 2, "rejected the credentials"),
-        ("wrong password", with("PGPASSWORD", wrong_password), vec![], 2, "PGPASSWORD"),
-        ("unreachable database", with("PGPORT", &closed_port), vec![], 1, "cannot connect to PostgreSQL"),
-        ("bad PGSSLMODE", with("PGSSLMODE", "sometimes"), vec![], 2, "PGSSLMODE"),
-        ("bad endpoint", with("AWS_ENDPOINT_URL", "ftp://x"), vec![], 2, "AWS_ENDPOINT_URL"),
+    type Case<'a> = (&'a str, Vec<(String, String)>, Vec<&'a str>, i32, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "no tables",
+            with("TABLES", " "),
+            vec![],
+            2,
+            "no tables given",
+        ),
+        (
+            "duplicate table",
+            with("TABLES", "t t"),
+            vec![],
+            2,
+            "listed more than once",
+        ),
+        (
+            "malformed S3_OUTPUT",
+            with("S3_OUTPUT", "s3:/egress-test"),
+            vec![],
+            2,
+            "unsupported location",
+        ),
+        (
+            "S3_OUTPUT without bucket",
+            with("S3_OUTPUT", "s3://"),
+            vec![],
+            2,
+            "names no bucket",
+        ),
+        (
+            "invalid date",
+            with("DUMP_DATE", "2024-13-01"),
+            vec![],
+            2,
+            "not a valid date",
+        ),
+        (
+            "compression level",
+            good.clone(),
+            vec!["--compression-level", "10"],
+            2,
+            "compression-level",
+        ),
+        (
+            "unknown flag",
+            good.clone(),
+            vec!["--frobnicate"],
+            2,
+            "--frobnicate",
+        ),
+        (
+            "missing bucket",
+            with("S3_OUTPUT", "s3://no-such-bucket/p"),
+            vec![],
+            2,
+            "does not exist",
+        ),
+        (
+            "wrong S3 secret",
+            with("AWS_SECRET_ACCESS_KEY", wrong_secret),
+            vec![],
+            2,
+            "rejected the credentials",
+        ),
+        (
+            "wrong password",
+            with("PGPASSWORD", wrong_password),
+            vec![],
+            2,
+            "PGPASSWORD",
+        ),
+        (
+            "unreachable database",
+            with("PGPORT", &closed_port),
+            vec![],
+            1,
+            "cannot connect to PostgreSQL",
+        ),
+        (
+            "bad PGSSLMODE",
+            with("PGSSLMODE", "sometimes"),
+            vec![],
+            2,
+            "PGSSLMODE",
+        ),
+        (
+            "bad endpoint",
+            with("AWS_ENDPOINT_URL", "ftp://x"),
+            vec![],
+            2,
+            "AWS_ENDPOINT_URL",
+        ),
     ];
     for (name, env, args, code, needle) in cases {
         let out = dump(&env, &args);
         let all = text(&out);
         assert_eq!(out.status.code(), Some(code), "{name}: {all}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(needle), "{name}: expected '{needle}' in stderr: {all}");
-        for secret in [wrong_secret, wrong_password, egress_testkit::postgres::PASSWORD, s3.secret_key.as_str()] {
+        assert!(
+            stderr.contains(needle),
+            "{name}: expected '{needle}' in stderr: {all}"
+        );
+        for secret in [
+            wrong_secret,
+            wrong_password,
+            egress_testkit::postgres::PASSWORD,
+            s3.secret_key.as_str(),
+        ] {
             assert!(!all.contains(secret), "{name}: a secret leaked: {all}");
         }
-        assert!(s3.keys(BUCKET, "").await.is_empty(), "{name}: nothing may be written");
+        assert!(
+            s3.keys(BUCKET, "").await.is_empty(),
+            "{name}: nothing may be written"
+        );
     }
 }

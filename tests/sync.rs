@@ -14,7 +14,13 @@ const SRC: &str = "source-bucket";
 const DST: &str = "mirror-bucket";
 const MIB: usize = 1024 * 1024;
 
-fn sync_command(input: &S3Server, input_path: &str, output: &S3Server, output_path: &str, args: &[&str]) -> Command {
+fn sync_command(
+    input: &S3Server,
+    input_path: &str,
+    output: &S3Server,
+    output_path: &str,
+    args: &[&str],
+) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress-sync"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -33,8 +39,16 @@ fn sync_command(input: &S3Server, input_path: &str, output: &S3Server, output_pa
     cmd
 }
 
-fn sync(input: &S3Server, input_path: &str, output: &S3Server, output_path: &str, args: &[&str]) -> Output {
-    sync_command(input, input_path, output, output_path, args).output().expect("run egress-sync")
+fn sync(
+    input: &S3Server,
+    input_path: &str,
+    output: &S3Server,
+    output_path: &str,
+    args: &[&str],
+) -> Output {
+    sync_command(input, input_path, output, output_path, args)
+        .output()
+        .expect("run egress-sync")
 }
 
 fn text(out: &Output) -> String {
@@ -47,12 +61,18 @@ fn text(out: &Output) -> String {
 }
 
 fn last_line(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Deterministic pseudo-random bytes (poorly compressible, distinct per seed).
 fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -75,7 +95,9 @@ async fn put_many(server: &S3Server, bucket: &str, objects: Vec<(String, Vec<u8>
                 .body(ByteStream::from(body))
                 .send()
                 .await
-                .unwrap_or_else(|e| panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+                .unwrap_or_else(|e| {
+                    panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e))
+                });
         }
     }))
     .buffer_unordered(32)
@@ -109,14 +131,23 @@ async fn put_multipart(server: &S3Server, bucket: &str, key: &str, body: &[u8], 
             .send()
             .await
             .expect("upload part");
-        parts.push(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag().map(str::to_string)).build());
+        parts.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build(),
+        );
     }
     client
         .complete_multipart_upload()
         .bucket(bucket)
         .key(key)
         .upload_id(&id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
         .send()
         .await
         .expect("complete multipart");
@@ -153,13 +184,32 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
 
     // More than one listing page of small objects, odd keys, and large objects.
     let mut objects: Vec<(String, Vec<u8>)> = (0..1050)
-        .map(|i| (format!("data/2024-01-{:02}/obj-{i:04}.csv.gz", i % 28 + 1), data(i, 200 + (i as usize * 37) % 3000)))
+        .map(|i| {
+            (
+                format!("data/2024-01-{:02}/obj-{i:04}.csv.gz", i % 28 + 1),
+                data(i, 200 + (i as usize * 37) % 3000),
+            )
+        })
         .collect();
-    objects.extend(ODD_KEYS.iter().enumerate().map(|(i, k)| (format!("data/{k}"), data(5000 + i as u64, 100))));
+    objects.extend(
+        ODD_KEYS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (format!("data/{k}"), data(5000 + i as u64, 100))),
+    );
     put_many(&input, SRC, objects).await;
     let big_multipart = data(9001, 17 * MIB + 12345);
-    put_multipart(&input, SRC, "data/big/multipart.bin", &big_multipart, 5 * MIB).await;
-    input.put(SRC, "data/big/single-put.bin", data(9002, 12 * MIB + 1)).await;
+    put_multipart(
+        &input,
+        SRC,
+        "data/big/multipart.bin",
+        &big_multipart,
+        5 * MIB,
+    )
+    .await;
+    input
+        .put(SRC, "data/big/single-put.bin", data(9002, 12 * MIB + 1))
+        .await;
     input
         .client()
         .put_object()
@@ -173,7 +223,13 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
         .await
         .unwrap();
 
-    let out = sync(&input, &format!("{SRC}/data"), &output, &format!("{DST}/mirror"), &[]);
+    let out = sync(
+        &input,
+        &format!("{SRC}/data"),
+        &output,
+        &format!("{DST}/mirror"),
+        &[],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -183,13 +239,19 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
         "{stdout}"
     );
     let last = last_line(&out);
-    assert!(last.contains("Total: ") && last.contains("Transferred: ") && last.contains("Speed: "), "{last}");
+    assert!(
+        last.contains("Total: ") && last.contains("Transferred: ") && last.contains("Speed: "),
+        "{last}"
+    );
     assert!(last.contains("copied=1059"), "{last}");
 
     let source = contents(&input, SRC, "data/").await;
     let mirror = contents(&output, DST, "mirror/").await;
     assert_eq!(source.len(), 1059);
-    assert_eq!(source.keys().collect::<std::collections::BTreeSet<_>>(), mirror.keys().collect());
+    assert_eq!(
+        source.keys().collect::<std::collections::BTreeSet<_>>(),
+        mirror.keys().collect()
+    );
     for (key, bytes) in &source {
         assert!(mirror[key] == *bytes, "{key} differs");
     }
@@ -204,14 +266,26 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
     assert_eq!(head.content_type(), Some("application/json"));
     assert_eq!(head.content_encoding(), Some("gzip"));
     let meta = head.metadata().cloned().unwrap_or_default();
-    let owner = meta.iter().find(|(k, _)| k.eq_ignore_ascii_case("owner")).map(|(_, v)| v.as_str());
+    let owner = meta
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("owner"))
+        .map(|(_, v)| v.as_str());
     assert_eq!(owner, Some("team-a"), "{meta:?}");
 
     // Nothing changed: nothing is copied.
-    let out = sync(&input, &format!("{SRC}/data"), &output, &format!("{DST}/mirror"), &[]);
+    let out = sync(
+        &input,
+        &format!("{SRC}/data"),
+        &output,
+        &format!("{DST}/mirror"),
+        &[],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let last = last_line(&out);
-    assert!(last.contains("copied=0") && last.contains("Transferred: 0 B"), "{last}");
+    assert!(
+        last.contains("copied=0") && last.contains("Transferred: 0 B"),
+        "{last}"
+    );
     assert!(last.contains("skipped=1059"), "{last}");
 
     // One object rewritten with the same size: only it is copied.
@@ -220,12 +294,21 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
     let mut changed = old.clone();
     changed[0] ^= 0xff;
     input.put(SRC, key, changed.clone()).await;
-    let out = sync(&input, &format!("{SRC}/data"), &output, &format!("{DST}/mirror"), &[]);
+    let out = sync(
+        &input,
+        &format!("{SRC}/data"),
+        &output,
+        &format!("{DST}/mirror"),
+        &[],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let last = last_line(&out);
     assert!(last.contains("copied=1 "), "{last}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("obj-0004.csv.gz"));
-    assert_eq!(output.get(DST, "mirror/2024-01-05/obj-0004.csv.gz").await, changed);
+    assert_eq!(
+        output.get(DST, "mirror/2024-01-05/obj-0004.csv.gz").await,
+        changed
+    );
 }
 
 #[tokio::test]
@@ -235,29 +318,75 @@ async fn dry_run_changes_nothing_and_remove_is_guarded() {
     input.create_bucket(SRC).await;
     output.create_bucket(DST).await;
     input.create_bucket("empty-bucket").await;
-    put_many(&input, SRC, (0..20).map(|i| (format!("k{i:02}"), data(i, 64))).collect()).await;
+    put_many(
+        &input,
+        SRC,
+        (0..20).map(|i| (format!("k{i:02}"), data(i, 64))).collect(),
+    )
+    .await;
 
     let out = sync(&input, SRC, &output, DST, &["--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("copy (new) `input/source-bucket/k00` -> `output/mirror-bucket/k00`"));
-    assert!(output.keys(DST, "").await.is_empty(), "dry run wrote nothing");
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("copy (new) `input/source-bucket/k00` -> `output/mirror-bucket/k00`"));
+    assert!(
+        output.keys(DST, "").await.is_empty(),
+        "dry run wrote nothing"
+    );
 
     let out = sync(&input, SRC, &output, DST, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // Extra objects at the destination: 3 of 23 is over the default 10% limit.
-    put_many(&output, DST, (0..3).map(|i| (format!("extra{i}"), vec![1u8; 10])).collect()).await;
+    put_many(
+        &output,
+        DST,
+        (0..3)
+            .map(|i| (format!("extra{i}"), vec![1u8; 10]))
+            .collect(),
+    )
+    .await;
     let out = sync(&input, SRC, &output, DST, &["--remove"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-delete 3"), "{}", text(&out));
-    let out = sync(&input, SRC, &output, DST, &["--remove", "--max-delete", "2"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--max-delete 3"),
+        "{}",
+        text(&out)
+    );
+    let out = sync(
+        &input,
+        SRC,
+        &output,
+        DST,
+        &["--remove", "--max-delete", "2"],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert_eq!(output.keys(DST, "extra").await.len(), 3, "nothing deleted");
     // An empty source never deletes, whatever the limit.
-    let out = sync(&input, "empty-bucket", &output, DST, &["--remove", "--max-delete", "1000"]);
+    let out = sync(
+        &input,
+        "empty-bucket",
+        &output,
+        DST,
+        &["--remove", "--max-delete", "1000"],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("input listing is empty"), "{}", text(&out));
-    assert_eq!(output.keys(DST, "").await.len(), 24, "20 mirrored + 3 extra + records file");
-    let out = sync(&input, SRC, &output, DST, &["--remove", "--max-delete", "3"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("input listing is empty"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        output.keys(DST, "").await.len(),
+        24,
+        "20 mirrored + 3 extra + records file"
+    );
+    let out = sync(
+        &input,
+        SRC,
+        &output,
+        DST,
+        &["--remove", "--max-delete", "3"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(output.keys(DST, "extra").await.is_empty());
     assert!(last_line(&out).contains("deleted=3"), "{}", text(&out));
@@ -277,26 +406,103 @@ async fn bad_configuration_fails_cleanly() {
         f(&mut cmd);
         cmd.output().expect("run")
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut Command)>, i32, &str)> = vec![
-        ("wrong input secret", Box::new(|c| { c.env("INPUT_SECRET_ACCESS_KEY", sentinel); }), 2, "INPUT_ACCESS_KEY_ID"),
-        ("wrong output secret", Box::new(|c| { c.env("OUTPUT_SECRET_ACCESS_KEY", sentinel); }), 2, "OUTPUT_ACCESS_KEY_ID"),
-        ("missing bucket", Box::new(|c| { c.env("OUTPUT_PATH", "no-such-bucket/x"); }), 2, "does not exist"),
-        ("unreachable endpoint", Box::new(|c| { c.env("INPUT_URL", format!("http://127.0.0.1:{}", egress_testkit::free_port())); }), 1, "unreachable"),
-        ("malformed url", Box::new(|c| { c.env("OUTPUT_URL", "rgw.example:8080"); }), 2, "OUTPUT_URL"),
-        ("empty path", Box::new(|c| { c.env("INPUT_PATH", ""); }), 2, "INPUT_PATH is empty"),
-        ("half credentials", Box::new(|c| { c.env_remove("OUTPUT_SECRET_ACCESS_KEY"); }), 2, "OUTPUT_SECRET_ACCESS_KEY"),
-        ("unknown flag", Box::new(|c| { c.arg("--frobnicate"); }), 2, "--frobnicate"),
-        ("bad glob", Box::new(|c| { c.args(["--include", "[abc"]); }), 2, "not a valid glob"),
+    type Case<'a> = (&'a str, Box<dyn Fn(&mut Command) + 'a>, i32, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "wrong input secret",
+            Box::new(|c| {
+                c.env("INPUT_SECRET_ACCESS_KEY", sentinel);
+            }),
+            2,
+            "INPUT_ACCESS_KEY_ID",
+        ),
+        (
+            "wrong output secret",
+            Box::new(|c| {
+                c.env("OUTPUT_SECRET_ACCESS_KEY", sentinel);
+            }),
+            2,
+            "OUTPUT_ACCESS_KEY_ID",
+        ),
+        (
+            "missing bucket",
+            Box::new(|c| {
+                c.env("OUTPUT_PATH", "no-such-bucket/x");
+            }),
+            2,
+            "does not exist",
+        ),
+        (
+            "unreachable endpoint",
+            Box::new(|c| {
+                c.env(
+                    "INPUT_URL",
+                    format!("http://127.0.0.1:{}", egress_testkit::free_port()),
+                );
+            }),
+            1,
+            "unreachable",
+        ),
+        (
+            "malformed url",
+            Box::new(|c| {
+                c.env("OUTPUT_URL", "rgw.example:8080");
+            }),
+            2,
+            "OUTPUT_URL",
+        ),
+        (
+            "empty path",
+            Box::new(|c| {
+                c.env("INPUT_PATH", "");
+            }),
+            2,
+            "INPUT_PATH is empty",
+        ),
+        (
+            "half credentials",
+            Box::new(|c| {
+                c.env_remove("OUTPUT_SECRET_ACCESS_KEY");
+            }),
+            2,
+            "OUTPUT_SECRET_ACCESS_KEY",
+        ),
+        (
+            "unknown flag",
+            Box::new(|c| {
+                c.arg("--frobnicate");
+            }),
+            2,
+            "--frobnicate",
+        ),
+        (
+            "bad glob",
+            Box::new(|c| {
+                c.args(["--include", "[abc"]);
+            }),
+            2,
+            "not a valid glob",
+        ),
     ];
     for (name, f, code, needle) in cases {
         let out = run(&*f);
         let all = text(&out);
         assert_eq!(out.status.code(), Some(code), "{name}: {all}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{name}: expected '{needle}': {all}");
-        for secret in [sentinel, input.secret_key.as_str(), output.secret_key.as_str()] {
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{name}: expected '{needle}': {all}"
+        );
+        for secret in [
+            sentinel,
+            input.secret_key.as_str(),
+            output.secret_key.as_str(),
+        ] {
             assert!(!all.contains(secret), "{name}: secret leaked: {all}");
         }
-        assert!(output.keys(DST, "").await.is_empty(), "{name}: nothing written");
+        assert!(
+            output.keys(DST, "").await.is_empty(),
+            "{name}: nothing written"
+        );
     }
 }
 
@@ -323,7 +529,10 @@ async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() 
         if !output.pending_uploads(DST).await.is_empty() {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no multipart upload started");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no multipart upload started"
+        );
         if child.try_wait().unwrap().is_some() {
             break;
         }
@@ -337,7 +546,13 @@ async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() 
     let mirror = contents(&output, DST, "").await;
     assert_eq!(mirror.len(), expected.len());
     for (key, body) in &expected {
-        assert!(mirror.get(key) == Some(body), "{key} differs after the re-run");
+        assert!(
+            mirror.get(key) == Some(body),
+            "{key} differs after the re-run"
+        );
     }
-    assert!(output.pending_uploads(DST).await.is_empty(), "no multipart upload left pending");
+    assert!(
+        output.pending_uploads(DST).await.is_empty(),
+        "no multipart upload left pending"
+    );
 }

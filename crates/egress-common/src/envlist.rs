@@ -17,7 +17,11 @@ pub fn listing(cmd: &clap::Command, extra: &[&str], required: &[&str]) -> String
     names
         .iter()
         .map(|n| {
-            let need = if required.contains(&n.as_str()) { "required" } else { "optional" };
+            let need = if required.contains(&n.as_str()) {
+                "required"
+            } else {
+                "optional"
+            };
             format!("{n}\t{need}\n")
         })
         .collect()
@@ -30,6 +34,9 @@ mod tests {
     #[test]
     fn lists_flag_and_extra_variables() {
         let cmd = clap::Command::new("x").arg(clap::Arg::new("a").long("a").env("A_VAR"));
-        assert_eq!(listing(&cmd, &["PGHOST"], &["PGHOST"]), "A_VAR\toptional\nPGHOST\trequired\n");
+        assert_eq!(
+            listing(&cmd, &["PGHOST"], &["PGHOST"]),
+            "A_VAR\toptional\nPGHOST\trequired\n"
+        );
     }
 }

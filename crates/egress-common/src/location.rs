@@ -129,7 +129,10 @@ mod tests {
         assert_eq!(Location::parse("s3://b").unwrap(), s3("b", ""));
         assert_eq!(Location::parse("s3://b/").unwrap(), s3("b", ""));
         assert_eq!(Location::parse("s3://b/x/y/").unwrap(), s3("b", "x/y"));
-        assert_eq!(Location::parse("S3://my_bucket/p").unwrap(), s3("my_bucket", "p"));
+        assert_eq!(
+            Location::parse("S3://my_bucket/p").unwrap(),
+            s3("my_bucket", "p")
+        );
     }
 
     #[test]
@@ -147,12 +150,30 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         assert_eq!(Location::parse(""), Err(LocationError::Empty));
-        assert!(matches!(Location::parse("s3://"), Err(LocationError::NoBucket(_))));
-        assert!(matches!(Location::parse("s3:///x"), Err(LocationError::NoBucket(_))));
-        assert!(matches!(Location::parse("s3:/bucket"), Err(LocationError::Scheme(_))));
-        assert!(matches!(Location::parse("s3:bucket"), Err(LocationError::Scheme(_))));
-        assert!(matches!(Location::parse("http://x/y"), Err(LocationError::Scheme(_))));
-        assert!(matches!(Location::parse("file://rel"), Err(LocationError::Scheme(_))));
+        assert!(matches!(
+            Location::parse("s3://"),
+            Err(LocationError::NoBucket(_))
+        ));
+        assert!(matches!(
+            Location::parse("s3:///x"),
+            Err(LocationError::NoBucket(_))
+        ));
+        assert!(matches!(
+            Location::parse("s3:/bucket"),
+            Err(LocationError::Scheme(_))
+        ));
+        assert!(matches!(
+            Location::parse("s3:bucket"),
+            Err(LocationError::Scheme(_))
+        ));
+        assert!(matches!(
+            Location::parse("http://x/y"),
+            Err(LocationError::Scheme(_))
+        ));
+        assert!(matches!(
+            Location::parse("file://rel"),
+            Err(LocationError::Scheme(_))
+        ));
         assert!(matches!(
             Location::parse("s3://bad bucket/x"),
             Err(LocationError::BadBucket(_))
@@ -162,13 +183,19 @@ mod tests {
     #[test]
     fn bucket_path_form() {
         assert_eq!(Location::parse_bucket_path("b").unwrap(), s3("b", ""));
-        assert_eq!(Location::parse_bucket_path("b/f/t").unwrap(), s3("b", "f/t"));
+        assert_eq!(
+            Location::parse_bucket_path("b/f/t").unwrap(),
+            s3("b", "f/t")
+        );
         assert!(Location::parse_bucket_path("").is_err());
     }
 
     #[test]
     fn keys_join_prefix() {
-        assert_eq!(s3("b", "p").key_for("2024-01-01/t.csv.gz"), "p/2024-01-01/t.csv.gz");
+        assert_eq!(
+            s3("b", "p").key_for("2024-01-01/t.csv.gz"),
+            "p/2024-01-01/t.csv.gz"
+        );
         assert_eq!(s3("b", "").key_for("k"), "k");
     }
 }

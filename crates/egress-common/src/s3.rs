@@ -126,11 +126,19 @@ pub fn classify<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> S3P
 /// Classify from an S3 error code (and optional HTTP status).
 pub fn classify_code(code: Option<&str>, status: Option<u16>) -> Option<S3Problem> {
     let by_code = match code {
-        Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken"
-            | "InvalidClientTokenId" | "AuthorizationHeaderMalformed") => Some(S3Problem::Credentials),
+        Some(
+            "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "InvalidToken"
+            | "ExpiredToken"
+            | "InvalidClientTokenId"
+            | "AuthorizationHeaderMalformed",
+        ) => Some(S3Problem::Credentials),
         Some("AccessDenied" | "AllAccessDisabled" | "Forbidden") => Some(S3Problem::AccessDenied),
         Some("NoSuchBucket") => Some(S3Problem::NoSuchBucket),
-        Some("PermanentRedirect" | "IllegalLocationConstraintException") => Some(S3Problem::WrongRegion),
+        Some("PermanentRedirect" | "IllegalLocationConstraintException") => {
+            Some(S3Problem::WrongRegion)
+        }
         Some("SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout") => {
             Some(S3Problem::Unreachable)
         }
@@ -205,10 +213,22 @@ mod tests {
 
     #[test]
     fn codes_map_to_problems() {
-        assert_eq!(classify_code(Some("InvalidAccessKeyId"), None), Some(S3Problem::Credentials));
-        assert_eq!(classify_code(Some("SignatureDoesNotMatch"), Some(403)), Some(S3Problem::Credentials));
-        assert_eq!(classify_code(Some("NoSuchBucket"), None), Some(S3Problem::NoSuchBucket));
-        assert_eq!(classify_code(None, Some(404)), Some(S3Problem::NoSuchBucket));
+        assert_eq!(
+            classify_code(Some("InvalidAccessKeyId"), None),
+            Some(S3Problem::Credentials)
+        );
+        assert_eq!(
+            classify_code(Some("SignatureDoesNotMatch"), Some(403)),
+            Some(S3Problem::Credentials)
+        );
+        assert_eq!(
+            classify_code(Some("NoSuchBucket"), None),
+            Some(S3Problem::NoSuchBucket)
+        );
+        assert_eq!(
+            classify_code(None, Some(404)),
+            Some(S3Problem::NoSuchBucket)
+        );
         assert_eq!(classify_code(None, Some(503)), Some(S3Problem::Unreachable));
         assert_eq!(classify_code(Some("Weird"), Some(400)), None);
         assert_eq!(S3Problem::Credentials.exit_code(), ExitCode::Usage);

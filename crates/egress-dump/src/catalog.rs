@@ -37,7 +37,11 @@ impl ResolvedTable {
     /// views and partitioned tables through a query (COPY refuses them otherwise).
     pub fn copy_sql(&self, header: bool) -> String {
         let name = format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name));
-        let options = if header { "(FORMAT csv, HEADER)" } else { "(FORMAT csv)" };
+        let options = if header {
+            "(FORMAT csv, HEADER)"
+        } else {
+            "(FORMAT csv)"
+        };
         if self.kind == 'r' {
             format!("COPY {name} TO STDOUT {options}")
         } else {
@@ -53,7 +57,10 @@ const LOOKUP: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text, 
 
 /// Look `table` up. Unquoted names match exactly first, then folded to lower case as
 /// PostgreSQL folds unquoted SQL identifiers (so `TABLES=Users` still finds `users`).
-pub async fn resolve(client: &Client, table: &TableRef) -> Result<Result<ResolvedTable, Problem>, tokio_postgres::Error> {
+pub async fn resolve(
+    client: &Client,
+    table: &TableRef,
+) -> Result<Result<ResolvedTable, Problem>, tokio_postgres::Error> {
     for candidate in candidates(table) {
         // to_regclass raises for a schema we may not use; treat that like "not found".
         let rows = match client.query(LOOKUP, &[&candidate]).await {
@@ -118,7 +125,12 @@ mod tests {
         let t = &parse_list("Public.Users").unwrap()[0];
         assert_eq!(
             candidates(t),
-            [r#""Public"."Users""#, r#""Public"."users""#, r#""public"."Users""#, r#""public"."users""#]
+            [
+                r#""Public"."Users""#,
+                r#""Public"."users""#,
+                r#""public"."Users""#,
+                r#""public"."users""#
+            ]
         );
         let t = &parse_list(r#""Mixed""#).unwrap()[0];
         assert_eq!(candidates(t), [r#""Mixed""#]);
@@ -134,8 +146,14 @@ mod tests {
             estimated_rows: 0,
             estimated_bytes: 0,
         };
-        assert_eq!(t.copy_sql(false), r#"COPY "s"."a""b" TO STDOUT (FORMAT csv)"#);
+        assert_eq!(
+            t.copy_sql(false),
+            r#"COPY "s"."a""b" TO STDOUT (FORMAT csv)"#
+        );
         let v = ResolvedTable { kind: 'v', ..t };
-        assert_eq!(v.copy_sql(true), r#"COPY (SELECT * FROM "s"."a""b") TO STDOUT (FORMAT csv, HEADER)"#);
+        assert_eq!(
+            v.copy_sql(true),
+            r#"COPY (SELECT * FROM "s"."a""b") TO STDOUT (FORMAT csv, HEADER)"#
+        );
     }
 }

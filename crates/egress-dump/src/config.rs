@@ -98,13 +98,31 @@ pub struct Args {
 
 /// Variables read outside clap: libpq's and the AWS SDK's.
 pub const EXTRA_ENV: &[&str] = &[
-    "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE", "PGSSLROOTCERT", "PGAPPNAME",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+    "PGHOST",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGDATABASE",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGAPPNAME",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
 ];
 
 /// Variables a CronJob must set (the rest have defaults or are alternatives).
-pub const REQUIRED_ENV: &[&str] = &["TABLES", "S3_OUTPUT", "PGHOST", "PGUSER", "PGPASSWORD", "PGDATABASE"];
+pub const REQUIRED_ENV: &[&str] = &[
+    "TABLES",
+    "S3_OUTPUT",
+    "PGHOST",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGDATABASE",
+];
 
 impl Args {
     /// The timeout as a `Duration`.

@@ -68,6 +68,10 @@ pub async fn copy_out(
         progress.add_read(batch_rows, chunk.len() as u64);
         output.send(chunk).await.map_err(|_| CopyError::Closed)?;
     }
-    stats.rows = if header { messages.saturating_sub(1) } else { messages };
+    stats.rows = if header {
+        messages.saturating_sub(1)
+    } else {
+        messages
+    };
     Ok(stats)
 }

@@ -61,13 +61,19 @@ pub struct Target {
 
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target").field("display", &self.display).finish()
+        f.debug_struct("Target")
+            .field("display", &self.display)
+            .finish()
     }
 }
 
 /// Build the connection target. A URL's settings win; the `PG*` variables fill the rest,
 /// as in libpq. Errors never echo the URL (it may hold a password).
-pub fn resolve(url: Option<&str>, env: &PgEnv, connect_timeout: Duration) -> Result<Target, Failure> {
+pub fn resolve(
+    url: Option<&str>,
+    env: &PgEnv,
+    connect_timeout: Duration,
+) -> Result<Target, Failure> {
     let mut config: tokio_postgres::Config = match url {
         Some(url) => url.parse().map_err(|_| {
             Failure::usage(anyhow!(
@@ -82,7 +88,9 @@ pub fn resolve(url: Option<&str>, env: &PgEnv, connect_timeout: Duration) -> Res
     if config.get_ports().is_empty() {
         if let Some(port) = &env.port {
             let port: u16 = port.parse().map_err(|_| {
-                Failure::usage(anyhow!("PGPORT '{port}' is not a port number: set it to e.g. 5432"))
+                Failure::usage(anyhow!(
+                    "PGPORT '{port}' is not a port number: set it to e.g. 5432"
+                ))
             })?;
             config.port(port);
         }
@@ -195,7 +203,11 @@ impl Target {
             ));
         }
         let text = egress_common::exit::one_line(&anyhow::Error::new(e));
-        if text.contains("certificate") || text.contains("tls") || text.contains("TLS") || text.contains("ssl") {
+        if text.contains("certificate")
+            || text.contains("tls")
+            || text.contains("TLS")
+            || text.contains("ssl")
+        {
             return Failure::usage(anyhow!(
                 "TLS to PostgreSQL at {target} failed: {text}; check PGSSLMODE and PGSSLROOTCERT"
             ));
@@ -218,7 +230,6 @@ pub async fn prepare_session(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,17 +251,37 @@ mod tests {
 
     #[test]
     fn bad_url_does_not_echo_it() {
-        let err = resolve(Some("postgresql://u:s3cretpw@h:notaport/d"), &PgEnv::default(), Duration::from_secs(1))
-            .unwrap_err();
+        let err = resolve(
+            Some("postgresql://u:s3cretpw@h:notaport/d"),
+            &PgEnv::default(),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
         assert_eq!(err.code, ExitCode::Usage);
         assert!(!err.one_line().contains("s3cretpw"));
     }
 
     #[test]
     fn bad_port_and_sslmode_are_usage_errors() {
-        let env = PgEnv { port: Some("x".into()), ..Default::default() };
-        assert_eq!(resolve(None, &env, Duration::from_secs(1)).unwrap_err().code, ExitCode::Usage);
-        let env = PgEnv { sslmode: Some("sometimes".into()), ..Default::default() };
-        assert_eq!(resolve(None, &env, Duration::from_secs(1)).unwrap_err().code, ExitCode::Usage);
+        let env = PgEnv {
+            port: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(None, &env, Duration::from_secs(1))
+                .unwrap_err()
+                .code,
+            ExitCode::Usage
+        );
+        let env = PgEnv {
+            sslmode: Some("sometimes".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(None, &env, Duration::from_secs(1))
+                .unwrap_err()
+                .code,
+            ExitCode::Usage
+        );
     }
 }

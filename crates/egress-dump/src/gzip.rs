@@ -41,7 +41,10 @@ pub fn compress(
 ) -> Result<CompressStats, Closed> {
     let mut part_number = 1;
     let mut target = part_size(part_number);
-    let mut encoder = GzEncoder::new(Vec::with_capacity(target + 64 * 1024), Compression::new(level));
+    let mut encoder = GzEncoder::new(
+        Vec::with_capacity(target + 64 * 1024),
+        Compression::new(level),
+    );
     let mut raw_hash = Sha256::new();
     let mut gz_hash = Sha256::new();
     let mut stats = CompressStats::default();
@@ -81,7 +84,9 @@ mod tests {
         let (out_tx, mut out_rx) = mpsc::channel(1024);
         let mut data = Vec::new();
         for i in 0..20_000u32 {
-            data.extend_from_slice(format!("{i},\"x,{}\"\n", i.wrapping_mul(2_654_435_761)).as_bytes());
+            data.extend_from_slice(
+                format!("{i},\"x,{}\"\n", i.wrapping_mul(2_654_435_761)).as_bytes(),
+            );
         }
         for chunk in data.chunks(4096) {
             in_tx.try_send(Bytes::copy_from_slice(chunk)).unwrap();
@@ -98,10 +103,18 @@ mod tests {
         assert!(parts > 2);
         assert_eq!(stats.compressed_bytes, joined.len() as u64);
         assert_eq!(stats.uncompressed_bytes, data.len() as u64);
-        assert_eq!(stats.compressed_sha256, hex::encode(Sha256::digest(&joined)));
-        assert_eq!(stats.uncompressed_sha256, hex::encode(Sha256::digest(&data)));
+        assert_eq!(
+            stats.compressed_sha256,
+            hex::encode(Sha256::digest(&joined))
+        );
+        assert_eq!(
+            stats.uncompressed_sha256,
+            hex::encode(Sha256::digest(&data))
+        );
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(joined.as_slice()).read_to_end(&mut back).unwrap();
+        flate2::read::GzDecoder::new(joined.as_slice())
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, data);
     }
 
@@ -114,7 +127,9 @@ mod tests {
         let part = out_rx.try_recv().unwrap();
         assert_eq!(stats.uncompressed_bytes, 0);
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&part[..]).read_to_end(&mut back).unwrap();
+        flate2::read::GzDecoder::new(&part[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert!(back.is_empty());
     }
 }

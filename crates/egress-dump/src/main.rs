@@ -12,7 +12,11 @@ async fn main() {
         let cmd = Args::command();
         print!(
             "{}",
-            egress_common::envlist::listing(&cmd, egress_dump::config::EXTRA_ENV, egress_dump::config::REQUIRED_ENV)
+            egress_common::envlist::listing(
+                &cmd,
+                egress_dump::config::EXTRA_ENV,
+                egress_dump::config::REQUIRED_ENV
+            )
         );
         return;
     }

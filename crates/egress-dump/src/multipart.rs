@@ -76,7 +76,14 @@ pub async fn upload(
         .content_type("application/gzip")
         .send()
         .await
-        .map_err(|e| failure(&e, &format!("starting the upload of {}", target.key), &target.bucket, CREDENTIALS_HINT))?;
+        .map_err(|e| {
+            failure(
+                &e,
+                &format!("starting the upload of {}", target.key),
+                &target.bucket,
+                CREDENTIALS_HINT,
+            )
+        })?;
     let upload_id = created.upload_id().unwrap_or_default().to_string();
     if upload_id.is_empty() {
         return Err(Failure::runtime(anyhow::anyhow!(
@@ -126,7 +133,12 @@ async fn upload_parts(
         while running.len() >= in_flight.max(1) {
             done.push(join_one(&mut running).await?);
         }
-        running.spawn(upload_part(target.clone(), upload_id.to_string(), number, body));
+        running.spawn(upload_part(
+            target.clone(),
+            upload_id.to_string(),
+            number,
+            body,
+        ));
     }
     while !running.is_empty() {
         done.push(join_one(&mut running).await?);
@@ -135,15 +147,26 @@ async fn upload_parts(
     Ok(done)
 }
 
-async fn join_one(running: &mut JoinSet<Result<CompletedPart, Failure>>) -> Result<CompletedPart, Failure> {
+async fn join_one(
+    running: &mut JoinSet<Result<CompletedPart, Failure>>,
+) -> Result<CompletedPart, Failure> {
     match running.join_next().await {
         Some(Ok(result)) => result,
-        Some(Err(join)) => Err(Failure::runtime(anyhow::anyhow!("part upload task failed: {join}"))),
-        None => Err(Failure::runtime(anyhow::anyhow!("no part upload was running"))),
+        Some(Err(join)) => Err(Failure::runtime(anyhow::anyhow!(
+            "part upload task failed: {join}"
+        ))),
+        None => Err(Failure::runtime(anyhow::anyhow!(
+            "no part upload was running"
+        ))),
     }
 }
 
-async fn upload_part(target: S3Object, upload_id: String, number: u32, body: Bytes) -> Result<CompletedPart, Failure> {
+async fn upload_part(
+    target: S3Object,
+    upload_id: String,
+    number: u32,
+    body: Bytes,
+) -> Result<CompletedPart, Failure> {
     let out = target
         .client
         .upload_part()
@@ -181,7 +204,14 @@ pub async fn complete(target: &S3Object, pending: Pending, size: u64) -> Result<
                 .body(ByteStream::from(body))
                 .send()
                 .await
-                .map_err(|e| failure(&e, &format!("uploading {}", target.key), &target.bucket, CREDENTIALS_HINT))?;
+                .map_err(|e| {
+                    failure(
+                        &e,
+                        &format!("uploading {}", target.key),
+                        &target.bucket,
+                        CREDENTIALS_HINT,
+                    )
+                })?;
         }
         Pending::Multipart { upload_id, parts } => {
             let result = target
@@ -190,7 +220,11 @@ pub async fn complete(target: &S3Object, pending: Pending, size: u64) -> Result<
                 .bucket(&target.bucket)
                 .key(&target.key)
                 .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await;
             if let Err(e) = result {
@@ -215,7 +249,13 @@ pub async fn complete(target: &S3Object, pending: Pending, size: u64) -> Result<
 }
 
 async fn object_has_size(target: &S3Object, size: u64) -> bool {
-    let head = target.client.head_object().bucket(&target.bucket).key(&target.key).send().await;
+    let head = target
+        .client
+        .head_object()
+        .bucket(&target.bucket)
+        .key(&target.key)
+        .send()
+        .await;
     matches!(head, Ok(h) if h.content_length() == Some(size as i64))
 }
 

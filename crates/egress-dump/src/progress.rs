@@ -42,7 +42,10 @@ impl Display {
     /// Start drawing for `table` if `enabled` and stderr is a terminal.
     pub fn start(table: String, counters: Arc<Counters>, enabled: bool) -> Display {
         if !enabled || !std::io::stderr().is_terminal() {
-            return Display { stop: None, task: None };
+            return Display {
+                stop: None,
+                task: None,
+            };
         }
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let started = Instant::now();

@@ -47,7 +47,11 @@ pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
     let location = Location::parse(&args.output).usage_err()?;
     let destination = open_destination(args, &location).await?;
 
-    let target = database::resolve(args.database_url.as_deref(), &PgEnv::from_process(), args.timeout())?;
+    let target = database::resolve(
+        args.database_url.as_deref(),
+        &PgEnv::from_process(),
+        args.timeout(),
+    )?;
     let client = target.connect_with_retry(5).await?;
     database::prepare_session(&client).await.runtime_err()?;
     // One snapshot for every table of the run: the day's files agree with each other.
@@ -73,11 +77,16 @@ pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
                 reports.push(report);
             }
             Err(failure) => {
-                let _ = client.batch_execute("ROLLBACK TO SAVEPOINT egress_table").await;
+                let _ = client
+                    .batch_execute("ROLLBACK TO SAVEPOINT egress_table")
+                    .await;
                 error!(table = %name, error = %failure, "Table '{name}': Dump failed.");
                 failed.push((name, failure.one_line()));
                 if !args.keep_going {
-                    let skipped: Vec<String> = resolved[index + 1..].iter().map(|t| t.requested.file_stem()).collect();
+                    let skipped: Vec<String> = resolved[index + 1..]
+                        .iter()
+                        .map(|t| t.requested.file_stem())
+                        .collect();
                     return Err(summarise_failure(&reports, &failed, &skipped));
                 }
             }
@@ -92,7 +101,11 @@ pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
     Ok(reports)
 }
 
-fn summarise_failure(done: &[TableReport], failed: &[(String, String)], skipped: &[String]) -> Failure {
+fn summarise_failure(
+    done: &[TableReport],
+    failed: &[(String, String)],
+    skipped: &[String],
+) -> Failure {
     let ok: Vec<&str> = done.iter().map(|r| r.table.as_str()).collect();
     let bad: Vec<&str> = failed.iter().map(|(t, _)| t.as_str()).collect();
     error!(
@@ -103,7 +116,10 @@ fn summarise_failure(done: &[TableReport], failed: &[(String, String)], skipped:
         ok.len(),
         ok.len() + bad.len() + skipped.len()
     );
-    let first = failed.first().map(|(t, e)| format!("table '{t}': {e}")).unwrap_or_default();
+    let first = failed
+        .first()
+        .map(|(t, e)| format!("table '{t}': {e}"))
+        .unwrap_or_default();
     Failure::runtime(anyhow!(
         "{} table(s) failed ({}); first failure: {first}",
         bad.len(),
@@ -114,12 +130,19 @@ fn summarise_failure(done: &[TableReport], failed: &[(String, String)], skipped:
 /// `--date`, or today in UTC; fixed once so a run across midnight stays in one folder.
 pub fn run_date(arg: Option<&str>) -> Result<String, Failure> {
     match arg {
-        None => Ok(chrono::Utc::now().date_naive().format("%Y-%m-%d").to_string()),
+        None => Ok(chrono::Utc::now()
+            .date_naive()
+            .format("%Y-%m-%d")
+            .to_string()),
         Some(text) => NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
             .ok()
             .filter(|d| d.format("%Y-%m-%d").to_string() == text.trim())
             .map(|d| d.format("%Y-%m-%d").to_string())
-            .ok_or_else(|| Failure::usage(anyhow!("--date '{text}' is not a valid date: use YYYY-MM-DD, e.g. 2024-01-31"))),
+            .ok_or_else(|| {
+                Failure::usage(anyhow!(
+                    "--date '{text}' is not a valid date: use YYYY-MM-DD, e.g. 2024-01-31"
+                ))
+            }),
     }
 }
 
@@ -145,18 +168,33 @@ async fn open_destination(args: &Args, location: &Location) -> Result<Destinatio
             client
                 .list_objects_v2()
                 .bucket(bucket)
-                .prefix(if prefix.is_empty() { String::new() } else { format!("{prefix}/") })
+                .prefix(if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                })
                 .max_keys(1)
                 .send()
                 .await
-                .map_err(|e| s3::failure(&e, &format!("checking {location}"), bucket, CREDENTIALS_HINT))?;
+                .map_err(|e| {
+                    s3::failure(
+                        &e,
+                        &format!("checking {location}"),
+                        bucket,
+                        CREDENTIALS_HINT,
+                    )
+                })?;
             Destination::new(location, Some(client))
                 .ok_or_else(|| Failure::runtime(anyhow!("internal: no S3 client")))
         }
         Location::Local(dir) => {
             if !args.dry_run {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Failure::usage(anyhow!("cannot create output directory {}: {e}; choose a writable --output", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Failure::usage(anyhow!(
+                        "cannot create output directory {}: {e}; choose a writable --output",
+                        dir.display()
+                    ))
+                })?;
             }
             Ok(Destination::Local(dir.clone()))
         }
@@ -170,11 +208,21 @@ async fn resolve_all(client: &Client, tables: &[TableRef]) -> Result<Vec<Resolve
         match catalog::resolve(client, table).await {
             Ok(Ok(found)) => resolved.push(found),
             Ok(Err(problem)) => problems.push(match problem {
-                Problem::Missing => format!("'{table}' does not exist (or is not visible to this user)"),
-                Problem::NotReadable => format!("'{table}' is not readable (GRANT SELECT to the dump user)"),
-                Problem::NotATable(kind) => format!("'{table}' is not a table or view (relkind '{kind}')"),
+                Problem::Missing => {
+                    format!("'{table}' does not exist (or is not visible to this user)")
+                }
+                Problem::NotReadable => {
+                    format!("'{table}' is not readable (GRANT SELECT to the dump user)")
+                }
+                Problem::NotATable(kind) => {
+                    format!("'{table}' is not a table or view (relkind '{kind}')")
+                }
             }),
-            Err(e) => return Err(Failure::runtime(anyhow!("cannot look up table '{table}': {e}"))),
+            Err(e) => {
+                return Err(Failure::runtime(anyhow!(
+                    "cannot look up table '{table}': {e}"
+                )))
+            }
         }
     }
     if !problems.is_empty() {
@@ -189,10 +237,17 @@ async fn resolve_all(client: &Client, tables: &[TableRef]) -> Result<Vec<Resolve
 }
 
 fn print_plan(tables: &[ResolvedTable], destination: &Destination, date: &str) {
-    println!("{:<32} {:>14} {:>12}  target", "table", "est. rows", "est. size");
+    println!(
+        "{:<32} {:>14} {:>12}  target",
+        "table", "est. rows", "est. size"
+    );
     for t in tables {
         let target = destination.describe(&format!("{date}/{}.csv.gz", t.requested.file_stem()));
-        let rows = if t.estimated_rows < 0 { "unknown".to_string() } else { t.estimated_rows.to_string() };
+        let rows = if t.estimated_rows < 0 {
+            "unknown".to_string()
+        } else {
+            t.estimated_rows.to_string()
+        };
         println!(
             "{:<32} {:>14} {:>12}  {target}",
             t.requested.file_stem(),
@@ -225,7 +280,13 @@ async fn dump_table(
     let level = args.compression_level;
     let compress_counters = counters.clone();
     let compressor = tokio::task::spawn_blocking(move || {
-        gzip::compress(raw_rx, part_tx, level, |n| multipart::part_size(n, base), &compress_counters)
+        gzip::compress(
+            raw_rx,
+            part_tx,
+            level,
+            |n| multipart::part_size(n, base),
+            &compress_counters,
+        )
     });
     let sql = table.copy_sql(args.header);
     let copy = copy_stream::copy_out(client, &sql, args.header, raw_tx, &counters);
@@ -244,10 +305,13 @@ async fn dump_table(
         (copied, compressed, Ok(pending)) => {
             sink.abort(Some(pending)).await;
             return Err(match (copied, compressed) {
-                (Err(CopyError::Database(e)), _) => {
-                    Failure::runtime(anyhow!("reading table '{name}' failed: {}", describe_db_error(&e)))
+                (Err(CopyError::Database(e)), _) => Failure::runtime(anyhow!(
+                    "reading table '{name}' failed: {}",
+                    describe_db_error(&e)
+                )),
+                (_, Err(join)) => {
+                    Failure::runtime(anyhow!("compressing table '{name}' failed: {join}"))
                 }
-                (_, Err(join)) => Failure::runtime(anyhow!("compressing table '{name}' failed: {join}")),
                 _ => Failure::runtime(anyhow!("dumping table '{name}' stopped unexpectedly")),
             });
         }

@@ -95,7 +95,10 @@ impl Destination {
                         .with_context(|| format!("cannot create directory {}", parent.display()))
                         .usage_err()?;
                 }
-                let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
                 let temp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
                 Ok(Sink::Local { path, temp })
             }
@@ -105,9 +108,15 @@ impl Destination {
 
 impl Sink {
     /// Consume every part from `parts`; keep it invisible.
-    pub async fn receive(&self, parts: mpsc::Receiver<Bytes>, in_flight: usize) -> Result<Pending, Failure> {
+    pub async fn receive(
+        &self,
+        parts: mpsc::Receiver<Bytes>,
+        in_flight: usize,
+    ) -> Result<Pending, Failure> {
         match self {
-            Sink::S3(object) => Ok(Pending::S3(multipart::upload(object, parts, in_flight).await?)),
+            Sink::S3(object) => Ok(Pending::S3(
+                multipart::upload(object, parts, in_flight).await?,
+            )),
             Sink::Local { temp, .. } => {
                 let result = write_file(temp, parts).await;
                 if result.is_err() {
@@ -124,9 +133,12 @@ impl Sink {
         match (self, pending) {
             (Sink::S3(object), Pending::S3(p)) => multipart::complete(object, p, size).await,
             (Sink::Local { path, temp }, _) => {
-                let result = tokio::fs::rename(temp, path)
-                    .await
-                    .with_context(|| format!("cannot move the finished file into place at {}", path.display()));
+                let result = tokio::fs::rename(temp, path).await.with_context(|| {
+                    format!(
+                        "cannot move the finished file into place at {}",
+                        path.display()
+                    )
+                });
                 if result.is_err() {
                     let _ = tokio::fs::remove_file(temp).await;
                 }
@@ -136,7 +148,9 @@ impl Sink {
                 }
                 Ok(())
             }
-            (Sink::S3(_), Pending::Local) => Err(Failure::runtime(anyhow::anyhow!("internal: sink mismatch"))),
+            (Sink::S3(_), Pending::Local) => {
+                Err(Failure::runtime(anyhow::anyhow!("internal: sink mismatch")))
+            }
         }
     }
 

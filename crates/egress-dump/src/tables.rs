@@ -115,7 +115,12 @@ fn parse_entry(entry: &str) -> Result<TableRef, TableListError> {
                     }
                     Some('"') => break,
                     Some(c) => text.push(c),
-                    None => return Err(TableListError::Invalid(entry.into(), "unbalanced double quote")),
+                    None => {
+                        return Err(TableListError::Invalid(
+                            entry.into(),
+                            "unbalanced double quote",
+                        ))
+                    }
                 }
             }
         } else {
@@ -124,7 +129,10 @@ fn parse_entry(entry: &str) -> Result<TableRef, TableListError> {
                     break;
                 }
                 if c == '"' {
-                    return Err(TableListError::Invalid(entry.into(), "quote in the middle of a name"));
+                    return Err(TableListError::Invalid(
+                        entry.into(),
+                        "quote in the middle of a name",
+                    ));
                 }
                 text.push(c);
                 chars.next();
@@ -134,13 +142,21 @@ fn parse_entry(entry: &str) -> Result<TableRef, TableListError> {
             return Err(TableListError::Invalid(entry.into(), "empty name part"));
         }
         if text.contains('/') || text.contains('\0') {
-            return Err(TableListError::Invalid(entry.into(), "'/' and NUL cannot appear in an object name"));
+            return Err(TableListError::Invalid(
+                entry.into(),
+                "'/' and NUL cannot appear in an object name",
+            ));
         }
         parts.push(Ident { text, quoted });
         match chars.next() {
             None => break,
             Some('.') => continue,
-            Some(_) => return Err(TableListError::Invalid(entry.into(), "text after a quoted name")),
+            Some(_) => {
+                return Err(TableListError::Invalid(
+                    entry.into(),
+                    "text after a quoted name",
+                ))
+            }
         }
     }
     match parts.len() {
@@ -155,7 +171,10 @@ fn parse_entry(entry: &str) -> Result<TableRef, TableListError> {
                 name,
             })
         }
-        _ => Err(TableListError::Invalid(entry.into(), "use table or schema.table")),
+        _ => Err(TableListError::Invalid(
+            entry.into(),
+            "use table or schema.table",
+        )),
     }
 }
 
@@ -164,7 +183,11 @@ mod tests {
     use super::*;
 
     fn names(text: &str) -> Vec<String> {
-        parse_list(text).unwrap().iter().map(|t| t.file_stem()).collect()
+        parse_list(text)
+            .unwrap()
+            .iter()
+            .map(|t| t.file_stem())
+            .collect()
     }
 
     #[test]
@@ -194,10 +217,25 @@ mod tests {
     #[test]
     fn rejects_bad_lists() {
         assert_eq!(parse_list(" , "), Err(TableListError::Empty));
-        assert!(matches!(parse_list("a a"), Err(TableListError::Duplicate(_))));
-        assert!(matches!(parse_list("a.b.c"), Err(TableListError::Invalid(..))));
-        assert!(matches!(parse_list("a..b"), Err(TableListError::Invalid(..))));
-        assert!(matches!(parse_list("\"abc"), Err(TableListError::Invalid(..))));
-        assert!(matches!(parse_list("a/b"), Err(TableListError::Invalid(..))));
+        assert!(matches!(
+            parse_list("a a"),
+            Err(TableListError::Duplicate(_))
+        ));
+        assert!(matches!(
+            parse_list("a.b.c"),
+            Err(TableListError::Invalid(..))
+        ));
+        assert!(matches!(
+            parse_list("a..b"),
+            Err(TableListError::Invalid(..))
+        ));
+        assert!(matches!(
+            parse_list("\"abc"),
+            Err(TableListError::Invalid(..))
+        ));
+        assert!(matches!(
+            parse_list("a/b"),
+            Err(TableListError::Invalid(..))
+        ));
     }
 }

@@ -87,9 +87,10 @@ pub fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<MakeRustlsCo
     let verifier: Arc<dyn ServerCertVerifier> = match roots {
         None => Arc::new(AcceptAny(provider.clone())),
         Some(roots) => {
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| Failure::usage(anyhow!("cannot use the CA certificate: {e}")))?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| Failure::usage(anyhow!("cannot use the CA certificate: {e}")))?;
             if mode == SslMode::VerifyFull {
                 webpki
             } else {
@@ -113,11 +114,15 @@ fn load_roots(path: &Path) -> anyhow::Result<RootCertStore> {
         return Ok(store);
     }
     let pem = std::fs::read(path).with_context(|| {
-        format!("cannot read PGSSLROOTCERT file '{}': give a readable PEM CA bundle", path.display())
+        format!(
+            "cannot read PGSSLROOTCERT file '{}': give a readable PEM CA bundle",
+            path.display()
+        )
     })?;
     let mut reader = std::io::BufReader::new(pem.as_slice());
     for cert in rustls_pemfile::certs(&mut reader) {
-        let cert = cert.with_context(|| format!("'{}' is not a PEM certificate file", path.display()))?;
+        let cert =
+            cert.with_context(|| format!("'{}' is not a PEM certificate file", path.display()))?;
         store
             .add(cert)
             .with_context(|| format!("'{}' holds an unusable certificate", path.display()))?;
@@ -152,7 +157,12 @@ impl ServerCertVerifier for AcceptAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -160,7 +170,12 @@ impl ServerCertVerifier for AcceptAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -180,7 +195,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -214,7 +232,10 @@ mod tests {
 
     #[test]
     fn parses_libpq_modes() {
-        assert_eq!("verify-full".parse::<SslMode>().unwrap(), SslMode::VerifyFull);
+        assert_eq!(
+            "verify-full".parse::<SslMode>().unwrap(),
+            SslMode::VerifyFull
+        );
         assert_eq!("REQUIRE".parse::<SslMode>().unwrap(), SslMode::Require);
         assert!("maybe".parse::<SslMode>().is_err());
     }

@@ -111,12 +111,23 @@ pub struct Args {
 }
 
 /// Variables read outside clap (the AWS chain, used when no static keys are given).
-pub const EXTRA_ENV: &[&str] = &["AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+pub const EXTRA_ENV: &[&str] = &[
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
 
 /// Variables a CronJob must set.
 pub const REQUIRED_ENV: &[&str] = &[
-    "INPUT_URL", "INPUT_PATH", "INPUT_ACCESS_KEY_ID", "INPUT_SECRET_ACCESS_KEY",
-    "OUTPUT_URL", "OUTPUT_PATH", "OUTPUT_ACCESS_KEY_ID", "OUTPUT_SECRET_ACCESS_KEY",
+    "INPUT_URL",
+    "INPUT_PATH",
+    "INPUT_ACCESS_KEY_ID",
+    "INPUT_SECRET_ACCESS_KEY",
+    "OUTPUT_URL",
+    "OUTPUT_PATH",
+    "OUTPUT_ACCESS_KEY_ID",
+    "OUTPUT_SECRET_ACCESS_KEY",
 ];
 
 impl Args {

@@ -49,7 +49,14 @@ impl Report {
 }
 
 /// Copy everything the plan says, `jobs` at a time; delete only when every copy succeeded.
-pub async fn execute(plan: &Plan, source: Arc<Store>, dest: Arc<Store>, settings: &Settings, jobs: usize, names: &Names) -> Report {
+pub async fn execute(
+    plan: &Plan,
+    source: Arc<Store>,
+    dest: Arc<Store>,
+    settings: &Settings,
+    jobs: usize,
+    names: &Names,
+) -> Report {
     let started = Instant::now();
     let copies: Vec<ObjectInfo> = plan.copies().map(|(o, _)| o.clone()).collect();
     let mut report = Report {
@@ -111,7 +118,12 @@ pub async fn execute(plan: &Plan, source: Arc<Store>, dest: Arc<Store>, settings
     report
 }
 
-async fn copy_with_retry(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo, settings: &Settings) -> Result<Copied, Failure> {
+async fn copy_with_retry(
+    source: &Arc<Store>,
+    dest: &Arc<Store>,
+    object: &ObjectInfo,
+    settings: &Settings,
+) -> Result<Copied, Failure> {
     let mut attempt = 1;
     loop {
         match transfer::copy(source, dest, object, settings).await {

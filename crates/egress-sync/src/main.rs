@@ -8,7 +8,10 @@ use egress_sync::config::{Args, EXTRA_ENV, REQUIRED_ENV};
 async fn main() {
     let args = Args::parse();
     if args.list_env {
-        print!("{}", egress_common::envlist::listing(&Args::command(), EXTRA_ENV, REQUIRED_ENV));
+        print!(
+            "{}",
+            egress_common::envlist::listing(&Args::command(), EXTRA_ENV, REQUIRED_ENV)
+        );
         return;
     }
     logging::init(args.log_format, args.verbose, false);

@@ -71,12 +71,19 @@ impl Record {
         vec![
             (meta_keys::SOURCE_ETAG.into(), self.source_etag.clone()),
             (meta_keys::SOURCE_SIZE.into(), self.source_size.to_string()),
-            (meta_keys::SOURCE_MODIFIED.into(), self.source_modified.to_string()),
+            (
+                meta_keys::SOURCE_MODIFIED.into(),
+                self.source_modified.to_string(),
+            ),
         ]
     }
 
     /// Read a record back from user metadata (any key case); `None` if it is not there.
-    pub fn from_metadata(metadata: &HashMap<String, String>, dest_etag: &str, dest_size: u64) -> Option<Record> {
+    pub fn from_metadata(
+        metadata: &HashMap<String, String>,
+        dest_etag: &str,
+        dest_size: u64,
+    ) -> Option<Record> {
         let get = |name: &str| {
             metadata
                 .iter()
@@ -86,7 +93,9 @@ impl Record {
         Some(Record {
             source_etag: get(meta_keys::SOURCE_ETAG)?,
             source_size: get(meta_keys::SOURCE_SIZE)?.parse().ok()?,
-            source_modified: get(meta_keys::SOURCE_MODIFIED).and_then(|v| v.parse().ok()).unwrap_or(0),
+            source_modified: get(meta_keys::SOURCE_MODIFIED)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             dest_etag: dest_etag.to_string(),
             dest_size,
         })
@@ -119,7 +128,12 @@ mod tests {
 
     #[test]
     fn record_round_trips_through_metadata_in_any_case() {
-        let src = ObjectInfo { key: "k".into(), size: 7, etag: "abc-2".into(), modified: 1700000000 };
+        let src = ObjectInfo {
+            key: "k".into(),
+            size: 7,
+            etag: "abc-2".into(),
+            modified: 1700000000,
+        };
         let record = Record::of(&src, "d1", 7);
         let meta: HashMap<String, String> = record
             .to_metadata()
@@ -132,15 +146,30 @@ mod tests {
 
     #[test]
     fn identity_falls_back_to_size_and_time() {
-        let o = ObjectInfo { key: "k".into(), size: 3, etag: String::new(), modified: 9 };
+        let o = ObjectInfo {
+            key: "k".into(),
+            size: 3,
+            etag: String::new(),
+            modified: 9,
+        };
         assert_eq!(o.identity(), "size3-mtime9");
-        assert_eq!(ObjectInfo { etag: "e".into(), ..o }.identity(), "e");
+        assert_eq!(
+            ObjectInfo {
+                etag: "e".into(),
+                ..o
+            }
+            .identity(),
+            "e"
+        );
     }
 
     #[test]
     fn etag_shapes() {
         assert_eq!(clean_etag("\"abc\""), "abc");
-        assert_eq!(multipart_parts("0123456789abcdef0123456789abcdef-16"), Some(16));
+        assert_eq!(
+            multipart_parts("0123456789abcdef0123456789abcdef-16"),
+            Some(16)
+        );
         assert_eq!(multipart_parts("0123456789abcdef0123456789abcdef"), None);
         assert!(is_plain_md5("0123456789abcdef0123456789abcdef"));
         assert!(!is_plain_md5("local-1-2"));

@@ -125,17 +125,24 @@ pub fn build(
     records: &HashMap<String, Record>,
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let dest_by_key: HashMap<&str, &ObjectInfo> = dest.iter().map(|o| (o.key.as_str(), o)).collect();
+    let dest_by_key: HashMap<&str, &ObjectInfo> =
+        dest.iter().map(|o| (o.key.as_str(), o)).collect();
     let mut actions = Vec::with_capacity(source.len());
     for s in source {
         let action = match dest_by_key.get(s.key.as_str()) {
             None => Action::Copy(s.clone(), CopyReason::New),
             Some(d) => match usable(records, d) {
-                Some(r) if r.source_etag == s.identity() && r.source_size == s.size => Action::Skip(
-                    s.clone(),
-                    SkipReason::Unchanged,
-                    Some(Record { dest_etag: d.etag.clone(), dest_size: d.size, ..r.clone() }),
-                ),
+                Some(r) if r.source_etag == s.identity() && r.source_size == s.size => {
+                    Action::Skip(
+                        s.clone(),
+                        SkipReason::Unchanged,
+                        Some(Record {
+                            dest_etag: d.etag.clone(),
+                            dest_size: d.size,
+                            ..r.clone()
+                        }),
+                    )
+                }
                 Some(_) => Action::Copy(s.clone(), CopyReason::SourceChanged),
                 None if s.size != d.size => Action::Copy(s.clone(), CopyReason::SizeDiffers),
                 None if s.modified > d.modified => Action::Copy(s.clone(), CopyReason::SourceNewer),
@@ -151,7 +158,10 @@ pub fn build(
     }
     if options.remove {
         let source_keys: HashSet<&str> = source.iter().map(|o| o.key.as_str()).collect();
-        let deletes: Vec<&ObjectInfo> = dest.iter().filter(|d| !source_keys.contains(d.key.as_str())).collect();
+        let deletes: Vec<&ObjectInfo> = dest
+            .iter()
+            .filter(|d| !source_keys.contains(d.key.as_str()))
+            .collect();
         if !deletes.is_empty() {
             if source.is_empty() {
                 return Err(PlanError::EmptySource(deletes.len()));
@@ -189,7 +199,10 @@ impl Plan {
 
     /// Number of skipped objects.
     pub fn skip_count(&self) -> usize {
-        self.actions.iter().filter(|a| matches!(a, Action::Skip(..))).count()
+        self.actions
+            .iter()
+            .filter(|a| matches!(a, Action::Skip(..)))
+            .count()
     }
 }
 
@@ -198,7 +211,12 @@ mod tests {
     use super::*;
 
     fn obj(key: &str, size: u64, etag: &str, modified: i64) -> ObjectInfo {
-        ObjectInfo { key: key.into(), size, etag: etag.into(), modified }
+        ObjectInfo {
+            key: key.into(),
+            size,
+            etag: etag.into(),
+            modified,
+        }
     }
 
     fn kinds(plan: &Plan) -> Vec<String> {
@@ -214,7 +232,13 @@ mod tests {
 
     #[test]
     fn new_objects_are_copied() {
-        let plan = build(&[obj("a", 1, "e1", 10)], &[], &HashMap::new(), PlanOptions::default()).unwrap();
+        let plan = build(
+            &[obj("a", 1, "e1", 10)],
+            &[],
+            &HashMap::new(),
+            PlanOptions::default(),
+        )
+        .unwrap();
         assert_eq!(kinds(&plan), ["copy a (New)"]);
     }
 
@@ -224,18 +248,25 @@ mod tests {
         let dst = [obj("same", 5, "d1", 20), obj("changed", 5, "d2", 20)];
         let records: HashMap<String, Record> = [
             ("same".to_string(), Record::of(&src[0], "d1", 5)),
-            ("changed".to_string(), Record::of(&obj("changed", 5, "s2-old", 9), "d2", 5)),
+            (
+                "changed".to_string(),
+                Record::of(&obj("changed", 5, "s2-old", 9), "d2", 5),
+            ),
         ]
         .into();
         let plan = build(&src, &dst, &records, PlanOptions::default()).unwrap();
-        assert_eq!(kinds(&plan), ["skip same (Unchanged)", "copy changed (SourceChanged)"]);
+        assert_eq!(
+            kinds(&plan),
+            ["skip same (Unchanged)", "copy changed (SourceChanged)"]
+        );
     }
 
     #[test]
     fn a_record_for_an_overwritten_destination_is_ignored() {
         let src = [obj("k", 5, "s1", 10)];
         let dst = [obj("k", 6, "someone-else", 30)];
-        let records: HashMap<String, Record> = [("k".to_string(), Record::of(&src[0], "d-old", 5))].into();
+        let records: HashMap<String, Record> =
+            [("k".to_string(), Record::of(&src[0], "d-old", 5))].into();
         let plan = build(&src, &dst, &records, PlanOptions::default()).unwrap();
         assert_eq!(kinds(&plan), ["copy k (SizeDiffers)"]);
         assert_eq!(keys_needing_metadata(&src, &dst, &records), ["k"]);
@@ -243,21 +274,37 @@ mod tests {
 
     #[test]
     fn without_records_size_and_age_decide() {
-        let src = [obj("a", 1, "x", 10), obj("b", 1, "x", 50), obj("c", 1, "x", 10)];
-        let dst = [obj("a", 2, "y", 20), obj("b", 1, "y", 20), obj("c", 1, "y", 20)];
+        let src = [
+            obj("a", 1, "x", 10),
+            obj("b", 1, "x", 50),
+            obj("c", 1, "x", 10),
+        ];
+        let dst = [
+            obj("a", 2, "y", 20),
+            obj("b", 1, "y", 20),
+            obj("c", 1, "y", 20),
+        ];
         let plan = build(&src, &dst, &HashMap::new(), PlanOptions::default()).unwrap();
         assert_eq!(
             kinds(&plan),
-            ["copy a (SizeDiffers)", "copy b (SourceNewer)", "skip c (SameSizeNotNewer)"]
+            [
+                "copy a (SizeDiffers)",
+                "copy b (SourceNewer)",
+                "skip c (SameSizeNotNewer)"
+            ]
         );
-        assert_eq!(keys_needing_metadata(&src, &dst, &HashMap::new()), ["a", "b", "c"]);
+        assert_eq!(
+            keys_needing_metadata(&src, &dst, &HashMap::new()),
+            ["a", "b", "c"]
+        );
     }
 
     #[test]
     fn stores_without_listing_etags_use_size_and_time() {
         let src = [obj("k", 5, "", 10)];
         let dst = [obj("k", 5, "", 20)];
-        let records: HashMap<String, Record> = [("k".to_string(), Record::of(&src[0], "put-etag", 5))].into();
+        let records: HashMap<String, Record> =
+            [("k".to_string(), Record::of(&src[0], "put-etag", 5))].into();
         let plan = build(&src, &dst, &records, PlanOptions::default()).unwrap();
         assert_eq!(kinds(&plan), ["skip k (Unchanged)"]);
         let touched = [obj("k", 5, "", 11)];
@@ -267,33 +314,64 @@ mod tests {
 
     #[test]
     fn deletes_only_with_remove_and_within_limits() {
-        let src: Vec<ObjectInfo> = (0..20).map(|i| obj(&format!("k{i:02}"), 1, "e", 1)).collect();
+        let src: Vec<ObjectInfo> = (0..20)
+            .map(|i| obj(&format!("k{i:02}"), 1, "e", 1))
+            .collect();
         let mut dst = src.clone();
         dst.push(obj("extra1", 1, "e", 1));
         dst.push(obj("extra2", 1, "e", 1));
-        let records: HashMap<String, Record> = src.iter().map(|o| (o.key.clone(), Record::of(o, "e", 1))).collect();
+        let records: HashMap<String, Record> = src
+            .iter()
+            .map(|o| (o.key.clone(), Record::of(o, "e", 1)))
+            .collect();
         let plan = build(&src, &dst, &records, PlanOptions::default()).unwrap();
         assert_eq!(plan.deletes().count(), 0);
-        let remove = PlanOptions { remove: true, max_delete: None };
+        let remove = PlanOptions {
+            remove: true,
+            max_delete: None,
+        };
         let plan = build(&src, &dst, &records, remove).unwrap();
-        assert_eq!(plan.deletes().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["extra1", "extra2"]);
-        let strict = PlanOptions { remove: true, max_delete: Some(1) };
+        assert_eq!(
+            plan.deletes().map(|o| o.key.as_str()).collect::<Vec<_>>(),
+            ["extra1", "extra2"]
+        );
+        let strict = PlanOptions {
+            remove: true,
+            max_delete: Some(1),
+        };
         assert_eq!(
             build(&src, &dst, &records, strict),
-            Err(PlanError::TooManyDeletes { count: 2, total: 22, limit: 1 })
+            Err(PlanError::TooManyDeletes {
+                count: 2,
+                total: 22,
+                limit: 1
+            })
         );
     }
 
     #[test]
     fn default_limit_is_ten_percent_and_empty_source_never_deletes() {
         let dst: Vec<ObjectInfo> = (0..10).map(|i| obj(&format!("k{i}"), 1, "e", 1)).collect();
-        let remove = PlanOptions { remove: true, max_delete: Some(1000) };
-        assert_eq!(build(&[], &dst, &HashMap::new(), remove), Err(PlanError::EmptySource(10)));
+        let remove = PlanOptions {
+            remove: true,
+            max_delete: Some(1000),
+        };
+        assert_eq!(
+            build(&[], &dst, &HashMap::new(), remove),
+            Err(PlanError::EmptySource(10))
+        );
         let src = dst[..8].to_vec();
-        let default = PlanOptions { remove: true, max_delete: None };
+        let default = PlanOptions {
+            remove: true,
+            max_delete: None,
+        };
         assert!(matches!(
             build(&src, &dst, &HashMap::new(), default),
-            Err(PlanError::TooManyDeletes { count: 2, limit: 1, .. })
+            Err(PlanError::TooManyDeletes {
+                count: 2,
+                limit: 1,
+                ..
+            })
         ));
     }
 }

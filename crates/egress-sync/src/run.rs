@@ -74,10 +74,15 @@ async fn open_store(side: Side, cfg: SideConfig<'_>, args: &Args) -> Result<Stor
     let url = cfg.url.trim();
     if url.is_empty() || url.starts_with("file://") {
         let base = url.trim_start_matches("file://");
-        let root = if base.is_empty() { PathBuf::from(path) } else { PathBuf::from(base).join(path) };
+        let root = if base.is_empty() {
+            PathBuf::from(path)
+        } else {
+            PathBuf::from(base).join(path)
+        };
         return Ok(Store::Local { root });
     }
-    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len()
+    {
         return Err(Failure::usage(anyhow!(
             "{} '{url}' is not an http(s) URL: use e.g. https://s3.amazonaws.com or http://rgw.example:8080",
             side.var("URL")
@@ -86,10 +91,17 @@ async fn open_store(side: Side, cfg: SideConfig<'_>, args: &Args) -> Result<Stor
     let (bucket, prefix) = match Location::parse_bucket_path(path) {
         Ok(Location::S3 { bucket, prefix }) => (bucket, prefix),
         Ok(Location::Local(_)) => unreachable!("parse_bucket_path only returns S3 locations"),
-        Err(e) => return Err(Failure::usage(anyhow!("{} is invalid: {e}", side.var("PATH")))),
+        Err(e) => {
+            return Err(Failure::usage(anyhow!(
+                "{} is invalid: {e}",
+                side.var("PATH")
+            )))
+        }
     };
     let (access_key_id, secret_access_key) = match (cfg.access_key, cfg.secret_key) {
-        (Some(k), Some(s)) if !k.is_empty() && !s.is_empty() => (Some(k.clone()), Some(Secret::new(s.clone()))),
+        (Some(k), Some(s)) if !k.is_empty() && !s.is_empty() => {
+            (Some(k.clone()), Some(Secret::new(s.clone())))
+        }
         (None, None) => (None, None),
         _ => {
             return Err(Failure::usage(anyhow!(
@@ -122,8 +134,9 @@ fn globs(patterns: &[String], flag: &str) -> Result<Option<GlobSet>, Failure> {
     }
     let mut builder = GlobSetBuilder::new();
     for p in patterns {
-        let glob = Glob::new(p.trim())
-            .map_err(|e| Failure::usage(anyhow!("{flag} pattern '{p}' is not a valid glob: {e}")))?;
+        let glob = Glob::new(p.trim()).map_err(|e| {
+            Failure::usage(anyhow!("{flag} pattern '{p}' is not a valid glob: {e}"))
+        })?;
         builder.add(glob);
     }
     builder
@@ -133,7 +146,11 @@ fn globs(patterns: &[String], flag: &str) -> Result<Option<GlobSet>, Failure> {
 }
 
 /// Keys this run considers: not our own state file, matching the include/exclude globs.
-fn filter(objects: Vec<ObjectInfo>, include: &Option<GlobSet>, exclude: &Option<GlobSet>) -> Vec<ObjectInfo> {
+fn filter(
+    objects: Vec<ObjectInfo>,
+    include: &Option<GlobSet>,
+    exclude: &Option<GlobSet>,
+) -> Vec<ObjectInfo> {
     objects
         .into_iter()
         .filter(|o| o.key != STATE_KEY)
@@ -188,7 +205,10 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
     let mut records = state::load(&dest, &source_id).await?;
     let missing = plan::keys_needing_metadata(&source_list, &dest_list, &records);
     if !missing.is_empty() {
-        info!(objects = missing.len(), "reading copy records from destination metadata");
+        info!(
+            objects = missing.len(),
+            "reading copy records from destination metadata"
+        );
         records.extend(records_from_metadata(&dest, &dest_list, missing, args.jobs as usize).await);
     }
     let options = PlanOptions {
@@ -213,14 +233,25 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
     // Do.
     let aborted = dest.abort_stale_uploads(run_started).await;
     if aborted > 0 {
-        info!(aborted, "cleaned up multipart uploads left by an earlier run");
+        info!(
+            aborted,
+            "cleaned up multipart uploads left by an earlier run"
+        );
     }
     let settings = Settings::new(
         args.multipart_threshold_mib * MIB,
         args.part_size_mib * MIB,
         args.memory_budget_mib * MIB,
     );
-    let report = execute::execute(&plan, source.clone(), dest.clone(), &settings, args.jobs as usize, &names).await;
+    let report = execute::execute(
+        &plan,
+        source.clone(),
+        dest.clone(),
+        &settings,
+        args.jobs as usize,
+        &names,
+    )
+    .await;
 
     // Keep records for what is known to match: skipped objects and fresh copies.
     let mut kept: HashMap<String, Record> = HashMap::new();
@@ -254,18 +285,37 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
             failed = report.failed.len(),
             "{line}"
         );
-        let list: Vec<String> = report.failed.iter().map(|(k, e)| format!("{k} ({e})")).collect();
-        Err(Failure::runtime(anyhow!("{} object(s) failed: {}", report.failed.len(), list.join("; "))))
+        let list: Vec<String> = report
+            .failed
+            .iter()
+            .map(|(k, e)| format!("{k} ({e})"))
+            .collect();
+        Err(Failure::runtime(anyhow!(
+            "{} object(s) failed: {}",
+            report.failed.len(),
+            list.join("; ")
+        )))
     }
 }
 
 /// Records carried in destination objects' metadata, one HEAD each (only for objects the
 /// records file does not cover, e.g. the first run after `mc mirror`).
-async fn records_from_metadata(dest: &Arc<Store>, dest_list: &[ObjectInfo], keys: Vec<String>, jobs: usize) -> HashMap<String, Record> {
-    let listed: HashMap<&str, (&str, u64)> = dest_list.iter().map(|o| (o.key.as_str(), (o.etag.as_str(), o.size))).collect();
+async fn records_from_metadata(
+    dest: &Arc<Store>,
+    dest_list: &[ObjectInfo],
+    keys: Vec<String>,
+    jobs: usize,
+) -> HashMap<String, Record> {
+    let listed: HashMap<&str, (&str, u64)> = dest_list
+        .iter()
+        .map(|o| (o.key.as_str(), (o.etag.as_str(), o.size)))
+        .collect();
     let found: Vec<(String, Option<Record>)> = futures::stream::iter(keys.into_iter().map(|key| {
         let dest = dest.clone();
-        let (etag, size) = listed.get(key.as_str()).map(|(e, s)| (e.to_string(), *s)).unwrap_or_default();
+        let (etag, size) = listed
+            .get(key.as_str())
+            .map(|(e, s)| (e.to_string(), *s))
+            .unwrap_or_default();
         async move {
             let record = match dest.head(&key).await {
                 Ok(meta) => Record::from_metadata(&meta.metadata, &etag, size),
@@ -277,7 +327,10 @@ async fn records_from_metadata(dest: &Arc<Store>, dest_list: &[ObjectInfo], keys
     .buffer_unordered(jobs.max(1))
     .collect()
     .await;
-    found.into_iter().filter_map(|(k, r)| r.map(|r| (k, r))).collect()
+    found
+        .into_iter()
+        .filter_map(|(k, r)| r.map(|r| (k, r)))
+        .collect()
 }
 
 fn print_plan(plan: &plan::Plan, names: &Names) {
@@ -286,10 +339,15 @@ fn print_plan(plan: &plan::Plan, names: &Names) {
         match action {
             Action::Copy(o, reason) => {
                 bytes += o.size;
-                println!("copy ({reason}) `input/{}/{}` -> `output/{}/{}`", names.input, o.key, names.output, o.key);
+                println!(
+                    "copy ({reason}) `input/{}/{}` -> `output/{}/{}`",
+                    names.input, o.key, names.output, o.key
+                );
             }
             Action::Skip(o, reason, _) => println!("skip ({reason}) {}", o.key),
-            Action::Delete(o) => println!("delete (not in input) `output/{}/{}`", names.output, o.key),
+            Action::Delete(o) => {
+                println!("delete (not in input) `output/{}/{}`", names.output, o.key)
+            }
         }
     }
     println!(
@@ -315,8 +373,18 @@ mod tests {
 
     #[test]
     fn filters_globs_and_state_file() {
-        let o = |k: &str| ObjectInfo { key: k.into(), size: 1, etag: "e".into(), modified: 0 };
-        let all = vec![o("2024-01-01/a.csv.gz"), o("2024-01-01/b.tmp"), o(STATE_KEY), o("x/y")];
+        let o = |k: &str| ObjectInfo {
+            key: k.into(),
+            size: 1,
+            etag: "e".into(),
+            modified: 0,
+        };
+        let all = vec![
+            o("2024-01-01/a.csv.gz"),
+            o("2024-01-01/b.tmp"),
+            o(STATE_KEY),
+            o("x/y"),
+        ];
         let inc = globs(&["2024-*/**".into()], "--include").unwrap();
         let exc = globs(&["*.tmp".into()], "--exclude").unwrap();
         let kept: Vec<String> = filter(all, &inc, &exc).into_iter().map(|o| o.key).collect();

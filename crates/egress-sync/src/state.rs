@@ -30,9 +30,13 @@ pub async fn load(dest: &Store, source_id: &str) -> Result<HashMap<String, Recor
         return Ok(HashMap::new());
     };
     match serde_json::from_slice::<StateFile>(&bytes) {
-        Ok(state) if state.version == VERSION && state.source == source_id => Ok(state.records.into_iter().collect()),
+        Ok(state) if state.version == VERSION && state.source == source_id => {
+            Ok(state.records.into_iter().collect())
+        }
         Ok(_) => {
-            tracing::info!("copy records belong to another input or version; deciding from metadata");
+            tracing::info!(
+                "copy records belong to another input or version; deciding from metadata"
+            );
             Ok(HashMap::new())
         }
         Err(e) => {
@@ -43,13 +47,18 @@ pub async fn load(dest: &Store, source_id: &str) -> Result<HashMap<String, Recor
 }
 
 /// Save `records` for `source_id`.
-pub async fn save(dest: &Store, source_id: &str, records: HashMap<String, Record>) -> Result<(), Failure> {
+pub async fn save(
+    dest: &Store,
+    source_id: &str,
+    records: HashMap<String, Record>,
+) -> Result<(), Failure> {
     let state = StateFile {
         version: VERSION,
         source: source_id.to_string(),
         records: records.into_iter().collect(),
     };
-    let body = serde_json::to_vec(&state).map_err(|e| Failure::runtime(anyhow::anyhow!("encoding copy records: {e}")))?;
+    let body = serde_json::to_vec(&state)
+        .map_err(|e| Failure::runtime(anyhow::anyhow!("encoding copy records: {e}")))?;
     let md5 = Md5::digest(&body);
     let meta = ObjectMeta {
         content_type: Some("application/json".into()),

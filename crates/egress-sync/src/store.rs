@@ -104,8 +104,17 @@ impl Store {
     pub async fn list(&self) -> Result<Vec<ObjectInfo>, Failure> {
         let mut out = Vec::new();
         match self {
-            Store::S3 { client, bucket, prefix, credentials_hint } => {
-                let list_prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+                credentials_hint,
+            } => {
+                let list_prefix = if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                };
                 let mut pages = client
                     .list_objects_v2()
                     .bucket(bucket)
@@ -115,11 +124,18 @@ impl Store {
                     .send();
                 while let Some(page) = pages.next().await {
                     let page = page.map_err(|e| {
-                        failure(&e, &format!("listing s3://{bucket}/{list_prefix}"), bucket, credentials_hint)
+                        failure(
+                            &e,
+                            &format!("listing s3://{bucket}/{list_prefix}"),
+                            bucket,
+                            credentials_hint,
+                        )
                     })?;
                     for o in page.contents() {
                         let Some(full) = o.key() else { continue };
-                        let Some(key) = full.strip_prefix(&list_prefix) else { continue };
+                        let Some(key) = full.strip_prefix(&list_prefix) else {
+                            continue;
+                        };
                         // Zero-byte "folder" markers have no file to mirror.
                         if key.is_empty() || (key.ends_with('/') && o.size().unwrap_or(0) == 0) {
                             continue;
@@ -147,7 +163,12 @@ impl Store {
     /// HEAD an object: its metadata.
     pub async fn head(&self, key: &str) -> Result<ObjectMeta, Failure> {
         match self {
-            Store::S3 { client, bucket, prefix, credentials_hint } => {
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+                credentials_hint,
+            } => {
                 let full = Self::full_key(prefix, key);
                 let h = client
                     .head_object()
@@ -155,7 +176,14 @@ impl Store {
                     .key(&full)
                     .send()
                     .await
-                    .map_err(|e| failure(&e, &format!("reading metadata of {full}"), bucket, credentials_hint))?;
+                    .map_err(|e| {
+                        failure(
+                            &e,
+                            &format!("reading metadata of {full}"),
+                            bucket,
+                            credentials_hint,
+                        )
+                    })?;
                 Ok(ObjectMeta {
                     size: h.content_length().unwrap_or(0).max(0) as u64,
                     etag: clean_etag(h.e_tag().unwrap_or("")),
@@ -166,7 +194,8 @@ impl Store {
                     content_disposition: h.content_disposition().map(str::to_string),
                     metadata: h.metadata().cloned().unwrap_or_default(),
                     etag_not_md5: h.sse_customer_algorithm().is_some()
-                        || h.server_side_encryption().is_some_and(|s| s.as_str().starts_with("aws:kms")),
+                        || h.server_side_encryption()
+                            .is_some_and(|s| s.as_str().starts_with("aws:kms")),
                 })
             }
             Store::Local { root } => {
@@ -188,7 +217,15 @@ impl Store {
     /// Sizes of each part of a multipart object, when the store reports them (HEAD with
     /// partNumber); `None` when it does not.
     pub async fn part_layout(&self, key: &str, parts: u32, size: u64) -> Option<Vec<u64>> {
-        let Store::S3 { client, bucket, prefix, .. } = self else { return None };
+        let Store::S3 {
+            client,
+            bucket,
+            prefix,
+            ..
+        } = self
+        else {
+            return None;
+        };
         let full = Self::full_key(prefix, key);
         let mut sizes = Vec::with_capacity(parts as usize);
         for n in 1..=parts {
@@ -211,9 +248,19 @@ impl Store {
     }
 
     /// Read a whole object, or `len` bytes at `offset`, requiring ETag `if_match` if given.
-    pub async fn get(&self, key: &str, range: Option<(u64, u64)>, if_match: Option<&str>) -> Result<(Bytes, ObjectMeta), Failure> {
+    pub async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+        if_match: Option<&str>,
+    ) -> Result<(Bytes, ObjectMeta), Failure> {
         match self {
-            Store::S3 { client, bucket, prefix, credentials_hint } => {
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+                credentials_hint,
+            } => {
                 let full = Self::full_key(prefix, key);
                 let mut req = client.get_object().bucket(bucket).key(&full);
                 if let Some((offset, len)) = range {
@@ -222,12 +269,15 @@ impl Store {
                 if let Some(etag) = if_match {
                     req = req.if_match(format!("\"{etag}\""));
                 }
-                let out = req
-                    .send()
-                    .await
-                    .map_err(|e| failure(&e, &format!("reading {full}"), bucket, credentials_hint))?;
+                let out = req.send().await.map_err(|e| {
+                    failure(&e, &format!("reading {full}"), bucket, credentials_hint)
+                })?;
                 let size = match (range, out.content_range()) {
-                    (Some(_), Some(cr)) => cr.rsplit('/').next().and_then(|t| t.parse().ok()).unwrap_or(0),
+                    (Some(_), Some(cr)) => cr
+                        .rsplit('/')
+                        .next()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0),
                     _ => out.content_length().unwrap_or(0).max(0) as u64,
                 };
                 let meta = ObjectMeta {
@@ -240,16 +290,19 @@ impl Store {
                     content_disposition: out.content_disposition().map(str::to_string),
                     metadata: out.metadata().cloned().unwrap_or_default(),
                     etag_not_md5: out.sse_customer_algorithm().is_some()
-                        || out.server_side_encryption().is_some_and(|s| s.as_str().starts_with("aws:kms")),
+                        || out
+                            .server_side_encryption()
+                            .is_some_and(|s| s.as_str().starts_with("aws:kms")),
                 };
                 let expected = out.content_length().unwrap_or(0).max(0) as usize;
                 let mut body = out.body;
                 let mut buf = bytes::BytesMut::with_capacity(expected);
-                while let Some(chunk) = body
-                    .try_next()
-                    .await
-                    .map_err(|e| Failure::runtime(anyhow!("reading {full}: {}", egress_common::exit::error_chain(&e))))?
-                {
+                while let Some(chunk) = body.try_next().await.map_err(|e| {
+                    Failure::runtime(anyhow!(
+                        "reading {full}: {}",
+                        egress_common::exit::error_chain(&e)
+                    ))
+                })? {
                     buf.extend_from_slice(&chunk);
                 }
                 Ok((buf.freeze(), meta))
@@ -265,15 +318,34 @@ impl Store {
                     .await
                     .map_err(|e| io_failure(format!("reading {}", path.display()), e))?;
                 let (etag, modified) = local_identity(&m);
-                Ok((Bytes::from(data), ObjectMeta { size: m.len(), etag, modified, ..Default::default() }))
+                Ok((
+                    Bytes::from(data),
+                    ObjectMeta {
+                        size: m.len(),
+                        etag,
+                        modified,
+                        ..Default::default()
+                    },
+                ))
             }
         }
     }
 
     /// Write a whole object; returns its new ETag.
-    pub async fn put(&self, key: &str, body: Bytes, meta: &ObjectMeta, md5: &[u8]) -> Result<String, Failure> {
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+        md5: &[u8],
+    ) -> Result<String, Failure> {
         match self {
-            Store::S3 { client, bucket, prefix, credentials_hint } => {
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+                credentials_hint,
+            } => {
                 let full = Self::full_key(prefix, key);
                 let out = client
                     .put_object()
@@ -288,7 +360,9 @@ impl Store {
                     .body(ByteStream::from(body))
                     .send()
                     .await
-                    .map_err(|e| failure(&e, &format!("writing {full}"), bucket, credentials_hint))?;
+                    .map_err(|e| {
+                        failure(&e, &format!("writing {full}"), bucket, credentials_hint)
+                    })?;
                 Ok(clean_etag(out.e_tag().unwrap_or("")))
             }
             Store::Local { root } => {
@@ -306,7 +380,12 @@ impl Store {
     /// Start a multipart upload (a temp file locally).
     pub async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<Upload, Failure> {
         match self {
-            Store::S3 { client, bucket, prefix, credentials_hint } => {
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+                credentials_hint,
+            } => {
                 let full = Self::full_key(prefix, key);
                 let out = client
                     .create_multipart_upload()
@@ -319,17 +398,32 @@ impl Store {
                     .set_metadata(Some(meta.metadata.clone()))
                     .send()
                     .await
-                    .map_err(|e| failure(&e, &format!("starting the upload of {full}"), bucket, credentials_hint))?;
-                let upload_id = out
-                    .upload_id()
-                    .filter(|id| !id.is_empty())
-                    .ok_or_else(|| Failure::runtime(anyhow!("the server returned no upload id for {full}")))?;
-                Ok(Upload::S3 { key: full, upload_id: upload_id.to_string() })
+                    .map_err(|e| {
+                        failure(
+                            &e,
+                            &format!("starting the upload of {full}"),
+                            bucket,
+                            credentials_hint,
+                        )
+                    })?;
+                let upload_id = out.upload_id().filter(|id| !id.is_empty()).ok_or_else(|| {
+                    Failure::runtime(anyhow!("the server returned no upload id for {full}"))
+                })?;
+                Ok(Upload::S3 {
+                    key: full,
+                    upload_id: upload_id.to_string(),
+                })
             }
             Store::Local { root } => {
                 let path = Self::local_path(root, key);
-                let parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
-                let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                let parent = path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| root.clone());
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
                 let temp = parent.join(format!(".{name}.partial-{}", std::process::id()));
                 let file = tokio::task::spawn_blocking({
                     let (parent, temp) = (parent.clone(), temp.clone());
@@ -341,15 +435,34 @@ impl Store {
                 .await
                 .map_err(|e| Failure::runtime(anyhow!("file task failed: {e}")))?
                 .map_err(|e| io_failure(format!("creating {}", temp.display()), e))?;
-                Ok(Upload::Local { path, temp, file: Arc::new(file) })
+                Ok(Upload::Local {
+                    path,
+                    temp,
+                    file: Arc::new(file),
+                })
             }
         }
     }
 
     /// Upload part `number` (1-based) at byte `offset`; returns the part's ETag.
-    pub async fn upload_part(&self, upload: &Upload, number: u32, offset: u64, body: Bytes, md5: &[u8]) -> Result<String, Failure> {
+    pub async fn upload_part(
+        &self,
+        upload: &Upload,
+        number: u32,
+        offset: u64,
+        body: Bytes,
+        md5: &[u8],
+    ) -> Result<String, Failure> {
         match (self, upload) {
-            (Store::S3 { client, bucket, credentials_hint, .. }, Upload::S3 { key, upload_id }) => {
+            (
+                Store::S3 {
+                    client,
+                    bucket,
+                    credentials_hint,
+                    ..
+                },
+                Upload::S3 { key, upload_id },
+            ) => {
                 let out = client
                     .upload_part()
                     .bucket(bucket)
@@ -360,7 +473,14 @@ impl Store {
                     .body(ByteStream::from(body))
                     .send()
                     .await
-                    .map_err(|e| failure(&e, &format!("uploading part {number} of {key}"), bucket, credentials_hint))?;
+                    .map_err(|e| {
+                        failure(
+                            &e,
+                            &format!("uploading part {number} of {key}"),
+                            bucket,
+                            credentials_hint,
+                        )
+                    })?;
                 Ok(clean_etag(out.e_tag().unwrap_or("")))
             }
             (Store::Local { .. }, Upload::Local { temp, file, .. }) => {
@@ -374,24 +494,47 @@ impl Store {
                 .map_err(|e| io_failure(format!("writing {}", temp.display()), e))?;
                 Ok(String::new())
             }
-            _ => Err(Failure::runtime(anyhow!("internal: upload does not belong to this store"))),
+            _ => Err(Failure::runtime(anyhow!(
+                "internal: upload does not belong to this store"
+            ))),
         }
     }
 
     /// Make the upload visible; returns the object's ETag.
-    pub async fn complete(&self, upload: &Upload, parts: Vec<(u32, String)>) -> Result<String, Failure> {
+    pub async fn complete(
+        &self,
+        upload: &Upload,
+        parts: Vec<(u32, String)>,
+    ) -> Result<String, Failure> {
         match (self, upload) {
-            (Store::S3 { client, bucket, credentials_hint, .. }, Upload::S3 { key, upload_id }) => {
+            (
+                Store::S3 {
+                    client,
+                    bucket,
+                    credentials_hint,
+                    ..
+                },
+                Upload::S3 { key, upload_id },
+            ) => {
                 let parts: Vec<CompletedPart> = parts
                     .into_iter()
-                    .map(|(n, etag)| CompletedPart::builder().part_number(n as i32).e_tag(format!("\"{etag}\"")).build())
+                    .map(|(n, etag)| {
+                        CompletedPart::builder()
+                            .part_number(n as i32)
+                            .e_tag(format!("\"{etag}\""))
+                            .build()
+                    })
                     .collect();
                 let out = client
                     .complete_multipart_upload()
                     .bucket(bucket)
                     .key(key)
                     .upload_id(upload_id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
                     .send()
                     .await;
                 match out {
@@ -400,29 +543,44 @@ impl Store {
                         // Some S3 clones reply 200 with a body the SDK cannot parse; the
                         // object then exists, and HEAD tells us its ETag.
                         if e.raw_response().is_some_and(|r| r.status().is_success()) {
-                            if let Ok(h) = client.head_object().bucket(bucket).key(key).send().await {
+                            if let Ok(h) = client.head_object().bucket(bucket).key(key).send().await
+                            {
                                 return Ok(clean_etag(h.e_tag().unwrap_or("")));
                             }
                         }
-                        let f = failure(&e, &format!("completing the upload of {key}"), bucket, credentials_hint);
-                        let _ = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id).send().await;
+                        let f = failure(
+                            &e,
+                            &format!("completing the upload of {key}"),
+                            bucket,
+                            credentials_hint,
+                        );
+                        let _ = client
+                            .abort_multipart_upload()
+                            .bucket(bucket)
+                            .key(key)
+                            .upload_id(upload_id)
+                            .send()
+                            .await;
                         Err(f)
                     }
                 }
             }
             (Store::Local { .. }, Upload::Local { path, temp, file }) => {
                 let (path, temp, file) = (path.clone(), temp.clone(), file.clone());
-                let result = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::Metadata> {
-                    file.sync_all()?;
-                    std::fs::rename(&temp, &path)?;
-                    std::fs::metadata(&path)
-                })
-                .await
-                .map_err(|e| Failure::runtime(anyhow!("file task failed: {e}")))?
-                .map_err(|e| Failure::runtime(anyhow!("finishing a local file: {e}")))?;
+                let result =
+                    tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::Metadata> {
+                        file.sync_all()?;
+                        std::fs::rename(&temp, &path)?;
+                        std::fs::metadata(&path)
+                    })
+                    .await
+                    .map_err(|e| Failure::runtime(anyhow!("file task failed: {e}")))?
+                    .map_err(|e| Failure::runtime(anyhow!("finishing a local file: {e}")))?;
                 Ok(local_identity(&result).0)
             }
-            _ => Err(Failure::runtime(anyhow!("internal: upload does not belong to this store"))),
+            _ => Err(Failure::runtime(anyhow!(
+                "internal: upload does not belong to this store"
+            ))),
         }
     }
 
@@ -430,7 +588,14 @@ impl Store {
     pub async fn abort(&self, upload: &Upload) {
         match (self, upload) {
             (Store::S3 { client, bucket, .. }, Upload::S3 { key, upload_id }) => {
-                if let Err(e) = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id).send().await {
+                if let Err(e) = client
+                    .abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .send()
+                    .await
+                {
                     tracing::warn!(key = %key, error = %egress_common::exit::error_chain(&e), "could not abort a multipart upload; the next run removes it");
                 }
             }
@@ -444,7 +609,12 @@ impl Store {
     /// Delete an object.
     pub async fn delete(&self, key: &str) -> Result<(), Failure> {
         match self {
-            Store::S3 { client, bucket, prefix, credentials_hint } => {
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+                credentials_hint,
+            } => {
                 let full = Self::full_key(prefix, key);
                 client
                     .delete_object()
@@ -452,7 +622,9 @@ impl Store {
                     .key(&full)
                     .send()
                     .await
-                    .map_err(|e| failure(&e, &format!("deleting {full}"), bucket, credentials_hint))?;
+                    .map_err(|e| {
+                        failure(&e, &format!("deleting {full}"), bucket, credentials_hint)
+                    })?;
                 Ok(())
             }
             Store::Local { root } => {
@@ -467,7 +639,12 @@ impl Store {
     /// Read a small object if it exists (the state file).
     pub async fn read_optional(&self, key: &str) -> Result<Option<Bytes>, Failure> {
         match self {
-            Store::S3 { client, bucket, prefix, credentials_hint } => {
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+                credentials_hint,
+            } => {
                 let full = Self::full_key(prefix, key);
                 match client.get_object().bucket(bucket).key(&full).send().await {
                     Ok(out) => {
@@ -479,8 +656,15 @@ impl Store {
                         Ok(Some(data.into_bytes()))
                     }
                     Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
-                    Err(e) => Err(failure(&e, &format!("reading {full}"), bucket, credentials_hint)),
+                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                        Ok(None)
+                    }
+                    Err(e) => Err(failure(
+                        &e,
+                        &format!("reading {full}"),
+                        bucket,
+                        credentials_hint,
+                    )),
                 }
             }
             Store::Local { root } => match tokio::fs::read(Self::local_path(root, key)).await {
@@ -494,9 +678,26 @@ impl Store {
     /// Abort multipart uploads under the prefix started before `before` (left by a killed
     /// run). Stores without ListMultipartUploads are skipped. Returns how many were aborted.
     pub async fn abort_stale_uploads(&self, before: aws_smithy_types::DateTime) -> usize {
-        let Store::S3 { client, bucket, prefix, .. } = self else { return 0 };
-        let list_prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
-        let listed = client.list_multipart_uploads().bucket(bucket).prefix(&list_prefix).send().await;
+        let Store::S3 {
+            client,
+            bucket,
+            prefix,
+            ..
+        } = self
+        else {
+            return 0;
+        };
+        let list_prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let listed = client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(&list_prefix)
+            .send()
+            .await;
         let uploads = match listed {
             Ok(out) => out.uploads().to_vec(),
             Err(e) => {
@@ -506,11 +707,21 @@ impl Store {
         };
         let mut aborted = 0;
         for u in uploads {
-            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else { continue };
+            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                continue;
+            };
             if u.initiated().is_some_and(|t| t.secs() >= before.secs()) {
                 continue;
             }
-            if client.abort_multipart_upload().bucket(bucket).key(key).upload_id(id).send().await.is_ok() {
+            if client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await
+                .is_ok()
+            {
                 tracing::info!(key, "aborted a multipart upload left by an earlier run");
                 aborted += 1;
             }
@@ -522,7 +733,10 @@ impl Store {
 /// A local file's stand-in ETag and whole-second modification time.
 fn local_identity(m: &std::fs::Metadata) -> (String, i64) {
     use std::os::unix::fs::MetadataExt;
-    (format!("local-{}{:09}-{}", m.mtime(), m.mtime_nsec(), m.len()), m.mtime())
+    (
+        format!("local-{}{:09}-{}", m.mtime(), m.mtime_nsec(), m.len()),
+        m.mtime(),
+    )
 }
 
 fn list_local(root: &Path) -> Result<Vec<ObjectInfo>, Failure> {
@@ -535,11 +749,14 @@ fn list_local(root: &Path) -> Result<Vec<ObjectInfo>, Failure> {
     }
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| io_failure(format!("listing {}", dir.display()), e))?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| io_failure(format!("listing {}", dir.display()), e))?;
         for entry in entries {
             let entry = entry.map_err(|e| io_failure(format!("listing {}", dir.display()), e))?;
             let path = entry.path();
-            let ft = entry.file_type().map_err(|e| io_failure(format!("reading {}", path.display()), e))?;
+            let ft = entry
+                .file_type()
+                .map_err(|e| io_failure(format!("reading {}", path.display()), e))?;
             if ft.is_dir() {
                 stack.push(path);
                 continue;
@@ -548,11 +765,22 @@ fn list_local(root: &Path) -> Result<Vec<ObjectInfo>, Failure> {
             if !ft.is_file() || (name.starts_with('.') && name.contains(".partial-")) {
                 continue;
             }
-            let Ok(rel) = path.strip_prefix(root) else { continue };
-            let key = rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
-            let m = entry.metadata().map_err(|e| io_failure(format!("reading {}", path.display()), e))?;
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let key = rel
+                .to_string_lossy()
+                .replace(std::path::MAIN_SEPARATOR, "/");
+            let m = entry
+                .metadata()
+                .map_err(|e| io_failure(format!("reading {}", path.display()), e))?;
             let (etag, modified) = local_identity(&m);
-            out.push(ObjectInfo { key, size: m.len(), etag, modified });
+            out.push(ObjectInfo {
+                key,
+                size: m.len(),
+                etag,
+                modified,
+            });
         }
     }
     Ok(out)

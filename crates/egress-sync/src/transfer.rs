@@ -33,27 +33,28 @@ pub struct Settings {
     pub parts_in_flight: usize,
     /// Shared memory budget in KiB permits.
     pub budget: Arc<Semaphore>,
+    /// The budget's size in permits.
+    budget_permits: u32,
 }
 
 impl Settings {
     /// Settings with a memory budget of `budget_bytes`.
     pub fn new(multipart_threshold: u64, part_size: u64, budget_bytes: u64) -> Settings {
+        let budget_permits = (budget_bytes / PERMIT_BYTES).clamp(1, u32::MAX as u64) as u32;
         Settings {
             multipart_threshold,
             part_size,
             parts_in_flight: 4,
-            budget: Arc::new(Semaphore::new((budget_bytes / PERMIT_BYTES) as usize)),
+            budget: Arc::new(Semaphore::new(budget_permits as usize)),
+            budget_permits,
         }
     }
 
     fn permits(&self, bytes: u64) -> u32 {
-        // A single part larger than the budget still proceeds, alone.
-        let max = self.budget_capacity();
-        (bytes.div_ceil(PERMIT_BYTES) as u32).clamp(1, max)
-    }
-
-    fn budget_capacity(&self) -> u32 {
-        (self.budget.available_permits() as u32).max(1).min(u32::MAX)
+        // A single part larger than the whole budget still proceeds, alone.
+        bytes
+            .div_ceil(PERMIT_BYTES)
+            .clamp(1, self.budget_permits as u64) as u32
     }
 }
 
@@ -69,7 +70,12 @@ pub struct Copied {
 }
 
 /// Copy `object` from `source` to `dest`.
-pub async fn copy(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo, settings: &Settings) -> Result<Copied, Failure> {
+pub async fn copy(
+    source: &Arc<Store>,
+    dest: &Arc<Store>,
+    object: &ObjectInfo,
+    settings: &Settings,
+) -> Result<Copied, Failure> {
     if object.size <= settings.multipart_threshold {
         copy_small(source, dest, object, settings).await
     } else {
@@ -81,7 +87,12 @@ pub async fn copy(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo, s
 /// source changed since it was listed.
 fn copied_version(listed: &ObjectInfo, read: &ObjectMeta) -> ObjectInfo {
     if !listed.etag.is_empty() && !read.etag.is_empty() && listed.etag != read.etag {
-        ObjectInfo { key: listed.key.clone(), size: read.size, etag: read.etag.clone(), modified: read.modified }
+        ObjectInfo {
+            key: listed.key.clone(),
+            size: read.size,
+            etag: read.etag.clone(),
+            modified: read.modified,
+        }
     } else {
         listed.clone()
     }
@@ -91,9 +102,13 @@ fn copied_version(listed: &ObjectInfo, read: &ObjectMeta) -> ObjectInfo {
 fn dest_meta(source: &ObjectMeta, record: &Record) -> ObjectMeta {
     let mut meta = source.clone();
     meta.metadata.retain(|k, _| {
-        ![meta_keys::SOURCE_ETAG, meta_keys::SOURCE_SIZE, meta_keys::SOURCE_MODIFIED]
-            .iter()
-            .any(|m| k.eq_ignore_ascii_case(m))
+        ![
+            meta_keys::SOURCE_ETAG,
+            meta_keys::SOURCE_SIZE,
+            meta_keys::SOURCE_MODIFIED,
+        ]
+        .iter()
+        .any(|m| k.eq_ignore_ascii_case(m))
     });
     meta.metadata.extend(record.to_metadata());
     meta
@@ -103,7 +118,12 @@ fn mismatch(key: &str, what: String) -> Failure {
     Failure::runtime(anyhow!("verification of {key} failed: {what}"))
 }
 
-async fn copy_small(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo, settings: &Settings) -> Result<Copied, Failure> {
+async fn copy_small(
+    source: &Arc<Store>,
+    dest: &Arc<Store>,
+    object: &ObjectInfo,
+    settings: &Settings,
+) -> Result<Copied, Failure> {
     let _permit = settings
         .budget
         .acquire_many(settings.permits(object.size))
@@ -111,21 +131,31 @@ async fn copy_small(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo,
         .map_err(|_| Failure::runtime(anyhow!("memory budget closed")))?;
     let (body, meta) = source.get(&object.key, None, None).await?;
     if body.len() as u64 != meta.size {
-        return Err(mismatch(&object.key, format!("read {} bytes, the source says {}", body.len(), meta.size)));
+        return Err(mismatch(
+            &object.key,
+            format!("read {} bytes, the source says {}", body.len(), meta.size),
+        ));
     }
     let md5 = Md5::digest(&body);
     let md5_hex = hex::encode(md5);
     let mut verified = "size";
     if is_plain_md5(&meta.etag) && !meta.etag_not_md5 {
         if md5_hex != meta.etag {
-            return Err(mismatch(&object.key, format!("MD5 {md5_hex} differs from the source ETag {}", meta.etag)));
+            return Err(mismatch(
+                &object.key,
+                format!("MD5 {md5_hex} differs from the source ETag {}", meta.etag),
+            ));
         }
         verified = "size+md5";
     }
     let version = copied_version(object, &meta);
     let write_meta = dest_meta(&meta, &Record::of(&version, "", meta.size));
     let dest_etag = dest.put(&object.key, body, &write_meta, &md5).await?;
-    Ok(Copied { bytes: meta.size, record: Record::of(&version, &dest_etag, meta.size), verified })
+    Ok(Copied {
+        bytes: meta.size,
+        record: Record::of(&version, &dest_etag, meta.size),
+        verified,
+    })
 }
 
 /// Part sizes: the source's own layout when it can be learned (then the multipart ETag
@@ -148,18 +178,30 @@ async fn layout(source: &Store, meta: &ObjectMeta, key: &str, part_size: u64) ->
     (sizes, false)
 }
 
-async fn copy_large(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo, settings: &Settings) -> Result<Copied, Failure> {
+async fn copy_large(
+    source: &Arc<Store>,
+    dest: &Arc<Store>,
+    object: &ObjectInfo,
+    settings: &Settings,
+) -> Result<Copied, Failure> {
     let meta = source.head(&object.key).await?;
     let (sizes, replicated) = layout(source, &meta, &object.key, settings.part_size).await;
     let version = copied_version(object, &meta);
-    let upload = Arc::new(dest.create_multipart(&object.key, &dest_meta(&meta, &Record::of(&version, "", meta.size))).await?);
-    let parts = match upload_parts(source, dest, &upload, &object.key, &meta, &sizes, settings).await {
-        Ok(parts) => parts,
-        Err(f) => {
-            dest.abort(&upload).await;
-            return Err(f);
-        }
-    };
+    let upload = Arc::new(
+        dest.create_multipart(
+            &object.key,
+            &dest_meta(&meta, &Record::of(&version, "", meta.size)),
+        )
+        .await?,
+    );
+    let parts =
+        match upload_parts(source, dest, &upload, &object.key, &meta, &sizes, settings).await {
+            Ok(parts) => parts,
+            Err(f) => {
+                dest.abort(&upload).await;
+                return Err(f);
+            }
+        };
     // Verify before completing, so a bad copy never becomes visible.
     let (whole_md5, part_md5s, etags) = parts;
     let mut verified = "size+part-md5";
@@ -179,15 +221,29 @@ async fn copy_large(source: &Arc<Store>, dest: &Arc<Store>, object: &ObjectInfo,
     if let Some(computed) = check {
         if computed != meta.etag {
             dest.abort(&upload).await;
-            return Err(mismatch(&object.key, format!("computed {computed}, the source ETag is {}", meta.etag)));
+            return Err(mismatch(
+                &object.key,
+                format!("computed {computed}, the source ETag is {}", meta.etag),
+            ));
         }
     }
-    let numbered: Vec<(u32, String)> = etags.into_iter().enumerate().map(|(i, e)| (i as u32 + 1, e)).collect();
+    let numbered: Vec<(u32, String)> = etags
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| (i as u32 + 1, e))
+        .collect();
     let dest_etag = dest.complete(&upload, numbered).await?;
-    Ok(Copied { bytes: meta.size, record: Record::of(&version, &dest_etag, meta.size), verified })
+    Ok(Copied {
+        bytes: meta.size,
+        record: Record::of(&version, &dest_etag, meta.size),
+        verified,
+    })
 }
 
+/// Whole-object MD5, each part's MD5, each part's ETag.
 type PartsResult = ([u8; 16], Vec<[u8; 16]>, Vec<String>);
+/// A finished part: index, MD5, ETag.
+type PartDone = Result<(usize, [u8; 16], String), Failure>;
 
 async fn upload_parts(
     source: &Arc<Store>,
@@ -202,7 +258,7 @@ async fn upload_parts(
     let (turn_tx, turn_rx) = watch::channel(0usize);
     let turn_tx = Arc::new(turn_tx);
     let whole = Arc::new(Mutex::new(Md5::new()));
-    let mut running: JoinSet<Result<(usize, [u8; 16], String), Failure>> = JoinSet::new();
+    let mut running: JoinSet<PartDone> = JoinSet::new();
     let mut part_md5s = vec![[0u8; 16]; sizes.len()];
     let mut etags = vec![String::new(); sizes.len()];
     let mut offset = 0u64;
@@ -218,15 +274,33 @@ async fn upload_parts(
                 .acquire_many_owned(settings.permits(len))
                 .await
                 .map_err(|_| Failure::runtime(anyhow!("memory budget closed")))?;
-            let (source, dest, key, etag) = (source.clone(), dest.clone(), key.to_string(), meta.etag.clone());
-            let (turn_tx, mut turn_rx, whole, upload) = (turn_tx.clone(), turn_rx.clone(), whole.clone(), upload.clone());
+            let (source, dest, key, etag) = (
+                source.clone(),
+                dest.clone(),
+                key.to_string(),
+                meta.etag.clone(),
+            );
+            let (turn_tx, mut turn_rx, whole, upload) = (
+                turn_tx.clone(),
+                turn_rx.clone(),
+                whole.clone(),
+                upload.clone(),
+            );
             let start = offset;
             running.spawn(async move {
                 let _permit = permit;
-                let if_match = (!etag.is_empty() && !etag.starts_with("local-")).then_some(etag.as_str());
+                let if_match =
+                    (!etag.is_empty() && !etag.starts_with("local-")).then_some(etag.as_str());
                 let (body, _) = source.get(&key, Some((start, len)), if_match).await?;
                 if body.len() as u64 != len {
-                    return Err(mismatch(&key, format!("part {} read {} bytes, expected {len}", index + 1, body.len())));
+                    return Err(mismatch(
+                        &key,
+                        format!(
+                            "part {} read {} bytes, expected {len}",
+                            index + 1,
+                            body.len()
+                        ),
+                    ));
                 }
                 turn_rx
                     .wait_for(|t| *t == index)
@@ -237,7 +311,9 @@ async fn upload_parts(
                     h.update(&body);
                 }
                 let _ = turn_tx.send(index + 1);
-                let etag = dest.upload_part(&upload, index as u32 + 1, start, body, &part_md5).await?;
+                let etag = dest
+                    .upload_part(&upload, index as u32 + 1, start, body, &part_md5)
+                    .await?;
                 Ok((index, part_md5, etag))
             });
             offset += len;
@@ -263,7 +339,7 @@ async fn upload_parts(
 }
 
 async fn collect(
-    running: &mut JoinSet<Result<(usize, [u8; 16], String), Failure>>,
+    running: &mut JoinSet<PartDone>,
     part_md5s: &mut [[u8; 16]],
     etags: &mut [String],
 ) -> Result<(), Failure> {
@@ -283,4 +359,3 @@ async fn collect(
 pub fn is_permanent(failure: &Failure) -> bool {
     failure.code == ExitCode::Usage
 }
-

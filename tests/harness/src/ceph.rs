@@ -10,7 +10,15 @@ use crate::s3::S3Endpoint;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ceph-rgw.sh");
 const INSTALL: &str = "apt-get install ceph-mon ceph-osd radosgw ceph-common";
-const BINARIES: &[&str] = &["ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph", "monmaptool", "ceph-authtool"];
+const BINARIES: &[&str] = &[
+    "ceph-mon",
+    "ceph-osd",
+    "radosgw",
+    "radosgw-admin",
+    "ceph",
+    "monmaptool",
+    "ceph-authtool",
+];
 
 /// A running Ceph RGW; stopped and deleted on drop.
 pub struct CephRgw {
@@ -55,8 +63,15 @@ impl CephRgw {
     /// Start a cluster and gateway (a few seconds) with a fresh S3 user.
     pub fn start() -> CephRgw {
         let missing = missing_binaries();
-        assert!(missing.is_empty(), "Ceph binaries not found: {}; install them with: {INSTALL}", missing.join(", "));
-        let tmp = tempfile::Builder::new().prefix("egress-ceph-").tempdir().expect("temp dir");
+        assert!(
+            missing.is_empty(),
+            "Ceph binaries not found: {}; install them with: {INSTALL}",
+            missing.join(", ")
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix("egress-ceph-")
+            .tempdir()
+            .expect("temp dir");
         let dir = tmp.path().join("cluster");
         let rgw_port = crate::free_port();
         let mon_port = loop {
@@ -83,7 +98,11 @@ impl CephRgw {
                 .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
                 .map(str::to_string)
         };
-        match (out.status.success(), value("ACCESS_KEY"), value("SECRET_KEY")) {
+        match (
+            out.status.success(),
+            value("ACCESS_KEY"),
+            value("SECRET_KEY"),
+        ) {
             (true, Some(access_key), Some(secret_key)) => CephRgw {
                 endpoint: format!("http://127.0.0.1:{rgw_port}"),
                 access_key,
@@ -94,7 +113,11 @@ impl CephRgw {
             },
             _ => {
                 // The script stops what it started on failure; make sure anyway.
-                let _ = Command::new("bash").arg(SCRIPT).arg("stop").arg(&dir).output();
+                let _ = Command::new("bash")
+                    .arg(SCRIPT)
+                    .arg("stop")
+                    .arg(&dir)
+                    .output();
                 panic!(
                     "Ceph RGW failed to start ({}); needs: {INSTALL}\nscript stdout:\n{stdout}\nscript stderr:\n{stderr}\n{}",
                     out.status,

@@ -13,7 +13,8 @@ pub use s3::{S3Endpoint, S3Kind, S3Server};
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
     listener.local_addr().expect("local address").port()
 }
 

@@ -49,7 +49,10 @@ impl PgServer {
         let initdb = find_binary("initdb", "PG_INITDB", &dirs, install);
         let bin = initdb.parent().map(PathBuf::from).unwrap_or_default();
         let run_as = RunAs::unprivileged();
-        let dir = tempfile::Builder::new().prefix("egress-pg-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("egress-pg-")
+            .tempdir()
+            .expect("temp dir");
         run_as.own(dir.path());
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
@@ -68,7 +71,11 @@ impl PgServer {
         cmd.arg(format!("--pwfile={}", pwfile.display()));
         run_as.apply(&mut cmd);
         let out = cmd.output().expect("run initdb");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = crate::free_port();
         let mut conf = format!(
             "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 128MB\nmax_connections = 50\n",
@@ -94,14 +101,21 @@ impl PgServer {
     }
 
     fn pg_ctl(&self, args: &[&str]) {
-        let log = self.data.parent().map(|d| d.join("server.log")).unwrap_or_default();
+        let log = self
+            .data
+            .parent()
+            .map(|d| d.join("server.log"))
+            .unwrap_or_default();
         let mut cmd = Command::new(self.bin.join("pg_ctl"));
         cmd.arg("-D").arg(&self.data).arg("-l").arg(&log).args(args);
         self.run_as.apply(&mut cmd);
         let out = cmd.output().expect("run pg_ctl");
         if !out.status.success() && args.first() != Some(&"stop") {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("pg_ctl {args:?} failed: {}\n{tail}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "pg_ctl {args:?} failed: {}\n{tail}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 
@@ -144,7 +158,18 @@ impl PgServer {
     /// Run SQL through `psql` and return its stdout bytes (the reference for byte identity).
     pub fn psql(&self, sql: &str) -> Vec<u8> {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", USER, "-d", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                USER,
+                "-d",
+                "postgres",
+            ])
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-c")
@@ -153,7 +178,11 @@ impl PgServer {
             .env("PGCLIENTENCODING", "UTF8")
             .output()
             .expect("run psql");
-        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 }

@@ -67,7 +67,8 @@ impl RunAs {
 
     /// Give `path` (recursively not needed: fresh dirs) to this user.
     pub fn own(&self, path: &Path) {
-        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid)).expect("chown test directory");
+        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
+            .expect("chown test directory");
     }
 }
 
@@ -81,5 +82,7 @@ pub fn wait_for_port(port: u16, timeout: std::time::Duration, what: &str, log: &
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let tail = std::fs::read_to_string(log).unwrap_or_default();
-    panic!("{what} did not start listening on 127.0.0.1:{port} within {timeout:?}; its log:\n{tail}");
+    panic!(
+        "{what} did not start listening on 127.0.0.1:{port} within {timeout:?}; its log:\n{tail}"
+    );
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 
 use crate::process::{find_binary, wait_for_port};
 
@@ -37,7 +39,10 @@ pub struct S3Server {
 impl S3Server {
     /// Start a server of `kind` with credentials unique to this instance.
     pub fn start(kind: S3Kind) -> S3Server {
-        let dir = tempfile::Builder::new().prefix("egress-s3-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("egress-s3-")
+            .tempdir()
+            .expect("temp dir");
         let root = dir.path().join("data");
         std::fs::create_dir_all(&root).expect("create data dir");
         let port = crate::free_port();
@@ -47,7 +52,9 @@ impl S3Server {
         let secret_key = format!("secret-{port}-{}", std::process::id());
         let mut cmd = match kind {
             S3Kind::S3sFs => {
-                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+                let home = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
                 let bin = find_binary(
                     "s3s-fs",
                     "S3S_FS",
@@ -130,7 +137,11 @@ impl S3Server {
 
     /// Multipart uploads not yet completed or aborted (server must implement the call: moto).
     pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
-        assert_eq!(self.kind, S3Kind::Moto, "s3s-fs has no ListMultipartUploads; use S3Kind::Moto");
+        assert_eq!(
+            self.kind,
+            S3Kind::Moto,
+            "s3s-fs has no ListMultipartUploads; use S3Kind::Moto"
+        );
         self.s3().pending_uploads(bucket).await
     }
 
@@ -178,7 +189,13 @@ impl S3Endpoint {
             .region(Region::new("us-east-1"))
             .endpoint_url(&self.endpoint)
             .force_path_style(true)
-            .credentials_provider(Credentials::new(&self.access_key, &self.secret_key, None, None, "test"))
+            .credentials_provider(Credentials::new(
+                &self.access_key,
+                &self.secret_key,
+                None,
+                None,
+                "test",
+            ))
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
@@ -192,7 +209,12 @@ impl S3Endpoint {
             .bucket(bucket)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("create bucket {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "create bucket {bucket}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
     }
 
     /// Every key under `prefix`, sorted.
@@ -206,8 +228,17 @@ impl S3Endpoint {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.unwrap_or_else(|e| panic!("list {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
-            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            let page = page.unwrap_or_else(|e| {
+                panic!(
+                    "list {bucket}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
         }
         keys.sort();
         keys
@@ -222,8 +253,18 @@ impl S3Endpoint {
             .key(key)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("get {bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
-        out.body.collect().await.expect("read body").into_bytes().to_vec()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "get {bucket}/{key}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
+        out.body
+            .collect()
+            .await
+            .expect("read body")
+            .into_bytes()
+            .to_vec()
     }
 
     /// Put an object.
@@ -235,7 +276,12 @@ impl S3Endpoint {
             .body(body.into())
             .send()
             .await
-            .unwrap_or_else(|e| panic!("put {bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "put {bucket}/{key}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
     }
 
     /// Keys of multipart uploads not yet completed or aborted (the server must implement
@@ -247,7 +293,15 @@ impl S3Endpoint {
             .bucket(bucket)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("list uploads {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
-        out.uploads().iter().filter_map(|u| u.key().map(str::to_string)).collect()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "list uploads {bucket}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
+        out.uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_string))
+            .collect()
     }
 }

@@ -14,8 +14,17 @@ async fn rgw_put_get_roundtrip() {
         .body(body.clone().into())
         .send()
         .await
-        .unwrap_or_else(|e| panic!("put: {}\n{}", aws_sdk_s3::error::DisplayErrorContext(e), rgw.log_tail()));
-    assert_eq!(rgw.keys("smoke", "dir/").await, vec!["dir/object.bin".to_string()]);
+        .unwrap_or_else(|e| {
+            panic!(
+                "put: {}\n{}",
+                aws_sdk_s3::error::DisplayErrorContext(e),
+                rgw.log_tail()
+            )
+        });
+    assert_eq!(
+        rgw.keys("smoke", "dir/").await,
+        vec!["dir/object.bin".to_string()]
+    );
     assert_eq!(rgw.get("smoke", "dir/object.bin").await, body);
     assert!(rgw.pending_uploads("smoke").await.is_empty());
 }
