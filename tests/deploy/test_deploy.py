@@ -714,12 +714,15 @@ def test_bucket_encryption():
 
 
 # ---------------------------------------------------------------------------------------------
-# docs/deploy.md: the commands match the templates
+# README.md's Deployment section: the commands match the templates
 
 
 def doc_commands():
     blocks, block, lang = [], None, None
-    for line in (REPO / "docs/deploy.md").read_text().splitlines(keepends=True):
+    readme = (REPO / "README.md").read_text()
+    assert "\n## Deployment\n" in readme, "README.md has no Deployment section"
+    section = readme.split("\n## Deployment\n", 1)[1].split("\n## ", 1)[0]
+    for line in section.splitlines(keepends=True):
         if line.startswith("```"):
             if block is None:
                 block, lang = [], line[3:].strip()
@@ -729,7 +732,7 @@ def doc_commands():
                 block = None
         elif block is not None:
             block.append(line)
-    assert block is None, "docs/deploy.md: unclosed code block"
+    assert block is None, "README.md Deployment section: unclosed code block"
     commands = []
     for block in blocks:
         joined = re.sub(r"\\\n\s*", " ", block)

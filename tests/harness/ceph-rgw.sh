@@ -194,10 +194,11 @@ EOF
     setsid radosgw "${c[@]}" -n client.rgw -f </dev/null >>"$DIR/log/rgw.out" 2>&1 &
     echo $! >"$DIR/run/client.rgw.pid"
     for i in $(seq 1 600); do
-        if curl -fsS -o /dev/null "http://127.0.0.1:$rgw_port/" 2>/dev/null; then break; fi
+        if curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$rgw_port/" 2>/dev/null; then break; fi
         ((i == 600)) && die "RGW did not answer on 127.0.0.1:$rgw_port"
         [[ -s "$DIR/run/client.rgw.pid" ]] && ! kill -0 "$(<"$DIR/run/client.rgw.pid")" 2>/dev/null &&
             die "radosgw exited"
+        grep -q 'failed to bind address' "$DIR/log/rgw.log" 2>/dev/null && die "RGW port $rgw_port is taken"
         sleep 0.1
     done
     log "RGW answers on 127.0.0.1:$rgw_port"
