@@ -142,7 +142,10 @@ async fn object_is_byte_identical_to_psql_copy_and_valid_gzip() {
     assert!(log.contains("rows=8"), "{log}");
 
     let key = format!("nightly/{DATE}/tricky.csv.gz");
-    assert_eq!(s3.keys(BUCKET, "").await, vec![key.clone()]);
+    assert_eq!(
+        s3.keys(BUCKET, "").await,
+        vec![format!("nightly/{DATE}/_manifest.json"), key.clone()]
+    );
     let object = s3.get(BUCKET, &key).await;
     let expected = pg.psql("COPY tricky TO STDOUT (FORMAT csv)");
     assert!(expected.len() > 300);
@@ -312,6 +315,7 @@ async fn schema_qualified_mixed_case_empty_tables_to_a_local_folder() {
             "LOWER_ONE.csv.gz",
             "MixedCase.csv.gz",
             "Sales.Orders.csv.gz",
+            "_manifest.json",
             "a_view.csv.gz",
             "empty_one.csv.gz"
         ],

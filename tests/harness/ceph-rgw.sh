@@ -47,6 +47,15 @@ free_port() {
         die "cannot pick a free port"
 }
 
+# Does an HTTP server answer on 127.0.0.1:$1? (Plain bash: no curl needed.)
+http_answers() {
+    local status
+    status=$(timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" >&3
+        IFS= read -r line <&3 && printf "%s" "$line"' probe "$1" 2>/dev/null) || return 1
+    [[ $status == HTTP/* ]]
+}
+
 stop() {
     local dir=$1 f pid
     [[ -d "$dir/run" ]] || return 0
@@ -77,14 +86,14 @@ start() {
     DIR=$(realpath -m "$1")
     STARTING=1
     local rgw_port=$2 mon_port=${3:-}
-    need ceph-mon ceph-osd radosgw radosgw-admin ceph monmaptool ceph-authtool uuidgen curl
+    need ceph-mon ceph-osd radosgw radosgw-admin ceph monmaptool ceph-authtool
     mkdir -p "$DIR"
     [[ -e "$DIR/ceph.conf" ]] && die "$DIR already holds a cluster"
     mkdir -p "$DIR"/{run,log,crash,mon,osd,rgw}
     [[ -n "$mon_port" ]] || mon_port=$(free_port)
     local fsid osd_uuid conf="$DIR/ceph.conf"
-    fsid=$(uuidgen)
-    osd_uuid=$(uuidgen)
+    fsid=$(</proc/sys/kernel/random/uuid)
+    osd_uuid=$(</proc/sys/kernel/random/uuid)
 
     cat >"$conf" <<EOF
 [global]
@@ -182,9 +191,11 @@ EOF
     log "OSD started"
 
     # RGW creates its pools itself; it just needs the OSD to be up.
-    local i
+    local i out
     for i in $(seq 1 300); do
-        if ceph "${c[@]}" osd dump 2>/dev/null | grep -q '^osd\.0 up'; then break; fi
+        # (Capture first: `grep -q` closing the pipe early would fail the pipeline.)
+        out=$(ceph "${c[@]}" osd dump </dev/null 2>>"$DIR/log/ceph-cli.log" || true)
+        if grep -q '^osd\.0 up' <<<"$out"; then break; fi
         ((i == 300)) && die "OSD did not come up"
         sleep 0.1
     done
@@ -194,7 +205,7 @@ EOF
     setsid radosgw "${c[@]}" -n client.rgw -f </dev/null >>"$DIR/log/rgw.out" 2>&1 &
     echo $! >"$DIR/run/client.rgw.pid"
     for i in $(seq 1 600); do
-        if curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$rgw_port/" 2>/dev/null; then break; fi
+        if http_answers "$rgw_port"; then break; fi
         ((i == 600)) && die "RGW did not answer on 127.0.0.1:$rgw_port"
         [[ -s "$DIR/run/client.rgw.pid" ]] && ! kill -0 "$(<"$DIR/run/client.rgw.pid")" 2>/dev/null &&
             die "radosgw exited"
@@ -212,8 +223,8 @@ EOF
     fi
 
     local access secret
-    access="AK$(head -c 4096 /dev/urandom | tr -dc 'A-Z0-9' | head -c 18)"
-    secret="$(head -c 4096 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 40)"
+    access="AK$(od -An -N9 -tx1 /dev/urandom | tr -d ' \n' | tr a-f A-F)"
+    secret="$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')"
     radosgw-admin "${c[@]}" user create --uid=egress-test --display-name="egress test" \
         --access-key="$access" --secret-key="$secret" >"$DIR/log/user.json" 2>>"$DIR/log/radosgw-admin.log" ||
         die "radosgw-admin user create failed"

@@ -19,6 +19,36 @@ pub struct ResolvedTable {
     pub estimated_rows: i64,
     /// On-disk size, including TOAST.
     pub estimated_bytes: i64,
+    /// `pg_class.oid`, for looking up columns.
+    pub oid: i64,
+}
+
+/// One column of a dumped table, in order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Type as `format_type` prints it (`numeric(10,2)`, `timestamp with time zone`).
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+/// The table's columns in order (what the CSV's fields are).
+pub async fn columns(client: &Client, oid: i64) -> Result<Vec<Column>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = $1::bigint::oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            type_name: r.get(1),
+        })
+        .collect())
 }
 
 /// Why a listed table cannot be dumped.
@@ -51,7 +81,8 @@ impl ResolvedTable {
 }
 
 const LOOKUP: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
-       has_table_privilege(c.oid, 'SELECT'), c.reltuples::bigint, pg_total_relation_size(c.oid) \
+       has_table_privilege(c.oid, 'SELECT'), c.reltuples::bigint, pg_total_relation_size(c.oid), \
+       c.oid::bigint \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.oid = to_regclass($1)";
 
@@ -85,6 +116,7 @@ pub async fn resolve(
             kind,
             estimated_rows: row.get(4),
             estimated_bytes: row.get(5),
+            oid: row.get(6),
         }));
     }
     Ok(Err(Problem::Missing))
@@ -145,6 +177,7 @@ mod tests {
             kind: 'r',
             estimated_rows: 0,
             estimated_bytes: 0,
+            oid: 0,
         };
         assert_eq!(
             t.copy_sql(false),

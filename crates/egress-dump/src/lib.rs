@@ -10,10 +10,12 @@ pub mod config;
 pub mod copy_stream;
 pub mod database;
 pub mod gzip;
+pub mod manifest;
 pub mod multipart;
 pub mod progress;
 pub mod run;
 pub mod sink;
+pub mod snapshot;
 pub mod tables;
 pub mod tls;
 

@@ -13,6 +13,8 @@ use tokio_postgres::Client;
 use tracing::{error, info};
 
 use crate::catalog::{self, Problem, ResolvedTable};
+use crate::manifest::{self, Manifest, TableEntry};
+use crate::snapshot;
 use crate::config::Args;
 use crate::copy_stream::{self, CopyError};
 use crate::database::{self, PgEnv};
@@ -23,14 +25,14 @@ use crate::sink::Destination;
 use crate::tables::{self, TableRef};
 
 const MIB: usize = 1024 * 1024;
-const CREDENTIALS_HINT: &str = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS profile)";
+use crate::sink::CREDENTIALS_HINT;
 
 /// What one table's dump produced.
 #[derive(Debug, Clone)]
 pub struct TableReport {
     /// Table as listed.
     pub table: String,
-    /// Where it went.
+    /// Where it went (URL or path, for logs).
     pub target: String,
     /// Data rows.
     pub rows: u64,
@@ -42,63 +44,209 @@ pub struct TableReport {
 
 /// Run a whole dump as configured by `args`.
 pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
+    let run_started = manifest::now_rfc3339();
     let tables = tables::parse_list(&args.tables).usage_err()?;
     let date = run_date(args.date.as_deref())?;
     let location = Location::parse(&args.output).usage_err()?;
     let destination = open_destination(args, &location).await?;
 
-    let target = database::resolve(
-        args.database_url.as_deref(),
-        &PgEnv::from_process(),
-        args.timeout(),
-    )?;
-    let client = target.connect_with_retry(5).await?;
-    database::prepare_session(&client).await.runtime_err()?;
+    let target = database::resolve(args.database_url.as_deref(), &PgEnv::from_process(), args.timeout())?;
+    let coordinator = target.connect_with_retry(5).await?;
+    database::prepare_session(&coordinator).await.runtime_err()?;
+    let parallel = args.jobs > 1 && tables.len() > 1;
     // One snapshot for every table of the run: the day's files agree with each other.
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(|e| Failure::runtime(anyhow!("cannot start a read-only transaction: {e}")))?;
+    let snapshot = snapshot::begin(&coordinator, parallel).await?;
 
-    let resolved = resolve_all(&client, &tables).await?;
+    let resolved = resolve_all(&coordinator, &tables).await?;
     if args.dry_run {
         print_plan(&resolved, &destination, &date);
         return Ok(Vec::new());
     }
+    let mut columns = Vec::with_capacity(resolved.len());
+    for table in &resolved {
+        columns.push(
+            catalog::columns(&coordinator, table.oid)
+                .await
+                .map_err(|e| Failure::runtime(anyhow!("cannot read the columns of '{}': {e}", table.requested)))?,
+        );
+    }
+    // A re-run replaces the day: first withdraw the completion marker, so the folder never
+    // looks complete while its objects are being replaced.
+    destination.delete(&format!("{date}/{}", manifest::FILE_NAME)).await?;
+
+    let counters = Arc::new(Counters::default());
+    let display = Display::start("dump".to_string(), counters.clone(), args.progress == "auto");
+    let job = Job { args, destination: &destination, date: &date, counters: &counters };
+    let outcomes = if parallel {
+        let workers = (args.jobs as usize).min(resolved.len());
+        let mut clients = Vec::with_capacity(workers);
+        let id = snapshot.exported_id.clone().unwrap_or_default();
+        for _ in 0..workers {
+            let client = target.connect_with_retry(5).await?;
+            database::prepare_session(&client).await.runtime_err()?;
+            snapshot::import(&client, &id).await?;
+            clients.push(client);
+        }
+        let outcomes = dump_parallel(&clients, &resolved, &job).await;
+        for client in &clients {
+            let _ = client.batch_execute("COMMIT").await;
+        }
+        outcomes
+    } else {
+        dump_serial(&coordinator, &resolved, &job).await
+    };
+    display.finish().await;
+    let _ = coordinator.batch_execute("COMMIT").await;
 
     let mut reports = Vec::new();
     let mut failed: Vec<(String, String)> = Vec::new();
-    for (index, table) in resolved.iter().enumerate() {
-        let name = table.requested.file_stem();
-        let _ = client.batch_execute("SAVEPOINT egress_table").await;
-        match dump_table(&client, table, &destination, &date, args).await {
-            Ok(report) => {
-                let _ = client.batch_execute("RELEASE SAVEPOINT egress_table").await;
-                reports.push(report);
-            }
-            Err(failure) => {
-                let _ = client
-                    .batch_execute("ROLLBACK TO SAVEPOINT egress_table")
-                    .await;
-                error!(table = %name, error = %failure, "Table '{name}': Dump failed.");
-                failed.push((name, failure.one_line()));
-                if !args.keep_going {
-                    let skipped: Vec<String> = resolved[index + 1..]
-                        .iter()
-                        .map(|t| t.requested.file_stem())
-                        .collect();
-                    return Err(summarise_failure(&reports, &failed, &skipped));
-                }
-            }
+    let mut skipped: Vec<String> = Vec::new();
+    for (table, outcome) in resolved.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Done(report) => reports.push(*report),
+            Outcome::Failed(message) => failed.push((table.requested.file_stem(), message)),
+            Outcome::NotAttempted => skipped.push(table.requested.file_stem()),
         }
     }
-    let _ = client.batch_execute("COMMIT").await;
     if !failed.is_empty() {
-        return Err(summarise_failure(&reports, &failed, &[]));
+        // No manifest: the day stays visibly incomplete.
+        return Err(summarise_failure(&reports, &failed, &skipped));
     }
+    let manifest = build_manifest(args, &date, run_started, snapshot, &resolved, &reports, columns, &destination);
+    let body = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Failure::runtime(anyhow!("cannot encode the manifest: {e}")))?;
+    destination
+        .put_small(&format!("{date}/{}", manifest::FILE_NAME), body, "application/json")
+        .await?;
     let names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
     info!(tables = reports.len(), succeeded = %names.join(" "), "Success.");
     Ok(reports)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_manifest(
+    args: &Args,
+    date: &str,
+    run_started: String,
+    snapshot: snapshot::SnapshotInfo,
+    resolved: &[ResolvedTable],
+    reports: &[TableReport],
+    columns: Vec<Vec<catalog::Column>>,
+    destination: &Destination,
+) -> Manifest {
+    let tables = resolved
+        .iter()
+        .zip(reports)
+        .zip(columns)
+        .map(|((table, report), columns)| {
+            let file = format!("{}.csv.gz", table.requested.file_stem());
+            TableEntry {
+                table: report.table.clone(),
+                schema: table.schema.clone(),
+                name: table.name.clone(),
+                key: destination.key(&format!("{date}/{file}")),
+                file,
+                rows: report.rows,
+                uncompressed_bytes: report.stats.uncompressed_bytes,
+                compressed_bytes: report.stats.compressed_bytes,
+                sha256: report.stats.compressed_sha256.clone(),
+                uncompressed_sha256: report.stats.uncompressed_sha256.clone(),
+                columns,
+            }
+        })
+        .collect();
+    Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        tool: "egress-dump".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        date: date.to_string(),
+        run_started,
+        run_finished: manifest::now_rfc3339(),
+        snapshot: snapshot::SnapshotInfo { exported_id: None, ..snapshot },
+        compression_level: args.compression_level,
+        header: args.header,
+        tables,
+    }
+}
+
+/// Everything a table's dump needs besides its connection.
+struct Job<'a> {
+    args: &'a Args,
+    destination: &'a Destination,
+    date: &'a str,
+    counters: &'a Arc<Counters>,
+}
+
+/// How one table ended.
+enum Outcome {
+    Done(Box<TableReport>),
+    Failed(String),
+    NotAttempted,
+}
+
+/// Dump one table inside a savepoint, so that with `--keep-going` a failed COPY does not
+/// poison the transaction for the tables after it.
+async fn dump_in_savepoint(client: &Client, table: &ResolvedTable, job: &Job<'_>) -> Outcome {
+    let name = table.requested.file_stem();
+    let _ = client.batch_execute("SAVEPOINT egress_table").await;
+    match dump_table(client, table, job).await {
+        Ok(report) => {
+            let _ = client.batch_execute("RELEASE SAVEPOINT egress_table").await;
+            Outcome::Done(Box::new(report))
+        }
+        Err(failure) => {
+            let _ = client.batch_execute("ROLLBACK TO SAVEPOINT egress_table").await;
+            error!(table = %name, error = %failure, "Table '{name}': Dump failed.");
+            Outcome::Failed(failure.one_line())
+        }
+    }
+}
+
+async fn dump_serial(client: &Client, tables: &[ResolvedTable], job: &Job<'_>) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(tables.len());
+    let mut stop = false;
+    for table in tables {
+        if stop {
+            outcomes.push(Outcome::NotAttempted);
+            continue;
+        }
+        let outcome = dump_in_savepoint(client, table, job).await;
+        stop = matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going;
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
+/// Workers take tables largest first from a shared queue; after a failure (without
+/// `--keep-going`) no new table is started.
+async fn dump_parallel(clients: &[Client], tables: &[ResolvedTable], job: &Job<'_>) -> Vec<Outcome> {
+    let mut order: Vec<usize> = (0..tables.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(tables[i].estimated_bytes));
+    let queue = std::sync::Mutex::new(std::collections::VecDeque::from(order));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let results = std::sync::Mutex::new(Vec::new());
+    let workers = clients.iter().map(|client| async {
+        loop {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+            let Some(index) = next else { break };
+            let outcome = dump_in_savepoint(client, &tables[index], job).await;
+            if matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            if let Ok(mut r) = results.lock() {
+                r.push((index, outcome));
+            }
+        }
+    });
+    futures::future::join_all(workers).await;
+    let mut outcomes: Vec<Outcome> = (0..tables.len()).map(|_| Outcome::NotAttempted).collect();
+    for (index, outcome) in results.into_inner().unwrap_or_default() {
+        outcomes[index] = outcome;
+    }
+    outcomes
 }
 
 fn summarise_failure(
@@ -258,21 +406,15 @@ fn print_plan(tables: &[ResolvedTable], destination: &Destination, date: &str) {
     info!(tables = tables.len(), "Dry run: nothing was written.");
 }
 
-async fn dump_table(
-    client: &Client,
-    table: &ResolvedTable,
-    destination: &Destination,
-    date: &str,
-    args: &Args,
-) -> Result<TableReport, Failure> {
+async fn dump_table(client: &Client, table: &ResolvedTable, job: &Job<'_>) -> Result<TableReport, Failure> {
+    let (args, destination, date) = (job.args, job.destination, job.date);
     let name = table.requested.file_stem();
     let relative = format!("{date}/{name}.csv.gz");
     let target = destination.describe(&relative);
     info!(table = %name, target = %target, "Table '{name}': Data collection started.");
     let started = Instant::now();
     let sink = destination.open(&relative).await?;
-    let counters = Arc::new(Counters::default());
-    let display = Display::start(name.clone(), counters.clone(), args.progress == "auto");
+    let counters = job.counters.clone();
 
     let (raw_tx, raw_rx) = mpsc::channel(8);
     let (part_tx, part_rx) = mpsc::channel(1);
@@ -292,7 +434,6 @@ async fn dump_table(
     let copy = copy_stream::copy_out(client, &sql, args.header, raw_tx, &counters);
     let receive = sink.receive(part_rx, args.upload_concurrency as usize);
     let (copied, compressed, received) = tokio::join!(copy, compressor, receive);
-    display.finish().await;
 
     // Only when all three stages succeeded may the object become visible.
     let (copy, stats, pending) = match (copied, compressed, received) {

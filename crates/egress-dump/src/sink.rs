@@ -11,6 +11,9 @@ use tokio::sync::mpsc;
 
 use crate::multipart::{self, S3Object};
 
+/// Credentials hint printed when S3 rejects the dump's keys.
+pub const CREDENTIALS_HINT: &str = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS profile)";
+
 /// The destination of a whole run (bucket and prefix, or a directory).
 #[derive(Clone, Debug)]
 pub enum Destination {
@@ -76,6 +79,57 @@ impl Destination {
         match self {
             Destination::S3 { prefix, .. } if !prefix.is_empty() => format!("{prefix}/{relative}"),
             _ => relative.to_string(),
+        }
+    }
+
+    /// Write a small object (the manifest) in one request; visible atomically.
+    pub async fn put_small(&self, relative: &str, body: Vec<u8>, content_type: &str) -> Result<(), Failure> {
+        match self {
+            Destination::S3 { client, bucket, .. } => {
+                let key = self.key(relative);
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .content_type(content_type)
+                    .body(body.into())
+                    .send()
+                    .await
+                    .map_err(|e| egress_common::s3::failure(&e, &format!("writing {key}"), bucket, CREDENTIALS_HINT))?;
+                Ok(())
+            }
+            Destination::Local(_) => {
+                let sink = self.open(relative).await?;
+                let (tx, rx) = mpsc::channel(1);
+                let size = body.len() as u64;
+                tx.send(Bytes::from(body)).await.ok();
+                drop(tx);
+                let pending = sink.receive(rx, 1).await?;
+                sink.commit(pending, size).await
+            }
+        }
+    }
+
+    /// Delete `relative` if it exists.
+    pub async fn delete(&self, relative: &str) -> Result<(), Failure> {
+        match self {
+            Destination::S3 { client, bucket, .. } => {
+                let key = self.key(relative);
+                client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|e| egress_common::s3::failure(&e, &format!("deleting {key}"), bucket, CREDENTIALS_HINT))?;
+                Ok(())
+            }
+            Destination::Local(dir) => match tokio::fs::remove_file(dir.join(relative)).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Failure::runtime(anyhow::anyhow!("cannot delete {}: {e}", dir.join(relative).display())))
+                }
+                _ => Ok(()),
+            },
         }
     }
 
