@@ -172,6 +172,19 @@ rgw thread pool size = 64
 debug rgw = 1
 EOF
 
+    # Optional watchdog: stop the cluster once process $CEPH_RGW_WATCH_PID is gone (a test
+    # runner killed without running its destructors must not leak daemons). It waits for
+    # this script too, so that a start still in progress cannot add daemons after the stop.
+    if [[ -n "${CEPH_RGW_WATCH_PID:-}" ]]; then
+        # shellcheck disable=SC2016
+        setsid bash -c '
+            while kill -0 "$1" 2>/dev/null && [[ -e "$3/ceph.conf" ]]; do sleep 1; done
+            while kill -0 "$2" 2>/dev/null; do sleep 0.2; done
+            "$4" stop "$3"' \
+            watchdog "$CEPH_RGW_WATCH_PID" "$$" "$DIR" "$(realpath "$0")" </dev/null >/dev/null 2>&1 &
+        echo $! >"$DIR/run/watchdog.pid"
+    fi
+
     local c=(-c "$conf")
     export CEPH_CONF="$conf"
 
@@ -213,14 +226,6 @@ EOF
         sleep 0.1
     done
     log "RGW answers on 127.0.0.1:$rgw_port"
-
-    # Optional watchdog: stop the cluster once process $CEPH_RGW_WATCH_PID is gone (a test
-    # runner killed without running its destructors must not leak daemons).
-    if [[ -n "${CEPH_RGW_WATCH_PID:-}" ]]; then
-        setsid bash -c 'while kill -0 "$1" 2>/dev/null && [[ -e "$2/ceph.conf" ]]; do sleep 1; done; "$3" stop "$2"' \
-            watchdog "$CEPH_RGW_WATCH_PID" "$DIR" "$(realpath "$0")" </dev/null >/dev/null 2>&1 &
-        echo $! >"$DIR/run/watchdog.pid"
-    fi
 
     local access secret
     access="AK$(od -An -N9 -tx1 /dev/urandom | tr -d ' \n' | tr a-f A-F)"
