@@ -548,10 +548,16 @@ fn read_manifest(bytes: &[u8]) -> serde_json::Value {
 }
 
 fn sum_column(csv_bytes: &[u8], column: usize) -> i64 {
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(csv_bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(csv_bytes);
     reader
         .records()
-        .map(|r| r.expect("valid CSV")[column].parse::<i64>().expect("integer"))
+        .map(|r| {
+            r.expect("valid CSV")[column]
+                .parse::<i64>()
+                .expect("integer")
+        })
         .sum()
 }
 
@@ -575,7 +581,11 @@ async fn parallel_workers_share_one_snapshot_under_concurrent_transfers() {
         let mut i: i64 = 1;
         while !writer_stop.load(std::sync::atomic::Ordering::SeqCst) {
             let id = (i * 7919) % 400000 + 1;
-            let (from, to) = if i % 2 == 0 { ("acct_a", "acct_b") } else { ("acct_b", "acct_a") };
+            let (from, to) = if i % 2 == 0 {
+                ("acct_a", "acct_b")
+            } else {
+                ("acct_b", "acct_a")
+            };
             writer_client
                 .batch_execute(&format!(
                     "BEGIN; UPDATE {from} SET amount = amount - 7 WHERE id = {id}; \
@@ -596,20 +606,39 @@ async fn parallel_workers_share_one_snapshot_under_concurrent_transfers() {
     let before = dump_progress_marker(&pg).await;
     let out = dump(
         &env,
-        &["--tables", "acct_a acct_b", "--jobs", "2", "--compression-level", "1", "--output", dir.path().to_str().unwrap()],
+        &[
+            "--tables",
+            "acct_a acct_b",
+            "--jobs",
+            "2",
+            "--compression-level",
+            "1",
+            "--output",
+            dir.path().to_str().unwrap(),
+        ],
     );
     let after = dump_progress_marker(&pg).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let moved = writer.await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(after > before, "transfers committed while the dump ran ({before} -> {after})");
+    assert!(
+        after > before,
+        "transfers committed while the dump ran ({before} -> {after})"
+    );
     assert!(moved > 50, "the writer made {moved} transfers");
     let day = dir.path().join(DATE);
     let a = gunzip(&std::fs::read(day.join("acct_a.csv.gz")).unwrap());
     let b = gunzip(&std::fs::read(day.join("acct_b.csv.gz")).unwrap());
-    assert_eq!(sum_column(&a, 1) + sum_column(&b, 1), invariant, "both tables come from one snapshot");
+    assert_eq!(
+        sum_column(&a, 1) + sum_column(&b, 1),
+        invariant,
+        "both tables come from one snapshot"
+    );
     let manifest = read_manifest(&std::fs::read(day.join("_manifest.json")).unwrap());
-    assert!(manifest["snapshot"]["txid_snapshot"].as_str().unwrap().contains(':'));
+    assert!(manifest["snapshot"]["txid_snapshot"]
+        .as_str()
+        .unwrap()
+        .contains(':'));
 }
 
 /// How many transfers the writer has committed so far (changes to acct_a's amounts).
@@ -635,20 +664,35 @@ async fn manifest_numbers_match_an_independent_count_and_hash() {
          INSERT INTO nums SELECT i, i / 3.0, CASE WHEN i % 10 = 0 THEN E'multi\\nline, \"q\"' END FROM generate_series(1, 5000) i;",
     )
     .await;
-    let out = dump(&env_for(&pg, &s3, "tricky nums", &format!("s3://{BUCKET}/m")), &["--jobs", "2"]);
+    let out = dump(
+        &env_for(&pg, &s3, "tricky nums", &format!("s3://{BUCKET}/m")),
+        &["--jobs", "2"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let keys = s3.keys(BUCKET, "").await;
     assert_eq!(
         keys,
-        [format!("m/{DATE}/_manifest.json"), format!("m/{DATE}/nums.csv.gz"), format!("m/{DATE}/tricky.csv.gz")]
+        [
+            format!("m/{DATE}/_manifest.json"),
+            format!("m/{DATE}/nums.csv.gz"),
+            format!("m/{DATE}/tricky.csv.gz")
+        ]
     );
     let manifest = read_manifest(&s3.get(BUCKET, &format!("m/{DATE}/_manifest.json")).await);
     assert_eq!(manifest["format_version"], 1);
     assert_eq!(manifest["date"], DATE);
     assert_eq!(manifest["compression_level"], 6);
-    assert!(manifest["snapshot"]["server_version"].as_str().unwrap().starts_with("15"));
-    assert!(manifest["snapshot"]["wal_lsn"].as_str().unwrap().contains('/'));
-    assert!(manifest["run_started"].as_str().unwrap() <= manifest["run_finished"].as_str().unwrap());
+    assert!(manifest["snapshot"]["server_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("15"));
+    assert!(manifest["snapshot"]["wal_lsn"]
+        .as_str()
+        .unwrap()
+        .contains('/'));
+    assert!(
+        manifest["run_started"].as_str().unwrap() <= manifest["run_finished"].as_str().unwrap()
+    );
     let tables = manifest["tables"].as_array().unwrap();
     assert_eq!(tables.len(), 2);
     for entry in tables {
@@ -662,10 +706,22 @@ async fn manifest_numbers_match_an_independent_count_and_hash() {
             .records()
             .count() as u64;
         assert_eq!(entry["rows"].as_u64(), Some(records), "{key}: rows");
-        assert_eq!(entry["compressed_bytes"].as_u64(), Some(object.len() as u64));
-        assert_eq!(entry["uncompressed_bytes"].as_u64(), Some(csv_bytes.len() as u64));
-        assert_eq!(entry["sha256"].as_str(), Some(egress_testkit::sha256_hex(&object).as_str()));
-        assert_eq!(entry["uncompressed_sha256"].as_str(), Some(egress_testkit::sha256_hex(&csv_bytes).as_str()));
+        assert_eq!(
+            entry["compressed_bytes"].as_u64(),
+            Some(object.len() as u64)
+        );
+        assert_eq!(
+            entry["uncompressed_bytes"].as_u64(),
+            Some(csv_bytes.len() as u64)
+        );
+        assert_eq!(
+            entry["sha256"].as_str(),
+            Some(egress_testkit::sha256_hex(&object).as_str())
+        );
+        assert_eq!(
+            entry["uncompressed_sha256"].as_str(),
+            Some(egress_testkit::sha256_hex(&csv_bytes).as_str())
+        );
     }
     let nums = tables.iter().find(|t| t["table"] == "nums").unwrap();
     assert_eq!(nums["rows"], 5000);
@@ -698,7 +754,11 @@ async fn a_failed_table_means_no_manifest_and_a_rerun_completes_the_day() {
     let out = dump(&env, &["--jobs", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(s3.keys(BUCKET, "").await.contains(&manifest_key));
-    setup(&pg, "CREATE OR REPLACE VIEW flaky AS SELECT 1 / (i - i) AS i FROM flaky_src;").await;
+    setup(
+        &pg,
+        "CREATE OR REPLACE VIEW flaky AS SELECT 1 / (i - i) AS i FROM flaky_src;",
+    )
+    .await;
     let out = dump(&env, &["--jobs", "2"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -707,12 +767,20 @@ async fn a_failed_table_means_no_manifest_and_a_rerun_completes_the_day() {
     );
 
     // Fixed: the re-run completes the folder and writes the manifest.
-    setup(&pg, "CREATE OR REPLACE VIEW flaky AS SELECT i FROM flaky_src;").await;
+    setup(
+        &pg,
+        "CREATE OR REPLACE VIEW flaky AS SELECT i FROM flaky_src;",
+    )
+    .await;
     let out = dump(&env, &["--jobs", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         s3.keys(BUCKET, "").await,
-        [manifest_key.clone(), format!("{DATE}/flaky.csv.gz"), format!("{DATE}/t1.csv.gz")]
+        [
+            manifest_key.clone(),
+            format!("{DATE}/flaky.csv.gz"),
+            format!("{DATE}/t1.csv.gz")
+        ]
     );
     let manifest = read_manifest(&s3.get(BUCKET, &manifest_key).await);
     assert_eq!(manifest["tables"].as_array().unwrap().len(), 2);
@@ -734,14 +802,27 @@ async fn parallel_dump_gives_the_same_bytes_as_a_serial_one() {
     env.push(("DUMP_DATE".into(), DATE.into()));
     for (jobs, sub) in [("1", "serial"), ("4", "parallel")] {
         let out_dir = dir.path().join(sub);
-        let out = dump(&env, &["--tables", "p1 p2 p3 p4", "--jobs", jobs, "--output", out_dir.to_str().unwrap()]);
+        let out = dump(
+            &env,
+            &[
+                "--tables",
+                "p1 p2 p3 p4",
+                "--jobs",
+                jobs,
+                "--output",
+                out_dir.to_str().unwrap(),
+            ],
+        );
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     }
     for table in ["p1", "p2", "p3", "p4"] {
         let file = format!("{DATE}/{table}.csv.gz");
         let serial = std::fs::read(dir.path().join("serial").join(&file)).unwrap();
         let parallel = std::fs::read(dir.path().join("parallel").join(&file)).unwrap();
-        assert!(serial == parallel, "{table}: parallel and serial dumps differ");
+        assert!(
+            serial == parallel,
+            "{table}: parallel and serial dumps differ"
+        );
     }
 }
 
@@ -756,7 +837,9 @@ async fn imported_snapshot_hides_commits_made_after_the_export() {
         host: Some("127.0.0.1".into()),
         port: Some(pg.port.to_string()),
         user: Some(egress_testkit::postgres::USER.into()),
-        password: Some(egress_common::Secret::new(egress_testkit::postgres::PASSWORD)),
+        password: Some(egress_common::Secret::new(
+            egress_testkit::postgres::PASSWORD,
+        )),
         dbname: Some("postgres".into()),
         ..Default::default()
     };
@@ -764,17 +847,33 @@ async fn imported_snapshot_hides_commits_made_after_the_export() {
     let coordinator = target.connect().await.unwrap();
     let info = snapshot::begin(&coordinator, true).await.unwrap();
     let id = info.exported_id.clone().expect("exported");
-    pg.client().await.batch_execute("INSERT INTO marks VALUES (1)").await.unwrap();
+    pg.client()
+        .await
+        .batch_execute("INSERT INTO marks VALUES (1)")
+        .await
+        .unwrap();
     let worker = target.connect().await.unwrap();
     snapshot::import(&worker, &id).await.unwrap();
-    let seen: i64 = worker.query_one("SELECT count(*) FROM marks", &[]).await.unwrap().get(0);
+    let seen: i64 = worker
+        .query_one("SELECT count(*) FROM marks", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(seen, 0, "the worker reads the exported snapshot");
-    let worker_snapshot: String = worker.query_one("SELECT txid_current_snapshot()::text", &[]).await.unwrap().get(0);
+    let worker_snapshot: String = worker
+        .query_one("SELECT txid_current_snapshot()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(worker_snapshot, info.txid_snapshot);
     // Once the exporter is gone, importing fails with a clear message.
     drop(coordinator);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let late = target.connect().await.unwrap();
     let err = snapshot::import(&late, &id).await.unwrap_err();
-    assert!(err.one_line().contains("could not import the run's snapshot"), "{err}");
+    assert!(
+        err.one_line()
+            .contains("could not import the run's snapshot"),
+        "{err}"
+    );
 }

@@ -7,20 +7,38 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use egress_testkit::{S3Kind, S3Server};
+use egress_testkit::{CephRgw, S3Endpoint, S3Kind, S3Server};
 use futures::StreamExt;
 
 const SRC: &str = "source-bucket";
 const DST: &str = "mirror-bucket";
 const MIB: usize = 1024 * 1024;
 
+/// Anything the sync can talk to: an S3 test server or a Ceph RGW.
+trait Endpoint {
+    fn endpoint(&self) -> S3Endpoint;
+}
+
+impl Endpoint for S3Server {
+    fn endpoint(&self) -> S3Endpoint {
+        self.s3()
+    }
+}
+
+impl Endpoint for CephRgw {
+    fn endpoint(&self) -> S3Endpoint {
+        self.s3()
+    }
+}
+
 fn sync_command(
-    input: &S3Server,
+    input: &dyn Endpoint,
     input_path: &str,
-    output: &S3Server,
+    output: &dyn Endpoint,
     output_path: &str,
     args: &[&str],
 ) -> Command {
+    let (input, output) = (input.endpoint(), output.endpoint());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress-sync"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -40,9 +58,9 @@ fn sync_command(
 }
 
 fn sync(
-    input: &S3Server,
+    input: &dyn Endpoint,
     input_path: &str,
-    output: &S3Server,
+    output: &dyn Endpoint,
     output_path: &str,
     args: &[&str],
 ) -> Output {
@@ -83,8 +101,8 @@ fn data(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-async fn put_many(server: &S3Server, bucket: &str, objects: Vec<(String, Vec<u8>)>) {
-    let client = server.client();
+async fn put_many(server: &dyn Endpoint, bucket: &str, objects: Vec<(String, Vec<u8>)>) {
+    let client = server.endpoint().client();
     futures::stream::iter(objects.into_iter().map(|(key, body)| {
         let client = client.clone();
         async move {
@@ -106,8 +124,8 @@ async fn put_many(server: &S3Server, bucket: &str, objects: Vec<(String, Vec<u8>
 }
 
 /// Upload `body` in parts of `part` bytes (a multipart ETag), with metadata.
-async fn put_multipart(server: &S3Server, bucket: &str, key: &str, body: &[u8], part: usize) {
-    let client = server.client();
+async fn put_multipart(server: &dyn Endpoint, bucket: &str, key: &str, body: &[u8], part: usize) {
+    let client = server.endpoint().client();
     let created = client
         .create_multipart_upload()
         .bucket(bucket)
@@ -154,7 +172,8 @@ async fn put_multipart(server: &S3Server, bucket: &str, key: &str, body: &[u8], 
 }
 
 /// Every object under `prefix` as key (relative) -> bytes.
-async fn contents(server: &S3Server, bucket: &str, prefix: &str) -> HashMap<String, Vec<u8>> {
+async fn contents(server: &dyn Endpoint, bucket: &str, prefix: &str) -> HashMap<String, Vec<u8>> {
+    let server = server.endpoint();
     let mut out = HashMap::new();
     for key in server.keys(bucket, prefix).await {
         if key.ends_with(".egress-sync-state.json") {
@@ -555,4 +574,249 @@ async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() 
         output.pending_uploads(DST).await.is_empty(),
         "no multipart upload left pending"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// --require-manifest and --verify.
+
+fn manifest_json(date: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let tables: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(file, body)| {
+            serde_json::json!({
+                "table": file.trim_end_matches(".csv.gz"), "schema": "public",
+                "name": file.trim_end_matches(".csv.gz"), "file": file,
+                "key": format!("data/{date}/{file}"), "rows": 1,
+                "uncompressed_bytes": 1, "compressed_bytes": body.len(),
+                "sha256": egress_testkit::sha256_hex(body), "uncompressed_sha256": "x",
+                "columns": [{"name": "v", "type": "text"}]
+            })
+        })
+        .collect();
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "format_version": 1, "tool": "egress-dump", "tool_version": "test", "date": date,
+        "run_started": "2024-01-01T00:00:00.000Z", "run_finished": "2024-01-01T00:00:01.000Z",
+        "snapshot": {"taken_at": "2024-01-01T00:00:00.000000Z", "txid_snapshot": "1:1:", "wal_lsn": "0/1", "server_version": "15"},
+        "compression_level": 6, "header": false, "tables": tables
+    }))
+    .unwrap()
+}
+
+fn copied_keys(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("-> `output/").nth(1))
+        .map(|rest| rest.split('`').next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn require_manifest_copies_complete_days_manifest_last_and_catches_corruption() {
+    // moto lists ETags, so a same-size rewrite within the same second is still seen.
+    let input = S3Server::start(S3Kind::Moto);
+    let output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket(SRC).await;
+    output.create_bucket(DST).await;
+    let (a, b, c) = (data(1, 5000), data(2, 7000), data(3, 9000));
+    input.put(SRC, "data/2024-01-01/a.csv.gz", a.clone()).await;
+    input.put(SRC, "data/2024-01-01/b.csv.gz", b.clone()).await;
+    input
+        .put(
+            SRC,
+            "data/2024-01-01/_manifest.json",
+            manifest_json("2024-01-01", &[("a.csv.gz", &a), ("b.csv.gz", &b)]),
+        )
+        .await;
+    input.put(SRC, "data/2024-01-02/c.csv.gz", c.clone()).await;
+    let args = ["--require-manifest", "--jobs", "4"];
+    let in_path = format!("{SRC}/data");
+
+    let out = sync(&input, &in_path, &output, DST, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2024-01-02` has no _manifest.json; skipped"),
+        "{}",
+        text(&out)
+    );
+    let copied = copied_keys(&out);
+    assert_eq!(copied.len(), 3, "{copied:?}");
+    assert_eq!(
+        copied.last().unwrap(),
+        &format!("{DST}/2024-01-01/_manifest.json"),
+        "manifest last: {copied:?}"
+    );
+    assert_eq!(
+        output.keys(DST, "2024").await,
+        [
+            "2024-01-01/_manifest.json",
+            "2024-01-01/a.csv.gz",
+            "2024-01-01/b.csv.gz"
+        ]
+    );
+
+    // The day's manifest appears: the next run copies it, the manifest last.
+    input
+        .put(
+            SRC,
+            "data/2024-01-02/_manifest.json",
+            manifest_json("2024-01-02", &[("c.csv.gz", &c)]),
+        )
+        .await;
+    let out = sync(&input, &in_path, &output, DST, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        copied_keys(&out),
+        [
+            format!("{DST}/2024-01-02/c.csv.gz"),
+            format!("{DST}/2024-01-02/_manifest.json")
+        ]
+    );
+
+    // Bytes changed after the manifest was written: detected, reported, not copied.
+    let mut bad = b.clone();
+    bad[100] ^= 1;
+    input.put(SRC, "data/2024-01-01/b.csv.gz", bad).await;
+    let d = data(4, 3000);
+    let mut d_bad = d.clone();
+    d_bad[0] ^= 1;
+    input.put(SRC, "data/2024-01-03/d.csv.gz", d_bad).await;
+    input
+        .put(
+            SRC,
+            "data/2024-01-03/_manifest.json",
+            manifest_json("2024-01-03", &[("d.csv.gz", &d)]),
+        )
+        .await;
+    let out = sync(&input, &in_path, &output, DST, &args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2024-01-01/b.csv.gz does not match its manifest"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("2024-01-03/d.csv.gz does not match its manifest"),
+        "{stderr}"
+    );
+    assert_eq!(
+        output.get(DST, "2024-01-01/b.csv.gz").await,
+        b,
+        "the good copy was not replaced"
+    );
+    let keys = output.keys(DST, "2024-01-03").await;
+    assert!(
+        keys.is_empty(),
+        "neither the bad object nor its manifest reached the output: {keys:?}"
+    );
+
+    // --verify: the output matches its manifests; the input does not.
+    let out = sync(&input, &in_path, &output, DST, &["--verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("output 2024-01-01: OK (2 objects"),
+        "{}",
+        text(&out)
+    );
+    let out = sync(&input, &in_path, &output, DST, &["--verify", "input"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("input 2024-01-01: MISMATCH 2024-01-01/b.csv.gz: SHA-256"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("input 2024-01-02: OK"), "{stdout}");
+    // Damage at the output is found too.
+    output.put(DST, "2024-01-02/c.csv.gz", vec![0u8; 10]).await;
+    let out = sync(&input, &in_path, &output, DST, &["--verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("output 2024-01-02: MISMATCH 2024-01-02/c.csv.gz: 10 bytes"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Ceph RGW 16 (Debian 12's), the store our users mirror into.
+
+#[tokio::test]
+async fn ceph_rgw_as_destination_and_as_source() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let ceph = CephRgw::start();
+    input.create_bucket(SRC).await;
+    ceph.create_bucket(DST).await;
+    let mut objects: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("2024-02-01/t{i}.csv.gz"),
+                data(i, 1000 + i as usize),
+            )
+        })
+        .collect();
+    objects.extend(
+        ODD_KEYS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.to_string(), data(500 + i as u64, 64))),
+    );
+    put_many(&input, SRC, objects).await;
+    put_multipart(
+        &input,
+        SRC,
+        "2024-02-01/large.bin",
+        &data(77, 13 * MIB + 5),
+        5 * MIB,
+    )
+    .await;
+    input
+        .client()
+        .put_object()
+        .bucket(SRC)
+        .key("2024-02-01/typed.json.gz")
+        .content_type("application/json")
+        .content_encoding("gzip")
+        .metadata("team", "data-hub")
+        .body(ByteStream::from(b"{}".to_vec()))
+        .send()
+        .await
+        .unwrap();
+
+    // Into Ceph.
+    let out = sync(&input, SRC, &ceph, &format!("{DST}/mirror"), &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out),
+        ceph.log_tail()
+    );
+    let source = contents(&input, SRC, "").await;
+    let mirror = contents(&ceph, DST, "mirror/").await;
+    assert_eq!(source.len(), 48);
+    assert!(source == mirror, "Ceph holds exactly the source's bytes");
+    let head = ceph
+        .client()
+        .head_object()
+        .bucket(DST)
+        .key("mirror/2024-02-01/typed.json.gz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("application/json"));
+    assert_eq!(head.content_encoding(), Some("gzip"));
+    assert!(head
+        .metadata()
+        .unwrap()
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("team") && v == "data-hub"));
+    assert!(ceph.pending_uploads(DST).await.is_empty());
+    let out = sync(&input, SRC, &ceph, &format!("{DST}/mirror"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(last_line(&out).contains("copied=0"), "{}", text(&out));
+
+    // Out of Ceph (its listings carry ETags; multipart ones in Ceph's own form).
+    let back = S3Server::start(S3Kind::S3sFs);
+    back.create_bucket("back").await;
+    let out = sync(&ceph, &format!("{DST}/mirror"), &back, "back", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(contents(&back, "back", "").await == source);
+    let out = sync(&ceph, &format!("{DST}/mirror"), &back, "back", &[]);
+    assert!(last_line(&out).contains("copied=0"), "{}", text(&out));
 }

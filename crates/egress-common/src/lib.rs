@@ -5,6 +5,7 @@ pub mod envlist;
 pub mod exit;
 pub mod location;
 pub mod logging;
+pub mod manifest;
 pub mod s3;
 pub mod secret;
 pub mod units;

@@ -23,15 +23,7 @@ pub struct ResolvedTable {
     pub oid: i64,
 }
 
-/// One column of a dumped table, in order.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Column {
-    /// Column name.
-    pub name: String,
-    /// Type as `format_type` prints it (`numeric(10,2)`, `timestamp with time zone`).
-    #[serde(rename = "type")]
-    pub type_name: String,
-}
+pub use egress_common::manifest::Column;
 
 /// The table's columns in order (what the CSV's fields are).
 pub async fn columns(client: &Client, oid: i64) -> Result<Vec<Column>, tokio_postgres::Error> {

@@ -13,15 +13,15 @@ use tokio_postgres::Client;
 use tracing::{error, info};
 
 use crate::catalog::{self, Problem, ResolvedTable};
-use crate::manifest::{self, Manifest, TableEntry};
-use crate::snapshot;
 use crate::config::Args;
 use crate::copy_stream::{self, CopyError};
 use crate::database::{self, PgEnv};
 use crate::gzip;
+use crate::manifest::{self, Manifest, TableEntry};
 use crate::multipart;
 use crate::progress::{Counters, Display};
 use crate::sink::Destination;
+use crate::snapshot;
 use crate::tables::{self, TableRef};
 
 const MIB: usize = 1024 * 1024;
@@ -50,9 +50,15 @@ pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
     let location = Location::parse(&args.output).usage_err()?;
     let destination = open_destination(args, &location).await?;
 
-    let target = database::resolve(args.database_url.as_deref(), &PgEnv::from_process(), args.timeout())?;
+    let target = database::resolve(
+        args.database_url.as_deref(),
+        &PgEnv::from_process(),
+        args.timeout(),
+    )?;
     let coordinator = target.connect_with_retry(5).await?;
-    database::prepare_session(&coordinator).await.runtime_err()?;
+    database::prepare_session(&coordinator)
+        .await
+        .runtime_err()?;
     let parallel = args.jobs > 1 && tables.len() > 1;
     // One snapshot for every table of the run: the day's files agree with each other.
     let snapshot = snapshot::begin(&coordinator, parallel).await?;
@@ -67,16 +73,32 @@ pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
         columns.push(
             catalog::columns(&coordinator, table.oid)
                 .await
-                .map_err(|e| Failure::runtime(anyhow!("cannot read the columns of '{}': {e}", table.requested)))?,
+                .map_err(|e| {
+                    Failure::runtime(anyhow!(
+                        "cannot read the columns of '{}': {e}",
+                        table.requested
+                    ))
+                })?,
         );
     }
     // A re-run replaces the day: first withdraw the completion marker, so the folder never
     // looks complete while its objects are being replaced.
-    destination.delete(&format!("{date}/{}", manifest::FILE_NAME)).await?;
+    destination
+        .delete(&format!("{date}/{}", manifest::FILE_NAME))
+        .await?;
 
     let counters = Arc::new(Counters::default());
-    let display = Display::start("dump".to_string(), counters.clone(), args.progress == "auto");
-    let job = Job { args, destination: &destination, date: &date, counters: &counters };
+    let display = Display::start(
+        "dump".to_string(),
+        counters.clone(),
+        args.progress == "auto",
+    );
+    let job = Job {
+        args,
+        destination: &destination,
+        date: &date,
+        counters: &counters,
+    };
     let outcomes = if parallel {
         let workers = (args.jobs as usize).min(resolved.len());
         let mut clients = Vec::with_capacity(workers);
@@ -112,11 +134,24 @@ pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
         // No manifest: the day stays visibly incomplete.
         return Err(summarise_failure(&reports, &failed, &skipped));
     }
-    let manifest = build_manifest(args, &date, run_started, snapshot, &resolved, &reports, columns, &destination);
+    let manifest = build_manifest(
+        args,
+        &date,
+        run_started,
+        snapshot,
+        &resolved,
+        &reports,
+        columns,
+        &destination,
+    );
     let body = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Failure::runtime(anyhow!("cannot encode the manifest: {e}")))?;
     destination
-        .put_small(&format!("{date}/{}", manifest::FILE_NAME), body, "application/json")
+        .put_small(
+            &format!("{date}/{}", manifest::FILE_NAME),
+            body,
+            "application/json",
+        )
         .await?;
     let names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
     info!(tables = reports.len(), succeeded = %names.join(" "), "Success.");
@@ -162,7 +197,10 @@ fn build_manifest(
         date: date.to_string(),
         run_started,
         run_finished: manifest::now_rfc3339(),
-        snapshot: snapshot::SnapshotInfo { exported_id: None, ..snapshot },
+        snapshot: snapshot::SnapshotInfo {
+            exported_id: None,
+            ..snapshot
+        },
         compression_level: args.compression_level,
         header: args.header,
         tables,
@@ -195,7 +233,9 @@ async fn dump_in_savepoint(client: &Client, table: &ResolvedTable, job: &Job<'_>
             Outcome::Done(Box::new(report))
         }
         Err(failure) => {
-            let _ = client.batch_execute("ROLLBACK TO SAVEPOINT egress_table").await;
+            let _ = client
+                .batch_execute("ROLLBACK TO SAVEPOINT egress_table")
+                .await;
             error!(table = %name, error = %failure, "Table '{name}': Dump failed.");
             Outcome::Failed(failure.one_line())
         }
@@ -219,7 +259,11 @@ async fn dump_serial(client: &Client, tables: &[ResolvedTable], job: &Job<'_>) -
 
 /// Workers take tables largest first from a shared queue; after a failure (without
 /// `--keep-going`) no new table is started.
-async fn dump_parallel(clients: &[Client], tables: &[ResolvedTable], job: &Job<'_>) -> Vec<Outcome> {
+async fn dump_parallel(
+    clients: &[Client],
+    tables: &[ResolvedTable],
+    job: &Job<'_>,
+) -> Vec<Outcome> {
     let mut order: Vec<usize> = (0..tables.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(tables[i].estimated_bytes));
     let queue = std::sync::Mutex::new(std::collections::VecDeque::from(order));
@@ -406,7 +450,11 @@ fn print_plan(tables: &[ResolvedTable], destination: &Destination, date: &str) {
     info!(tables = tables.len(), "Dry run: nothing was written.");
 }
 
-async fn dump_table(client: &Client, table: &ResolvedTable, job: &Job<'_>) -> Result<TableReport, Failure> {
+async fn dump_table(
+    client: &Client,
+    table: &ResolvedTable,
+    job: &Job<'_>,
+) -> Result<TableReport, Failure> {
     let (args, destination, date) = (job.args, job.destination, job.date);
     let name = table.requested.file_stem();
     let relative = format!("{date}/{name}.csv.gz");

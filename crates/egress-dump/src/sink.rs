@@ -83,7 +83,12 @@ impl Destination {
     }
 
     /// Write a small object (the manifest) in one request; visible atomically.
-    pub async fn put_small(&self, relative: &str, body: Vec<u8>, content_type: &str) -> Result<(), Failure> {
+    pub async fn put_small(
+        &self,
+        relative: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), Failure> {
         match self {
             Destination::S3 { client, bucket, .. } => {
                 let key = self.key(relative);
@@ -95,7 +100,14 @@ impl Destination {
                     .body(body.into())
                     .send()
                     .await
-                    .map_err(|e| egress_common::s3::failure(&e, &format!("writing {key}"), bucket, CREDENTIALS_HINT))?;
+                    .map_err(|e| {
+                        egress_common::s3::failure(
+                            &e,
+                            &format!("writing {key}"),
+                            bucket,
+                            CREDENTIALS_HINT,
+                        )
+                    })?;
                 Ok(())
             }
             Destination::Local(_) => {
@@ -121,13 +133,20 @@ impl Destination {
                     .key(&key)
                     .send()
                     .await
-                    .map_err(|e| egress_common::s3::failure(&e, &format!("deleting {key}"), bucket, CREDENTIALS_HINT))?;
+                    .map_err(|e| {
+                        egress_common::s3::failure(
+                            &e,
+                            &format!("deleting {key}"),
+                            bucket,
+                            CREDENTIALS_HINT,
+                        )
+                    })?;
                 Ok(())
             }
             Destination::Local(dir) => match tokio::fs::remove_file(dir.join(relative)).await {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(Failure::runtime(anyhow::anyhow!("cannot delete {}: {e}", dir.join(relative).display())))
-                }
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::runtime(
+                    anyhow::anyhow!("cannot delete {}: {e}", dir.join(relative).display()),
+                )),
                 _ => Ok(()),
             },
         }

@@ -3,26 +3,9 @@
 //! `SET TRANSACTION SNAPSHOT`), and a description of it for the manifest.
 
 use anyhow::anyhow;
+pub use egress_common::manifest::SnapshotInfo;
 use egress_common::Failure;
-use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
-
-/// What the manifest records about the snapshot.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SnapshotInfo {
-    /// The transaction's start time on the server (`now()`), RFC 3339.
-    pub taken_at: String,
-    /// `txid_current_snapshot()`: which transactions the dump sees.
-    pub txid_snapshot: String,
-    /// WAL position when the snapshot was taken (`pg_current_wal_lsn()`, or the replay
-    /// position on a standby); absent when the server does not say.
-    pub wal_lsn: Option<String>,
-    /// `server_version`.
-    pub server_version: String,
-    /// The exported snapshot's id when workers share it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exported_id: Option<String>,
-}
 
 /// Open the run's transaction on `client` and describe its snapshot; export it for
 /// workers when `export` is set.
@@ -46,7 +29,11 @@ pub async fn begin(client: &Client, export: bool) -> Result<SnapshotInfo, Failur
         let row = client
             .query_one("SELECT pg_export_snapshot()", &[])
             .await
-            .map_err(|e| Failure::runtime(anyhow!("cannot export the snapshot for parallel workers: {e}")))?;
+            .map_err(|e| {
+                Failure::runtime(anyhow!(
+                    "cannot export the snapshot for parallel workers: {e}"
+                ))
+            })?;
         Some(row.get::<_, String>(0))
     } else {
         None
@@ -65,7 +52,9 @@ pub async fn begin(client: &Client, export: bool) -> Result<SnapshotInfo, Failur
 pub async fn import(worker: &Client, id: &str) -> Result<(), Failure> {
     // The id comes from pg_export_snapshot(): hex digits and dashes only; check anyway.
     if !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        return Err(Failure::runtime(anyhow!("unexpected snapshot id from the server")));
+        return Err(Failure::runtime(anyhow!(
+            "unexpected snapshot id from the server"
+        )));
     }
     worker
         .batch_execute(&format!(

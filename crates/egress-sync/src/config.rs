@@ -69,6 +69,17 @@ pub struct Args {
     #[arg(long, env = "EXCLUDE", value_delimiter = ',')]
     pub exclude: Vec<String>,
 
+    /// Copy a folder only once its `_manifest.json` exists at the input; copy its objects
+    /// first (each checked against the manifest) and the manifest last.
+    #[arg(long, env = "REQUIRE_MANIFEST")]
+    pub require_manifest: bool,
+
+    /// Check the output (or the input) against its manifests instead of copying; exit 1 on
+    /// any mismatch.
+    #[arg(long, env = "VERIFY", num_args = 0..=1, default_missing_value = "output",
+          value_parser = ["input", "output"])]
+    pub verify: Option<String>,
+
     /// Objects up to this size (MiB) are copied with one GET and one PUT; larger ones in parts.
     #[arg(long, env = "MULTIPART_THRESHOLD_MIB", default_value_t = 8,
           value_parser = clap::value_parser!(u64).range(5..=512))]

@@ -9,6 +9,9 @@ use futures::StreamExt;
 use rand::Rng;
 use tracing::{error, info};
 
+use std::collections::HashMap;
+
+use crate::gate::{self, Expected};
 use crate::object::ObjectInfo;
 use crate::plan::Plan;
 use crate::store::Store;
@@ -48,7 +51,18 @@ impl Report {
     }
 }
 
+/// `--require-manifest`: what each object must match, and folders already known bad.
+#[derive(Debug, Default)]
+pub struct Gating {
+    /// Size and SHA-256 per object key, from the manifests.
+    pub expected: HashMap<String, Expected>,
+    /// Folders whose manifest could not be used, with the reason.
+    pub bad_folders: HashMap<String, String>,
+}
+
 /// Copy everything the plan says, `jobs` at a time; delete only when every copy succeeded.
+/// With `gating`, each folder's manifest is copied last, and only when all of its objects
+/// were copied and matched it.
 pub async fn execute(
     plan: &Plan,
     source: Arc<Store>,
@@ -56,40 +70,58 @@ pub async fn execute(
     settings: &Settings,
     jobs: usize,
     names: &Names,
+    gating: Option<&Gating>,
 ) -> Report {
     let started = Instant::now();
-    let copies: Vec<ObjectInfo> = plan.copies().map(|(o, _)| o.clone()).collect();
+    let (manifests, data): (Vec<ObjectInfo>, Vec<ObjectInfo>) = plan
+        .copies()
+        .map(|(o, _)| o.clone())
+        .partition(|o| gating.is_some() && gate::is_manifest(&o.key));
     let mut report = Report {
-        planned_bytes: copies.iter().map(|o| o.size).sum(),
+        planned_bytes: data.iter().chain(&manifests).map(|o| o.size).sum(),
         ..Default::default()
     };
-    let mut results = futures::stream::iter(copies.into_iter().map(|object| {
-        let (source, dest) = (source.clone(), dest.clone());
-        async move {
-            let result = copy_with_retry(&source, &dest, &object, settings).await;
-            (object, result)
-        }
-    }))
-    .buffer_unordered(jobs.max(1));
-    while let Some((object, result)) = results.next().await {
-        match result {
-            Ok(copied) => {
-                info!(
-                    size = copied.bytes,
-                    verified = copied.verified,
-                    "`input/{}/{}` -> `output/{}/{}`",
-                    names.input,
-                    object.key,
-                    names.output,
-                    object.key
-                );
-                report.copied.push((object.key, copied));
+    copy_all(
+        data,
+        &source,
+        &dest,
+        settings,
+        jobs,
+        names,
+        gating,
+        &mut report,
+    )
+    .await;
+    if let Some(gating) = gating {
+        let mut ready = Vec::new();
+        for manifest in manifests {
+            let folder = gate::folder(&manifest.key);
+            let failed_here = report.failed.iter().any(|(k, _)| gate::folder(k) == folder);
+            let reason = gating.bad_folders.get(folder).cloned().or_else(|| {
+                failed_here
+                    .then(|| "some of its objects failed to copy or did not match it".to_string())
+            });
+            match reason {
+                Some(reason) => {
+                    error!(key = %manifest.key, "manifest not copied: {reason}");
+                    report
+                        .failed
+                        .push((manifest.key, format!("manifest not copied: {reason}")));
+                }
+                None => ready.push(manifest),
             }
-            Err(failure) => {
-                error!(key = %object.key, error = %failure, "copy failed after {ATTEMPTS} attempts");
-                report.failed.push((object.key, failure.one_line()));
-            }
         }
+        copy_all(
+            ready,
+            &source,
+            &dest,
+            settings,
+            jobs,
+            names,
+            None,
+            &mut report,
+        )
+        .await;
     }
     report.seconds = started.elapsed().as_secs_f64();
     let deletes: Vec<&ObjectInfo> = plan.deletes().collect();
@@ -118,15 +150,59 @@ pub async fn execute(
     report
 }
 
+#[allow(clippy::too_many_arguments)]
+async fn copy_all(
+    objects: Vec<ObjectInfo>,
+    source: &Arc<Store>,
+    dest: &Arc<Store>,
+    settings: &Settings,
+    jobs: usize,
+    names: &Names,
+    gating: Option<&Gating>,
+    report: &mut Report,
+) {
+    let mut results = futures::stream::iter(objects.into_iter().map(|object| {
+        let (source, dest) = (source.clone(), dest.clone());
+        let expected = gating.and_then(|g| g.expected.get(&object.key)).cloned();
+        async move {
+            let result =
+                copy_with_retry(&source, &dest, &object, settings, expected.as_ref()).await;
+            (object, result)
+        }
+    }))
+    .buffer_unordered(jobs.max(1));
+    while let Some((object, result)) = results.next().await {
+        match result {
+            Ok(copied) => {
+                info!(
+                    size = copied.bytes,
+                    verified = copied.verified,
+                    "`input/{}/{}` -> `output/{}/{}`",
+                    names.input,
+                    object.key,
+                    names.output,
+                    object.key
+                );
+                report.copied.push((object.key, copied));
+            }
+            Err(failure) => {
+                error!(key = %object.key, error = %failure, "copy failed");
+                report.failed.push((object.key, failure.one_line()));
+            }
+        }
+    }
+}
+
 async fn copy_with_retry(
     source: &Arc<Store>,
     dest: &Arc<Store>,
     object: &ObjectInfo,
     settings: &Settings,
+    expected: Option<&Expected>,
 ) -> Result<Copied, Failure> {
     let mut attempt = 1;
     loop {
-        match transfer::copy(source, dest, object, settings).await {
+        match transfer::copy(source, dest, object, settings, expected).await {
             Ok(copied) => return Ok(copied),
             Err(failure) if attempt < ATTEMPTS && !transfer::is_permanent(&failure) => {
                 let backoff = Duration::from_millis(500 * (1 << (attempt - 1)))

@@ -7,12 +7,14 @@
 
 pub mod config;
 pub mod execute;
+pub mod gate;
 pub mod object;
 pub mod plan;
 pub mod run;
 pub mod state;
 pub mod store;
 pub mod transfer;
+pub mod verify;
 
 pub use config::Args;
 pub use run::run;

@@ -12,12 +12,18 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use tracing::info;
 
 use crate::config::Args;
-use crate::execute::{self, Names, Report};
+use std::collections::BTreeSet;
+
+use egress_common::manifest::Manifest;
+
+use crate::execute::{self, Gating, Names, Report};
+use crate::gate;
 use crate::object::{ObjectInfo, Record};
 use crate::plan::{self, Action, PlanOptions};
 use crate::state;
 use crate::store::{Store, STATE_KEY};
 use crate::transfer::Settings;
+use crate::verify;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -197,10 +203,52 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
         output: args.output_path.trim().trim_matches('/').to_string(),
     };
 
+    if let Some(side) = &args.verify {
+        let (store, label) = if side == "input" {
+            (&source, "input")
+        } else {
+            (&dest, "output")
+        };
+        let result = verify::verify(store, label).await?;
+        let bad: Vec<&str> = result
+            .folders
+            .iter()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(f, _)| f.as_str())
+            .collect();
+        info!(
+            folders = result.folders.len(),
+            mismatched = bad.len(),
+            without_manifest = result.without_manifest.len(),
+            "Verified {} folder(s) against their manifests.",
+            result.folders.len()
+        );
+        if !bad.is_empty() {
+            return Err(Failure::runtime(anyhow!(
+                "{} folder(s) do not match their manifest: {}",
+                bad.len(),
+                bad.join(", ")
+            )));
+        }
+        return Ok(Report::default());
+    }
+
     // Decide: both listings in full, then the plan.
     let (source_list, dest_list) = tokio::join!(source.list(), dest.list());
-    let source_list = filter(source_list?, &include, &exclude);
-    let dest_list = filter(dest_list?, &include, &exclude);
+    let mut source_list = filter(source_list?, &include, &exclude);
+    let mut dest_list = filter(dest_list?, &include, &exclude);
+    let gating = if args.require_manifest {
+        let gated = gate::split(source_list);
+        for folder in &gated.incomplete {
+            info!(folder = %folder, "folder `input/{}/{folder}` has no _manifest.json; skipped (it may still be in progress)", names.input);
+        }
+        // Never delete what belongs to a folder that is being rewritten at the input.
+        dest_list.retain(|o| !gated.incomplete.iter().any(|f| f == gate::folder(&o.key)));
+        source_list = gated.complete;
+        Some(load_gating(&source, &source_list).await?)
+    } else {
+        None
+    };
     let source_id = format!("{}|{}", args.input_url.trim(), names.input);
     let mut records = state::load(&dest, &source_id).await?;
     let missing = plan::keys_needing_metadata(&source_list, &dest_list, &records);
@@ -250,6 +298,7 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
         &settings,
         args.jobs as usize,
         &names,
+        gating.as_ref(),
     )
     .await;
 
@@ -296,6 +345,27 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
             list.join("; ")
         )))
     }
+}
+
+/// Read every complete folder's manifest: what its objects must match.
+async fn load_gating(source: &Store, objects: &[ObjectInfo]) -> Result<Gating, Failure> {
+    let keys: BTreeSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    let mut gating = Gating::default();
+    for manifest in objects.iter().filter(|o| gate::is_manifest(&o.key)) {
+        let folder = gate::folder(&manifest.key).to_string();
+        let parsed = match source.read_optional(&manifest.key).await? {
+            Some(body) => Manifest::parse(&body),
+            None => Err("it disappeared while being read".to_string()),
+        };
+        match parsed.and_then(|m| gate::expectations(&folder, &m, &keys)) {
+            Ok(expected) => gating.expected.extend(expected),
+            Err(reason) => {
+                tracing::error!(folder = %folder, "manifest `input/{}` unusable: {reason}", manifest.key);
+                gating.bad_folders.insert(folder, reason);
+            }
+        }
+    }
+    Ok(gating)
 }
 
 /// Records carried in destination objects' metadata, one HEAD each (only for objects the

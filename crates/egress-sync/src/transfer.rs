@@ -14,8 +14,10 @@ use md5::{Digest, Md5};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::gate::Expected;
 use crate::object::{is_plain_md5, meta_keys, multipart_parts, ObjectInfo, Record};
 use crate::store::{ObjectMeta, Store, Upload};
+use sha2::Sha256;
 
 /// Parts bigger than this are not held in memory to mirror the source's layout.
 const MAX_REPLICATED_PART: u64 = 64 * 1024 * 1024;
@@ -69,18 +71,41 @@ pub struct Copied {
     pub verified: &'static str,
 }
 
-/// Copy `object` from `source` to `dest`.
+/// The bytes read do not match the folder's manifest: retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ManifestMismatch(String);
+
+/// Copy `object` from `source` to `dest`; with `expected`, the bytes must also match the
+/// size and SHA-256 its manifest records.
 pub async fn copy(
     source: &Arc<Store>,
     dest: &Arc<Store>,
     object: &ObjectInfo,
     settings: &Settings,
+    expected: Option<&Expected>,
 ) -> Result<Copied, Failure> {
     if object.size <= settings.multipart_threshold {
-        copy_small(source, dest, object, settings).await
+        copy_small(source, dest, object, settings, expected).await
     } else {
-        copy_large(source, dest, object, settings).await
+        copy_large(source, dest, object, settings, expected).await
     }
+}
+
+fn check_manifest(
+    key: &str,
+    size: u64,
+    sha256: &str,
+    expected: Option<&Expected>,
+) -> Result<(), Failure> {
+    let Some(e) = expected else { return Ok(()) };
+    if size != e.size || sha256 != e.sha256 {
+        return Err(Failure::runtime(ManifestMismatch(format!(
+            "{key} does not match its manifest: {size} bytes with SHA-256 {sha256}, the manifest says {} bytes with SHA-256 {}",
+            e.size, e.sha256
+        ))));
+    }
+    Ok(())
 }
 
 /// What was copied, in listing terms: the listed version, unless the read shows that the
@@ -123,6 +148,7 @@ async fn copy_small(
     dest: &Arc<Store>,
     object: &ObjectInfo,
     settings: &Settings,
+    expected: Option<&Expected>,
 ) -> Result<Copied, Failure> {
     let _permit = settings
         .budget
@@ -147,6 +173,15 @@ async fn copy_small(
             ));
         }
         verified = "size+md5";
+    }
+    if expected.is_some() {
+        check_manifest(
+            &object.key,
+            meta.size,
+            &hex::encode(Sha256::digest(&body)),
+            expected,
+        )?;
+        verified = "size+md5+manifest-sha256";
     }
     let version = copied_version(object, &meta);
     let write_meta = dest_meta(&meta, &Record::of(&version, "", meta.size));
@@ -183,6 +218,7 @@ async fn copy_large(
     dest: &Arc<Store>,
     object: &ObjectInfo,
     settings: &Settings,
+    expected: Option<&Expected>,
 ) -> Result<Copied, Failure> {
     let meta = source.head(&object.key).await?;
     let (sizes, replicated) = layout(source, &meta, &object.key, settings.part_size).await;
@@ -203,7 +239,11 @@ async fn copy_large(
             }
         };
     // Verify before completing, so a bad copy never becomes visible.
-    let (whole_md5, part_md5s, etags) = parts;
+    let (whole_md5, whole_sha256, part_md5s, etags) = parts;
+    if let Err(f) = check_manifest(&object.key, meta.size, &hex::encode(whole_sha256), expected) {
+        dest.abort(&upload).await;
+        return Err(f);
+    }
     let mut verified = "size+part-md5";
     let check = if is_plain_md5(&meta.etag) && !meta.etag_not_md5 {
         verified = "size+md5";
@@ -218,6 +258,9 @@ async fn copy_large(
     } else {
         None
     };
+    if expected.is_some() {
+        verified = "size+manifest-sha256";
+    }
     if let Some(computed) = check {
         if computed != meta.etag {
             dest.abort(&upload).await;
@@ -240,8 +283,8 @@ async fn copy_large(
     })
 }
 
-/// Whole-object MD5, each part's MD5, each part's ETag.
-type PartsResult = ([u8; 16], Vec<[u8; 16]>, Vec<String>);
+/// Whole-object MD5 and SHA-256, each part's MD5, each part's ETag.
+type PartsResult = ([u8; 16], [u8; 32], Vec<[u8; 16]>, Vec<String>);
 /// A finished part: index, MD5, ETag.
 type PartDone = Result<(usize, [u8; 16], String), Failure>;
 
@@ -257,7 +300,7 @@ async fn upload_parts(
     // Parts are read in parallel but hashed in order: `turn` says whose turn it is.
     let (turn_tx, turn_rx) = watch::channel(0usize);
     let turn_tx = Arc::new(turn_tx);
-    let whole = Arc::new(Mutex::new(Md5::new()));
+    let whole = Arc::new(Mutex::new((Md5::new(), Sha256::new())));
     let mut running: JoinSet<PartDone> = JoinSet::new();
     let mut part_md5s = vec![[0u8; 16]; sizes.len()];
     let mut etags = vec![String::new(); sizes.len()];
@@ -308,7 +351,8 @@ async fn upload_parts(
                     .map_err(|_| Failure::runtime(anyhow!("transfer of {key} was cancelled")))?;
                 let part_md5: [u8; 16] = Md5::digest(&body).into();
                 if let Ok(mut h) = whole.lock() {
-                    h.update(&body);
+                    h.0.update(&body);
+                    h.1.update(&body);
                 }
                 let _ = turn_tx.send(index + 1);
                 let etag = dest
@@ -329,13 +373,16 @@ async fn upload_parts(
         while running.join_next().await.is_some() {}
         return Err(f);
     }
-    let whole_md5: [u8; 16] = whole
+    let (md5, sha256) = whole
         .lock()
         .map_err(|_| Failure::runtime(anyhow!("hash state poisoned")))?
-        .clone()
-        .finalize()
-        .into();
-    Ok((whole_md5, part_md5s, etags))
+        .clone();
+    Ok((
+        md5.finalize().into(),
+        sha256.finalize().into(),
+        part_md5s,
+        etags,
+    ))
 }
 
 async fn collect(
@@ -355,7 +402,7 @@ async fn collect(
     }
 }
 
-/// True when retrying cannot help (credentials, missing bucket).
+/// True when retrying cannot help (credentials, missing bucket, manifest mismatch).
 pub fn is_permanent(failure: &Failure) -> bool {
-    failure.code == ExitCode::Usage
+    failure.code == ExitCode::Usage || failure.error.is::<ManifestMismatch>()
 }

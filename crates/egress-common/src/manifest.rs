@@ -1,0 +1,111 @@
+//! `_manifest.json`: written last into a date folder, it marks the day complete and lets
+//! anyone check every object (size, SHA-256) and every table (rows, columns).
+//! Its schema is `schema/manifest.schema.json`. egress-dump writes it; egress-sync reads it.
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the manifest inside a date folder.
+pub const FILE_NAME: &str = "_manifest.json";
+/// Version of this format; bumped on incompatible changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The whole manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Format version (1).
+    pub format_version: u32,
+    /// `egress-dump`.
+    pub tool: String,
+    /// The tool's version.
+    pub tool_version: String,
+    /// The date folder (`YYYY-MM-DD`).
+    pub date: String,
+    /// When the run started, RFC 3339 UTC.
+    pub run_started: String,
+    /// When the last table was uploaded, RFC 3339 UTC.
+    pub run_finished: String,
+    /// The database snapshot every table was read from.
+    pub snapshot: SnapshotInfo,
+    /// gzip level used.
+    pub compression_level: u32,
+    /// Whether each CSV starts with a header line.
+    pub header: bool,
+    /// One entry per table, in the order listed.
+    pub tables: Vec<TableEntry>,
+}
+
+/// One dumped table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableEntry {
+    /// The table as listed in TABLES.
+    pub table: String,
+    /// Schema it was found in.
+    pub schema: String,
+    /// Exact table name.
+    pub name: String,
+    /// Object name inside the date folder (`<table>.csv.gz`).
+    pub file: String,
+    /// Full object key (or path) as written.
+    pub key: String,
+    /// Data rows (header not counted).
+    pub rows: u64,
+    /// CSV bytes before compression.
+    pub uncompressed_bytes: u64,
+    /// Object size.
+    pub compressed_bytes: u64,
+    /// SHA-256 of the object as stored, hex.
+    pub sha256: String,
+    /// SHA-256 of the CSV, hex.
+    pub uncompressed_sha256: String,
+    /// Columns in CSV field order.
+    pub columns: Vec<Column>,
+}
+
+/// What the manifest records about the snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The transaction's start time on the server (`now()`), RFC 3339.
+    pub taken_at: String,
+    /// `txid_current_snapshot()`: which transactions the dump sees.
+    pub txid_snapshot: String,
+    /// WAL position when the snapshot was taken (`pg_current_wal_lsn()`, or the replay
+    /// position on a standby); absent when the server does not say.
+    pub wal_lsn: Option<String>,
+    /// `server_version`.
+    pub server_version: String,
+    /// The exported snapshot's id when workers share it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exported_id: Option<String>,
+}
+
+/// One column of a dumped table, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Type as `format_type` prints it (`numeric(10,2)`, `timestamp with time zone`).
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+impl Manifest {
+    /// Parse a manifest, checking its format version.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "manifest format_version {} is not supported",
+                manifest.format_version
+            ));
+        }
+        Ok(manifest)
+    }
+}
+
+/// Current UTC time as RFC 3339 with milliseconds.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
