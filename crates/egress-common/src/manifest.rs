@@ -109,3 +109,17 @@ pub fn now_rfc3339() -> String {
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let example = include_bytes!("../../../schema/manifest.example.json");
+        let manifest = Manifest::parse(example).unwrap();
+        assert_eq!(manifest.tables.len(), 2);
+        assert_eq!(manifest.tables[0].columns[0], Column { name: "id".into(), type_name: "integer".into() });
+        assert!(Manifest::parse(br#"{"format_version": 2}"#).is_err());
+    }
+}

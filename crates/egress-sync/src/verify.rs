@@ -27,7 +27,8 @@ pub struct Verification {
 /// Check every folder that has a manifest: each listed object present, with the recorded
 /// size and SHA-256. Prints one line per folder.
 pub async fn verify(store: &Store, label: &str) -> Result<Verification, Failure> {
-    let listing = store.list().await?;
+    let mut listing = store.list().await?;
+    listing.retain(|o| o.key != crate::store::STATE_KEY);
     let by_key: HashMap<&str, &ObjectInfo> = listing.iter().map(|o| (o.key.as_str(), o)).collect();
     let gated = gate::split(listing.clone());
     let mut result = Verification {
