@@ -119,7 +119,13 @@ mod tests {
         let example = include_bytes!("../../../schema/manifest.example.json");
         let manifest = Manifest::parse(example).unwrap();
         assert_eq!(manifest.tables.len(), 2);
-        assert_eq!(manifest.tables[0].columns[0], Column { name: "id".into(), type_name: "integer".into() });
+        assert_eq!(
+            manifest.tables[0].columns[0],
+            Column {
+                name: "id".into(),
+                type_name: "integer".into()
+            }
+        );
         assert!(Manifest::parse(br#"{"format_version": 2}"#).is_err());
     }
 }

@@ -93,14 +93,19 @@ pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
         counters.clone(),
         args.progress == "auto",
     );
+    let workers = if parallel {
+        (args.jobs as usize).min(resolved.len())
+    } else {
+        1
+    };
     let job = Job {
         args,
+        compress_threads: (gzip::default_threads() / workers).max(1),
         destination: &destination,
         date: &date,
         counters: &counters,
     };
     let outcomes = if parallel {
-        let workers = (args.jobs as usize).min(resolved.len());
         let mut clients = Vec::with_capacity(workers);
         let id = snapshot.exported_id.clone().unwrap_or_default();
         for _ in 0..workers {
@@ -210,6 +215,8 @@ fn build_manifest(
 /// Everything a table's dump needs besides its connection.
 struct Job<'a> {
     args: &'a Args,
+    /// Compression threads per table (the machine's CPUs shared among the workers).
+    compress_threads: usize,
     destination: &'a Destination,
     date: &'a str,
     counters: &'a Arc<Counters>,
@@ -468,6 +475,7 @@ async fn dump_table(
     let (part_tx, part_rx) = mpsc::channel(1);
     let base = args.part_size_mib as usize * MIB;
     let level = args.compression_level;
+    let threads = job.compress_threads;
     let compress_counters = counters.clone();
     let compressor = tokio::task::spawn_blocking(move || {
         gzip::compress(
@@ -476,6 +484,7 @@ async fn dump_table(
             level,
             |n| multipart::part_size(n, base),
             &compress_counters,
+            threads,
         )
     });
     let sql = table.copy_sql(args.header);
