@@ -17,6 +17,8 @@ command -v ceph-osd >/dev/null || packages+=(ceph-osd)
 command -v ceph >/dev/null || packages+=(ceph-common)
 command -v java >/dev/null || packages+=(default-jre-headless)
 command -v gzip >/dev/null || packages+=(gzip)
+command -v socat >/dev/null || packages+=(socat)   # TLS in front of a test S3 server
+command -v openssl >/dev/null || packages+=(openssl)
 if [ ${#packages[@]} -gt 0 ]; then
   log "apt-get install ${packages[*]}"
   apt-get update -qq

@@ -30,6 +30,9 @@ pub struct S3Settings {
     pub timeout: Duration,
     /// Attempts per request (first try included) for transient errors.
     pub max_attempts: u32,
+    /// Extra CA certificates (PEM) to trust, e.g. an internal Ceph endpoint's CA
+    /// (`AWS_CA_BUNDLE`).
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 /// Name printed as the credentials' source in SDK debug output.
@@ -40,8 +43,11 @@ const PROVIDER_NAME: &str = "egress-static";
 /// With a custom endpoint we use path-style addressing and send or validate flexible
 /// checksums only when an operation requires them: Ceph RGW 16 and older MinIO reject the
 /// aws-chunked trailers the newest SDK defaults produce.
-pub async fn client(settings: &S3Settings) -> aws_sdk_s3::Client {
+pub async fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, Failure> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(path) = &settings.ca_bundle {
+        loader = loader.http_client(https_client_trusting(path)?);
+    }
     if let Some(region) = &settings.region {
         loader = loader.region(Region::new(region.clone()));
     }
@@ -77,7 +83,105 @@ pub async fn client(settings: &S3Settings) -> aws_sdk_s3::Client {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
     }
-    aws_sdk_s3::Client::from_conf(builder.build())
+    Ok(aws_sdk_s3::Client::from_conf(builder.build()))
+}
+
+/// An HTTPS client that trusts the system roots plus the PEM certificates in `path`.
+fn https_client_trusting(
+    path: &std::path::Path,
+) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, Failure> {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    let pem = std::fs::read(path).map_err(|e| {
+        Failure::usage(anyhow::anyhow!(
+            "cannot read AWS_CA_BUNDLE file '{}': {e}; give a readable PEM bundle or unset AWS_CA_BUNDLE",
+            path.display()
+        ))
+    })?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "AWS_CA_BUNDLE file '{}' holds no PEM certificate",
+            path.display()
+        )));
+    }
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|e| {
+            Failure::usage(anyhow::anyhow!(
+                "AWS_CA_BUNDLE '{}' is unusable: {e}",
+                path.display()
+            ))
+        })?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(context)
+        .build_https())
+}
+
+/// Abort multipart uploads under `prefix` that were started before `before`: what a
+/// killed run (SIGKILL, node loss) left behind. Stores without ListMultipartUploads are
+/// skipped. Returns how many were aborted.
+pub async fn abort_stale_uploads(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    before: aws_smithy_types::DateTime,
+) -> usize {
+    let list_prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    let mut aborted = 0;
+    let mut key_marker: Option<String> = None;
+    let mut id_marker: Option<String> = None;
+    loop {
+        let listed = client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(&list_prefix)
+            .set_key_marker(key_marker.clone())
+            .set_upload_id_marker(id_marker.clone())
+            .send()
+            .await;
+        let page = match listed {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::debug!(error = %crate::exit::error_chain(&e), "cannot list pending multipart uploads");
+                return aborted;
+            }
+        };
+        for upload in page.uploads() {
+            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                continue;
+            };
+            if upload
+                .initiated()
+                .is_some_and(|t| t.secs() >= before.secs())
+            {
+                continue;
+            }
+            let abort = client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await;
+            if abort.is_ok() {
+                tracing::info!(key, "aborted a multipart upload left by an earlier run");
+                aborted += 1;
+            }
+        }
+        if !page.is_truncated().unwrap_or(false) {
+            return aborted;
+        }
+        key_marker = page.next_key_marker().map(str::to_string);
+        id_marker = page.next_upload_id_marker().map(str::to_string);
+        if key_marker.is_none() {
+            return aborted;
+        }
+    }
 }
 
 /// What kind of S3 failure happened, for choosing an exit code and a hint.
@@ -173,7 +277,9 @@ where
     };
     let detail = match (&code, err) {
         (Some(code), _) => code.clone(),
-        (None, SdkError::DispatchFailure(_)) => "could not connect".to_string(),
+        (None, SdkError::DispatchFailure(_)) => {
+            format!("could not connect: {}", crate::exit::error_chain(err))
+        }
         (None, SdkError::TimeoutError(_)) => "timed out".to_string(),
         (None, other) => {
             let status = other
@@ -197,7 +303,7 @@ where
             "{what}: bucket '{bucket}' is in another region ({detail}); set the region to the bucket's"
         ),
         S3Problem::Unreachable => format!(
-            "{what}: the S3 endpoint is unreachable or failing ({detail}); check the endpoint URL and network, then retry"
+            "{what}: the S3 endpoint is unreachable or failing ({detail}); check the endpoint URL and network (and AWS_CA_BUNDLE for a private CA), then retry"
         ),
         S3Problem::Other => format!("{what}: {detail}"),
     };

@@ -30,6 +30,10 @@ pub struct Args {
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
 
+    /// Extra CA certificates (PEM) to trust for HTTPS to S3, e.g. an internal Ceph's CA.
+    #[arg(long, env = "AWS_CA_BUNDLE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
+
     /// S3 region (default: the AWS chain's, else us-east-1).
     #[arg(long, env = "AWS_REGION")]
     pub region: Option<String>,

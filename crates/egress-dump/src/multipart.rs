@@ -7,7 +7,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use egress_common::s3::failure;
-use egress_common::Failure;
+use egress_common::{cleanup, Failure};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -49,6 +49,8 @@ pub enum Pending {
     Multipart {
         /// The upload's id.
         upload_id: String,
+        /// Its entry in the interruption clean-up registry.
+        ticket: cleanup::Ticket,
         /// Uploaded parts in order.
         parts: Vec<CompletedPart>,
     },
@@ -91,13 +93,22 @@ pub async fn upload(
             target.key
         )));
     }
+    // If the process is told to stop, this upload is aborted (see egress_common::cleanup).
+    let ticket = cleanup::register(cleanup::Unfinished::Upload {
+        client: target.client.clone(),
+        bucket: target.bucket.clone(),
+        key: target.key.clone(),
+        upload_id: upload_id.clone(),
+    });
     match upload_parts(target, &upload_id, first, second, &mut parts, in_flight).await {
         Ok(completed) => Ok(Pending::Multipart {
             upload_id,
+            ticket,
             parts: completed,
         }),
         Err(e) => {
             abort_upload(target, &upload_id).await;
+            cleanup::done(ticket);
             Err(e)
         }
     }
@@ -213,7 +224,11 @@ pub async fn complete(target: &S3Object, pending: Pending, size: u64) -> Result<
                     )
                 })?;
         }
-        Pending::Multipart { upload_id, parts } => {
+        Pending::Multipart {
+            upload_id,
+            ticket,
+            parts,
+        } => {
             let result = target
                 .client
                 .complete_multipart_upload()
@@ -227,6 +242,8 @@ pub async fn complete(target: &S3Object, pending: Pending, size: u64) -> Result<
                 )
                 .send()
                 .await;
+            // Completed or (below) aborted: nothing left to clean up either way.
+            cleanup::done(ticket);
             if let Err(e) = result {
                 // A 200 whose body the SDK cannot parse (some S3 clones use another XML
                 // root) may still have completed the upload: believe the object, not the body.
@@ -261,8 +278,12 @@ async fn object_has_size(target: &S3Object, size: u64) -> bool {
 
 /// Throw away an upload that must not become visible.
 pub async fn abort(target: &S3Object, pending: Pending) {
-    if let Pending::Multipart { upload_id, .. } = pending {
+    if let Pending::Multipart {
+        upload_id, ticket, ..
+    } = pending
+    {
         abort_upload(target, &upload_id).await;
+        cleanup::done(ticket);
     }
 }
 

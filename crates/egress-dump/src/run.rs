@@ -360,9 +360,11 @@ async fn open_destination(args: &Args, location: &Location) -> Result<Destinatio
                 region: args.region.clone(),
                 timeout: args.timeout(),
                 max_attempts: 5,
+                ca_bundle: args.ca_bundle.clone(),
                 ..Default::default()
             };
-            let client = s3::client(&settings).await;
+            let started = aws_sdk_s3::primitives::DateTime::from(std::time::SystemTime::now());
+            let client = s3::client(&settings).await?;
             // Fail on credentials or bucket before touching the database.
             client
                 .list_objects_v2()
@@ -383,6 +385,13 @@ async fn open_destination(args: &Args, location: &Location) -> Result<Destinatio
                         CREDENTIALS_HINT,
                     )
                 })?;
+            if !args.dry_run {
+                // Uploads a killed run (SIGKILL, node loss) left under our prefix.
+                let aborted = s3::abort_stale_uploads(&client, bucket, prefix, started).await;
+                if aborted > 0 {
+                    info!(aborted, "aborted multipart uploads left by an earlier run");
+                }
+            }
             Destination::new(location, Some(client))
                 .ok_or_else(|| Failure::runtime(anyhow!("internal: no S3 client")))
         }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bytes::Bytes;
-use egress_common::{Failure, Location, ResultExt};
+use egress_common::{cleanup, Failure, Location, ResultExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -41,6 +41,8 @@ pub enum Sink {
         path: PathBuf,
         /// Where data is written until complete.
         temp: PathBuf,
+        /// Its entry in the interruption clean-up registry.
+        ticket: cleanup::Ticket,
     },
 }
 
@@ -173,7 +175,8 @@ impl Destination {
                     .map(|n| n.to_string_lossy().to_string())
                     .unwrap_or_default();
                 let temp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-                Ok(Sink::Local { path, temp })
+                let ticket = cleanup::register(cleanup::Unfinished::File(temp.clone()));
+                Ok(Sink::Local { path, temp, ticket })
             }
         }
     }
@@ -205,7 +208,8 @@ impl Sink {
     pub async fn commit(&self, pending: Pending, size: u64) -> Result<(), Failure> {
         match (self, pending) {
             (Sink::S3(object), Pending::S3(p)) => multipart::complete(object, p, size).await,
-            (Sink::Local { path, temp }, _) => {
+            (Sink::Local { path, temp, ticket }, _) => {
+                cleanup::done(*ticket);
                 let result = tokio::fs::rename(temp, path).await.with_context(|| {
                     format!(
                         "cannot move the finished file into place at {}",
@@ -231,8 +235,9 @@ impl Sink {
     pub async fn abort(&self, pending: Option<Pending>) {
         match (self, pending) {
             (Sink::S3(object), Some(Pending::S3(p))) => multipart::abort(object, p).await,
-            (Sink::Local { temp, .. }, _) => {
+            (Sink::Local { temp, ticket, .. }, _) => {
                 let _ = tokio::fs::remove_file(temp).await;
+                cleanup::done(*ticket);
             }
             _ => {}
         }

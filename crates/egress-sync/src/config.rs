@@ -44,6 +44,10 @@ pub struct Args {
     #[arg(long, env = "OUTPUT_REGION", default_value = "us-east-1")]
     pub output_region: String,
 
+    /// Extra CA certificates (PEM) to trust for HTTPS on both sides, e.g. an internal Ceph's CA.
+    #[arg(long, env = "AWS_CA_BUNDLE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
+
     /// Objects transferred concurrently.
     #[arg(long, env = "SYNC_JOBS", default_value_t = 16,
           value_parser = clap::value_parser!(u64).range(1..=256))]

@@ -124,9 +124,10 @@ async fn open_store(side: Side, cfg: SideConfig<'_>, args: &Args) -> Result<Stor
         secret_access_key,
         timeout: args.timeout(),
         max_attempts: 5,
+        ca_bundle: args.ca_bundle.clone(),
     };
     Ok(Store::S3 {
-        client: s3::client(&settings).await,
+        client: s3::client(&settings).await?,
         bucket,
         prefix,
         credentials_hint: side.credentials_hint(),

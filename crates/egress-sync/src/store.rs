@@ -10,7 +10,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use egress_common::s3::failure;
-use egress_common::Failure;
+use egress_common::{cleanup, Failure};
 
 use crate::object::{clean_etag, ObjectInfo};
 
@@ -70,6 +70,8 @@ pub enum Upload {
         key: String,
         /// Upload id.
         upload_id: String,
+        /// Its entry in the interruption clean-up registry.
+        ticket: cleanup::Ticket,
     },
     /// Local temp file, renamed into place on completion.
     Local {
@@ -79,7 +81,17 @@ pub enum Upload {
         temp: PathBuf,
         /// Open file for positional writes.
         file: Arc<std::fs::File>,
+        /// Its entry in the interruption clean-up registry.
+        ticket: cleanup::Ticket,
     },
+}
+
+impl Upload {
+    fn ticket(&self) -> cleanup::Ticket {
+        match self {
+            Upload::S3 { ticket, .. } | Upload::Local { ticket, .. } => *ticket,
+        }
+    }
 }
 
 fn io_failure(what: String, e: std::io::Error) -> Failure {
@@ -409,9 +421,17 @@ impl Store {
                 let upload_id = out.upload_id().filter(|id| !id.is_empty()).ok_or_else(|| {
                     Failure::runtime(anyhow!("the server returned no upload id for {full}"))
                 })?;
+                // If the process is told to stop, this upload is aborted (egress_common::cleanup).
+                let ticket = cleanup::register(cleanup::Unfinished::Upload {
+                    client: client.clone(),
+                    bucket: bucket.clone(),
+                    key: full.clone(),
+                    upload_id: upload_id.to_string(),
+                });
                 Ok(Upload::S3 {
                     key: full,
                     upload_id: upload_id.to_string(),
+                    ticket,
                 })
             }
             Store::Local { root } => {
@@ -435,10 +455,12 @@ impl Store {
                 .await
                 .map_err(|e| Failure::runtime(anyhow!("file task failed: {e}")))?
                 .map_err(|e| io_failure(format!("creating {}", temp.display()), e))?;
+                let ticket = cleanup::register(cleanup::Unfinished::File(temp.clone()));
                 Ok(Upload::Local {
                     path,
                     temp,
                     file: Arc::new(file),
+                    ticket,
                 })
             }
         }
@@ -461,7 +483,7 @@ impl Store {
                     credentials_hint,
                     ..
                 },
-                Upload::S3 { key, upload_id },
+                Upload::S3 { key, upload_id, .. },
             ) => {
                 let out = client
                     .upload_part()
@@ -506,6 +528,8 @@ impl Store {
         upload: &Upload,
         parts: Vec<(u32, String)>,
     ) -> Result<String, Failure> {
+        // Completed, or aborted on failure below: nothing left to clean up either way.
+        cleanup::done(upload.ticket());
         match (self, upload) {
             (
                 Store::S3 {
@@ -514,7 +538,7 @@ impl Store {
                     credentials_hint,
                     ..
                 },
-                Upload::S3 { key, upload_id },
+                Upload::S3 { key, upload_id, .. },
             ) => {
                 let parts: Vec<CompletedPart> = parts
                     .into_iter()
@@ -565,7 +589,12 @@ impl Store {
                     }
                 }
             }
-            (Store::Local { .. }, Upload::Local { path, temp, file }) => {
+            (
+                Store::Local { .. },
+                Upload::Local {
+                    path, temp, file, ..
+                },
+            ) => {
                 let (path, temp, file) = (path.clone(), temp.clone(), file.clone());
                 let result =
                     tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::Metadata> {
@@ -586,8 +615,9 @@ impl Store {
 
     /// Throw an upload away.
     pub async fn abort(&self, upload: &Upload) {
+        cleanup::done(upload.ticket());
         match (self, upload) {
-            (Store::S3 { client, bucket, .. }, Upload::S3 { key, upload_id }) => {
+            (Store::S3 { client, bucket, .. }, Upload::S3 { key, upload_id, .. }) => {
                 if let Err(e) = client
                     .abort_multipart_upload()
                     .bucket(bucket)
@@ -676,57 +706,17 @@ impl Store {
     }
 
     /// Abort multipart uploads under the prefix started before `before` (left by a killed
-    /// run). Stores without ListMultipartUploads are skipped. Returns how many were aborted.
+    /// run). Returns how many were aborted.
     pub async fn abort_stale_uploads(&self, before: aws_smithy_types::DateTime) -> usize {
-        let Store::S3 {
-            client,
-            bucket,
-            prefix,
-            ..
-        } = self
-        else {
-            return 0;
-        };
-        let list_prefix = if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{prefix}/")
-        };
-        let listed = client
-            .list_multipart_uploads()
-            .bucket(bucket)
-            .prefix(&list_prefix)
-            .send()
-            .await;
-        let uploads = match listed {
-            Ok(out) => out.uploads().to_vec(),
-            Err(e) => {
-                tracing::debug!(error = %egress_common::exit::error_chain(&e), "cannot list pending multipart uploads");
-                return 0;
-            }
-        };
-        let mut aborted = 0;
-        for u in uploads {
-            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
-                continue;
-            };
-            if u.initiated().is_some_and(|t| t.secs() >= before.secs()) {
-                continue;
-            }
-            if client
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(id)
-                .send()
-                .await
-                .is_ok()
-            {
-                tracing::info!(key, "aborted a multipart upload left by an earlier run");
-                aborted += 1;
-            }
+        match self {
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+                ..
+            } => egress_common::s3::abort_stale_uploads(client, bucket, prefix, before).await,
+            Store::Local { .. } => 0,
         }
-        aborted
     }
 }
 

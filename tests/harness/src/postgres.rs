@@ -119,6 +119,16 @@ impl PgServer {
         }
     }
 
+    /// Put a file into the data directory, owned by the server's user, with `mode`.
+    pub fn install_file(&self, name: &str, contents: &[u8], mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data.join(name);
+        std::fs::write(&path, contents).expect("write file into the data directory");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        self.run_as.own(&path);
+        path
+    }
+
     /// Directory holding the cluster (for TLS files).
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data

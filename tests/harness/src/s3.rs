@@ -32,13 +32,19 @@ pub struct S3Server {
     pub secret_key: String,
     /// Data directory (s3s-fs stores objects as files here).
     pub root: PathBuf,
-    child: Child,
+    port: u16,
+    child: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
 impl S3Server {
     /// Start a server of `kind` with credentials unique to this instance.
     pub fn start(kind: S3Kind) -> S3Server {
+        Self::start_with_secret(kind, None)
+    }
+
+    /// Start a server whose secret key is `secret` (e.g. a sentinel value for leak tests).
+    pub fn start_with_secret(kind: S3Kind, secret: Option<&str>) -> S3Server {
         let dir = tempfile::Builder::new()
             .prefix("egress-s3-")
             .tempdir()
@@ -46,11 +52,33 @@ impl S3Server {
         let root = dir.path().join("data");
         std::fs::create_dir_all(&root).expect("create data dir");
         let port = crate::free_port();
-        let log_path = dir.path().join("server.log");
-        let log = std::fs::File::create(&log_path).expect("create log");
         let access_key = format!("AKTEST{port}");
-        let secret_key = format!("secret-{port}-{}", std::process::id());
-        let mut cmd = match kind {
+        let secret_key = secret
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("secret-{port}-{}", std::process::id()));
+        let mut server = S3Server {
+            kind,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            access_key,
+            secret_key,
+            root,
+            port,
+            child: None,
+            _dir: dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log_path = self._dir.path().join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open log");
+        let port = self.port.to_string();
+        let mut cmd = match self.kind {
             S3Kind::S3sFs => {
                 let home = std::env::var_os("HOME")
                     .map(PathBuf::from)
@@ -62,9 +90,14 @@ impl S3Server {
                     "cargo install s3s-fs@0.14.1 --locked --features binary",
                 );
                 let mut cmd = Command::new(bin);
-                cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                    .args(["--access-key", &access_key, "--secret-key", &secret_key])
-                    .arg(&root);
+                cmd.args(["--host", "127.0.0.1", "--port", &port])
+                    .args([
+                        "--access-key",
+                        &self.access_key,
+                        "--secret-key",
+                        &self.secret_key,
+                    ])
+                    .arg(&self.root);
                 cmd
             }
             S3Kind::Moto => {
@@ -75,25 +108,27 @@ impl S3Server {
                     "python3 -m venv /opt/egress-moto && /opt/egress-moto/bin/pip install 'moto[server]'",
                 );
                 let mut cmd = Command::new(bin);
-                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                cmd.args(["-H", "127.0.0.1", "-p", &port]);
                 cmd
             }
         };
         cmd.stdout(Stdio::from(log.try_clone().expect("clone log")))
             .stderr(Stdio::from(log))
             .stdin(Stdio::null());
-        let child = cmd.spawn().expect("spawn S3 server");
-        let server = S3Server {
-            kind,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            access_key,
-            secret_key,
-            root,
-            child,
-            _dir: dir,
-        };
-        wait_for_port(port, Duration::from_secs(30), "S3 test server", &log_path);
-        server
+        self.child = Some(cmd.spawn().expect("spawn S3 server"));
+        wait_for_port(
+            self.port,
+            Duration::from_secs(30),
+            "S3 test server",
+            &log_path,
+        );
+    }
+
+    /// Start the server again on the same port, with the same data directory (s3s-fs keeps
+    /// its objects; moto starts empty).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
     }
 
     /// Address and credentials, with the client helpers.
@@ -147,8 +182,10 @@ impl S3Server {
 
     /// Stop the server now (fault injection).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Benchmark: egress-dump and egress-sync beside the tools they replace, in one run, on the
+# same data, alternating contenders (best of BENCH_ROUNDS rounds). Prints wall time, CPU
+# seconds, peak RSS and output size, with the ratios egress/anchor; exits non-zero if any
+# produced object is not identical to its source.
+#
+#   bench/run.sh                                       # ~300 MB table, 2,000 small + 6 x 128 MiB objects
+#   BENCH_ROWS=300000 BENCH_BIG=0 BENCH_LARGE_MIB=16 BENCH_ROUNDS=1 bench/run.sh   # quick smoke run
+#
+# Needs (bench/setup.sh installs them): PostgreSQL 15 server binaries, s3s-fs (release
+# build), the AWS CLI, rclone, GNU time, bc, python3 with boto3. Servers listen on 127.0.0.1
+# only and are stopped on exit. Run as root (PostgreSQL is started as the postgres user).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Everything here is plain HTTP on loopback; a CA bundle from the environment only confuses
+# rclone (and is not what is being measured).
+unset AWS_CA_BUNDLE
+ROOT=$PWD
+ROWS=${BENCH_ROWS:-1800000}          # ~300 MB of CSV
+BIG=${BENCH_BIG:-1}                  # also dump a 4x larger table (peak RSS check)
+ROUNDS=${BENCH_ROUNDS:-2}
+SMALL=${BENCH_SMALL:-2000}
+LARGE=${BENCH_LARGE:-6}
+LARGE_MIB=${BENCH_LARGE_MIB:-128}
+WORK=$(mktemp -d /tmp/egress-bench.XXXXXX)
+chmod 755 "$WORK"
+PGBIN=$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
+S3S_FS=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
+RESULTS=$WORK/results.tsv
+FAILED=0
+PIDS=()
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "${PGDATA:-}" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log "building release binaries"
+cargo build --release --locked -q -p egress-dump -p egress-sync
+DUMP=$ROOT/target/release/egress-dump
+SYNC=$ROOT/target/release/egress-sync
+
+# --- servers ---------------------------------------------------------------------------
+PGPORT=$(free_port); PGDATA=$WORK/pg
+mkdir -p "$PGDATA"; chown postgres "$WORK" "$PGDATA"
+runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/pg.log" -w start \
+  -o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=256MB" >/dev/null
+export PGHOST=127.0.0.1 PGPORT PGUSER=postgres PGDATABASE=postgres
+start_s3() { # NAME: s3s-fs with keys AK<NAME>/SK<NAME>; sets <NAME>_URL
+  local name=$1 port; port=$(free_port)
+  mkdir -p "$WORK/$name"
+  "$S3S_FS" --host 127.0.0.1 --port "$port" --access-key "AK$name" --secret-key "SK$name" "$WORK/$name" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
+  printf -v "${name}_URL" 'http://127.0.0.1:%s' "$port"
+}
+start_s3 A; start_s3 B
+s3a() { AWS_ACCESS_KEY_ID=AKA AWS_SECRET_ACCESS_KEY=SKA aws --endpoint-url "$A_URL" --region us-east-1 "$@"; }
+s3b() { AWS_ACCESS_KEY_ID=AKB AWS_SECRET_ACCESS_KEY=SKB aws --endpoint-url "$B_URL" --region us-east-1 "$@"; }
+
+# measure GROUP NAME command...: appends "group, name, wall, cpu, peak RSS MiB" to RESULTS.
+# CPU and RSS cover the command and its children (GNU time), not the servers.
+measure() {
+  local group=$1 name=$2; shift 2
+  echo "0 0 0 0" >"$WORK/time"
+  if ! /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$@" >"$WORK/out.log" 2>&1; then
+    log "FAILED: $group / $name"; tail -5 "$WORK/out.log" >&2; FAILED=1
+  fi
+  read -r wall user sys rss < <(tail -n 1 "$WORK/time")
+  printf '%s\t%s\t%s\t%s\t%s\n' "$group" "$name" "$wall" "$(echo "$user + $sys" | bc)" "$((rss / 1024))" >>"$RESULTS"
+  log "$group / $name: ${wall}s"
+}
+
+# --- dump ------------------------------------------------------------------------------
+log "generating $ROWS rows"
+psql -q -X -v ON_ERROR_STOP=1 <<SQL
+CREATE TABLE bench AS
+SELECT gen_random_uuid() AS id,
+       'cust-' || (i % 100000) AS customer_id,
+       'ord-' || lpad(i::text, 10, '0') AS order_id,
+       timestamptz '2024-01-01 00:00:00+00' + i * interval '1 second' AS created_at,
+       jsonb_build_object('sku', 'SKU-' || (i % 5000), 'qty', i % 17, 'tags', jsonb_build_array('retail', 'eu')) AS attrs,
+       (i * 1.37)::numeric(14,2) AS amount,
+       CASE WHEN i % 100 = 0 THEN E'note, with "quotes"\nand a newline' ELSE 'plain note ' || (i % 1000) END AS note
+FROM generate_series(1, $ROWS) i;
+VACUUM ANALYZE bench;
+SQL
+psql -X -c "COPY bench TO STDOUT (FORMAT csv)" >"$WORK/reference.csv"
+CSV_BYTES=$(stat -c %s "$WORK/reference.csv")
+CSV_SHA=$(sha256sum "$WORK/reference.csv" | cut -d' ' -f1)
+rm "$WORK/reference.csv"
+log "table: $CSV_BYTES bytes of CSV"
+s3a s3 mb s3://dump >/dev/null
+
+DUMP_ENV=(env AWS_ACCESS_KEY_ID=AKA AWS_SECRET_ACCESS_KEY=SKA AWS_ENDPOINT_URL="$A_URL" AWS_REGION=us-east-1)
+pipeline() { # LEVEL KEY: the original job's pipeline
+  echo "psql -X -c 'COPY bench TO STDOUT (FORMAT csv)' | gzip -$1 | AWS_ACCESS_KEY_ID=AKA AWS_SECRET_ACCESS_KEY=SKA aws --endpoint-url $A_URL --region us-east-1 s3 cp - s3://dump/$2"
+}
+declare -A DUMP_KEY=(
+  ["(b) psql | gzip -9 | aws s3 cp"]=b/bench.csv.gz
+  ["(c) psql | gzip -6 | aws s3 cp"]=c/bench.csv.gz
+  ["(d) egress-dump (default: level 6)"]=d6/2024-01-01/bench.csv.gz
+  ["(d) egress-dump --compression-level 9"]=d9/2024-01-01/bench.csv.gz
+  ["(d) egress-dump --compression-level 1"]=d1/2024-01-01/bench.csv.gz
+)
+for round in $(seq "$ROUNDS"); do
+  log "dump round $round"
+  measure dump "(a) psql COPY > /dev/null" bash -c 'psql -X -c "COPY bench TO STDOUT (FORMAT csv)" >/dev/null'
+  measure dump "(b) psql | gzip -9 | aws s3 cp" bash -c "$(pipeline 9 b/bench.csv.gz)"
+  measure dump "(c) psql | gzip -6 | aws s3 cp" bash -c "$(pipeline 6 c/bench.csv.gz)"
+  measure dump "(d) egress-dump (default: level 6)" "${DUMP_ENV[@]}" "$DUMP" --tables bench --output s3://dump/d6 --date 2024-01-01 --progress never
+  measure dump "(d) egress-dump --compression-level 9" "${DUMP_ENV[@]}" "$DUMP" --tables bench --output s3://dump/d9 --date 2024-01-01 --progress never --compression-level 9
+  measure dump "(d) egress-dump --compression-level 1" "${DUMP_ENV[@]}" "$DUMP" --tables bench --output s3://dump/d1 --date 2024-01-01 --progress never --compression-level 1
+done
+for name in "${!DUMP_KEY[@]}"; do
+  key=${DUMP_KEY[$name]}
+  got=$(s3a s3 cp "s3://dump/$key" - | gzip -dc | sha256sum | cut -d' ' -f1)
+  [ "$got" = "$CSV_SHA" ] || { log "NOT IDENTICAL to psql's COPY: $key"; FAILED=1; }
+  printf '%s\t%s\n' "$name" "$(s3a s3api head-object --bucket dump --key "$key" --query ContentLength --output text)" >>"$WORK/sizes.tsv"
+done
+if [ "$BIG" = 1 ]; then
+  log "4x larger table for the memory check"
+  psql -q -X -c "CREATE TABLE bench4 AS SELECT * FROM bench UNION ALL SELECT * FROM bench UNION ALL SELECT * FROM bench UNION ALL SELECT * FROM bench"
+  measure dump "(d) egress-dump, 4x table" "${DUMP_ENV[@]}" "$DUMP" --tables bench4 --output s3://dump/d4x --date 2024-01-01 --progress never
+fi
+
+# --- sync ------------------------------------------------------------------------------
+log "generating $SMALL small and $LARGE x $LARGE_MIB MiB objects"
+mkdir -p "$WORK/src/large"
+python3 - "$WORK/src" "$SMALL" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(42)
+for i in range(n):
+    d = os.path.join(root, f"2024-01-{i % 28 + 1:02d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"obj-{i:05d}.csv.gz"), "wb") as f:
+        f.write(rnd.randbytes(rnd.randint(4096, 65536)))
+PY
+for i in $(seq "$LARGE"); do head -c "$((LARGE_MIB * 1024 * 1024))" /dev/urandom >"$WORK/src/large/part-$i.bin"; done
+s3a s3 mb s3://src >/dev/null
+s3a s3 sync --quiet "$WORK/src" s3://src/
+export RCLONE_CONFIG_SRC_TYPE=s3 RCLONE_CONFIG_SRC_PROVIDER=Other RCLONE_CONFIG_SRC_ENDPOINT=$A_URL \
+  RCLONE_CONFIG_SRC_ACCESS_KEY_ID=AKA RCLONE_CONFIG_SRC_SECRET_ACCESS_KEY=SKA RCLONE_CONFIG_SRC_FORCE_PATH_STYLE=true
+export RCLONE_CONFIG_DST_TYPE=s3 RCLONE_CONFIG_DST_PROVIDER=Other RCLONE_CONFIG_DST_ENDPOINT=$B_URL \
+  RCLONE_CONFIG_DST_ACCESS_KEY_ID=AKB RCLONE_CONFIG_DST_SECRET_ACCESS_KEY=SKB RCLONE_CONFIG_DST_FORCE_PATH_STYLE=true
+for b in rc1 rc16 egr; do s3b s3 mb "s3://$b" >/dev/null; done
+SYNC_ENV=(env INPUT_URL="$A_URL" INPUT_ACCESS_KEY_ID=AKA INPUT_SECRET_ACCESS_KEY=SKA
+  OUTPUT_URL="$B_URL" OUTPUT_ACCESS_KEY_ID=AKB OUTPUT_SECRET_ACCESS_KEY=SKB)
+# Each contender mirrors into its own bucket; small objects (dated folders) and large ones
+# (large/) are measured separately, then a no-op re-run of everything.
+small_sync() {
+  measure "sync $1" "rclone sync (defaults)" rclone sync --exclude 'large/**' src:src dst:rc1
+  measure "sync $1" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 --exclude 'large/**' src:src dst:rc16
+  measure "sync $1" "egress-sync" "${SYNC_ENV[@]}" INPUT_PATH=src OUTPUT_PATH=egr "$SYNC" --progress never --exclude 'large/**'
+}
+# Both tools sync bucket roots with a filter: rclone probes a sub-path root with a HEAD that
+# s3s-fs answers with a 500 only after ~40 s, which would measure the probe, not the copy.
+large_sync() {
+  measure "sync $1" "rclone sync (defaults)" rclone sync --include 'large/**' src:src dst:rc1
+  measure "sync $1" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 --include 'large/**' src:src dst:rc16
+  measure "sync $1" "egress-sync" "${SYNC_ENV[@]}" INPUT_PATH=src OUTPUT_PATH=egr "$SYNC" --progress never --include 'large/**'
+}
+all_sync() {
+  measure "sync $1" "rclone sync (defaults)" rclone sync src:src dst:rc1
+  measure "sync $1" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 src:src dst:rc16
+  measure "sync $1" "egress-sync" "${SYNC_ENV[@]}" INPUT_PATH=src OUTPUT_PATH=egr "$SYNC" --progress never
+}
+small_sync "small cold: $SMALL objects"
+large_sync "large cold: $LARGE x $LARGE_MIB MiB"
+all_sync "no-op re-run: all $((SMALL + LARGE)) objects"
+python3 - "$WORK/src" "$SMALL" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(7)
+for i in range(0, n, max(1, n // 20)):  # 20 objects: same size, new bytes
+    path = os.path.join(root, f"2024-01-{i % 28 + 1:02d}", f"obj-{i:05d}.csv.gz")
+    size = os.path.getsize(path)
+    with open(path, "wb") as f:
+        f.write(rnd.randbytes(size))
+PY
+s3a s3 sync --quiet --exact-timestamps "$WORK/src" s3://src/
+all_sync "re-run after 20 small objects changed"
+for b in rc1 rc16 egr; do
+  python3 "$ROOT/bench/compare.py" "$A_URL" AKA SKA src "$B_URL" AKB SKB "$b" >&2 || FAILED=1
+done
+
+# --- report ----------------------------------------------------------------------------
+python3 "$ROOT/bench/report.py" "$RESULTS" "$WORK/sizes.tsv" "$CSV_BYTES" "$SMALL" "$LARGE" "$LARGE_MIB"
+if [ "$FAILED" = 0 ]; then log "all produced objects identical"; else log "SOME OBJECTS DIFFER OR A CONTENDER FAILED"; exit 1; fi

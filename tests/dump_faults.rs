@@ -1,0 +1,603 @@
+//! egress-dump under faults and hostile conditions, through the binary against real servers:
+//! servers dying mid-upload, the backend killed mid-COPY, SIGTERM/SIGINT/SIGKILL, TLS to
+//! PostgreSQL and S3, and secrets that must never be printed.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use egress_testkit::{gunzip, PgServer, S3Kind, S3Server};
+
+const BUCKET: &str = "faults";
+const DATE: &str = "2024-05-01";
+
+fn command(env: &[(String, String)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress-dump"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(args);
+    cmd
+}
+
+fn run(env: &[(String, String)], args: &[&str]) -> Output {
+    command(env, args).output().expect("run egress-dump")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit={:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn env_for(pg: &PgServer, s3: &S3Server, tables: &str) -> Vec<(String, String)> {
+    let mut env = pg.env();
+    env.extend(s3.env());
+    env.push(("TABLES".into(), tables.into()));
+    env.push(("S3_OUTPUT".into(), format!("s3://{BUCKET}/out")));
+    env.push(("DUMP_DATE".into(), DATE.into()));
+    env
+}
+
+/// A table of ~`mb` MB of poorly compressible CSV.
+async fn big_table(pg: &PgServer, name: &str, mb: u32) {
+    let rows = mb * 1_000_000 / 140;
+    pg.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {name} AS SELECT i, md5(i::text) a, md5((i*3)::text) b, md5((i*7)::text) c, md5((i*11)::text) d \
+             FROM generate_series(1, {rows}) i"
+        ))
+        .await
+        .expect("create table");
+}
+
+/// Start the dump and wait until it logs that `table` is being read.
+fn spawn_until_started(
+    env: &[(String, String)],
+    args: &[&str],
+    table: &str,
+) -> (Child, Vec<String>) {
+    let mut child = command(env, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn egress-dump");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut lines = Vec::new();
+    let needle = format!("Table '{table}': Data collection started.");
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read stdout") == 0 {
+            panic!("egress-dump ended before starting {table}: {lines:?}");
+        }
+        let started = line.contains(&needle);
+        lines.push(line);
+        if started {
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    (child, lines)
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "egress-dump did not stop within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let status = child.wait().expect("wait");
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+async fn wait_for_pending_upload(s3: &S3Server) {
+    let start = Instant::now();
+    while s3.pending_uploads(BUCKET).await.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no multipart upload started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn assert_clean_rerun(pg: &PgServer, s3: &S3Server, env: &[(String, String)], table: &str) {
+    let out = run(env, &["--part-size-mib", "5"]);
+    assert_eq!(out.status.code(), Some(0), "re-run: {}", text(&out));
+    let object = s3.get(BUCKET, &format!("out/{DATE}/{table}.csv.gz")).await;
+    assert!(
+        gunzip(&object) == pg.psql(&format!("COPY {table} TO STDOUT (FORMAT csv)")),
+        "re-run is byte-identical"
+    );
+    assert!(s3
+        .keys(BUCKET, "")
+        .await
+        .contains(&format!("out/{DATE}/_manifest.json")));
+}
+
+#[tokio::test]
+async fn sigterm_and_sigint_abort_uploads_write_no_manifest_and_exit_143_130() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket(BUCKET).await;
+    big_table(&pg, "big", 60).await;
+    let env = env_for(&pg, &s3, "big");
+    for (signal, code, name) in [
+        (libc::SIGTERM, 143, "SIGTERM"),
+        (libc::SIGINT, 130, "SIGINT"),
+    ] {
+        let (mut child, _) = spawn_until_started(
+            &env,
+            &["--part-size-mib", "5", "--compression-level", "1"],
+            "big",
+        );
+        wait_for_pending_upload(&s3).await;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = wait_with_timeout(&mut child, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(code), "{name}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("stopped by {name}")), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            s3.keys(BUCKET, "").await.is_empty(),
+            "{name}: no object, no manifest"
+        );
+        assert!(
+            s3.pending_uploads(BUCKET).await.is_empty(),
+            "{name}: in-flight upload aborted"
+        );
+    }
+    assert_clean_rerun(&pg, &s3, &env, "big").await;
+}
+
+#[tokio::test]
+async fn sigkill_leaves_an_upload_that_the_next_run_aborts() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket(BUCKET).await;
+    big_table(&pg, "big", 60).await;
+    let env = env_for(&pg, &s3, "big");
+    let (mut child, _) = spawn_until_started(
+        &env,
+        &["--part-size-mib", "5", "--compression-level", "1"],
+        "big",
+    );
+    wait_for_pending_upload(&s3).await;
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    assert!(
+        !s3.pending_uploads(BUCKET).await.is_empty(),
+        "a killed run leaves its upload behind"
+    );
+    assert!(
+        s3.keys(BUCKET, "").await.is_empty(),
+        "but no visible object"
+    );
+    assert_clean_rerun(&pg, &s3, &env, "big").await;
+    assert!(
+        s3.pending_uploads(BUCKET).await.is_empty(),
+        "the next run aborted the stale upload"
+    );
+}
+
+#[tokio::test]
+async fn backend_terminated_mid_copy_fails_cleanly() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket(BUCKET).await;
+    big_table(&pg, "big", 60).await;
+    let env = env_for(&pg, &s3, "big");
+    let (mut child, _) = spawn_until_started(
+        &env,
+        &["--part-size-mib", "5", "--compression-level", "1"],
+        "big",
+    );
+    wait_for_pending_upload(&s3).await;
+    let killed: i64 = pg
+        .client()
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'egress-dump'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1);
+    let out = wait_with_timeout(&mut child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reading table 'big' failed"), "{stderr}");
+    assert!(
+        s3.keys(BUCKET, "").await.is_empty(),
+        "no object, no manifest"
+    );
+    assert!(
+        s3.pending_uploads(BUCKET).await.is_empty(),
+        "the upload was aborted"
+    );
+    assert_clean_rerun(&pg, &s3, &env, "big").await;
+}
+
+#[tokio::test]
+async fn s3_server_killed_mid_upload_fails_then_rerun_succeeds() {
+    let pg = PgServer::start();
+    let mut s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket(BUCKET).await;
+    big_table(&pg, "big", 60).await;
+    let env = env_for(&pg, &s3, "big");
+    let (mut child, _) = spawn_until_started(
+        &env,
+        &[
+            "--part-size-mib",
+            "5",
+            "--compression-level",
+            "1",
+            "--timeout",
+            "5",
+        ],
+        "big",
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    s3.kill();
+    let out = wait_with_timeout(&mut child, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    s3.restart();
+    assert!(
+        s3.keys(BUCKET, "").await.is_empty(),
+        "no visible object after the failure"
+    );
+    assert_clean_rerun(&pg, &s3, &env, "big").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS.
+
+/// A CA and a server certificate for `localhost` only, made with the openssl CLI.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |args: &str| {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "{args}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for ca in ["ca", "other-ca"] {
+            sh(&format!(
+                "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={ca} -keyout {ca}.key -out {ca}.pem \
+                 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null"
+            ));
+        }
+        sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr 2>/dev/null");
+        sh("printf 'subjectAltName=DNS:localhost\\nextendedKeyUsage=serverAuth\\n' > ext.cnf && \
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.pem 2>/dev/null");
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(name)).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn tls_to_postgresql_follows_libpq_sslmode() {
+    let pki = Pki::new();
+    let pg = PgServer::start();
+    pg.install_file("server.pem", &pki.read("server.pem"), 0o644);
+    pg.install_file("server.key", &pki.read("server.key"), 0o600);
+    let admin = pg.client().await;
+    for sql in [
+        "ALTER SYSTEM SET ssl = on",
+        "ALTER SYSTEM SET ssl_cert_file = 'server.pem'",
+        "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+        "SELECT pg_reload_conf()",
+        "CREATE TABLE t AS SELECT 1 AS v",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap().to_string();
+    let case = |host: &str, mode: &str, ca: Option<&str>| -> Output {
+        let mut env: Vec<(String, String)> = pg
+            .env()
+            .into_iter()
+            .filter(|(k, _)| k != "PGHOST")
+            .collect();
+        env.push(("PGHOST".into(), host.into()));
+        env.push(("PGSSLMODE".into(), mode.into()));
+        if let Some(ca) = ca {
+            env.push(("PGSSLROOTCERT".into(), ca.into()));
+        }
+        run(&env, &["--tables", "t", "--output", &out_dir])
+    };
+    let ca = pki.path("ca.pem");
+    let other = pki.path("other-ca.pem");
+    let ok = case("localhost", "verify-full", Some(&ca));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "verify-full with the right CA: {}",
+        text(&ok)
+    );
+    let ok = case("127.0.0.1", "verify-ca", Some(&ca));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "verify-ca ignores the host name: {}",
+        text(&ok)
+    );
+    let ok = case("127.0.0.1", "require", None);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "require without a CA: {}",
+        text(&ok)
+    );
+    let bad = case("localhost", "verify-full", Some(&other));
+    assert_eq!(bad.status.code(), Some(2), "wrong CA: {}", text(&bad));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("TLS to PostgreSQL") && err.contains("PGSSLROOTCERT"),
+        "{err}"
+    );
+    let bad = case("127.0.0.1", "verify-full", Some(&ca));
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "wrong host name: {}",
+        text(&bad)
+    );
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("TLS to PostgreSQL"),
+        "{}",
+        text(&bad)
+    );
+    let bad = case("localhost", "verify-full", None);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("needs a CA certificate"),
+        "{}",
+        text(&bad)
+    );
+    let bad = case("localhost", "verify-full", Some("/nonexistent/ca.pem"));
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("cannot read PGSSLROOTCERT file"),
+        "{}",
+        text(&bad)
+    );
+
+    // And the session really is encrypted.
+    use egress_dump::database;
+    let env = database::PgEnv {
+        host: Some("127.0.0.1".into()),
+        port: Some(pg.port.to_string()),
+        user: Some(egress_testkit::postgres::USER.into()),
+        password: Some(egress_common::Secret::new(
+            egress_testkit::postgres::PASSWORD,
+        )),
+        dbname: Some("postgres".into()),
+        sslmode: Some("require".into()),
+        ..Default::default()
+    };
+    let client = database::resolve(None, &env, Duration::from_secs(10))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl);
+}
+
+#[tokio::test]
+async fn https_to_s3_with_a_custom_ca_bundle() {
+    let pki = Pki::new();
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket(BUCKET).await;
+    pg.client()
+        .await
+        .batch_execute("CREATE TABLE t AS SELECT 1 AS v")
+        .await
+        .unwrap();
+    // socat terminates TLS in front of the S3 server, as an ingress would.
+    let port = egress_testkit::free_port();
+    let target = s3.endpoint.trim_start_matches("http://").to_string();
+    let mut proxy = Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+            pki.path("server.pem"),
+            pki.path("server.key")
+        ))
+        .arg(format!("TCP:{target}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run socat (apt-get install socat)");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "socat did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut env = env_for(&pg, &s3, "t");
+    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    env.push((
+        "AWS_ENDPOINT_URL".into(),
+        format!("https://localhost:{port}"),
+    ));
+    let without = run(&env, &[]);
+    assert_ne!(
+        without.status.code(),
+        Some(0),
+        "an unknown CA is refused: {}",
+        text(&without)
+    );
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("AWS_CA_BUNDLE"),
+        "{}",
+        text(&without)
+    );
+    env.push(("AWS_CA_BUNDLE".into(), pki.path("ca.pem")));
+    let with = run(&env, &[]);
+    let _ = proxy.kill();
+    assert_eq!(with.status.code(), Some(0), "{}", text(&with));
+    assert_eq!(
+        gunzip(&s3.get(BUCKET, &format!("out/{DATE}/t.csv.gz")).await),
+        b"1\n"
+    );
+    let mut env = env_for(&pg, &s3, "t");
+    env.push(("AWS_CA_BUNDLE".into(), "/nonexistent/bundle.pem".into()));
+    let bad = run(&env, &[]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("AWS_CA_BUNDLE"),
+        "{}",
+        text(&bad)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrets.
+
+#[tokio::test]
+async fn secrets_never_appear_in_any_output() {
+    const PASSWORD: &str = "SENTINEL-pg-password-93kd7";
+    const SECRET: &str = "SENTINEL-aws-secret-x81mq2";
+    let pg = PgServer::start();
+    let s3 = S3Server::start_with_secret(S3Kind::S3sFs, Some(SECRET));
+    s3.create_bucket(BUCKET).await;
+    pg.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE t AS SELECT 1 AS v; ALTER USER postgres PASSWORD '{PASSWORD}'"
+        ))
+        .await
+        .unwrap();
+    let mut good = env_for(&pg, &s3, "t");
+    good.retain(|(k, _)| k != "PGPASSWORD");
+    good.push(("PGPASSWORD".into(), PASSWORD.into()));
+    let with = |key: &str, value: &str| -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> =
+            good.iter().filter(|(k, _)| k != key).cloned().collect();
+        env.push((key.into(), value.into()));
+        env
+    };
+    let url = format!(
+        "postgresql://postgres:{PASSWORD}@127.0.0.1:{}/postgres",
+        pg.port
+    );
+    let bad_url = format!("postgresql://postgres:{PASSWORD}@127.0.0.1:notaport/postgres");
+    let closed = egress_testkit::free_port().to_string();
+    let cases: Vec<(&str, Vec<(String, String)>, Vec<&str>)> = vec![
+        ("success text", good.clone(), vec![]),
+        (
+            "success json debug",
+            good.clone(),
+            vec!["--log-format", "json", "-v"],
+        ),
+        ("success trace", good.clone(), vec!["-vv"]),
+        ("dry run", good.clone(), vec!["--dry-run", "-v"]),
+        ("database url", with("DATABASE_URL", &url), vec!["-v"]),
+        (
+            "malformed database url",
+            with("DATABASE_URL", &bad_url),
+            vec!["-v"],
+        ),
+        (
+            "wrong password",
+            with("PGPASSWORD", &format!("{PASSWORD}-wrong")),
+            vec!["-v", "--log-format", "json"],
+        ),
+        (
+            "wrong S3 secret",
+            with("AWS_SECRET_ACCESS_KEY", &format!("{SECRET}-wrong")),
+            vec!["-vv"],
+        ),
+        ("missing table", with("TABLES", "nope"), vec!["-v"]),
+        (
+            "missing bucket",
+            with("S3_OUTPUT", "s3://nope/x"),
+            vec!["-v"],
+        ),
+        ("unreachable database", with("PGPORT", &closed), vec!["-v"]),
+        ("help", good.clone(), vec!["--help"]),
+    ];
+    for (name, env, args) in cases {
+        let out = run(&env, &args);
+        let all = text(&out);
+        for secret in [PASSWORD, SECRET] {
+            assert!(!all.contains(secret), "{name}: a secret leaked:\n{all}");
+        }
+    }
+}
+
+#[test]
+fn termination_log_gets_a_one_paragraph_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("termination-log");
+    let out = run(
+        &[("TABLES".into(), "t".into()), ("PGPORT".into(), "1".into())],
+        &["--termination-log", log.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let summary = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        summary.starts_with("egress-dump failed (exit 1): cannot connect to PostgreSQL"),
+        "{summary}"
+    );
+    assert_eq!(summary.lines().count(), 1);
+    let _ = Path::new(&log);
+}
