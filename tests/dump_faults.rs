@@ -454,7 +454,7 @@ async fn https_to_s3_with_a_custom_ca_bundle() {
     // socat terminates TLS in front of the S3 server, as an ingress would.
     let port = egress_testkit::free_port();
     let target = s3.endpoint.trim_start_matches("http://").to_string();
-    let mut proxy = Command::new("socat")
+    let proxy = Command::new("socat")
         .arg(format!(
             "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
             pki.path("server.pem"),
@@ -464,6 +464,7 @@ async fn https_to_s3_with_a_custom_ca_bundle() {
         .stderr(Stdio::null())
         .spawn()
         .expect("run socat (apt-get install socat)");
+    let _proxy = KillOnDrop(proxy);
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -492,7 +493,6 @@ async fn https_to_s3_with_a_custom_ca_bundle() {
     );
     env.push(("AWS_CA_BUNDLE".into(), pki.path("ca.pem")));
     let with = run(&env, &[]);
-    let _ = proxy.kill();
     assert_eq!(with.status.code(), Some(0), "{}", text(&with));
     assert_eq!(
         gunzip(&s3.get(BUCKET, &format!("out/{DATE}/t.csv.gz")).await),
@@ -541,7 +541,8 @@ async fn secrets_never_appear_in_any_output() {
     );
     let bad_url = format!("postgresql://postgres:{PASSWORD}@127.0.0.1:notaport/postgres");
     let closed = egress_testkit::free_port().to_string();
-    let cases: Vec<(&str, Vec<(String, String)>, Vec<&str>)> = vec![
+    type Case<'a> = (&'a str, Vec<(String, String)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         ("success text", good.clone(), vec![]),
         (
             "success json debug",
@@ -600,4 +601,14 @@ fn termination_log_gets_a_one_paragraph_summary() {
     );
     assert_eq!(summary.lines().count(), 1);
     let _ = Path::new(&log);
+}
+
+/// A helper process stopped when the test ends, even by a panic.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
