@@ -6,6 +6,7 @@ Exits 1 and names the first differences when the sets of keys or any object's by
 """
 import hashlib
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 from botocore.config import Config
@@ -22,17 +23,22 @@ def client(endpoint, key, secret):
     )
 
 
+def digest(c, bucket, key):
+    h = hashlib.sha256()
+    for chunk in c.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
+        h.update(chunk)
+    return key, h.hexdigest()
+
+
 def digests(c, bucket):
-    out = {}
-    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for o in page.get("Contents", []):
-            if o["Key"].endswith(IGNORED):
-                continue
-            h = hashlib.sha256()
-            for chunk in c.get_object(Bucket=bucket, Key=o["Key"])["Body"].iter_chunks(1 << 20):
-                h.update(chunk)
-            out[o["Key"]] = h.hexdigest()
-    return out
+    keys = [
+        o["Key"]
+        for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+        if not o["Key"].endswith(IGNORED)
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(pool.map(lambda k: digest(c, bucket, k), keys))
 
 
 def main():

@@ -4,53 +4,57 @@ import collections
 import sys
 
 results, sizes_file = sys.argv[1], sys.argv[2]
-csv_bytes, small, large, large_mib = (int(a) for a in sys.argv[3:7])
+csv_bytes, small, large, large_mib, small_bytes = (int(a) for a in sys.argv[3:8])
 MIB = 2**20
 
 best = collections.OrderedDict()
 for line in open(results):
-    group, name, wall, cpu, rss = line.rstrip("\n").split("\t")
-    cur = (float(wall), float(cpu), float(rss))
+    group, name, wall, cpu, rss, server = line.rstrip("\n").split("\t")
+    cur = (float(wall), float(cpu), float(rss), float(server))
     if (group, name) not in best or cur[0] < best[(group, name)][0]:
         best[(group, name)] = cur
 sizes = dict(l.rstrip("\n").split("\t") for l in open(sizes_file))
+if not any(g == "dump" for g, _ in best):
+    csv_bytes = 0
 
-print(f"\n## Dump: {csv_bytes / MIB:.0f} MiB of CSV, best round")
-print(f"| contender | wall s | CPU s | peak RSS MiB | CSV MiB/s | output bytes | speed vs (b) | size vs (b) |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
-anchor = best[("dump", "(b) psql | gzip -9 | aws s3 cp")][0]
-anchor_size = int(sizes.get("(b) psql | gzip -9 | aws s3 cp", 0)) or 1
-floor = best[("dump", "(a) psql COPY > /dev/null")][0]
-for (group, name), (wall, cpu, rss) in best.items():
-    if group != "dump":
-        continue
-    volume = csv_bytes * (4 if "4x" in name else 1)
-    size = int(sizes.get(name, 0))
-    size_ratio = f"{size / anchor_size:.3f}" if size else ""
-    print(f"| {name} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {volume / MIB / wall:.1f} | {size or ''} | {anchor / wall:.2f}x | {size_ratio} |")
-lvl1 = best[("dump", "(d) egress-dump --compression-level 1")][0]
-print(f"\nlevel 1 wall / floor (a) wall = {lvl1 / floor:.2f}")
+if csv_bytes:
+    print(f"\n## Dump: {csv_bytes / MIB:.0f} MiB of CSV, best round; server CPU = PostgreSQL + S3 server during the run")
+    print("| contender | wall s | CPU s | server CPU s | peak RSS MiB | CSV MiB/s | output bytes | speed vs (b) | size vs (b) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    anchor = best[("dump", "(b) psql | gzip -9 | aws s3 cp")][0]
+    anchor_size = int(sizes.get("(b) psql | gzip -9 | aws s3 cp", 0)) or 1
+    floor = best[("dump", "(a) psql COPY > /dev/null")][0]
+    for (group, name), (wall, cpu, rss, server) in best.items():
+        if group != "dump":
+            continue
+        volume = csv_bytes * (4 if "4x" in name else 1)
+        size = int(sizes.get(name, 0))
+        size_ratio = f"{size / anchor_size:.3f}" if size else ""
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} | {volume / MIB / wall:.1f} | {size or ''} | {anchor / wall:.2f}x | {size_ratio} |")
+    lvl1 = best[("dump", "(d) egress-dump --compression-level 1")][0]
+    print(f"\nlevel 1 wall / floor (a) wall = {lvl1 / floor:.2f}")
 
-print(f"\n## Sync: {small} small objects (4-64 KiB), {large} x {large_mib} MiB; best rclone = faster of its two settings")
-print("| phase | contender | wall s | CPU s | peak RSS MiB | objects/s | MiB/s |")
-print("|---|---|---:|---:|---:|---:|---:|")
-groups = collections.OrderedDict()
-for (group, name), v in best.items():
-    if group.startswith("sync"):
-        groups.setdefault(group[5:], []).append((name, v))
-summary = []
-for phase, entries in groups.items():
-    if phase.startswith("small"):
-        count, volume = small, small * 35 * 1024
-    elif phase.startswith("large"):
-        count, volume = large, large * large_mib * MIB
-    else:
-        count, volume = small + large, 0
-    for name, (wall, cpu, rss) in entries:
-        mbs = f"{volume / MIB / wall:.1f}" if volume else ""
-        print(f"| {phase} | {name} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {count / wall:.0f} | {mbs} |")
-    rc = min(w for n, (w, _, _) in entries if n.startswith("rclone"))
-    eg = next(w for n, (w, _, _) in entries if n == "egress-sync")
-    summary.append(f"{phase}: egress-sync is {rc / eg:.2f}x the best rclone's speed (time ratio {eg / rc:.2f})")
-print()
-print("\n".join(summary))
+if any(g.startswith("sync") for g, _ in best):
+    print(f"\n## Sync: {small} small objects (4-64 KiB), {large} x {large_mib} MiB; best rclone = faster of its two settings")
+    print("| phase | contender | wall s | CPU s | server CPU s | peak RSS MiB | objects/s | MiB/s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    groups = collections.OrderedDict()
+    for (group, name), v in best.items():
+        if group.startswith("sync"):
+            groups.setdefault(group[5:], []).append((name, v))
+    summary = []
+    for phase, entries in groups.items():
+        if phase.startswith("small"):
+            count, volume = small, small_bytes
+        elif phase.startswith("large"):
+            count, volume = large, large * large_mib * MIB
+        else:
+            count, volume = small + large, 0
+        for name, (wall, cpu, rss, server) in entries:
+            mbs = f"{volume / MIB / wall:.1f}" if volume else ""
+            print(f"| {phase} | {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} | {count / wall:.0f} | {mbs} |")
+        rc = min(v[0] for n, v in entries if n.startswith("rclone"))
+        eg = next(v[0] for n, v in entries if n == "egress-sync")
+        summary.append(f"{phase}: egress-sync is {rc / eg:.2f}x the best rclone's speed (time ratio {eg / rc:.2f})")
+    print()
+    print("\n".join(summary))

@@ -19,6 +19,7 @@ ROOT=$PWD
 ROWS=${BENCH_ROWS:-1800000}          # ~300 MB of CSV
 BIG=${BENCH_BIG:-1}                  # also dump a 4x larger table (peak RSS check)
 ROUNDS=${BENCH_ROUNDS:-2}
+PARTS=${BENCH_PARTS:-dump,sync}      # which halves to run
 SMALL=${BENCH_SMALL:-2000}
 LARGE=${BENCH_LARGE:-6}
 LARGE_MIB=${BENCH_LARGE_MIB:-128}
@@ -63,20 +64,38 @@ start_s3 A; start_s3 B
 s3a() { AWS_ACCESS_KEY_ID=AKA AWS_SECRET_ACCESS_KEY=SKA aws --endpoint-url "$A_URL" --region us-east-1 "$@"; }
 s3b() { AWS_ACCESS_KEY_ID=AKB AWS_SECRET_ACCESS_KEY=SKB aws --endpoint-url "$B_URL" --region us-east-1 "$@"; }
 
-# measure GROUP NAME command...: appends "group, name, wall, cpu, peak RSS MiB" to RESULTS.
-# CPU and RSS cover the command and its children (GNU time), not the servers.
+# CPU seconds used so far by the servers (PostgreSQL's backends and both S3 servers): the
+# share of the machine a contender leaves to them is part of what bounds it.
+server_cpu() {
+  local total=0 pid
+  for pid in "${PIDS[@]}" $(pgrep -u postgres -f "postgres" || true); do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+
+# measure GROUP NAME command...: appends "group, name, wall, cpu, peak RSS MiB, server cpu"
+# to RESULTS. CPU and RSS cover the command and its children (GNU time); server CPU is
+# PostgreSQL's and the S3 servers' CPU during the run.
 measure() {
   local group=$1 name=$2; shift 2
+  local before; before=$(server_cpu)
   echo "0 0 0 0" >"$WORK/time"
   if ! /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$@" >"$WORK/out.log" 2>&1; then
     log "FAILED: $group / $name"; tail -5 "$WORK/out.log" >&2; FAILED=1
   fi
   read -r wall user sys rss < <(tail -n 1 "$WORK/time")
-  printf '%s\t%s\t%s\t%s\t%s\n' "$group" "$name" "$wall" "$(echo "$user + $sys" | bc)" "$((rss / 1024))" >>"$RESULTS"
+  local ticks; ticks=$(getconf CLK_TCK)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$group" "$name" "$wall" "$(echo "$user + $sys" | bc)" "$((rss / 1024))" \
+    "$(echo "scale=2; ($(server_cpu) - $before) / $ticks" | bc)" >>"$RESULTS"
   log "$group / $name: ${wall}s"
 }
 
+touch "$WORK/sizes.tsv" "$RESULTS"
+CSV_BYTES=0
 # --- dump ------------------------------------------------------------------------------
+if [[ $PARTS == *dump* ]]; then
 log "generating $ROWS rows"
 psql -q -X -v ON_ERROR_STOP=1 <<SQL
 CREATE TABLE bench AS
@@ -107,6 +126,7 @@ declare -A DUMP_KEY=(
   ["(d) egress-dump (default: level 6)"]=d6/2024-01-01/bench.csv.gz
   ["(d) egress-dump --compression-level 9"]=d9/2024-01-01/bench.csv.gz
   ["(d) egress-dump --compression-level 1"]=d1/2024-01-01/bench.csv.gz
+  ["(d) egress-dump --compression-level 5"]=d5/2024-01-01/bench.csv.gz
 )
 for round in $(seq "$ROUNDS"); do
   log "dump round $round"
@@ -116,6 +136,7 @@ for round in $(seq "$ROUNDS"); do
   measure dump "(d) egress-dump (default: level 6)" "${DUMP_ENV[@]}" "$DUMP" --tables bench --output s3://dump/d6 --date 2024-01-01 --progress never
   measure dump "(d) egress-dump --compression-level 9" "${DUMP_ENV[@]}" "$DUMP" --tables bench --output s3://dump/d9 --date 2024-01-01 --progress never --compression-level 9
   measure dump "(d) egress-dump --compression-level 1" "${DUMP_ENV[@]}" "$DUMP" --tables bench --output s3://dump/d1 --date 2024-01-01 --progress never --compression-level 1
+  measure dump "(d) egress-dump --compression-level 5" "${DUMP_ENV[@]}" "$DUMP" --tables bench --output s3://dump/d5 --date 2024-01-01 --progress never --compression-level 5
 done
 for name in "${!DUMP_KEY[@]}"; do
   key=${DUMP_KEY[$name]}
@@ -128,14 +149,16 @@ if [ "$BIG" = 1 ]; then
   psql -q -X -c "CREATE TABLE bench4 AS SELECT * FROM bench UNION ALL SELECT * FROM bench UNION ALL SELECT * FROM bench UNION ALL SELECT * FROM bench"
   measure dump "(d) egress-dump, 4x table" "${DUMP_ENV[@]}" "$DUMP" --tables bench4 --output s3://dump/d4x --date 2024-01-01 --progress never
 fi
+fi
 
 # --- sync ------------------------------------------------------------------------------
+if [[ $PARTS == *sync* ]]; then
 log "generating $SMALL small and $LARGE x $LARGE_MIB MiB objects"
 mkdir -p "$WORK/src/large"
 python3 - "$WORK/src" "$SMALL" <<'PY'
 import os, random, sys
 root, n = sys.argv[1], int(sys.argv[2])
-rnd = random.Random(42)
+rnd = random.Random(42)  # 4-64 KiB each, under dated folders
 for i in range(n):
     d = os.path.join(root, f"2024-01-{i % 28 + 1:02d}")
     os.makedirs(d, exist_ok=True)
@@ -149,7 +172,7 @@ export RCLONE_CONFIG_SRC_TYPE=s3 RCLONE_CONFIG_SRC_PROVIDER=Other RCLONE_CONFIG_
   RCLONE_CONFIG_SRC_ACCESS_KEY_ID=AKA RCLONE_CONFIG_SRC_SECRET_ACCESS_KEY=SKA RCLONE_CONFIG_SRC_FORCE_PATH_STYLE=true
 export RCLONE_CONFIG_DST_TYPE=s3 RCLONE_CONFIG_DST_PROVIDER=Other RCLONE_CONFIG_DST_ENDPOINT=$B_URL \
   RCLONE_CONFIG_DST_ACCESS_KEY_ID=AKB RCLONE_CONFIG_DST_SECRET_ACCESS_KEY=SKB RCLONE_CONFIG_DST_FORCE_PATH_STYLE=true
-for b in rc1 rc16 egr; do s3b s3 mb "s3://$b" >/dev/null; done
+for b in rc1 rc16 egr rcm; do s3b s3 mb "s3://$b" >/dev/null; done
 SYNC_ENV=(env INPUT_URL="$A_URL" INPUT_ACCESS_KEY_ID=AKA INPUT_SECRET_ACCESS_KEY=SKA
   OUTPUT_URL="$B_URL" OUTPUT_ACCESS_KEY_ID=AKB OUTPUT_SECRET_ACCESS_KEY=SKB)
 # Each contender mirrors into its own bucket; small objects (dated folders) and large ones
@@ -165,6 +188,9 @@ large_sync() {
   measure "sync $1" "rclone sync (defaults)" rclone sync --include 'large/**' src:src dst:rc1
   measure "sync $1" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 --include 'large/**' src:src dst:rc16
   measure "sync $1" "egress-sync" "${SYNC_ENV[@]}" INPUT_PATH=src OUTPUT_PATH=egr "$SYNC" --progress never --include 'large/**'
+  # Not an anchor: rclone uploads objects under 200 MiB in one PUT; this forces multipart
+  # (as egress-sync does) to show what multipart itself costs the servers.
+  measure "sync $1" "(info) rclone --transfers 16 --s3-upload-cutoff 8M" rclone sync --transfers 16 --checkers 16 --s3-upload-cutoff 8M --include 'large/**' src:src dst:rcm
 }
 all_sync() {
   measure "sync $1" "rclone sync (defaults)" rclone sync src:src dst:rc1
@@ -189,7 +215,9 @@ all_sync "re-run after 20 small objects changed"
 for b in rc1 rc16 egr; do
   python3 "$ROOT/bench/compare.py" "$A_URL" AKA SKA src "$B_URL" AKB SKB "$b" >&2 || FAILED=1
 done
+fi
 
 # --- report ----------------------------------------------------------------------------
-python3 "$ROOT/bench/report.py" "$RESULTS" "$WORK/sizes.tsv" "$CSV_BYTES" "$SMALL" "$LARGE" "$LARGE_MIB"
+SMALL_BYTES=$( [ -d "$WORK/src" ] && du -sb --exclude=large "$WORK/src" | cut -f1 || echo 0)
+python3 "$ROOT/bench/report.py" "$RESULTS" "$WORK/sizes.tsv" "$CSV_BYTES" "$SMALL" "$LARGE" "$LARGE_MIB" "$SMALL_BYTES"
 if [ "$FAILED" = 0 ]; then log "all produced objects identical"; else log "SOME OBJECTS DIFFER OR A CONTENDER FAILED"; exit 1; fi

@@ -13,12 +13,8 @@ const BUCKET: &str = "faults";
 const DATE: &str = "2024-05-01";
 
 fn command(env: &[(String, String)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress-dump"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::var("HOME").unwrap_or_default())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-dump"));
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(args);
     cmd
 }
@@ -28,12 +24,7 @@ fn run(env: &[(String, String)], args: &[&str]) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "exit={:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    egress_testkit::describe(out)
 }
 
 fn env_for(pg: &PgServer, s3: &S3Server, tables: &str) -> Vec<(String, String)> {

@@ -39,12 +39,8 @@ fn sync_command(
     args: &[&str],
 ) -> Command {
     let (input, output) = (input.endpoint(), output.endpoint());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress-sync"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::var("HOME").unwrap_or_default())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("INPUT_URL", &input.endpoint)
+    let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-sync"));
+    cmd.env("INPUT_URL", &input.endpoint)
         .env("INPUT_PATH", input_path)
         .env("INPUT_ACCESS_KEY_ID", &input.access_key)
         .env("INPUT_SECRET_ACCESS_KEY", &input.secret_key)
@@ -70,12 +66,7 @@ fn sync(
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "exit={:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    egress_testkit::describe(out)
 }
 
 fn last_line(out: &Output) -> String {
@@ -502,6 +493,14 @@ async fn bad_configuration_fails_cleanly() {
             2,
             "not a valid glob",
         ),
+        (
+            "unreadable CA bundle",
+            Box::new(|c| {
+                c.env("AWS_CA_BUNDLE", "/nonexistent/ca.pem");
+            }),
+            2,
+            "cannot read AWS_CA_BUNDLE",
+        ),
     ];
     for (name, f, code, needle) in cases {
         let out = run(&*f);
@@ -819,4 +818,156 @@ async fn ceph_rgw_as_destination_and_as_source() {
     assert!(contents(&back, "back", "").await == source);
     let out = sync(&ceph, &format!("{DST}/mirror"), &back, "back", &[]);
     assert!(last_line(&out).contains("copied=0"), "{}", text(&out));
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults and secrets.
+
+#[tokio::test]
+async fn destination_restarted_mid_sync_then_rerun_is_identical() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let mut output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket(SRC).await;
+    output.create_bucket(DST).await;
+    let mut expected = HashMap::new();
+    for i in 0..4u64 {
+        let body = data(300 + i, 20 * MIB);
+        put_multipart(&input, SRC, &format!("big/{i}.bin"), &body, 5 * MIB).await;
+        expected.insert(format!("big/{i}.bin"), body);
+    }
+    let mut child = sync_command(&input, SRC, &output, DST, &["--jobs", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn egress-sync");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    output.restart();
+    let status = child.wait().expect("wait");
+    // Retries usually carry the run through a short restart; if not, it fails cleanly.
+    assert!(
+        matches!(status.code(), Some(0) | Some(1)),
+        "exit {:?}",
+        status.code()
+    );
+    for (key, body) in contents(&output, DST, "").await {
+        assert!(
+            expected.get(&key) == Some(&body),
+            "{key}: a visible object is complete and correct"
+        );
+    }
+    let out = sync(&input, SRC, &output, DST, &["--jobs", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        contents(&output, DST, "").await == expected,
+        "identical after the re-run"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_mid_sync_aborts_uploads_and_exits_143() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::Moto);
+    input.create_bucket(SRC).await;
+    output.create_bucket(DST).await;
+    let mut expected = HashMap::new();
+    for i in 0..4u64 {
+        let body = data(400 + i, 24 * MIB);
+        put_multipart(&input, SRC, &format!("big/{i}.bin"), &body, 8 * MIB).await;
+        expected.insert(format!("big/{i}.bin"), body);
+    }
+    let child = sync_command(&input, SRC, &output, DST, &["--jobs", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn egress-sync");
+    let started = std::time::Instant::now();
+    while output.pending_uploads(DST).await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no upload started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stopped by SIGTERM"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        output.pending_uploads(DST).await.is_empty(),
+        "in-flight uploads aborted"
+    );
+    for (key, body) in contents(&output, DST, "").await {
+        assert!(
+            expected.get(&key) == Some(&body),
+            "{key}: no truncated object"
+        );
+    }
+    let out = sync(&input, SRC, &output, DST, &["--jobs", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(contents(&output, DST, "").await == expected);
+}
+
+#[tokio::test]
+async fn sync_secrets_never_appear_in_any_output() {
+    const IN_SECRET: &str = "SENTINEL-input-secret-7hq2z";
+    const OUT_SECRET: &str = "SENTINEL-output-secret-p0x4w";
+    let input = S3Server::start_with_secret(S3Kind::S3sFs, Some(IN_SECRET));
+    let output = S3Server::start_with_secret(S3Kind::S3sFs, Some(OUT_SECRET));
+    input.create_bucket(SRC).await;
+    output.create_bucket(DST).await;
+    input.put(SRC, "2024-01-01/a.csv.gz", data(1, 1000)).await;
+    input
+        .put(
+            SRC,
+            "2024-01-01/_manifest.json",
+            manifest_json("2024-01-01", &[("a.csv.gz", &data(1, 1000))]),
+        )
+        .await;
+    type Run<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>);
+    let runs: Vec<Run> = vec![
+        ("success", vec![], vec![]),
+        ("json trace", vec![], vec!["--log-format", "json", "-vv"]),
+        ("dry run", vec![], vec!["--dry-run", "-v"]),
+        ("require manifest", vec![], vec!["--require-manifest", "-v"]),
+        ("verify", vec![], vec!["--verify", "-v"]),
+        (
+            "wrong input secret",
+            vec![("INPUT_SECRET_ACCESS_KEY", format!("{IN_SECRET}x"))],
+            vec!["-vv"],
+        ),
+        (
+            "wrong output secret",
+            vec![("OUTPUT_SECRET_ACCESS_KEY", format!("{OUT_SECRET}x"))],
+            vec!["-v", "--log-format", "json"],
+        ),
+        (
+            "missing bucket",
+            vec![("OUTPUT_PATH", "nope".to_string())],
+            vec!["-v"],
+        ),
+        (
+            "unreachable",
+            vec![(
+                "INPUT_URL",
+                format!("http://127.0.0.1:{}", egress_testkit::free_port()),
+            )],
+            vec!["-v"],
+        ),
+        ("help", vec![], vec!["--help"]),
+    ];
+    for (name, env, args) in runs {
+        let mut cmd = sync_command(&input, SRC, &output, DST, &args);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let all = text(&cmd.output().expect("run"));
+        for secret in [IN_SECRET, OUT_SECRET] {
+            assert!(!all.contains(secret), "{name}: a secret leaked:\n{all}");
+        }
+    }
 }

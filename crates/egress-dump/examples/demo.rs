@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "--database-url",
         &url,
     ]);
-    logging::init(args.log_format, 0, false);
+    logging::init(args.common.log_format, 0, false);
     if let Err(failure) = egress_dump::run(&args).await {
         eprintln!("egress-dump: error: {failure}");
         std::process::exit(failure.code.code());

@@ -1,9 +1,7 @@
 //! Command-line flags, each with the environment variable the original deployment used.
 
-use std::time::Duration;
-
 use clap::Parser;
-use egress_common::logging::LogFormat;
+use egress_common::cli::CommonArgs;
 
 /// Stream PostgreSQL tables as gzip CSV into S3 (or a local folder), one folder per day.
 ///
@@ -30,10 +28,6 @@ pub struct Args {
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
 
-    /// Extra CA certificates (PEM) to trust for HTTPS to S3, e.g. an internal Ceph's CA.
-    #[arg(long, env = "AWS_CA_BUNDLE")]
-    pub ca_bundle: Option<std::path::PathBuf>,
-
     /// S3 region (default: the AWS chain's, else us-east-1).
     #[arg(long, env = "AWS_REGION")]
     pub region: Option<String>,
@@ -59,45 +53,24 @@ pub struct Args {
     #[arg(long, env = "DRY_RUN")]
     pub dry_run: bool,
 
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-
-    /// More log detail (-v debug, -vv trace).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-
-    /// Show a live progress line on a terminal: auto (when stderr is a TTY) or never.
-    #[arg(long, env = "PROGRESS", default_value = "auto", value_parser = ["auto", "never"])]
-    pub progress: String,
-
-    /// Connect and read timeout for the database and S3, in seconds.
-    #[arg(long, env = "EGRESS_TIMEOUT", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub timeout: u64,
-
     /// Tables dumped in parallel from one exported snapshot (1 = one connection).
     #[arg(long, env = "DUMP_JOBS", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..=16))]
     pub jobs: u64,
-
-    /// Write a one-paragraph run summary here when the file is writable (Kubernetes shows it).
-    #[arg(long, env = "TERMINATION_LOG", default_value = "/dev/termination-log")]
-    pub termination_log: String,
 
     /// Parts uploaded concurrently per table (memory use is about this times the part size).
     #[arg(long, env = "UPLOAD_CONCURRENCY", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(1..=16))]
     pub upload_concurrency: u64,
 
-    /// Print the environment variables this binary reads (for deployment checks) and exit.
-    #[arg(long, hide = true)]
-    pub list_env: bool,
-
     /// First part size in MiB (grows past 1,000 parts so any table fits S3's 10,000 parts).
     #[arg(long, env = "PART_SIZE_MIB", default_value_t = 8,
           value_parser = clap::value_parser!(u64).range(5..=512))]
     pub part_size_mib: u64,
+
+    /// Logging, timeouts, TLS and the termination log.
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 /// Variables read outside clap: libpq's and the AWS SDK's.
@@ -127,10 +100,3 @@ pub const REQUIRED_ENV: &[&str] = &[
     "PGPASSWORD",
     "PGDATABASE",
 ];
-
-impl Args {
-    /// The timeout as a `Duration`.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout)
-    }
-}

@@ -53,7 +53,7 @@ pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
     let target = database::resolve(
         args.database_url.as_deref(),
         &PgEnv::from_process(),
-        args.timeout(),
+        args.common.timeout(),
     )?;
     let coordinator = target.connect_with_retry(5).await?;
     database::prepare_session(&coordinator)
@@ -88,11 +88,7 @@ pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
         .await?;
 
     let counters = Arc::new(Counters::default());
-    let display = Display::start(
-        "dump".to_string(),
-        counters.clone(),
-        args.progress == "auto",
-    );
+    let display = Display::start("dump".to_string(), counters.clone(), args.common.progress());
     let workers = if parallel {
         (args.jobs as usize).min(resolved.len())
     } else {
@@ -358,9 +354,9 @@ async fn open_destination(args: &Args, location: &Location) -> Result<Destinatio
             let settings = S3Settings {
                 endpoint_url: args.endpoint_url.clone(),
                 region: args.region.clone(),
-                timeout: args.timeout(),
+                timeout: args.common.timeout(),
                 max_attempts: 5,
-                ca_bundle: args.ca_bundle.clone(),
+                ca_bundle: args.common.ca_bundle.clone(),
                 ..Default::default()
             };
             let started = aws_sdk_s3::primitives::DateTime::from(std::time::SystemTime::now());

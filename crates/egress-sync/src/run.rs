@@ -12,7 +12,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use tracing::info;
 
 use crate::config::Args;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use egress_common::manifest::Manifest;
 
@@ -122,9 +122,9 @@ async fn open_store(side: Side, cfg: SideConfig<'_>, args: &Args) -> Result<Stor
         region: Some(cfg.region.to_string()),
         access_key_id,
         secret_access_key,
-        timeout: args.timeout(),
+        timeout: args.common.timeout(),
         max_attempts: 5,
-        ca_bundle: args.ca_bundle.clone(),
+        ca_bundle: args.common.ca_bundle.clone(),
     };
     Ok(Store::S3 {
         client: s3::client(&settings).await?,
@@ -235,7 +235,16 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
     }
 
     // Decide: both listings in full, then the plan.
-    let (source_list, dest_list) = tokio::join!(source.list(), dest.list());
+    let source_id = format!("{}|{}", args.input_url.trim(), names.input);
+    let started = std::time::Instant::now();
+    // The two listings and the records file are independent: fetch them at once.
+    let (source_list, dest_list, stored) =
+        tokio::join!(source.list(), dest.list(), state::load(&dest, &source_id));
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "listed both sides"
+    );
+    let stored = stored?;
     let mut source_list = filter(source_list?, &include, &exclude);
     let mut dest_list = filter(dest_list?, &include, &exclude);
     let gating = if args.require_manifest {
@@ -250,8 +259,7 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
     } else {
         None
     };
-    let source_id = format!("{}|{}", args.input_url.trim(), names.input);
-    let mut records = state::load(&dest, &source_id).await?;
+    let mut records = stored.clone();
     let missing = plan::keys_needing_metadata(&source_list, &dest_list, &records);
     if !missing.is_empty() {
         info!(
@@ -303,8 +311,19 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
     )
     .await;
 
-    // Keep records for what is known to match: skipped objects and fresh copies.
-    let mut kept: HashMap<String, Record> = HashMap::new();
+    // Keep records for what is known to match: skipped objects and fresh copies, plus the
+    // records of keys this run did not look at (filtered out by --include/--exclude, or in
+    // folders --require-manifest skipped), so that a narrower run does not forget them.
+    let in_scope: HashSet<&str> = source_list
+        .iter()
+        .chain(dest_list.iter())
+        .map(|o| o.key.as_str())
+        .collect();
+    let mut kept: HashMap<String, Record> = records
+        .iter()
+        .filter(|(key, _)| !in_scope.contains(key.as_str()))
+        .map(|(k, r)| (k.clone(), r.clone()))
+        .collect();
     for action in &plan.actions {
         if let Action::Skip(o, _, Some(record)) = action {
             kept.insert(o.key.clone(), record.clone());
@@ -313,8 +332,11 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
     for (key, copied) in &report.copied {
         kept.insert(key.clone(), copied.record.clone());
     }
-    if let Err(f) = state::save(&dest, &source_id, kept).await {
-        tracing::warn!(error = %f, "could not save copy records; the next run reads metadata instead");
+    // A run that changed nothing writes nothing, not even the records.
+    if kept != stored {
+        if let Err(f) = state::save(&dest, &source_id, kept).await {
+            tracing::warn!(error = %f, "could not save copy records; the next run reads metadata instead");
+        }
     }
 
     let line = execute::total_line(&report);

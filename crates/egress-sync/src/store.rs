@@ -14,6 +14,19 @@ use egress_common::{cleanup, Failure};
 
 use crate::object::{clean_etag, ObjectInfo};
 
+/// The headers and user metadata a copy carries over, for PutObject and
+/// CreateMultipartUpload alike (their builders are different types with the same setters).
+macro_rules! with_object_meta {
+    ($request:expr, $meta:expr) => {
+        $request
+            .set_content_type($meta.content_type.clone())
+            .set_content_encoding($meta.content_encoding.clone())
+            .set_cache_control($meta.cache_control.clone())
+            .set_content_disposition($meta.content_disposition.clone())
+            .set_metadata(Some($meta.metadata.clone()))
+    };
+}
+
 /// Name of the copy-record file kept at the root of the output path.
 pub const STATE_KEY: &str = ".egress-sync-state.json";
 
@@ -359,16 +372,12 @@ impl Store {
                 credentials_hint,
             } => {
                 let full = Self::full_key(prefix, key);
-                let out = client
+                let request = client
                     .put_object()
                     .bucket(bucket)
                     .key(&full)
-                    .content_md5(aws_smithy_types::base64::encode(md5))
-                    .set_content_type(meta.content_type.clone())
-                    .set_content_encoding(meta.content_encoding.clone())
-                    .set_cache_control(meta.cache_control.clone())
-                    .set_content_disposition(meta.content_disposition.clone())
-                    .set_metadata(Some(meta.metadata.clone()))
+                    .content_md5(aws_smithy_types::base64::encode(md5));
+                let out = with_object_meta!(request, meta)
                     .body(ByteStream::from(body))
                     .send()
                     .await
@@ -380,7 +389,7 @@ impl Store {
             Store::Local { root } => {
                 let upload = self.create_multipart(key, meta).await?;
                 let _ = root;
-                if let Err(f) = self.upload_part(&upload, 1, 0, body, md5).await {
+                if let Err(f) = self.upload_part(&upload, 1, 0, body, Some(md5)).await {
                     self.abort(&upload).await;
                     return Err(f);
                 }
@@ -399,25 +408,15 @@ impl Store {
                 credentials_hint,
             } => {
                 let full = Self::full_key(prefix, key);
-                let out = client
-                    .create_multipart_upload()
-                    .bucket(bucket)
-                    .key(&full)
-                    .set_content_type(meta.content_type.clone())
-                    .set_content_encoding(meta.content_encoding.clone())
-                    .set_cache_control(meta.cache_control.clone())
-                    .set_content_disposition(meta.content_disposition.clone())
-                    .set_metadata(Some(meta.metadata.clone()))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        failure(
-                            &e,
-                            &format!("starting the upload of {full}"),
-                            bucket,
-                            credentials_hint,
-                        )
-                    })?;
+                let request = client.create_multipart_upload().bucket(bucket).key(&full);
+                let out = with_object_meta!(request, meta).send().await.map_err(|e| {
+                    failure(
+                        &e,
+                        &format!("starting the upload of {full}"),
+                        bucket,
+                        credentials_hint,
+                    )
+                })?;
                 let upload_id = out.upload_id().filter(|id| !id.is_empty()).ok_or_else(|| {
                     Failure::runtime(anyhow!("the server returned no upload id for {full}"))
                 })?;
@@ -473,7 +472,7 @@ impl Store {
         number: u32,
         offset: u64,
         body: Bytes,
-        md5: &[u8],
+        md5: Option<&[u8]>,
     ) -> Result<String, Failure> {
         match (self, upload) {
             (
@@ -491,7 +490,7 @@ impl Store {
                     .key(key)
                     .upload_id(upload_id)
                     .part_number(number as i32)
-                    .content_md5(aws_smithy_types::base64::encode(md5))
+                    .set_content_md5(md5.map(aws_smithy_types::base64::encode))
                     .body(ByteStream::from(body))
                     .send()
                     .await

@@ -230,25 +230,43 @@ async fn copy_large(
         )
         .await?,
     );
-    let parts =
-        match upload_parts(source, dest, &upload, &object.key, &meta, &sizes, settings).await {
-            Ok(parts) => parts,
-            Err(f) => {
-                dest.abort(&upload).await;
-                return Err(f);
-            }
-        };
+    let trust_etag = !meta.etag_not_md5;
+    let hashing = Hashing {
+        whole_md5: trust_etag && is_plain_md5(&meta.etag),
+        part_md5: trust_etag && replicated,
+        sha256: expected.is_some(),
+    };
+    let parts = match upload_parts(
+        source,
+        dest,
+        &upload,
+        &object.key,
+        &meta,
+        &sizes,
+        settings,
+        hashing,
+    )
+    .await
+    {
+        Ok(parts) => parts,
+        Err(f) => {
+            dest.abort(&upload).await;
+            return Err(f);
+        }
+    };
     // Verify before completing, so a bad copy never becomes visible.
     let (whole_md5, whole_sha256, part_md5s, etags) = parts;
     if let Err(f) = check_manifest(&object.key, meta.size, &hex::encode(whole_sha256), expected) {
         dest.abort(&upload).await;
         return Err(f);
     }
-    let mut verified = "size+part-md5";
-    let check = if is_plain_md5(&meta.etag) && !meta.etag_not_md5 {
+    // Without a comparable source checksum (a multipart source whose part layout the store
+    // does not reveal), sizes and the signed payloads are what protect the copy.
+    let mut verified = "size";
+    let check = if hashing.whole_md5 {
         verified = "size+md5";
         Some(hex::encode(whole_md5))
-    } else if replicated && !meta.etag_not_md5 {
+    } else if hashing.part_md5 {
         verified = "size+multipart-etag";
         let mut h = Md5::new();
         for m in &part_md5s {
@@ -283,11 +301,23 @@ async fn copy_large(
     })
 }
 
+/// Which checksums a large copy computes.
+#[derive(Debug, Clone, Copy)]
+struct Hashing {
+    /// MD5 of the whole object (to compare with a single-part source ETag).
+    whole_md5: bool,
+    /// MD5 of each part (to rebuild a multipart ETag; also sent as Content-MD5).
+    part_md5: bool,
+    /// SHA-256 of the whole object (to compare with a manifest).
+    sha256: bool,
+}
+
 /// Whole-object MD5 and SHA-256, each part's MD5, each part's ETag.
 type PartsResult = ([u8; 16], [u8; 32], Vec<[u8; 16]>, Vec<String>);
 /// A finished part: index, MD5, ETag.
 type PartDone = Result<(usize, [u8; 16], String), Failure>;
 
+#[allow(clippy::too_many_arguments)]
 async fn upload_parts(
     source: &Arc<Store>,
     dest: &Arc<Store>,
@@ -296,11 +326,15 @@ async fn upload_parts(
     meta: &ObjectMeta,
     sizes: &[u64],
     settings: &Settings,
+    hashing: Hashing,
 ) -> Result<PartsResult, Failure> {
-    // Parts are read in parallel but hashed in order: `turn` says whose turn it is.
+    // Parts are read in parallel but whole-object hashes need them in order: `turn` says
+    // whose turn it is. Only the hashes a check will use are computed (MD5 is the costliest
+    // thing a copy does here).
     let (turn_tx, turn_rx) = watch::channel(0usize);
     let turn_tx = Arc::new(turn_tx);
     let whole = Arc::new(Mutex::new((Md5::new(), Sha256::new())));
+    let ordered = hashing.whole_md5 || hashing.sha256;
     let mut running: JoinSet<PartDone> = JoinSet::new();
     let mut part_md5s = vec![[0u8; 16]; sizes.len()];
     let mut etags = vec![String::new(); sizes.len()];
@@ -345,20 +379,32 @@ async fn upload_parts(
                         ),
                     ));
                 }
-                turn_rx
-                    .wait_for(|t| *t == index)
-                    .await
-                    .map_err(|_| Failure::runtime(anyhow!("transfer of {key} was cancelled")))?;
-                let part_md5: [u8; 16] = Md5::digest(&body).into();
-                if let Ok(mut h) = whole.lock() {
-                    h.0.update(&body);
-                    h.1.update(&body);
+                let part_md5: Option<[u8; 16]> =
+                    hashing.part_md5.then(|| Md5::digest(&body).into());
+                if ordered {
+                    turn_rx.wait_for(|t| *t == index).await.map_err(|_| {
+                        Failure::runtime(anyhow!("transfer of {key} was cancelled"))
+                    })?;
+                    if let Ok(mut h) = whole.lock() {
+                        if hashing.whole_md5 {
+                            h.0.update(&body);
+                        }
+                        if hashing.sha256 {
+                            h.1.update(&body);
+                        }
+                    }
+                    let _ = turn_tx.send(index + 1);
                 }
-                let _ = turn_tx.send(index + 1);
                 let etag = dest
-                    .upload_part(&upload, index as u32 + 1, start, body, &part_md5)
+                    .upload_part(
+                        &upload,
+                        index as u32 + 1,
+                        start,
+                        body,
+                        part_md5.as_ref().map(|m| &m[..]),
+                    )
                     .await?;
-                Ok((index, part_md5, etag))
+                Ok((index, part_md5.unwrap_or_default(), etag))
             });
             offset += len;
         }

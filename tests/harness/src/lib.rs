@@ -11,6 +11,27 @@ pub use ceph::CephRgw;
 pub use postgres::PgServer;
 pub use s3::{S3Endpoint, S3Kind, S3Server};
 
+/// A command for one of our binaries with a clean environment: only PATH and HOME are
+/// inherited, so nothing from the developer's shell (AWS_*, PG*) leaks into a test.
+pub fn clean_command(binary: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(binary);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
+}
+
+/// Exit code, stdout and stderr of a finished command, for assertion messages.
+pub fn describe(out: &std::process::Output) -> String {
+    format!(
+        "exit={:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
     let listener =

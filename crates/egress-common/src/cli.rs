@@ -1,0 +1,110 @@
+//! What both binaries share on the command line (logging, timeouts, TLS, the termination
+//! log) and how they end: run the work until it finishes or a stop signal arrives, report,
+//! and turn the outcome into an exit code.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cleanup;
+use crate::logging::LogFormat;
+use crate::termination;
+use crate::{ExitCode, Failure};
+
+/// Flags common to egress-dump and egress-sync.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Show a live progress line on a terminal: auto (when stderr is a TTY) or never.
+    #[arg(long, env = "PROGRESS", default_value = "auto", value_parser = ["auto", "never"])]
+    pub progress: String,
+
+    /// Connect and read timeout for the database and S3, in seconds.
+    #[arg(long, env = "EGRESS_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+
+    /// Extra CA certificates (PEM) to trust for HTTPS to S3, e.g. an internal Ceph's CA.
+    #[arg(long, env = "AWS_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+
+    /// Write a one-paragraph run summary here when the file is writable (Kubernetes shows it).
+    #[arg(long, env = "TERMINATION_LOG", default_value = termination::DEFAULT_PATH)]
+    pub termination_log: String,
+
+    /// Print the environment variables this binary reads (for deployment checks) and exit.
+    #[arg(long, hide = true)]
+    pub list_env: bool,
+}
+
+impl CommonArgs {
+    /// The timeout as a `Duration`.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+
+    /// Whether to draw a progress line (only ever on a terminal).
+    pub fn progress(&self) -> bool {
+        self.progress == "auto"
+    }
+}
+
+/// Run `work` until it finishes or SIGTERM/SIGINT arrives. On a signal the work is
+/// dropped (so nothing new starts) and whatever it left unfinished is aborted. Prints the
+/// one-line error, writes the termination log, and returns the exit code.
+///
+/// `program` names the binary in messages, `on_stop` says what a stop leaves behind, and
+/// `summarise` describes a successful outcome.
+pub async fn run_to_exit<T>(
+    program: &str,
+    args: &CommonArgs,
+    work: impl Future<Output = Result<T, Failure>>,
+    on_stop: &str,
+    summarise: impl FnOnce(&T) -> String,
+) -> ExitCode {
+    let (code, summary) = tokio::select! {
+        outcome = work => match outcome {
+            Ok(done) => (ExitCode::Success, format!("{program} succeeded: {}", summarise(&done))),
+            Err(failure) => {
+                eprintln!("{program}: error: {failure}");
+                (failure.code, format!("{program} failed (exit {}): {failure}", failure.code.code()))
+            }
+        },
+        signal = cleanup::stop_signal() => {
+            let aborted = cleanup::abort_all().await;
+            let message = format!(
+                "stopped by {}: aborted {aborted} unfinished upload(s); {on_stop}",
+                signal.name()
+            );
+            tracing::error!("{message}");
+            eprintln!("{program}: {message}");
+            (signal.exit_code(), format!("{program} {message}"))
+        }
+    };
+    termination::write(&args.termination_log, &summary);
+    code
+}
+
+/// Start the runtime and run `main` on it; the process's exit code is what `main` returns.
+pub fn run_main<F: Future<Output = ExitCode>>(program: &str, main: impl FnOnce() -> F) -> ! {
+    // Before the runtime starts its threads.
+    crate::memory::return_large_buffers_to_the_system();
+    let code = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(main()),
+        Err(e) => {
+            eprintln!("{program}: error: cannot start the async runtime: {e}");
+            ExitCode::Runtime
+        }
+    };
+    std::process::exit(code.code())
+}
