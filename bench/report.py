@@ -33,6 +33,13 @@ if csv_bytes:
         print(f"| {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} | {volume / MIB / wall:.1f} | {size or ''} | {anchor / wall:.2f}x | {size_ratio} |")
     lvl1 = best[("dump", "(d) egress-dump --compression-level 1")][0]
     print(f"\nlevel 1 wall / floor (a) wall = {lvl1 / floor:.2f}")
+    jobs = [(n, v) for (g, n), v in best.items() if g == "dump 4 tables"]
+    if jobs:
+        print("\n## Dump of 4 tables (the same 312 MiB split by time), one snapshot")
+        print("| contender | wall s | CPU s | server CPU s | peak RSS MiB |")
+        print("|---|---:|---:|---:|---:|")
+        for name, (wall, cpu, rss, server) in jobs:
+            print(f"| {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} |")
 
 if any(g.startswith("sync") for g, _ in best):
     print(f"\n## Sync: {small} small objects (4-64 KiB), {large} x {large_mib} MiB; best rclone = faster of its two settings")

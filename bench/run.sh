@@ -144,6 +144,18 @@ for name in "${!DUMP_KEY[@]}"; do
   [ "$got" = "$CSV_SHA" ] || { log "NOT IDENTICAL to psql's COPY: $key"; FAILED=1; }
   printf '%s\t%s\n' "$name" "$(s3a s3api head-object --bucket dump --key "$key" --query ContentLength --output text)" >>"$WORK/sizes.tsv"
 done
+# Several tables: one snapshot, --jobs 1 vs 2 vs 4 (how the default was chosen).
+psql -q -X -v ON_ERROR_STOP=1 -c "CREATE TABLE part1 AS SELECT * FROM bench WHERE created_at < timestamptz '2024-01-01' + $ROWS * interval '0.25 second'" \
+  -c "CREATE TABLE part2 AS SELECT * FROM bench WHERE created_at >= timestamptz '2024-01-01' + $ROWS * interval '0.25 second' AND created_at < timestamptz '2024-01-01' + $ROWS * interval '0.5 second'" \
+  -c "CREATE TABLE part3 AS SELECT * FROM bench WHERE created_at >= timestamptz '2024-01-01' + $ROWS * interval '0.5 second' AND created_at < timestamptz '2024-01-01' + $ROWS * interval '0.75 second'" \
+  -c "CREATE TABLE part4 AS SELECT * FROM bench WHERE created_at >= timestamptz '2024-01-01' + $ROWS * interval '0.75 second'" \
+  -c "VACUUM ANALYZE"
+for round in $(seq "$ROUNDS"); do
+  for jobs in 1 2 4; do
+    measure "dump 4 tables" "egress-dump --jobs $jobs" "${DUMP_ENV[@]}" "$DUMP" --tables "part1 part2 part3 part4" --jobs "$jobs" \
+      --output "s3://dump/j$jobs" --date 2024-01-01 --progress never
+  done
+done
 if [ "$BIG" = 1 ]; then
   log "4x larger table for the memory check"
   psql -q -X -c "CREATE TABLE bench4 AS SELECT * FROM bench UNION ALL SELECT * FROM bench UNION ALL SELECT * FROM bench UNION ALL SELECT * FROM bench"

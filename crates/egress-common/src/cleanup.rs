@@ -25,6 +25,16 @@ pub enum Unfinished {
     },
     /// A temporary file that has not been renamed into place.
     File(PathBuf),
+    /// Every multipart upload under a prefix this run writes to: catches an upload whose
+    /// creation was under way when the run was stopped, before its id came back.
+    UploadsUnder {
+        /// Client for its endpoint.
+        client: aws_sdk_s3::Client,
+        /// Bucket.
+        bucket: String,
+        /// Key prefix (without trailing slash).
+        prefix: String,
+    },
 }
 
 /// A registration; pass it to [`done`] once the work is completed or aborted.
@@ -60,7 +70,10 @@ pub async fn abort_all() -> usize {
         Ok(mut map) => map.drain().map(|(_, w)| w).collect(),
         Err(_) => return 0,
     };
-    let count = pending.len();
+    let (sweeps, pending): (Vec<Unfinished>, Vec<Unfinished>) = pending
+        .into_iter()
+        .partition(|w| matches!(w, Unfinished::UploadsUnder { .. }));
+    let mut count = pending.len();
     let aborts = pending.into_iter().map(|work| async move {
         match work {
             Unfinished::Upload { client, bucket, key, upload_id } => {
@@ -72,9 +85,30 @@ pub async fn abort_all() -> usize {
             Unfinished::File(path) => {
                 let _ = tokio::fs::remove_file(path).await;
             }
+            Unfinished::UploadsUnder { .. } => {}
         }
     });
     futures::future::join_all(aborts).await;
+    if !sweeps.is_empty() {
+        // Let a creation request that was already sent reach the server first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for sweep in sweeps {
+        if let Unfinished::UploadsUnder {
+            client,
+            bucket,
+            prefix,
+        } = sweep
+        {
+            let everything = aws_sdk_s3::primitives::DateTime::from(
+                std::time::SystemTime::now() + Duration::from_secs(3600),
+            );
+            let sweep = crate::s3::abort_stale_uploads(&client, &bucket, &prefix, everything);
+            if let Ok(n) = tokio::time::timeout(Duration::from_secs(10), sweep).await {
+                count += n;
+            }
+        }
+    }
     count
 }
 

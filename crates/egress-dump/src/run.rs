@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use chrono::NaiveDate;
 use egress_common::s3::{self, S3Settings};
 use egress_common::units::mib_per_sec;
-use egress_common::{Failure, Location, ResultExt};
+use egress_common::{cleanup, Failure, Location, ResultExt};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tracing::{error, info};
@@ -382,6 +382,11 @@ async fn open_destination(args: &Args, location: &Location) -> Result<Destinatio
                     )
                 })?;
             if !args.dry_run {
+                cleanup::register(cleanup::Unfinished::UploadsUnder {
+                    client: client.clone(),
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                });
                 // Uploads a killed run (SIGKILL, node loss) left under our prefix.
                 let aborted = s3::abort_stale_uploads(&client, bucket, prefix, started).await;
                 if aborted > 0 {

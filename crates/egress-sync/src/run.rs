@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use egress_common::s3::{self, S3Settings};
-use egress_common::{Failure, Location, Secret};
+use egress_common::{cleanup, Failure, Location, Secret};
 use futures::StreamExt;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use tracing::info;
@@ -288,6 +288,19 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
     }
 
     // Do.
+    if let Store::S3 {
+        client,
+        bucket,
+        prefix,
+        ..
+    } = dest.as_ref()
+    {
+        cleanup::register(cleanup::Unfinished::UploadsUnder {
+            client: client.clone(),
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+        });
+    }
     let aborted = dest.abort_stale_uploads(run_started).await;
     if aborted > 0 {
         info!(
