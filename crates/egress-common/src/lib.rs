@@ -9,6 +9,7 @@ pub mod location;
 pub mod logging;
 pub mod manifest;
 pub mod memory;
+pub mod progress;
 pub mod s3;
 pub mod secret;
 pub mod termination;

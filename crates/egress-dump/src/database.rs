@@ -120,8 +120,14 @@ pub fn resolve(
         .unwrap_or_else(|| "egress-dump".to_string());
     config.application_name(&app);
     config.connect_timeout(connect_timeout);
+    // A database that vanishes mid-COPY (node loss, a dropped route) sends nothing more:
+    // keepalives and TCP_USER_TIMEOUT turn that silence into an error within about a minute
+    // instead of a CronJob that hangs until its deadline.
     config.keepalives(true);
-    config.keepalives_idle(Duration::from_secs(60));
+    config.keepalives_idle(Duration::from_secs(30));
+    config.keepalives_interval(Duration::from_secs(10));
+    config.keepalives_retries(3);
+    config.tcp_user_timeout(connect_timeout.max(Duration::from_secs(30)));
 
     let ssl_mode = match &env.sslmode {
         Some(mode) => mode.parse::<SslMode>().map_err(Failure::usage)?,

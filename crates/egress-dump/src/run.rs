@@ -19,7 +19,7 @@ use crate::database::{self, PgEnv};
 use crate::gzip;
 use crate::manifest::{self, Manifest, TableEntry};
 use crate::multipart;
-use crate::progress::{Counters, Display};
+use crate::progress::{self, Counters};
 use crate::sink::Destination;
 use crate::snapshot;
 use crate::tables::{self, TableRef};
@@ -88,7 +88,7 @@ pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
         .await?;
 
     let counters = Arc::new(Counters::default());
-    let display = Display::start("dump".to_string(), counters.clone(), args.common.progress());
+    let display = progress::display("dump".to_string(), counters.clone(), args.common.progress());
     let workers = if parallel {
         (args.jobs as usize).min(resolved.len())
     } else {

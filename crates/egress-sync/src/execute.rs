@@ -10,6 +10,7 @@ use rand::Rng;
 use tracing::{error, info};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::gate::{self, Expected};
 use crate::object::ObjectInfo;
@@ -63,6 +64,7 @@ pub struct Gating {
 /// Copy everything the plan says, `jobs` at a time; delete only when every copy succeeded.
 /// With `gating`, each folder's manifest is copied last, and only when all of its objects
 /// were copied and matched it.
+#[allow(clippy::too_many_arguments)]
 pub async fn execute(
     plan: &Plan,
     source: Arc<Store>,
@@ -71,6 +73,7 @@ pub async fn execute(
     jobs: usize,
     names: &Names,
     gating: Option<&Gating>,
+    show_progress: bool,
 ) -> Report {
     let started = Instant::now();
     let (manifests, data): (Vec<ObjectInfo>, Vec<ObjectInfo>) = plan
@@ -81,17 +84,22 @@ pub async fn execute(
         planned_bytes: data.iter().chain(&manifests).map(|o| o.size).sum(),
         ..Default::default()
     };
-    copy_all(
-        data,
-        &source,
-        &dest,
+    let done = Arc::new(Progress::default());
+    let line = progress_line(
+        show_progress,
+        done.clone(),
+        data.len() + manifests.len(),
+        report.planned_bytes,
+    );
+    let pool = Pool {
+        source: &source,
+        dest: &dest,
         settings,
         jobs,
         names,
-        gating,
-        &mut report,
-    )
-    .await;
+        done: &done,
+    };
+    pool.copy_all(data, gating, &mut report).await;
     if let Some(gating) = gating {
         let mut ready = Vec::new();
         for manifest in manifests {
@@ -111,18 +119,9 @@ pub async fn execute(
                 None => ready.push(manifest),
             }
         }
-        copy_all(
-            ready,
-            &source,
-            &dest,
-            settings,
-            jobs,
-            names,
-            None,
-            &mut report,
-        )
-        .await;
+        pool.copy_all(ready, None, &mut report).await;
     }
+    line.finish().await;
     report.seconds = started.elapsed().as_secs_f64();
     let deletes: Vec<&ObjectInfo> = plan.deletes().collect();
     if !deletes.is_empty() {
@@ -150,44 +149,80 @@ pub async fn execute(
     report
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn copy_all(
-    objects: Vec<ObjectInfo>,
-    source: &Arc<Store>,
-    dest: &Arc<Store>,
-    settings: &Settings,
+/// Objects and bytes copied so far, for the status line.
+#[derive(Debug, Default)]
+struct Progress {
+    objects: AtomicU64,
+    bytes: AtomicU64,
+}
+
+fn progress_line(
+    enabled: bool,
+    done: Arc<Progress>,
+    total: usize,
+    planned: u64,
+) -> egress_common::progress::Line {
+    egress_common::progress::Line::start(enabled, move |elapsed| {
+        let bytes = done.bytes.load(Ordering::Relaxed);
+        format!(
+            "sync: {}/{total} objects, {} of {}, {}",
+            done.objects.load(Ordering::Relaxed),
+            human_bytes(bytes),
+            human_bytes(planned),
+            egress_common::units::human_rate(bytes, elapsed.as_secs_f64())
+        )
+    })
+}
+
+/// What every transfer of a run shares.
+struct Pool<'a> {
+    source: &'a Arc<Store>,
+    dest: &'a Arc<Store>,
+    settings: &'a Settings,
     jobs: usize,
-    names: &Names,
-    gating: Option<&Gating>,
-    report: &mut Report,
-) {
-    let mut results = futures::stream::iter(objects.into_iter().map(|object| {
-        let (source, dest) = (source.clone(), dest.clone());
-        let expected = gating.and_then(|g| g.expected.get(&object.key)).cloned();
-        async move {
-            let result =
-                copy_with_retry(&source, &dest, &object, settings, expected.as_ref()).await;
-            (object, result)
-        }
-    }))
-    .buffer_unordered(jobs.max(1));
-    while let Some((object, result)) = results.next().await {
-        match result {
-            Ok(copied) => {
-                info!(
-                    size = copied.bytes,
-                    verified = copied.verified,
-                    "`input/{}/{}` -> `output/{}/{}`",
-                    names.input,
-                    object.key,
-                    names.output,
-                    object.key
-                );
-                report.copied.push((object.key, copied));
+    names: &'a Names,
+    done: &'a Progress,
+}
+
+impl Pool<'_> {
+    /// Copy `objects`, `jobs` at a time, recording each outcome in `report`.
+    async fn copy_all(
+        &self,
+        objects: Vec<ObjectInfo>,
+        gating: Option<&Gating>,
+        report: &mut Report,
+    ) {
+        let (source, dest, settings, names) = (self.source, self.dest, self.settings, self.names);
+        let mut results = futures::stream::iter(objects.into_iter().map(|object| {
+            let (source, dest) = (source.clone(), dest.clone());
+            let expected = gating.and_then(|g| g.expected.get(&object.key)).cloned();
+            async move {
+                let result =
+                    copy_with_retry(&source, &dest, &object, settings, expected.as_ref()).await;
+                (object, result)
             }
-            Err(failure) => {
-                error!(key = %object.key, error = %failure, "copy failed");
-                report.failed.push((object.key, failure.one_line()));
+        }))
+        .buffer_unordered(self.jobs.max(1));
+        while let Some((object, result)) = results.next().await {
+            match result {
+                Ok(copied) => {
+                    info!(
+                        size = copied.bytes,
+                        verified = copied.verified,
+                        "`input/{}/{}` -> `output/{}/{}`",
+                        names.input,
+                        object.key,
+                        names.output,
+                        object.key
+                    );
+                    self.done.objects.fetch_add(1, Ordering::Relaxed);
+                    self.done.bytes.fetch_add(copied.bytes, Ordering::Relaxed);
+                    report.copied.push((object.key, copied));
+                }
+                Err(failure) => {
+                    error!(key = %object.key, error = %failure, "copy failed");
+                    report.failed.push((object.key, failure.one_line()));
+                }
             }
         }
     }

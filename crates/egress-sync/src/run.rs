@@ -321,6 +321,7 @@ pub async fn run(args: &Args) -> Result<Report, Failure> {
         args.jobs as usize,
         &names,
         gating.as_ref(),
+        args.common.progress(),
     )
     .await;
 
