@@ -94,8 +94,6 @@ pub async fn run_to_exit<T>(
 
 /// Start the runtime and run `main` on it; the process's exit code is what `main` returns.
 pub fn run_main<F: Future<Output = ExitCode>>(program: &str, main: impl FnOnce() -> F) -> ! {
-    // Before the runtime starts its threads.
-    crate::memory::return_large_buffers_to_the_system();
     let code = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -5,6 +5,8 @@ use egress_common::{cli, logging, ExitCode};
 use egress_sync::config::{Args, EXTRA_ENV, REQUIRED_ENV};
 
 fn main() {
+    // Part buffers come and go all the time here; before the runtime starts its threads.
+    egress_common::memory::return_large_buffers_to_the_system();
     cli::run_main("egress-sync", run)
 }
 
