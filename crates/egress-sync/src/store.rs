@@ -27,6 +27,27 @@ macro_rules! with_object_meta {
     };
 }
 
+/// An [`ObjectMeta`] from a HeadObject or GetObject reply (different types, same getters).
+macro_rules! object_meta {
+    ($reply:expr, $size:expr) => {
+        ObjectMeta {
+            size: $size,
+            etag: clean_etag($reply.e_tag().unwrap_or("")),
+            modified: $reply.last_modified().map(|t| t.secs()).unwrap_or(0),
+            content_type: $reply.content_type().map(str::to_string),
+            content_encoding: $reply.content_encoding().map(str::to_string),
+            cache_control: $reply.cache_control().map(str::to_string),
+            content_disposition: $reply.content_disposition().map(str::to_string),
+            metadata: $reply.metadata().cloned().unwrap_or_default(),
+            // With KMS or customer keys the ETag is not the content's MD5.
+            etag_not_md5: $reply.sse_customer_algorithm().is_some()
+                || $reply
+                    .server_side_encryption()
+                    .is_some_and(|s| s.as_str().starts_with("aws:kms")),
+        }
+    };
+}
+
 /// Name of the copy-record file kept at the root of the output path.
 pub const STATE_KEY: &str = ".egress-sync-state.json";
 
@@ -209,19 +230,8 @@ impl Store {
                             credentials_hint,
                         )
                     })?;
-                Ok(ObjectMeta {
-                    size: h.content_length().unwrap_or(0).max(0) as u64,
-                    etag: clean_etag(h.e_tag().unwrap_or("")),
-                    modified: h.last_modified().map(|t| t.secs()).unwrap_or(0),
-                    content_type: h.content_type().map(str::to_string),
-                    content_encoding: h.content_encoding().map(str::to_string),
-                    cache_control: h.cache_control().map(str::to_string),
-                    content_disposition: h.content_disposition().map(str::to_string),
-                    metadata: h.metadata().cloned().unwrap_or_default(),
-                    etag_not_md5: h.sse_customer_algorithm().is_some()
-                        || h.server_side_encryption()
-                            .is_some_and(|s| s.as_str().starts_with("aws:kms")),
-                })
+                let size = h.content_length().unwrap_or(0).max(0) as u64;
+                Ok(object_meta!(h, size))
             }
             Store::Local { root } => {
                 let path = Self::local_path(root, key);
@@ -305,20 +315,7 @@ impl Store {
                         .unwrap_or(0),
                     _ => out.content_length().unwrap_or(0).max(0) as u64,
                 };
-                let meta = ObjectMeta {
-                    size,
-                    etag: clean_etag(out.e_tag().unwrap_or("")),
-                    modified: out.last_modified().map(|t| t.secs()).unwrap_or(0),
-                    content_type: out.content_type().map(str::to_string),
-                    content_encoding: out.content_encoding().map(str::to_string),
-                    cache_control: out.cache_control().map(str::to_string),
-                    content_disposition: out.content_disposition().map(str::to_string),
-                    metadata: out.metadata().cloned().unwrap_or_default(),
-                    etag_not_md5: out.sse_customer_algorithm().is_some()
-                        || out
-                            .server_side_encryption()
-                            .is_some_and(|s| s.as_str().starts_with("aws:kms")),
-                };
+                let meta = object_meta!(out, size);
                 let expected = out.content_length().unwrap_or(0).max(0) as usize;
                 let mut body = out.body;
                 let mut buf = bytes::BytesMut::with_capacity(expected);
