@@ -868,3 +868,26 @@ async fn imported_snapshot_hides_commits_made_after_the_export() {
         "{err}"
     );
 }
+
+/// The README's first command (`cargo run -p egress-dump --example demo`) keeps working.
+#[test]
+fn the_readme_demo_dumps_its_sample_tables() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_egress-dump"));
+    let demo = bin.parent().expect("target dir").join("examples/demo");
+    assert!(
+        demo.exists(),
+        "{} is built by cargo test / nextest",
+        demo.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = egress_testkit::clean_command(demo.to_str().unwrap())
+        .current_dir(dir.path())
+        .output()
+        .expect("run the demo");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("tally_snapshots.csv.gz") && stdout.contains("_manifest.json"),
+        "{stdout}"
+    );
+}

@@ -46,8 +46,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\nWritten under {}:", out_dir.display());
     for day in std::fs::read_dir(&out_dir)? {
         let day = day?.path();
-        for file in std::fs::read_dir(&day)? {
-            let file = file?.path();
+        let mut files: Vec<_> = std::fs::read_dir(&day)?.collect::<Result<Vec<_>, _>>()?;
+        files.sort_by_key(|f| f.file_name());
+        for file in files {
+            let file = file.path();
+            if !file.to_string_lossy().ends_with(".csv.gz") {
+                // The day's completion marker: tables, rows, sizes and checksums.
+                println!(
+                    "  {} (the manifest: written last, marks the day complete)",
+                    file.strip_prefix(&out_dir)?.display()
+                );
+                continue;
+            }
             let bytes = std::fs::read(&file)?;
             let csv = gunzip(&bytes);
             println!(
