@@ -876,7 +876,7 @@ fn the_readme_demo_dumps_its_sample_tables() {
     let demo = bin.parent().expect("target dir").join("examples/demo");
     assert!(
         demo.exists(),
-        "{} is built by cargo test / nextest",
+        "{} is missing: the whole suite builds it (scripts/test.sh), or run `cargo build -p egress-dump --example demo`",
         demo.display()
     );
     let dir = tempfile::tempdir().unwrap();
