@@ -162,6 +162,25 @@ async fn put_multipart(server: &dyn Endpoint, bucket: &str, key: &str, body: &[u
         .expect("complete multipart");
 }
 
+/// Four multipart objects `<prefix>/<i>.bin` of `size` bytes in the source bucket; returns
+/// key -> bytes.
+async fn seed_large(
+    input: &S3Server,
+    prefix: &str,
+    seed: u64,
+    size: usize,
+    part: usize,
+) -> HashMap<String, Vec<u8>> {
+    let mut expected = HashMap::new();
+    for i in 0..4u64 {
+        let body = data(seed + i, size);
+        let key = format!("{prefix}/{i}.bin");
+        put_multipart(input, SRC, &key, &body, part).await;
+        expected.insert(key, body);
+    }
+    expected
+}
+
 /// Every object under `prefix` as key (relative) -> bytes.
 async fn contents(server: &dyn Endpoint, bucket: &str, prefix: &str) -> HashMap<String, Vec<u8>> {
     let server = server.endpoint();
@@ -530,12 +549,7 @@ async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() 
     let output = S3Server::start(S3Kind::Moto);
     input.create_bucket(SRC).await;
     output.create_bucket(DST).await;
-    let mut expected = HashMap::new();
-    for i in 0..4u64 {
-        let body = data(100 + i, 24 * MIB);
-        put_multipart(&input, SRC, &format!("large/{i}.bin"), &body, 8 * MIB).await;
-        expected.insert(format!("large/{i}.bin"), body);
-    }
+    let expected = seed_large(&input, "large", 100, 24 * MIB, 8 * MIB).await;
     let mut child = sync_command(&input, SRC, &output, DST, &["--jobs", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -829,12 +843,7 @@ async fn destination_restarted_mid_sync_then_rerun_is_identical() {
     let mut output = S3Server::start(S3Kind::S3sFs);
     input.create_bucket(SRC).await;
     output.create_bucket(DST).await;
-    let mut expected = HashMap::new();
-    for i in 0..4u64 {
-        let body = data(300 + i, 20 * MIB);
-        put_multipart(&input, SRC, &format!("big/{i}.bin"), &body, 5 * MIB).await;
-        expected.insert(format!("big/{i}.bin"), body);
-    }
+    let expected = seed_large(&input, "big", 300, 20 * MIB, 5 * MIB).await;
     let mut child = sync_command(&input, SRC, &output, DST, &["--jobs", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -869,12 +878,7 @@ async fn sigterm_mid_sync_aborts_uploads_and_exits_143() {
     let output = S3Server::start(S3Kind::Moto);
     input.create_bucket(SRC).await;
     output.create_bucket(DST).await;
-    let mut expected = HashMap::new();
-    for i in 0..4u64 {
-        let body = data(400 + i, 24 * MIB);
-        put_multipart(&input, SRC, &format!("big/{i}.bin"), &body, 8 * MIB).await;
-        expected.insert(format!("big/{i}.bin"), body);
-    }
+    let expected = seed_large(&input, "big", 400, 24 * MIB, 8 * MIB).await;
     let child = sync_command(&input, SRC, &output, DST, &["--jobs", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
