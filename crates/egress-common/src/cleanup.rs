@@ -1,57 +1,45 @@
-//! What must be undone if a run is interrupted (SIGTERM, SIGINT): multipart uploads in
-//! flight and temporary files. Work registers them when it starts them and unregisters
-//! them when it completes or aborts them; whatever is still registered when the process
-//! is told to stop is aborted by [`abort_all`].
+//! What must be undone if a run is interrupted (SIGTERM, SIGINT): uploads in flight and
+//! temporary files. The store registers an abort action when it starts such work and
+//! unregisters it when the work is completed or aborted; whatever is still registered
+//! when the process is told to stop is run by [`abort_all`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-/// Something unfinished.
-#[derive(Debug, Clone)]
-pub enum Unfinished {
-    /// A multipart upload that has not been completed.
-    Upload {
-        /// Client for its endpoint.
-        client: aws_sdk_s3::Client,
-        /// Bucket.
-        bucket: String,
-        /// Key.
-        key: String,
-        /// Upload id.
-        upload_id: String,
-    },
-    /// A temporary file that has not been renamed into place.
-    File(PathBuf),
-    /// Every multipart upload under a prefix this run writes to: catches an upload whose
-    /// creation was under way when the run was stopped, before its id came back.
-    UploadsUnder {
-        /// Client for its endpoint.
-        client: aws_sdk_s3::Client,
-        /// Bucket.
-        bucket: String,
-        /// Key prefix (without trailing slash).
-        prefix: String,
-    },
+use futures::future::BoxFuture;
+
+/// Undo one piece of unfinished work; resolves to true when something was undone.
+pub type Abort = Box<dyn FnOnce() -> BoxFuture<'static, bool> + Send>;
+
+/// When an abort action runs: first every known upload and file, then the sweeps that
+/// look for uploads whose creation was under way when the stop came (their ids unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// A known upload or file.
+    Known,
+    /// A search for uploads not yet known.
+    Sweep,
 }
 
 /// A registration; pass it to [`done`] once the work is completed or aborted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Ticket(u64);
 
-fn registry() -> &'static Mutex<HashMap<u64, Unfinished>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<u64, Unfinished>>> = OnceLock::new();
+type Registry = Mutex<HashMap<u64, (Phase, Abort)>>;
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// Remember `work` until [`done`] is called.
-pub fn register(work: Unfinished) -> Ticket {
+/// Remember `abort` until [`done`] is called.
+pub fn register(phase: Phase, abort: Abort) -> Ticket {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     if let Ok(mut map) = registry().lock() {
-        map.insert(id, work);
+        map.insert(id, (phase, abort));
     }
     Ticket(id)
 }
@@ -63,53 +51,34 @@ pub fn done(ticket: Ticket) {
     }
 }
 
-/// Abort every registered upload and delete every registered file; returns how many.
-/// Each abort gets a few seconds: a stopping pod has little time left.
+/// Run every registered abort (each gets a few seconds: a stopping pod has little time
+/// left); returns how many undid something.
 pub async fn abort_all() -> usize {
-    let pending: Vec<Unfinished> = match registry().lock() {
+    let pending: Vec<(Phase, Abort)> = match registry().lock() {
         Ok(mut map) => map.drain().map(|(_, w)| w).collect(),
         Err(_) => return 0,
     };
-    let (sweeps, pending): (Vec<Unfinished>, Vec<Unfinished>) = pending
-        .into_iter()
-        .partition(|w| matches!(w, Unfinished::UploadsUnder { .. }));
-    let mut count = pending.len();
-    let aborts = pending.into_iter().map(|work| async move {
-        match work {
-            Unfinished::Upload { client, bucket, key, upload_id } => {
-                let abort = client.abort_multipart_upload().bucket(bucket).key(&key).upload_id(upload_id).send();
-                if !matches!(tokio::time::timeout(Duration::from_secs(5), abort).await, Ok(Ok(_))) {
-                    tracing::warn!(key = %key, "could not abort an upload; the next run (or the bucket lifecycle rule) removes it");
-                }
-            }
-            Unfinished::File(path) => {
-                let _ = tokio::fs::remove_file(path).await;
-            }
-            Unfinished::UploadsUnder { .. } => {}
-        }
-    });
-    futures::future::join_all(aborts).await;
+    let (known, sweeps): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(p, _)| *p == Phase::Known);
+    let mut count = run_all(known).await;
     if !sweeps.is_empty() {
         // Let a creation request that was already sent reach the server first.
         tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    for sweep in sweeps {
-        if let Unfinished::UploadsUnder {
-            client,
-            bucket,
-            prefix,
-        } = sweep
-        {
-            let everything = aws_sdk_s3::primitives::DateTime::from(
-                std::time::SystemTime::now() + Duration::from_secs(3600),
-            );
-            let sweep = crate::s3::abort_stale_uploads(&client, &bucket, &prefix, everything);
-            if let Ok(n) = tokio::time::timeout(Duration::from_secs(10), sweep).await {
-                count += n;
-            }
-        }
+        count += run_all(sweeps).await;
     }
     count
+}
+
+async fn run_all(work: Vec<(Phase, Abort)>) -> usize {
+    let runs = work.into_iter().map(|(_, abort)| async move {
+        tokio::time::timeout(Duration::from_secs(10), abort())
+            .await
+            .unwrap_or(false)
+    });
+    futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .filter(|undone| *undone)
+        .count()
 }
 
 /// Which stop signal arrived.
@@ -151,5 +120,20 @@ pub async fn stop_signal() -> StopSignal {
     tokio::select! {
         _ = term.recv() => StopSignal::Term,
         _ = int.recv() => StopSignal::Int,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_unfinished_work_is_undone() {
+        let finished = register(Phase::Known, Box::new(|| Box::pin(async { true })));
+        let _open = register(Phase::Known, Box::new(|| Box::pin(async { true })));
+        let _sweep = register(Phase::Sweep, Box::new(|| Box::pin(async { false })));
+        done(finished);
+        assert_eq!(abort_all().await, 1);
+        assert_eq!(abort_all().await, 0, "each abort runs once");
     }
 }

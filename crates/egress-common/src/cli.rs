@@ -1,6 +1,6 @@
 //! What both binaries share on the command line (logging, timeouts, TLS, the termination
 //! log) and how they end: run the work until it finishes or a stop signal arrives, report,
-//! and turn the outcome into an exit code.
+//! and exit with the code `main` chose.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::cleanup;
 use crate::logging::LogFormat;
 use crate::termination;
-use crate::{ExitCode, Failure};
+use crate::ExitCode;
 
 /// Flags common to egress-dump and egress-sync.
 #[derive(Debug, Clone, clap::Args)]
@@ -56,32 +56,43 @@ impl CommonArgs {
     }
 }
 
+/// How a binary ends a run: its name, what a stop leaves behind, how to describe success,
+/// and which exit code an error means (chosen in `main`).
+pub struct Ending<T> {
+    /// The binary's name, for messages.
+    pub program: &'static str,
+    /// What a stop by signal leaves behind, for the message.
+    pub on_stop: &'static str,
+    /// One line about a successful outcome.
+    pub summarise: fn(&T) -> String,
+    /// The exit code for a failed run.
+    pub exit_code: fn(&anyhow::Error) -> ExitCode,
+}
+
 /// Run `work` until it finishes or SIGTERM/SIGINT arrives. On a signal the work is
 /// dropped (so nothing new starts) and whatever it left unfinished is aborted. Prints the
 /// one-line error, writes the termination log, and returns the exit code.
-///
-/// `program` names the binary in messages, `on_stop` says what a stop leaves behind, and
-/// `summarise` describes a successful outcome.
 pub async fn run_to_exit<T>(
-    program: &str,
     args: &CommonArgs,
-    work: impl Future<Output = Result<T, Failure>>,
-    on_stop: &str,
-    summarise: impl FnOnce(&T) -> String,
+    work: impl Future<Output = anyhow::Result<T>>,
+    ending: Ending<T>,
 ) -> ExitCode {
+    let program = ending.program;
     let (code, summary) = tokio::select! {
         outcome = work => match outcome {
-            Ok(done) => (ExitCode::Success, format!("{program} succeeded: {}", summarise(&done))),
-            Err(failure) => {
-                eprintln!("{program}: error: {failure}");
-                (failure.code, format!("{program} failed (exit {}): {failure}", failure.code.code()))
+            Ok(done) => (ExitCode::Success, format!("{program} succeeded: {}", (ending.summarise)(&done))),
+            Err(error) => {
+                let line = crate::error::one_line(&error);
+                eprintln!("{program}: error: {line}");
+                let code = (ending.exit_code)(&error);
+                (code, format!("{program} failed (exit {}): {line}", code.code()))
             }
         },
         signal = cleanup::stop_signal() => {
             let aborted = cleanup::abort_all().await;
             let message = format!(
-                "stopped by {}: aborted {aborted} unfinished upload(s); {on_stop}",
-                signal.name()
+                "stopped by {}: aborted {aborted} unfinished upload(s); {}",
+                signal.name(), ending.on_stop
             );
             tracing::error!("{message}");
             eprintln!("{program}: {message}");

@@ -59,6 +59,10 @@ pub struct TableEntry {
     pub uncompressed_sha256: String,
     /// Columns in CSV field order.
     pub columns: Vec<Column>,
+    /// Sizes of the object's multipart parts, in order (absent for a single-part object):
+    /// a mirror can copy it with the same boundaries, so its copy gets the same ETag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_sizes: Option<Vec<u64>>,
 }
 
 /// What the manifest records about the snapshot.
@@ -103,6 +107,22 @@ impl Manifest {
     }
 }
 
+/// The manifest's key in `folder` (`2024-01-01/_manifest.json`, or `_manifest.json`).
+pub fn key_in(folder: &str) -> String {
+    crate::store::key::join(folder, FILE_NAME)
+}
+
+/// True for a manifest's key.
+pub fn is_manifest(key: &str) -> bool {
+    folder_of(key).len() + FILE_NAME.len() + usize::from(key.contains('/')) == key.len()
+        && key.ends_with(FILE_NAME)
+}
+
+/// The folder of a key (`2024-01-01` for `2024-01-01/t.csv.gz`, empty at the top).
+pub fn folder_of(key: &str) -> &str {
+    key.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("")
+}
+
 /// Current UTC time as RFC 3339 with milliseconds.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now()
@@ -127,5 +147,16 @@ mod tests {
             }
         );
         assert!(Manifest::parse(br#"{"format_version": 2}"#).is_err());
+    }
+
+    #[test]
+    fn manifest_keys_and_folders() {
+        assert_eq!(key_in("d"), "d/_manifest.json");
+        assert_eq!(key_in(""), "_manifest.json");
+        assert!(is_manifest("x/_manifest.json"));
+        assert!(is_manifest("_manifest.json"));
+        assert!(!is_manifest("x/a_manifest.json"));
+        assert_eq!(folder_of("a/b/c"), "a/b");
+        assert_eq!(folder_of("c"), "");
     }
 }

@@ -1,0 +1,296 @@
+//! What can go wrong talking to a store, typed so that callers can branch on it (retry,
+//! count a vanished object, stop the run) and `main` can choose an exit code.
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
+/// The kinds of store failure callers tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The object does not exist (it may have been deleted since it was listed).
+    NotFound,
+    /// The bucket does not exist.
+    BucketNotFound,
+    /// Unknown access key or bad signature.
+    Credentials,
+    /// Valid credentials lacking a permission.
+    AccessDenied,
+    /// The bucket lives in another region than the one configured.
+    WrongRegion,
+    /// The endpoint could not be reached, timed out, or failed (5xx): worth retrying.
+    Unreachable,
+    /// A conditional request lost (`If-Match` / `If-None-Match`).
+    PreconditionFailed,
+    /// The bytes that arrived are not the bytes that were sent (`BadDigest`, a part ETag
+    /// or a composite ETag that does not match).
+    ChecksumMismatch,
+    /// A key that cannot be stored here (it would leave a local directory, say).
+    InvalidKey,
+    /// A local output that cannot be written (permission denied, a file in the way).
+    NotWritable,
+    /// The endpoint answers, but not as an S3 server does.
+    NotS3,
+    /// The store does not implement the operation.
+    Unsupported,
+    /// Anything else.
+    Other,
+}
+
+impl ErrorKind {
+    /// True when the configuration is wrong: retrying cannot help and the run should stop.
+    pub fn is_configuration(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::BucketNotFound
+                | ErrorKind::Credentials
+                | ErrorKind::AccessDenied
+                | ErrorKind::WrongRegion
+                | ErrorKind::NotWritable
+                | ErrorKind::NotS3
+        )
+    }
+}
+
+/// A failed store operation: its kind and a one-line message that names what was being
+/// done, the cause and (for configuration problems) the fix.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl StoreError {
+    /// An error of `kind` with a ready message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The same error, its message prefixed with more context.
+    pub fn context(self, what: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            kind: self.kind,
+            message: format!("{what}: {}", self.message),
+        }
+    }
+
+    /// A local I/O error while `what` at `path`.
+    pub fn io(what: &str, path: &std::path::Path, e: &std::io::Error) -> StoreError {
+        use std::io::ErrorKind as Io;
+        let path = path.display();
+        match e.kind() {
+            Io::NotFound => StoreError::new(ErrorKind::NotFound, format!("{what} {path}: {e}")),
+            Io::PermissionDenied | Io::ReadOnlyFilesystem | Io::NotADirectory | Io::IsADirectory
+            | Io::AlreadyExists | Io::StorageFull => StoreError::new(
+                ErrorKind::NotWritable,
+                format!("{what} {path}: {e}; choose a directory this user can write"),
+            ),
+            _ => StoreError::new(ErrorKind::Other, format!("{what} {path}: {e}")),
+        }
+    }
+}
+
+/// Who we are talking to when an S3 request fails, for the message.
+#[derive(Debug, Clone, Copy)]
+pub struct S3Context<'a> {
+    /// The bucket.
+    pub bucket: &'a str,
+    /// The endpoint, as configured (or "AWS S3").
+    pub endpoint: &'a str,
+    /// Which variables hold the keys, e.g. `INPUT_ACCESS_KEY_ID / INPUT_SECRET_ACCESS_KEY`.
+    pub credentials_hint: &'a str,
+}
+
+/// Whether a failed request addressed the bucket (listing) or one object: an HTTP 404
+/// without an S3 error code means a missing bucket for the first, a missing object for the
+/// second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A bucket-level request (ListObjectsV2, ListMultipartUploads).
+    Bucket,
+    /// An object-level request (HEAD, GET, PUT, parts).
+    Object,
+}
+
+/// The kind an S3 error code (and HTTP status) stands for.
+pub fn classify_code(code: Option<&str>, status: Option<u16>, target: Target) -> ErrorKind {
+    let by_code = match code {
+        Some(
+            "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "InvalidToken"
+            | "ExpiredToken"
+            | "InvalidClientTokenId"
+            | "AuthorizationHeaderMalformed",
+        ) => Some(ErrorKind::Credentials),
+        Some("AccessDenied" | "AllAccessDisabled" | "Forbidden") => Some(ErrorKind::AccessDenied),
+        Some("NoSuchBucket") => Some(ErrorKind::BucketNotFound),
+        Some("NoSuchKey" | "NotFound") => Some(ErrorKind::NotFound),
+        Some("PermanentRedirect" | "IllegalLocationConstraintException") => {
+            Some(ErrorKind::WrongRegion)
+        }
+        Some("PreconditionFailed" | "ConditionalRequestConflict") => {
+            Some(ErrorKind::PreconditionFailed)
+        }
+        Some("BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch" | "InvalidPart") => {
+            Some(ErrorKind::ChecksumMismatch)
+        }
+        Some("NotImplemented" | "MethodNotAllowed") => Some(ErrorKind::Unsupported),
+        Some(
+            "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" | "NoSuchUpload",
+        ) => Some(ErrorKind::Unreachable),
+        _ => None,
+    };
+    by_code.unwrap_or(match (status, target) {
+        (Some(403), _) => ErrorKind::AccessDenied,
+        (Some(404), Target::Bucket) => ErrorKind::BucketNotFound,
+        (Some(404), Target::Object) => ErrorKind::NotFound,
+        (Some(412), _) => ErrorKind::PreconditionFailed,
+        (Some(301), _) => ErrorKind::WrongRegion,
+        (Some(501), _) => ErrorKind::Unsupported,
+        (Some(500..=599), _) => ErrorKind::Unreachable,
+        _ => ErrorKind::Other,
+    })
+}
+
+/// True when the reply does not look like one from an S3 server: a 2xx whose body the SDK
+/// could not read, or an error without an S3 error code in a non-XML body (a web server's
+/// HTML page).
+fn looks_like_not_s3<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    let Some(response) = err.raw_response() else {
+        return false;
+    };
+    let xml = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|t| t.contains("xml"));
+    let has_code = match err {
+        SdkError::ServiceError(s) => s.err().code().is_some(),
+        _ => false,
+    };
+    let status = response.status().as_u16();
+    let empty = response.body().bytes().is_some_and(|b| b.is_empty());
+    // A HEAD reply has no body to judge by; everything else from S3 is XML.
+    (200..300).contains(&status) && matches!(err, SdkError::ResponseError(_))
+        || (!has_code && !xml && !empty && status != 304)
+}
+
+/// Turn an SDK error into a typed, one-line [`StoreError`]; `what` says what we were
+/// doing (`"listing s3://b/p/"`).
+pub fn from_sdk<E>(
+    err: &SdkError<E, HttpResponse>,
+    what: &str,
+    target: Target,
+    ctx: S3Context<'_>,
+) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = match err {
+        SdkError::ServiceError(s) => s.err().code().map(str::to_string),
+        _ => None,
+    };
+    let kind = match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => ErrorKind::Unreachable,
+        _ if looks_like_not_s3(err) => ErrorKind::NotS3,
+        SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
+            classify_code(code.as_deref(), status, target)
+        }
+        _ => ErrorKind::Other,
+    };
+    let detail = match (&code, err) {
+        (Some(code), _) => code.clone(),
+        (None, SdkError::DispatchFailure(_)) => {
+            format!("could not connect: {}", crate::error::chain(err))
+        }
+        (None, SdkError::TimeoutError(_)) => "timed out".to_string(),
+        (None, other) => {
+            let status = status.map(|s| format!("HTTP {s}")).unwrap_or_default();
+            let cause = crate::error::chain(other);
+            if cause.is_empty() || cause == "service error" {
+                status
+            } else {
+                format!("{status}: {cause}")
+            }
+        }
+    };
+    StoreError::new(kind, message(kind, what, &detail, ctx))
+}
+
+fn message(kind: ErrorKind, what: &str, detail: &str, ctx: S3Context<'_>) -> String {
+    let (bucket, hint) = (ctx.bucket, ctx.credentials_hint);
+    match kind {
+        ErrorKind::Credentials => {
+            format!("{what}: S3 rejected the credentials ({detail}); check {hint}")
+        }
+        ErrorKind::AccessDenied => format!(
+            "{what}: access denied to bucket '{bucket}' ({detail}); check {hint} and the bucket policy"
+        ),
+        ErrorKind::BucketNotFound => format!(
+            "{what}: bucket '{bucket}' does not exist ({detail}); create it or fix the bucket name"
+        ),
+        ErrorKind::NotFound => format!("{what}: the object does not exist ({detail})"),
+        ErrorKind::WrongRegion => format!(
+            "{what}: bucket '{bucket}' is in another region ({detail}); set the region to the bucket's"
+        ),
+        ErrorKind::Unreachable => format!(
+            "{what}: the S3 endpoint is unreachable or failing ({detail}); check the endpoint URL and network (and AWS_CA_BUNDLE for a private CA), then retry"
+        ),
+        ErrorKind::NotS3 => format!(
+            "{what}: {} does not answer like an S3 server ({detail}); check the endpoint URL",
+            ctx.endpoint
+        ),
+        ErrorKind::ChecksumMismatch => {
+            format!("{what}: the store received different bytes than were sent ({detail})")
+        }
+        _ => format!("{what}: {detail}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_statuses_map_to_kinds() {
+        let object = Target::Object;
+        let cases = [
+            (Some("InvalidAccessKeyId"), None, ErrorKind::Credentials),
+            (Some("SignatureDoesNotMatch"), Some(403), ErrorKind::Credentials),
+            (Some("NoSuchBucket"), Some(404), ErrorKind::BucketNotFound),
+            (Some("NoSuchKey"), Some(404), ErrorKind::NotFound),
+            (None, Some(404), ErrorKind::NotFound),
+            (None, Some(403), ErrorKind::AccessDenied),
+            (Some("BadDigest"), Some(400), ErrorKind::ChecksumMismatch),
+            (None, Some(412), ErrorKind::PreconditionFailed),
+            (None, Some(503), ErrorKind::Unreachable),
+            (Some("Weird"), Some(400), ErrorKind::Other),
+        ];
+        for (code, status, kind) in cases {
+            assert_eq!(classify_code(code, status, object), kind, "{code:?} {status:?}");
+        }
+        assert_eq!(
+            classify_code(None, Some(404), Target::Bucket),
+            ErrorKind::BucketNotFound
+        );
+        assert!(ErrorKind::Credentials.is_configuration());
+        assert!(!ErrorKind::Unreachable.is_configuration());
+        assert!(!ErrorKind::NotFound.is_configuration());
+    }
+
+    #[test]
+    fn context_prefixes_the_message_and_keeps_the_kind() {
+        let e = StoreError::new(ErrorKind::NotFound, "gone").context("copying k");
+        assert_eq!(e.to_string(), "copying k: gone");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+    }
+}

@@ -1,0 +1,732 @@
+//! [`LocalStore`]: a directory as an object store. Keys are paths below the root; a key
+//! that would leave it is refused. Every object is written under a temporary name, created
+//! exclusively (never through a symlink) with a random suffix, and renamed into place when
+//! complete, so it appears whole or not at all. Files are `0600` and directories `0700`
+//! unless configured otherwise.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use md5::{Digest, Md5};
+
+use super::error::{ErrorKind, StoreError};
+use super::key::local_path_problem;
+use super::{
+    etag_md5, multipart_etag, Body, CompletedPart, Condition, GetOptions, GetResult, ObjectInfo,
+    ObjectMeta, ObjectStore, PageStream, PartSlot, PendingUpload, PutOptions, PutResult,
+    StoreTraits, Upload,
+};
+use crate::cleanup::{self, Phase};
+
+/// What temporary files are called: `.<name>.egress-tmp-<random>`.
+const TEMP_MARK: &str = ".egress-tmp-";
+/// Temporary files of earlier versions (`.<name>.partial-<pid>`), also never listed.
+const OLD_TEMP_MARK: &str = ".partial-";
+/// Entries per listing page.
+const PAGE: usize = 1000;
+/// Read size when streaming a file.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+    file_mode: u32,
+    dir_mode: u32,
+}
+
+impl LocalStore {
+    /// A store rooted at `root`, writing files `0600` and directories `0700`.
+    pub fn new(root: impl Into<PathBuf>) -> LocalStore {
+        LocalStore::with_file_mode(root, 0o600)
+    }
+
+    /// A store whose files get `file_mode`; directories get the same bits plus search
+    /// (`x`) wherever reading is allowed.
+    pub fn with_file_mode(root: impl Into<PathBuf>, file_mode: u32) -> LocalStore {
+        let file_mode = file_mode & 0o777;
+        let search = (file_mode & 0o444) >> 2;
+        LocalStore {
+            root: root.into(),
+            file_mode,
+            dir_mode: file_mode | search | 0o700,
+        }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        match local_path_problem(key) {
+            Some(problem) => Err(StoreError::new(
+                ErrorKind::InvalidKey,
+                format!(
+                    "key '{}' cannot be written under {}: it {problem}",
+                    key.escape_debug(),
+                    self.root.display()
+                ),
+            )),
+            None => Ok(self.root.join(key)),
+        }
+    }
+
+    /// Create the directories from the root down to `dir` (each `dir_mode`), refusing a
+    /// symlink on the way: nothing may be written outside the root.
+    fn ensure_dir(&self, dir: &Path) -> Result<(), StoreError> {
+        let rel = dir.strip_prefix(&self.root).unwrap_or(Path::new(""));
+        create_dir(&self.root, self.dir_mode)?;
+        let mut current = self.root.clone();
+        for part in rel.components() {
+            current.push(part);
+            create_dir(&current, self.dir_mode)?;
+        }
+        Ok(())
+    }
+
+    /// A new, empty temporary file next to `path`.
+    fn create_temp(&self, path: &Path) -> Result<(PathBuf, File), StoreError> {
+        let parent = path.parent().unwrap_or(&self.root);
+        self.ensure_dir(parent)?;
+        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let temp = parent.join(format!(".{name}{TEMP_MARK}{:016x}", rand::random::<u64>()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.file_mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temp)
+            .map_err(|e| StoreError::io("creating", &temp, &e))?;
+        Ok((temp, file))
+    }
+
+    fn register_temp(temp: &Path) -> cleanup::Ticket {
+        let temp = temp.to_path_buf();
+        cleanup::register(
+            Phase::Known,
+            Box::new(move || Box::pin(async move { std::fs::remove_file(temp).is_ok() })),
+        )
+    }
+}
+
+fn create_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => Err(StoreError::new(
+            ErrorKind::NotWritable,
+            format!("{} is a symbolic link; refusing to write through it", dir.display()),
+        )),
+        Ok(_) => Err(StoreError::new(
+            ErrorKind::NotWritable,
+            format!("{} is a file, not a directory; choose another output", dir.display()),
+        )),
+        Err(_) => match std::fs::DirBuilder::new().mode(mode).create(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+            Err(e) => Err(StoreError::io("creating directory", dir, &e)),
+        },
+    }
+}
+
+/// Run blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::new(ErrorKind::Other, format!("file task failed: {e}")))?
+}
+
+/// Stream `body` into `file` at `offset`, returning the MD5 of what was written.
+async fn write_body(file: File, path: PathBuf, offset: u64, body: Body) -> Result<(File, [u8; 16]), StoreError> {
+    let mut stream = body.into_stream();
+    let mut state = (file, Md5::new(), offset);
+    while let Some(chunk) = stream.next().await {
+        let chunk: Bytes = chunk?;
+        let path = path.clone();
+        state = blocking(move || {
+            let (file, mut md5, offset) = state;
+            md5.update(&chunk);
+            file.write_all_at(&chunk, offset)
+                .map_err(|e| StoreError::io("writing", &path, &e))?;
+            Ok((file, md5, offset + chunk.len() as u64))
+        })
+        .await?;
+    }
+    Ok((state.0, state.1.finalize().into()))
+}
+
+/// fsync the file, give it its Last-Modified, and move it into place (then fsync the
+/// directory, so the rename survives a crash).
+fn finish_file(file: File, temp: &Path, path: &Path, modified: Option<i64>, no_replace: bool) -> Result<(), StoreError> {
+    if let Some(secs) = modified {
+        let when = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+        file.set_modified(when)
+            .map_err(|e| StoreError::io("setting the time of", temp, &e))?;
+    }
+    file.sync_all()
+        .map_err(|e| StoreError::io("flushing", temp, &e))?;
+    if no_replace {
+        // link() fails if the name exists: an atomic "create if absent".
+        std::fs::hard_link(temp, path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => StoreError::new(
+                ErrorKind::PreconditionFailed,
+                format!("{} already exists", path.display()),
+            ),
+            _ => StoreError::io("moving into place", path, &e),
+        })?;
+        let _ = std::fs::remove_file(temp);
+    } else {
+        std::fs::rename(temp, path).map_err(|e| StoreError::io("moving into place", path, &e))?;
+    }
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn file_md5(path: &Path) -> Option<[u8; 16]> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            return Some(md5.finalize().into());
+        }
+        md5.update(&buf[..n]);
+    }
+}
+
+fn meta_of(m: &std::fs::Metadata) -> ObjectMeta {
+    ObjectMeta {
+        size: m.len(),
+        modified: m.mtime(),
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    fn describe(&self, key: &str) -> String {
+        self.root.join(key).display().to_string()
+    }
+
+    fn traits(&self) -> StoreTraits {
+        StoreTraits {
+            keeps_modified: true,
+            keeps_metadata: false,
+        }
+    }
+
+    async fn probe(&self, write: bool) -> Result<(), StoreError> {
+        let store = self.clone();
+        blocking(move || {
+            if write {
+                let (temp, _file) = store.create_temp(&store.root.join("probe"))?;
+                let _ = std::fs::remove_file(temp);
+                return Ok(());
+            }
+            match std::fs::metadata(&store.root) {
+                Ok(m) if m.is_dir() => Ok(()),
+                _ => Err(StoreError::new(
+                    ErrorKind::BucketNotFound,
+                    format!(
+                        "local directory {} does not exist: create it or fix the path",
+                        store.root.display()
+                    ),
+                )),
+            }
+        })
+        .await
+    }
+
+    fn list(&self, under: &str) -> PageStream {
+        let walker = Walker::new(self.root.clone(), under);
+        futures::stream::unfold(Some(walker), |state| async move {
+            let walker = state?;
+            let result = tokio::task::spawn_blocking(move || {
+                let mut walker = walker;
+                let page = walker.next_page(PAGE);
+                (walker, page)
+            })
+            .await;
+            match result {
+                Ok((_, Ok(page))) if page.is_empty() => None,
+                Ok((walker, Ok(page))) => Some((Ok(page), Some(walker))),
+                Ok((_, Err(e))) => Some((Err(e), None)),
+                Err(e) => Some((Err(StoreError::new(ErrorKind::Other, format!("listing task failed: {e}"))), None)),
+            }
+        })
+        .boxed()
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let path = self.path(key)?;
+        blocking(move || match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => Ok(meta_of(&m)),
+            Ok(_) => Err(StoreError::new(
+                ErrorKind::NotFound,
+                format!("{} is not a regular file", path.display()),
+            )),
+            Err(e) => Err(StoreError::io("reading", &path, &e)),
+        })
+        .await
+    }
+
+    async fn part_size(&self, _key: &str, _number: u32) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    async fn get(&self, key: &str, options: GetOptions) -> Result<GetResult, StoreError> {
+        if options.part_number.is_some() {
+            return Err(StoreError::new(
+                ErrorKind::Unsupported,
+                "a local directory has no multipart parts",
+            ));
+        }
+        let path = self.path(key)?;
+        let opened = path.clone();
+        let (file, meta) = blocking(move || {
+            let file = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&opened)
+                .map_err(|e| StoreError::io("reading", &opened, &e))?;
+            let m = file.metadata().map_err(|e| StoreError::io("reading", &opened, &e))?;
+            Ok((file, meta_of(&m)))
+        })
+        .await?;
+        let (offset, len) = options.range.unwrap_or((0, meta.size));
+        let len = len.min(meta.size.saturating_sub(offset));
+        let stream = read_stream(file, path, offset, len);
+        Ok(GetResult {
+            meta,
+            offset,
+            body: Body::from_stream(len, stream),
+        })
+    }
+
+    async fn put(&self, key: &str, body: Body, options: &PutOptions) -> Result<PutResult, StoreError> {
+        let path = self.path(key)?;
+        let store = self.clone();
+        let target = path.clone();
+        let (temp, file) = blocking(move || store.create_temp(&target)).await?;
+        let ticket = LocalStore::register_temp(&temp);
+        let result = self.put_temp(file, &temp, &path, body, options).await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        cleanup::done(ticket);
+        result
+    }
+
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> Result<Upload, StoreError> {
+        let path = self.path(key)?;
+        let store = self.clone();
+        let (temp, _file) = blocking(move || store.create_temp(&path)).await?;
+        let ticket = LocalStore::register_temp(&temp);
+        Ok(Upload {
+            key: key.to_string(),
+            id: temp.to_string_lossy().into_owned(),
+            modified: options.modified,
+            ticket,
+        })
+    }
+
+    async fn upload_part(
+        &self,
+        upload: &Upload,
+        slot: PartSlot,
+        body: Body,
+        content_md5: Option<[u8; 16]>,
+    ) -> Result<String, StoreError> {
+        let temp = PathBuf::from(&upload.id);
+        let opened = temp.clone();
+        let file = blocking(move || {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&opened)
+                .map_err(|e| StoreError::io("writing", &opened, &e))
+        })
+        .await?;
+        let (_, md5) = write_body(file, temp, slot.offset, body).await?;
+        if content_md5.is_some_and(|expected| expected != md5) {
+            return Err(StoreError::new(
+                ErrorKind::ChecksumMismatch,
+                format!("part {} of {}: Content-MD5 does not match the bytes", slot.number, upload.key),
+            ));
+        }
+        Ok(hex::encode(md5))
+    }
+
+    async fn complete(&self, upload: Upload, parts: &[CompletedPart], size: u64) -> Result<PutResult, StoreError> {
+        let path = self.path(&upload.key)?;
+        let temp = PathBuf::from(&upload.id);
+        let modified = upload.modified;
+        let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|p| etag_md5(&p.etag)).collect();
+        let result = blocking(move || {
+            let file = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&temp)
+                .map_err(|e| StoreError::io("finishing", &temp, &e))?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if len != size {
+                return Err(StoreError::new(
+                    ErrorKind::Other,
+                    format!("{} holds {len} bytes, {size} were uploaded", temp.display()),
+                ));
+            }
+            finish_file(file, &temp, &path, modified, false)
+        })
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&upload.id);
+        }
+        cleanup::done(upload.ticket);
+        result?;
+        Ok(PutResult {
+            etag: md5s.map(|m| if m.len() == 1 { hex::encode(m[0]) } else { multipart_etag(&m) }),
+        })
+    }
+
+    async fn abort(&self, upload: Upload) {
+        let _ = tokio::fs::remove_file(&upload.id).await;
+        cleanup::done(upload.ticket);
+    }
+
+    async fn pending_uploads(&self, under: &str) -> Result<Vec<PendingUpload>, StoreError> {
+        let root = self.root.clone();
+        let under = under.to_string();
+        blocking(move || Ok(find_temp_files(&root, &under))).await
+    }
+
+    async fn abort_pending(&self, upload: &PendingUpload) -> Result<(), StoreError> {
+        let path = PathBuf::from(&upload.id);
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io("removing", &path, &e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let root = self.root.clone();
+        blocking(move || {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::io("deleting", &path, &e))
+                }
+                _ => {}
+            }
+            // Folders emptied by the delete go too, as a bucket has no empty folders.
+            let mut dir = path.parent();
+            while let Some(d) = dir {
+                if d == root || std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl LocalStore {
+    async fn put_temp(&self, file: File, temp: &Path, path: &Path, body: Body, options: &PutOptions) -> Result<PutResult, StoreError> {
+        let (file, md5) = write_body(file, temp.to_path_buf(), 0, body).await?;
+        if options.content_md5.is_some_and(|expected| expected != md5) {
+            return Err(StoreError::new(
+                ErrorKind::ChecksumMismatch,
+                format!("writing {}: Content-MD5 does not match the bytes", path.display()),
+            ));
+        }
+        let (temp, path, modified) = (temp.to_path_buf(), path.to_path_buf(), options.modified);
+        let condition = options.condition.clone();
+        blocking(move || {
+            // Best effort: another writer may slip in between this check and the rename.
+            if let Condition::IfMatch(etag) = &condition {
+                let current = file_md5(&path).map(hex::encode);
+                if current.as_deref() != Some(etag.as_str()) {
+                    return Err(StoreError::new(
+                        ErrorKind::PreconditionFailed,
+                        format!("{} changed since it was read", path.display()),
+                    ));
+                }
+            }
+            finish_file(file, &temp, &path, modified, condition == Condition::IfAbsent)
+        })
+        .await?;
+        Ok(PutResult {
+            etag: Some(hex::encode(md5)),
+        })
+    }
+}
+
+/// A file read in chunks, off the async threads.
+fn read_stream(file: File, path: PathBuf, offset: u64, len: u64) -> super::ByteStream {
+    futures::stream::unfold(Some((file, offset, len)), move |state| {
+        let path = path.clone();
+        async move {
+            let (mut file, offset, left) = state?;
+            if left == 0 {
+                return None;
+            }
+            let read = blocking(move || {
+                let want = left.min(READ_CHUNK as u64) as usize;
+                let mut buf = vec![0u8; want];
+                file.seek(SeekFrom::Start(offset))
+                    .and_then(|_| file.read_exact(&mut buf))
+                    .map_err(|e| StoreError::io("reading", &path, &e))?;
+                Ok((file, Bytes::from(buf)))
+            })
+            .await;
+            match read {
+                Ok((file, chunk)) => {
+                    let n = chunk.len() as u64;
+                    Some((Ok(chunk), Some((file, offset + n, left - n))))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    })
+    .boxed()
+}
+
+/// One directory being listed: its entries in key order, with what a listing needs.
+struct Level {
+    rel: String,
+    entries: std::vec::IntoIter<Entry>,
+}
+
+struct Entry {
+    name: String,
+    dir: bool,
+    size: u64,
+    modified: i64,
+}
+
+/// A depth-first walk in key order: each directory's entries sorted by name, a directory
+/// as `name/`, which puts every key below it exactly where S3's UTF-8 byte order puts it.
+struct Walker {
+    root: PathBuf,
+    stack: Vec<Level>,
+    start: Option<String>,
+}
+
+impl Walker {
+    fn new(root: PathBuf, under: &str) -> Walker {
+        Walker {
+            root,
+            stack: Vec::new(),
+            start: Some(under.to_string()),
+        }
+    }
+
+    fn next_page(&mut self, n: usize) -> Result<Vec<super::ObjectInfo>, StoreError> {
+        if let Some(under) = self.start.take() {
+            let level = read_level(&self.root, &under)?;
+            self.stack.push(level);
+        }
+        let mut page = Vec::new();
+        while page.len() < n {
+            let Some(top) = self.stack.last_mut() else { break };
+            match top.entries.next() {
+                None => {
+                    self.stack.pop();
+                }
+                Some(e) if e.dir => {
+                    let rel = format!("{}{}/", top.rel, e.name);
+                    let level = read_level(&self.root, &rel)?;
+                    self.stack.push(level);
+                }
+                Some(e) => page.push(ObjectInfo {
+                    key: format!("{}{}", top.rel, e.name),
+                    size: e.size,
+                    etag: None,
+                    modified: e.modified,
+                }),
+            }
+        }
+        Ok(page)
+    }
+}
+
+/// The entries of `root/rel` worth listing, sorted. A name that is not UTF-8 cannot be a
+/// key and a symlink is not followed (it could lead anywhere): both are logged and skipped.
+fn read_level(root: &Path, rel: &str) -> Result<Level, StoreError> {
+    let dir = root.join(rel);
+    let read = match std::fs::read_dir(&dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Level { rel: rel.to_string(), entries: Vec::new().into_iter() })
+        }
+        Err(e) => return Err(StoreError::io("listing", &dir, &e)),
+    };
+    let mut entries = Vec::new();
+    for entry in read {
+        let entry = entry.map_err(|e| StoreError::io("listing", &dir, &e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            tracing::warn!(path = %entry.path().display(), "skipping a file whose name is not valid UTF-8 (it cannot be an object key)");
+            continue;
+        };
+        let meta = entry
+            .metadata()
+            .map_err(|e| StoreError::io("reading", &entry.path(), &e))?;
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            tracing::warn!(path = %entry.path().display(), "skipping a symbolic link (not followed)");
+        } else if kind.is_dir() {
+            entries.push(Entry { name, dir: true, size: 0, modified: 0 });
+        } else if kind.is_file() && !is_temp(&name) {
+            entries.push(Entry { name, dir: false, size: meta.len(), modified: meta.mtime() });
+        }
+    }
+    entries.sort_by(|a, b| sort_name(a).cmp(&sort_name(b)));
+    Ok(Level { rel: rel.to_string(), entries: entries.into_iter() })
+}
+
+fn sort_name(e: &Entry) -> std::borrow::Cow<'_, str> {
+    if e.dir {
+        std::borrow::Cow::Owned(format!("{}/", e.name))
+    } else {
+        std::borrow::Cow::Borrowed(&e.name)
+    }
+}
+
+fn is_temp(name: &str) -> bool {
+    name.starts_with('.') && (name.contains(TEMP_MARK) || name.contains(OLD_TEMP_MARK))
+}
+
+/// Temporary files a killed run left (their final key, the file, its age).
+fn find_temp_files(root: &Path, under: &str) -> Vec<PendingUpload> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.join(under)];
+    while let Some(dir) = dirs.pop() {
+        let Ok(read) = std::fs::read_dir(&dir) else { continue };
+        for entry in read.flatten() {
+            let Ok(kind) = entry.file_type() else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() && is_temp(&name) {
+                let final_name = name[1..].split(TEMP_MARK).next().unwrap_or("").split(OLD_TEMP_MARK).next().unwrap_or("");
+                let rel = entry.path().with_file_name(final_name);
+                let key = rel.strip_prefix(root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                let initiated = entry.metadata().map(|m| m.mtime()).unwrap_or(0);
+                out.push(PendingUpload { key, id: entry.path().to_string_lossy().into_owned(), initiated });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    async fn keys(store: &LocalStore) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut pages = store.list("");
+        while let Some(page) = pages.next().await {
+            out.extend(page.unwrap().into_iter().map(|o| o.key));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn lists_in_s3_byte_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        for key in ["a-b", "a/x", "a/b/c", "a0", "B", "é", "z/y"] {
+            let path = dir.path().join(key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"x").unwrap();
+        }
+        std::fs::write(dir.path().join(".t.egress-tmp-00ff"), b"tmp").unwrap();
+        let mut expected = vec!["a-b", "a/x", "a/b/c", "a0", "B", "é", "z/y"];
+        expected.sort();
+        assert_eq!(keys(&store).await, expected);
+    }
+
+    #[tokio::test]
+    async fn writes_appear_whole_private_and_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("out"));
+        let body = Body::from_bytes(&b"hello"[..]);
+        let md5: [u8; 16] = Md5::digest(b"hello").into();
+        let put = PutOptions { content_md5: Some(md5), ..Default::default() };
+        let done = store.put("d/k.txt", body, &put).await.unwrap();
+        assert_eq!(done.etag.as_deref(), Some("5d41402abc4b2a76b9719d911017c592"));
+        let file = dir.path().join("out/d/k.txt");
+        assert_eq!(std::fs::read(&file).unwrap(), b"hello");
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(dir.path().join("out/d")).unwrap().permissions().mode() & 0o777, 0o700);
+        let bad = PutOptions { content_md5: Some([0; 16]), ..Default::default() };
+        let err = store.put("d/k.txt", Body::from_bytes(&b"other"[..]), &bad).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ChecksumMismatch);
+        assert_eq!(std::fs::read(&file).unwrap(), b"hello", "a refused write changes nothing");
+        for hostile in ["../x", "a/../../x", "/etc/x", "a//b"] {
+            let err = store.put(hostile, Body::from_bytes(&b"x"[..]), &PutOptions::default()).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidKey, "{hostile}");
+            assert!(err.to_string().contains(hostile.trim_start_matches('/')), "{err}");
+        }
+        assert!(!dir.path().join("x").exists());
+        assert_eq!(keys(&store).await, ["d/k.txt"], "no temporary file is left");
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_folder_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("out/d")).unwrap();
+        let store = LocalStore::new(dir.path().join("out"));
+        let err = store.put("d/k", Body::from_bytes(&b"x"[..]), &PutOptions::default()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotWritable, "{err}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn parts_land_at_their_offsets_and_complete_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let upload = store.create_multipart("m.bin", &PutOptions { modified: Some(1_000_000), ..Default::default() }).await.unwrap();
+        let second = store.upload_part(&upload, PartSlot { number: 2, offset: 3 }, Body::from_bytes(&b"def"[..]), None).await.unwrap();
+        let first = store.upload_part(&upload, PartSlot { number: 1, offset: 0 }, Body::from_bytes(&b"abc"[..]), None).await.unwrap();
+        assert!(keys(&store).await.is_empty(), "invisible until complete");
+        let parts = [CompletedPart { number: 1, etag: first }, CompletedPart { number: 2, etag: second }];
+        let done = store.complete(upload, &parts, 6).await.unwrap();
+        assert!(done.etag.unwrap().ends_with("-2"));
+        assert_eq!(std::fs::read(dir.path().join("m.bin")).unwrap(), b"abcdef");
+        assert_eq!(store.head("m.bin").await.unwrap().modified, 1_000_000);
+        let got = store.get("m.bin", GetOptions { range: Some((2, 3)), ..Default::default() }).await.unwrap();
+        assert_eq!(got.body.collect().await.unwrap(), Bytes::from_static(b"cde"));
+    }
+
+    #[tokio::test]
+    async fn a_file_in_the_way_is_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        let store = LocalStore::new(dir.path().join("file"));
+        let err = store.probe(true).await.unwrap_err();
+        assert!(err.kind().is_configuration(), "{err}");
+    }
+}
