@@ -863,7 +863,7 @@ async fn imported_snapshot_hides_commits_made_after_the_export() {
     let late = target.connect().await.unwrap();
     let err = snapshot::import(&late, &id).await.unwrap_err();
     assert!(
-        err.one_line()
+        err.to_string()
             .contains("could not import the run's snapshot"),
         "{err}"
     );

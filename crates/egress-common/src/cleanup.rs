@@ -58,7 +58,8 @@ pub async fn abort_all() -> usize {
         Ok(mut map) => map.drain().map(|(_, w)| w).collect(),
         Err(_) => return 0,
     };
-    let (known, sweeps): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(p, _)| *p == Phase::Known);
+    let (known, sweeps): (Vec<_>, Vec<_>) =
+        pending.into_iter().partition(|(p, _)| *p == Phase::Known);
     let mut count = run_all(known).await;
     if !sweeps.is_empty() {
         // Let a creation request that was already sent reach the server first.

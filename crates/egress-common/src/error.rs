@@ -64,7 +64,7 @@ pub fn one_line(error: &anyhow::Error) -> String {
 }
 
 /// The first error of type `E` in `error`'s chain.
-pub fn find<'a, E: std::error::Error + 'static>(error: &'a anyhow::Error) -> Option<&'a E> {
+pub fn find<E: std::error::Error + 'static>(error: &anyhow::Error) -> Option<&E> {
     error.chain().find_map(|cause| cause.downcast_ref::<E>())
 }
 
@@ -86,7 +86,10 @@ mod tests {
     #[test]
     fn typed_errors_are_found_under_context() {
         let err = anyhow::Error::new(ConfigError::new("bad flag")).context("starting");
-        assert_eq!(find::<ConfigError>(&err).map(|e| e.0.as_str()), Some("bad flag"));
+        assert_eq!(
+            find::<ConfigError>(&err).map(|e| e.0.as_str()),
+            Some("bad flag")
+        );
         assert_eq!(ExitCode::Usage.code(), 2);
         assert_eq!(ExitCode::Terminated.code(), 143);
     }

@@ -1,7 +1,11 @@
-//! A self-contained demo: start a throwaway PostgreSQL, create two sample tables, dump them
-//! with egress-dump into `./egress-demo-out`, and show what was written.
+//! A self-contained demo of both programs: start a throwaway PostgreSQL, create two sample
+//! tables, dump them with egress-dump into `./egress-demo-out/dump`, mirror that day into
+//! `./egress-demo-out/mirror` with egress-sync (complete days only), verify the mirror
+//! against the day's manifest, and show what was written.
 //!
 //! Run it with `cargo run -p egress-dump --example demo`.
+
+use std::path::Path;
 
 use clap::Parser;
 use egress_common::logging;
@@ -22,47 +26,83 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Starting a throwaway PostgreSQL ...");
     let pg = PgServer::start();
     pg.client().await.batch_execute(SAMPLE).await?;
-    let out_dir = std::env::current_dir()?.join("egress-demo-out");
+    let out = std::env::current_dir()?.join("egress-demo-out");
+    let (dump_dir, mirror_dir) = (out.join("dump"), out.join("mirror"));
     let url = format!(
         "postgresql://{}:{}@127.0.0.1:{}/postgres",
         egress_testkit::postgres::USER,
         egress_testkit::postgres::PASSWORD,
         pg.port
     );
-    let args = egress_dump::Args::parse_from([
+    let dump = egress_dump::Args::parse_from([
         "egress-dump",
         "--tables",
         "tally_snapshots subscription_capacity",
         "--output",
-        out_dir.to_str().unwrap_or("egress-demo-out"),
+        &dump_dir.display().to_string(),
         "--database-url",
         &url,
     ]);
-    logging::init(args.common.log_format, 0, false);
-    if let Err(failure) = egress_dump::run(&args).await {
-        eprintln!("egress-dump: error: {failure}");
-        std::process::exit(failure.code.code());
+    logging::init(dump.common.log_format, 0, false);
+    println!("\n== egress-dump: two tables into {}", dump_dir.display());
+    exit_on_error(egress_dump::run(&dump).await);
+
+    let sync = |extra: &[&str]| {
+        let mut argv = vec![
+            "egress-sync".to_string(),
+            "--input-path".into(),
+            dump_dir.display().to_string(),
+            "--output-path".into(),
+            mirror_dir.display().to_string(),
+            "--require-manifest".into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        egress_sync::Args::parse_from(argv)
+    };
+    println!(
+        "\n== egress-sync: complete days of {} into {}",
+        dump_dir.display(),
+        mirror_dir.display()
+    );
+    exit_on_error(egress_sync::mirror::run(&sync(&[])).await);
+    println!("\n== egress-sync --verify output: the mirror against the day's manifest");
+    exit_on_error(
+        egress_sync::verify::run(
+            &sync(&["--verify", "output"]),
+            egress_sync::sides::Side::Output,
+        )
+        .await,
+    );
+
+    println!("\nWritten under {}:", out.display());
+    show(&out, &mirror_dir)?;
+    Ok(())
+}
+
+fn exit_on_error<T>(outcome: anyhow::Result<T>) {
+    if let Err(e) = outcome {
+        eprintln!("demo: error: {}", egress_common::error::one_line(&e));
+        std::process::exit(1);
     }
-    println!("\nWritten under {}:", out_dir.display());
-    for day in std::fs::read_dir(&out_dir)? {
+}
+
+/// Each dumped day, its files, and the first lines of each CSV.
+fn show(out: &Path, mirror: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    for day in std::fs::read_dir(mirror)? {
         let day = day?.path();
         let mut files: Vec<_> = std::fs::read_dir(&day)?.collect::<Result<Vec<_>, _>>()?;
         files.sort_by_key(|f| f.file_name());
         for file in files {
             let file = file.path();
+            let shown = file.strip_prefix(out)?.display();
             if !file.to_string_lossy().ends_with(".csv.gz") {
-                // The day's completion marker: tables, rows, sizes and checksums.
-                println!(
-                    "  {} (the manifest: written last, marks the day complete)",
-                    file.strip_prefix(&out_dir)?.display()
-                );
+                println!("  {shown} (the manifest: written last, marks the day complete)");
                 continue;
             }
             let bytes = std::fs::read(&file)?;
             let csv = gunzip(&bytes);
             println!(
-                "  {} ({} bytes gzip, {} bytes CSV); first lines:",
-                file.strip_prefix(&out_dir)?.display(),
+                "  {shown} ({} bytes gzip, {} bytes CSV); first lines:",
                 bytes.len(),
                 csv.len()
             );

@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
-use egress_common::{ExitCode, Failure};
+use egress_common::ConfigError;
 use tokio_postgres::config::{Host, SslMode as PgSslMode};
 use tokio_postgres::Client;
 
@@ -67,18 +66,94 @@ impl std::fmt::Debug for Target {
     }
 }
 
+/// What kind of database failure happened, for callers to branch on and `main` to choose
+/// an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// The TLS handshake failed (certificate, CA, host name, or no TLS at the server).
+    Tls,
+    /// The login was refused (user, password, database name).
+    Authentication,
+    /// The connection could not be made or broke (network, server gone, backend killed).
+    ConnectionLost,
+    /// A statement failed (a server error with its SQLSTATE).
+    QueryFailed,
+}
+
+/// A database failure with a one-line message naming the cause and the fix.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DbError {
+    /// Its kind.
+    pub kind: DbErrorKind,
+    message: String,
+}
+
+impl DbError {
+    /// Classify `e`, which happened while `what` (e.g. "reading table 't'").
+    pub fn new(what: &str, e: &tokio_postgres::Error) -> DbError {
+        let (kind, detail) = classify(e);
+        DbError {
+            kind,
+            message: format!("{what}: {detail}"),
+        }
+    }
+}
+
+/// SQLSTATE classes that mean the session is gone: connection exceptions (08), operator
+/// intervention (57: terminated, shut down).
+fn classify(e: &tokio_postgres::Error) -> (DbErrorKind, String) {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let kind = match &code[..2] {
+            "28" => DbErrorKind::Authentication,
+            "08" | "57" => DbErrorKind::ConnectionLost,
+            _ if code == "3D000" => DbErrorKind::Authentication,
+            _ => DbErrorKind::QueryFailed,
+        };
+        return (kind, format!("{} ({code})", db.message()));
+    }
+    let text = egress_common::error::chain(e);
+    (
+        if is_tls_failure(e) {
+            DbErrorKind::Tls
+        } else {
+            DbErrorKind::ConnectionLost
+        },
+        text,
+    )
+}
+
+/// True when the TLS handshake failed: rustls reported a problem, or tokio-postgres says
+/// so itself (its "error performing TLS handshake", e.g. a server without TLS).
+fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = source {
+        let rustls = cause.downcast_ref::<rustls::Error>().is_some()
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        if rustls {
+            return true;
+        }
+        source = cause.source();
+    }
+    e.to_string().starts_with("error performing TLS handshake")
+}
+
 /// Build the connection target. A URL's settings win; the `PG*` variables fill the rest,
 /// as in libpq. Errors never echo the URL (it may hold a password).
 pub fn resolve(
     url: Option<&str>,
     env: &PgEnv,
     connect_timeout: Duration,
-) -> Result<Target, Failure> {
+) -> Result<Target, ConfigError> {
     let mut config: tokio_postgres::Config = match url {
         Some(url) => url.parse().map_err(|_| {
-            Failure::usage(anyhow!(
-                "DATABASE_URL is not a valid PostgreSQL connection string: use postgresql://user@host:port/dbname (the value is not shown because it may contain a password)"
-            ))
+            ConfigError::new(
+                "DATABASE_URL is not a valid PostgreSQL connection string: use postgresql://user@host:port/dbname (the value is not shown because it may contain a password)",
+            )
         })?,
         None => tokio_postgres::Config::new(),
     };
@@ -88,7 +163,7 @@ pub fn resolve(
     if config.get_ports().is_empty() {
         if let Some(port) = &env.port {
             let port: u16 = port.parse().map_err(|_| {
-                Failure::usage(anyhow!(
+                ConfigError::new(format!(
                     "PGPORT '{port}' is not a port number: set it to e.g. 5432"
                 ))
             })?;
@@ -130,7 +205,7 @@ pub fn resolve(
     config.tcp_user_timeout(connect_timeout.max(Duration::from_secs(30)));
 
     let ssl_mode = match &env.sslmode {
-        Some(mode) => mode.parse::<SslMode>().map_err(Failure::usage)?,
+        Some(mode) => mode.parse::<SslMode>()?,
         None if url.is_some_and(|u| u.contains("sslmode=require")) => SslMode::Require,
         None => SslMode::Prefer,
     };
@@ -160,13 +235,13 @@ pub fn resolve(
 
 impl Target {
     /// Connect once, and spawn the connection's I/O task.
-    pub async fn connect(&self) -> Result<Client, Failure> {
+    pub async fn connect(&self) -> anyhow::Result<Client> {
         let connector = tls::connector(self.ssl_mode, self.root_cert.as_deref())?;
         let (client, connection) = self
             .config
             .connect(connector)
             .await
-            .map_err(|e| self.connect_failure(e))?;
+            .map_err(|e| self.connect_failure(&e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "database connection closed");
@@ -176,64 +251,60 @@ impl Target {
     }
 
     /// Connect, retrying briefly: a pod's network is often not ready when it starts.
-    pub async fn connect_with_retry(&self, attempts: u32) -> Result<Client, Failure> {
+    pub async fn connect_with_retry(&self, attempts: u32) -> anyhow::Result<Client> {
         let mut delay = Duration::from_millis(250);
         let mut attempt = 1;
         loop {
             match self.connect().await {
                 Ok(client) => return Ok(client),
                 // Wrong credentials or names will not fix themselves; only retry the network.
-                Err(f) if f.code == ExitCode::Runtime && attempt < attempts => {
-                    tracing::warn!(attempt, error = %f, "cannot connect to the database yet; retrying");
+                Err(e) if attempt < attempts && is_connection_lost(&e) => {
+                    tracing::warn!(attempt, error = %egress_common::error::one_line(&e), "cannot connect to the database yet; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                     attempt += 1;
                 }
-                Err(f) => return Err(f),
+                Err(e) => return Err(e),
             }
         }
     }
 
-    fn connect_failure(&self, e: tokio_postgres::Error) -> Failure {
+    fn connect_failure(&self, e: &tokio_postgres::Error) -> DbError {
         let target = &self.display;
-        if let Some(db) = e.as_db_error() {
-            let code = db.code().code();
-            let hint = match code {
-                "28P01" | "28000" => "check PGUSER / PGPASSWORD (or DATABASE_URL)",
-                "3D000" => "check PGDATABASE (or the database in DATABASE_URL)",
-                _ => "check the database settings",
-            };
-            return Failure::usage(anyhow!(
-                "cannot log in to PostgreSQL at {target}: {} ({code}); {hint}",
-                db.message()
-            ));
-        }
-        let text = egress_common::exit::one_line(&anyhow::Error::new(e));
-        if text.contains("certificate")
-            || text.contains("tls")
-            || text.contains("TLS")
-            || text.contains("ssl")
-        {
-            return Failure::usage(anyhow!(
-                "TLS to PostgreSQL at {target} failed: {text}; check PGSSLMODE and PGSSLROOTCERT"
-            ));
-        }
-        Failure::runtime(anyhow!(
-            "cannot connect to PostgreSQL at {target}: {text}; check PGHOST / PGPORT and that the server is running"
-        ))
+        let (kind, detail) = classify(e);
+        let message = match kind {
+            DbErrorKind::Authentication => {
+                let hint = if e.as_db_error().is_some_and(|d| d.code().code() == "3D000") {
+                    "check PGDATABASE (or the database in DATABASE_URL)"
+                } else {
+                    "check PGUSER / PGPASSWORD (or DATABASE_URL)"
+                };
+                format!("cannot log in to PostgreSQL at {target}: {detail}; {hint}")
+            }
+            DbErrorKind::Tls => format!(
+                "TLS to PostgreSQL at {target} failed: {detail}; check PGSSLMODE and PGSSLROOTCERT"
+            ),
+            _ => format!(
+                "cannot connect to PostgreSQL at {target}: {detail}; check PGHOST / PGPORT and that the server is running"
+            ),
+        };
+        DbError { kind, message }
     }
 }
 
+fn is_connection_lost(e: &anyhow::Error) -> bool {
+    egress_common::error::find::<DbError>(e).is_some_and(|d| d.kind == DbErrorKind::ConnectionLost)
+}
+
 /// Settings every dump session gets: no server-side timeouts may cut a long COPY short.
-pub async fn prepare_session(client: &Client) -> anyhow::Result<()> {
+pub async fn prepare_session(client: &Client) -> Result<(), DbError> {
     client
         .batch_execute(
             "SET statement_timeout = 0; SET lock_timeout = 0; \
              SET idle_in_transaction_session_timeout = 0; SET client_encoding = 'UTF8'",
         )
         .await
-        .context("cannot prepare the database session")?;
-    Ok(())
+        .map_err(|e| DbError::new("cannot prepare the database session", &e))
 }
 
 #[cfg(test)]
@@ -263,8 +334,7 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap_err();
-        assert_eq!(err.code, ExitCode::Usage);
-        assert!(!err.one_line().contains("s3cretpw"));
+        assert!(!err.to_string().contains("s3cretpw"));
     }
 
     #[test]
@@ -273,21 +343,11 @@ mod tests {
             port: Some("x".into()),
             ..Default::default()
         };
-        assert_eq!(
-            resolve(None, &env, Duration::from_secs(1))
-                .unwrap_err()
-                .code,
-            ExitCode::Usage
-        );
+        assert!(resolve(None, &env, Duration::from_secs(1)).is_err());
         let env = PgEnv {
             sslmode: Some("sometimes".into()),
             ..Default::default()
         };
-        assert_eq!(
-            resolve(None, &env, Duration::from_secs(1))
-                .unwrap_err()
-                .code,
-            ExitCode::Usage
-        );
+        assert!(resolve(None, &env, Duration::from_secs(1)).is_err());
     }
 }

@@ -1,23 +1,23 @@
 //! `egress-dump`: stream PostgreSQL tables as gzip CSV into S3 or a local folder.
 //!
-//! The pipeline per table is three stages joined by bounded channels, so memory stays
-//! fixed whatever the table's size: [`copy_stream`] (COPY out of PostgreSQL) ->
-//! [`gzip`] (compress and hash, on a blocking thread) -> [`sink`] ([`multipart`] upload
-//! or a local temp file). Nothing becomes visible until all three stages succeeded.
+//! [`run`] is the run as named steps; each table goes through [`pipeline`]: three stages
+//! joined by bounded channels, so memory stays fixed whatever the table's size —
+//! [`copy_stream`] (COPY out of PostgreSQL) -> [`gzip`] (compress and hash, on blocking
+//! threads) -> [`upload`] (through the shared object store). Nothing becomes visible until
+//! all three stages succeeded.
 
 pub mod catalog;
 pub mod config;
 pub mod copy_stream;
 pub mod database;
 pub mod gzip;
-pub mod manifest;
-pub mod multipart;
+pub mod pipeline;
 pub mod progress;
 pub mod run;
-pub mod sink;
 pub mod snapshot;
 pub mod tables;
 pub mod tls;
+pub mod upload;
 
 pub use config::Args;
 pub use run::run;

@@ -1,8 +1,11 @@
-//! The `egress-dump` binary: parse flags, set up logging, run, map the outcome to an exit code.
+//! The `egress-dump` binary: parse flags, set up logging, run, choose the exit code.
 
 use clap::{CommandFactory, Parser};
-use egress_common::{cli, logging, ExitCode};
+use egress_common::cli::{self, Ending};
+use egress_common::error::find;
+use egress_common::{logging, ConfigError, ExitCode, StoreError};
 use egress_dump::config::{Args, EXTRA_ENV, REQUIRED_ENV};
+use egress_dump::database::{DbError, DbErrorKind};
 
 fn main() {
     cli::run_main("egress-dump", run)
@@ -18,15 +21,33 @@ async fn run() -> ExitCode {
         return ExitCode::Success;
     }
     logging::init(args.common.log_format, args.common.verbose, false);
-    cli::run_to_exit(
-        "egress-dump",
-        &args.common,
-        egress_dump::run(&args),
-        "no manifest written; the next run starts clean",
-        |reports| {
+    let ending = Ending {
+        program: "egress-dump",
+        on_stop: "no manifest written; the next run starts clean",
+        summarise: |reports: &Vec<egress_dump::pipeline::TableReport>| {
             let tables: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
             format!("{} table(s) dumped: {}", tables.len(), tables.join(" "))
         },
-    )
-    .await
+        exit_code,
+    };
+    cli::run_to_exit(&args.common, egress_dump::run(&args), ending).await
+}
+
+/// The one place errors become exit codes: 2 when the input (flags, variables, names,
+/// credentials, certificates) must change, 1 for anything a later run may not meet.
+fn exit_code(error: &anyhow::Error) -> ExitCode {
+    if find::<ConfigError>(error).is_some() {
+        return ExitCode::Usage;
+    }
+    if let Some(e) = find::<StoreError>(error) {
+        return if e.kind().is_configuration() {
+            ExitCode::Usage
+        } else {
+            ExitCode::Runtime
+        };
+    }
+    match find::<DbError>(error).map(|e| e.kind) {
+        Some(DbErrorKind::Tls | DbErrorKind::Authentication) => ExitCode::Usage,
+        _ => ExitCode::Runtime,
+    }
 }

@@ -1,228 +1,278 @@
-//! One dump run: validate everything, then stream each table to its object.
+//! One dump run, as a short sequence of named steps: check the request, open the output,
+//! connect, take the snapshot, find the tables, dump them, write the manifest.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use anyhow::anyhow;
+use anyhow::Context;
 use chrono::NaiveDate;
-use egress_common::s3::{self, S3Settings};
-use egress_common::units::mib_per_sec;
-use egress_common::{cleanup, Failure, Location, ResultExt};
-use tokio::sync::mpsc;
+use egress_common::manifest::{self, Manifest, TableEntry};
+use egress_common::store::{self, Body, PutOptions, S3Settings, Store};
+use egress_common::{ConfigError, Location};
 use tokio_postgres::Client;
 use tracing::{error, info};
 
 use crate::catalog::{self, Problem, ResolvedTable};
 use crate::config::Args;
-use crate::copy_stream::{self, CopyError};
-use crate::database::{self, PgEnv};
+use crate::database::{self, DbError, PgEnv, Target};
 use crate::gzip;
-use crate::manifest::{self, Manifest, TableEntry};
-use crate::multipart;
+use crate::pipeline::{self, Job, TableReport};
 use crate::progress::{self, Counters};
-use crate::sink::Destination;
-use crate::snapshot;
+use crate::snapshot::{self, SnapshotInfo};
 use crate::tables::{self, TableRef};
 
-const MIB: usize = 1024 * 1024;
-use crate::sink::CREDENTIALS_HINT;
+/// The variables that hold the dump's S3 keys, named when S3 rejects them.
+pub const CREDENTIALS_HINT: &str = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS profile)";
 
-/// What one table's dump produced.
-#[derive(Debug, Clone)]
-pub struct TableReport {
-    /// Table as listed.
-    pub table: String,
-    /// Where it went (URL or path, for logs).
-    pub target: String,
-    /// Data rows.
-    pub rows: u64,
-    /// Compression statistics and checksums.
-    pub stats: gzip::CompressStats,
-    /// Wall time.
-    pub seconds: f64,
+/// What was asked for, validated before anything is contacted.
+struct Request {
+    tables: Vec<TableRef>,
+    date: String,
+    location: Location,
+}
+
+/// The database side of a run: how to connect, and the connection holding the snapshot.
+struct Database {
+    target: Target,
+    coordinator: Client,
 }
 
 /// Run a whole dump as configured by `args`.
-pub async fn run(args: &Args) -> Result<Vec<TableReport>, Failure> {
+pub async fn run(args: &Args) -> anyhow::Result<Vec<TableReport>> {
     let run_started = manifest::now_rfc3339();
-    let tables = tables::parse_list(&args.tables).usage_err()?;
-    let date = run_date(args.date.as_deref())?;
-    let location = Location::parse(&args.output).usage_err()?;
-    let destination = open_destination(args, &location).await?;
+    let request = check_request(args)?;
+    let store = open_output(args, &request).await?;
+    let db = connect(args).await?;
+    let parallel = args.jobs > 1 && request.tables.len() > 1;
+    // One snapshot for every table of the run: the day's files agree with each other.
+    let snapshot = snapshot::begin(&db.coordinator, parallel).await?;
+    let tables = find_tables(&db.coordinator, &request.tables).await?;
+    if args.dry_run {
+        print_plan(&tables, &store, &request.date);
+        return Ok(Vec::new());
+    }
+    let columns = read_columns(&db.coordinator, &tables).await?;
+    // A re-run replaces the day: first withdraw the completion marker, so the folder never
+    // looks complete while its objects are being replaced.
+    store.delete(&manifest::key_in(&request.date)).await?;
+    let outcomes = dump_tables(args, &db, &snapshot, &tables, &store, &request.date).await?;
+    let _ = db.coordinator.batch_execute("COMMIT").await;
+    let reports = all_succeeded(&tables, outcomes)?;
+    let manifest = build_manifest(
+        ManifestParts {
+            args,
+            request: &request,
+            run_started,
+            snapshot,
+        },
+        &tables,
+        &reports,
+        columns,
+    );
+    write_manifest(&store, &request.date, &manifest).await?;
+    let names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
+    info!(tables = reports.len(), succeeded = %names.join(" "), "Success.");
+    Ok(reports)
+}
 
+fn check_request(args: &Args) -> anyhow::Result<Request> {
+    Ok(Request {
+        tables: tables::parse_list(&args.tables).map_err(|e| ConfigError::new(e.to_string()))?,
+        date: run_date(args.date.as_deref())?,
+        location: Location::parse(&args.output).map_err(|e| ConfigError::new(e.to_string()))?,
+    })
+}
+
+/// `--date`, or today in UTC; fixed once so a run across midnight stays in one folder.
+pub fn run_date(arg: Option<&str>) -> Result<String, ConfigError> {
+    match arg {
+        None => Ok(chrono::Utc::now()
+            .date_naive()
+            .format("%Y-%m-%d")
+            .to_string()),
+        Some(text) => NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+            .ok()
+            .filter(|d| d.format("%Y-%m-%d").to_string() == text.trim())
+            .map(|d| d.format("%Y-%m-%d").to_string())
+            .ok_or_else(|| {
+                ConfigError::new(format!(
+                    "--date '{text}' is not a valid date: use YYYY-MM-DD, e.g. 2024-01-31"
+                ))
+            }),
+    }
+}
+
+/// Open the output and check it before touching the database: credentials, bucket, a
+/// writable directory. Uploads a killed run left are cleared.
+async fn open_output(args: &Args, request: &Request) -> anyhow::Result<Store> {
+    if let Some(url) = &args.endpoint_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return egress_common::error::config(format!(
+                "AWS_ENDPOINT_URL '{url}' is not an http(s) URL: use e.g. https://rgw.example.com"
+            ));
+        }
+    }
+    let settings = S3Settings {
+        endpoint_url: args.endpoint_url.clone(),
+        path_style: args.endpoint_url.is_some(),
+        region: args.region.clone(),
+        timeout: args.common.timeout(),
+        max_attempts: 5,
+        ca_bundle: args.common.ca_bundle.clone(),
+        credentials_hint: CREDENTIALS_HINT,
+        ..Default::default()
+    };
+    let started = chrono::Utc::now().timestamp();
+    let store = store::open(&request.location, &settings, 0o600).await?;
+    // A dry run writes nothing, so a local output that does not exist yet is fine.
+    let local = matches!(request.location, Location::Local(_));
+    if !(args.dry_run && local) {
+        store.probe(!args.dry_run).await?;
+    }
+    if !args.dry_run {
+        let aborted = store::abort_stale_uploads(store.as_ref(), "", started).await;
+        if aborted > 0 {
+            info!(aborted, "aborted multipart uploads left by an earlier run");
+        }
+    }
+    Ok(store)
+}
+
+async fn connect(args: &Args) -> anyhow::Result<Database> {
     let target = database::resolve(
         args.database_url.as_deref(),
         &PgEnv::from_process(),
         args.common.timeout(),
     )?;
     let coordinator = target.connect_with_retry(5).await?;
-    database::prepare_session(&coordinator)
-        .await
-        .runtime_err()?;
-    let parallel = args.jobs > 1 && tables.len() > 1;
-    // One snapshot for every table of the run: the day's files agree with each other.
-    let snapshot = snapshot::begin(&coordinator, parallel).await?;
+    database::prepare_session(&coordinator).await?;
+    Ok(Database {
+        target,
+        coordinator,
+    })
+}
 
-    let resolved = resolve_all(&coordinator, &tables).await?;
-    if args.dry_run {
-        print_plan(&resolved, &destination, &date);
-        return Ok(Vec::new());
+/// Look every table up; all problems are reported at once.
+async fn find_tables(client: &Client, tables: &[TableRef]) -> anyhow::Result<Vec<ResolvedTable>> {
+    let mut resolved = Vec::new();
+    let mut problems = Vec::new();
+    for table in tables {
+        let found = catalog::resolve(client, table)
+            .await
+            .map_err(|e| DbError::new(&format!("cannot look up table '{table}'"), &e))?;
+        match found {
+            Ok(found) => resolved.push(found),
+            Err(Problem::Missing) => problems.push(format!(
+                "'{table}' does not exist (or is not visible to this user)"
+            )),
+            Err(Problem::NotReadable) => problems.push(format!(
+                "'{table}' is not readable (GRANT SELECT to the dump user)"
+            )),
+            Err(Problem::NotATable(kind)) => problems.push(format!(
+                "'{table}' is not a table or view (relkind '{kind}')"
+            )),
+        }
     }
-    let mut columns = Vec::with_capacity(resolved.len());
-    for table in &resolved {
-        columns.push(
-            catalog::columns(&coordinator, table.oid)
-                .await
-                .map_err(|e| {
-                    Failure::runtime(anyhow!(
-                        "cannot read the columns of '{}': {e}",
-                        table.requested
-                    ))
-                })?,
+    if !problems.is_empty() {
+        return egress_common::error::config(format!(
+            "{} of {} tables cannot be dumped: {}; fix TABLES or the database grants",
+            problems.len(),
+            tables.len(),
+            problems.join(", ")
+        ));
+    }
+    Ok(resolved)
+}
+
+async fn read_columns(
+    client: &Client,
+    tables: &[ResolvedTable],
+) -> anyhow::Result<Vec<Vec<catalog::Column>>> {
+    let mut columns = Vec::with_capacity(tables.len());
+    for table in tables {
+        let found = catalog::columns(client, table.oid).await.map_err(|e| {
+            DbError::new(
+                &format!("cannot read the columns of '{}'", table.requested),
+                &e,
+            )
+        })?;
+        columns.push(found);
+    }
+    Ok(columns)
+}
+
+fn print_plan(tables: &[ResolvedTable], store: &Store, date: &str) {
+    println!(
+        "{:<32} {:>14} {:>12}  target",
+        "table", "est. rows", "est. size"
+    );
+    for t in tables {
+        let target = store.describe(&format!("{date}/{}.csv.gz", t.requested.file_stem()));
+        let rows = if t.estimated_rows < 0 {
+            "unknown".to_string()
+        } else {
+            t.estimated_rows.to_string()
+        };
+        println!(
+            "{:<32} {:>14} {:>12}  {target}",
+            t.requested.file_stem(),
+            rows,
+            egress_common::units::human_bytes(t.estimated_bytes.max(0) as u64)
         );
     }
-    // A re-run replaces the day: first withdraw the completion marker, so the folder never
-    // looks complete while its objects are being replaced.
-    destination
-        .delete(&format!("{date}/{}", manifest::FILE_NAME))
-        .await?;
-
-    let counters = Arc::new(Counters::default());
-    let display = progress::display("dump".to_string(), counters.clone(), args.common.progress());
-    let workers = if parallel {
-        (args.jobs as usize).min(resolved.len())
-    } else {
-        1
-    };
-    let job = Job {
-        args,
-        compress_threads: (gzip::default_threads() / workers).max(1),
-        destination: &destination,
-        date: &date,
-        counters: &counters,
-    };
-    let outcomes = if parallel {
-        let mut clients = Vec::with_capacity(workers);
-        let id = snapshot.exported_id.clone().unwrap_or_default();
-        for _ in 0..workers {
-            let client = target.connect_with_retry(5).await?;
-            database::prepare_session(&client).await.runtime_err()?;
-            snapshot::import(&client, &id).await?;
-            clients.push(client);
-        }
-        let outcomes = dump_parallel(&clients, &resolved, &job).await;
-        for client in &clients {
-            let _ = client.batch_execute("COMMIT").await;
-        }
-        outcomes
-    } else {
-        dump_serial(&coordinator, &resolved, &job).await
-    };
-    display.finish().await;
-    let _ = coordinator.batch_execute("COMMIT").await;
-
-    let mut reports = Vec::new();
-    let mut failed: Vec<(String, String)> = Vec::new();
-    let mut skipped: Vec<String> = Vec::new();
-    for (table, outcome) in resolved.iter().zip(outcomes) {
-        match outcome {
-            Outcome::Done(report) => reports.push(*report),
-            Outcome::Failed(message) => failed.push((table.requested.file_stem(), message)),
-            Outcome::NotAttempted => skipped.push(table.requested.file_stem()),
-        }
-    }
-    if !failed.is_empty() {
-        // No manifest: the day stays visibly incomplete.
-        return Err(summarise_failure(&reports, &failed, &skipped));
-    }
-    let manifest = build_manifest(
-        args,
-        &date,
-        run_started,
-        snapshot,
-        &resolved,
-        &reports,
-        columns,
-        &destination,
-    );
-    let body = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| Failure::runtime(anyhow!("cannot encode the manifest: {e}")))?;
-    destination
-        .put_small(
-            &format!("{date}/{}", manifest::FILE_NAME),
-            body,
-            "application/json",
-        )
-        .await?;
-    let names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
-    info!(tables = reports.len(), succeeded = %names.join(" "), "Success.");
-    Ok(reports)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build_manifest(
-    args: &Args,
-    date: &str,
-    run_started: String,
-    snapshot: snapshot::SnapshotInfo,
-    resolved: &[ResolvedTable],
-    reports: &[TableReport],
-    columns: Vec<Vec<catalog::Column>>,
-    destination: &Destination,
-) -> Manifest {
-    let tables = resolved
-        .iter()
-        .zip(reports)
-        .zip(columns)
-        .map(|((table, report), columns)| {
-            let file = format!("{}.csv.gz", table.requested.file_stem());
-            TableEntry {
-                table: report.table.clone(),
-                schema: table.schema.clone(),
-                name: table.name.clone(),
-                key: destination.key(&format!("{date}/{file}")),
-                file,
-                rows: report.rows,
-                uncompressed_bytes: report.stats.uncompressed_bytes,
-                compressed_bytes: report.stats.compressed_bytes,
-                sha256: report.stats.compressed_sha256.clone(),
-                uncompressed_sha256: report.stats.uncompressed_sha256.clone(),
-                columns,
-            }
-        })
-        .collect();
-    Manifest {
-        format_version: manifest::FORMAT_VERSION,
-        tool: "egress-dump".into(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        date: date.to_string(),
-        run_started,
-        run_finished: manifest::now_rfc3339(),
-        snapshot: snapshot::SnapshotInfo {
-            exported_id: None,
-            ..snapshot
-        },
-        compression_level: args.compression_level,
-        header: args.header,
-        tables,
-    }
-}
-
-/// Everything a table's dump needs besides its connection.
-struct Job<'a> {
-    args: &'a Args,
-    /// Compression threads per table (the machine's CPUs shared among the workers).
-    compress_threads: usize,
-    destination: &'a Destination,
-    date: &'a str,
-    counters: &'a Arc<Counters>,
+    info!(tables = tables.len(), "Dry run: nothing was written.");
 }
 
 /// How one table ended.
 enum Outcome {
     Done(Box<TableReport>),
-    Failed(String),
+    Failed(anyhow::Error),
     NotAttempted,
+}
+
+/// Dump every table: on the coordinator's connection, or with `--jobs` on worker
+/// connections that import its snapshot.
+async fn dump_tables(
+    args: &Args,
+    db: &Database,
+    snapshot: &SnapshotInfo,
+    tables: &[ResolvedTable],
+    store: &Store,
+    date: &str,
+) -> anyhow::Result<Vec<Outcome>> {
+    let parallel = snapshot.exported_id.is_some();
+    let workers = if parallel {
+        (args.jobs as usize).min(tables.len())
+    } else {
+        1
+    };
+    let counters = Arc::new(Counters::default());
+    let job = Job {
+        args,
+        compress_threads: (gzip::default_threads() / workers).max(1),
+        store,
+        date,
+        counters: &counters,
+    };
+    let display = progress::display("dump".to_string(), counters.clone(), args.common.progress());
+    let outcomes = if let Some(id) = &snapshot.exported_id {
+        let mut clients = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let client = db.target.connect_with_retry(5).await?;
+            database::prepare_session(&client).await?;
+            snapshot::import(&client, id).await?;
+            clients.push(client);
+        }
+        let outcomes = dump_parallel(&clients, tables, &job).await;
+        for client in &clients {
+            let _ = client.batch_execute("COMMIT").await;
+        }
+        outcomes
+    } else {
+        dump_serial(&db.coordinator, tables, &job).await
+    };
+    display.finish().await;
+    Ok(outcomes)
 }
 
 /// Dump one table inside a savepoint, so that with `--keep-going` a failed COPY does not
@@ -230,17 +280,18 @@ enum Outcome {
 async fn dump_in_savepoint(client: &Client, table: &ResolvedTable, job: &Job<'_>) -> Outcome {
     let name = table.requested.file_stem();
     let _ = client.batch_execute("SAVEPOINT egress_table").await;
-    match dump_table(client, table, job).await {
+    match pipeline::dump_table(client, table, job).await {
         Ok(report) => {
             let _ = client.batch_execute("RELEASE SAVEPOINT egress_table").await;
             Outcome::Done(Box::new(report))
         }
-        Err(failure) => {
+        Err(e) => {
             let _ = client
                 .batch_execute("ROLLBACK TO SAVEPOINT egress_table")
                 .await;
-            error!(table = %name, error = %failure, "Table '{name}': Dump failed.");
-            Outcome::Failed(failure.one_line())
+            let line = egress_common::error::one_line(&e);
+            error!(table = %name, error = %line, "Table '{name}': Dump failed.");
+            Outcome::Failed(e)
         }
     }
 }
@@ -269,19 +320,16 @@ async fn dump_parallel(
 ) -> Vec<Outcome> {
     let mut order: Vec<usize> = (0..tables.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(tables[i].estimated_bytes));
-    let queue = std::sync::Mutex::new(std::collections::VecDeque::from(order));
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let results = std::sync::Mutex::new(Vec::new());
+    let queue = Mutex::new(std::collections::VecDeque::from(order));
+    let stop = AtomicBool::new(false);
+    let results = Mutex::new(Vec::new());
     let workers = clients.iter().map(|client| async {
-        loop {
-            if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                break;
-            }
+        while !stop.load(Ordering::SeqCst) {
             let next = queue.lock().ok().and_then(|mut q| q.pop_front());
             let Some(index) = next else { break };
             let outcome = dump_in_savepoint(client, &tables[index], job).await;
             if matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going {
-                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                stop.store(true, Ordering::SeqCst);
             }
             if let Ok(mut r) = results.lock() {
                 r.push((index, outcome));
@@ -296,13 +344,27 @@ async fn dump_parallel(
     outcomes
 }
 
-fn summarise_failure(
-    done: &[TableReport],
-    failed: &[(String, String)],
-    skipped: &[String],
-) -> Failure {
-    let ok: Vec<&str> = done.iter().map(|r| r.table.as_str()).collect();
-    let bad: Vec<&str> = failed.iter().map(|(t, _)| t.as_str()).collect();
+/// The reports, or (when any table failed) an error naming them all: no manifest then,
+/// so the day stays visibly incomplete.
+fn all_succeeded(
+    tables: &[ResolvedTable],
+    outcomes: Vec<Outcome>,
+) -> anyhow::Result<Vec<TableReport>> {
+    let mut reports = Vec::new();
+    let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    for (table, outcome) in tables.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Done(report) => reports.push(*report),
+            Outcome::Failed(e) => failed.push((table.requested.file_stem(), e)),
+            Outcome::NotAttempted => skipped.push(table.requested.file_stem()),
+        }
+    }
+    let Some((first_table, _)) = failed.first() else {
+        return Ok(reports);
+    };
+    let ok: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
+    let bad: Vec<String> = failed.iter().map(|(t, _)| t.clone()).collect();
     error!(
         succeeded = %ok.join(" "),
         failed = %bad.join(" "),
@@ -311,256 +373,84 @@ fn summarise_failure(
         ok.len(),
         ok.len() + bad.len() + skipped.len()
     );
-    let first = failed
-        .first()
-        .map(|(t, e)| format!("table '{t}': {e}"))
-        .unwrap_or_default();
-    Failure::runtime(anyhow!(
-        "{} table(s) failed ({}); first failure: {first}",
+    let summary = format!(
+        "{} table(s) failed ({}); first failure: table '{first_table}'",
         bad.len(),
         bad.join(", ")
-    ))
-}
-
-/// `--date`, or today in UTC; fixed once so a run across midnight stays in one folder.
-pub fn run_date(arg: Option<&str>) -> Result<String, Failure> {
-    match arg {
-        None => Ok(chrono::Utc::now()
-            .date_naive()
-            .format("%Y-%m-%d")
-            .to_string()),
-        Some(text) => NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
-            .ok()
-            .filter(|d| d.format("%Y-%m-%d").to_string() == text.trim())
-            .map(|d| d.format("%Y-%m-%d").to_string())
-            .ok_or_else(|| {
-                Failure::usage(anyhow!(
-                    "--date '{text}' is not a valid date: use YYYY-MM-DD, e.g. 2024-01-31"
-                ))
-            }),
-    }
-}
-
-async fn open_destination(args: &Args, location: &Location) -> Result<Destination, Failure> {
-    match location {
-        Location::S3 { bucket, prefix } => {
-            if let Some(url) = &args.endpoint_url {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(Failure::usage(anyhow!(
-                        "AWS_ENDPOINT_URL '{url}' is not an http(s) URL: use e.g. https://rgw.example.com"
-                    )));
-                }
-            }
-            let settings = S3Settings {
-                endpoint_url: args.endpoint_url.clone(),
-                region: args.region.clone(),
-                timeout: args.common.timeout(),
-                max_attempts: 5,
-                ca_bundle: args.common.ca_bundle.clone(),
-                ..Default::default()
-            };
-            let started = aws_sdk_s3::primitives::DateTime::from(std::time::SystemTime::now());
-            let client = s3::client(&settings).await?;
-            // Fail on credentials or bucket before touching the database.
-            client
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(if prefix.is_empty() {
-                    String::new()
-                } else {
-                    format!("{prefix}/")
-                })
-                .max_keys(1)
-                .send()
-                .await
-                .map_err(|e| {
-                    s3::failure(
-                        &e,
-                        &format!("checking {location}"),
-                        bucket,
-                        CREDENTIALS_HINT,
-                    )
-                })?;
-            if !args.dry_run {
-                cleanup::register(cleanup::Unfinished::UploadsUnder {
-                    client: client.clone(),
-                    bucket: bucket.clone(),
-                    prefix: prefix.clone(),
-                });
-                // Uploads a killed run (SIGKILL, node loss) left under our prefix.
-                let aborted = s3::abort_stale_uploads(&client, bucket, prefix, started).await;
-                if aborted > 0 {
-                    info!(aborted, "aborted multipart uploads left by an earlier run");
-                }
-            }
-            Destination::new(location, Some(client))
-                .ok_or_else(|| Failure::runtime(anyhow!("internal: no S3 client")))
-        }
-        Location::Local(dir) => {
-            if !args.dry_run {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    Failure::usage(anyhow!(
-                        "cannot create output directory {}: {e}; choose a writable --output",
-                        dir.display()
-                    ))
-                })?;
-            }
-            Ok(Destination::Local(dir.clone()))
-        }
-    }
-}
-
-async fn resolve_all(client: &Client, tables: &[TableRef]) -> Result<Vec<ResolvedTable>, Failure> {
-    let mut resolved = Vec::new();
-    let mut problems = Vec::new();
-    for table in tables {
-        match catalog::resolve(client, table).await {
-            Ok(Ok(found)) => resolved.push(found),
-            Ok(Err(problem)) => problems.push(match problem {
-                Problem::Missing => {
-                    format!("'{table}' does not exist (or is not visible to this user)")
-                }
-                Problem::NotReadable => {
-                    format!("'{table}' is not readable (GRANT SELECT to the dump user)")
-                }
-                Problem::NotATable(kind) => {
-                    format!("'{table}' is not a table or view (relkind '{kind}')")
-                }
-            }),
-            Err(e) => {
-                return Err(Failure::runtime(anyhow!(
-                    "cannot look up table '{table}': {e}"
-                )))
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(Failure::usage(anyhow!(
-            "{} of {} tables cannot be dumped: {}; fix TABLES or the database grants",
-            problems.len(),
-            tables.len(),
-            problems.join(", ")
-        )));
-    }
-    Ok(resolved)
-}
-
-fn print_plan(tables: &[ResolvedTable], destination: &Destination, date: &str) {
-    println!(
-        "{:<32} {:>14} {:>12}  target",
-        "table", "est. rows", "est. size"
     );
-    for t in tables {
-        let target = destination.describe(&format!("{date}/{}.csv.gz", t.requested.file_stem()));
-        let rows = if t.estimated_rows < 0 {
-            "unknown".to_string()
-        } else {
-            t.estimated_rows.to_string()
-        };
-        println!(
-            "{:<32} {:>14} {:>12}  {target}",
-            t.requested.file_stem(),
-            rows,
-            egress_common::units::human_bytes(t.estimated_bytes.max(0) as u64)
-        );
-    }
-    info!(tables = tables.len(), "Dry run: nothing was written.");
+    let (_, first) = failed.swap_remove(0);
+    Err(first.context(summary))
 }
 
-async fn dump_table(
-    client: &Client,
-    table: &ResolvedTable,
-    job: &Job<'_>,
-) -> Result<TableReport, Failure> {
-    let (args, destination, date) = (job.args, job.destination, job.date);
-    let name = table.requested.file_stem();
-    let relative = format!("{date}/{name}.csv.gz");
-    let target = destination.describe(&relative);
-    info!(table = %name, target = %target, "Table '{name}': Data collection started.");
-    let started = Instant::now();
-    let sink = destination.open(&relative).await?;
-    let counters = job.counters.clone();
+/// What the manifest records about the run as a whole.
+struct ManifestParts<'a> {
+    args: &'a Args,
+    request: &'a Request,
+    run_started: String,
+    snapshot: SnapshotInfo,
+}
 
-    let (raw_tx, raw_rx) = mpsc::channel(8);
-    let (part_tx, part_rx) = mpsc::channel(1);
-    let base = args.part_size_mib as usize * MIB;
-    let level = args.compression_level;
-    let threads = job.compress_threads;
-    let compress_counters = counters.clone();
-    let compressor = tokio::task::spawn_blocking(move || {
-        gzip::compress(
-            raw_rx,
-            part_tx,
-            level,
-            |n| multipart::part_size(n, base),
-            &compress_counters,
-            threads,
-        )
-    });
-    let sql = table.copy_sql(args.header);
-    let copy = copy_stream::copy_out(client, &sql, args.header, raw_tx, &counters);
-    let receive = sink.receive(part_rx, args.upload_concurrency as usize);
-    let (copied, compressed, received) = tokio::join!(copy, compressor, receive);
+fn build_manifest(
+    run: ManifestParts<'_>,
+    tables: &[ResolvedTable],
+    reports: &[TableReport],
+    columns: Vec<Vec<catalog::Column>>,
+) -> Manifest {
+    let date = &run.request.date;
+    let entries = tables
+        .iter()
+        .zip(reports)
+        .zip(columns)
+        .map(|((table, report), columns)| {
+            let file = format!("{}.csv.gz", table.requested.file_stem());
+            TableEntry {
+                table: report.table.clone(),
+                schema: table.schema.clone(),
+                name: table.name.clone(),
+                key: run.request.location.key_for(&format!("{date}/{file}")),
+                file,
+                rows: report.rows,
+                uncompressed_bytes: report.stats.uncompressed_bytes,
+                compressed_bytes: report.stats.compressed_bytes,
+                sha256: report.stats.compressed_sha256.clone(),
+                uncompressed_sha256: report.stats.uncompressed_sha256.clone(),
+                columns,
+                part_sizes: report.committed.part_sizes.clone(),
+            }
+        })
+        .collect();
+    Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        tool: "egress-dump".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        date: date.clone(),
+        run_started: run.run_started,
+        run_finished: manifest::now_rfc3339(),
+        snapshot: SnapshotInfo {
+            exported_id: None,
+            ..run.snapshot
+        },
+        compression_level: run.args.compression_level,
+        header: run.args.header,
+        tables: entries,
+    }
+}
 
-    // Only when all three stages succeeded may the object become visible.
-    let (copy, stats, pending) = match (copied, compressed, received) {
-        (Ok(copy), Ok(Ok(stats)), Ok(pending)) => (copy, stats, pending),
-        // The upload stage failed: it has already aborted its upload; this removes a temp file.
-        (_, _, Err(upload_failure)) => {
-            sink.abort(None).await;
-            return Err(upload_failure);
-        }
-        (copied, compressed, Ok(pending)) => {
-            sink.abort(Some(pending)).await;
-            return Err(match (copied, compressed) {
-                (Err(CopyError::Database(e)), _) => Failure::runtime(anyhow!(
-                    "reading table '{name}' failed: {}",
-                    describe_db_error(&e)
-                )),
-                (_, Err(join)) => {
-                    Failure::runtime(anyhow!("compressing table '{name}' failed: {join}"))
-                }
-                _ => Failure::runtime(anyhow!("dumping table '{name}' stopped unexpectedly")),
-            });
-        }
+async fn write_manifest(store: &Store, date: &str, manifest: &Manifest) -> anyhow::Result<()> {
+    use md5::{Digest, Md5};
+    let body = serde_json::to_vec_pretty(manifest).context("cannot encode the manifest")?;
+    let options = PutOptions {
+        attributes: store::Attributes {
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        },
+        content_md5: Some(Md5::digest(&body).into()),
+        ..Default::default()
     };
-    sink.commit(pending, stats.compressed_bytes).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    info!(
-        table = %name,
-        target = %target,
-        rows = copy.rows,
-        uncompressed_bytes = stats.uncompressed_bytes,
-        compressed_bytes = stats.compressed_bytes,
-        seconds = (seconds * 1000.0).round() / 1000.0,
-        mib_per_s = mib_per_sec(stats.uncompressed_bytes, seconds),
-        "Table '{name}': Dump uploaded to intermediate storage."
-    );
-    Ok(TableReport {
-        table: name,
-        target,
-        rows: copy.rows,
-        stats,
-        seconds,
-    })
-}
-
-/// A database error as one line: the server's message and SQLSTATE, or the transport error.
-pub fn describe_db_error(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} ({})", db.message(), db.code().code());
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
+    store
+        .put(&manifest::key_in(date), Body::from_bytes(body), &options)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

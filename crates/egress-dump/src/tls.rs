@@ -11,8 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context};
-use egress_common::Failure;
+use egress_common::ConfigError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -38,7 +37,7 @@ pub enum SslMode {
 }
 
 impl std::str::FromStr for SslMode {
-    type Err = anyhow::Error;
+    type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.trim().to_ascii_lowercase().as_str() {
             "disable" => SslMode::Disable,
@@ -48,9 +47,9 @@ impl std::str::FromStr for SslMode {
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
             other => {
-                return Err(anyhow!(
+                return Err(ConfigError::new(format!(
                     "PGSSLMODE '{other}' is not valid: use disable, allow, prefer, require, verify-ca or verify-full"
-                ))
+                )))
             }
         })
     }
@@ -71,14 +70,17 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Build the connector for `mode`. Certificate problems are configuration errors (exit 2).
-pub fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<MakeRustlsConnect, Failure> {
+pub fn connector(
+    mode: SslMode,
+    root_cert: Option<&Path>,
+) -> Result<MakeRustlsConnect, ConfigError> {
     let provider = provider();
     let roots = match (mode, root_cert) {
         (SslMode::Disable | SslMode::Allow | SslMode::Prefer, _) => None,
         (SslMode::Require, None) => None,
-        (_, Some(path)) => Some(load_roots(path).map_err(Failure::usage)?),
+        (_, Some(path)) => Some(load_roots(path)?),
         (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
-            return Err(Failure::usage(anyhow!(
+            return Err(ConfigError::new(format!(
                 "PGSSLMODE={} needs a CA certificate: set PGSSLROOTCERT to the CA bundle file (for RDS, the global bundle from AWS) or to 'system'",
                 if mode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" }
             )))
@@ -90,7 +92,7 @@ pub fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<MakeRustlsCo
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
-                    .map_err(|e| Failure::usage(anyhow!("cannot use the CA certificate: {e}")))?;
+                    .map_err(|e| ConfigError::new(format!("cannot use the CA certificate: {e}")))?;
             if mode == SslMode::VerifyFull {
                 webpki
             } else {
@@ -100,38 +102,38 @@ pub fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<MakeRustlsCo
     };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| Failure::usage(anyhow!("TLS set-up failed: {e}")))?
+        .map_err(|e| ConfigError::new(format!("TLS set-up failed: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
 
-fn load_roots(path: &Path) -> anyhow::Result<RootCertStore> {
+fn load_roots(path: &Path) -> Result<RootCertStore, ConfigError> {
     let mut store = RootCertStore::empty();
     if path.as_os_str() == "system" {
         store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         return Ok(store);
     }
-    let pem = std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read PGSSLROOTCERT file '{}': give a readable PEM CA bundle",
-            path.display()
-        )
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| {
+        ConfigError::new(format!(
+            "cannot read PGSSLROOTCERT file '{shown}': {e}; give a readable PEM CA bundle"
+        ))
     })?;
     let mut reader = std::io::BufReader::new(pem.as_slice());
     for cert in rustls_pemfile::certs(&mut reader) {
-        let cert =
-            cert.with_context(|| format!("'{}' is not a PEM certificate file", path.display()))?;
-        store
-            .add(cert)
-            .with_context(|| format!("'{}' holds an unusable certificate", path.display()))?;
+        let cert = cert.map_err(|e| {
+            ConfigError::new(format!("'{shown}' is not a PEM certificate file: {e}"))
+        })?;
+        store.add(cert).map_err(|e| {
+            ConfigError::new(format!("'{shown}' holds an unusable certificate: {e}"))
+        })?;
     }
     if store.is_empty() {
-        return Err(anyhow!(
-            "'{}' contains no PEM certificates: give the CA bundle in PEM form",
-            path.display()
-        ));
+        return Err(ConfigError::new(format!(
+            "'{shown}' contains no PEM certificates: give the CA bundle in PEM form"
+        )));
     }
     Ok(store)
 }
@@ -245,7 +247,7 @@ mod tests {
         assert!(connector(SslMode::VerifyFull, None).is_err());
         assert!(connector(SslMode::Require, None).is_ok());
         match connector(SslMode::VerifyCa, Some(Path::new("/nonexistent/ca.pem"))) {
-            Err(err) => assert!(err.one_line().contains("PGSSLROOTCERT"), "{err}"),
+            Err(err) => assert!(err.to_string().contains("PGSSLROOTCERT"), "{err}"),
             Ok(_) => panic!("an unreadable CA file must be rejected"),
         }
     }

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use egress_common::cli::CommonArgs;
+use egress_common::Secret;
 
 /// Mirror new and changed objects from an input S3 endpoint/path to an output one
 /// (AWS S3, Ceph RGW, MinIO, or a local directory), verified.
@@ -21,7 +22,7 @@ pub struct Args {
     pub input_access_key_id: Option<String>,
     /// Input secret key.
     #[arg(long, env = "INPUT_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub input_secret_access_key: Option<String>,
+    pub input_secret_access_key: Option<Secret>,
     /// Input region.
     #[arg(long, env = "INPUT_REGION", default_value = "us-east-1")]
     pub input_region: String,
@@ -37,7 +38,7 @@ pub struct Args {
     pub output_access_key_id: Option<String>,
     /// Output secret key.
     #[arg(long, env = "OUTPUT_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub output_secret_access_key: Option<String>,
+    pub output_secret_access_key: Option<Secret>,
     /// Output region.
     #[arg(long, env = "OUTPUT_REGION", default_value = "us-east-1")]
     pub output_region: String,
@@ -79,7 +80,8 @@ pub struct Args {
           value_parser = ["input", "output"])]
     pub verify: Option<String>,
 
-    /// Objects up to this size (MiB) are copied with one GET and one PUT; larger ones in parts.
+    /// Objects without a known MD5 (a local file) up to this size (MiB) are read into memory
+    /// and sent with their Content-MD5; larger ones are copied in verified parts.
     #[arg(long, env = "MULTIPART_THRESHOLD_MIB", default_value_t = 8,
           value_parser = clap::value_parser!(u64).range(5..=512))]
     pub multipart_threshold_mib: u64,
@@ -89,7 +91,8 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(5..=512))]
     pub part_size_mib: u64,
 
-    /// Bytes of object data held in memory at once, across all transfers (MiB).
+    /// Memory for object data across all transfers (MiB): objects held whole, and how many
+    /// streams (a GET feeding a PUT, about 512 KiB each) run at once.
     #[arg(long, env = "MEMORY_BUDGET_MIB", default_value_t = 40,
           value_parser = clap::value_parser!(u64).range(16..=4096))]
     pub memory_budget_mib: u64,
@@ -97,6 +100,13 @@ pub struct Args {
     /// Logging, timeouts, TLS and the termination log.
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+impl Args {
+    /// Permission bits of files written to a local output.
+    pub fn file_mode(&self) -> u32 {
+        0o600
+    }
 }
 
 /// Variables read outside clap (the AWS chain, used when no static keys are given).

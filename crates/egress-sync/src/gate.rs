@@ -1,59 +1,14 @@
-//! `--require-manifest`: which date folders are complete (their `_manifest.json` exists at
-//! the source) and what each object must measure. Pure: no I/O.
+//! Date folders and their manifests: with `--require-manifest`, a folder is copied only
+//! once its `_manifest.json` exists at the input, and each object must match the size and
+//! SHA-256 it records. Without it, a manifest still tells the part sizes of the objects
+//! egress-dump wrote, so their copies keep their ETags. Each folder's manifest is read
+//! once, when the march first reaches the folder.
 
 use std::collections::{BTreeSet, HashMap};
 
-use egress_common::manifest::{Manifest, FILE_NAME};
-
-use crate::object::ObjectInfo;
-
-/// The folder of a key (`2024-01-01` for `2024-01-01/t.csv.gz`, empty at the top).
-pub fn folder(key: &str) -> &str {
-    key.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("")
-}
-
-/// The manifest key of a folder.
-pub fn manifest_key(folder: &str) -> String {
-    if folder.is_empty() {
-        FILE_NAME.to_string()
-    } else {
-        format!("{folder}/{FILE_NAME}")
-    }
-}
-
-/// True for a manifest key.
-pub fn is_manifest(key: &str) -> bool {
-    key == FILE_NAME || key.ends_with(&format!("/{FILE_NAME}"))
-}
-
-/// The source objects split by completeness.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Gated {
-    /// Objects in folders that have a manifest (the manifests included).
-    pub complete: Vec<ObjectInfo>,
-    /// Folders with objects but no manifest, sorted.
-    pub incomplete: Vec<String>,
-}
-
-/// Keep only objects whose folder holds a manifest.
-pub fn split(source: Vec<ObjectInfo>) -> Gated {
-    let with_manifest: BTreeSet<String> = source
-        .iter()
-        .filter(|o| is_manifest(&o.key))
-        .map(|o| folder(&o.key).to_string())
-        .collect();
-    let mut gated = Gated::default();
-    let mut incomplete = BTreeSet::new();
-    for object in source {
-        if with_manifest.contains(folder(&object.key)) {
-            gated.complete.push(object);
-        } else {
-            incomplete.insert(folder(&object.key).to_string());
-        }
-    }
-    gated.incomplete = incomplete.into_iter().collect();
-    gated
-}
+use egress_common::manifest::{self, Manifest};
+use egress_common::store::{key, ErrorKind, GetOptions, Store, StoreError};
+use futures::StreamExt;
 
 /// What one object must be, according to its folder's manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,74 +19,210 @@ pub struct Expected {
     pub sha256: String,
 }
 
-/// The expectations a folder's manifest sets, keyed by object key; an error names files the
-/// manifest lists but the source lacks.
-pub fn expectations(
-    folder: &str,
-    manifest: &Manifest,
-    source_keys: &BTreeSet<&str>,
-) -> Result<HashMap<String, Expected>, String> {
-    let mut out = HashMap::new();
-    let mut missing = Vec::new();
-    for table in &manifest.tables {
-        let key = if folder.is_empty() {
-            table.file.clone()
-        } else {
-            format!("{folder}/{}", table.file)
-        };
-        if !source_keys.contains(key.as_str()) {
-            missing.push(key.clone());
+/// A folder's manifest at the input, as far as this run is concerned.
+#[derive(Debug, Clone)]
+pub enum Folder {
+    /// The folder has a usable manifest.
+    Complete(Listed),
+    /// No manifest (the folder may still be being written).
+    NoManifest,
+    /// A manifest that cannot be used, and why.
+    Unusable(String),
+}
+
+/// What a usable manifest lists.
+#[derive(Debug, Clone, Default)]
+pub struct Listed {
+    objects: HashMap<String, Entry>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    expected: Expected,
+    part_sizes: Option<Vec<u64>>,
+    seen: bool,
+}
+
+/// Every folder met so far.
+pub struct Gates {
+    source: Store,
+    folders: HashMap<String, Folder>,
+    has_objects: HashMap<String, bool>,
+}
+
+impl Gates {
+    /// Gates reading manifests from `source`.
+    pub fn new(source: Store) -> Gates {
+        Gates {
+            source,
+            folders: HashMap::new(),
+            has_objects: HashMap::new(),
         }
-        out.insert(
-            key,
-            Expected {
-                size: table.compressed_bytes,
-                sha256: table.sha256.clone(),
-            },
-        );
     }
-    if missing.is_empty() {
-        Ok(out)
-    } else {
-        Err(format!(
-            "the manifest lists objects the input does not have: {}",
-            missing.join(", ")
-        ))
+
+    /// The state of `folder`, reading its manifest the first time.
+    pub async fn folder(&mut self, folder: &str) -> Result<&mut Folder, StoreError> {
+        if !self.folders.contains_key(folder) {
+            let state = self.read(folder).await?;
+            self.folders.insert(folder.to_string(), state);
+        }
+        self.folders
+            .get_mut(folder)
+            .ok_or_else(|| StoreError::new(ErrorKind::Other, "internal: folder state lost"))
     }
+
+    async fn read(&self, folder: &str) -> Result<Folder, StoreError> {
+        let manifest_key = manifest::key_in(folder);
+        let body = match self.source.get(&manifest_key, GetOptions::default()).await {
+            Ok(got) => got.body.collect().await?,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Folder::NoManifest),
+            Err(e) => return Err(e),
+        };
+        Ok(match Manifest::parse(&body) {
+            Ok(m) => Folder::Complete(listed(folder, &m)),
+            Err(reason) => Folder::Unusable(reason),
+        })
+    }
+
+    /// The manifest entry for `key`, marking it seen at the input.
+    pub async fn see(
+        &mut self,
+        object_key: &str,
+    ) -> Result<Option<(Expected, Option<Vec<u64>>)>, StoreError> {
+        let folder = manifest::folder_of(object_key).to_string();
+        Ok(match self.folder(&folder).await? {
+            Folder::Complete(listed) => listed.objects.get_mut(object_key).map(|e| {
+                e.seen = true;
+                (e.expected.clone(), e.part_sizes.clone())
+            }),
+            _ => None,
+        })
+    }
+
+    /// Objects the manifest of `folder` lists that the input listing did not have.
+    pub fn missing(&self, folder: &str) -> Vec<String> {
+        match self.folders.get(folder) {
+            Some(Folder::Complete(listed)) => {
+                let missing: BTreeSet<&String> = listed
+                    .objects
+                    .iter()
+                    .filter(|(_, e)| !e.seen)
+                    .map(|(k, _)| k)
+                    .collect();
+                missing.into_iter().cloned().collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// True when the input has objects in `folder` but no manifest for it: the folder is
+    /// being written, and its objects at the output must not be deleted.
+    pub async fn in_progress(&mut self, folder: &str) -> Result<bool, StoreError> {
+        if !matches!(self.folder(folder).await?, Folder::NoManifest) {
+            return Ok(false);
+        }
+        if let Some(known) = self.has_objects.get(folder) {
+            return Ok(*known);
+        }
+        let mut pages = self.source.list(&key::dir_prefix(folder));
+        let mut found = false;
+        while let Some(page) = pages.next().await {
+            if page?.iter().any(|o| manifest::folder_of(&o.key) == folder) {
+                found = true;
+                break;
+            }
+        }
+        self.has_objects.insert(folder.to_string(), found);
+        Ok(found)
+    }
+}
+
+fn listed(folder: &str, m: &Manifest) -> Listed {
+    let objects = m
+        .tables
+        .iter()
+        .map(|t| {
+            let entry = Entry {
+                expected: Expected {
+                    size: t.compressed_bytes,
+                    sha256: t.sha256.clone(),
+                },
+                part_sizes: t.part_sizes.clone(),
+                seen: false,
+            };
+            (key::join(folder, &t.file), entry)
+        })
+        .collect();
+    Listed { objects }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use egress_common::store::{Body, LocalStore, ObjectStore, PutOptions};
+    use std::sync::Arc;
 
-    fn obj(key: &str) -> ObjectInfo {
-        ObjectInfo {
-            key: key.into(),
-            size: 1,
-            etag: "e".into(),
-            modified: 0,
-        }
+    fn manifest_json(files: &[(&str, u64, Option<Vec<u64>>)]) -> Vec<u8> {
+        let tables: Vec<serde_json::Value> = files
+            .iter()
+            .map(|(file, size, parts)| {
+                serde_json::json!({
+                    "table": file, "schema": "public", "name": file, "file": file, "key": file,
+                    "rows": 1, "uncompressed_bytes": 1, "compressed_bytes": size,
+                    "sha256": "00", "uncompressed_sha256": "00", "columns": [], "part_sizes": parts
+                })
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "format_version": 1, "tool": "egress-dump", "tool_version": "t", "date": "d",
+            "run_started": "", "run_finished": "", "compression_level": 6, "header": false,
+            "snapshot": {"taken_at": "", "txid_snapshot": "", "wal_lsn": null, "server_version": ""},
+            "tables": tables
+        }))
+        .unwrap()
     }
 
-    #[test]
-    fn only_folders_with_a_manifest_pass() {
-        let gated = split(vec![
-            obj("2024-01-01/_manifest.json"),
-            obj("2024-01-01/a.csv.gz"),
-            obj("2024-01-02/a.csv.gz"),
-            obj("top.txt"),
-        ]);
-        let keys: Vec<&str> = gated.complete.iter().map(|o| o.key.as_str()).collect();
-        assert_eq!(keys, ["2024-01-01/_manifest.json", "2024-01-01/a.csv.gz"]);
-        assert_eq!(gated.incomplete, ["", "2024-01-02"]);
-    }
-
-    #[test]
-    fn manifest_keys() {
-        assert_eq!(manifest_key("d"), "d/_manifest.json");
-        assert_eq!(manifest_key(""), "_manifest.json");
-        assert!(is_manifest("x/_manifest.json"));
-        assert!(!is_manifest("x/a_manifest.json"));
-        assert_eq!(folder("a/b/c"), "a/b");
+    #[tokio::test]
+    async fn folders_are_read_once_and_track_what_the_input_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::new(dir.path()));
+        let json = manifest_json(&[("a.csv.gz", 10, Some(vec![6, 4])), ("b.csv.gz", 3, None)]);
+        store
+            .put(
+                "d1/_manifest.json",
+                Body::from_bytes(json),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        store
+            .put(
+                "d2/x.csv.gz",
+                Body::from_bytes(&b"x"[..]),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        store
+            .put(
+                "d3/broken/_manifest.json",
+                Body::from_bytes(&b"{"[..]),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let mut gates = Gates::new(store);
+        let (expected, parts) = gates.see("d1/a.csv.gz").await.unwrap().unwrap();
+        assert_eq!(expected.size, 10);
+        assert_eq!(parts, Some(vec![6, 4]));
+        assert_eq!(gates.missing("d1"), ["d1/b.csv.gz"]);
+        assert!(gates.see("d2/x.csv.gz").await.unwrap().is_none());
+        assert!(gates.in_progress("d2").await.unwrap());
+        assert!(!gates.in_progress("gone").await.unwrap());
+        assert!(!gates.in_progress("d1").await.unwrap());
+        assert!(matches!(
+            gates.folder("d3/broken").await.unwrap(),
+            Folder::Unusable(_)
+        ));
     }
 }

@@ -1,20 +1,20 @@
-//! `egress-sync`: mirror new and changed objects between two S3-compatible stores (or local
-//! directories), verified.
+//! `egress-sync`: mirror an S3-compatible store (or a local directory) into another,
+//! copying what is new or changed, streamed and verified.
 //!
-//! Decide, then do: [`store`] lists both sides, [`plan`] decides purely from the listings
-//! and the copy records ([`object`], [`state`]) what to copy, skip or delete and why, and
-//! [`execute`] runs a bounded pool of [`transfer`]s.
+//! list -> plan -> transfer: [`march`] walks the two sorted listings side by side,
+//! [`decide`] settles each key purely from them, and [`pool`] carries the copies out
+//! ([`transfer`]) as the march goes; [`mirror`] is the run as named steps, [`verify`] the
+//! other mode.
 
 pub mod config;
-pub mod execute;
+pub mod decide;
 pub mod gate;
-pub mod object;
-pub mod plan;
-pub mod run;
-pub mod state;
-pub mod store;
+pub mod march;
+pub mod mirror;
+pub mod pool;
+pub mod report;
+pub mod sides;
 pub mod transfer;
 pub mod verify;
 
 pub use config::Args;
-pub use run::run;

@@ -1,8 +1,12 @@
-//! The `egress-sync` binary: parse flags, set up logging, run, map the outcome to an exit code.
+//! The `egress-sync` binary: parse flags, set up logging, run the chosen mode (mirror, or
+//! `--verify`), choose the exit code.
 
 use clap::{CommandFactory, Parser};
-use egress_common::{cli, logging, ExitCode};
+use egress_common::cli::{self, Ending};
+use egress_common::error::find;
+use egress_common::{logging, ConfigError, ExitCode, StoreError};
 use egress_sync::config::{Args, EXTRA_ENV, REQUIRED_ENV};
+use egress_sync::sides::Side;
 
 fn main() {
     // Part buffers come and go all the time here; before the runtime starts its threads.
@@ -20,19 +24,50 @@ async fn run() -> ExitCode {
         return ExitCode::Success;
     }
     logging::init(args.common.log_format, args.common.verbose, false);
-    cli::run_to_exit(
-        "egress-sync",
-        &args.common,
-        egress_sync::run(&args),
-        "the next run continues where this one stopped",
-        |report| {
-            format!(
-                "{} copied, {} deleted; {}",
-                report.copied.len(),
-                report.deleted.len(),
-                egress_sync::execute::total_line(report)
-            )
-        },
-    )
-    .await
+    match args.verify.as_deref() {
+        Some(side) => {
+            let side = if side == "input" {
+                Side::Input
+            } else {
+                Side::Output
+            };
+            let ending = Ending {
+                program: "egress-sync",
+                on_stop: "nothing was changed",
+                summarise: |v: &egress_sync::verify::Verification| {
+                    format!("{} folder(s) verified", v.folders.len())
+                },
+                exit_code,
+            };
+            cli::run_to_exit(&args.common, egress_sync::verify::run(&args, side), ending).await
+        }
+        None => {
+            let ending = Ending {
+                program: "egress-sync",
+                on_stop: "the next run continues where this one stopped",
+                summarise: |r: &egress_sync::report::Report| {
+                    format!(
+                        "{} copied, {} deleted; {}",
+                        r.copied,
+                        r.deleted,
+                        r.total_line()
+                    )
+                },
+                exit_code,
+            };
+            cli::run_to_exit(&args.common, egress_sync::mirror::run(&args), ending).await
+        }
+    }
+}
+
+/// The one place errors become exit codes: 2 when the configuration (paths, credentials,
+/// buckets, guards) must change, 1 for anything a later run may not meet.
+fn exit_code(error: &anyhow::Error) -> ExitCode {
+    if find::<ConfigError>(error).is_some() {
+        return ExitCode::Usage;
+    }
+    match find::<StoreError>(error) {
+        Some(e) if e.kind().is_configuration() => ExitCode::Usage,
+        _ => ExitCode::Runtime,
+    }
 }

@@ -1,63 +1,121 @@
-//! Copying one object, streamed in bounded parts and verified before it counts as done.
+//! Copying one object so that the copy keeps the source's form, and checking it before it
+//! becomes visible:
 //!
-//! Small objects: one GET, one PUT with Content-MD5. Large ones: ranged GETs feeding
-//! UploadPart, several parts in flight, each part's bytes held only while in flight
-//! (a shared byte budget bounds memory across all transfers). The whole-object MD5 (and
-//! the multipart ETag, when the source's part layout is known) is computed while
-//! streaming and compared with the source's ETag before the upload is completed.
+//! - a single-part source (its ETag is its MD5) is one PUT whose body streams straight
+//!   from the GET, with `Content-MD5` = that ETag: the destination itself refuses a
+//!   damaged copy, and nothing is buffered;
+//! - a multipart source is copied with the same part boundaries (from its folder's
+//!   manifest, or `HEAD ?partNumber=N` where the store honours it), each part streamed
+//!   from a ranged GET into UploadPart with its MD5 checked against the ETag the
+//!   destination returns; the upload is completed only when the composite ETag equals the
+//!   source's, so the copy carries the source's ETag;
+//! - where the boundaries cannot be learned, or the source has no ETag (a local file), the
+//!   parts are ours, each verified the same way, and the copy's metadata records the source.
+//!
+//! With a manifest (`--require-manifest`), the bytes must also have its SHA-256: small
+//! objects are then held in memory (within the budget) and large ones streamed one part
+//! at a time, hashed in order, before anything is made visible.
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::anyhow;
-use egress_common::{ExitCode, Failure};
+use egress_common::store::{
+    etag_md5, etag_parts, Body, ErrorKind, GetOptions, ObjectInfo, ObjectMeta, PartWriter,
+    PutOptions, Store, StoreError,
+};
+use futures::StreamExt;
 use md5::{Digest, Md5};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
-
-use crate::gate::Expected;
-use crate::object::{is_plain_md5, meta_keys, multipart_parts, ObjectInfo, Record};
-use crate::store::{ObjectMeta, Store, Upload};
 use sha2::Sha256;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Parts bigger than this are not held in memory to mirror the source's layout.
-const MAX_REPLICATED_PART: u64 = 64 * 1024 * 1024;
+use crate::decide::Record;
+use crate::gate::Expected;
+
+/// S3's largest single PUT.
+const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
 /// Budget permits are KiB.
 const PERMIT_BYTES: u64 = 1024;
+/// What one streamed copy (a GET feeding a PUT) may hold in buffers, for sizing the number
+/// of streams the memory budget allows.
+const STREAM_BYTES: u64 = 512 * 1024;
 
-/// How transfers are shaped.
+/// How transfers are shaped, shared by every transfer of a run.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Objects up to this size take one GET and one PUT.
-    pub multipart_threshold: u64,
-    /// Part size when the source's layout is not reused.
+    /// Objects without a known MD5 up to this size are read into memory (to send their
+    /// Content-MD5); larger ones are copied in parts.
+    pub buffer_threshold: u64,
+    /// Part size where the source's own layout is unknown.
     pub part_size: u64,
     /// Parts in flight per object.
     pub parts_in_flight: usize,
-    /// Shared memory budget in KiB permits.
-    pub budget: Arc<Semaphore>,
-    /// The budget's size in permits.
+    /// Memory for objects held whole, in KiB permits.
+    budget: Arc<Semaphore>,
     budget_permits: u32,
+    /// Streams (GET feeding PUT) allowed at once.
+    streams: Arc<Semaphore>,
 }
 
 impl Settings {
-    /// Settings with a memory budget of `budget_bytes`.
-    pub fn new(multipart_threshold: u64, part_size: u64, budget_bytes: u64) -> Settings {
+    /// Settings within a memory budget of `budget_bytes`.
+    pub fn new(buffer_threshold: u64, part_size: u64, budget_bytes: u64) -> Settings {
         let budget_permits = (budget_bytes / PERMIT_BYTES).clamp(1, u32::MAX as u64) as u32;
+        let streams = (budget_bytes / STREAM_BYTES).clamp(4, 4096) as usize;
         Settings {
-            multipart_threshold,
+            buffer_threshold,
             part_size,
             parts_in_flight: 4,
             budget: Arc::new(Semaphore::new(budget_permits as usize)),
             budget_permits,
+            streams: Arc::new(Semaphore::new(streams)),
         }
     }
 
-    fn permits(&self, bytes: u64) -> u32 {
-        // A single part larger than the whole budget still proceeds, alone.
-        bytes
+    async fn memory(&self, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>, CopyError> {
+        // An object larger than the whole budget still proceeds, alone.
+        let permits = bytes
             .div_ceil(PERMIT_BYTES)
-            .clamp(1, self.budget_permits as u64) as u32
+            .clamp(1, self.budget_permits as u64) as u32;
+        self.budget
+            .acquire_many(permits)
+            .await
+            .map_err(|_| closed())
     }
+
+    async fn stream(&self) -> Result<OwnedSemaphorePermit, CopyError> {
+        self.streams
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())
+    }
+}
+
+fn closed() -> CopyError {
+    CopyError::Store(StoreError::new(
+        ErrorKind::Other,
+        "the transfer pool is closed",
+    ))
+}
+
+/// Both stores and the settings.
+pub struct Transfers {
+    /// Where objects are read.
+    pub source: Store,
+    /// Where they are written.
+    pub dest: Store,
+    /// How.
+    pub settings: Settings,
+}
+
+/// One object to copy.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The object as listed.
+    pub object: ObjectInfo,
+    /// What its manifest says it must be (`--require-manifest`).
+    pub expected: Option<Expected>,
+    /// Its part sizes, from its folder's manifest.
+    pub part_sizes: Option<Vec<u64>>,
 }
 
 /// A finished copy.
@@ -65,390 +123,332 @@ impl Settings {
 pub struct Copied {
     /// Bytes copied.
     pub bytes: u64,
-    /// Record of what was copied (source as read, destination ETag).
-    pub record: Record,
-    /// How the copy was checked against the source.
+    /// How the copy was checked.
     pub verified: &'static str,
 }
 
-/// The bytes read do not match the folder's manifest: retrying cannot help.
+/// Why a copy failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ManifestMismatch(String);
-
-/// Copy `object` from `source` to `dest`; with `expected`, the bytes must also match the
-/// size and SHA-256 its manifest records.
-pub async fn copy(
-    source: &Arc<Store>,
-    dest: &Arc<Store>,
-    object: &ObjectInfo,
-    settings: &Settings,
-    expected: Option<&Expected>,
-) -> Result<Copied, Failure> {
-    if object.size <= settings.multipart_threshold {
-        copy_small(source, dest, object, settings, expected).await
-    } else {
-        copy_large(source, dest, object, settings, expected).await
-    }
+pub enum CopyError {
+    /// A store operation failed (its kind says whether retrying can help).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The bytes are not what the folder's manifest says: retrying cannot help.
+    #[error("{0}")]
+    Manifest(String),
 }
 
-fn check_manifest(
-    key: &str,
-    size: u64,
-    sha256: &str,
-    expected: Option<&Expected>,
-) -> Result<(), Failure> {
-    let Some(e) = expected else { return Ok(()) };
-    if size != e.size || sha256 != e.sha256 {
-        return Err(Failure::runtime(ManifestMismatch(format!(
-            "{key} does not match its manifest: {size} bytes with SHA-256 {sha256}, the manifest says {} bytes with SHA-256 {}",
-            e.size, e.sha256
-        ))));
+/// Copy `job`'s object.
+pub async fn copy(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
+    let key = &job.object.key;
+    let etag = match &job.object.etag {
+        Some(e) => Some(e.clone()),
+        None => t.source.head(key).await?.etag,
+    };
+    let single_part = etag.as_deref().and_then(etag_md5).is_some();
+    let multipart = etag.as_deref().and_then(etag_parts).is_some();
+    let size = job.object.size;
+    if single_part && job.expected.is_none() && size <= MAX_SINGLE_PUT {
+        return streamed_put(t, job).await;
     }
-    Ok(())
+    // A single-part object checked against a manifest was one part of a dump (small), and
+    // one with no usable ETag is small enough to hold: either way, check, then PUT.
+    if single_part || (!multipart && size <= t.settings.buffer_threshold) {
+        return buffered_put(t, job).await;
+    }
+    let layout = source_layout(t, job, etag.as_deref()).await?;
+    in_parts(t, job, layout).await
 }
 
-/// What was copied, in listing terms: the listed version, unless the read shows that the
-/// source changed since it was listed.
+/// The version actually copied: the listed one, unless the read shows that the source
+/// changed since it was listed.
 fn copied_version(listed: &ObjectInfo, read: &ObjectMeta) -> ObjectInfo {
-    if !listed.etag.is_empty() && !read.etag.is_empty() && listed.etag != read.etag {
-        ObjectInfo {
+    match (&listed.etag, &read.etag) {
+        (Some(l), Some(r)) if l != r => ObjectInfo {
             key: listed.key.clone(),
             size: read.size,
             etag: read.etag.clone(),
             modified: read.modified,
-        }
-    } else {
-        listed.clone()
+        },
+        _ => listed.clone(),
     }
 }
 
-/// The destination's metadata: the source's, minus any old record, plus ours.
-fn dest_meta(source: &ObjectMeta, record: &Record) -> ObjectMeta {
-    let mut meta = source.clone();
-    meta.metadata.retain(|k, _| {
-        ![
-            meta_keys::SOURCE_ETAG,
-            meta_keys::SOURCE_SIZE,
-            meta_keys::SOURCE_MODIFIED,
-        ]
-        .iter()
-        .any(|m| k.eq_ignore_ascii_case(m))
-    });
-    meta.metadata.extend(record.to_metadata());
-    meta
-}
-
-fn mismatch(key: &str, what: String) -> Failure {
-    Failure::runtime(anyhow!("verification of {key} failed: {what}"))
-}
-
-async fn copy_small(
-    source: &Arc<Store>,
-    dest: &Arc<Store>,
-    object: &ObjectInfo,
-    settings: &Settings,
-    expected: Option<&Expected>,
-) -> Result<Copied, Failure> {
-    let _permit = settings
-        .budget
-        .acquire_many(settings.permits(object.size))
-        .await
-        .map_err(|_| Failure::runtime(anyhow!("memory budget closed")))?;
-    let (body, meta) = source.get(&object.key, None, None).await?;
-    if body.len() as u64 != meta.size {
-        return Err(mismatch(
-            &object.key,
-            format!("read {} bytes, the source says {}", body.len(), meta.size),
-        ));
+/// The destination's headers: the source's, its record, its time (kept by a local output).
+fn dest_options(
+    meta: &ObjectMeta,
+    version: &ObjectInfo,
+    content_md5: Option<[u8; 16]>,
+) -> PutOptions {
+    let mut attributes = meta.attributes.clone();
+    Record::of(version).write_into(&mut attributes.metadata);
+    PutOptions {
+        attributes,
+        content_md5,
+        modified: Some(version.modified),
+        ..Default::default()
     }
-    let md5 = Md5::digest(&body);
-    let md5_hex = hex::encode(md5);
-    let mut verified = "size";
-    if is_plain_md5(&meta.etag) && !meta.etag_not_md5 {
-        if md5_hex != meta.etag {
+}
+
+async fn streamed_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
+    let _stream = t.settings.stream().await?;
+    let got = t.source.get(&job.object.key, GetOptions::default()).await?;
+    let meta = got.meta;
+    // The ETag is the content's MD5 unless a KMS or customer key encrypted it.
+    let md5 = meta
+        .etag
+        .as_deref()
+        .and_then(etag_md5)
+        .filter(|_| !meta.etag_not_md5);
+    let version = copied_version(&job.object, &meta);
+    t.dest
+        .put(
+            &job.object.key,
+            got.body,
+            &dest_options(&meta, &version, md5),
+        )
+        .await?;
+    Ok(Copied {
+        bytes: meta.size,
+        verified: if md5.is_some() { "size+md5" } else { "size" },
+    })
+}
+
+async fn buffered_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
+    let _memory = t.settings.memory(job.object.size).await?;
+    let got = t.source.get(&job.object.key, GetOptions::default()).await?;
+    let meta = got.meta;
+    let bytes = got.body.collect().await?;
+    let md5: [u8; 16] = Md5::digest(&bytes).into();
+    let mut verified = "size+md5";
+    if let Some(source) = meta
+        .etag
+        .as_deref()
+        .and_then(etag_md5)
+        .filter(|_| !meta.etag_not_md5)
+    {
+        if source != md5 {
             return Err(mismatch(
-                &object.key,
-                format!("MD5 {md5_hex} differs from the source ETag {}", meta.etag),
+                &job.object.key,
+                format!(
+                    "read MD5 {}, the source's ETag is {}",
+                    hex::encode(md5),
+                    hex::encode(source)
+                ),
             ));
         }
-        verified = "size+md5";
     }
-    if expected.is_some() {
+    if let Some(expected) = &job.expected {
         check_manifest(
-            &object.key,
-            meta.size,
-            &hex::encode(Sha256::digest(&body)),
+            &job.object.key,
+            bytes.len() as u64,
+            &hex::encode(Sha256::digest(&bytes)),
             expected,
         )?;
         verified = "size+md5+manifest-sha256";
     }
-    let version = copied_version(object, &meta);
-    let write_meta = dest_meta(&meta, &Record::of(&version, "", meta.size));
-    let dest_etag = dest.put(&object.key, body, &write_meta, &md5).await?;
+    let version = copied_version(&job.object, &meta);
+    t.dest
+        .put(
+            &job.object.key,
+            Body::from_bytes(bytes),
+            &dest_options(&meta, &version, Some(md5)),
+        )
+        .await?;
     Ok(Copied {
         bytes: meta.size,
-        record: Record::of(&version, &dest_etag, meta.size),
         verified,
     })
 }
 
-/// Part sizes: the source's own layout when it can be learned (then the multipart ETag
-/// can be checked too), else uniform parts.
-async fn layout(source: &Store, meta: &ObjectMeta, key: &str, part_size: u64) -> (Vec<u64>, bool) {
-    if let Some(parts) = multipart_parts(&meta.etag).filter(|&n| n > 1 && n <= 10_000) {
-        if let Some(sizes) = source.part_layout(key, parts, meta.size).await {
-            if sizes.iter().all(|&s| s <= MAX_REPLICATED_PART && s > 0) {
-                return (sizes, true);
-            }
+/// Part sizes, and whether they are the source's own (so the copy's ETag must equal it).
+struct Layout {
+    sizes: Vec<u64>,
+    source_etag: Option<String>,
+}
+
+async fn source_layout(t: &Transfers, job: &Job, etag: Option<&str>) -> Result<Layout, StoreError> {
+    let size = job.object.size;
+    if let Some(parts) = etag
+        .and_then(etag_parts)
+        .filter(|n| (1..=10_000).contains(n))
+    {
+        let from_manifest = job
+            .part_sizes
+            .clone()
+            .filter(|s| s.len() == parts as usize && s.iter().sum::<u64>() == size);
+        let sizes = match from_manifest {
+            Some(sizes) => Some(sizes),
+            None => probe_parts(&t.source, &job.object.key, parts, size).await?,
+        };
+        if let Some(sizes) = sizes {
+            return Ok(Layout {
+                sizes,
+                source_etag: etag.map(str::to_string),
+            });
         }
     }
     let mut sizes = Vec::new();
-    let mut left = meta.size;
-    while left > 0 {
-        let n = left.min(part_size);
+    let mut left = size;
+    while left > 0 || sizes.is_empty() {
+        let n = left.min(t.settings.part_size);
         sizes.push(n);
         left -= n;
     }
-    (sizes, false)
-}
-
-async fn copy_large(
-    source: &Arc<Store>,
-    dest: &Arc<Store>,
-    object: &ObjectInfo,
-    settings: &Settings,
-    expected: Option<&Expected>,
-) -> Result<Copied, Failure> {
-    let meta = source.head(&object.key).await?;
-    let (sizes, replicated) = layout(source, &meta, &object.key, settings.part_size).await;
-    let version = copied_version(object, &meta);
-    let upload = Arc::new(
-        dest.create_multipart(
-            &object.key,
-            &dest_meta(&meta, &Record::of(&version, "", meta.size)),
-        )
-        .await?,
-    );
-    let trust_etag = !meta.etag_not_md5;
-    let hashing = Hashing {
-        whole_md5: trust_etag && is_plain_md5(&meta.etag),
-        part_md5: trust_etag && replicated,
-        sha256: expected.is_some(),
-    };
-    let parts = match upload_parts(
-        source,
-        dest,
-        &upload,
-        &object.key,
-        &meta,
-        &sizes,
-        settings,
-        hashing,
-    )
-    .await
-    {
-        Ok(parts) => parts,
-        Err(f) => {
-            dest.abort(&upload).await;
-            return Err(f);
-        }
-    };
-    // Verify before completing, so a bad copy never becomes visible.
-    let (whole_md5, whole_sha256, part_md5s, etags) = parts;
-    if let Err(f) = check_manifest(&object.key, meta.size, &hex::encode(whole_sha256), expected) {
-        dest.abort(&upload).await;
-        return Err(f);
-    }
-    // Without a comparable source checksum (a multipart source whose part layout the store
-    // does not reveal), sizes and the signed payloads are what protect the copy.
-    let mut verified = "size";
-    let check = if hashing.whole_md5 {
-        verified = "size+md5";
-        Some(hex::encode(whole_md5))
-    } else if hashing.part_md5 {
-        verified = "size+multipart-etag";
-        let mut h = Md5::new();
-        for m in &part_md5s {
-            h.update(m);
-        }
-        Some(format!("{}-{}", hex::encode(h.finalize()), part_md5s.len()))
-    } else {
-        None
-    };
-    if expected.is_some() {
-        verified = "size+manifest-sha256";
-    }
-    if let Some(computed) = check {
-        if computed != meta.etag {
-            dest.abort(&upload).await;
-            return Err(mismatch(
-                &object.key,
-                format!("computed {computed}, the source ETag is {}", meta.etag),
-            ));
-        }
-    }
-    let numbered: Vec<(u32, String)> = etags
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| (i as u32 + 1, e))
-        .collect();
-    let dest_etag = dest.complete(&upload, numbered).await?;
-    Ok(Copied {
-        bytes: meta.size,
-        record: Record::of(&version, &dest_etag, meta.size),
-        verified,
+    Ok(Layout {
+        sizes,
+        source_etag: None,
     })
 }
 
-/// Which checksums a large copy computes.
-#[derive(Debug, Clone, Copy)]
-struct Hashing {
-    /// MD5 of the whole object (to compare with a single-part source ETag).
-    whole_md5: bool,
-    /// MD5 of each part (to rebuild a multipart ETag; also sent as Content-MD5).
-    part_md5: bool,
-    /// SHA-256 of the whole object (to compare with a manifest).
-    sha256: bool,
+/// `HEAD ?partNumber=N` for every part, where the store honours it.
+async fn probe_parts(
+    source: &Store,
+    key: &str,
+    parts: u32,
+    size: u64,
+) -> Result<Option<Vec<u64>>, StoreError> {
+    let mut sizes = Vec::with_capacity(parts as usize);
+    for n in 1..=parts {
+        match source.part_size(key, n).await? {
+            Some(len) => sizes.push(len),
+            None => return Ok(None),
+        }
+    }
+    Ok((sizes.iter().sum::<u64>() == size).then_some(sizes))
 }
 
-/// Whole-object MD5 and SHA-256, each part's MD5, each part's ETag.
-type PartsResult = ([u8; 16], [u8; 32], Vec<[u8; 16]>, Vec<String>);
-/// A finished part: index, MD5, ETag.
-type PartDone = Result<(usize, [u8; 16], String), Failure>;
+async fn in_parts(t: &Transfers, job: &Job, layout: Layout) -> Result<Copied, CopyError> {
+    let key = &job.object.key;
+    let meta = t.source.head(key).await?;
+    let version = copied_version(&job.object, &meta);
+    // Hashing the whole object for a manifest needs its parts in order: one at a time.
+    let in_flight = if job.expected.is_some() {
+        1
+    } else {
+        t.settings.parts_in_flight
+    };
+    let options = dest_options(&meta, &version, None);
+    let mut writer = PartWriter::start(t.dest.clone(), key, &options, in_flight, true).await?;
+    let sha = Arc::new(Mutex::new(Sha256::new()));
+    let mut offset = 0;
+    for &len in &layout.sizes {
+        let read = read_part(
+            t,
+            key,
+            (offset, len),
+            meta.etag.clone(),
+            job.expected.is_some().then(|| sha.clone()),
+        );
+        if let Err(e) = writer.put(len, read).await {
+            writer.abort().await;
+            return Err(e.into());
+        }
+        offset += len;
+    }
+    let uploaded = writer.finish().await?;
+    let checked = verify_parts(key, &uploaded, &meta, &layout).and_then(|verified| {
+        let Some(expected) = &job.expected else {
+            return Ok(verified);
+        };
+        let digest = sha
+            .lock()
+            .map(|h| hex::encode(h.clone().finalize()))
+            .unwrap_or_default();
+        check_manifest(key, uploaded.size(), &digest, expected).map(|_| "size+manifest-sha256")
+    });
+    match checked {
+        Ok(verified) => {
+            uploaded.complete().await?;
+            Ok(Copied {
+                bytes: meta.size,
+                verified,
+            })
+        }
+        Err(e) => {
+            uploaded.abort().await;
+            Err(e)
+        }
+    }
+}
 
-#[allow(clippy::too_many_arguments)]
-async fn upload_parts(
-    source: &Arc<Store>,
-    dest: &Arc<Store>,
-    upload: &Arc<Upload>,
+/// Read one part of the source, holding a stream slot while its bytes flow (and feeding
+/// the whole-object hash when one is kept).
+fn read_part(
+    t: &Transfers,
     key: &str,
-    meta: &ObjectMeta,
-    sizes: &[u64],
-    settings: &Settings,
-    hashing: Hashing,
-) -> Result<PartsResult, Failure> {
-    // Parts are read in parallel but whole-object hashes need them in order: `turn` says
-    // whose turn it is. Only the hashes a check will use are computed (MD5 is the costliest
-    // thing a copy does here).
-    let (turn_tx, turn_rx) = watch::channel(0usize);
-    let turn_tx = Arc::new(turn_tx);
-    let whole = Arc::new(Mutex::new((Md5::new(), Sha256::new())));
-    let ordered = hashing.whole_md5 || hashing.sha256;
-    let mut running: JoinSet<PartDone> = JoinSet::new();
-    let mut part_md5s = vec![[0u8; 16]; sizes.len()];
-    let mut etags = vec![String::new(); sizes.len()];
-    let mut offset = 0u64;
-    let result: Result<(), Failure> = async {
-        for (index, &len) in sizes.iter().enumerate() {
-            while running.len() >= settings.parts_in_flight.max(1) {
-                collect(&mut running, &mut part_md5s, &mut etags).await?;
+    range: (u64, u64),
+    etag: Option<String>,
+    sha: Option<Arc<Mutex<Sha256>>>,
+) -> impl std::future::Future<Output = Result<Body, StoreError>> + Send + 'static {
+    let (source, settings, key) = (t.source.clone(), t.settings.clone(), key.to_string());
+    async move {
+        let slot = settings.stream().await.map_err(|e| match e {
+            CopyError::Store(s) => s,
+            CopyError::Manifest(m) => StoreError::new(ErrorKind::Other, m),
+        })?;
+        let options = GetOptions {
+            range: Some(range),
+            if_match: etag,
+            ..Default::default()
+        };
+        let got = source.get(&key, options).await?;
+        let len = got.body.len();
+        let stream = got.body.into_stream().map(move |chunk| {
+            let _held = &slot;
+            if let (Ok(c), Some(sha)) = (&chunk, &sha) {
+                if let Ok(mut h) = sha.lock() {
+                    sha2::Digest::update(&mut *h, c);
+                }
             }
-            // Acquired in part order, so the part whose turn it is always holds memory.
-            let permit = settings
-                .budget
-                .clone()
-                .acquire_many_owned(settings.permits(len))
-                .await
-                .map_err(|_| Failure::runtime(anyhow!("memory budget closed")))?;
-            let (source, dest, key, etag) = (
-                source.clone(),
-                dest.clone(),
-                key.to_string(),
-                meta.etag.clone(),
-            );
-            let (turn_tx, mut turn_rx, whole, upload) = (
-                turn_tx.clone(),
-                turn_rx.clone(),
-                whole.clone(),
-                upload.clone(),
-            );
-            let start = offset;
-            running.spawn(async move {
-                let _permit = permit;
-                let if_match =
-                    (!etag.is_empty() && !etag.starts_with("local-")).then_some(etag.as_str());
-                let (body, _) = source.get(&key, Some((start, len)), if_match).await?;
-                if body.len() as u64 != len {
-                    return Err(mismatch(
-                        &key,
-                        format!(
-                            "part {} read {} bytes, expected {len}",
-                            index + 1,
-                            body.len()
-                        ),
-                    ));
-                }
-                let part_md5: Option<[u8; 16]> =
-                    hashing.part_md5.then(|| Md5::digest(&body).into());
-                if ordered {
-                    turn_rx.wait_for(|t| *t == index).await.map_err(|_| {
-                        Failure::runtime(anyhow!("transfer of {key} was cancelled"))
-                    })?;
-                    if let Ok(mut h) = whole.lock() {
-                        if hashing.whole_md5 {
-                            h.0.update(&body);
-                        }
-                        if hashing.sha256 {
-                            h.1.update(&body);
-                        }
-                    }
-                    let _ = turn_tx.send(index + 1);
-                }
-                let etag = dest
-                    .upload_part(
-                        &upload,
-                        index as u32 + 1,
-                        start,
-                        body,
-                        part_md5.as_ref().map(|m| &m[..]),
-                    )
-                    .await?;
-                Ok((index, part_md5.unwrap_or_default(), etag))
-            });
-            offset += len;
-        }
-        while !running.is_empty() {
-            collect(&mut running, &mut part_md5s, &mut etags).await?;
-        }
-        Ok(())
+            chunk
+        });
+        Ok(Body::from_stream(len, stream.boxed()))
     }
-    .await;
-    if let Err(f) = result {
-        running.abort_all();
-        while running.join_next().await.is_some() {}
-        return Err(f);
+}
+
+fn verify_parts(
+    key: &str,
+    uploaded: &egress_common::store::Uploaded,
+    meta: &ObjectMeta,
+    layout: &Layout,
+) -> Result<&'static str, CopyError> {
+    if uploaded.size() != meta.size {
+        return Err(mismatch(
+            key,
+            format!(
+                "copied {} bytes, the source has {}",
+                uploaded.size(),
+                meta.size
+            ),
+        ));
     }
-    let (md5, sha256) = whole
-        .lock()
-        .map_err(|_| Failure::runtime(anyhow!("hash state poisoned")))?
-        .clone();
-    Ok((
-        md5.finalize().into(),
-        sha256.finalize().into(),
-        part_md5s,
-        etags,
+    let Some(source_etag) = &layout.source_etag else {
+        return Ok("size+part-md5");
+    };
+    let composite = uploaded.composite_etag().unwrap_or_default();
+    if &composite != source_etag {
+        return Err(mismatch(
+            key,
+            format!("the parts' composite ETag is {composite}, the source's is {source_etag}"),
+        ));
+    }
+    Ok("size+multipart-etag")
+}
+
+fn mismatch(key: &str, what: String) -> CopyError {
+    CopyError::Store(StoreError::new(
+        ErrorKind::ChecksumMismatch,
+        format!("verification of {key} failed: {what}"),
     ))
 }
 
-async fn collect(
-    running: &mut JoinSet<PartDone>,
-    part_md5s: &mut [[u8; 16]],
-    etags: &mut [String],
-) -> Result<(), Failure> {
-    match running.join_next().await {
-        Some(Ok(Ok((index, md5, etag)))) => {
-            part_md5s[index] = md5;
-            etags[index] = etag;
-            Ok(())
-        }
-        Some(Ok(Err(f))) => Err(f),
-        Some(Err(e)) => Err(Failure::runtime(anyhow!("part task failed: {e}"))),
-        None => Ok(()),
+fn check_manifest(key: &str, size: u64, sha256: &str, e: &Expected) -> Result<(), CopyError> {
+    if size != e.size || sha256 != e.sha256 {
+        return Err(CopyError::Manifest(format!(
+            "{key} does not match its manifest: {size} bytes with SHA-256 {sha256}, the manifest says {} bytes with SHA-256 {}",
+            e.size, e.sha256
+        )));
     }
-}
-
-/// True when retrying cannot help (credentials, missing bucket, manifest mismatch).
-pub fn is_permanent(failure: &Failure) -> bool {
-    failure.code == ExitCode::Usage || failure.error.is::<ManifestMismatch>()
+    Ok(())
 }

@@ -1,86 +1,64 @@
-//! `--verify`: check a side against its manifests without copying anything.
+//! `--verify`: check a side against its manifests without copying anything: every object
+//! a manifest lists present, with the recorded size and SHA-256 (read in one stream).
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 
-use anyhow::anyhow;
-use egress_common::manifest::Manifest;
+use egress_common::manifest::{self, Manifest};
+use egress_common::store::{key, ErrorKind, GetOptions, Store};
 use egress_common::units::human_bytes;
-use egress_common::Failure;
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
+use tracing::info;
 
-use crate::gate;
-use crate::object::ObjectInfo;
-use crate::store::Store;
+use crate::config::Args;
+use crate::sides::{Side, Sides};
 
-/// Objects are hashed in reads of this size, so memory stays small for any object.
-const READ_BYTES: u64 = 8 * 1024 * 1024;
-
-/// Per folder: the problems found (empty when it verified).
+/// What a verification found.
 #[derive(Debug, Default)]
 pub struct Verification {
-    /// Folder -> problems (empty: OK).
+    /// Folders with a manifest, and the problems found in each (none: OK).
     pub folders: Vec<(String, Vec<String>)>,
     /// Folders holding objects but no manifest.
     pub without_manifest: Vec<String>,
 }
 
-/// Check every folder that has a manifest: each listed object present, with the recorded
-/// size and SHA-256. Prints one line per folder.
-pub async fn verify(store: &Store, label: &str) -> Result<Verification, Failure> {
-    let mut listing = store.list().await?;
-    listing.retain(|o| o.key != crate::store::STATE_KEY);
-    let by_key: HashMap<&str, &ObjectInfo> = listing.iter().map(|o| (o.key.as_str(), o)).collect();
-    let gated = gate::split(listing.clone());
+/// Verify `side` as `args` configure it; prints one line per folder and fails when any
+/// folder does not match its manifest.
+pub async fn run(args: &Args, side: Side) -> anyhow::Result<Verification> {
+    let sides = Sides::open(args).await?;
+    let result = verify(sides.store(side), side.label()).await?;
+    let bad: Vec<&str> = result
+        .folders
+        .iter()
+        .filter(|(_, p)| !p.is_empty())
+        .map(|(f, _)| f.as_str())
+        .collect();
+    info!(
+        folders = result.folders.len(),
+        mismatched = bad.len(),
+        without_manifest = result.without_manifest.len(),
+        "Verified {} folder(s) against their manifests.",
+        result.folders.len()
+    );
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "{} folder(s) do not match their manifest: {}",
+            bad.len(),
+            bad.join(", ")
+        );
+    }
+    Ok(result)
+}
+
+/// Check every folder of `store` that has a manifest.
+pub async fn verify(store: &Store, label: &str) -> anyhow::Result<Verification> {
+    let (with, all) = folders(store).await?;
     let mut result = Verification {
-        without_manifest: gated.incomplete,
+        without_manifest: all.difference(&with).cloned().collect(),
         ..Default::default()
     };
-    for manifest_object in gated.complete.iter().filter(|o| gate::is_manifest(&o.key)) {
-        let folder = gate::folder(&manifest_object.key).to_string();
-        let mut problems = Vec::new();
-        let mut bytes = 0;
-        let manifest = match store.read_optional(&manifest_object.key).await? {
-            Some(body) => Manifest::parse(&body),
-            None => Err("manifest disappeared while verifying".to_string()),
-        };
-        match manifest {
-            Err(e) => problems.push(format!("{}: {e}", manifest_object.key)),
-            Ok(manifest) => {
-                for table in &manifest.tables {
-                    let key = if folder.is_empty() {
-                        table.file.clone()
-                    } else {
-                        format!("{folder}/{}", table.file)
-                    };
-                    let Some(object) = by_key.get(key.as_str()) else {
-                        problems.push(format!("{key}: missing"));
-                        continue;
-                    };
-                    if object.size != table.compressed_bytes {
-                        problems.push(format!(
-                            "{key}: {} bytes, the manifest says {}",
-                            object.size, table.compressed_bytes
-                        ));
-                        continue;
-                    }
-                    let sha = sha256(store, &key, object.size).await?;
-                    if sha != table.sha256 {
-                        problems.push(format!(
-                            "{key}: SHA-256 {sha}, the manifest says {}",
-                            table.sha256
-                        ));
-                    }
-                    bytes += object.size;
-                }
-                if problems.is_empty() {
-                    println!(
-                        "{label} {folder}: OK ({} objects, {})",
-                        manifest.tables.len(),
-                        human_bytes(bytes)
-                    );
-                }
-            }
-        }
+    for folder in with {
+        let problems = check_folder(store, label, &folder).await?;
         for p in &problems {
             println!("{label} {folder}: MISMATCH {p}");
         }
@@ -92,19 +70,79 @@ pub async fn verify(store: &Store, label: &str) -> Result<Verification, Failure>
     Ok(result)
 }
 
-async fn sha256(store: &Store, key: &str, size: u64) -> Result<String, Failure> {
-    let mut hash = Sha256::new();
-    let mut offset = 0;
-    while offset < size {
-        let len = READ_BYTES.min(size - offset);
-        let (chunk, _) = store.get(key, Some((offset, len)), None).await?;
-        if chunk.is_empty() {
-            return Err(Failure::runtime(anyhow!(
-                "{key}: read returned no data at offset {offset}"
-            )));
+/// The folders holding a manifest, and all folders holding objects (one listing pass).
+async fn folders(store: &Store) -> anyhow::Result<(BTreeSet<String>, BTreeSet<String>)> {
+    let (mut with, mut all) = (BTreeSet::new(), BTreeSet::new());
+    let mut pages = store.list("");
+    while let Some(page) = pages.next().await {
+        for o in page? {
+            if o.key == crate::sides::OLD_RECORDS_KEY {
+                continue;
+            }
+            let folder = manifest::folder_of(&o.key).to_string();
+            if manifest::is_manifest(&o.key) {
+                with.insert(folder.clone());
+            }
+            all.insert(folder);
         }
-        hash.update(&chunk);
-        offset += chunk.len() as u64;
     }
-    Ok(hex::encode(hash.finalize()))
+    Ok((with, all))
+}
+
+async fn check_folder(store: &Store, label: &str, folder: &str) -> anyhow::Result<Vec<String>> {
+    let manifest_key = manifest::key_in(folder);
+    let parsed = match store.get(&manifest_key, GetOptions::default()).await {
+        Ok(got) => Manifest::parse(&got.body.collect().await?),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            Err("manifest disappeared while verifying".into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let manifest = match parsed {
+        Ok(m) => m,
+        Err(e) => return Ok(vec![format!("{manifest_key}: {e}")]),
+    };
+    let mut problems = Vec::new();
+    let mut bytes = 0;
+    for table in &manifest.tables {
+        let object = key::join(folder, &table.file);
+        match hash(store, &object).await? {
+            None => problems.push(format!("{object}: missing")),
+            Some((size, _)) if size != table.compressed_bytes => problems.push(format!(
+                "{object}: {size} bytes, the manifest says {}",
+                table.compressed_bytes
+            )),
+            Some((_, sha)) if sha != table.sha256 => problems.push(format!(
+                "{object}: SHA-256 {sha}, the manifest says {}",
+                table.sha256
+            )),
+            Some((size, _)) => bytes += size,
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "{label} {folder}: OK ({} objects, {})",
+            manifest.tables.len(),
+            human_bytes(bytes)
+        );
+    }
+    Ok(problems)
+}
+
+/// Size and SHA-256 of an object, streamed; `None` when it does not exist.
+async fn hash(store: &Store, object: &str) -> anyhow::Result<Option<(u64, String)>> {
+    let got = match store.get(object, GetOptions::default()).await {
+        Ok(got) => got,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut sha = Sha256::new();
+    let mut size = 0u64;
+    let mut stream = got.body.into_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        size += chunk.len() as u64;
+        sha.update(&chunk);
+    }
+    Ok(Some((size, hex::encode(sha.finalize()))))
 }

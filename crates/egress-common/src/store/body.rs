@@ -238,8 +238,14 @@ mod tests {
     async fn the_md5_tap_sees_every_byte() {
         let (body, tap) = Body::from_stream(6, chunks(&[b"abc", b"def"])).tap_md5();
         body.collect().await.unwrap();
-        assert_eq!(hex::encode(tap.digest()), "e80b5017098950fc58aad83c8c14978e");
+        assert_eq!(
+            hex::encode(tap.digest()),
+            "e80b5017098950fc58aad83c8c14978e"
+        );
         let (_, tap) = Body::from_bytes(&b"abcdef"[..]).tap_md5();
-        assert_eq!(hex::encode(tap.digest()), "e80b5017098950fc58aad83c8c14978e");
+        assert_eq!(
+            hex::encode(tap.digest()),
+            "e80b5017098950fc58aad83c8c14978e"
+        );
     }
 }

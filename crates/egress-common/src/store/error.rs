@@ -88,8 +88,12 @@ impl StoreError {
         let path = path.display();
         match e.kind() {
             Io::NotFound => StoreError::new(ErrorKind::NotFound, format!("{what} {path}: {e}")),
-            Io::PermissionDenied | Io::ReadOnlyFilesystem | Io::NotADirectory | Io::IsADirectory
-            | Io::AlreadyExists | Io::StorageFull => StoreError::new(
+            Io::PermissionDenied
+            | Io::ReadOnlyFilesystem
+            | Io::NotADirectory
+            | Io::IsADirectory
+            | Io::AlreadyExists
+            | Io::StorageFull => StoreError::new(
                 ErrorKind::NotWritable,
                 format!("{what} {path}: {e}; choose a directory this user can write"),
             ),
@@ -265,7 +269,11 @@ mod tests {
         let object = Target::Object;
         let cases = [
             (Some("InvalidAccessKeyId"), None, ErrorKind::Credentials),
-            (Some("SignatureDoesNotMatch"), Some(403), ErrorKind::Credentials),
+            (
+                Some("SignatureDoesNotMatch"),
+                Some(403),
+                ErrorKind::Credentials,
+            ),
             (Some("NoSuchBucket"), Some(404), ErrorKind::BucketNotFound),
             (Some("NoSuchKey"), Some(404), ErrorKind::NotFound),
             (None, Some(404), ErrorKind::NotFound),
@@ -276,7 +284,11 @@ mod tests {
             (Some("Weird"), Some(400), ErrorKind::Other),
         ];
         for (code, status, kind) in cases {
-            assert_eq!(classify_code(code, status, object), kind, "{code:?} {status:?}");
+            assert_eq!(
+                classify_code(code, status, object),
+                kind,
+                "{code:?} {status:?}"
+            );
         }
         assert_eq!(
             classify_code(None, Some(404), Target::Bucket),

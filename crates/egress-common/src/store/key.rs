@@ -58,10 +58,25 @@ mod tests {
 
     #[test]
     fn hostile_keys_are_named() {
-        for bad in ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a/.", "", "a\0b"] {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "./a",
+            "a/.",
+            "",
+            "a\0b",
+        ] {
             assert!(local_path_problem(bad).is_some(), "{bad:?} must be refused");
         }
-        for good in ["a", "a/b.csv.gz", "with space/ü.txt", "..a/b..", "a/.hidden"] {
+        for good in [
+            "a",
+            "a/b.csv.gz",
+            "with space/ü.txt",
+            "..a/b..",
+            "a/.hidden",
+        ] {
             assert_eq!(local_path_problem(good), None, "{good:?} is fine");
         }
     }

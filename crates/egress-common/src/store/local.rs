@@ -95,7 +95,10 @@ impl LocalStore {
     fn create_temp(&self, path: &Path) -> Result<(PathBuf, File), StoreError> {
         let parent = path.parent().unwrap_or(&self.root);
         self.ensure_dir(parent)?;
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         let temp = parent.join(format!(".{name}{TEMP_MARK}{:016x}", rand::random::<u64>()));
         let file = OpenOptions::new()
             .write(true)
@@ -121,11 +124,17 @@ fn create_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(m) if m.file_type().is_symlink() => Err(StoreError::new(
             ErrorKind::NotWritable,
-            format!("{} is a symbolic link; refusing to write through it", dir.display()),
+            format!(
+                "{} is a symbolic link; refusing to write through it",
+                dir.display()
+            ),
         )),
         Ok(_) => Err(StoreError::new(
             ErrorKind::NotWritable,
-            format!("{} is a file, not a directory; choose another output", dir.display()),
+            format!(
+                "{} is a file, not a directory; choose another output",
+                dir.display()
+            ),
         )),
         Err(_) => match std::fs::DirBuilder::new().mode(mode).create(dir) {
             Ok(()) => Ok(()),
@@ -145,7 +154,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Stream `body` into `file` at `offset`, returning the MD5 of what was written.
-async fn write_body(file: File, path: PathBuf, offset: u64, body: Body) -> Result<(File, [u8; 16]), StoreError> {
+async fn write_body(
+    file: File,
+    path: PathBuf,
+    offset: u64,
+    body: Body,
+) -> Result<(File, [u8; 16]), StoreError> {
     let mut stream = body.into_stream();
     let mut state = (file, Md5::new(), offset);
     while let Some(chunk) = stream.next().await {
@@ -165,7 +179,13 @@ async fn write_body(file: File, path: PathBuf, offset: u64, body: Body) -> Resul
 
 /// fsync the file, give it its Last-Modified, and move it into place (then fsync the
 /// directory, so the rename survives a crash).
-fn finish_file(file: File, temp: &Path, path: &Path, modified: Option<i64>, no_replace: bool) -> Result<(), StoreError> {
+fn finish_file(
+    file: File,
+    temp: &Path,
+    path: &Path,
+    modified: Option<i64>,
+    no_replace: bool,
+) -> Result<(), StoreError> {
     if let Some(secs) = modified {
         let when = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
         file.set_modified(when)
@@ -268,7 +288,13 @@ impl ObjectStore for LocalStore {
                 Ok((_, Ok(page))) if page.is_empty() => None,
                 Ok((walker, Ok(page))) => Some((Ok(page), Some(walker))),
                 Ok((_, Err(e))) => Some((Err(e), None)),
-                Err(e) => Some((Err(StoreError::new(ErrorKind::Other, format!("listing task failed: {e}"))), None)),
+                Err(e) => Some((
+                    Err(StoreError::new(
+                        ErrorKind::Other,
+                        format!("listing task failed: {e}"),
+                    )),
+                    None,
+                )),
             }
         })
         .boxed()
@@ -306,7 +332,9 @@ impl ObjectStore for LocalStore {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&opened)
                 .map_err(|e| StoreError::io("reading", &opened, &e))?;
-            let m = file.metadata().map_err(|e| StoreError::io("reading", &opened, &e))?;
+            let m = file
+                .metadata()
+                .map_err(|e| StoreError::io("reading", &opened, &e))?;
             Ok((file, meta_of(&m)))
         })
         .await?;
@@ -320,7 +348,12 @@ impl ObjectStore for LocalStore {
         })
     }
 
-    async fn put(&self, key: &str, body: Body, options: &PutOptions) -> Result<PutResult, StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Body,
+        options: &PutOptions,
+    ) -> Result<PutResult, StoreError> {
         let path = self.path(key)?;
         let store = self.clone();
         let target = path.clone();
@@ -334,7 +367,11 @@ impl ObjectStore for LocalStore {
         result
     }
 
-    async fn create_multipart(&self, key: &str, options: &PutOptions) -> Result<Upload, StoreError> {
+    async fn create_multipart(
+        &self,
+        key: &str,
+        options: &PutOptions,
+    ) -> Result<Upload, StoreError> {
         let path = self.path(key)?;
         let store = self.clone();
         let (temp, _file) = blocking(move || store.create_temp(&path)).await?;
@@ -368,13 +405,21 @@ impl ObjectStore for LocalStore {
         if content_md5.is_some_and(|expected| expected != md5) {
             return Err(StoreError::new(
                 ErrorKind::ChecksumMismatch,
-                format!("part {} of {}: Content-MD5 does not match the bytes", slot.number, upload.key),
+                format!(
+                    "part {} of {}: Content-MD5 does not match the bytes",
+                    slot.number, upload.key
+                ),
             ));
         }
         Ok(hex::encode(md5))
     }
 
-    async fn complete(&self, upload: Upload, parts: &[CompletedPart], size: u64) -> Result<PutResult, StoreError> {
+    async fn complete(
+        &self,
+        upload: Upload,
+        parts: &[CompletedPart],
+        size: u64,
+    ) -> Result<PutResult, StoreError> {
         let path = self.path(&upload.key)?;
         let temp = PathBuf::from(&upload.id);
         let modified = upload.modified;
@@ -401,7 +446,13 @@ impl ObjectStore for LocalStore {
         cleanup::done(upload.ticket);
         result?;
         Ok(PutResult {
-            etag: md5s.map(|m| if m.len() == 1 { hex::encode(m[0]) } else { multipart_etag(&m) }),
+            etag: md5s.map(|m| {
+                if m.len() == 1 {
+                    hex::encode(m[0])
+                } else {
+                    multipart_etag(&m)
+                }
+            }),
         })
     }
 
@@ -419,7 +470,9 @@ impl ObjectStore for LocalStore {
     async fn abort_pending(&self, upload: &PendingUpload) -> Result<(), StoreError> {
         let path = PathBuf::from(&upload.id);
         match tokio::fs::remove_file(&path).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io("removing", &path, &e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::io("removing", &path, &e))
+            }
             _ => Ok(()),
         }
     }
@@ -449,12 +502,22 @@ impl ObjectStore for LocalStore {
 }
 
 impl LocalStore {
-    async fn put_temp(&self, file: File, temp: &Path, path: &Path, body: Body, options: &PutOptions) -> Result<PutResult, StoreError> {
+    async fn put_temp(
+        &self,
+        file: File,
+        temp: &Path,
+        path: &Path,
+        body: Body,
+        options: &PutOptions,
+    ) -> Result<PutResult, StoreError> {
         let (file, md5) = write_body(file, temp.to_path_buf(), 0, body).await?;
         if options.content_md5.is_some_and(|expected| expected != md5) {
             return Err(StoreError::new(
                 ErrorKind::ChecksumMismatch,
-                format!("writing {}: Content-MD5 does not match the bytes", path.display()),
+                format!(
+                    "writing {}: Content-MD5 does not match the bytes",
+                    path.display()
+                ),
             ));
         }
         let (temp, path, modified) = (temp.to_path_buf(), path.to_path_buf(), options.modified);
@@ -470,7 +533,13 @@ impl LocalStore {
                     ));
                 }
             }
-            finish_file(file, &temp, &path, modified, condition == Condition::IfAbsent)
+            finish_file(
+                file,
+                &temp,
+                &path,
+                modified,
+                condition == Condition::IfAbsent,
+            )
         })
         .await?;
         Ok(PutResult {
@@ -546,7 +615,9 @@ impl Walker {
         }
         let mut page = Vec::new();
         while page.len() < n {
-            let Some(top) = self.stack.last_mut() else { break };
+            let Some(top) = self.stack.last_mut() else {
+                break;
+            };
             match top.entries.next() {
                 None => {
                     self.stack.pop();
@@ -575,7 +646,10 @@ fn read_level(root: &Path, rel: &str) -> Result<Level, StoreError> {
     let read = match std::fs::read_dir(&dir) {
         Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Level { rel: rel.to_string(), entries: Vec::new().into_iter() })
+            return Ok(Level {
+                rel: rel.to_string(),
+                entries: Vec::new().into_iter(),
+            })
         }
         Err(e) => return Err(StoreError::io("listing", &dir, &e)),
     };
@@ -593,13 +667,26 @@ fn read_level(root: &Path, rel: &str) -> Result<Level, StoreError> {
         if kind.is_symlink() {
             tracing::warn!(path = %entry.path().display(), "skipping a symbolic link (not followed)");
         } else if kind.is_dir() {
-            entries.push(Entry { name, dir: true, size: 0, modified: 0 });
+            entries.push(Entry {
+                name,
+                dir: true,
+                size: 0,
+                modified: 0,
+            });
         } else if kind.is_file() && !is_temp(&name) {
-            entries.push(Entry { name, dir: false, size: meta.len(), modified: meta.mtime() });
+            entries.push(Entry {
+                name,
+                dir: false,
+                size: meta.len(),
+                modified: meta.mtime(),
+            });
         }
     }
     entries.sort_by(|a, b| sort_name(a).cmp(&sort_name(b)));
-    Ok(Level { rel: rel.to_string(), entries: entries.into_iter() })
+    Ok(Level {
+        rel: rel.to_string(),
+        entries: entries.into_iter(),
+    })
 }
 
 fn sort_name(e: &Entry) -> std::borrow::Cow<'_, str> {
@@ -619,18 +706,35 @@ fn find_temp_files(root: &Path, under: &str) -> Vec<PendingUpload> {
     let mut out = Vec::new();
     let mut dirs = vec![root.join(under)];
     while let Some(dir) = dirs.pop() {
-        let Ok(read) = std::fs::read_dir(&dir) else { continue };
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in read.flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             let name = entry.file_name().to_string_lossy().into_owned();
             if kind.is_dir() {
                 dirs.push(entry.path());
             } else if kind.is_file() && is_temp(&name) {
-                let final_name = name[1..].split(TEMP_MARK).next().unwrap_or("").split(OLD_TEMP_MARK).next().unwrap_or("");
+                let final_name = name[1..]
+                    .split(TEMP_MARK)
+                    .next()
+                    .unwrap_or("")
+                    .split(OLD_TEMP_MARK)
+                    .next()
+                    .unwrap_or("");
                 let rel = entry.path().with_file_name(final_name);
-                let key = rel.strip_prefix(root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                let key = rel
+                    .strip_prefix(root)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let initiated = entry.metadata().map(|m| m.mtime()).unwrap_or(0);
-                out.push(PendingUpload { key, id: entry.path().to_string_lossy().into_owned(), initiated });
+                out.push(PendingUpload {
+                    key,
+                    id: entry.path().to_string_lossy().into_owned(),
+                    initiated,
+                });
             }
         }
     }
@@ -672,21 +776,53 @@ mod tests {
         let store = LocalStore::new(dir.path().join("out"));
         let body = Body::from_bytes(&b"hello"[..]);
         let md5: [u8; 16] = Md5::digest(b"hello").into();
-        let put = PutOptions { content_md5: Some(md5), ..Default::default() };
+        let put = PutOptions {
+            content_md5: Some(md5),
+            ..Default::default()
+        };
         let done = store.put("d/k.txt", body, &put).await.unwrap();
-        assert_eq!(done.etag.as_deref(), Some("5d41402abc4b2a76b9719d911017c592"));
+        assert_eq!(
+            done.etag.as_deref(),
+            Some("5d41402abc4b2a76b9719d911017c592")
+        );
         let file = dir.path().join("out/d/k.txt");
         assert_eq!(std::fs::read(&file).unwrap(), b"hello");
-        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(dir.path().join("out/d")).unwrap().permissions().mode() & 0o777, 0o700);
-        let bad = PutOptions { content_md5: Some([0; 16]), ..Default::default() };
-        let err = store.put("d/k.txt", Body::from_bytes(&b"other"[..]), &bad).await.unwrap_err();
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("out/d"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        let bad = PutOptions {
+            content_md5: Some([0; 16]),
+            ..Default::default()
+        };
+        let err = store
+            .put("d/k.txt", Body::from_bytes(&b"other"[..]), &bad)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ChecksumMismatch);
-        assert_eq!(std::fs::read(&file).unwrap(), b"hello", "a refused write changes nothing");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            b"hello",
+            "a refused write changes nothing"
+        );
         for hostile in ["../x", "a/../../x", "/etc/x", "a//b"] {
-            let err = store.put(hostile, Body::from_bytes(&b"x"[..]), &PutOptions::default()).await.unwrap_err();
+            let err = store
+                .put(hostile, Body::from_bytes(&b"x"[..]), &PutOptions::default())
+                .await
+                .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidKey, "{hostile}");
-            assert!(err.to_string().contains(hostile.trim_start_matches('/')), "{err}");
+            assert!(
+                err.to_string().contains(hostile.trim_start_matches('/')),
+                "{err}"
+            );
         }
         assert!(!dir.path().join("x").exists());
         assert_eq!(keys(&store).await, ["d/k.txt"], "no temporary file is left");
@@ -699,7 +835,10 @@ mod tests {
         std::fs::create_dir(dir.path().join("out")).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("out/d")).unwrap();
         let store = LocalStore::new(dir.path().join("out"));
-        let err = store.put("d/k", Body::from_bytes(&b"x"[..]), &PutOptions::default()).await.unwrap_err();
+        let err = store
+            .put("d/k", Body::from_bytes(&b"x"[..]), &PutOptions::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotWritable, "{err}");
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
@@ -708,17 +847,69 @@ mod tests {
     async fn parts_land_at_their_offsets_and_complete_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
-        let upload = store.create_multipart("m.bin", &PutOptions { modified: Some(1_000_000), ..Default::default() }).await.unwrap();
-        let second = store.upload_part(&upload, PartSlot { number: 2, offset: 3 }, Body::from_bytes(&b"def"[..]), None).await.unwrap();
-        let first = store.upload_part(&upload, PartSlot { number: 1, offset: 0 }, Body::from_bytes(&b"abc"[..]), None).await.unwrap();
+        let upload = store
+            .create_multipart(
+                "m.bin",
+                &PutOptions {
+                    modified: Some(1_000_000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let second = store
+            .upload_part(
+                &upload,
+                PartSlot {
+                    number: 2,
+                    offset: 3,
+                },
+                Body::from_bytes(&b"def"[..]),
+                None,
+            )
+            .await
+            .unwrap();
+        let first = store
+            .upload_part(
+                &upload,
+                PartSlot {
+                    number: 1,
+                    offset: 0,
+                },
+                Body::from_bytes(&b"abc"[..]),
+                None,
+            )
+            .await
+            .unwrap();
         assert!(keys(&store).await.is_empty(), "invisible until complete");
-        let parts = [CompletedPart { number: 1, etag: first }, CompletedPart { number: 2, etag: second }];
+        let parts = [
+            CompletedPart {
+                number: 1,
+                etag: first,
+            },
+            CompletedPart {
+                number: 2,
+                etag: second,
+            },
+        ];
         let done = store.complete(upload, &parts, 6).await.unwrap();
         assert!(done.etag.unwrap().ends_with("-2"));
         assert_eq!(std::fs::read(dir.path().join("m.bin")).unwrap(), b"abcdef");
         assert_eq!(store.head("m.bin").await.unwrap().modified, 1_000_000);
-        let got = store.get("m.bin", GetOptions { range: Some((2, 3)), ..Default::default() }).await.unwrap();
-        assert_eq!(got.body.collect().await.unwrap(), Bytes::from_static(b"cde"));
+        let got = store
+            .get(
+                "m.bin",
+                GetOptions {
+                    range: Some((2, 3)),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            got.body.collect().await.unwrap(),
+            Bytes::from_static(b"cde")
+        );
     }
 
     #[tokio::test]

@@ -207,8 +207,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn get(&self, key: &str, options: GetOptions) -> Result<GetResult, StoreError>;
 
     /// Write a whole object in one request; it appears whole or not at all.
-    async fn put(&self, key: &str, body: Body, options: &PutOptions)
-        -> Result<PutResult, StoreError>;
+    async fn put(
+        &self,
+        key: &str,
+        body: Body,
+        options: &PutOptions,
+    ) -> Result<PutResult, StoreError>;
 
     /// Start a multipart upload; nothing is visible until [`ObjectStore::complete`].
     async fn create_multipart(&self, key: &str, options: &PutOptions)
@@ -265,7 +269,9 @@ pub async fn abort_stale_uploads(store: &dyn ObjectStore, under: &str, before: i
                 tracing::info!(key = %upload.key, "aborted an upload left by an earlier run");
                 aborted += 1;
             }
-            Err(e) => tracing::warn!(key = %upload.key, error = %e, "could not abort an upload left by an earlier run"),
+            Err(e) => {
+                tracing::warn!(key = %upload.key, error = %e, "could not abort an upload left by an earlier run")
+            }
         }
     }
     aborted

@@ -128,10 +128,12 @@ macro_rules! with_attributes {
             .set_content_encoding($a.content_encoding.clone())
             .set_cache_control($a.cache_control.clone())
             .set_content_disposition($a.content_disposition.clone())
-            .set_metadata(
-                (!$a.metadata.is_empty())
-                    .then(|| $a.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-            )
+            .set_metadata((!$a.metadata.is_empty()).then(|| {
+                $a.metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }))
     };
 }
 
@@ -207,7 +209,11 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| {
-                self.error(&e, &format!("checking s3://{}/{list_prefix}", self.bucket), Target::Bucket)
+                self.error(
+                    &e,
+                    &format!("checking s3://{}/{list_prefix}", self.bucket),
+                    Target::Bucket,
+                )
             })?;
         Ok(())
     }
@@ -282,7 +288,13 @@ impl ObjectStore for S3Store {
             .part_number(number as i32)
             .send()
             .await
-            .map_err(|e| self.error(&e, &format!("reading part {number} of {full}"), Target::Object))?;
+            .map_err(|e| {
+                self.error(
+                    &e,
+                    &format!("reading part {number} of {full}"),
+                    Target::Object,
+                )
+            })?;
         // A store that ignores partNumber answers for the whole object, without a count.
         if reply.parts_count().is_none() {
             self.part_numbers.store(PARTS_NO, Ordering::Relaxed);
@@ -336,7 +348,7 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(&full)
             .content_length(body.len() as i64)
-            .set_content_md5(options.content_md5.map(|m| aws_smithy_types::base64::encode(m)));
+            .set_content_md5(options.content_md5.map(aws_smithy_types::base64::encode));
         request = match &options.condition {
             Condition::None => request,
             Condition::IfAbsent => request.if_none_match("*"),
@@ -360,11 +372,20 @@ impl ObjectStore for S3Store {
         let full = self.full(key);
         // Until the id comes back, a stop must look for the upload by its key.
         let sweep = cleanup::register(Phase::Sweep, self.sweep_for(&full));
-        let request = self.client.create_multipart_upload().bucket(&self.bucket).key(&full);
+        let request = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full);
         let reply = with_attributes!(request, options.attributes).send().await;
         cleanup::done(sweep);
-        let reply = reply
-            .map_err(|e| self.error(&e, &format!("starting the upload of {full}"), Target::Object))?;
+        let reply = reply.map_err(|e| {
+            self.error(
+                &e,
+                &format!("starting the upload of {full}"),
+                Target::Object,
+            )
+        })?;
         let id = reply
             .upload_id()
             .filter(|id| !id.is_empty())
@@ -401,12 +422,16 @@ impl ObjectStore for S3Store {
             .upload_id(&upload.id)
             .part_number(number as i32)
             .content_length(body.len() as i64)
-            .set_content_md5(content_md5.map(|m| aws_smithy_types::base64::encode(m)))
+            .set_content_md5(content_md5.map(aws_smithy_types::base64::encode))
             .body(body.into_sdk())
             .send()
             .await
             .map_err(|e| {
-                self.error(&e, &format!("uploading part {number} of {full}"), Target::Object)
+                self.error(
+                    &e,
+                    &format!("uploading part {number} of {full}"),
+                    Target::Object,
+                )
             })?;
         Ok(clean_etag(reply.e_tag()).unwrap_or_default())
     }
@@ -458,7 +483,11 @@ impl ObjectStore for S3Store {
                         }
                     }
                 }
-                let error = self.error(&e, &format!("completing the upload of {full}"), Target::Object);
+                let error = self.error(
+                    &e,
+                    &format!("completing the upload of {full}"),
+                    Target::Object,
+                );
                 self.abort(upload).await;
                 Err(error)
             }
@@ -477,14 +506,21 @@ impl ObjectStore for S3Store {
             .await;
         cleanup::done(upload.ticket);
         if let Err(e) = result {
-            let e = self.error(&e, &format!("aborting the upload of {full}"), Target::Object);
+            let e = self.error(
+                &e,
+                &format!("aborting the upload of {full}"),
+                Target::Object,
+            );
             tracing::warn!(error = %e, "could not abort a multipart upload; the next run (or the bucket's lifecycle rule) removes it");
         }
     }
 
     async fn pending_uploads(&self, under: &str) -> Result<Vec<PendingUpload>, StoreError> {
         let list_prefix = format!("{}{under}", dir_prefix(&self.prefix));
-        let what = format!("listing pending uploads under s3://{}/{list_prefix}", self.bucket);
+        let what = format!(
+            "listing pending uploads under s3://{}/{list_prefix}",
+            self.bucket
+        );
         let mut out = Vec::new();
         let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
         loop {
@@ -528,7 +564,13 @@ impl ObjectStore for S3Store {
             .upload_id(&upload.id)
             .send()
             .await
-            .map_err(|e| self.error(&e, &format!("aborting the upload of {full}"), Target::Object))?;
+            .map_err(|e| {
+                self.error(
+                    &e,
+                    &format!("aborting the upload of {full}"),
+                    Target::Object,
+                )
+            })?;
         Ok(())
     }
 
@@ -576,7 +618,11 @@ impl S3Store {
                     let started = u.initiated().map(|t| t.secs()).unwrap_or(0);
                     if u.key() == Some(key.as_str()) && started >= since {
                         if let Some(id) = u.upload_id() {
-                            let abort = client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(id);
+                            let abort = client
+                                .abort_multipart_upload()
+                                .bucket(&bucket)
+                                .key(&key)
+                                .upload_id(id);
                             undone |= abort.send().await.is_ok();
                         }
                     }
@@ -596,7 +642,11 @@ impl S3Store {
         );
         Box::new(move || {
             Box::pin(async move {
-                let abort = client.abort_multipart_upload().bucket(bucket).key(&key).upload_id(id);
+                let abort = client
+                    .abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(&key)
+                    .upload_id(id);
                 let ok = abort.send().await.is_ok();
                 if !ok {
                     tracing::warn!(key = %key, "could not abort an upload; the next run (or the bucket lifecycle rule) removes it");
@@ -631,7 +681,10 @@ struct ListCtx {
 }
 
 impl ListCtx {
-    async fn page(&self, token: Option<String>) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
+    async fn page(
+        &self,
+        token: Option<String>,
+    ) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
         let page = self
             .client
             .list_objects_v2()
@@ -658,7 +711,11 @@ impl ListCtx {
         let mut objects = Vec::with_capacity(page.contents().len());
         for o in page.contents() {
             let Some(raw) = o.key() else { continue };
-            let full = if encoded { decode_key(raw) } else { raw.to_string() };
+            let full = if encoded {
+                decode_key(raw)
+            } else {
+                raw.to_string()
+            };
             let Some(key) = full.strip_prefix(&self.root) else {
                 continue;
             };
@@ -796,7 +853,10 @@ fn https_client_trusting(
         .with_trust_store(TrustStore::default().with_pem_certificate(pem))
         .build()
         .map_err(|e| {
-            ConfigError::new(format!("AWS_CA_BUNDLE '{}' is unusable: {e}", path.display()))
+            ConfigError::new(format!(
+                "AWS_CA_BUNDLE '{}' is unusable: {e}",
+                path.display()
+            ))
         })?;
     Ok(aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))

@@ -2,6 +2,7 @@
 //! `object_store`): used by the dump for its compressed stream and by the sync for large
 //! copies. Nothing becomes visible until [`Uploaded::complete`].
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -56,9 +57,15 @@ impl PartWriter {
         })
     }
 
-    /// Upload the next part (numbered in call order); waits while `max_in_flight` parts
-    /// are being uploaded. After an error, call [`PartWriter::abort`].
-    pub async fn put(&mut self, body: Body) -> Result<(), StoreError> {
+    /// Upload the next part (numbered in call order) of `len` bytes, whose body `body`
+    /// produces once a slot is free (so a part's source is read only when it can be sent);
+    /// waits while `max_in_flight` parts are being uploaded. After an error, call
+    /// [`PartWriter::abort`].
+    pub async fn put(
+        &mut self,
+        len: u64,
+        body: impl Future<Output = Result<Body, StoreError>> + Send + 'static,
+    ) -> Result<(), StoreError> {
         while self.running.len() >= self.max_in_flight {
             self.join_one().await?;
         }
@@ -67,10 +74,12 @@ impl PartWriter {
             offset: self.offset,
         };
         self.next += 1;
-        self.offset += body.len();
+        self.offset += len;
         let (store, upload, verify) = (self.store.clone(), self.upload.clone(), self.verify);
-        self.running
-            .spawn(async move { upload_one(store, upload, slot, body, verify).await });
+        self.running.spawn(async move {
+            let body = body.await?;
+            upload_one(store, upload, slot, body, verify).await
+        });
         Ok(())
     }
 
@@ -105,7 +114,10 @@ impl PartWriter {
                 upload,
                 parts,
             }),
-            Err(_) => Err(StoreError::new(ErrorKind::Other, "internal: a part is still in flight")),
+            Err(_) => Err(StoreError::new(
+                ErrorKind::Other,
+                "internal: a part is still in flight",
+            )),
         }
     }
 
@@ -129,7 +141,12 @@ async fn upload_one(
     let size = body.len();
     if !verify {
         let etag = store.upload_part(&upload, slot, body, None).await?;
-        return Ok(PartDone { number: slot.number, etag, size, md5: None });
+        return Ok(PartDone {
+            number: slot.number,
+            etag,
+            size,
+            md5: None,
+        });
     }
     // In memory: send Content-MD5 so the store itself refuses damaged bytes.
     let content_md5 = body.as_bytes().map(|b| {
@@ -150,7 +167,12 @@ async fn upload_one(
             ),
         ));
     }
-    Ok(PartDone { number: slot.number, etag, size, md5: Some(md5) })
+    Ok(PartDone {
+        number: slot.number,
+        etag,
+        size,
+        md5: Some(md5),
+    })
 }
 
 /// Every part uploaded; the object is not visible yet.

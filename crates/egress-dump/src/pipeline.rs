@@ -1,0 +1,130 @@
+//! One table's dump: `COPY` stream -> compress -> upload, three stages joined by bounded
+//! channels. The object becomes visible only when all three succeeded.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context};
+use egress_common::store::Store;
+use egress_common::units::mib_per_sec;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tracing::info;
+
+use crate::catalog::ResolvedTable;
+use crate::config::Args;
+use crate::copy_stream::{self, CopyError};
+use crate::database::DbError;
+use crate::gzip::{self, CompressStats};
+use crate::progress::Counters;
+use crate::upload::{self, Committed};
+
+const MIB: usize = 1024 * 1024;
+
+/// What one table's dump produced.
+#[derive(Debug, Clone)]
+pub struct TableReport {
+    /// Table as listed.
+    pub table: String,
+    /// Where it went (URL or path, for logs).
+    pub target: String,
+    /// Data rows.
+    pub rows: u64,
+    /// Compression statistics and checksums.
+    pub stats: CompressStats,
+    /// The object as stored.
+    pub committed: Committed,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Everything a table's dump needs besides its connection.
+pub struct Job<'a> {
+    /// The run's flags.
+    pub args: &'a Args,
+    /// Compression threads per table (the machine's CPUs shared among the workers).
+    pub compress_threads: usize,
+    /// Where objects go.
+    pub store: &'a Store,
+    /// The date folder.
+    pub date: &'a str,
+    /// Progress counters.
+    pub counters: &'a Arc<Counters>,
+}
+
+impl Job<'_> {
+    /// The key of `table`'s object.
+    pub fn key(&self, table: &ResolvedTable) -> String {
+        format!("{}/{}.csv.gz", self.date, table.requested.file_stem())
+    }
+}
+
+/// Dump one table through the three stages.
+pub async fn dump_table(
+    client: &Client,
+    table: &ResolvedTable,
+    job: &Job<'_>,
+) -> anyhow::Result<TableReport> {
+    let args = job.args;
+    let name = table.requested.file_stem();
+    let key = job.key(table);
+    let target = job.store.describe(&key);
+    info!(table = %name, target = %target, "Table '{name}': Data collection started.");
+    let started = Instant::now();
+
+    let (raw_tx, raw_rx) = mpsc::channel(8);
+    let (part_tx, part_rx) = mpsc::channel(1);
+    let base = args.part_size_mib as usize * MIB;
+    let settings = gzip::Settings {
+        level: args.compression_level,
+        threads: job.compress_threads,
+        part_size: move |n| upload::part_size(n, base),
+    };
+    let counters = job.counters.clone();
+    let compressor =
+        tokio::task::spawn_blocking(move || gzip::compress(raw_rx, part_tx, settings, &counters));
+    let sql = table.copy_sql(args.header);
+    let copy = copy_stream::copy_out(client, &sql, args.header, raw_tx, job.counters);
+    let receive = upload::receive(job.store, &key, part_rx, args.upload_concurrency as usize);
+    let (copied, compressed, received) = tokio::join!(copy, compressor, receive);
+
+    // Only when all three stages succeeded may the object become visible.
+    let (copy, stats, pending) = match (copied, compressed, received) {
+        (Ok(copy), Ok(Ok(stats)), Ok(pending)) => (copy, stats, pending),
+        // The upload stage failed: it has cleaned up after itself.
+        (_, _, Err(e)) => return Err(e.into()),
+        (copied, compressed, Ok(pending)) => {
+            upload::abort(pending).await;
+            return Err(match (copied, compressed) {
+                (Err(CopyError::Database(e)), _) => {
+                    DbError::new(&format!("reading table '{name}' failed"), &e).into()
+                }
+                (_, Ok(Err(e))) => anyhow!("compressing table '{name}' failed: {e}"),
+                (_, Err(join)) => anyhow!("compressing table '{name}' failed: {join}"),
+                _ => anyhow!("dumping table '{name}' stopped unexpectedly"),
+            });
+        }
+    };
+    let committed = upload::commit(job.store, &key, pending)
+        .await
+        .with_context(|| format!("table '{name}'"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    info!(
+        table = %name,
+        target = %target,
+        rows = copy.rows,
+        uncompressed_bytes = stats.uncompressed_bytes,
+        compressed_bytes = stats.compressed_bytes,
+        seconds = (seconds * 1000.0).round() / 1000.0,
+        mib_per_s = mib_per_sec(stats.uncompressed_bytes, seconds),
+        "Table '{name}': Dump uploaded to intermediate storage."
+    );
+    Ok(TableReport {
+        table: name,
+        target,
+        rows: copy.rows,
+        stats,
+        committed,
+        seconds,
+    })
+}

@@ -1,0 +1,396 @@
+//! A mirror run, as named steps: open both sides, clear dead uploads, count what
+//! `--remove` would delete (and refuse too many), march the two listings while the pool
+//! copies, copy each complete folder's manifest last, delete, summarise.
+
+use std::collections::HashSet;
+
+use egress_common::manifest;
+use egress_common::store::{self, ObjectInfo, StoreError};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::config::Args;
+use crate::decide::{self, Decision};
+use crate::gate::{Folder, Gates};
+use crate::march::{Listing, March, Pair};
+use crate::pool::{Names, Pool, Task};
+use crate::report::Report;
+use crate::sides::{Filter, Sides, OLD_RECORDS_KEY};
+use crate::transfer::{Job, Settings, Transfers};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A mirror run: the pool, and what the passes share.
+struct Mirror<'a> {
+    args: &'a Args,
+    filter: Filter,
+    pool: Pool,
+    gates: tokio::sync::Mutex<Gates>,
+}
+
+/// Mirror the input into the output as `args` say.
+pub async fn run(args: &Args) -> anyhow::Result<Report> {
+    let filter = Filter::new(args)?;
+    let sides = Sides::open(args).await?;
+    let started = chrono::Utc::now().timestamp();
+    let mirror = Mirror::new(args, filter, sides);
+    if !args.dry_run {
+        mirror.clear_dead_uploads(started).await;
+    }
+    let deletions = match args.remove {
+        true => Some(mirror.count_deletions().await?),
+        false => None,
+    };
+    let old_records = mirror.copy_all().await?;
+    if let Some(allowed) = deletions {
+        mirror.delete_extra(allowed).await?;
+    }
+    mirror.summarise(old_records).await
+}
+
+impl<'a> Mirror<'a> {
+    fn new(args: &'a Args, filter: Filter, sides: Sides) -> Mirror<'a> {
+        let settings = Settings::new(
+            args.multipart_threshold_mib * MIB,
+            args.part_size_mib * MIB,
+            args.memory_budget_mib * MIB,
+        );
+        let gates = Gates::new(sides.source.clone());
+        let names = Names {
+            input: sides.input_name,
+            output: sides.output_name,
+        };
+        let transfers = Transfers {
+            source: sides.source,
+            dest: sides.dest,
+            settings,
+        };
+        Mirror {
+            args,
+            filter,
+            pool: Pool::new(transfers, names, args.jobs as usize, args.dry_run),
+            gates: tokio::sync::Mutex::new(gates),
+        }
+    }
+
+    fn march(&self) -> March {
+        let t = self.pool.transfers();
+        March::new(
+            Listing::new(t.source.list(""), self.filter.clone(), "input"),
+            Listing::new(t.dest.list(""), self.filter.clone(), "output"),
+        )
+    }
+
+    /// Abort uploads a killed run left at the output.
+    async fn clear_dead_uploads(&self, started: i64) {
+        let aborted =
+            store::abort_stale_uploads(self.pool.transfers().dest.as_ref(), "", started).await;
+        if aborted > 0 {
+            info!(
+                aborted,
+                "cleaned up multipart uploads left by an earlier run"
+            );
+        }
+    }
+
+    /// Pass 1 of `--remove`: how many output objects it would delete, checked against its
+    /// guards before anything is changed.
+    async fn count_deletions(&self) -> anyhow::Result<u64> {
+        let mut march = self.march();
+        let mut deletes = 0u64;
+        while let Some(pair) = march.next().await? {
+            if let Pair::DestOnly(d) = &pair {
+                if !self.protected(d).await? {
+                    deletes += 1;
+                }
+            }
+        }
+        let (sources, dests) = march.counts();
+        if deletes > 0 && sources == 0 {
+            return egress_common::error::config(format!(
+                "the input listing is empty; refusing to delete {deletes} output object(s) with --remove: check INPUT_URL and INPUT_PATH"
+            ));
+        }
+        let limit = self.args.max_delete.unwrap_or(dests / 10);
+        if deletes > limit {
+            return egress_common::error::config(format!(
+                "--remove would delete {deletes} of {dests} output objects, more than the limit of {limit}: check the paths, or pass --max-delete {deletes} if this is intended"
+            ));
+        }
+        Ok(deletes)
+    }
+
+    /// An output object in a folder the input is still writing (no manifest yet) is never
+    /// deleted under `--require-manifest`.
+    async fn protected(&self, object: &ObjectInfo) -> Result<bool, StoreError> {
+        if !self.args.require_manifest {
+            return Ok(false);
+        }
+        self.gates
+            .lock()
+            .await
+            .in_progress(manifest::folder_of(&object.key))
+            .await
+    }
+
+    /// March both listings and copy what differs; then the manifests of complete folders.
+    /// Returns whether the output holds an earlier version's records file.
+    async fn copy_all(&self) -> anyhow::Result<bool> {
+        let march = self.march();
+        let line = progress_line(self.args.common.progress(), &self.pool);
+        let (deferred, old_records) = self.pool.run(async |tx| self.plan(march, tx).await).await?;
+        if self.args.require_manifest {
+            let ready = self.ready_manifests(deferred).await;
+            self.pool
+                .run(async |tx| {
+                    for task in ready {
+                        let _ = tx.send(task).await;
+                    }
+                })
+                .await;
+        }
+        line.finish().await;
+        if let Some(fatal) = self.pool.fatal() {
+            return Err(fatal.into());
+        }
+        Ok(old_records)
+    }
+
+    /// Decide each pair as the march yields it and hand copies to the pool; manifests of
+    /// gated folders wait until the end.
+    async fn plan(
+        &self,
+        mut march: March,
+        tx: mpsc::Sender<Task>,
+    ) -> anyhow::Result<(Vec<Pair>, bool)> {
+        let dest_traits = self.pool.transfers().dest.traits();
+        let mut deferred = Vec::new();
+        let mut skipped_folders = HashSet::new();
+        while let Some(pair) = march.next().await? {
+            if self.pool.stopped() {
+                break;
+            }
+            let source = match &pair {
+                Pair::DestOnly(_) => continue,
+                Pair::SourceOnly(s) | Pair::Both(s, _) => s.clone(),
+            };
+            if self.args.require_manifest && manifest::is_manifest(&source.key) {
+                deferred.push(pair);
+                continue;
+            }
+            let Some(job) = self.job(source, &mut skipped_folders).await? else {
+                continue;
+            };
+            let task = match decide::decide(&pair, dest_traits) {
+                Decision::Copy(reason) => Task::Copy(job, reason),
+                Decision::Check => Task::Check(job),
+                Decision::Skip(reason) => {
+                    if self.args.dry_run {
+                        println!("skip ({reason}) {}", job.object.key);
+                    }
+                    self.pool.record(|r| r.skipped += 1);
+                    continue;
+                }
+                Decision::Delete => continue,
+            };
+            if tx.send(task).await.is_err() {
+                break;
+            }
+        }
+        Ok((deferred, march.saw_old_records()))
+    }
+
+    /// The copy job for `source`, with what its folder's manifest says; `None` when its
+    /// folder is not ready (`--require-manifest`).
+    async fn job(
+        &self,
+        source: ObjectInfo,
+        skipped: &mut HashSet<String>,
+    ) -> anyhow::Result<Option<Job>> {
+        let folder = manifest::folder_of(&source.key).to_string();
+        let mut gates = self.gates.lock().await;
+        if self.args.require_manifest {
+            let reason = match gates.folder(&folder).await? {
+                Folder::Complete(_) => None,
+                Folder::NoManifest => {
+                    Some("has no _manifest.json; skipped (it may still be in progress)".to_string())
+                }
+                Folder::Unusable(why) => {
+                    Some(format!("has an unusable _manifest.json ({why}); skipped"))
+                }
+            };
+            if let Some(reason) = reason {
+                if skipped.insert(folder.clone()) {
+                    info!(folder = %folder, "folder `input/{}/{folder}` {reason}", self.pool.names().input);
+                }
+                return Ok(None);
+            }
+        }
+        let needs_layout = source.etag.as_deref().is_none_or(|e| e.contains('-'));
+        let listed = if self.args.require_manifest || needs_layout {
+            gates.see(&source.key).await?
+        } else {
+            None
+        };
+        let (expected, part_sizes) = match listed {
+            Some((expected, parts)) => (self.args.require_manifest.then_some(expected), parts),
+            None => (None, None),
+        };
+        Ok(Some(Job {
+            object: source,
+            expected,
+            part_sizes,
+        }))
+    }
+
+    /// The manifests whose folders were copied whole and match them; the others are
+    /// failures that say why.
+    async fn ready_manifests(&self, deferred: Vec<Pair>) -> Vec<Task> {
+        let dest_traits = self.pool.transfers().dest.traits();
+        let failed_folders = self.pool.report().failed_folders;
+        let mut gates = self.gates.lock().await;
+        let mut ready = Vec::new();
+        for pair in deferred {
+            let (Pair::SourceOnly(source) | Pair::Both(source, _)) = &pair else {
+                continue;
+            };
+            let folder = manifest::folder_of(&source.key).to_string();
+            let reason = match gates.folder(&folder).await {
+                Err(e) => Some(e.to_string()),
+                Ok(Folder::Unusable(why)) => Some(format!("the manifest is unusable: {why}")),
+                Ok(_) if failed_folders.contains(&folder) => {
+                    Some("some of its objects failed to copy or did not match it".to_string())
+                }
+                Ok(_) => {
+                    let missing = gates.missing(&folder);
+                    (!missing.is_empty()).then(|| {
+                        format!(
+                            "the manifest lists objects the input does not have: {}",
+                            missing.join(", ")
+                        )
+                    })
+                }
+            };
+            if let Some(reason) = reason {
+                tracing::error!(key = %source.key, "manifest not copied: {reason}");
+                self.pool
+                    .record(|r| r.fail(&source.key, format!("manifest not copied: {reason}")));
+                continue;
+            }
+            let job = Job {
+                object: source.clone(),
+                expected: None,
+                part_sizes: None,
+            };
+            match decide::decide(&pair, dest_traits) {
+                Decision::Copy(reason) => ready.push(Task::Copy(job, reason)),
+                Decision::Check => ready.push(Task::Check(job)),
+                _ => self.pool.record(|r| r.skipped += 1),
+            }
+        }
+        ready
+    }
+
+    /// Pass 3 of `--remove`, only after every copy succeeded: delete the output objects
+    /// the input lacks, at most as many as were counted.
+    async fn delete_extra(&self, allowed: u64) -> anyhow::Result<()> {
+        let report = self.pool.report();
+        if report.failed > 0 {
+            tracing::error!("not deleting anything because some copies failed");
+            return Ok(());
+        }
+        let march = self.march();
+        self.pool
+            .run(async |tx| -> anyhow::Result<()> {
+                let mut march = march;
+                let mut sent = 0u64;
+                while let Some(pair) = march.next().await? {
+                    let Pair::DestOnly(d) = pair else { continue };
+                    if self.protected(&d).await? {
+                        continue;
+                    }
+                    sent += 1;
+                    if sent > allowed {
+                        return egress_common::error::config(format!(
+                            "the output gained objects to delete since they were counted ({allowed}); nothing more deleted: run again"
+                        ));
+                    }
+                    if tx.send(Task::Delete(d.key)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// The closing lines; the run's error when anything failed.
+    async fn summarise(&self, old_records: bool) -> anyhow::Result<Report> {
+        let report = self.pool.report();
+        if self.args.dry_run {
+            println!(
+                "Dry run: {} to copy ({}), {} to skip, {} to delete; nothing was changed.",
+                report.planned_copies,
+                egress_common::units::human_bytes(report.planned_bytes),
+                report.skipped,
+                report.planned_deletes
+            );
+            return Ok(report);
+        }
+        if old_records && report.failed == 0 {
+            match self.pool.transfers().dest.delete(OLD_RECORDS_KEY).await {
+                Ok(()) => info!("removed `{OLD_RECORDS_KEY}`, the copy records an earlier version kept in the output: the listings and the copies' metadata now decide"),
+                Err(e) => tracing::warn!(error = %e, "could not remove the earlier version's records file"),
+            }
+        }
+        if report.checked > 0 {
+            info!(objects = report.checked, "{} object(s) needed a HEAD of their copy to decide (their ETags cannot match the input's)", report.checked);
+        }
+        let line = report.total_line();
+        let fields = (
+            report.copied,
+            report.skipped,
+            report.deleted,
+            report.failed,
+            report.vanished,
+        );
+        match report.failure_line() {
+            None => {
+                info!(
+                    copied = fields.0,
+                    skipped = fields.1,
+                    deleted = fields.2,
+                    failed = 0,
+                    vanished = fields.4,
+                    "{line}"
+                );
+                Ok(report)
+            }
+            Some(failure) => {
+                tracing::error!(
+                    copied = fields.0,
+                    skipped = fields.1,
+                    deleted = fields.2,
+                    failed = fields.3,
+                    vanished = fields.4,
+                    "{line}"
+                );
+                Err(anyhow::anyhow!(failure))
+            }
+        }
+    }
+}
+
+fn progress_line(enabled: bool, pool: &Pool) -> egress_common::progress::Line {
+    let done = pool.progress.clone();
+    egress_common::progress::Line::start(enabled, move |elapsed| {
+        use std::sync::atomic::Ordering;
+        let bytes = done.bytes.load(Ordering::Relaxed);
+        format!(
+            "sync: {} objects, {} copied, {}",
+            done.objects.load(Ordering::Relaxed),
+            egress_common::units::human_bytes(bytes),
+            egress_common::units::human_rate(bytes, elapsed.as_secs_f64())
+        )
+    })
+}

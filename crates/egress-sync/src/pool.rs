@@ -1,0 +1,249 @@
+//! Carrying out decisions: a bounded pool of transfers, each verified and retried, fed by
+//! the march as it goes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use egress_common::store::{ErrorKind, StoreError};
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::decide::{self, CopyReason, Decision};
+use crate::report::Report;
+use crate::transfer::{self, CopyError, Job, Transfers};
+
+/// Attempts per object (first try included).
+const ATTEMPTS: u32 = 3;
+
+/// One thing to do.
+#[derive(Debug)]
+pub enum Task {
+    /// Copy this object.
+    Copy(Job, CopyReason),
+    /// Read the output object's metadata, then copy or skip.
+    Check(Job),
+    /// Delete this output object.
+    Delete(String),
+}
+
+/// Objects and bytes done so far, for the status line.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Objects copied.
+    pub objects: AtomicU64,
+    /// Bytes copied.
+    pub bytes: AtomicU64,
+}
+
+/// How the two sides are named in log lines (`input/<path>/<key>`).
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// INPUT_PATH as configured.
+    pub input: String,
+    /// OUTPUT_PATH as configured.
+    pub output: String,
+}
+
+/// The transfers of a run and what they have done.
+pub struct Pool {
+    transfers: Transfers,
+    names: Names,
+    jobs: usize,
+    dry_run: bool,
+    report: Mutex<Report>,
+    stop: AtomicBool,
+    fatal: Mutex<Option<StoreError>>,
+    /// Counters for the status line.
+    pub progress: Arc<Progress>,
+}
+
+impl Pool {
+    /// A pool running `jobs` tasks at once; with `dry_run` it only says what it would do.
+    pub fn new(transfers: Transfers, names: Names, jobs: usize, dry_run: bool) -> Pool {
+        Pool {
+            transfers,
+            names,
+            jobs: jobs.max(1),
+            dry_run,
+            report: Mutex::new(Report::default()),
+            stop: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            progress: Arc::new(Progress::default()),
+        }
+    }
+
+    /// The transfers' stores and settings.
+    pub fn transfers(&self) -> &Transfers {
+        &self.transfers
+    }
+
+    /// How the sides are named in log lines.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// True once a configuration error stopped the run.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The configuration error that stopped the run, if one did.
+    pub fn fatal(&self) -> Option<StoreError> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Update the report.
+    pub fn record(&self, update: impl FnOnce(&mut Report)) {
+        if let Ok(mut r) = self.report.lock() {
+            update(&mut r);
+        }
+    }
+
+    /// The report so far.
+    pub fn report(&self) -> Report {
+        self.report.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Run every task `produce` sends, `jobs` at a time, while it produces them; returns
+    /// what `produce` returned.
+    pub async fn run<T>(&self, produce: impl AsyncFnOnce(mpsc::Sender<Task>) -> T) -> T {
+        let started = Instant::now();
+        let (tx, rx) = mpsc::channel::<Task>(self.jobs);
+        let tasks =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) });
+        let drain = tasks.for_each_concurrent(self.jobs, |task| self.execute(task));
+        let (produced, ()) = tokio::join!(produce(tx), drain);
+        let seconds = started.elapsed().as_secs_f64();
+        self.record(|r| r.seconds += seconds);
+        produced
+    }
+
+    async fn execute(&self, task: Task) {
+        if self.stopped() {
+            return;
+        }
+        match task {
+            Task::Copy(job, reason) => self.copy(job, reason).await,
+            Task::Check(job) => self.check(job).await,
+            Task::Delete(key) => self.delete(key).await,
+        }
+    }
+
+    async fn check(&self, job: Job) {
+        self.record(|r| r.checked += 1);
+        match self.transfers.dest.head(&job.object.key).await {
+            Ok(meta) => match decide::after_head(&job.object, &meta) {
+                Decision::Copy(reason) => self.copy(job, reason).await,
+                _ => self.record(|r| r.skipped += 1),
+            },
+            // Gone from the output since it was listed: copy it again.
+            Err(e) if e.kind() == ErrorKind::NotFound => self.copy(job, CopyReason::New).await,
+            Err(e) => self.failed(&job.object.key, CopyError::Store(e)),
+        }
+    }
+
+    async fn copy(&self, job: Job, reason: CopyReason) {
+        let key = job.object.key.clone();
+        let size = job.object.size;
+        self.record(|r| {
+            r.planned_bytes += size;
+            r.planned_copies += 1;
+        });
+        let (input, output) = (&self.names.input, &self.names.output);
+        if self.dry_run {
+            println!("copy ({reason}) `input/{input}/{key}` -> `output/{output}/{key}`");
+            return;
+        }
+        match self.copy_with_retry(job).await {
+            Ok(copied) => {
+                info!(
+                    size = copied.bytes,
+                    verified = copied.verified,
+                    "`input/{input}/{key}` -> `output/{output}/{key}`"
+                );
+                self.progress.objects.fetch_add(1, Ordering::Relaxed);
+                self.progress
+                    .bytes
+                    .fetch_add(copied.bytes, Ordering::Relaxed);
+                self.record(|r| {
+                    r.copied += 1;
+                    r.bytes_copied += copied.bytes;
+                });
+            }
+            Err(CopyError::Store(e)) if e.kind() == ErrorKind::NotFound => {
+                warn!(key = %key, "`input/{input}/{key}` vanished: it was deleted after the listing; not copied");
+                self.record(|r| r.vanished += 1);
+            }
+            Err(e) => self.failed(&key, e),
+        }
+    }
+
+    fn failed(&self, key: &str, e: CopyError) {
+        let line = e.to_string();
+        error!(key = %key, error = %line, "copy failed");
+        if let CopyError::Store(s) = &e {
+            if s.kind().is_configuration() {
+                self.stop.store(true, Ordering::SeqCst);
+                if let Ok(mut fatal) = self.fatal.lock() {
+                    fatal.get_or_insert_with(|| s.clone());
+                }
+            }
+        }
+        self.record(|r| r.fail(key, line));
+    }
+
+    async fn copy_with_retry(&self, mut job: Job) -> Result<transfer::Copied, CopyError> {
+        let mut attempt = 1;
+        loop {
+            let error = match transfer::copy(&self.transfers, &job).await {
+                Ok(copied) => return Ok(copied),
+                Err(e) => e,
+            };
+            let retry = match &error {
+                CopyError::Store(s) => matches!(
+                    s.kind(),
+                    ErrorKind::Unreachable
+                        | ErrorKind::ChecksumMismatch
+                        | ErrorKind::PreconditionFailed
+                        | ErrorKind::Other
+                ),
+                CopyError::Manifest(_) => false,
+            };
+            if !retry || attempt >= ATTEMPTS || self.stopped() {
+                return Err(error);
+            }
+            let backoff = Duration::from_millis(
+                500 * (1 << (attempt - 1)) + rand::rng().random_range(0..250),
+            );
+            warn!(key = %job.object.key, attempt, error = %error, "copy failed; retrying in {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            if matches!(&error, CopyError::Store(s) if s.kind() == ErrorKind::PreconditionFailed) {
+                // The source changed while being read: copy what it is now.
+                let meta = self.transfers.source.head(&job.object.key).await?;
+                job.object.size = meta.size;
+                job.object.etag = meta.etag;
+                job.object.modified = meta.modified;
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn delete(&self, key: String) {
+        let output = &self.names.output;
+        if self.dry_run {
+            println!("delete (not in input) `output/{output}/{key}`");
+            self.record(|r| r.planned_deletes += 1);
+            return;
+        }
+        match self.transfers.dest.delete(&key).await {
+            Ok(()) => {
+                info!(key = %key, "deleted `output/{output}/{key}`");
+                self.record(|r| r.deleted += 1);
+            }
+            Err(e) => self.failed(&key, CopyError::Store(e)),
+        }
+    }
+}

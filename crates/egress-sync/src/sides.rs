@@ -1,0 +1,251 @@
+//! The two sides of a mirror, opened from the flags: an S3 endpoint and bucket/path, or a
+//! local directory; and which keys a run considers.
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use egress_common::error::config;
+use egress_common::store::{self, S3Settings, Store};
+use egress_common::{ConfigError, Location, Secret};
+
+use crate::config::Args;
+
+/// Copy records kept at the output root by earlier versions; never mirrored, removed by
+/// the first run that no longer needs them.
+pub const OLD_RECORDS_KEY: &str = ".egress-sync-state.json";
+
+/// Which side, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The input.
+    Input,
+    /// The output.
+    Output,
+}
+
+impl Side {
+    fn var(self, what: &str) -> String {
+        match self {
+            Side::Input => format!("INPUT_{what}"),
+            Side::Output => format!("OUTPUT_{what}"),
+        }
+    }
+
+    fn credentials_hint(self) -> &'static str {
+        match self {
+            Side::Input => "INPUT_ACCESS_KEY_ID / INPUT_SECRET_ACCESS_KEY",
+            Side::Output => "OUTPUT_ACCESS_KEY_ID / OUTPUT_SECRET_ACCESS_KEY",
+        }
+    }
+
+    /// `input` or `output`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Input => "input",
+            Side::Output => "output",
+        }
+    }
+}
+
+/// Both stores, and how they are named in log lines (`input/<path>/<key>`).
+pub struct Sides {
+    /// Where objects are read.
+    pub source: Store,
+    /// Where they are written.
+    pub dest: Store,
+    /// INPUT_PATH as configured.
+    pub input_name: String,
+    /// OUTPUT_PATH as configured.
+    pub output_name: String,
+}
+
+impl Sides {
+    /// Open both sides and check that each is there: the input readable, the output
+    /// writable (a local output directory is created).
+    pub async fn open(args: &Args) -> anyhow::Result<Sides> {
+        let source = open_side(Side::Input, args).await?;
+        let dest = open_side(Side::Output, args).await?;
+        Ok(Sides {
+            source,
+            dest,
+            input_name: args.input_path.trim().trim_matches('/').to_string(),
+            output_name: args.output_path.trim().trim_matches('/').to_string(),
+        })
+    }
+
+    /// The store of `side`.
+    pub fn store(&self, side: Side) -> &Store {
+        match side {
+            Side::Input => &self.source,
+            Side::Output => &self.dest,
+        }
+    }
+}
+
+/// True for AWS's own endpoints, which get virtual-host addressing and default checksums.
+pub fn is_aws(url: &str) -> bool {
+    let host = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    host == "amazonaws.com" || host.ends_with(".amazonaws.com")
+}
+
+struct SideArgs<'a> {
+    url: &'a str,
+    path: &'a str,
+    access_key: &'a Option<String>,
+    secret_key: &'a Option<Secret>,
+    region: &'a str,
+}
+
+fn side_args(side: Side, args: &Args) -> SideArgs<'_> {
+    match side {
+        Side::Input => SideArgs {
+            url: &args.input_url,
+            path: &args.input_path,
+            access_key: &args.input_access_key_id,
+            secret_key: &args.input_secret_access_key,
+            region: &args.input_region,
+        },
+        Side::Output => SideArgs {
+            url: &args.output_url,
+            path: &args.output_path,
+            access_key: &args.output_access_key_id,
+            secret_key: &args.output_secret_access_key,
+            region: &args.output_region,
+        },
+    }
+}
+
+async fn open_side(side: Side, args: &Args) -> anyhow::Result<Store> {
+    let (location, settings) = side_location(side, args)?;
+    let store = store::open(&location, &settings, args.file_mode()).await?;
+    store.probe(side == Side::Output && !args.dry_run).await?;
+    Ok(store)
+}
+
+/// Where a side is and how to reach it, from its flags.
+fn side_location(side: Side, args: &Args) -> anyhow::Result<(Location, S3Settings)> {
+    let cfg = side_args(side, args);
+    let path = cfg.path.trim();
+    if path.is_empty() {
+        return config(format!(
+            "{} is empty: set it to a bucket or bucket/sub/path (or a directory when {} is empty)",
+            side.var("PATH"),
+            side.var("URL")
+        ));
+    }
+    let url = cfg.url.trim();
+    if url.is_empty() || url.starts_with("file://") {
+        let base = url.trim_start_matches("file://");
+        let root = if base.is_empty() {
+            std::path::PathBuf::from(path)
+        } else {
+            std::path::PathBuf::from(base).join(path)
+        };
+        return Ok((Location::Local(root), S3Settings::default()));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len()
+    {
+        return config(format!(
+            "{} '{url}' is not an http(s) URL: use e.g. https://s3.amazonaws.com or http://rgw.example:8080",
+            side.var("URL")
+        ));
+    }
+    let location = Location::parse_bucket_path(path)
+        .map_err(|e| ConfigError::new(format!("{} is invalid: {e}", side.var("PATH"))))?;
+    let (access_key_id, secret_access_key) = match (cfg.access_key, cfg.secret_key) {
+        (Some(k), Some(s)) if !k.is_empty() && !s.is_empty() => (Some(k.clone()), Some(s.clone())),
+        (None, None) => (None, None),
+        _ => {
+            return config(format!(
+                "set both {} and {} (or neither, to use the AWS credential chain)",
+                side.var("ACCESS_KEY_ID"),
+                side.var("SECRET_ACCESS_KEY")
+            ))
+        }
+    };
+    let aws = is_aws(url);
+    let settings = S3Settings {
+        endpoint_url: (!aws).then(|| url.to_string()),
+        path_style: !aws,
+        region: Some(cfg.region.to_string()),
+        access_key_id,
+        secret_access_key,
+        timeout: args.common.timeout(),
+        max_attempts: 5,
+        ca_bundle: args.common.ca_bundle.clone(),
+        credentials_hint: side.credentials_hint(),
+    };
+    Ok((location, settings))
+}
+
+/// Which keys a run considers: matching `--include` (when given), not `--exclude`, and
+/// never our own files.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl Filter {
+    /// From the flags.
+    pub fn new(args: &Args) -> anyhow::Result<Filter> {
+        Ok(Filter {
+            include: globs(&args.include, "--include")?,
+            exclude: globs(&args.exclude, "--exclude")?,
+        })
+    }
+
+    /// True when `key` takes part in the run.
+    pub fn accepts(&self, key: &str) -> bool {
+        key != OLD_RECORDS_KEY
+            && self.include.as_ref().is_none_or(|g| g.is_match(key))
+            && self.exclude.as_ref().is_none_or(|g| !g.is_match(key))
+    }
+}
+
+fn globs(patterns: &[String], flag: &str) -> anyhow::Result<Option<GlobSet>> {
+    let patterns: Vec<&String> = patterns.iter().filter(|p| !p.trim().is_empty()).collect();
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = GlobSetBuilder::new();
+    for p in patterns {
+        let glob = Glob::new(p.trim()).map_err(|e| {
+            ConfigError::new(format!("{flag} pattern '{p}' is not a valid glob: {e}"))
+        })?;
+        builder.add(glob);
+    }
+    Ok(Some(builder.build().map_err(|e| {
+        ConfigError::new(format!("{flag} patterns are invalid: {e}"))
+    })?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_endpoints_are_recognised() {
+        assert!(is_aws("https://s3.amazonaws.com"));
+        assert!(is_aws("https://s3.eu-west-1.amazonaws.com/"));
+        assert!(!is_aws("http://127.0.0.1:9000"));
+        assert!(!is_aws("https://amazonaws.com.evil.example"));
+    }
+
+    #[test]
+    fn filters_globs_and_our_own_files() {
+        let filter = Filter {
+            include: globs(&["2024-*/**".into()], "--include").unwrap(),
+            exclude: globs(&["*.tmp".into()], "--exclude").unwrap(),
+        };
+        assert!(filter.accepts("2024-01-01/a.csv.gz"));
+        assert!(!filter.accepts("2024-01-01/b.tmp"));
+        assert!(!filter.accepts("x/y"));
+        assert!(!Filter::default().accepts(OLD_RECORDS_KEY));
+        assert!(globs(&["[".into()], "--include").is_err());
+    }
+}
