@@ -406,8 +406,8 @@ async fn dry_run_changes_nothing_and_remove_is_guarded() {
     );
     assert_eq!(
         output.keys(DST, "").await.len(),
-        24,
-        "20 mirrored + 3 extra + records file"
+        23,
+        "20 mirrored + 3 extra, and nothing of our own"
     );
     let out = sync(
         &input,

@@ -12,7 +12,7 @@ use crate::sides::{Filter, OLD_RECORDS_KEY};
 /// One side's listing: filtered, and checked to be in order (a store that lists out of
 /// order would make the march pair keys wrongly, and `--remove` delete the wrong objects).
 pub struct Listing {
-    pages: PageStream,
+    pages: futures::stream::Fuse<PageStream>,
     page: VecDeque<ObjectInfo>,
     filter: Filter,
     last: Option<String>,
@@ -27,7 +27,7 @@ impl Listing {
     /// The listing `pages` of the side called `label`, keeping what `filter` accepts.
     pub fn new(pages: PageStream, filter: Filter, label: &'static str) -> Listing {
         Listing {
-            pages,
+            pages: pages.fuse(),
             page: VecDeque::new(),
             filter,
             last: None,

@@ -82,6 +82,14 @@ impl LocalStore {
     /// symlink on the way: nothing may be written outside the root.
     fn ensure_dir(&self, dir: &Path) -> Result<(), StoreError> {
         let rel = dir.strip_prefix(&self.root).unwrap_or(Path::new(""));
+        if !self.root.is_dir() {
+            // The root and its parents, as `mkdir -p` would make them.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(self.dir_mode)
+                .create(&self.root)
+                .map_err(|e| StoreError::io("creating directory", &self.root, &e))?;
+        }
         create_dir(&self.root, self.dir_mode)?;
         let mut current = self.root.clone();
         for part in rel.components() {

@@ -681,41 +681,54 @@ struct ListCtx {
 }
 
 impl ListCtx {
-    async fn page(
-        &self,
-        token: Option<String>,
-    ) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
-        let page = self
+    /// One page. Keys are listed raw; a page whose XML cannot be read (a key holding a
+    /// character XML cannot carry, such as U+0001) is asked again with `encoding-type=url`
+    /// and its keys decoded, as minio-go does. Asking for encoding only then keeps us safe
+    /// from servers that echo `EncodingType` without encoding (s3s-fs 0.14 does: measured).
+    async fn page(&self, token: Option<String>) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
+        match self.request(token.clone(), false).await {
+            Err(e) if e.kind() == ErrorKind::NotS3 => self.request(token, true).await.map_err(|again| {
+                if again.kind() == ErrorKind::NotS3 {
+                    StoreError::new(
+                        ErrorKind::Other,
+                        format!("{}: the listing cannot be read, even URL-encoded: a key probably holds a character XML cannot carry and the server does not encode keys ({again})", self.what),
+                    )
+                } else {
+                    again
+                }
+            }),
+            other => other,
+        }
+    }
+
+    async fn request(&self, token: Option<String>, encode: bool) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
+        let mut request = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(&self.list_prefix)
-            .encoding_type(EncodingType::Url)
             .max_keys(1000)
-            .set_continuation_token(token)
-            .send()
-            .await
-            .map_err(|e| {
-                from_sdk(
-                    &e,
-                    &self.what,
-                    Target::Bucket,
-                    S3Context {
-                        bucket: &self.bucket,
-                        endpoint: &self.endpoint,
-                        credentials_hint: self.hint,
-                    },
-                )
-            })?;
-        let encoded = page.encoding_type() == Some(&EncodingType::Url);
+            .set_continuation_token(token);
+        if encode {
+            request = request.encoding_type(EncodingType::Url);
+        }
+        let page = request.send().await.map_err(|e| {
+            from_sdk(
+                &e,
+                &self.what,
+                Target::Bucket,
+                S3Context {
+                    bucket: &self.bucket,
+                    endpoint: &self.endpoint,
+                    credentials_hint: self.hint,
+                },
+            )
+        })?;
+        let encoded = encode && page.encoding_type() == Some(&EncodingType::Url);
         let mut objects = Vec::with_capacity(page.contents().len());
         for o in page.contents() {
             let Some(raw) = o.key() else { continue };
-            let full = if encoded {
-                decode_key(raw)
-            } else {
-                raw.to_string()
-            };
+            let full = if encoded { decode_key(raw) } else { raw.to_string() };
             let Some(key) = full.strip_prefix(&self.root) else {
                 continue;
             };
