@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use egress_testkit::{gunzip, PgServer, S3Kind, S3Server};
+use egress_testkit::{gunzip, stderr, stdout, text, PgServer, S3Kind, S3Server};
 
 const BUCKET: &str = "egress-test";
 const DATE: &str = "2024-03-01";
@@ -16,10 +16,6 @@ fn dump(env: &[(String, String)], args: &[&str]) -> Output {
     cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(args);
     cmd.output().expect("run egress-dump")
-}
-
-fn text(out: &Output) -> String {
-    egress_testkit::describe(out)
 }
 
 fn env_for(pg: &PgServer, s3: &S3Server, tables: &str, output: &str) -> Vec<(String, String)> {
@@ -118,7 +114,7 @@ async fn object_is_byte_identical_to_psql_copy_and_valid_gzip() {
         &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let log = String::from_utf8_lossy(&out.stdout);
+    let log = stdout(&out);
     assert!(
         log.contains("Table 'tricky': Data collection started."),
         "{log}"
@@ -192,7 +188,7 @@ async fn large_table_uses_several_parts_and_leaves_no_pending_upload() {
         head.e_tag()
     );
     assert_eq!(gunzip(&object), pg.psql("COPY big TO STDOUT (FORMAT csv)"));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rows=250000"));
+    assert!(stdout(&out).contains("rows=250000"));
     assert!(s3.pending_uploads(BUCKET).await.is_empty());
 }
 
@@ -215,8 +211,8 @@ async fn failure_mid_stream_aborts_the_upload_and_keep_going_dumps_the_rest() {
     // Default: stop at the first failure.
     let out = dump(&env, &["--compression-level", "1", "--part-size-mib", "5"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
+    let printed = stdout(&out);
+    let last = printed.lines().last().unwrap_or("");
     assert!(
         last.contains("Failed. 1 of 3 tables dumped."),
         "{}",
@@ -226,11 +222,7 @@ async fn failure_mid_stream_aborts_the_upload_and_keep_going_dumps_the_rest() {
         last.contains("not_attempted=good2") || last.contains("not_attempted=\"good2\""),
         "{last}"
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("division by zero"),
-        "{}",
-        text(&out)
-    );
+    assert!(stderr(&out).contains("division by zero"), "{}", text(&out));
     assert_eq!(
         s3.keys(BUCKET, "").await,
         vec![format!("p/{DATE}/good.csv.gz")]
@@ -355,7 +347,7 @@ async fn missing_tables_are_all_reported_and_injection_is_just_a_missing_name() 
         &[],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("3 of 4 tables cannot be dumped"), "{err}");
     assert!(err.contains("'nope' does not exist"), "{err}");
     assert!(err.contains("'x; drop table y' does not exist"), "{err}");
@@ -386,12 +378,12 @@ async fn dry_run_prints_the_plan_and_writes_nothing() {
         &["--dry-run"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let printed = stdout(&out);
     assert!(
-        stdout.contains(&format!("s3://{BUCKET}/x/{DATE}/t.csv.gz")),
-        "{stdout}"
+        printed.contains(&format!("s3://{BUCKET}/x/{DATE}/t.csv.gz")),
+        "{printed}"
     );
-    assert!(stdout.contains("1000"), "row estimate shown: {stdout}");
+    assert!(printed.contains("1000"), "row estimate shown: {printed}");
     assert!(s3.keys(BUCKET, "").await.is_empty());
 }
 
@@ -511,7 +503,7 @@ async fn bad_inputs_fail_cleanly_with_their_exit_codes() {
         let out = dump(&env, &args);
         let all = text(&out);
         assert_eq!(out.status.code(), Some(code), "{name}: {all}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stderr(&out);
         assert!(
             stderr.contains(needle),
             "{name}: expected '{needle}' in stderr: {all}"
@@ -885,9 +877,9 @@ fn the_readme_demo_dumps_its_sample_tables() {
         .output()
         .expect("run the demo");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let printed = stdout(&out);
     assert!(
-        stdout.contains("tally_snapshots.csv.gz") && stdout.contains("_manifest.json"),
-        "{stdout}"
+        printed.contains("tally_snapshots.csv.gz") && printed.contains("_manifest.json"),
+        "{printed}"
     );
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use egress_testkit::{gunzip, PgServer, S3Kind, S3Server};
+use egress_testkit::{gunzip, stderr, text, PgServer, S3Kind, S3Server};
 
 const BUCKET: &str = "faults";
 const DATE: &str = "2024-05-01";
@@ -21,10 +21,6 @@ fn command(env: &[(String, String)], args: &[&str]) -> Command {
 
 fn run(env: &[(String, String)], args: &[&str]) -> Output {
     command(env, args).output().expect("run egress-dump")
-}
-
-fn text(out: &Output) -> String {
-    egress_testkit::describe(out)
 }
 
 fn env_for(pg: &PgServer, s3: &S3Server, tables: &str) -> Vec<(String, String)> {
@@ -151,7 +147,7 @@ async fn sigterm_and_sigint_abort_uploads_write_no_manifest_and_exit_143_130() {
         unsafe { libc::kill(child.id() as i32, signal) };
         let out = wait_with_timeout(&mut child, Duration::from_secs(30));
         assert_eq!(out.status.code(), Some(code), "{name}: {}", text(&out));
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stderr(&out);
         assert!(stderr.contains(&format!("stopped by {name}")), "{stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
         assert!(
@@ -222,7 +218,7 @@ async fn backend_terminated_mid_copy_fails_cleanly() {
     assert!(killed >= 1);
     let out = wait_with_timeout(&mut child, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr(&out);
     assert!(stderr.contains("reading table 'big' failed"), "{stderr}");
     assert!(
         s3.keys(BUCKET, "").await.is_empty(),
@@ -258,7 +254,7 @@ async fn s3_server_killed_mid_upload_fails_then_rerun_succeeds() {
     s3.kill();
     let out = wait_with_timeout(&mut child, Duration::from_secs(120));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr(&out);
     assert!(stderr.contains("unreachable"), "{stderr}");
     s3.restart();
     assert!(
@@ -286,11 +282,7 @@ impl Pki {
                 .current_dir(dir.path())
                 .output()
                 .expect("run openssl");
-            assert!(
-                out.status.success(),
-                "{args}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{args}: {}", stderr(&out));
         };
         for ca in ["ca", "other-ca"] {
             sh(&format!(
@@ -370,7 +362,7 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
     );
     let bad = case("localhost", "verify-full", Some(&other));
     assert_eq!(bad.status.code(), Some(2), "wrong CA: {}", text(&bad));
-    let err = String::from_utf8_lossy(&bad.stderr);
+    let err = stderr(&bad);
     assert!(
         err.contains("TLS to PostgreSQL") && err.contains("PGSSLROOTCERT"),
         "{err}"
@@ -382,22 +374,18 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
         "wrong host name: {}",
         text(&bad)
     );
-    assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("TLS to PostgreSQL"),
-        "{}",
-        text(&bad)
-    );
+    assert!(stderr(&bad).contains("TLS to PostgreSQL"), "{}", text(&bad));
     let bad = case("localhost", "verify-full", None);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
     assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("needs a CA certificate"),
+        stderr(&bad).contains("needs a CA certificate"),
         "{}",
         text(&bad)
     );
     let bad = case("localhost", "verify-full", Some("/nonexistent/ca.pem"));
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
     assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("cannot read PGSSLROOTCERT file"),
+        stderr(&bad).contains("cannot read PGSSLROOTCERT file"),
         "{}",
         text(&bad)
     );
@@ -478,7 +466,7 @@ async fn https_to_s3_with_a_custom_ca_bundle() {
         text(&without)
     );
     assert!(
-        String::from_utf8_lossy(&without.stderr).contains("AWS_CA_BUNDLE"),
+        stderr(&without).contains("AWS_CA_BUNDLE"),
         "{}",
         text(&without)
     );
@@ -493,11 +481,7 @@ async fn https_to_s3_with_a_custom_ca_bundle() {
     env.push(("AWS_CA_BUNDLE".into(), "/nonexistent/bundle.pem".into()));
     let bad = run(&env, &[]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
-    assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("AWS_CA_BUNDLE"),
-        "{}",
-        text(&bad)
-    );
+    assert!(stderr(&bad).contains("AWS_CA_BUNDLE"), "{}", text(&bad));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,30 +6,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use egress_testkit::{CephRgw, S3Endpoint, S3Kind, S3Server};
-use futures::StreamExt;
+use egress_testkit::fixtures::{self, contents, data, put_many, put_multipart, MIB};
+use egress_testkit::{last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
 
 const SRC: &str = "source-bucket";
 const DST: &str = "mirror-bucket";
-const MIB: usize = 1024 * 1024;
-
-/// Anything the sync can talk to: an S3 test server or a Ceph RGW.
-trait Endpoint {
-    fn endpoint(&self) -> S3Endpoint;
-}
-
-impl Endpoint for S3Server {
-    fn endpoint(&self) -> S3Endpoint {
-        self.s3()
-    }
-}
-
-impl Endpoint for CephRgw {
-    fn endpoint(&self) -> S3Endpoint {
-        self.s3()
-    }
-}
 
 fn sync_command(
     input: &dyn Endpoint,
@@ -38,19 +19,14 @@ fn sync_command(
     output_path: &str,
     args: &[&str],
 ) -> Command {
-    let (input, output) = (input.endpoint(), output.endpoint());
-    let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-sync"));
-    cmd.env("INPUT_URL", &input.endpoint)
-        .env("INPUT_PATH", input_path)
-        .env("INPUT_ACCESS_KEY_ID", &input.access_key)
-        .env("INPUT_SECRET_ACCESS_KEY", &input.secret_key)
-        .env("OUTPUT_URL", &output.endpoint)
-        .env("OUTPUT_PATH", output_path)
-        .env("OUTPUT_ACCESS_KEY_ID", &output.access_key)
-        .env("OUTPUT_SECRET_ACCESS_KEY", &output.secret_key)
-        .args(["--part-size-mib", "5", "--multipart-threshold-mib", "5"])
-        .args(args);
-    cmd
+    fixtures::sync_command(
+        env!("CARGO_BIN_EXE_egress-sync"),
+        input,
+        input_path,
+        output,
+        output_path,
+        args,
+    )
 }
 
 fn sync(
@@ -63,103 +39,6 @@ fn sync(
     sync_command(input, input_path, output, output_path, args)
         .output()
         .expect("run egress-sync")
-}
-
-fn text(out: &Output) -> String {
-    egress_testkit::describe(out)
-}
-
-fn last_line(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or("")
-        .to_string()
-}
-
-/// Deterministic pseudo-random bytes (poorly compressible, distinct per seed).
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-async fn put_many(server: &dyn Endpoint, bucket: &str, objects: Vec<(String, Vec<u8>)>) {
-    let client = server.endpoint().client();
-    futures::stream::iter(objects.into_iter().map(|(key, body)| {
-        let client = client.clone();
-        async move {
-            client
-                .put_object()
-                .bucket(bucket)
-                .key(&key)
-                .body(ByteStream::from(body))
-                .send()
-                .await
-                .unwrap_or_else(|e| {
-                    panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e))
-                });
-        }
-    }))
-    .buffer_unordered(32)
-    .collect::<Vec<()>>()
-    .await;
-}
-
-/// Upload `body` in parts of `part` bytes (a multipart ETag), with metadata.
-async fn put_multipart(server: &dyn Endpoint, bucket: &str, key: &str, body: &[u8], part: usize) {
-    let client = server.endpoint().client();
-    let created = client
-        .create_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .content_type("application/gzip")
-        .metadata("origin", "multipart-test")
-        .send()
-        .await
-        .expect("create multipart");
-    let id = created.upload_id().unwrap().to_string();
-    let mut parts = Vec::new();
-    for (i, chunk) in body.chunks(part).enumerate() {
-        let n = i as i32 + 1;
-        let out = client
-            .upload_part()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(&id)
-            .part_number(n)
-            .body(ByteStream::from(chunk.to_vec()))
-            .send()
-            .await
-            .expect("upload part");
-        parts.push(
-            CompletedPart::builder()
-                .part_number(n)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .build(),
-        );
-    }
-    client
-        .complete_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(&id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
-        .send()
-        .await
-        .expect("complete multipart");
 }
 
 /// Four multipart objects `<prefix>/<i>.bin` of `size` bytes in the source bucket; returns
@@ -179,20 +58,6 @@ async fn seed_large(
         expected.insert(key, body);
     }
     expected
-}
-
-/// Every object under `prefix` as key (relative) -> bytes.
-async fn contents(server: &dyn Endpoint, bucket: &str, prefix: &str) -> HashMap<String, Vec<u8>> {
-    let server = server.endpoint();
-    let mut out = HashMap::new();
-    for key in server.keys(bucket, prefix).await {
-        if key.ends_with(".egress-sync-state.json") {
-            continue;
-        }
-        let rel = key.strip_prefix(prefix).unwrap_or(&key).to_string();
-        out.insert(rel, server.get(bucket, &key).await);
-    }
-    out
 }
 
 const ODD_KEYS: &[&str] = &[
@@ -260,12 +125,12 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
         &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let printed = stdout(&out);
     assert!(
-        stdout.contains(&format!(
+        printed.contains(&format!(
             "`input/{SRC}/data/big/multipart.bin` -> `output/{DST}/mirror/big/multipart.bin`"
         )),
-        "{stdout}"
+        "{printed}"
     );
     let last = last_line(&out);
     assert!(
@@ -333,7 +198,7 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let last = last_line(&out);
     assert!(last.contains("copied=1 "), "{last}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("obj-0004.csv.gz"));
+    assert!(stdout(&out).contains("obj-0004.csv.gz"));
     assert_eq!(
         output.get(DST, "mirror/2024-01-05/obj-0004.csv.gz").await,
         changed
@@ -356,8 +221,9 @@ async fn dry_run_changes_nothing_and_remove_is_guarded() {
 
     let out = sync(&input, SRC, &output, DST, &["--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("copy (new) `input/source-bucket/k00` -> `output/mirror-bucket/k00`"));
+    assert!(
+        stdout(&out).contains("copy (new) `input/source-bucket/k00` -> `output/mirror-bucket/k00`")
+    );
     assert!(
         output.keys(DST, "").await.is_empty(),
         "dry run wrote nothing"
@@ -376,11 +242,7 @@ async fn dry_run_changes_nothing_and_remove_is_guarded() {
     .await;
     let out = sync(&input, SRC, &output, DST, &["--remove"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--max-delete 3"),
-        "{}",
-        text(&out)
-    );
+    assert!(stderr(&out).contains("--max-delete 3"), "{}", text(&out));
     let out = sync(
         &input,
         SRC,
@@ -400,7 +262,7 @@ async fn dry_run_changes_nothing_and_remove_is_guarded() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("input listing is empty"),
+        stderr(&out).contains("input listing is empty"),
         "{}",
         text(&out)
     );
@@ -526,7 +388,7 @@ async fn bad_configuration_fails_cleanly() {
         let all = text(&out);
         assert_eq!(out.status.code(), Some(code), "{name}: {all}");
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains(needle),
+            stderr(&out).contains(needle),
             "{name}: expected '{needle}': {all}"
         );
         for secret in [
@@ -616,7 +478,7 @@ fn manifest_json(date: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 fn copied_keys(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout)
+    stdout(&out)
         .lines()
         .filter_map(|l| l.split("-> `output/").nth(1))
         .map(|rest| rest.split('`').next().unwrap_or("").to_string())
@@ -647,7 +509,7 @@ async fn require_manifest_copies_complete_days_manifest_last_and_catches_corrupt
     let out = sync(&input, &in_path, &output, DST, &args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("2024-01-02` has no _manifest.json; skipped"),
+        stdout(&out).contains("2024-01-02` has no _manifest.json; skipped"),
         "{}",
         text(&out)
     );
@@ -702,7 +564,7 @@ async fn require_manifest_copies_complete_days_manifest_last_and_catches_corrupt
         .await;
     let out = sync(&input, &in_path, &output, DST, &args);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr(&out);
     assert!(
         stderr.contains("2024-01-01/b.csv.gz does not match its manifest"),
         "{stderr}"
@@ -726,24 +588,23 @@ async fn require_manifest_copies_complete_days_manifest_last_and_catches_corrupt
     let out = sync(&input, &in_path, &output, DST, &["--verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("output 2024-01-01: OK (2 objects"),
+        stdout(&out).contains("output 2024-01-01: OK (2 objects"),
         "{}",
         text(&out)
     );
     let out = sync(&input, &in_path, &output, DST, &["--verify", "input"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let printed = stdout(&out);
     assert!(
-        stdout.contains("input 2024-01-01: MISMATCH 2024-01-01/b.csv.gz: SHA-256"),
-        "{stdout}"
+        printed.contains("input 2024-01-01: MISMATCH 2024-01-01/b.csv.gz: SHA-256"),
+        "{printed}"
     );
-    assert!(stdout.contains("input 2024-01-02: OK"), "{stdout}");
+    assert!(printed.contains("input 2024-01-02: OK"), "{printed}");
     // Damage at the output is found too.
     output.put(DST, "2024-01-02/c.csv.gz", vec![0u8; 10]).await;
     let out = sync(&input, &in_path, &output, DST, &["--verify"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("output 2024-01-02: MISMATCH 2024-01-02/c.csv.gz: 10 bytes"));
+    assert!(stdout(&out).contains("output 2024-01-02: MISMATCH 2024-01-02/c.csv.gz: 10 bytes"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -897,7 +758,7 @@ async fn sigterm_mid_sync_aborts_uploads_and_exits_143() {
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(143), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("stopped by SIGTERM"),
+        stderr(&out).contains("stopped by SIGTERM"),
         "{}",
         text(&out)
     );

@@ -89,8 +89,8 @@ impl Location {
     /// The key (or relative path) of `name` under this location's prefix.
     pub fn key_for(&self, name: &str) -> String {
         match self {
-            Location::S3 { prefix, .. } if !prefix.is_empty() => format!("{prefix}/{name}"),
-            _ => name.to_string(),
+            Location::S3 { prefix, .. } => crate::store::key::join(prefix, name),
+            Location::Local(_) => name.to_string(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use egress_common::cli::CommonArgs;
+use egress_common::Secret;
 
 /// Stream PostgreSQL tables as gzip CSV into S3 (or a local folder), one folder per day.
 ///
@@ -22,7 +23,7 @@ pub struct Args {
 
     /// PostgreSQL connection URL; the PG* variables fill in whatever it leaves out.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret>,
 
     /// S3 endpoint for non-AWS stores (Ceph RGW, MinIO); enables path-style requests.
     #[arg(long, env = "AWS_ENDPOINT_URL")]

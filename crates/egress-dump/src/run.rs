@@ -140,7 +140,7 @@ async fn open_output(args: &Args, request: &Request) -> anyhow::Result<Store> {
 
 async fn connect(args: &Args) -> anyhow::Result<Database> {
     let target = database::resolve(
-        args.database_url.as_deref(),
+        args.database_url.as_ref().map(|u| u.expose()),
         &PgEnv::from_process(),
         args.common.timeout(),
     )?;

@@ -148,6 +148,7 @@ impl Pool {
     async fn copy(&self, job: Job, reason: CopyReason) {
         let key = job.object.key.clone();
         let size = job.object.size;
+        let gated = job.expected.is_some();
         self.record(|r| {
             r.planned_bytes += size;
             r.planned_copies += 1;
@@ -173,10 +174,16 @@ impl Pool {
                     r.bytes_copied += copied.bytes;
                 });
             }
-            Err(CopyError::Store(e)) if e.kind() == ErrorKind::NotFound => {
+            Err(CopyError::Store(e)) if e.kind() == ErrorKind::NotFound && !gated => {
                 warn!(key = %key, "`input/{input}/{key}` vanished: it was deleted after the listing; not copied");
                 self.record(|r| r.vanished += 1);
             }
+            Err(CopyError::Store(e)) if e.kind() == ErrorKind::NotFound => self.failed(
+                &key,
+                CopyError::Manifest(format!(
+                    "{key} is listed in its folder's manifest but is gone from the input"
+                )),
+            ),
             Err(e) => self.failed(&key, e),
         }
     }

@@ -261,11 +261,20 @@ async fn buffered_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
     })
 }
 
-/// Part sizes, and whether they are the source's own (so the copy's ETag must equal it).
+/// Part sizes, and what the copy's composite ETag is checked against.
 struct Layout {
     sizes: Vec<u64>,
+    /// The source's multipart ETag, when these are (or may be) its boundaries.
     source_etag: Option<String>,
+    /// The boundaries are a guess: a different composite ETag is then no error, only a
+    /// copy whose ETag differs from the source's.
+    guessed: bool,
 }
+
+const MIB: u64 = 1024 * 1024;
+/// Part sizes uploaders commonly use (the AWS CLI's 8 MiB first), tried in this order
+/// when a store hides an object's boundaries.
+const COMMON_PART_MIB: [u64; 12] = [8, 5, 16, 10, 15, 32, 64, 100, 128, 256, 512, 1024];
 
 async fn source_layout(t: &Transfers, job: &Job, etag: Option<&str>) -> Result<Layout, StoreError> {
     let size = job.object.size;
@@ -273,32 +282,67 @@ async fn source_layout(t: &Transfers, job: &Job, etag: Option<&str>) -> Result<L
         .and_then(etag_parts)
         .filter(|n| (1..=10_000).contains(n))
     {
+        let source_etag = etag.map(str::to_string);
         let from_manifest = job
             .part_sizes
             .clone()
             .filter(|s| s.len() == parts as usize && s.iter().sum::<u64>() == size);
-        let sizes = match from_manifest {
+        let known = match from_manifest {
             Some(sizes) => Some(sizes),
             None => probe_parts(&t.source, &job.object.key, parts, size).await?,
         };
-        if let Some(sizes) = sizes {
+        if let Some(sizes) = known {
             return Ok(Layout {
                 sizes,
-                source_etag: etag.map(str::to_string),
+                source_etag,
+                guessed: false,
+            });
+        }
+        if let Some(sizes) = uniform_guess(size, parts) {
+            return Ok(Layout {
+                sizes,
+                source_etag,
+                guessed: true,
             });
         }
     }
+    Ok(Layout {
+        sizes: uniform(size, t.settings.part_size),
+        source_etag: None,
+        guessed: false,
+    })
+}
+
+/// `size` in parts of `part` bytes (the last shorter); one empty part for an empty object.
+fn uniform(size: u64, part: u64) -> Vec<u64> {
     let mut sizes = Vec::new();
     let mut left = size;
     while left > 0 || sizes.is_empty() {
-        let n = left.min(t.settings.part_size);
+        let n = left.min(part);
         sizes.push(n);
         left -= n;
     }
-    Ok(Layout {
-        sizes,
-        source_etag: None,
-    })
+    sizes
+}
+
+/// Equal parts of a common size that give exactly `parts` parts: most uploaders cut that
+/// way, and the composite ETag tells afterwards whether the guess was right.
+fn uniform_guess(size: u64, parts: u32) -> Option<Vec<u64>> {
+    let parts = u64::from(parts);
+    if parts == 1 {
+        return Some(vec![size]);
+    }
+    let fits = |p: u64| p > 0 && size.div_ceil(p) == parts;
+    let part = COMMON_PART_MIB
+        .iter()
+        .map(|m| m * MIB)
+        .find(|&p| fits(p))
+        .or_else(|| {
+            // Else the smallest whole number of MiB that fits.
+            let lo = size.div_ceil(parts).div_ceil(MIB) * MIB;
+            fits(lo).then_some(lo)
+        })?;
+    Some(uniform(size, part))
 }
 
 /// `HEAD ?partNumber=N` for every part, where the store honours it.
@@ -427,13 +471,14 @@ fn verify_parts(
         return Ok("size+part-md5");
     };
     let composite = uploaded.composite_etag().unwrap_or_default();
-    if &composite != source_etag {
-        return Err(mismatch(
+    match (&composite == source_etag, layout.guessed) {
+        (true, _) => Ok("size+multipart-etag"),
+        (false, true) => Ok("size+part-md5"),
+        (false, false) => Err(mismatch(
             key,
             format!("the parts' composite ETag is {composite}, the source's is {source_etag}"),
-        ));
+        )),
     }
-    Ok("size+multipart-etag")
 }
 
 fn mismatch(key: &str, what: String) -> CopyError {
@@ -451,4 +496,28 @@ fn check_manifest(key: &str, size: u64, sha256: &str, e: &Expected) -> Result<()
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_guesses_try_common_part_sizes() {
+        let mib = MIB;
+        // 128 MiB uploaded by the AWS CLI: 16 parts of 8 MiB.
+        assert_eq!(uniform_guess(128 * mib, 16), Some(vec![8 * mib; 16]));
+        // 5 MiB + 5 MiB + 1 byte: 5 MiB parts.
+        assert_eq!(
+            uniform_guess(10 * mib + 1, 3),
+            Some(vec![5 * mib, 5 * mib, 1])
+        );
+        // 17 MiB in 2 parts: 16 MiB fits (16 + 1).
+        assert_eq!(uniform_guess(17 * mib, 2), Some(vec![16 * mib, mib]));
+        assert_eq!(uniform_guess(42, 1), Some(vec![42]));
+        // No whole-MiB size gives 3 parts of a 1 KiB object.
+        assert_eq!(uniform_guess(1024, 3), None);
+        assert_eq!(uniform(0, 8), vec![0]);
+        assert_eq!(uniform(17, 8), vec![8, 8, 1]);
+    }
 }

@@ -3,13 +3,15 @@
 //! fails the test with install instructions; it never skips.
 
 pub mod ceph;
+pub mod fixtures;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod s3;
 
 pub use ceph::CephRgw;
 pub use postgres::PgServer;
-pub use s3::{S3Endpoint, S3Kind, S3Server};
+pub use s3::{Endpoint, S3Endpoint, S3Kind, S3Server};
 
 /// A command for one of our binaries with a clean environment: only PATH and HOME are
 /// inherited, so nothing from the developer's shell (AWS_*, PG*) leaks into a test.
@@ -23,13 +25,33 @@ pub fn clean_command(binary: &str) -> std::process::Command {
 }
 
 /// Exit code, stdout and stderr of a finished command, for assertion messages.
-pub fn describe(out: &std::process::Output) -> String {
+pub fn text(out: &std::process::Output) -> String {
     format!(
         "exit={:?}\n--- stdout\n{}\n--- stderr\n{}",
         out.status.code(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Run `cmd` to the end, capturing its exit code, stdout and stderr.
+pub fn run(cmd: &mut std::process::Command) -> std::process::Output {
+    cmd.output().expect("run the command")
+}
+
+/// A run's stdout.
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A run's stderr.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The last line a run printed on stdout (our binaries' summary line).
+pub fn last_line(out: &std::process::Output) -> String {
+    stdout(out).lines().last().unwrap_or("").to_string()
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).

@@ -195,6 +195,30 @@ impl Drop for S3Server {
     }
 }
 
+/// Anything an S3 client can talk to: a test server, a Ceph RGW, a proxy in front of one.
+pub trait Endpoint {
+    /// Its address and credentials.
+    fn s3(&self) -> S3Endpoint;
+}
+
+impl Endpoint for S3Server {
+    fn s3(&self) -> S3Endpoint {
+        S3Server::s3(self)
+    }
+}
+
+impl Endpoint for crate::CephRgw {
+    fn s3(&self) -> S3Endpoint {
+        crate::CephRgw::s3(self)
+    }
+}
+
+impl Endpoint for S3Endpoint {
+    fn s3(&self) -> S3Endpoint {
+        self.clone()
+    }
+}
+
 /// Where an S3-compatible server listens and the credentials it accepts, with the helpers
 /// tests use (shared by [`S3Server`] and [`crate::CephRgw`]).
 #[derive(Debug, Clone)]
@@ -208,6 +232,14 @@ pub struct S3Endpoint {
 }
 
 impl S3Endpoint {
+    /// The same credentials, reached through `endpoint` (a proxy in front of this server).
+    pub fn via(&self, endpoint: &str) -> S3Endpoint {
+        S3Endpoint {
+            endpoint: endpoint.to_string(),
+            ..self.clone()
+        }
+    }
+
     /// Environment for egress-dump: the standard AWS variables pointing here.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![

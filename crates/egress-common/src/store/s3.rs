@@ -685,7 +685,10 @@ impl ListCtx {
     /// character XML cannot carry, such as U+0001) is asked again with `encoding-type=url`
     /// and its keys decoded, as minio-go does. Asking for encoding only then keeps us safe
     /// from servers that echo `EncodingType` without encoding (s3s-fs 0.14 does: measured).
-    async fn page(&self, token: Option<String>) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
+    async fn page(
+        &self,
+        token: Option<String>,
+    ) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
         match self.request(token.clone(), false).await {
             Err(e) if e.kind() == ErrorKind::NotS3 => self.request(token, true).await.map_err(|again| {
                 if again.kind() == ErrorKind::NotS3 {
@@ -701,7 +704,11 @@ impl ListCtx {
         }
     }
 
-    async fn request(&self, token: Option<String>, encode: bool) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
+    async fn request(
+        &self,
+        token: Option<String>,
+        encode: bool,
+    ) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
         let mut request = self
             .client
             .list_objects_v2()
@@ -728,7 +735,11 @@ impl ListCtx {
         let mut objects = Vec::with_capacity(page.contents().len());
         for o in page.contents() {
             let Some(raw) = o.key() else { continue };
-            let full = if encoded { decode_key(raw) } else { raw.to_string() };
+            let full = if encoded {
+                decode_key(raw)
+            } else {
+                raw.to_string()
+            };
             let Some(key) = full.strip_prefix(&self.root) else {
                 continue;
             };

@@ -1,0 +1,188 @@
+//! Data and objects for tests: deterministic bytes, objects put one by one or in parts of
+//! chosen sizes, and the egress-sync command line for two endpoints.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use futures::StreamExt;
+
+use crate::s3::Endpoint;
+
+/// One MiB.
+pub const MIB: usize = 1024 * 1024;
+
+/// Deterministic pseudo-random bytes (poorly compressible, distinct per seed).
+pub fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Put every `(key, body)` into `bucket`, 32 at a time.
+pub async fn put_many(server: &dyn Endpoint, bucket: &str, objects: Vec<(String, Vec<u8>)>) {
+    let client = server.s3().client();
+    futures::stream::iter(objects.into_iter().map(|(key, body)| {
+        let client = client.clone();
+        async move {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(&key)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e))
+                });
+        }
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<()>>()
+    .await;
+}
+
+/// Upload `body` as a multipart object whose parts have the given sizes (the last takes
+/// the rest), with a content type and one metadata entry; returns the ETag the server gave.
+pub async fn put_parts(
+    server: &dyn Endpoint,
+    bucket: &str,
+    key: &str,
+    body: &[u8],
+    sizes: &[usize],
+) -> String {
+    let client = server.s3().client();
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .content_type("application/gzip")
+        .metadata("origin", "multipart-test")
+        .send()
+        .await
+        .expect("create multipart");
+    let id = created.upload_id().expect("upload id").to_string();
+    let mut parts = Vec::new();
+    let mut offset = 0;
+    for (i, &size) in sizes.iter().enumerate() {
+        let end = if i + 1 == sizes.len() {
+            body.len()
+        } else {
+            offset + size
+        };
+        let n = i as i32 + 1;
+        let out = client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .part_number(n)
+            .body(ByteStream::from(body[offset..end].to_vec()))
+            .send()
+            .await
+            .expect("upload part");
+        parts.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build(),
+        );
+        offset = end;
+    }
+    let done = client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("complete multipart");
+    done.e_tag().unwrap_or("").trim_matches('"').to_string()
+}
+
+/// Upload `body` in parts of `part` bytes.
+pub async fn put_multipart(
+    server: &dyn Endpoint,
+    bucket: &str,
+    key: &str,
+    body: &[u8],
+    part: usize,
+) -> String {
+    let sizes = vec![part; body.len().div_ceil(part).max(1)];
+    put_parts(server, bucket, key, body, &sizes).await
+}
+
+/// The ETag of every object under `prefix` (key without the prefix -> ETag).
+pub async fn etags(server: &dyn Endpoint, bucket: &str, prefix: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut pages = server
+        .s3()
+        .client()
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for o in page.expect("list").contents() {
+            let key = o.key().unwrap_or("");
+            let rel = key.strip_prefix(prefix).unwrap_or(key).to_string();
+            out.insert(rel, o.e_tag().unwrap_or("").trim_matches('"').to_string());
+        }
+    }
+    out
+}
+
+/// Every object under `prefix` as key (without the prefix) -> bytes.
+pub async fn contents(
+    server: &dyn Endpoint,
+    bucket: &str,
+    prefix: &str,
+) -> HashMap<String, Vec<u8>> {
+    let mut out = HashMap::new();
+    let server = server.s3();
+    for key in server.keys(bucket, prefix).await {
+        let rel = key.strip_prefix(prefix).unwrap_or(&key).to_string();
+        out.insert(rel, server.get(bucket, &key).await);
+    }
+    out
+}
+
+/// `bin` (egress-sync) mirroring `input`/`input_path` into `output`/`output_path`, with
+/// small parts so that test objects span several.
+pub fn sync_command(
+    bin: &str,
+    input: &dyn Endpoint,
+    input_path: &str,
+    output: &dyn Endpoint,
+    output_path: &str,
+    args: &[&str],
+) -> Command {
+    let (input, output) = (input.s3(), output.s3());
+    let mut cmd = crate::clean_command(bin);
+    cmd.env("INPUT_URL", &input.endpoint)
+        .env("INPUT_PATH", input_path)
+        .env("INPUT_ACCESS_KEY_ID", &input.access_key)
+        .env("INPUT_SECRET_ACCESS_KEY", &input.secret_key)
+        .env("OUTPUT_URL", &output.endpoint)
+        .env("OUTPUT_PATH", output_path)
+        .env("OUTPUT_ACCESS_KEY_ID", &output.access_key)
+        .env("OUTPUT_SECRET_ACCESS_KEY", &output.secret_key)
+        .args(["--part-size-mib", "5", "--multipart-threshold-mib", "5"])
+        .args(args);
+    cmd
+}

@@ -1,0 +1,218 @@
+//! A fault-injecting HTTP proxy in front of a test server: it records every request
+//! (method and path), can run a hook before forwarding one (delete an object, remove a
+//! bucket), and can flip one byte of one request body in flight. Each proxied request
+//! gets its own upstream connection (`Connection: close`), so requests never need to be
+//! told apart inside a connection.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One request as the proxy saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// `GET`, `PUT`, ...
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+}
+
+/// Run before a request is forwarded (the request is passed in).
+pub type Hook = Arc<dyn Fn(&Seen) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// What to damage: the byte at `offset` of the body of the first request with this
+/// method whose body is at least `min_len` bytes.
+#[derive(Debug, Clone)]
+pub struct Corrupt {
+    /// Method of the request to damage (`PUT`).
+    pub method: String,
+    /// Smallest body to damage.
+    pub min_len: u64,
+    /// Which byte of the body.
+    pub offset: u64,
+}
+
+/// A running proxy; stops when dropped.
+pub struct Proxy {
+    /// `http://127.0.0.1:<port>`
+    pub endpoint: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    corrupted: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    upstream: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    hook: Option<Hook>,
+    corrupt: Option<Corrupt>,
+    corrupted: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Proxy to `upstream` (`http://127.0.0.1:<port>`).
+    pub async fn start(upstream: &str, hook: Option<Hook>, corrupt: Option<Corrupt>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let corrupted = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            upstream: upstream
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+            seen: seen.clone(),
+            hook,
+            corrupt,
+            corrupted: corrupted.clone(),
+        });
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _ = serve(client, shared).await;
+                });
+            }
+        });
+        Proxy {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            seen,
+            corrupted,
+            task,
+        }
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Forget the requests seen so far.
+    pub fn clear(&self) {
+        if let Ok(mut s) = self.seen.lock() {
+            s.clear();
+        }
+    }
+
+    /// True once a body byte was flipped.
+    pub fn corrupted(&self) -> bool {
+        self.corrupted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    let (head, rest) = read_head(&mut client).await?;
+    let text = String::from_utf8_lossy(&head).to_string();
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or("");
+    let mut parts = request_line.split(' ');
+    let seen = Seen {
+        method: parts.next().unwrap_or("").to_string(),
+        target: parts.next().unwrap_or("").to_string(),
+    };
+    let length: u64 = lines
+        .clone()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    if let Ok(mut s) = shared.seen.lock() {
+        s.push(seen.clone());
+    }
+    if let Some(hook) = &shared.hook {
+        hook(&seen).await;
+    }
+    let damage = shared.corrupt.as_ref().and_then(|c| {
+        let wanted = c.method == seen.method && length >= c.min_len;
+        (wanted && !shared.corrupted.swap(true, Ordering::SeqCst)).then_some(c.offset)
+    });
+    let mut upstream = TcpStream::connect(&shared.upstream).await?;
+    upstream.write_all(&rewrite_head(&text)).await?;
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut up_read, mut up_write) = upstream.into_split();
+    let to_server = async move {
+        forward_body(&mut client_read, &mut up_write, rest, damage).await?;
+        tokio::io::copy(&mut client_read, &mut up_write)
+            .await
+            .map(|_| ())
+    };
+    let to_client = async move {
+        tokio::io::copy(&mut up_read, &mut client_write)
+            .await
+            .map(|_| ())
+    };
+    let (a, b) = tokio::join!(to_server, to_client);
+    a.and(b)
+}
+
+/// The request head (up to the blank line) and whatever body bytes came with it.
+async fn read_head(client: &mut TcpStream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return Ok((buf, rest));
+        }
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The head with `Connection: close`, so the server ends the exchange after its reply.
+fn rewrite_head(text: &str) -> Vec<u8> {
+    let mut out = String::new();
+    for line in text.trim_end_matches("\r\n\r\n").split("\r\n") {
+        let name = line.split(':').next().unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out.into_bytes()
+}
+
+/// Copy the body, flipping the byte at `damage` if asked.
+async fn forward_body(
+    client: &mut tokio::net::tcp::OwnedReadHalf,
+    upstream: &mut tokio::net::tcp::OwnedWriteHalf,
+    first: Vec<u8>,
+    damage: Option<u64>,
+) -> std::io::Result<()> {
+    let mut offset = 0u64;
+    let mut chunk = first;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(at) = damage {
+            if at >= offset && at < offset + chunk.len() as u64 {
+                chunk[(at - offset) as usize] ^= 0x01;
+            }
+        }
+        upstream.write_all(&chunk).await?;
+        offset += chunk.len() as u64;
+        if damage.is_none_or(|at| offset > at) {
+            return Ok(());
+        }
+        let n = client.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        chunk = buf[..n].to_vec();
+    }
+}
