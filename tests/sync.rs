@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use egress_testkit::fixtures::{self, contents, data, put_many, put_multipart, MIB};
+use egress_testkit::fixtures::{self, contents, data, manifest_json, put_many, put_multipart, MIB};
 use egress_testkit::{last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
 
 const SRC: &str = "source-bucket";
@@ -453,29 +453,6 @@ async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() 
 
 // ---------------------------------------------------------------------------------------
 // --require-manifest and --verify.
-
-fn manifest_json(date: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
-    let tables: Vec<serde_json::Value> = files
-        .iter()
-        .map(|(file, body)| {
-            serde_json::json!({
-                "table": file.trim_end_matches(".csv.gz"), "schema": "public",
-                "name": file.trim_end_matches(".csv.gz"), "file": file,
-                "key": format!("data/{date}/{file}"), "rows": 1,
-                "uncompressed_bytes": 1, "compressed_bytes": body.len(),
-                "sha256": egress_testkit::sha256_hex(body), "uncompressed_sha256": "x",
-                "columns": [{"name": "v", "type": "text"}]
-            })
-        })
-        .collect();
-    serde_json::to_vec_pretty(&serde_json::json!({
-        "format_version": 1, "tool": "egress-dump", "tool_version": "test", "date": date,
-        "run_started": "2024-01-01T00:00:00.000Z", "run_finished": "2024-01-01T00:00:01.000Z",
-        "snapshot": {"taken_at": "2024-01-01T00:00:00.000000Z", "txid_snapshot": "1:1:", "wal_lsn": "0/1", "server_version": "15"},
-        "compression_level": 6, "header": false, "tables": tables
-    }))
-    .unwrap()
-}
 
 fn copied_keys(out: &Output) -> Vec<String> {
     stdout(&out)

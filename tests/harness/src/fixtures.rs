@@ -186,3 +186,38 @@ pub fn sync_command(
         .args(args);
     cmd
 }
+
+/// A `_manifest.json` for `date` listing `files` (name and bytes), as egress-dump writes it.
+pub fn manifest_json(date: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let with_parts: Vec<(&str, &[u8], Option<Vec<u64>>)> =
+        files.iter().map(|(f, b)| (*f, *b, None)).collect();
+    manifest_with_parts(date, &with_parts)
+}
+
+/// [`manifest_json`], with each object's multipart part sizes where it has them.
+pub fn manifest_with_parts(date: &str, files: &[(&str, &[u8], Option<Vec<u64>>)]) -> Vec<u8> {
+    let tables: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(file, body, parts)| {
+            let mut table = serde_json::json!({
+                "table": file.trim_end_matches(".csv.gz"), "schema": "public",
+                "name": file.trim_end_matches(".csv.gz"), "file": file,
+                "key": format!("data/{date}/{file}"), "rows": 1,
+                "uncompressed_bytes": 1, "compressed_bytes": body.len(),
+                "sha256": crate::sha256_hex(body), "uncompressed_sha256": "x",
+                "columns": [{"name": "v", "type": "text"}]
+            });
+            if let Some(parts) = parts {
+                table["part_sizes"] = serde_json::json!(parts);
+            }
+            table
+        })
+        .collect();
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "format_version": 1, "tool": "egress-dump", "tool_version": "test", "date": date,
+        "run_started": "2024-01-01T00:00:00.000Z", "run_finished": "2024-01-01T00:00:01.000Z",
+        "snapshot": {"taken_at": "2024-01-01T00:00:00.000000Z", "txid_snapshot": "1:1:", "wal_lsn": "0/1", "server_version": "15"},
+        "compression_level": 6, "header": false, "tables": tables
+    }))
+    .expect("manifest JSON")
+}

@@ -2,7 +2,8 @@
 //! (method and path), can run a hook before forwarding one (delete an object, remove a
 //! bucket), and can flip one byte of one request body in flight. Each proxied request
 //! gets its own upstream connection (`Connection: close`), so requests never need to be
-//! told apart inside a connection.
+//! told apart inside a connection. It runs on its own thread and runtime, so a test may
+//! block on a child process while the proxy serves it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,7 +42,7 @@ pub struct Proxy {
     pub endpoint: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     corrupted: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 struct Shared {
@@ -54,8 +55,11 @@ struct Shared {
 
 impl Proxy {
     /// Proxy to `upstream` (`http://127.0.0.1:<port>`).
-    pub async fn start(upstream: &str, hook: Option<Hook>, corrupt: Option<Corrupt>) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    pub fn start(upstream: &str, hook: Option<Hook>, corrupt: Option<Corrupt>) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let port = listener.local_addr().expect("proxy address").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let corrupted = Arc::new(AtomicBool::new(false));
@@ -69,19 +73,34 @@ impl Proxy {
             corrupt,
             corrupted: corrupted.clone(),
         });
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let _ = serve(client, shared).await;
-                });
-            }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("proxy runtime");
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener).expect("proxy listener");
+                let accept = async {
+                    while let Ok((client, _)) = listener.accept().await {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let _ = serve(client, shared).await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stopped => {}
+                }
+            });
         });
         Proxy {
             endpoint: format!("http://127.0.0.1:{port}"),
             seen,
             corrupted,
-            task,
+            stop: Some(stop),
         }
     }
 
@@ -105,7 +124,9 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 

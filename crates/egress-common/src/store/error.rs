@@ -182,9 +182,21 @@ fn looks_like_not_s3<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -
     };
     let status = response.status().as_u16();
     let empty = response.body().bytes().is_some_and(|b| b.is_empty());
-    // A HEAD reply has no body to judge by; everything else from S3 is XML.
-    (200..300).contains(&status) && matches!(err, SdkError::ResponseError(_))
-        || (!has_code && !xml && !empty && status != 304)
+    // A HEAD reply has no body to judge by; everything else from S3 is XML, and a 2xx
+    // reply the SDK could not read is not XML (an XML one that failed is a damaged
+    // listing: see `unreadable_xml`).
+    (200..300).contains(&status) && !xml || (!has_code && !xml && !empty && status != 304)
+}
+
+/// True for a 2xx XML reply the SDK could not read: an S3 listing holding a key with a
+/// character XML cannot carry (U+0001).
+pub fn unreadable_xml<E>(err: &SdkError<E, HttpResponse>) -> bool {
+    err.raw_response().is_some_and(|r| {
+        r.status().is_success()
+            && r.headers()
+                .get("content-type")
+                .is_some_and(|t| t.contains("xml"))
+    })
 }
 
 /// Turn an SDK error into a typed, one-line [`StoreError`]; `what` says what we were

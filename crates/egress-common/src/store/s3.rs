@@ -13,12 +13,13 @@ use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::list_objects_v2::{ListObjectsV2Error, ListObjectsV2Output};
 use aws_sdk_s3::types::{CompletedMultipartUpload, EncodingType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::error::{from_sdk, ErrorKind, S3Context, StoreError, Target};
+use super::error::{from_sdk, unreadable_xml, ErrorKind, S3Context, StoreError, Target};
 use super::key::{dir_prefix, join};
 use super::{
     clean_etag, Attributes, Body, CompletedPart, Condition, GetOptions, GetResult, ObjectInfo,
@@ -689,49 +690,41 @@ impl ListCtx {
         &self,
         token: Option<String>,
     ) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
-        match self.request(token.clone(), false).await {
-            Err(e) if e.kind() == ErrorKind::NotS3 => self.request(token, true).await.map_err(|again| {
-                if again.kind() == ErrorKind::NotS3 {
-                    StoreError::new(
-                        ErrorKind::Other,
-                        format!("{}: the listing cannot be read, even URL-encoded: a key probably holds a character XML cannot carry and the server does not encode keys ({again})", self.what),
-                    )
-                } else {
-                    again
-                }
-            }),
+        let page = match self.request(token.clone(), false).await {
+            Err(e) if unreadable_xml(&e) => self.request(token, true).await,
             other => other,
-        }
+        };
+        let page = page.map_err(|e| {
+            let ctx = S3Context {
+                bucket: &self.bucket,
+                endpoint: &self.endpoint,
+                credentials_hint: self.hint,
+            };
+            from_sdk(&e, &self.what, Target::Bucket, ctx)
+        })?;
+        Ok(self.objects(page))
     }
 
     async fn request(
         &self,
         token: Option<String>,
         encode: bool,
-    ) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
-        let mut request = self
+    ) -> Result<ListObjectsV2Output, SdkError<ListObjectsV2Error, HttpResponse>> {
+        let request = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(&self.list_prefix)
             .max_keys(1000)
             .set_continuation_token(token);
-        if encode {
-            request = request.encoding_type(EncodingType::Url);
+        match encode {
+            true => request.encoding_type(EncodingType::Url).send().await,
+            false => request.send().await,
         }
-        let page = request.send().await.map_err(|e| {
-            from_sdk(
-                &e,
-                &self.what,
-                Target::Bucket,
-                S3Context {
-                    bucket: &self.bucket,
-                    endpoint: &self.endpoint,
-                    credentials_hint: self.hint,
-                },
-            )
-        })?;
-        let encoded = encode && page.encoding_type() == Some(&EncodingType::Url);
+    }
+
+    fn objects(&self, page: ListObjectsV2Output) -> (Vec<ObjectInfo>, Option<String>) {
+        let encoded = page.encoding_type() == Some(&EncodingType::Url);
         let mut objects = Vec::with_capacity(page.contents().len());
         for o in page.contents() {
             let Some(raw) = o.key() else { continue };
@@ -759,7 +752,7 @@ impl ListCtx {
         } else {
             None
         };
-        Ok((objects, next))
+        (objects, next)
     }
 }
 

@@ -1,0 +1,401 @@
+//! egress-sync at the edges, through the binary against real servers: an input object
+//! deleted between the listing and its copy, the output bucket deleted mid-run, a manifest
+//! listing an object the input lacks, hostile and odd keys, an output that cannot be
+//! written, an endpoint that is not an S3 server, odd local file names.
+
+use std::os::unix::ffi::OsStrExt;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use egress_testkit::fixtures::{self, contents, data, manifest_json, put_many};
+use egress_testkit::proxy::{Hook, Proxy};
+use egress_testkit::{
+    last_line, stderr, stdout, text, CephRgw, Endpoint, S3Endpoint, S3Kind, S3Server,
+};
+
+fn command(
+    input: &dyn Endpoint,
+    in_path: &str,
+    output: &dyn Endpoint,
+    out_path: &str,
+    args: &[&str],
+) -> Command {
+    fixtures::sync_command(
+        env!("CARGO_BIN_EXE_egress-sync"),
+        input,
+        in_path,
+        output,
+        out_path,
+        args,
+    )
+}
+
+fn sync(
+    input: &dyn Endpoint,
+    in_path: &str,
+    output: &dyn Endpoint,
+    out_path: &str,
+    args: &[&str],
+) -> Output {
+    egress_testkit::run(&mut command(input, in_path, output, out_path, args))
+}
+
+/// An input whose `victim` object is deleted just before its copy reads it.
+async fn vanishing_input(input: &S3Endpoint, bucket: &'static str, victim: &'static str) -> Proxy {
+    let client = input.client();
+    let hook: Hook = Arc::new(move |seen| {
+        let client = client.clone();
+        let hit = seen.method == "GET"
+            && seen.target.contains(victim)
+            && !seen.target.contains("list-type");
+        Box::pin(async move {
+            if hit {
+                let _ = client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(victim)
+                    .send()
+                    .await;
+            }
+        })
+    });
+    Proxy::start(&input.endpoint, Some(hook), None)
+}
+
+async fn a_vanished_object_is_counted_not_failed(input: &dyn Endpoint, output: &dyn Endpoint) {
+    let objects: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| (format!("d29/obj{i:05}.txt"), data(i, 300)))
+        .collect();
+    put_many(input, "vsrc", objects).await;
+    let proxy = vanishing_input(&input.s3(), "vsrc", "d29/obj00007.txt").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("termination-log");
+    let out = sync(
+        &input.s3().via(&proxy.endpoint),
+        "vsrc",
+        output,
+        "vdst",
+        &["--termination-log", log.to_str().unwrap()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a vanished object is not a failure: {}",
+        text(&out)
+    );
+    let printed = stdout(&out);
+    assert_eq!(
+        printed
+            .matches("vanished: it was deleted after the listing")
+            .count(),
+        1,
+        "logged once: {printed}"
+    );
+    assert!(
+        last_line(&out).contains("copied=11") && last_line(&out).contains("vanished=1"),
+        "{}",
+        text(&out)
+    );
+    let summary = std::fs::read_to_string(&log).unwrap();
+    assert!(summary.contains("1 vanished"), "{summary}");
+    assert_eq!(contents(output, "vdst", "").await.len(), 11);
+}
+
+#[tokio::test]
+async fn an_input_object_deleted_after_the_listing_is_vanished_on_s3s_fs_and_ceph() {
+    let s3s = S3Server::start(S3Kind::S3sFs);
+    let ceph = CephRgw::start();
+    s3s.create_bucket("vsrc").await;
+    ceph.create_bucket("vdst").await;
+    a_vanished_object_is_counted_not_failed(&s3s, &ceph).await;
+    // And with Ceph as the input.
+    let out2 = S3Server::start(S3Kind::S3sFs);
+    out2.create_bucket("vdst").await;
+    ceph.create_bucket("vsrc").await;
+    a_vanished_object_is_counted_not_failed(&ceph, &out2).await;
+}
+
+#[tokio::test]
+async fn the_output_bucket_deleted_mid_run_stops_the_run_with_one_line() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::Moto);
+    input.create_bucket("src").await;
+    output.create_bucket("gone").await;
+    let objects: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| (format!("k{i:04}"), data(i, 200)))
+        .collect();
+    put_many(&input, "src", objects).await;
+    // Before the tenth PUT is forwarded, the bucket is emptied and deleted.
+    let client = output.client();
+    let puts = Arc::new(AtomicUsize::new(0));
+    let hook: Hook = Arc::new(move |seen| {
+        let n = if seen.method == "PUT" {
+            puts.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            0
+        };
+        let client = client.clone();
+        Box::pin(async move {
+            if n == 10 {
+                let listed = client
+                    .list_objects_v2()
+                    .bucket("gone")
+                    .send()
+                    .await
+                    .expect("list");
+                for o in listed.contents() {
+                    let key = o.key().unwrap_or("");
+                    client
+                        .delete_object()
+                        .bucket("gone")
+                        .key(key)
+                        .send()
+                        .await
+                        .expect("delete");
+                }
+                client
+                    .delete_bucket()
+                    .bucket("gone")
+                    .send()
+                    .await
+                    .expect("delete the bucket");
+            }
+        })
+    });
+    let proxy = Proxy::start(&output.endpoint, Some(hook), None);
+    let out = sync(
+        &input,
+        "src",
+        &output.s3().via(&proxy.endpoint),
+        "gone",
+        &["--jobs", "1"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing bucket is a configuration error: {}",
+        text(&out)
+    );
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("bucket 'gone' does not exist"), "{err}");
+    let puts = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .count();
+    assert!(
+        puts < 20,
+        "the run stopped instead of trying every object: {puts} PUTs"
+    );
+}
+
+#[tokio::test]
+async fn a_manifest_listing_an_object_the_input_lacks_fails_naming_it() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    let (a, b) = (data(1, 900), data(2, 800));
+    put_many(
+        &input,
+        "src",
+        vec![
+            ("2024-02-02/a.csv.gz".into(), a.clone()),
+            (
+                "2024-02-02/_manifest.json".into(),
+                manifest_json("2024-02-02", &[("a.csv.gz", &a), ("b.csv.gz", &b)]),
+            ),
+        ],
+    )
+    .await;
+    let out = sync(&input, "src", &output, "dst", &["--require-manifest"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the manifest lists objects the input does not have: 2024-02-02/b.csv.gz"),
+        "{err}"
+    );
+    let keys = output.keys("dst", "").await;
+    assert!(
+        !keys.iter().any(|k| k.ends_with("_manifest.json")),
+        "no manifest for an incomplete day: {keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn hostile_keys_never_leave_a_local_output_and_control_characters_list() {
+    let input = S3Server::start(S3Kind::Moto);
+    input.create_bucket("src").await;
+    let hostile = ["p/../x", "p/a/../../y", "p//lead", "p/./dot"];
+    let mut objects: Vec<(String, Vec<u8>)> = hostile
+        .iter()
+        .map(|k| (k.to_string(), b"evil".to_vec()))
+        .collect();
+    objects.push(("p/ctl\u{1}key.txt".into(), b"control".to_vec()));
+    objects.push(("p/fine.txt".into(), b"fine".to_vec()));
+    put_many(&input, "src", objects).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("mirror");
+    let out = egress_testkit::run(
+        command(&input, "src/p", &input, "unused", &[])
+            .env("OUTPUT_URL", "")
+            .env("OUTPUT_PATH", &out_dir),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    for key in ["../x", "a/../../y", "/lead", "./dot"] {
+        assert!(
+            err.contains(&format!("key '{key}' cannot be written"))
+                || stdout(&out).contains(&format!("key '{key}' cannot be written")),
+            "{key} named: {}",
+            text(&out)
+        );
+    }
+    let mut written: Vec<String> = walk(dir.path());
+    written.sort();
+    assert_eq!(
+        written,
+        ["mirror/ctl\u{1}key.txt", "mirror/fine.txt"],
+        "nothing outside the output, the rest copied"
+    );
+}
+
+fn walk(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_output_that_cannot_be_written_is_one_line_and_exit_2() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket("src").await;
+    let objects: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| (format!("2024-01-01/k{i:03}"), data(i, 100)))
+        .collect();
+    put_many(&input, "src", objects).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, b"x").unwrap();
+    let blocked = dir.path().join("blocked");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("2024-01-01"), b"a file where a folder must go").unwrap();
+    for (name, path, needle) in [
+        (
+            "the output is a file",
+            &a_file,
+            a_file.display().to_string(),
+        ),
+        (
+            "a folder of the output is a file",
+            &blocked,
+            blocked.join("2024-01-01").display().to_string(),
+        ),
+    ] {
+        let out = egress_testkit::run(
+            command(&input, "src", &input, "x", &[])
+                .env("OUTPUT_URL", "")
+                .env("OUTPUT_PATH", path),
+        );
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out));
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{name}: one line: {err}");
+        assert!(err.contains(&needle), "{name}: names the path: {err}");
+        let failures = stdout(&out).matches("copy failed").count();
+        assert!(
+            failures <= 64,
+            "{name}: stopped at the first attempts, not 200 ({failures})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_that_is_not_s3_is_reported_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("html-page"),
+        b"<html><body>Welcome</body></html>",
+    )
+    .unwrap();
+    let port = egress_testkit::free_port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    egress_testkit::process::wait_for_port(
+        port,
+        std::time::Duration::from_secs(10),
+        "http.server",
+        &dir.path().join("none"),
+    );
+    let web = S3Endpoint {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        access_key: "AK".into(),
+        secret_key: "SK".into(),
+    };
+    let output = S3Server::start(S3Kind::S3sFs);
+    output.create_bucket("dst").await;
+    for (name, bucket) in [
+        ("a 404 page", "no-such-dir"),
+        ("an HTML 200", "html-bucket"),
+    ] {
+        let out = sync(&web, bucket, &output, "dst", &[]);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("does not answer like an S3 server"),
+            "{name}: {err}"
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[tokio::test]
+async fn odd_local_names_are_reported_and_symlinks_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    std::fs::write(input.join("sub/ok.txt"), b"ok").unwrap();
+    let bad = std::ffi::OsStr::from_bytes(b"bad\xffname.txt");
+    std::fs::write(input.join(bad), b"x").unwrap();
+    let secret = dir.path().join("outside.txt");
+    std::fs::write(&secret, b"not for the mirror").unwrap();
+    std::os::unix::fs::symlink(&secret, input.join("link.txt")).unwrap();
+    let output = dir.path().join("out");
+    let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-sync"));
+    cmd.env("INPUT_PATH", &input).env("OUTPUT_PATH", &output);
+    let out = egress_testkit::run(&mut cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let printed = stdout(&out);
+    assert!(
+        printed.contains("not valid UTF-8") && printed.contains("bad\u{FFFD}name.txt"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("symbolic link") && printed.contains("link.txt"),
+        "{printed}"
+    );
+    assert_eq!(walk(&output), ["sub/ok.txt"]);
+}
