@@ -47,9 +47,10 @@ async fn run() -> ExitCode {
                 on_stop: "the next run continues where this one stopped",
                 summarise: |r: &egress_sync::report::Report| {
                     format!(
-                        "{} copied, {} deleted; {}",
+                        "{} copied, {} deleted, {} vanished; {}",
                         r.copied,
                         r.deleted,
+                        r.vanished,
                         r.total_line()
                     )
                 },
