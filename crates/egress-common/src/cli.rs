@@ -56,6 +56,20 @@ impl CommonArgs {
     }
 }
 
+/// With the hidden `--list-env`, print the variables `cmd` reads (see
+/// [`crate::envlist::listing`]) and return true: the binary then exits.
+pub fn list_env(
+    common: &CommonArgs,
+    cmd: &clap::Command,
+    extra: &[&str],
+    required: &[&str],
+) -> bool {
+    if common.list_env {
+        print!("{}", crate::envlist::listing(cmd, extra, required));
+    }
+    common.list_env
+}
+
 /// How a binary ends a run: its name, what a stop leaves behind, how to describe success,
 /// and which exit code an error means (chosen in `main`).
 pub struct Ending<T> {

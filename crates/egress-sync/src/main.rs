@@ -16,11 +16,7 @@ fn main() {
 
 async fn run() -> ExitCode {
     let args = Args::parse();
-    if args.common.list_env {
-        print!(
-            "{}",
-            egress_common::envlist::listing(&Args::command(), EXTRA_ENV, REQUIRED_ENV)
-        );
+    if cli::list_env(&args.common, &Args::command(), EXTRA_ENV, REQUIRED_ENV) {
         return ExitCode::Success;
     }
     logging::init(args.common.log_format, args.common.verbose, false);

@@ -13,6 +13,11 @@ use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::abort_multipart_upload::AbortMultipartUploadError;
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
+use aws_sdk_s3::operation::list_multipart_uploads::{
+    ListMultipartUploadsError, ListMultipartUploadsOutput,
+};
 use aws_sdk_s3::operation::list_objects_v2::{ListObjectsV2Error, ListObjectsV2Output};
 use aws_sdk_s3::types::{CompletedMultipartUpload, EncodingType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -201,22 +206,11 @@ impl ObjectStore for S3Store {
     }
 
     async fn probe(&self, _write: bool) -> Result<(), StoreError> {
-        let list_prefix = dir_prefix(&self.prefix);
-        self.client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&list_prefix)
-            .max_keys(1)
-            .send()
-            .await
-            .map_err(|e| {
-                self.error(
-                    &e,
-                    &format!("checking s3://{}/{list_prefix}", self.bucket),
-                    Target::Bucket,
-                )
-            })?;
-        Ok(())
+        // The first page of the listing proves the bucket, the credentials and the region.
+        match self.list("").next().await {
+            Some(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn list(&self, under: &str) -> PageStream {
@@ -263,15 +257,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        let full = self.full(key);
-        let reply = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| self.error(&e, &format!("reading metadata of {full}"), Target::Object))?;
+        let reply = self.head_object(key, None).await?;
         let size = reply.content_length().unwrap_or(0).max(0) as u64;
         Ok(object_meta!(reply, size))
     }
@@ -280,22 +266,7 @@ impl ObjectStore for S3Store {
         if self.part_numbers.load(Ordering::Relaxed) == PARTS_NO {
             return Ok(None);
         }
-        let full = self.full(key);
-        let reply = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .part_number(number as i32)
-            .send()
-            .await
-            .map_err(|e| {
-                self.error(
-                    &e,
-                    &format!("reading part {number} of {full}"),
-                    Target::Object,
-                )
-            })?;
+        let reply = self.head_object(key, Some(number)).await?;
         // A store that ignores partNumber answers for the whole object, without a count.
         if reply.parts_count().is_none() {
             self.part_numbers.store(PARTS_NO, Ordering::Relaxed);
@@ -497,21 +468,11 @@ impl ObjectStore for S3Store {
 
     async fn abort(&self, upload: Upload) {
         let full = self.full(&upload.key);
-        let result = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .upload_id(&upload.id)
-            .send()
-            .await;
+        let result = abort_upload(&self.client, &self.bucket, &full, &upload.id).await;
         cleanup::done(upload.ticket);
         if let Err(e) = result {
-            let e = self.error(
-                &e,
-                &format!("aborting the upload of {full}"),
-                Target::Object,
-            );
+            let what = format!("aborting the upload of {full}");
+            let e = self.error(&e, &what, Target::Object);
             tracing::warn!(error = %e, "could not abort a multipart upload; the next run (or the bucket's lifecycle rule) removes it");
         }
     }
@@ -523,16 +484,9 @@ impl ObjectStore for S3Store {
             self.bucket
         );
         let mut out = Vec::new();
-        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        let mut markers: (Option<String>, Option<String>) = (None, None);
         loop {
-            let page = self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(&list_prefix)
-                .set_key_marker(key_marker.clone())
-                .set_upload_id_marker(id_marker.clone())
-                .send()
+            let page = uploads_page(&self.client, &self.bucket, &list_prefix, markers)
                 .await
                 .map_err(|e| self.error(&e, &what, Target::Bucket))?;
             for u in page.uploads() {
@@ -548,9 +502,11 @@ impl ObjectStore for S3Store {
                     initiated: u.initiated().map(|t| t.secs()).unwrap_or(0),
                 });
             }
-            key_marker = page.next_key_marker().map(str::to_string);
-            id_marker = page.next_upload_id_marker().map(str::to_string);
-            if !page.is_truncated().unwrap_or(false) || key_marker.is_none() {
+            markers = (
+                page.next_key_marker().map(str::to_string),
+                page.next_upload_id_marker().map(str::to_string),
+            );
+            if !page.is_truncated().unwrap_or(false) || markers.0.is_none() {
                 return Ok(out);
             }
         }
@@ -558,12 +514,7 @@ impl ObjectStore for S3Store {
 
     async fn abort_pending(&self, upload: &PendingUpload) -> Result<(), StoreError> {
         let full = self.full(&upload.key);
-        self.client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .upload_id(&upload.id)
-            .send()
+        abort_upload(&self.client, &self.bucket, &full, &upload.id)
             .await
             .map_err(|e| {
                 self.error(
@@ -571,8 +522,7 @@ impl ObjectStore for S3Store {
                     &format!("aborting the upload of {full}"),
                     Target::Object,
                 )
-            })?;
-        Ok(())
+            })
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -598,6 +548,26 @@ impl ObjectStore for S3Store {
 }
 
 impl S3Store {
+    async fn head_object(
+        &self,
+        key: &str,
+        part: Option<u32>,
+    ) -> Result<HeadObjectOutput, StoreError> {
+        let full = self.full(key);
+        let what = match part {
+            Some(n) => format!("reading part {n} of {full}"),
+            None => format!("reading metadata of {full}"),
+        };
+        self.client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .set_part_number(part.map(|n| n as i32))
+            .send()
+            .await
+            .map_err(|e| self.error(&e, &what, Target::Object))
+    }
+
     /// What a stop does for an upload of `full` whose id is not known yet: abort every
     /// upload of exactly that key started since this process began.
     fn sweep_for(&self, full: &str) -> cleanup::Abort {
@@ -605,26 +575,15 @@ impl S3Store {
         let since = process_start();
         Box::new(move || {
             Box::pin(async move {
-                let Ok(page) = client
-                    .list_multipart_uploads()
-                    .bucket(&bucket)
-                    .prefix(&key)
-                    .send()
-                    .await
-                else {
+                let Ok(page) = uploads_page(&client, &bucket, &key, (None, None)).await else {
                     return false;
                 };
                 let mut undone = false;
                 for u in page.uploads() {
                     let started = u.initiated().map(|t| t.secs()).unwrap_or(0);
-                    if u.key() == Some(key.as_str()) && started >= since {
-                        if let Some(id) = u.upload_id() {
-                            let abort = client
-                                .abort_multipart_upload()
-                                .bucket(&bucket)
-                                .key(&key)
-                                .upload_id(id);
-                            undone |= abort.send().await.is_ok();
+                    if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                        if k == key && started >= since {
+                            undone |= abort_upload(&client, &bucket, &key, id).await.is_ok();
                         }
                     }
                 }
@@ -635,20 +594,11 @@ impl S3Store {
 
     /// What a stop does for a known upload.
     fn abort_action(&self, full: &str, id: &str) -> cleanup::Abort {
-        let (client, bucket, key, id) = (
-            self.client.clone(),
-            self.bucket.clone(),
-            full.to_string(),
-            id.to_string(),
-        );
+        let (client, bucket) = (self.client.clone(), self.bucket.clone());
+        let (key, id) = (full.to_string(), id.to_string());
         Box::new(move || {
             Box::pin(async move {
-                let abort = client
-                    .abort_multipart_upload()
-                    .bucket(bucket)
-                    .key(&key)
-                    .upload_id(id);
-                let ok = abort.send().await.is_ok();
+                let ok = abort_upload(&client, &bucket, &key, &id).await.is_ok();
                 if !ok {
                     tracing::warn!(key = %key, "could not abort an upload; the next run (or the bucket lifecycle rule) removes it");
                 }
@@ -656,6 +606,40 @@ impl S3Store {
             })
         })
     }
+}
+
+/// AbortMultipartUpload: the one place it is sent.
+async fn abort_upload(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    full: &str,
+    id: &str,
+) -> Result<(), SdkError<AbortMultipartUploadError, HttpResponse>> {
+    client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(full)
+        .upload_id(id)
+        .send()
+        .await
+        .map(|_| ())
+}
+
+/// One page of ListMultipartUploads under `prefix`, from the (key, upload id) markers.
+async fn uploads_page(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    markers: (Option<String>, Option<String>),
+) -> Result<ListMultipartUploadsOutput, SdkError<ListMultipartUploadsError, HttpResponse>> {
+    client
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .prefix(prefix)
+        .set_key_marker(markers.0)
+        .set_upload_id_marker(markers.1)
+        .send()
+        .await
 }
 
 /// Seconds since the epoch when this process started (a little before, to allow for clock
