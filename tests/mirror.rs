@@ -298,3 +298,70 @@ async fn an_earlier_versions_records_file_is_removed_and_nothing_is_copied_again
     );
     assert_eq!(keys.len(), 31, "exactly the input's keys");
 }
+
+/// The README's memory contract: peak RSS stays under 64 MiB whatever the number of
+/// objects (the listings are walked a page at a time) and whatever their sizes (at most
+/// `--memory-budget-mib` of data in flight), at `--jobs 256`.
+#[tokio::test]
+async fn memory_stays_bounded_whatever_the_objects_and_the_jobs() {
+    const LIMIT_MIB: f64 = 64.0;
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    let body = data(5, 512);
+    for i in 0..10_000 {
+        let folder = src.join(format!("2024-01-{:02}", i % 28 + 1));
+        if i < 28 {
+            std::fs::create_dir_all(&folder).unwrap();
+        }
+        std::fs::write(folder.join(format!("obj-{i:06}.bin")), &body).unwrap();
+    }
+    for run in ["cold", "no-op"] {
+        let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-sync"));
+        cmd.env("INPUT_PATH", &src)
+            .env("OUTPUT_PATH", &dst)
+            .args(["--jobs", "256"]);
+        let out = egress_testkit::run(&mut cmd);
+        assert_eq!(out.status.code(), Some(0), "{run}: {}", text(&out));
+        let rss = peak_rss_mib(&out);
+        assert!(rss < LIMIT_MIB, "{run}: 10,000 objects took {rss} MiB");
+    }
+
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    for i in 0..6u64 {
+        let big = data(i, 48 * MIB);
+        put_parts(
+            &input,
+            "src",
+            &format!("big/{i}.bin"),
+            &big,
+            &[16 * MIB, 16 * MIB, 16 * MIB],
+        )
+        .await;
+    }
+    put_many(
+        &input,
+        "src",
+        vec![("single.bin".into(), data(9, 40 * MIB))],
+    )
+    .await;
+    let out = sync(&input, "src", &output, "dst", &["--jobs", "256"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rss = peak_rss_mib(&out);
+    assert!(
+        rss < LIMIT_MIB,
+        "328 MiB in large objects took {rss} MiB: {}",
+        text(&out)
+    );
+}
+
+/// The peak resident set the run reports on its last line (`peak_rss_mib=`).
+fn peak_rss_mib(out: &Output) -> f64 {
+    let line = last_line(out);
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("peak_rss_mib="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak_rss_mib on the last line: {line}"))
+}

@@ -14,3 +14,23 @@ pub fn return_large_buffers_to_the_system() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
 }
+
+/// This process's peak resident set so far, in MiB (`VmHWM`), for the closing log line:
+/// the memory contract the README states, as measured by the run itself.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (kib as f64 / 1024.0 * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peak_rss_is_read_from_proc() {
+        assert!(super::peak_rss_mib() > 0.0);
+    }
+}

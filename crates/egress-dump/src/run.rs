@@ -71,7 +71,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<TableReport>> {
     );
     write_manifest(&store, &request.date, &manifest).await?;
     let names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
-    info!(tables = reports.len(), succeeded = %names.join(" "), "Success.");
+    let peak_rss_mib = egress_common::memory::peak_rss_mib();
+    info!(tables = reports.len(), succeeded = %names.join(" "), peak_rss_mib, "Success.");
     Ok(reports)
 }
 

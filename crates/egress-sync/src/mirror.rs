@@ -347,32 +347,30 @@ impl<'a> Mirror<'a> {
             info!(objects = report.checked, "{} object(s) needed a HEAD of their copy to decide (their ETags cannot match the input's)", report.checked);
         }
         let line = report.total_line();
-        let fields = (
-            report.copied,
-            report.skipped,
-            report.deleted,
-            report.failed,
-            report.vanished,
-        );
+        let peak = egress_common::memory::peak_rss_mib();
+        let (copied, skipped, deleted) = (report.copied, report.skipped, report.deleted);
+        let (failed, vanished) = (report.failed, report.vanished);
         match report.failure_line() {
             None => {
                 info!(
-                    copied = fields.0,
-                    skipped = fields.1,
-                    deleted = fields.2,
-                    failed = 0,
-                    vanished = fields.4,
+                    copied,
+                    skipped,
+                    deleted,
+                    failed,
+                    vanished,
+                    peak_rss_mib = peak,
                     "{line}"
                 );
                 Ok(report)
             }
             Some(failure) => {
                 tracing::error!(
-                    copied = fields.0,
-                    skipped = fields.1,
-                    deleted = fields.2,
-                    failed = fields.3,
-                    vanished = fields.4,
+                    copied,
+                    skipped,
+                    deleted,
+                    failed,
+                    vanished,
+                    peak_rss_mib = peak,
                     "{line}"
                 );
                 Err(anyhow::anyhow!(failure))
