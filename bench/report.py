@@ -41,14 +41,15 @@ if csv_bytes:
         for name, (wall, cpu, rss, server) in jobs:
             print(f"| {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} |")
 
-if any(g.startswith("sync") for g, _ in best):
-    print(f"\n## Sync: {small} small objects (4-64 KiB), {large} x {large_mib} MiB; best rclone = faster of its two settings")
+dests = collections.OrderedDict()
+for (group, name), v in best.items():
+    if group.startswith("sync "):
+        dest, phase = group[5:].split(": ", 1)
+        dests.setdefault(dest, collections.OrderedDict()).setdefault(phase, []).append((name, v))
+for dest, groups in dests.items():
+    print(f"\n## Sync into {dest}: {small} small objects (4-64 KiB), {large} x {large_mib} MiB; best of rounds; best rclone = faster of its two settings")
     print("| phase | contender | wall s | CPU s | server CPU s | peak RSS MiB | objects/s | MiB/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    groups = collections.OrderedDict()
-    for (group, name), v in best.items():
-        if group.startswith("sync"):
-            groups.setdefault(group[5:], []).append((name, v))
     summary = []
     for phase, entries in groups.items():
         if phase.startswith("small"):
@@ -65,3 +66,11 @@ if any(g.startswith("sync") for g, _ in best):
         summary.append(f"{phase}: egress-sync is {rc / eg:.2f}x the best rclone's speed (time ratio {eg / rc:.2f})")
     print()
     print("\n".join(summary))
+
+many = [(g, n, v) for (g, n), v in best.items() if g.startswith("many")]
+if many:
+    print("\n## Many small objects, local directories")
+    print("| run | contender | wall s | CPU s | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|")
+    for group, name, (wall, cpu, rss, server) in many:
+        print(f"| {group[6:]} | {name} | {wall:.2f} | {cpu:.2f} | {rss:.0f} |")

@@ -19,7 +19,7 @@ ROOT=$PWD
 ROWS=${BENCH_ROWS:-1800000}          # ~300 MB of CSV
 BIG=${BENCH_BIG:-1}                  # also dump a 4x larger table (peak RSS check)
 ROUNDS=${BENCH_ROUNDS:-2}
-PARTS=${BENCH_PARTS:-dump,sync}      # which halves to run
+PARTS=${BENCH_PARTS:-dump,sync,ceph,many}   # which parts to run
 SMALL=${BENCH_SMALL:-2000}
 LARGE=${BENCH_LARGE:-6}
 LARGE_MIB=${BENCH_LARGE_MIB:-128}
@@ -35,6 +35,7 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "${CEPH_DIR:-}" ] && bash "$ROOT/tests/harness/ceph-rgw.sh" stop "$CEPH_DIR" >/dev/null 2>&1 || true
   [ -n "${PGDATA:-}" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -164,7 +165,86 @@ fi
 fi
 
 # --- sync ------------------------------------------------------------------------------
-if [[ $PARTS == *sync* ]]; then
+# sync_suite NAME URL KEY SECRET PROVIDER: every contender mirrors the input (s3s-fs A,
+# bucket src) into buckets of its own at the destination, ROUNDS times cold (a fresh bucket
+# each round, contenders alternating), then re-runs with nothing changed and with 20 small
+# objects changed. Small objects (dated folders) and large ones (large/) are measured apart.
+sync_suite() {
+  local name=$1 url=$2 ak=$3 sk=$4 provider=$5 r
+  export RCLONE_CONFIG_DST_TYPE=s3 RCLONE_CONFIG_DST_PROVIDER=$provider RCLONE_CONFIG_DST_ENDPOINT=$url \
+    RCLONE_CONFIG_DST_ACCESS_KEY_ID=$ak RCLONE_CONFIG_DST_SECRET_ACCESS_KEY=$sk RCLONE_CONFIG_DST_FORCE_PATH_STYLE=true
+  dst() { AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk aws --endpoint-url "$url" --region us-east-1 "$@"; }
+  local egress=(env INPUT_URL="$A_URL" INPUT_ACCESS_KEY_ID=AKA INPUT_SECRET_ACCESS_KEY=SKA INPUT_PATH=src
+    OUTPUT_URL="$url" OUTPUT_ACCESS_KEY_ID="$ak" OUTPUT_SECRET_ACCESS_KEY="$sk" "$SYNC" --progress never)
+  for r in $(seq "$ROUNDS"); do for b in rc1 rc16 egr; do dst s3 mb "s3://$b-$r" >/dev/null; done; done
+  # Both tools sync bucket roots with a filter: rclone probes a sub-path root with a HEAD that
+  # s3s-fs answers with a 500 only after ~40 s, which would measure the probe, not the copy.
+  for phase in "small cold: $SMALL objects|--exclude|large/**" "large cold: $LARGE x $LARGE_MIB MiB|--include|large/**"; do
+    IFS='|' read -r label flag pattern <<<"$phase"
+    for r in $(seq "$ROUNDS"); do
+      log "sync $name: $label, round $r"
+      # Contenders alternate: first in odd rounds, last in even ones.
+      local order=(rc1 rc16 egr)
+      ((r % 2 == 0)) && order=(egr rc16 rc1)
+      for c in "${order[@]}"; do
+        case $c in
+          rc1) measure "sync $name: $label" "rclone sync (defaults)" rclone sync "$flag" "$pattern" src:src "dst:rc1-$r" ;;
+          rc16) measure "sync $name: $label" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 "$flag" "$pattern" src:src "dst:rc16-$r" ;;
+          egr) measure "sync $name: $label" "egress-sync" "${egress[@]}" --output-path "egr-$r" "$flag" "$pattern" ;;
+        esac
+      done
+    done
+  done
+  for r in $(seq "$ROUNDS"); do
+    measure "sync $name: no-op re-run: all $((SMALL + LARGE)) objects" "rclone sync (defaults)" rclone sync src:src dst:rc1-1
+    measure "sync $name: no-op re-run: all $((SMALL + LARGE)) objects" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 src:src dst:rc16-1
+    measure "sync $name: no-op re-run: all $((SMALL + LARGE)) objects" "egress-sync" "${egress[@]}" --output-path egr-1
+  done
+  change_small_objects
+  measure "sync $name: re-run after 20 small objects changed" "rclone sync (defaults)" rclone sync src:src dst:rc1-1
+  measure "sync $name: re-run after 20 small objects changed" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 src:src dst:rc16-1
+  measure "sync $name: re-run after 20 small objects changed" "egress-sync" "${egress[@]}" --output-path egr-1
+  for b in rc1-1 rc16-1 egr-1; do
+    python3 "$ROOT/bench/compare.py" "$A_URL" AKA SKA src "$url" "$ak" "$sk" "$b" >&2 || FAILED=1
+  done
+}
+
+# noop_listing_etags NAME URL KEY SECRET: the same no-op re-run from an input that lists
+# ETags, as AWS S3 and Ceph RGW do (s3s-fs lists none, so each pair needs a HEAD): the
+# copies above, mirrored once more inside the destination, then re-run.
+noop_listing_etags() {
+  local name=$1 url=$2 ak=$3 sk=$4 r
+  dst() { AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk aws --endpoint-url "$url" --region us-east-1 "$@"; }
+  for b in cc-rc cc-egr; do dst s3 mb "s3://$b" >/dev/null; done
+  local egress=(env INPUT_URL="$url" INPUT_ACCESS_KEY_ID="$ak" INPUT_SECRET_ACCESS_KEY="$sk" INPUT_PATH=egr-1
+    OUTPUT_URL="$url" OUTPUT_ACCESS_KEY_ID="$ak" OUTPUT_SECRET_ACCESS_KEY="$sk" OUTPUT_PATH=cc-egr "$SYNC" --progress never)
+  rclone sync --transfers 16 --checkers 16 dst:rc16-1 dst:cc-rc
+  "${egress[@]}" >/dev/null
+  for r in $(seq "$ROUNDS"); do
+    measure "sync $name: no-op re-run, input listing ETags ($name to $name)" "rclone sync (defaults)" rclone sync dst:rc16-1 dst:cc-rc
+    measure "sync $name: no-op re-run, input listing ETags ($name to $name)" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 dst:rc16-1 dst:cc-rc
+    measure "sync $name: no-op re-run, input listing ETags ($name to $name)" "egress-sync" "${egress[@]}"
+  done
+}
+
+# Rewrite 20 small input objects with new bytes of the same size (a new seed each call).
+CHANGE_SEED=7
+change_small_objects() {
+  python3 - "$WORK/src" "$SMALL" "$CHANGE_SEED" <<'PY'
+import os, random, sys
+root, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rnd = random.Random(seed)
+for i in range(0, n, max(1, n // 20)):  # 20 objects: same size, new bytes
+    path = os.path.join(root, f"2024-01-{i % 28 + 1:02d}", f"obj-{i:05d}.csv.gz")
+    size = os.path.getsize(path)
+    with open(path, "wb") as f:
+        f.write(rnd.randbytes(size))
+PY
+  CHANGE_SEED=$((CHANGE_SEED + 1))
+  s3a s3 sync --quiet --exact-timestamps "$WORK/src" s3://src/
+}
+
+if [[ $PARTS == *sync* || $PARTS == *ceph* ]]; then
 log "generating $SMALL small and $LARGE x $LARGE_MIB MiB objects"
 mkdir -p "$WORK/src/large"
 python3 - "$WORK/src" "$SMALL" <<'PY'
@@ -179,54 +259,46 @@ for i in range(n):
 PY
 for i in $(seq "$LARGE"); do head -c "$((LARGE_MIB * 1024 * 1024))" /dev/urandom >"$WORK/src/large/part-$i.bin"; done
 s3a s3 mb s3://src >/dev/null
+# The AWS CLI uploads the large objects in 8 MiB parts (multipart ETags).
 s3a s3 sync --quiet "$WORK/src" s3://src/
 export RCLONE_CONFIG_SRC_TYPE=s3 RCLONE_CONFIG_SRC_PROVIDER=Other RCLONE_CONFIG_SRC_ENDPOINT=$A_URL \
   RCLONE_CONFIG_SRC_ACCESS_KEY_ID=AKA RCLONE_CONFIG_SRC_SECRET_ACCESS_KEY=SKA RCLONE_CONFIG_SRC_FORCE_PATH_STYLE=true
-export RCLONE_CONFIG_DST_TYPE=s3 RCLONE_CONFIG_DST_PROVIDER=Other RCLONE_CONFIG_DST_ENDPOINT=$B_URL \
-  RCLONE_CONFIG_DST_ACCESS_KEY_ID=AKB RCLONE_CONFIG_DST_SECRET_ACCESS_KEY=SKB RCLONE_CONFIG_DST_FORCE_PATH_STYLE=true
-for b in rc1 rc16 egr rcm; do s3b s3 mb "s3://$b" >/dev/null; done
-SYNC_ENV=(env INPUT_URL="$A_URL" INPUT_ACCESS_KEY_ID=AKA INPUT_SECRET_ACCESS_KEY=SKA
-  OUTPUT_URL="$B_URL" OUTPUT_ACCESS_KEY_ID=AKB OUTPUT_SECRET_ACCESS_KEY=SKB)
-# Each contender mirrors into its own bucket; small objects (dated folders) and large ones
-# (large/) are measured separately, then a no-op re-run of everything.
-small_sync() {
-  measure "sync $1" "rclone sync (defaults)" rclone sync --exclude 'large/**' src:src dst:rc1
-  measure "sync $1" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 --exclude 'large/**' src:src dst:rc16
-  measure "sync $1" "egress-sync" "${SYNC_ENV[@]}" INPUT_PATH=src OUTPUT_PATH=egr "$SYNC" --progress never --exclude 'large/**'
-}
-# Both tools sync bucket roots with a filter: rclone probes a sub-path root with a HEAD that
-# s3s-fs answers with a 500 only after ~40 s, which would measure the probe, not the copy.
-large_sync() {
-  measure "sync $1" "rclone sync (defaults)" rclone sync --include 'large/**' src:src dst:rc1
-  measure "sync $1" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 --include 'large/**' src:src dst:rc16
-  measure "sync $1" "egress-sync" "${SYNC_ENV[@]}" INPUT_PATH=src OUTPUT_PATH=egr "$SYNC" --progress never --include 'large/**'
-  # Not an anchor: rclone uploads objects under 200 MiB in one PUT; this forces multipart
-  # (as egress-sync does) to show what multipart itself costs the servers.
-  measure "sync $1" "(info) rclone --transfers 16 --s3-upload-cutoff 8M" rclone sync --transfers 16 --checkers 16 --s3-upload-cutoff 8M --include 'large/**' src:src dst:rcm
-}
-all_sync() {
-  measure "sync $1" "rclone sync (defaults)" rclone sync src:src dst:rc1
-  measure "sync $1" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 src:src dst:rc16
-  measure "sync $1" "egress-sync" "${SYNC_ENV[@]}" INPUT_PATH=src OUTPUT_PATH=egr "$SYNC" --progress never
-}
-small_sync "small cold: $SMALL objects"
-large_sync "large cold: $LARGE x $LARGE_MIB MiB"
-all_sync "no-op re-run: all $((SMALL + LARGE)) objects"
-python3 - "$WORK/src" "$SMALL" <<'PY'
-import os, random, sys
+fi
+[[ $PARTS == *sync* ]] && sync_suite s3s-fs "$B_URL" AKB SKB Other
+if [[ $PARTS == *ceph* ]]; then
+  log "starting Ceph RGW"
+  CEPH_DIR=$WORK/ceph CEPH_PORT=$(free_port)
+  # On disk (bluestore): memstore never gives memory back, and slows as it fills.
+  CEPH_OUT=$(CEPH_OBJECTSTORE=bluestore bash "$ROOT/tests/harness/ceph-rgw.sh" start "$CEPH_DIR" "$CEPH_PORT" 2>"$WORK/ceph.log") \
+    || { cat "$WORK/ceph.log" >&2; exit 1; }
+  CEPH_AK=$(sed -n 's/^ACCESS_KEY=//p' <<<"$CEPH_OUT") CEPH_SK=$(sed -n 's/^SECRET_KEY=//p' <<<"$CEPH_OUT")
+  sync_suite ceph "http://127.0.0.1:$CEPH_PORT" "$CEPH_AK" "$CEPH_SK" Ceph
+  noop_listing_etags ceph "http://127.0.0.1:$CEPH_PORT" "$CEPH_AK" "$CEPH_SK"
+fi
+
+# --- many objects ----------------------------------------------------------------------
+# MANY 1 KiB files in local directories: a cold copy and a no-op re-run, at the default
+# --jobs and at --jobs 256 (memory must not grow with the number of objects).
+if [[ $PARTS == *many* ]]; then
+  MANY=${BENCH_MANY:-300000}
+  log "generating $MANY local files"
+  python3 - "$WORK/many" "$MANY" <<'PY'
+import os, sys
 root, n = sys.argv[1], int(sys.argv[2])
-rnd = random.Random(7)
-for i in range(0, n, max(1, n // 20)):  # 20 objects: same size, new bytes
-    path = os.path.join(root, f"2024-01-{i % 28 + 1:02d}", f"obj-{i:05d}.csv.gz")
-    size = os.path.getsize(path)
-    with open(path, "wb") as f:
-        f.write(rnd.randbytes(size))
+data = os.urandom(1024)
+for d in range(100):
+    os.makedirs(os.path.join(root, f"d{d:03d}"), exist_ok=True)
+for i in range(n):
+    with open(os.path.join(root, f"d{i % 100:03d}", f"obj-{i:07d}.bin"), "wb") as f:
+        f.write(data)
 PY
-s3a s3 sync --quiet --exact-timestamps "$WORK/src" s3://src/
-all_sync "re-run after 20 small objects changed"
-for b in rc1 rc16 egr; do
-  python3 "$ROOT/bench/compare.py" "$A_URL" AKA SKA src "$B_URL" AKB SKB "$b" >&2 || FAILED=1
-done
+  for jobs in 64 256; do
+    measure "many: $MANY objects, cold" "egress-sync --jobs $jobs" "$SYNC" --progress never --jobs "$jobs" --input-path "$WORK/many" --output-path "$WORK/many-out-$jobs"
+    measure "many: $MANY objects, no-op" "egress-sync --jobs $jobs" "$SYNC" --progress never --jobs "$jobs" --input-path "$WORK/many" --output-path "$WORK/many-out-$jobs"
+  done
+  measure "many: $MANY objects, cold" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 "$WORK/many" "$WORK/many-rc"
+  measure "many: $MANY objects, no-op" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 "$WORK/many" "$WORK/many-rc"
+  rm -rf "$WORK/many" "$WORK/many-out-"* "$WORK/many-rc"
 fi
 
 # --- report ----------------------------------------------------------------------------

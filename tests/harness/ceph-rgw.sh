@@ -47,6 +47,19 @@ free_port() {
         die "cannot pick a free port"
 }
 
+# The OSD's store: memstore in RAM (tests; CEPH_MEMSTORE_BYTES, default 2 GiB), or with
+# CEPH_OBJECTSTORE=bluestore a sparse file on disk (benchmarks that write gigabytes:
+# memstore never gives memory back).
+objectstore() {
+    if [[ ${CEPH_OBJECTSTORE:-memstore} == bluestore ]]; then
+        printf '%s\n' "osd objectstore = bluestore" "bluestore block path = $DIR/osd/block" \
+            "bluestore block create = true" "bluestore block size = 64G" "bluestore fsck on mkfs = false" \
+            "osd memory target = 1073741824" "bluestore cache autotune = false" "bluestore cache size = 268435456"
+    else
+        printf '%s\n' "osd objectstore = memstore" "memstore device bytes = ${CEPH_MEMSTORE_BYTES:-2147483648}"
+    fi
+}
+
 # Does an HTTP server answer on 127.0.0.1:$1? (Plain bash: no curl needed.)
 http_answers() {
     local status
@@ -151,8 +164,7 @@ mon osd reporter subtree level = osd
 
 [osd]
 pid file = $DIR/run/\$name.pid
-osd objectstore = memstore
-memstore device bytes = 2147483648
+$(objectstore)
 osd crush update on start = true
 osd op num shards = 1
 osd op num threads per shard = 2
