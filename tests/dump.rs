@@ -816,17 +816,8 @@ async fn imported_snapshot_hides_commits_made_after_the_export() {
     use egress_dump::{database, snapshot};
     let pg = PgServer::start();
     setup(&pg, "CREATE TABLE marks (v int);").await;
-    let env = database::PgEnv {
-        host: Some("127.0.0.1".into()),
-        port: Some(pg.port.to_string()),
-        user: Some(egress_testkit::postgres::USER.into()),
-        password: Some(egress_common::Secret::new(
-            egress_testkit::postgres::PASSWORD,
-        )),
-        dbname: Some("postgres".into()),
-        ..Default::default()
-    };
-    let target = database::resolve(None, &env, Duration::from_secs(10)).unwrap();
+    let params = egress_dump::conninfo::Params::resolve(None, &pg.env()).unwrap();
+    let target = database::resolve(&params, Duration::from_secs(10)).unwrap();
     let coordinator = target.connect().await.unwrap();
     let info = snapshot::begin(&coordinator, true).await.unwrap();
     let id = info.exported_id.clone().expect("exported");

@@ -455,7 +455,7 @@ async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() 
 // --require-manifest and --verify.
 
 fn copied_keys(out: &Output) -> Vec<String> {
-    stdout(&out)
+    stdout(out)
         .lines()
         .filter_map(|l| l.split("-> `output/").nth(1))
         .map(|rest| rest.split('`').next().unwrap_or("").to_string())

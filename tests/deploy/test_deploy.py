@@ -519,7 +519,8 @@ def test_cronjob_scheduling_and_retries(side):
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     # Exit code 2 (usage/configuration) is not worth retrying.
     rules = job.get("podFailurePolicy", {}).get("rules", [])
-    assert any(r["action"] == "FailJob" and 2 in r.get("onExitCodes", {}).get("values", []) for r in rules)
+    fail_at_once = [r for r in rules if r["action"] == "FailJob"]
+    assert [r["onExitCodes"]["values"] for r in fail_at_once] == [[2, 3]], rules
     custom = process(template(side, "deploy"),
                      dict(SIDES[side]["deploy_values"], SCHEDULE="30 2 * * *", ACTIVE_DEADLINE_SECONDS="600"))
     (cj,) = by_kind(custom, "CronJob")

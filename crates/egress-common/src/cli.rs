@@ -39,6 +39,18 @@ pub struct CommonArgs {
     #[arg(long, env = "TERMINATION_LOG", default_value = termination::DEFAULT_PATH)]
     pub termination_log: String,
 
+    /// Permission bits (octal) of files written to a local output; directories get the same
+    /// bits plus search where reading is allowed (default 600: dumps of customer tables are
+    /// private).
+    #[arg(long, env = "FILE_MODE", default_value = "600", value_parser = parse_mode)]
+    pub file_mode: u32,
+
+    /// When another run holds the lease on this run's output, wait up to this long for it
+    /// to finish (e.g. 30m) instead of exiting 3 at once.
+    #[arg(long, env = "WAIT_FOR_LEASE", default_value = "0",
+          value_parser = crate::units::parse_duration)]
+    pub wait_for_lease: Duration,
+
     /// Print the environment variables this binary reads (for deployment checks) and exit.
     #[arg(long, hide = true)]
     pub list_env: bool,
@@ -54,6 +66,14 @@ impl CommonArgs {
     pub fn progress(&self) -> bool {
         self.progress == "auto"
     }
+}
+
+/// An octal permission mode such as `600` or `0640`.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim(), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("'{text}' is not an octal file mode: use e.g. 600 or 640"))
 }
 
 /// With the hidden `--list-env`, print the variables `cmd` reads (see

@@ -6,6 +6,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod envlist;
 pub mod error;
+pub mod lease;
 pub mod location;
 pub mod logging;
 pub mod manifest;

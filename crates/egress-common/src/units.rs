@@ -35,6 +35,27 @@ pub fn mib_per_sec(bytes: u64, seconds: f64) -> f64 {
     }
 }
 
+/// Parse a duration such as `90s`, `10m`, `2h` or `0` (seconds when no unit is given).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration: use e.g. 90s, 10m or 2h"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => {
+            return Err(format!(
+                "'{text}' is not a duration: use e.g. 90s, 10m or 2h"
+            ))
+        }
+    };
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +69,16 @@ mod tests {
         assert_eq!(human_rate(2 * 1024 * 1024, 2.0), "1.00 MiB/s");
         assert_eq!(human_rate(5, 0.0), "0 B/s");
         assert_eq!(mib_per_sec(3 * 1024 * 1024, 2.0), 1.5);
+    }
+
+    #[test]
+    fn durations_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
     }
 }

@@ -21,7 +21,8 @@ pub struct Args {
     #[arg(long, env = "S3_OUTPUT", default_value = "./egress-out")]
     pub output: String,
 
-    /// PostgreSQL connection URL; the PG* variables fill in whatever it leaves out.
+    /// PostgreSQL connection string: a postgresql:// URL or libpq key=value pairs; the PG*
+    /// variables fill in whatever it leaves out.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 
@@ -74,9 +75,10 @@ pub struct Args {
     pub common: CommonArgs,
 }
 
-/// Variables read outside clap: libpq's and the AWS SDK's.
+/// Variables read outside clap: libpq's (see [`crate::conninfo::ENV`]) and the AWS SDK's.
 pub const EXTRA_ENV: &[&str] = &[
     "PGHOST",
+    "PGHOSTADDR",
     "PGPORT",
     "PGUSER",
     "PGPASSWORD",
@@ -84,6 +86,13 @@ pub const EXTRA_ENV: &[&str] = &[
     "PGSSLMODE",
     "PGSSLROOTCERT",
     "PGAPPNAME",
+    "PGCONNECT_TIMEOUT",
+    "PGOPTIONS",
+    "PGTARGETSESSIONATTRS",
+    "PGCHANNELBINDING",
+    "PGCLIENTENCODING",
+    "PGLOADBALANCEHOSTS",
+    "PGGSSENCMODE",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -101,3 +110,19 @@ pub const REQUIRED_ENV: &[&str] = &[
     "PGPASSWORD",
     "PGDATABASE",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsed_arguments_never_print_a_secret() {
+        let args = Args::parse_from([
+            "egress-dump",
+            "--database-url",
+            "postgresql://u:SENTINEL-pw-4k2j@db/app",
+        ]);
+        let shown = format!("{args:?} {args:#?}");
+        assert!(!shown.contains("SENTINEL"), "{shown}");
+    }
+}

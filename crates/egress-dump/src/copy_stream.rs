@@ -1,9 +1,10 @@
 //! Reading a table with `COPY ... TO STDOUT (FORMAT csv)`, untouched, in batched chunks.
 
+use crate::database::Session;
+use crate::guard::Flow;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
 
 use crate::progress::Counters;
 
@@ -34,44 +35,91 @@ pub enum CopyError {
 /// Run `sql` (a `COPY ... TO STDOUT`) and send its bytes to `output`.
 ///
 /// PostgreSQL sends one CopyData message per row, so counting messages counts rows
-/// exactly, quoted newlines included, with no CSV parsing on the hot path.
+/// exactly, quoted newlines included, with no CSV parsing on the hot path. Small rows are
+/// batched into chunks of about [`BATCH_BYTES`]; a row larger than that is sent in slices
+/// of that size, so every chunk in the channel is at most `2 x BATCH_BYTES` and the channel
+/// is bounded in bytes, not only in chunks; the connection's read-ahead is bounded in bytes
+/// too ([`Flow`]).
 pub async fn copy_out(
-    client: &Client,
+    client: &Session,
     sql: &str,
     header: bool,
     output: mpsc::Sender<Bytes>,
     progress: &Counters,
 ) -> Result<CopyStats, CopyError> {
+    let _metered = client.flow.meter();
     let stream = client.copy_out(sql).await?;
     futures::pin_mut!(stream);
-    let mut stats = CopyStats::default();
+    let mut out = Batcher {
+        output,
+        progress,
+        batch: BytesMut::with_capacity(BATCH_BYTES * 2),
+        rows: 0,
+        bytes: 0,
+    };
     let mut messages: u64 = 0;
-    let mut batch = BytesMut::with_capacity(BATCH_BYTES * 2);
-    let mut batch_rows = 0u64;
     while let Some(row) = stream.next().await {
         let row = row?;
         messages += 1;
-        batch_rows += 1;
-        batch.extend_from_slice(&row);
-        if batch.len() >= BATCH_BYTES {
-            let chunk = batch.split().freeze();
-            stats.bytes += chunk.len() as u64;
-            progress.add_read(batch_rows, chunk.len() as u64);
-            batch_rows = 0;
-            output.send(chunk).await.map_err(|_| CopyError::Closed)?;
-            batch.reserve(BATCH_BYTES * 2);
+        out.push(row, &client.flow).await?;
+    }
+    out.flush().await?;
+    Ok(CopyStats {
+        rows: if header {
+            messages.saturating_sub(1)
+        } else {
+            messages
+        },
+        bytes: out.bytes,
+    })
+}
+
+/// Rows in, chunks of bounded size out.
+struct Batcher<'a> {
+    output: mpsc::Sender<Bytes>,
+    progress: &'a Counters,
+    batch: BytesMut,
+    rows: u64,
+    bytes: u64,
+}
+
+impl Batcher<'_> {
+    /// Batch a small row; send a large one in copied slices, and tell `flow` it was taken
+    /// only once it is gone: the connection reads the next large row only then, so a dump
+    /// holds one large row at a time (a slice of it would keep all of it alive).
+    async fn push(&mut self, row: Bytes, flow: &Flow) -> Result<(), CopyError> {
+        self.rows += 1;
+        let len = row.len();
+        if len < BATCH_BYTES {
+            flow.took(len);
+            self.batch.extend_from_slice(&row);
+            if self.batch.len() >= BATCH_BYTES {
+                self.flush().await?;
+            }
+            return Ok(());
         }
+        self.flush().await?;
+        for slice in row.chunks(BATCH_BYTES) {
+            self.send(Bytes::copy_from_slice(slice)).await?;
+        }
+        drop(row);
+        flow.took(len);
+        Ok(())
     }
-    if !batch.is_empty() {
-        let chunk = batch.split().freeze();
-        stats.bytes += chunk.len() as u64;
-        progress.add_read(batch_rows, chunk.len() as u64);
-        output.send(chunk).await.map_err(|_| CopyError::Closed)?;
+
+    async fn flush(&mut self) -> Result<(), CopyError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.batch.split().freeze();
+        self.batch.reserve(BATCH_BYTES * 2);
+        self.send(chunk).await
     }
-    stats.rows = if header {
-        messages.saturating_sub(1)
-    } else {
-        messages
-    };
-    Ok(stats)
+
+    async fn send(&mut self, chunk: Bytes) -> Result<(), CopyError> {
+        self.bytes += chunk.len() as u64;
+        self.progress
+            .add_read(std::mem::take(&mut self.rows), chunk.len() as u64);
+        self.output.send(chunk).await.map_err(|_| CopyError::Closed)
+    }
 }

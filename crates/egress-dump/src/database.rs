@@ -1,59 +1,56 @@
-//! Connecting to PostgreSQL the way libpq would: `DATABASE_URL` or the `PG*` variables,
-//! `PGSSLMODE` / `PGSSLROOTCERT` for TLS, and a session fit for long read-only dumps.
+//! Connecting to PostgreSQL the way libpq would: `DATABASE_URL` (a URL or `key=value`
+//! string) and the `PG*` variables ([`crate::conninfo`]), TLS as `sslmode` says
+//! ([`crate::tls`]), the password never sent in clear where it could be read
+//! ([`crate::guard`]), and a session fit for long read-only dumps.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use egress_common::ConfigError;
-use tokio_postgres::config::{Host, SslMode as PgSslMode};
+use tokio_postgres::config::{ChannelBinding, SslMode as PgSslMode, TargetSessionAttrs};
 use tokio_postgres::Client;
 
+use crate::connect::{self, Address, GuardedTls, Keepalive};
+use crate::conninfo::Params;
+use std::sync::Arc;
+
+use crate::guard::{CleartextRefused, Flow, Guard, Layer};
 use crate::tls::{self, SslMode};
 
-/// The environment variables we read, named as libpq names them.
-#[derive(Debug, Clone, Default)]
-pub struct PgEnv {
-    /// `PGHOST`
-    pub host: Option<String>,
-    /// `PGPORT`
-    pub port: Option<String>,
-    /// `PGUSER`
-    pub user: Option<String>,
-    /// `PGPASSWORD`
-    pub password: Option<egress_common::Secret>,
-    /// `PGDATABASE`
-    pub dbname: Option<String>,
-    /// `PGSSLMODE`
-    pub sslmode: Option<String>,
-    /// `PGSSLROOTCERT`
-    pub sslrootcert: Option<String>,
-    /// `PGAPPNAME`
-    pub appname: Option<String>,
+/// The `PG*` variables of this process, for [`Params::resolve`].
+pub fn env_from_process() -> Vec<(String, String)> {
+    crate::conninfo::ENV
+        .iter()
+        .filter_map(|(var, _)| std::env::var(var).ok().map(|v| (var.to_string(), v)))
+        .collect()
 }
 
-impl PgEnv {
-    /// Read the `PG*` variables from the process environment (empty values count as unset).
-    pub fn from_process() -> Self {
-        let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        PgEnv {
-            host: get("PGHOST"),
-            port: get("PGPORT"),
-            user: get("PGUSER"),
-            password: get("PGPASSWORD").map(egress_common::Secret::new),
-            dbname: get("PGDATABASE"),
-            sslmode: get("PGSSLMODE"),
-            sslrootcert: get("PGSSLROOTCERT"),
-            appname: get("PGAPPNAME"),
-        }
+/// A connection, and how far its reading may run ahead of the dump ([`Flow`]).
+pub struct Session {
+    client: Client,
+    /// Rows read from the server and taken by the dump.
+    pub flow: Arc<Flow>,
+}
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 
-/// A resolved connection target: driver config plus TLS settings.
+/// A resolved connection target: where, as whom, with which TLS.
 #[derive(Clone)]
 pub struct Target {
     config: tokio_postgres::Config,
+    addresses: Vec<Address>,
     ssl_mode: SslMode,
     root_cert: Option<PathBuf>,
+    /// Where a cleartext password must not go, below TLS (or without it) and above it.
+    refuse_plain: Option<&'static str>,
+    refuse_tls: Option<&'static str>,
+    connect_timeout: Duration,
+    keepalive: Option<Keepalive>,
     /// `host:port/dbname`, safe to print.
     pub display: String,
 }
@@ -142,116 +139,330 @@ fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
     e.to_string().starts_with("error performing TLS handshake")
 }
 
-/// Build the connection target. A URL's settings win; the `PG*` variables fill the rest,
-/// as in libpq. Errors never echo the URL (it may hold a password).
-pub fn resolve(
-    url: Option<&str>,
-    env: &PgEnv,
-    connect_timeout: Duration,
-) -> Result<Target, ConfigError> {
-    let mut config: tokio_postgres::Config = match url {
-        Some(url) => url.parse().map_err(|_| {
-            ConfigError::new(
-                "DATABASE_URL is not a valid PostgreSQL connection string: use postgresql://user@host:port/dbname (the value is not shown because it may contain a password)",
-            )
-        })?,
-        None => tokio_postgres::Config::new(),
-    };
-    if config.get_hosts().is_empty() {
-        config.host(env.host.as_deref().unwrap_or("localhost"));
-    }
-    if config.get_ports().is_empty() {
-        if let Some(port) = &env.port {
-            let port: u16 = port.parse().map_err(|_| {
-                ConfigError::new(format!(
-                    "PGPORT '{port}' is not a port number: set it to e.g. 5432"
-                ))
-            })?;
-            config.port(port);
-        }
-    }
-    if config.get_user().is_none() {
-        let user = env
-            .user
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "postgres".to_string());
-        config.user(user);
-    }
-    if config.get_password().is_none() {
-        if let Some(password) = &env.password {
-            config.password(password.expose());
-        }
-    }
-    if config.get_dbname().is_none() {
-        if let Some(db) = &env.dbname {
-            config.dbname(db);
-        }
-    }
-    let app = config
-        .get_application_name()
+/// Build the connection target from libpq parameters. Errors name the variable or URL
+/// parameter at fault and never echo the connection string (it may hold a password).
+pub fn resolve(params: &Params, timeout: Duration) -> Result<Target, ConfigError> {
+    let addresses = addresses(params)?;
+    let (ssl_mode, root_cert) = tls_settings(params)?;
+    let mut config = tokio_postgres::Config::new();
+    let user = params
+        .get("user")
         .map(str::to_string)
-        .or_else(|| env.appname.clone())
-        .unwrap_or_else(|| "egress-dump".to_string());
-    config.application_name(&app);
-    config.connect_timeout(connect_timeout);
-    // A database that vanishes mid-COPY (node loss, a dropped route) sends nothing more:
-    // keepalives and TCP_USER_TIMEOUT turn that silence into an error within about a minute
-    // instead of a CronJob that hangs until its deadline.
-    config.keepalives(true);
-    config.keepalives_idle(Duration::from_secs(30));
-    config.keepalives_interval(Duration::from_secs(10));
-    config.keepalives_retries(3);
-    config.tcp_user_timeout(connect_timeout.max(Duration::from_secs(30)));
-
-    let ssl_mode = match &env.sslmode {
-        Some(mode) => mode.parse::<SslMode>()?,
-        None if url.is_some_and(|u| u.contains("sslmode=require")) => SslMode::Require,
-        None => SslMode::Prefer,
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "postgres".to_string());
+    config.user(&user);
+    if let Some(password) = params.get("password") {
+        config.password(password);
+    }
+    if let Some(db) = params.get("dbname") {
+        config.dbname(db);
+    }
+    let app = params
+        .get("application_name")
+        .or(params.get("fallback_application_name"));
+    config.application_name(app.unwrap_or("egress-dump"));
+    if let Some(options) = params.get("options") {
+        config.options(options);
+    }
+    session_settings(params, &mut config)?;
+    let connect_timeout = match seconds(params, "connect_timeout")? {
+        Some(0) | None => timeout,
+        Some(n) => Duration::from_secs(n.max(2)),
     };
-    config.ssl_mode(match ssl_mode {
-        SslMode::Disable => PgSslMode::Disable,
-        SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
-    });
-    let root_cert = tls::root_cert_path(env.sslrootcert.as_deref());
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_string(),
+    let keepalive = keepalive(params, timeout)?;
+    let refuse_plain = match (params.get("sslmode"), &addresses[0]) {
+        (Some("disable"), _) | (_, Address::Unix(..)) => None,
+        _ => Some("an unencrypted connection"),
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let verified = root_cert.is_some()
+        && matches!(
+            ssl_mode,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        );
+    let refuse_tls = (!verified).then_some("TLS whose certificate is not verified");
     let display = format!(
-        "{host}:{port}/{}",
-        config.get_dbname().or(config.get_user()).unwrap_or("")
+        "{}/{}",
+        addresses[0].display(),
+        params.get("dbname").unwrap_or(&user)
     );
     Ok(Target {
         config,
+        addresses,
         ssl_mode,
         root_cert,
+        refuse_plain,
+        refuse_tls,
+        connect_timeout,
+        keepalive,
         display,
     })
 }
 
+/// The servers to try, in order: `host` (a name, an address, or a socket directory), else
+/// `hostaddr`, else the local socket directory when there is one, else localhost.
+fn addresses(params: &Params) -> Result<Vec<Address>, ConfigError> {
+    let hosts: Vec<String> = match params.get("host").or(params.get("hostaddr")) {
+        Some(list) => list.split(',').map(|h| h.trim().to_string()).collect(),
+        None if std::path::Path::new("/var/run/postgresql").is_dir() => {
+            vec!["/var/run/postgresql".into()]
+        }
+        None => vec!["localhost".into()],
+    };
+    let ports: Vec<u16> = match params.get("port") {
+        None => vec![5432],
+        Some(list) => list
+            .split(',')
+            .map(|p| match p.trim() {
+                "" => Ok(5432),
+                p => p.parse::<u16>().map_err(|_| {
+                    ConfigError::new(format!(
+                        "{} '{p}' is not a port number: set it to e.g. 5432",
+                        params.source("port")
+                    ))
+                }),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if ports.len() != 1 && ports.len() != hosts.len() {
+        return Err(ConfigError::new(format!(
+            "{} lists {} ports for {} hosts: give one port, or one per host",
+            params.source("port"),
+            ports.len(),
+            hosts.len()
+        )));
+    }
+    let mut out: Vec<Address> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports[if ports.len() == 1 { 0 } else { i }];
+            match h.as_str() {
+                "" => Address::Tcp("localhost".into(), port),
+                h if h.starts_with('/') => Address::Unix(PathBuf::from(h), port),
+                h => Address::Tcp(h.to_string(), port),
+            }
+        })
+        .collect();
+    if params.get("load_balance_hosts") == Some("random") {
+        use rand::seq::SliceRandom;
+        out.shuffle(&mut rand::rng());
+    }
+    Ok(out)
+}
+
+/// `sslmode` and `sslrootcert`, as libpq 16 reads them: `sslrootcert=system` means the
+/// system's roots and implies `verify-full` (a weaker mode with it is refused).
+fn tls_settings(params: &Params) -> Result<(SslMode, Option<PathBuf>), ConfigError> {
+    let mode = match params.get("sslmode") {
+        Some(m) => Some(m.parse::<SslMode>().map_err(|_| {
+            ConfigError::new(format!(
+                "{} '{m}' is not valid: use disable, allow, prefer, require, verify-ca or verify-full",
+                params.source("sslmode")
+            ))
+        })?),
+        None => None,
+    };
+    let system = params.get("sslrootcert") == Some("system");
+    let mode = match (mode, system) {
+        (None, true) => SslMode::VerifyFull,
+        (Some(m), true) if m != SslMode::VerifyFull => {
+            return Err(ConfigError::new(format!(
+                "{} 'system' trusts every public certificate authority, so it needs sslmode verify-full (not {}): set PGSSLMODE=verify-full, or give the CA bundle's file",
+                params.source("sslrootcert"),
+                params.get("sslmode").unwrap_or("")
+            )))
+        }
+        (Some(m), _) => m,
+        (None, false) => SslMode::Prefer,
+    };
+    Ok((mode, tls::root_cert_path(params.get("sslrootcert"))))
+}
+
+/// Parameters tokio-postgres takes as they are, or that are refused by value.
+fn session_settings(
+    params: &Params,
+    config: &mut tokio_postgres::Config,
+) -> Result<(), ConfigError> {
+    let refuse = |name: &str, value: &str, why: &str| {
+        ConfigError::new(format!(
+            "{} '{value}' is not supported by egress-dump: {why}",
+            params.source(name)
+        ))
+    };
+    match params.get("target_session_attrs") {
+        None | Some("any") => {}
+        Some("read-write") => {
+            config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+        }
+        Some(v) => return Err(refuse("target_session_attrs", v, "use any or read-write")),
+    }
+    match params.get("channel_binding") {
+        None | Some("prefer") => config.channel_binding(ChannelBinding::Prefer),
+        Some("require") => config.channel_binding(ChannelBinding::Require),
+        Some("disable") => config.channel_binding(ChannelBinding::Disable),
+        Some(v) => {
+            return Err(refuse(
+                "channel_binding",
+                v,
+                "use disable, prefer or require",
+            ))
+        }
+    };
+    if let Some(v) = params.get("client_encoding") {
+        if !matches!(v.to_ascii_uppercase().as_str(), "UTF8" | "UTF-8") {
+            return Err(refuse(
+                "client_encoding",
+                v,
+                "the CSV is always written in UTF8",
+            ));
+        }
+    }
+    if let Some(v) = params
+        .get("gssencmode")
+        .filter(|v| !matches!(*v, "disable" | "prefer"))
+    {
+        return Err(refuse(
+            "gssencmode",
+            v,
+            "GSSAPI encryption is not implemented; use disable or prefer",
+        ));
+    }
+    if let Some(v) = params
+        .get("load_balance_hosts")
+        .filter(|v| !matches!(*v, "disable" | "random"))
+    {
+        return Err(refuse("load_balance_hosts", v, "use disable or random"));
+    }
+    Ok(())
+}
+
+fn seconds(params: &Params, name: &str) -> Result<Option<u64>, ConfigError> {
+    params
+        .get(name)
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                ConfigError::new(format!(
+                    "{} '{v}' is not a whole number",
+                    params.source(name)
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// Keepalive probes from `keepalives*` and `tcp_user_timeout` (milliseconds, as in
+/// libpq), with defaults that notice a vanished database within about a minute.
+fn keepalive(params: &Params, timeout: Duration) -> Result<Option<Keepalive>, ConfigError> {
+    if params.get("keepalives") == Some("0") {
+        return Ok(None);
+    }
+    let idle = seconds(params, "keepalives_idle")?.unwrap_or(30);
+    let interval = seconds(params, "keepalives_interval")?.unwrap_or(10);
+    let retries = seconds(params, "keepalives_count")?.unwrap_or(3);
+    let user_timeout = match seconds(params, "tcp_user_timeout")? {
+        Some(ms) if ms > 0 => Duration::from_millis(ms),
+        _ => timeout.max(Duration::from_secs(30)),
+    };
+    Ok(Some(Keepalive {
+        idle: Duration::from_secs(idle),
+        interval: Duration::from_secs(interval),
+        retries: retries as u32,
+        user_timeout,
+    }))
+}
+
 impl Target {
-    /// Connect once, and spawn the connection's I/O task.
-    pub async fn connect(&self) -> anyhow::Result<Client> {
-        let connector = tls::connector(self.ssl_mode, self.root_cert.as_deref())?;
-        let (client, connection) = self
-            .config
-            .connect(connector)
+    /// Connect to the first server that answers, and spawn the connection's I/O task.
+    pub async fn connect(&self) -> anyhow::Result<Session> {
+        let mut last = None;
+        for address in &self.addresses {
+            let attempt =
+                tokio::time::timeout(self.connect_timeout, self.connect_to(address)).await;
+            match attempt {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(DbError {
+                        kind: DbErrorKind::ConnectionLost,
+                        message: format!(
+                            "cannot connect to PostgreSQL at {}: timed out after {}s; check PGHOST / PGPORT and that the server is running",
+                            address.display(),
+                            self.connect_timeout.as_secs()
+                        ),
+                    })
+                }
+            }
+        }
+        Err(last
+            .map(anyhow::Error::new)
+            .unwrap_or_else(|| anyhow::anyhow!("no database host to connect to")))
+    }
+
+    async fn connect_to(&self, address: &Address) -> Result<Session, DbError> {
+        let keepalive = self.keepalive.unwrap_or(Keepalive {
+            idle: Duration::from_secs(7200),
+            interval: Duration::from_secs(75),
+            retries: 9,
+            user_timeout: Duration::ZERO,
+        });
+        let socket = connect::open(address, keepalive)
             .await
-            .map_err(|e| self.connect_failure(&e))?;
+            .map_err(|e| self.unreachable(address, &e))?;
+        let mut config = self.config.clone();
+        // As libpq: no TLS on a Unix socket.
+        let (mode, refuse_plain) = match address {
+            Address::Unix(..) => (SslMode::Disable, None),
+            Address::Tcp(..) => (self.ssl_mode, self.refuse_plain),
+        };
+        config.ssl_mode(match mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+        });
+        let flow = Arc::new(Flow::default());
+        let guarded = Guard::new(socket, Layer::Socket, refuse_plain, Some(flow.clone()));
+        let mut make = tls::connector(mode, self.root_cert.as_deref()).map_err(|e| DbError {
+            kind: DbErrorKind::Tls,
+            message: e.to_string(),
+        })?;
+        let host = match address {
+            Address::Tcp(h, _) => h.clone(),
+            Address::Unix(..) => "localhost".into(),
+        };
+        let tls =
+            GuardedTls::new(&mut make, &host, self.refuse_tls, flow.clone()).map_err(|e| {
+                DbError {
+                    kind: DbErrorKind::Tls,
+                    message: format!(
+                        "TLS to PostgreSQL at {} failed: {e}; check PGSSLMODE and PGSSLROOTCERT",
+                        address.display()
+                    ),
+                }
+            })?;
+        let (client, connection) = config
+            .connect_raw(guarded, tls)
+            .await
+            .map_err(|e| self.connect_failure(address, &e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "database connection closed");
             }
         });
-        Ok(client)
+        Ok(Session { client, flow })
+    }
+
+    fn unreachable(&self, address: &Address, e: &std::io::Error) -> DbError {
+        DbError {
+            kind: DbErrorKind::ConnectionLost,
+            message: format!(
+                "cannot connect to PostgreSQL at {}: {e}; check PGHOST / PGPORT and that the server is running",
+                address.display()
+            ),
+        }
     }
 
     /// Connect, retrying briefly: a pod's network is often not ready when it starts.
-    pub async fn connect_with_retry(&self, attempts: u32) -> anyhow::Result<Client> {
+    pub async fn connect_with_retry(&self, attempts: u32) -> anyhow::Result<Session> {
         let mut delay = Duration::from_millis(250);
         let mut attempt = 1;
         loop {
@@ -269,8 +480,20 @@ impl Target {
         }
     }
 
-    fn connect_failure(&self, e: &tokio_postgres::Error) -> DbError {
-        let target = &self.display;
+    fn connect_failure(&self, address: &Address, e: &tokio_postgres::Error) -> DbError {
+        let at = format!(
+            "{}/{}",
+            address.display(),
+            self.display.rsplit('/').next().unwrap_or("")
+        );
+        if let Some(refused) = find_source::<CleartextRefused>(e) {
+            return DbError {
+                kind: DbErrorKind::Authentication,
+                message: format!(
+                    "cannot log in to PostgreSQL at {at}: {refused}; have the server use scram-sha-256, or verify its certificate (PGSSLMODE=verify-full with PGSSLROOTCERT), or set PGSSLMODE=disable explicitly to send it anyway"
+                ),
+            };
+        }
         let (kind, detail) = classify(e);
         let message = match kind {
             DbErrorKind::Authentication => {
@@ -279,17 +502,37 @@ impl Target {
                 } else {
                     "check PGUSER / PGPASSWORD (or DATABASE_URL)"
                 };
-                format!("cannot log in to PostgreSQL at {target}: {detail}; {hint}")
+                format!("cannot log in to PostgreSQL at {at}: {detail}; {hint}")
             }
-            DbErrorKind::Tls => format!(
-                "TLS to PostgreSQL at {target} failed: {detail}; check PGSSLMODE and PGSSLROOTCERT"
-            ),
+            DbErrorKind::Tls => format!("TLS to PostgreSQL at {at} failed: {detail}; check PGSSLMODE and PGSSLROOTCERT"),
             _ => format!(
-                "cannot connect to PostgreSQL at {target}: {detail}; check PGHOST / PGPORT and that the server is running"
+                "cannot connect to PostgreSQL at {at}: {detail}; check PGHOST / PGPORT and that the server is running"
             ),
         };
         DbError { kind, message }
     }
+}
+
+/// The first error of type `E` among `e`'s sources (inside an I/O error too).
+fn find_source<'a, E: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = source {
+        if let Some(found) = cause.downcast_ref::<E>() {
+            return Some(found);
+        }
+        if let Some(inner) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = inner.downcast_ref::<E>() {
+                return Some(found);
+            }
+        }
+        source = cause.source();
+    }
+    None
 }
 
 fn is_connection_lost(e: &anyhow::Error) -> bool {
@@ -311,43 +554,112 @@ pub async fn prepare_session(client: &Client) -> Result<(), DbError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn env_fills_what_the_url_leaves_out() {
-        let env = PgEnv {
-            host: Some("db".into()),
-            port: Some("6543".into()),
-            user: Some("u".into()),
-            dbname: Some("d".into()),
-            ..Default::default()
-        };
-        let t = resolve(None, &env, Duration::from_secs(1)).unwrap();
-        assert_eq!(t.display, "db:6543/d");
-        let t = resolve(Some("postgresql://x@h:1/y"), &env, Duration::from_secs(1)).unwrap();
-        assert_eq!(t.display, "h:1/y");
+    fn params(url: Option<&str>, env: &[(&str, &str)]) -> Params {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Params::resolve(url, &env).unwrap()
     }
 
     #[test]
-    fn bad_url_does_not_echo_it() {
+    fn env_fills_what_the_url_leaves_out() {
+        let env = [
+            ("PGHOST", "db"),
+            ("PGPORT", "6543"),
+            ("PGUSER", "u"),
+            ("PGDATABASE", "d"),
+        ];
+        let t = resolve(&params(None, &env), Duration::from_secs(1)).unwrap();
+        assert_eq!(t.display, "db:6543/d");
+        let t = resolve(
+            &params(Some("postgresql://x@h:1/y"), &env),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(t.display, "h:1/y");
+        let t = resolve(
+            &params(Some("host=/tmp/sock port=7"), &env),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(t.addresses, [Address::Unix("/tmp/sock".into(), 7)]);
+        assert_eq!(t.refuse_plain, None, "a Unix socket is not on the network");
+    }
+
+    #[test]
+    fn bad_values_are_named_by_their_source() {
+        let err = resolve(&params(None, &[("PGPORT", "x")]), Duration::from_secs(1)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("PGPORT 'x' is not a port number"),
+            "{err}"
+        );
         let err = resolve(
-            Some("postgresql://u:s3cretpw@h:notaport/d"),
-            &PgEnv::default(),
+            &params(None, &[("PGSSLMODE", "sometimes")]),
             Duration::from_secs(1),
         )
         .unwrap_err();
-        assert!(!err.to_string().contains("s3cretpw"));
+        assert!(
+            err.to_string()
+                .starts_with("PGSSLMODE 'sometimes' is not valid"),
+            "{err}"
+        );
+        let err = resolve(
+            &params(Some("postgresql://h/d?sslmode=maybe"), &[]),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("sslmode in DATABASE_URL 'maybe'"),
+            "{err}"
+        );
+        let err = resolve(
+            &params(Some("postgresql://h/d?target_session_attrs=standby"), &[]),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
     }
 
     #[test]
-    fn bad_port_and_sslmode_are_usage_errors() {
-        let env = PgEnv {
-            port: Some("x".into()),
-            ..Default::default()
-        };
-        assert!(resolve(None, &env, Duration::from_secs(1)).is_err());
-        let env = PgEnv {
-            sslmode: Some("sometimes".into()),
-            ..Default::default()
-        };
-        assert!(resolve(None, &env, Duration::from_secs(1)).is_err());
+    fn system_roots_mean_verify_full_and_disable_is_honoured() {
+        let t = resolve(
+            &params(None, &[("PGSSLROOTCERT", "system"), ("PGHOST", "h")]),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(t.ssl_mode, SslMode::VerifyFull);
+        let weak = params(
+            None,
+            &[("PGSSLROOTCERT", "system"), ("PGSSLMODE", "require")],
+        );
+        assert!(resolve(&weak, Duration::from_secs(1))
+            .unwrap_err()
+            .to_string()
+            .contains("verify-full"));
+        let t = resolve(
+            &params(
+                Some("postgresql://h/d?sslmode=disable"),
+                &[("PGSSLMODE", "require")],
+            ),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(t.ssl_mode, SslMode::Disable);
+        assert_eq!(
+            t.refuse_plain, None,
+            "sslmode=disable chosen explicitly allows a cleartext password"
+        );
+        let t = resolve(
+            &params(Some("postgresql://h/d"), &[]),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.ssl_mode, t.refuse_plain.is_some(), t.refuse_tls.is_some()),
+            (SslMode::Prefer, true, true)
+        );
     }
 }

@@ -8,8 +8,11 @@
 
 pub mod catalog;
 pub mod config;
+pub mod connect;
+pub mod conninfo;
 pub mod copy_stream;
 pub mod database;
+pub mod guard;
 pub mod gzip;
 pub mod pipeline;
 pub mod progress;

@@ -3,6 +3,7 @@
 use clap::{CommandFactory, Parser};
 use egress_common::cli::{self, Ending};
 use egress_common::error::find;
+use egress_common::lease::Busy;
 use egress_common::{logging, ConfigError, ExitCode, StoreError};
 use egress_dump::config::{Args, EXTRA_ENV, REQUIRED_ENV};
 use egress_dump::database::{DbError, DbErrorKind};
@@ -32,6 +33,9 @@ async fn run() -> ExitCode {
 /// The one place errors become exit codes: 2 when the input (flags, variables, names,
 /// credentials, certificates) must change, 1 for anything a later run may not meet.
 fn exit_code(error: &anyhow::Error) -> ExitCode {
+    if find::<Busy>(error).is_some() {
+        return ExitCode::Busy;
+    }
     if find::<ConfigError>(error).is_some() {
         return ExitCode::Usage;
     }

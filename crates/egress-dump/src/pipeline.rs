@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::database::Session;
 use anyhow::{anyhow, Context};
 use egress_common::store::Store;
 use egress_common::units::mib_per_sec;
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
 use tracing::info;
 
 use crate::catalog::ResolvedTable;
@@ -61,7 +61,7 @@ impl Job<'_> {
 
 /// Dump one table through the three stages.
 pub async fn dump_table(
-    client: &Client,
+    client: &Session,
     table: &ResolvedTable,
     job: &Job<'_>,
 ) -> anyhow::Result<TableReport> {

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use chrono::NaiveDate;
+use egress_common::lease::{self, Lease};
 use egress_common::manifest::{self, Manifest, TableEntry};
 use egress_common::store::{self, Body, PutOptions, S3Settings, Store};
 use egress_common::{ConfigError, Location};
@@ -14,7 +15,8 @@ use tracing::{error, info};
 
 use crate::catalog::{self, Problem, ResolvedTable};
 use crate::config::Args;
-use crate::database::{self, DbError, PgEnv, Target};
+use crate::conninfo::Params;
+use crate::database::{self, DbError, Session, Target};
 use crate::gzip;
 use crate::pipeline::{self, Job, TableReport};
 use crate::progress::{self, Counters};
@@ -34,46 +36,115 @@ struct Request {
 /// The database side of a run: how to connect, and the connection holding the snapshot.
 struct Database {
     target: Target,
-    coordinator: Client,
+    coordinator: Session,
 }
 
 /// Run a whole dump as configured by `args`.
 pub async fn run(args: &Args) -> anyhow::Result<Vec<TableReport>> {
-    let run_started = manifest::now_rfc3339();
     let request = check_request(args)?;
     let store = open_output(args, &request).await?;
+    // One writer per date folder: a dry run writes nothing and takes no lease.
+    let lease = match args.dry_run {
+        true => None,
+        false => {
+            let key = lease::key_in(&request.date);
+            Some(lease::acquire(&store, &key, "egress-dump", args.common.wait_for_lease).await?)
+        }
+    };
+    let outcome = dump_day(args, &request, &store, lease.as_ref()).await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    outcome
+}
+
+/// The day's steps, under the lease (none for a dry run).
+async fn dump_day(
+    args: &Args,
+    request: &Request,
+    store: &Store,
+    lease: Option<&Lease>,
+) -> anyhow::Result<Vec<TableReport>> {
+    let run_started = manifest::now_rfc3339();
+    if let Some(lease) = lease {
+        clear_dead_uploads(store, &request.date, lease.since()).await;
+    }
     let db = connect(args).await?;
     let parallel = args.jobs > 1 && request.tables.len() > 1;
     // One snapshot for every table of the run: the day's files agree with each other.
     let snapshot = snapshot::begin(&db.coordinator, parallel).await?;
     let tables = find_tables(&db.coordinator, &request.tables).await?;
-    if args.dry_run {
-        print_plan(&tables, &store, &request.date);
+    let Some(lease) = lease else {
+        print_plan(&tables, store, &request.date);
         return Ok(Vec::new());
-    }
+    };
     let columns = read_columns(&db.coordinator, &tables).await?;
     // A re-run replaces the day: first withdraw the completion marker, so the folder never
     // looks complete while its objects are being replaced.
     store.delete(&manifest::key_in(&request.date)).await?;
-    let outcomes = dump_tables(args, &db, &snapshot, &tables, &store, &request.date).await?;
+    let outcomes = dump_tables(args, &db, &snapshot, &tables, store, &request.date).await?;
     let _ = db.coordinator.batch_execute("COMMIT").await;
     let reports = all_succeeded(&tables, outcomes)?;
-    let manifest = build_manifest(
-        ManifestParts {
-            args,
-            request: &request,
-            run_started,
-            snapshot,
-        },
-        &tables,
-        &reports,
-        columns,
-    );
-    write_manifest(&store, &request.date, &manifest).await?;
+    let parts = ManifestParts {
+        args,
+        request,
+        run_started,
+        snapshot,
+    };
+    let manifest = build_manifest(parts, &tables, &reports, columns);
+    check_written(store, &manifest, &reports, lease).await?;
+    write_manifest(store, &request.date, &manifest).await?;
     let names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
     let peak_rss_mib = egress_common::memory::peak_rss_mib();
     info!(tables = reports.len(), succeeded = %names.join(" "), peak_rss_mib, "Success.");
     Ok(reports)
+}
+
+/// Abort the uploads killed runs left: in this run's date folder (its lease is ours) all
+/// older ones; in other folders only where no live run holds the folder's lease.
+async fn clear_dead_uploads(store: &Store, date: &str, since: i64) {
+    let covering = |key: &str| {
+        let folder = key.split('/').next().unwrap_or("");
+        (folder != date).then(|| lease::key_in(folder))
+    };
+    let aborted = lease::abort_dead_uploads(store, "", since, covering).await;
+    if aborted > 0 {
+        info!(aborted, "aborted multipart uploads left by an earlier run");
+    }
+}
+
+/// Before the manifest vouches for the day: every object is still the one this run wrote
+/// (another run that bypassed the lease may have replaced it), and the lease is still ours.
+async fn check_written(
+    store: &Store,
+    manifest: &Manifest,
+    reports: &[TableReport],
+    lease: &Lease,
+) -> anyhow::Result<()> {
+    let date = &manifest.date;
+    for (entry, report) in manifest.tables.iter().zip(reports) {
+        let key = store::key::join(date, &entry.file);
+        let meta = store.head(&key).await?;
+        let wrote = (entry.compressed_bytes, report.committed.etag.as_deref());
+        let same_etag = match (wrote.1, meta.etag.as_deref()) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        if meta.size != wrote.0 || !same_etag {
+            anyhow::bail!(
+                "{} is no longer the object this run wrote ({} bytes, ETag {}; this run wrote {} bytes, ETag {}): another run wrote the same day; no manifest written, run again",
+                store.describe(&key),
+                meta.size,
+                meta.etag.as_deref().unwrap_or("-"),
+                wrote.0,
+                wrote.1.unwrap_or("-")
+            );
+        }
+    }
+    if lease.lost() {
+        anyhow::bail!("the lease on {date} was taken by another run while this one worked; no manifest written, run again");
+    }
+    Ok(())
 }
 
 fn check_request(args: &Args) -> anyhow::Result<Request> {
@@ -104,7 +175,7 @@ pub fn run_date(arg: Option<&str>) -> Result<String, ConfigError> {
 }
 
 /// Open the output and check it before touching the database: credentials, bucket, a
-/// writable directory. Uploads a killed run left are cleared.
+/// writable directory.
 async fn open_output(args: &Args, request: &Request) -> anyhow::Result<Store> {
     if let Some(url) = &args.endpoint_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -115,7 +186,12 @@ async fn open_output(args: &Args, request: &Request) -> anyhow::Result<Store> {
     }
     let settings = S3Settings {
         endpoint_url: args.endpoint_url.clone(),
-        path_style: args.endpoint_url.is_some(),
+        // A custom endpoint (Ceph RGW, MinIO) is addressed path-style; AWS's own hosts
+        // (VPC or FIPS endpoints) keep virtual-host addressing.
+        path_style: args
+            .endpoint_url
+            .as_deref()
+            .is_some_and(|u| !store::is_aws_host(u)),
         region: args.region.clone(),
         timeout: args.common.timeout(),
         max_attempts: 5,
@@ -123,28 +199,19 @@ async fn open_output(args: &Args, request: &Request) -> anyhow::Result<Store> {
         credentials_hint: CREDENTIALS_HINT,
         ..Default::default()
     };
-    let started = chrono::Utc::now().timestamp();
-    let store = store::open(&request.location, &settings, 0o600).await?;
+    let store = store::open(&request.location, &settings, args.common.file_mode).await?;
     // A dry run writes nothing, so a local output that does not exist yet is fine.
     let local = matches!(request.location, Location::Local(_));
     if !(args.dry_run && local) {
         store.probe(!args.dry_run).await?;
     }
-    if !args.dry_run {
-        let aborted = store::abort_stale_uploads(store.as_ref(), "", started).await;
-        if aborted > 0 {
-            info!(aborted, "aborted multipart uploads left by an earlier run");
-        }
-    }
     Ok(store)
 }
 
 async fn connect(args: &Args) -> anyhow::Result<Database> {
-    let target = database::resolve(
-        args.database_url.as_ref().map(|u| u.expose()),
-        &PgEnv::from_process(),
-        args.common.timeout(),
-    )?;
+    let conninfo = args.database_url.as_ref().map(|u| u.expose());
+    let params = Params::resolve(conninfo, &database::env_from_process())?;
+    let target = database::resolve(&params, args.common.timeout())?;
     let coordinator = target.connect_with_retry(5).await?;
     database::prepare_session(&coordinator).await?;
     Ok(Database {
@@ -181,6 +248,17 @@ async fn find_tables(client: &Client, tables: &[TableRef]) -> anyhow::Result<Vec
             tables.len(),
             problems.join(", ")
         ));
+    }
+    for (i, table) in resolved.iter().enumerate() {
+        if let Some(twin) = resolved[..i].iter().find(|t| t.oid == table.oid) {
+            return egress_common::error::config(format!(
+                "'{}' and '{}' are the same table ({}.{}): list it once in TABLES",
+                twin.requested.spelled(),
+                table.requested.spelled(),
+                table.schema,
+                table.name
+            ));
+        }
     }
     Ok(resolved)
 }
@@ -278,7 +356,7 @@ async fn dump_tables(
 
 /// Dump one table inside a savepoint, so that with `--keep-going` a failed COPY does not
 /// poison the transaction for the tables after it.
-async fn dump_in_savepoint(client: &Client, table: &ResolvedTable, job: &Job<'_>) -> Outcome {
+async fn dump_in_savepoint(client: &Session, table: &ResolvedTable, job: &Job<'_>) -> Outcome {
     let name = table.requested.file_stem();
     let _ = client.batch_execute("SAVEPOINT egress_table").await;
     match pipeline::dump_table(client, table, job).await {
@@ -297,7 +375,7 @@ async fn dump_in_savepoint(client: &Client, table: &ResolvedTable, job: &Job<'_>
     }
 }
 
-async fn dump_serial(client: &Client, tables: &[ResolvedTable], job: &Job<'_>) -> Vec<Outcome> {
+async fn dump_serial(client: &Session, tables: &[ResolvedTable], job: &Job<'_>) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(tables.len());
     let mut stop = false;
     for table in tables {
@@ -315,7 +393,7 @@ async fn dump_serial(client: &Client, tables: &[ResolvedTable], job: &Job<'_>) -
 /// Workers take tables largest first from a shared queue; after a failure (without
 /// `--keep-going`) no new table is started.
 async fn dump_parallel(
-    clients: &[Client],
+    clients: &[Session],
     tables: &[ResolvedTable],
     job: &Job<'_>,
 ) -> Vec<Outcome> {

@@ -32,6 +32,9 @@ pub enum TableListError {
     /// The same table twice.
     #[error("table '{0}' is listed more than once: remove the duplicate from TABLES")]
     Duplicate(String),
+    /// Two different entries that would be written to the same file.
+    #[error("'{0}' and '{1}' would both be written to {2}: list only one of them (dump the other through a view of another name)")]
+    SameFile(String, String, String),
 }
 
 impl TableRef {
@@ -40,6 +43,27 @@ impl TableRef {
         match &self.schema {
             Some(schema) => format!("{}.{}", schema.text, self.name.text),
             None => self.name.text.clone(),
+        }
+    }
+}
+
+impl Ident {
+    /// As written: in double quotes (doubled inside) when it was quoted.
+    pub fn spelled(&self) -> String {
+        if self.quoted {
+            quote_ident(&self.text)
+        } else {
+            self.text.clone()
+        }
+    }
+}
+
+impl TableRef {
+    /// The entry as written in TABLES (quotes kept).
+    pub fn spelled(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{}", schema.spelled(), self.name.spelled()),
+            None => self.name.spelled(),
         }
     }
 }
@@ -60,8 +84,16 @@ pub fn parse_list(text: &str) -> Result<Vec<TableRef>, TableListError> {
     let mut tables: Vec<TableRef> = Vec::new();
     for entry in split_entries(text)? {
         let table = parse_entry(&entry)?;
-        if tables.iter().any(|t| t.file_stem() == table.file_stem()) {
-            return Err(TableListError::Duplicate(table.file_stem()));
+        if let Some(twin) = tables.iter().find(|t| t.file_stem() == table.file_stem()) {
+            return Err(if twin.spelled() == table.spelled() {
+                TableListError::Duplicate(table.file_stem())
+            } else {
+                TableListError::SameFile(
+                    twin.spelled(),
+                    table.spelled(),
+                    format!("{}.csv.gz", table.file_stem()),
+                )
+            });
         }
         tables.push(table);
     }
@@ -221,6 +253,14 @@ mod tests {
             parse_list("a a"),
             Err(TableListError::Duplicate(_))
         ));
+        assert_eq!(
+            parse_list(r#""a.b" a.b"#),
+            Err(TableListError::SameFile(
+                r#""a.b""#.into(),
+                "a.b".into(),
+                "a.b.csv.gz".into()
+            ))
+        );
         assert!(matches!(
             parse_list("a.b.c"),
             Err(TableListError::Invalid(..))

@@ -102,13 +102,6 @@ pub struct Args {
     pub common: CommonArgs,
 }
 
-impl Args {
-    /// Permission bits of files written to a local output.
-    pub fn file_mode(&self) -> u32 {
-        0o600
-    }
-}
-
 /// Variables read outside clap (the AWS chain, used when no static keys are given).
 pub const EXTRA_ENV: &[&str] = &[
     "AWS_PROFILE",
@@ -128,3 +121,26 @@ pub const REQUIRED_ENV: &[&str] = &[
     "OUTPUT_ACCESS_KEY_ID",
     "OUTPUT_SECRET_ACCESS_KEY",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsed_arguments_never_print_a_secret() {
+        let args = Args::parse_from([
+            "egress-sync",
+            "--input-secret-access-key",
+            "SENTINEL-in-7f3k",
+            "--output-secret-access-key",
+            "SENTINEL-out-2m9q",
+            "--input-access-key-id",
+            "AKIN",
+            "--output-access-key-id",
+            "AKOUT",
+        ]);
+        let shown = format!("{args:?} {args:#?}");
+        assert!(!shown.contains("SENTINEL"), "{shown}");
+        assert!(shown.contains("AKIN"), "key ids are not secret");
+    }
+}

@@ -4,8 +4,9 @@
 
 use std::collections::HashSet;
 
+use egress_common::lease;
 use egress_common::manifest;
-use egress_common::store::{self, ObjectInfo, StoreError};
+use egress_common::store::{ObjectInfo, StoreError};
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -32,23 +33,43 @@ struct Mirror<'a> {
 pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let filter = Filter::new(args)?;
     let sides = Sides::open(args).await?;
-    let started = chrono::Utc::now().timestamp();
-    let mirror = Mirror::new(args, filter, sides);
-    if !args.dry_run {
-        mirror.clear_dead_uploads(started).await;
-    }
-    let deletions = match args.remove {
-        true => Some(mirror.count_deletions().await?),
-        false => None,
+    // One writer per mirror: a dry run writes nothing and takes no lease.
+    let lease = match args.dry_run {
+        true => None,
+        false => Some(
+            lease::acquire(
+                &sides.dest,
+                lease::MIRROR_KEY,
+                "egress-sync",
+                args.common.wait_for_lease,
+            )
+            .await?,
+        ),
     };
-    let old_records = mirror.copy_all().await?;
-    if let Some(allowed) = deletions {
-        mirror.delete_extra(allowed).await?;
+    let mirror = Mirror::new(args, filter, sides);
+    let outcome = mirror.run(lease.as_ref()).await;
+    if let Some(lease) = lease {
+        lease.release().await;
     }
-    mirror.summarise(old_records).await
+    outcome
 }
 
 impl<'a> Mirror<'a> {
+    async fn run(&self, lease: Option<&lease::Lease>) -> anyhow::Result<Report> {
+        if let Some(lease) = lease {
+            self.clear_dead_uploads(lease.since()).await;
+        }
+        let deletions = match self.args.remove {
+            true => Some(self.count_deletions().await?),
+            false => None,
+        };
+        let old_records = self.copy_all().await?;
+        if let Some(allowed) = deletions {
+            self.delete_extra(allowed).await?;
+        }
+        self.summarise(old_records).await
+    }
+
     fn new(args: &'a Args, filter: Filter, sides: Sides) -> Mirror<'a> {
         let settings = Settings::new(
             args.multipart_threshold_mib * MIB,
@@ -81,10 +102,10 @@ impl<'a> Mirror<'a> {
         )
     }
 
-    /// Abort uploads a killed run left at the output.
-    async fn clear_dead_uploads(&self, started: i64) {
+    /// Abort uploads a killed run left at the output (this run's lease covers all of it).
+    async fn clear_dead_uploads(&self, since: i64) {
         let aborted =
-            store::abort_stale_uploads(self.pool.transfers().dest.as_ref(), "", started).await;
+            lease::abort_dead_uploads(&self.pool.transfers().dest, "", since, |_| None).await;
         if aborted > 0 {
             info!(
                 aborted,

@@ -81,17 +81,6 @@ impl Sides {
     }
 }
 
-/// True for AWS's own endpoints, which get virtual-host addressing and default checksums.
-pub fn is_aws(url: &str) -> bool {
-    let host = url
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("");
-    host == "amazonaws.com" || host.ends_with(".amazonaws.com")
-}
-
 struct SideArgs<'a> {
     url: &'a str,
     path: &'a str,
@@ -121,7 +110,7 @@ fn side_args(side: Side, args: &Args) -> SideArgs<'_> {
 
 async fn open_side(side: Side, args: &Args) -> anyhow::Result<Store> {
     let (location, settings) = side_location(side, args)?;
-    let store = store::open(&location, &settings, args.file_mode()).await?;
+    let store = store::open(&location, &settings, args.common.file_mode).await?;
     store.probe(side == Side::Output && !args.dry_run).await?;
     Ok(store)
 }
@@ -167,10 +156,11 @@ fn side_location(side: Side, args: &Args) -> anyhow::Result<(Location, S3Setting
             ))
         }
     };
-    let aws = is_aws(url);
     let settings = S3Settings {
-        endpoint_url: (!aws).then(|| url.to_string()),
-        path_style: !aws,
+        endpoint_url: Some(url.to_string()),
+        // AWS's own hosts (VPC, FIPS and regional endpoints alike) keep virtual-host
+        // addressing; the URL given is always the URL used.
+        path_style: !store::is_aws_host(url),
         region: Some(cfg.region.to_string()),
         access_key_id,
         secret_access_key,
@@ -202,6 +192,7 @@ impl Filter {
     /// True when `key` takes part in the run.
     pub fn accepts(&self, key: &str) -> bool {
         key != OLD_RECORDS_KEY
+            && !egress_common::lease::is_lease(key)
             && self.include.as_ref().is_none_or(|g| g.is_match(key))
             && self.exclude.as_ref().is_none_or(|g| !g.is_match(key))
     }
@@ -227,14 +218,6 @@ fn globs(patterns: &[String], flag: &str) -> anyhow::Result<Option<GlobSet>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn aws_endpoints_are_recognised() {
-        assert!(is_aws("https://s3.amazonaws.com"));
-        assert!(is_aws("https://s3.eu-west-1.amazonaws.com/"));
-        assert!(!is_aws("http://127.0.0.1:9000"));
-        assert!(!is_aws("https://amazonaws.com.evil.example"));
-    }
 
     #[test]
     fn filters_globs_and_our_own_files() {

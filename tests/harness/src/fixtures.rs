@@ -210,13 +210,15 @@ pub fn sync_command(
 
 /// A `_manifest.json` for `date` listing `files` (name and bytes), as egress-dump writes it.
 pub fn manifest_json(date: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
-    let with_parts: Vec<(&str, &[u8], Option<Vec<u64>>)> =
-        files.iter().map(|(f, b)| (*f, *b, None)).collect();
+    let with_parts: Vec<Listed<'_>> = files.iter().map(|(f, b)| (*f, *b, None)).collect();
     manifest_with_parts(date, &with_parts)
 }
 
+/// An object a manifest lists: its file name, its bytes, its part sizes (if multipart).
+pub type Listed<'a> = (&'a str, &'a [u8], Option<Vec<u64>>);
+
 /// [`manifest_json`], with each object's multipart part sizes where it has them.
-pub fn manifest_with_parts(date: &str, files: &[(&str, &[u8], Option<Vec<u64>>)]) -> Vec<u8> {
+pub fn manifest_with_parts(date: &str, files: &[Listed<'_>]) -> Vec<u8> {
     let tables: Vec<serde_json::Value> = files
         .iter()
         .map(|(file, body, parts)| {

@@ -134,6 +134,20 @@ impl PgServer {
         &self.data
     }
 
+    /// Replace pg_hba.conf with `lines` (after a line that keeps the local socket trusted,
+    /// for the harness itself) and reload.
+    pub fn set_hba(&self, lines: &str) {
+        let text = format!("local all all trust\n{lines}\n");
+        self.install_file("pg_hba.conf", text.as_bytes(), 0o600);
+        self.pg_ctl(&["reload"]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    /// The directory of the cluster's Unix socket.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.data.parent().map(PathBuf::from).unwrap_or_default()
+    }
+
     /// Restart, e.g. after changing configuration.
     pub fn restart(&self) {
         self.pg_ctl(&["restart", "-w", "-m", "fast", "-t", "60"]);

@@ -20,7 +20,7 @@ use futures::stream::BoxStream;
 pub use body::{Body, ByteStream, Md5Tap};
 pub use error::{classify_code, ErrorKind, StoreError, Target};
 pub use local::LocalStore;
-pub use s3::{S3Settings, S3Store};
+pub use s3::{is_aws_host, S3Settings, S3Store};
 pub use writer::{PartWriter, Uploaded};
 
 use crate::cleanup;

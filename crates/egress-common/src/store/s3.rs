@@ -58,6 +58,18 @@ pub struct S3Settings {
     pub credentials_hint: &'static str,
 }
 
+/// True for AWS's own endpoints (`*.amazonaws.com`), which use virtual-host addressing
+/// and the SDK's default checksums.
+pub fn is_aws_host(url: &str) -> bool {
+    let host = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    host == "amazonaws.com" || host.ends_with(".amazonaws.com")
+}
+
 /// Name printed as the credentials' source in SDK debug output.
 const PROVIDER_NAME: &str = "egress-static";
 
@@ -82,6 +94,13 @@ impl S3Store {
     /// A store for `bucket`/`prefix` reached as `settings` say. Only a bad CA bundle can
     /// fail here; nothing is sent yet.
     pub async fn new(settings: &S3Settings, bucket: &str, prefix: &str) -> anyhow::Result<Self> {
+        if let Some(url) = settings
+            .endpoint_url
+            .as_deref()
+            .filter(|u| u.starts_with("http://"))
+        {
+            tracing::warn!(endpoint = %url, "{url} is plain HTTP: the requests' signatures and all data travel unencrypted; use an https:// endpoint outside a trusted network");
+        }
         Ok(S3Store {
             client: client(settings).await?,
             bucket: bucket.to_string(),
@@ -873,6 +892,17 @@ mod tests {
     fn listing_keys_are_url_decoded() {
         assert_eq!(decode_key("with+space%2Bplus%01"), "with space+plus\u{1}");
         assert_eq!(decode_key("%C5%BC%C3%B3%C5%82%C4%87"), "żółć");
+    }
+
+    #[test]
+    fn aws_endpoints_are_recognised() {
+        assert!(is_aws_host("https://s3.amazonaws.com"));
+        assert!(is_aws_host(
+            "https://bucket.vpce-0a1b.s3.us-east-1.vpce.amazonaws.com/"
+        ));
+        assert!(is_aws_host("https://s3-fips.us-east-1.amazonaws.com"));
+        assert!(!is_aws_host("http://127.0.0.1:9000"));
+        assert!(!is_aws_host("https://amazonaws.com.evil.example"));
     }
 
     #[test]
