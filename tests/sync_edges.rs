@@ -399,3 +399,76 @@ async fn odd_local_names_are_reported_and_symlinks_not_followed() {
     );
     assert_eq!(walk(&output), ["sub/ok.txt"]);
 }
+
+#[tokio::test]
+async fn two_overlapping_syncs_never_abort_each_others_uploads() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::Moto);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    for i in 0..6u64 {
+        let body = data(i, 12 * 1024 * 1024);
+        fixtures::put_multipart(
+            &input,
+            "src",
+            &format!("big/{i}.bin"),
+            &body,
+            6 * 1024 * 1024,
+        )
+        .await;
+    }
+    let args = ["--jobs", "2"];
+    // The second run finds the first one's lease: exit 3, nothing touched.
+    let first = command(&input, "src", &output, "dst", &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let second = sync(&input, "src", &output, "dst", &args);
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert_eq!(second.status.code(), Some(3), "{}", text(&second));
+    assert!(
+        stderr(&second).contains("another run holds the lease on s3://dst/.egress-sync-lease.json"),
+        "{}",
+        text(&second)
+    );
+    // Waiting instead: both succeed, one after the other.
+    let expected = contents(&input, "src", "").await;
+    put_many(&input, "src", vec![("late.txt".into(), b"late".to_vec())]).await;
+    let first = command(&input, "src", &output, "dst", &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = sync(
+        &input,
+        "src",
+        &output,
+        "dst",
+        &["--jobs", "2", "--wait-for-lease", "2m"],
+    );
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    for out in [&first, &second] {
+        assert!(
+            !stdout(out).contains("aborted"),
+            "no upload was aborted: {}",
+            text(out)
+        );
+    }
+    let mirror = contents(&output, "dst", "").await;
+    assert_eq!(
+        mirror.len(),
+        expected.len() + 1,
+        "exactly the input's keys, no lease left: {:?}",
+        mirror.keys().collect::<Vec<_>>()
+    );
+    for (key, body) in &expected {
+        assert!(mirror.get(key) == Some(body), "{key}");
+    }
+    assert!(output.pending_uploads("dst").await.is_empty());
+}
