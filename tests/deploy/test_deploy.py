@@ -67,7 +67,9 @@ SIDES = {
             "TABLES": (None, "TABLES"),
             "PGHOST": ("postgresql", "PGHOST"),
             "PGPORT": ("5432", "PGPORT"),
-            "PGSSLMODE": ("prefer", "PGSSLMODE"),
+            # Empty: verify-full when a CA bundle is mounted (PG_CA_NAME), else prefer.
+            "PGSSLMODE": ("", "PGSSLMODE"),
+            "PG_CA_NAME": ("postgresql-ca", None),
             "COMPRESSION_LEVEL": ("6", "COMPRESSION_LEVEL"),
             "DUMP_JOBS": ("1", "DUMP_JOBS"),
             "SCHEDULE": ("@daily", None),
@@ -102,7 +104,8 @@ SIDES = {
             )
         },
         "parameters": {
-            "SCHEDULE": ("@daily", None),
+            "SCHEDULE": ("0 6 * * *", None),
+            "REQUIRE_MANIFEST": ("true", "REQUIRE_MANIFEST"),
             "IMAGE": ("egress-is:latest", None),
             "GIT_URI": (None, None),
             "GIT_REF": (None, None),
@@ -508,14 +511,15 @@ def test_cronjob_scheduling_and_retries(side):
     cj = cronjob(side)
     assert cj["apiVersion"] == "batch/v1"
     spec = cj["spec"]
-    assert spec["schedule"] == "@daily"
+    # The values the README states: the dump at midnight UTC, the mirror six hours later;
+    # never two at once; a failed run retried twice; three jobs of each outcome kept.
+    assert spec["schedule"] == {"dump": "@daily", "sync": "0 6 * * *"}[side]
     assert spec["concurrencyPolicy"] == "Forbid"
-    assert isinstance(spec.get("startingDeadlineSeconds"), int) and spec["startingDeadlineSeconds"] > 0
-    assert isinstance(spec.get("successfulJobsHistoryLimit"), int)
-    assert isinstance(spec.get("failedJobsHistoryLimit"), int) and spec["failedJobsHistoryLimit"] > 0
+    assert spec["startingDeadlineSeconds"] == 3600
+    assert spec["successfulJobsHistoryLimit"] == 3 and spec["failedJobsHistoryLimit"] == 3
     job = spec["jobTemplate"]["spec"]
-    assert isinstance(job.get("backoffLimit"), int)
-    assert isinstance(job.get("activeDeadlineSeconds"), int) and job["activeDeadlineSeconds"] > 0
+    assert job["backoffLimit"] == 2
+    assert job["activeDeadlineSeconds"] == 21600
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     # Exit code 2 (usage/configuration) is not worth retrying.
     rules = job.get("podFailurePolicy", {}).get("rules", [])
@@ -534,7 +538,14 @@ def test_cronjob_security_context_is_restricted(side):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod.get("automountServiceAccountToken") is False
-    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("volumes")
+    assert not pod.get("hostNetwork") and not pod.get("hostPID")
+    # The only volume: the optional CA bundle, from a ConfigMap or a Secret, read-only.
+    for volume in pod.get("volumes", []):
+        sources = volume["projected"]["sources"]
+        assert all(set(src) <= {"configMap", "secret"} for src in sources), volume
+        assert all(v.get("optional") is True for src in sources for v in src.values()), volume
+    for c in pod["containers"]:
+        assert all(m.get("readOnly") is True for m in c.get("volumeMounts", [])), c
     assert len(pod["containers"]) == 1 and not pod.get("initContainers")
     for c in pod["containers"]:
         sc = c["securityContext"]
@@ -576,9 +587,21 @@ def test_cronjob_env_is_what_the_binary_reads(side):
     }
     missing = sorted(n for n, required in listing.items() if required and n not in surely_set)
     assert not missing, f"required by {SIDES[side]['binary']} but not (surely) set: {missing}"
+    optional = {p["name"] for p in template(side, "deploy")["parameters"] if p.get("required") is False}
     for e in env:
-        if "valueFrom" not in e:
-            assert e.get("value"), f"{e['name']}: an empty value; leave the variable out instead"
+        if "valueFrom" not in e and not e.get("value"):
+            # Only a parameter documented as optional may leave its variable empty (the
+            # binaries treat an empty variable as unset).
+            assert e["value"] == "" and any(f"${{{p}}}" in str(e_raw(side, e["name"])) for p in optional), \
+                f"{e['name']}: an empty value; leave the variable out instead"
+
+
+def e_raw(side, name):
+    """The env entry `name` as the template writes it (before parameters are filled in)."""
+    raw = template(side, "deploy")
+    (cj,) = [o for o in raw["objects"] if o["kind"] == "CronJob"]
+    (c,) = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return next(e for e in c["env"] if e["name"] == name)
 
 
 @pytest.mark.parametrize("side", SIDE_NAMES)

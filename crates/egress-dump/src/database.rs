@@ -251,7 +251,9 @@ fn addresses(params: &Params) -> Result<Vec<Address>, ConfigError> {
 }
 
 /// `sslmode` and `sslrootcert`, as libpq 16 reads them: `sslrootcert=system` means the
-/// system's roots and implies `verify-full` (a weaker mode with it is refused).
+/// system's roots and implies `verify-full` (a weaker mode with it is refused). Stricter
+/// than libpq: with no `sslmode`, a CA file given means `verify-full` (libpq's default is
+/// `prefer`, which checks nothing).
 fn tls_settings(params: &Params) -> Result<(SslMode, Option<PathBuf>), ConfigError> {
     let mode = match params.get("sslmode") {
         Some(m) => Some(m.parse::<SslMode>().map_err(|_| {
@@ -263,8 +265,16 @@ fn tls_settings(params: &Params) -> Result<(SslMode, Option<PathBuf>), ConfigErr
         None => None,
     };
     let system = params.get("sslrootcert") == Some("system");
+    let ca_file = params.get("sslrootcert").filter(|p| !system && std::path::Path::new(p).is_file());
+    if let (None, Some(missing)) = (mode, params.get("sslrootcert").filter(|_| !system && ca_file.is_none())) {
+        // A deployment that mounts an optional CA bundle and was given none.
+        tracing::warn!("{} names {missing}, which does not exist: connecting with sslmode prefer", params.source("sslrootcert"));
+        return Ok((SslMode::Prefer, None));
+    }
     let mode = match (mode, system) {
+        // Secure by default: a CA given without a mode means the server must prove itself.
         (None, true) => SslMode::VerifyFull,
+        (None, false) if ca_file.is_some() => SslMode::VerifyFull,
         (Some(m), true) if m != SslMode::VerifyFull => {
             return Err(ConfigError::new(format!(
                 "{} 'system' trusts every public certificate authority, so it needs sslmode verify-full (not {}): set PGSSLMODE=verify-full, or give the CA bundle's file",
