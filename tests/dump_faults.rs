@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use egress_testkit::proxy::Proxy;
 use egress_testkit::{gunzip, stderr, text, PgServer, S3Kind, S3Server};
 
 const BUCKET: &str = "faults";
@@ -128,10 +129,7 @@ async fn assert_clean_rerun(pg: &PgServer, s3: &S3Server, env: &[(String, String
         gunzip(&object) == pg.psql(&format!("COPY {table} TO STDOUT (FORMAT csv)")),
         "re-run is byte-identical"
     );
-    assert!(s3
-        .keys(BUCKET, "")
-        .await
-        .contains(&format!("out/{DATE}/_manifest.json")));
+    egress_testkit::checked_manifest(&s3.get(BUCKET, &format!("out/{DATE}/_manifest.json")).await);
 }
 
 #[tokio::test]
@@ -245,7 +243,12 @@ async fn s3_server_killed_mid_upload_fails_then_rerun_succeeds() {
     let mut s3 = S3Server::start(S3Kind::S3sFs);
     s3.create_bucket(BUCKET).await;
     big_table(&pg, "big", 60).await;
-    let env = env_for(&pg, &s3, "big");
+    // Through a recording proxy, to know when a part is on its way (s3s-fs cannot list
+    // pending uploads).
+    let proxy = Proxy::start(&s3.endpoint, None, None);
+    let mut env = env_for(&pg, &s3, "big");
+    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL".into(), proxy.endpoint.clone()));
     let (mut child, _) = spawn_until_started(
         &env,
         &[
@@ -258,7 +261,7 @@ async fn s3_server_killed_mid_upload_fails_then_rerun_succeeds() {
         ],
         "big",
     );
-    std::thread::sleep(Duration::from_millis(700));
+    proxy.wait_for("UploadPart", |r| r.is_upload_part());
     s3.kill();
     let out = wait_with_timeout(&mut child, Duration::from_secs(120));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -269,7 +272,7 @@ async fn s3_server_killed_mid_upload_fails_then_rerun_succeeds() {
         data_keys(&s3).await.is_empty(),
         "no visible object after the failure (its lease may stay: it could not be deleted)"
     );
-    assert_clean_rerun(&pg, &s3, &env, "big").await;
+    assert_clean_rerun(&pg, &s3, &env_for(&pg, &s3, "big"), "big").await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -375,6 +378,22 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
         err.contains("TLS to PostgreSQL") && err.contains("PGSSLROOTCERT"),
         "{err}"
     );
+    // A root certificate makes verify-ca and require check the chain (as libpq): a server
+    // whose certificate another CA signed is refused.
+    for mode in ["verify-ca", "require"] {
+        let bad = case("127.0.0.1", mode, Some(&other));
+        assert_eq!(
+            bad.status.code(),
+            Some(2),
+            "{mode}, wrong CA: {}",
+            text(&bad)
+        );
+        let err = stderr(&bad);
+        assert!(
+            err.contains("TLS to PostgreSQL") && err.contains("PGSSLROOTCERT"),
+            "{mode}: {err}"
+        );
+    }
     let bad = case("127.0.0.1", "verify-full", Some(&ca));
     assert_eq!(
         bad.status.code(),
@@ -459,16 +478,18 @@ async fn https_to_s3_with_a_custom_ca_bundle() {
         format!("https://localhost:{port}"),
     ));
     let without = run(&env, &[]);
-    assert_ne!(
+    assert_eq!(
         without.status.code(),
-        Some(0),
+        Some(2),
         "an unknown CA is refused: {}",
         text(&without)
     );
+    let err = stderr(&without);
     assert!(
-        stderr(&without).contains("AWS_CA_BUNDLE"),
-        "{}",
-        text(&without)
+        err.contains("is not trusted")
+            && err.contains("UnknownIssuer")
+            && err.contains("AWS_CA_BUNDLE"),
+        "the certificate is named as the cause: {err}"
     );
     env.push(("AWS_CA_BUNDLE".into(), pki.path("ca.pem")));
     let with = run(&env, &[]);
@@ -516,46 +537,105 @@ async fn secrets_never_appear_in_any_output() {
     );
     let bad_url = format!("postgresql://postgres:{PASSWORD}@127.0.0.1:notaport/postgres");
     let closed = egress_testkit::free_port().to_string();
-    type Case<'a> = (&'a str, Vec<(String, String)>, Vec<&'a str>);
+    // Each case: its name, environment, arguments, the exit code it must end with and a
+    // line it must print (so a case that silently did something else fails).
+    type Case<'a> = (&'a str, Vec<(String, String)>, Vec<&'a str>, i32, &'a str);
     let cases: Vec<Case> = vec![
-        ("success text", good.clone(), vec![]),
+        ("success text", good.clone(), vec![], 0, "Success."),
         (
             "success json debug",
             good.clone(),
             vec!["--log-format", "json", "-v"],
+            0,
+            "\"Success.\"",
         ),
-        ("success trace", good.clone(), vec!["-vv"]),
-        ("dry run", good.clone(), vec!["--dry-run", "-v"]),
-        ("database url", with("DATABASE_URL", &url), vec!["-v"]),
+        ("success trace", good.clone(), vec!["-vv"], 0, "Success."),
+        (
+            "dry run",
+            good.clone(),
+            vec!["--dry-run", "-v"],
+            0,
+            "Dry run: nothing was written.",
+        ),
+        (
+            "database url",
+            with("DATABASE_URL", &url),
+            vec!["-v"],
+            0,
+            "Success.",
+        ),
         (
             "malformed database url",
             with("DATABASE_URL", &bad_url),
             vec!["-v"],
+            2,
+            "port",
         ),
         (
             "wrong password",
             with("PGPASSWORD", &format!("{PASSWORD}-wrong")),
             vec!["-v", "--log-format", "json"],
+            2,
+            "password authentication failed",
         ),
         (
             "wrong S3 secret",
             with("AWS_SECRET_ACCESS_KEY", &format!("{SECRET}-wrong")),
             vec!["-vv"],
+            2,
+            "rejected the credentials",
         ),
-        ("missing table", with("TABLES", "nope"), vec!["-v"]),
+        (
+            "missing table",
+            with("TABLES", "nope"),
+            vec!["-v"],
+            2,
+            "'nope'",
+        ),
         (
             "missing bucket",
             with("S3_OUTPUT", "s3://nope/x"),
             vec!["-v"],
+            2,
+            "bucket 'nope' does not exist",
         ),
-        ("unreachable database", with("PGPORT", &closed), vec!["-v"]),
-        ("help", good.clone(), vec!["--help"]),
+        (
+            "unreachable database",
+            with("PGPORT", &closed),
+            vec!["-v"],
+            1,
+            "cannot connect to PostgreSQL",
+        ),
+        ("help", good.clone(), vec!["--help"], 0, "Usage:"),
     ];
-    for (name, env, args) in cases {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (name, env, args, code, marker)) in cases.into_iter().enumerate() {
+        let log = dir.path().join(format!("termination-{i}"));
+        let mut args = args;
+        let log_arg = log.display().to_string();
+        if name != "help" {
+            args.extend(["--termination-log", log_arg.as_str()]);
+        }
         let out = run(&env, &args);
         let all = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{name}: {all}");
+        assert!(all.contains(marker), "{name}: no '{marker}' in:\n{all}");
+        let summary = std::fs::read_to_string(&log).unwrap_or_default();
+        let expected = match (name, code) {
+            ("help", _) => "",
+            (_, 0) => "egress-dump succeeded",
+            _ => "egress-dump failed",
+        };
+        assert!(
+            summary.starts_with(expected),
+            "{name}: termination log {summary:?}"
+        );
         for secret in [PASSWORD, SECRET] {
             assert!(!all.contains(secret), "{name}: a secret leaked:\n{all}");
+            assert!(
+                !summary.contains(secret),
+                "{name}: a secret leaked into the termination log:\n{summary}"
+            );
         }
     }
 }

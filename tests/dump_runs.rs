@@ -60,6 +60,10 @@ async fn verify_day(s3: &S3Server) -> Option<Vec<String>> {
     };
     let store: egress_common::Store =
         Arc::new(S3Store::new(&settings, BUCKET, "conc").await.unwrap());
+    let manifest_key = format!("conc/{DATE}/_manifest.json");
+    if s3.keys(BUCKET, "").await.contains(&manifest_key) {
+        egress_testkit::checked_manifest(&s3.get(BUCKET, &manifest_key).await);
+    }
     let checked = egress_sync::verify::verify(&store, "input").await.unwrap();
     checked
         .folders

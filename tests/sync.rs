@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use egress_testkit::fixtures::{self, contents, data, manifest_json, put_many, put_multipart, MIB};
+use egress_testkit::proxy::Proxy;
 use egress_testkit::{last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
 
 const SRC: &str = "source-bucket";
@@ -427,9 +428,10 @@ async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() 
             started.elapsed() < Duration::from_secs(60),
             "no multipart upload started"
         );
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the sync ended before any upload was in flight"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.kill().expect("kill");
@@ -638,6 +640,28 @@ async fn ceph_rgw_as_destination_and_as_source() {
         text(&out),
         ceph.log_tail()
     );
+    assert!(last_line(&out).contains("failed=0"), "{}", text(&out));
+    // Every copy was checked against the bytes Ceph stored: Content-MD5 on single PUTs,
+    // each part's MD5 and the composite ETag on multipart ones (never size alone).
+    let copies: Vec<String> = stdout(&out)
+        .lines()
+        .filter(|l| l.contains("-> `output/"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(copies.len(), 48, "{}", text(&out));
+    for line in &copies {
+        assert!(
+            line.contains("verified=\"size+md5\"")
+                || line.contains("verified=\"size+multipart-etag\""),
+            "verified by its digest: {line}"
+        );
+    }
+    assert!(
+        copies
+            .iter()
+            .any(|l| l.contains("large.bin") && l.contains("verified=\"size+multipart-etag\"")),
+        "the multipart copy's composite ETag matched the source's: {copies:?}"
+    );
     let source = contents(&input, SRC, "").await;
     let mirror = contents(&ceph, DST, "mirror/").await;
     assert_eq!(source.len(), 48);
@@ -682,32 +706,27 @@ async fn destination_restarted_mid_sync_then_rerun_is_identical() {
     input.create_bucket(SRC).await;
     output.create_bucket(DST).await;
     let expected = seed_large(&input, "big", 300, 20 * MIB, 5 * MIB).await;
-    let mut child = sync_command(&input, SRC, &output, DST, &["--jobs", "2"])
+    // Through a recording proxy, to restart the output only once parts are on their way.
+    let proxy = Proxy::start(&output.endpoint, None, None);
+    let via = output.s3().via(&proxy.endpoint);
+    let child = sync_command(&input, SRC, &via, DST, &["--jobs", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn egress-sync");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    proxy.wait_for("UploadPart", |r| r.is_upload_part());
     output.restart();
-    let status = child.wait().expect("wait");
-    // Retries usually carry the run through a short restart; if not, it fails cleanly.
-    assert!(
-        matches!(status.code(), Some(0) | Some(1)),
-        "exit {:?}",
-        status.code()
-    );
-    for (key, body) in contents(&output, DST, "").await {
-        assert!(
-            expected.get(&key) == Some(&body),
-            "{key}: a visible object is complete and correct"
-        );
-    }
-    let out = sync(&input, SRC, &output, DST, &["--jobs", "2"]);
+    let out = child.wait_with_output().expect("wait");
+    // The restart takes milliseconds: retries (of the request, then of the object) carry
+    // the run through it.
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         contents(&output, DST, "").await == expected,
-        "identical after the re-run"
+        "identical after the restart"
     );
+    let out = sync(&input, SRC, &output, DST, &["--jobs", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(last_line(&out).contains("copied=0"), "{}", text(&out));
 }
 
 #[tokio::test]
@@ -770,27 +789,53 @@ async fn sync_secrets_never_appear_in_any_output() {
             manifest_json("2024-01-01", &[("a.csv.gz", &data(1, 1000))]),
         )
         .await;
-    type Run<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>);
+    // Each run: its name, extra environment, arguments, the exit code it must end with and
+    // a line it must print (so a case that silently did something else fails).
+    type Run<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>, i32, &'a str);
     let runs: Vec<Run> = vec![
-        ("success", vec![], vec![]),
-        ("json trace", vec![], vec!["--log-format", "json", "-vv"]),
-        ("dry run", vec![], vec!["--dry-run", "-v"]),
-        ("require manifest", vec![], vec!["--require-manifest", "-v"]),
-        ("verify", vec![], vec!["--verify", "-v"]),
+        ("success", vec![], vec![], 0, "Total:"),
+        (
+            "json trace",
+            vec![],
+            vec!["--log-format", "json", "-vv"],
+            0,
+            "\"copied\":0",
+        ),
+        ("dry run", vec![], vec!["--dry-run", "-v"], 0, "Dry run:"),
+        (
+            "require manifest",
+            vec![],
+            vec!["--require-manifest", "-v"],
+            0,
+            "Total:",
+        ),
+        (
+            "verify",
+            vec![],
+            vec!["--verify", "-v"],
+            0,
+            "Verified 1 folder",
+        ),
         (
             "wrong input secret",
             vec![("INPUT_SECRET_ACCESS_KEY", format!("{IN_SECRET}x"))],
             vec!["-vv"],
+            2,
+            "rejected the credentials",
         ),
         (
             "wrong output secret",
             vec![("OUTPUT_SECRET_ACCESS_KEY", format!("{OUT_SECRET}x"))],
             vec!["-v", "--log-format", "json"],
+            2,
+            "rejected the credentials",
         ),
         (
             "missing bucket",
             vec![("OUTPUT_PATH", "nope".to_string())],
             vec!["-v"],
+            2,
+            "bucket 'nope' does not exist",
         ),
         (
             "unreachable",
@@ -799,17 +844,39 @@ async fn sync_secrets_never_appear_in_any_output() {
                 format!("http://127.0.0.1:{}", egress_testkit::free_port()),
             )],
             vec!["-v"],
+            1,
+            "unreachable",
         ),
-        ("help", vec![], vec!["--help"]),
+        ("help", vec![], vec!["--help"], 0, "Usage:"),
     ];
-    for (name, env, args) in runs {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (name, env, args, code, marker)) in runs.into_iter().enumerate() {
+        let log = dir.path().join(format!("termination-{i}"));
         let mut cmd = sync_command(&input, SRC, &output, DST, &args);
+        cmd.env("TERMINATION_LOG", &log);
         for (k, v) in &env {
             cmd.env(k, v);
         }
-        let all = text(&cmd.output().expect("run"));
+        let out = cmd.output().expect("run");
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{name}: {all}");
+        assert!(all.contains(marker), "{name}: no '{marker}' in:\n{all}");
+        let summary = std::fs::read_to_string(&log).unwrap_or_default();
+        let expected = match (name, code) {
+            ("help", _) => "",
+            (_, 0) => "egress-sync succeeded",
+            _ => "egress-sync failed",
+        };
+        assert!(
+            summary.starts_with(expected),
+            "{name}: termination log {summary:?}"
+        );
         for secret in [IN_SECRET, OUT_SECRET] {
             assert!(!all.contains(secret), "{name}: a secret leaked:\n{all}");
+            assert!(
+                !summary.contains(secret),
+                "{name}: a secret leaked into the termination log:\n{summary}"
+            );
         }
     }
 }

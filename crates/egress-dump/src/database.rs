@@ -265,10 +265,20 @@ fn tls_settings(params: &Params) -> Result<(SslMode, Option<PathBuf>), ConfigErr
         None => None,
     };
     let system = params.get("sslrootcert") == Some("system");
-    let ca_file = params.get("sslrootcert").filter(|p| !system && std::path::Path::new(p).is_file());
-    if let (None, Some(missing)) = (mode, params.get("sslrootcert").filter(|_| !system && ca_file.is_none())) {
+    let ca_file = params
+        .get("sslrootcert")
+        .filter(|p| !system && std::path::Path::new(p).is_file());
+    if let (None, Some(missing)) = (
+        mode,
+        params
+            .get("sslrootcert")
+            .filter(|_| !system && ca_file.is_none()),
+    ) {
         // A deployment that mounts an optional CA bundle and was given none.
-        tracing::warn!("{} names {missing}, which does not exist: connecting with sslmode prefer", params.source("sslrootcert"));
+        tracing::warn!(
+            "{} names {missing}, which does not exist: connecting with sslmode prefer",
+            params.source("sslrootcert")
+        );
         return Ok((SslMode::Prefer, None));
     }
     let mode = match (mode, system) {

@@ -76,3 +76,44 @@ pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
 }
+
+/// Parse a manifest the programs produced, after validating it against
+/// `schema/manifest.schema.json` with Python's `jsonschema` (the reference implementation;
+/// the test venv has it), so that every produced manifest is held to the published schema.
+pub fn checked_manifest(bytes: &[u8]) -> serde_json::Value {
+    use std::io::Write;
+    let schema = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../schema/manifest.schema.json"
+    );
+    let python = process::find_binary(
+        "python",
+        "EGRESS_PY",
+        &[std::path::PathBuf::from("/opt/egress-py/bin")],
+        "bash scripts/install-test-deps.sh (a venv at /opt/egress-py with jsonschema)",
+    );
+    let check = "import json, sys, jsonschema\n\
+        schema = json.load(open(sys.argv[1]))\n\
+        jsonschema.validators.validator_for(schema)(schema).validate(json.load(sys.stdin))\n";
+    let mut child = std::process::Command::new(python)
+        .args(["-c", check, schema])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python jsonschema");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(bytes)
+        .expect("send the manifest");
+    let out = child.wait_with_output().expect("python jsonschema");
+    assert!(
+        out.status.success(),
+        "the manifest does not follow schema/manifest.schema.json:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(bytes)
+    );
+    serde_json::from_slice(bytes).expect("manifest is JSON")
+}

@@ -166,17 +166,7 @@ impl PgServer {
 
     /// A connected client (superuser).
     pub async fn client(&self) -> tokio_postgres::Client {
-        let conn = format!(
-            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=postgres",
-            self.port
-        );
-        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-            .await
-            .expect("connect to test PostgreSQL");
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client
+        connect(self.port).await
     }
 
     /// Run SQL through `psql` and return its stdout bytes (the reference for byte identity).
@@ -215,4 +205,97 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]);
     }
+}
+
+/// A client that commits one transaction after another on its own thread, so that it keeps
+/// running while a test blocks on a child process (a writer on the test's runtime would freeze).
+pub struct Writer {
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PgServer {
+    /// Start a [`Writer`] committing `transaction(i)` for i = 0, 1, 2, … until stopped.
+    pub fn writer(&self, transaction: impl Fn(u64) -> String + Send + 'static) -> Writer {
+        use std::sync::atomic::Ordering;
+        let commits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let port = self.port;
+        let (count, halt) = (commits.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("writer runtime");
+            runtime.block_on(async move {
+                let client = connect(port).await;
+                while !halt.load(Ordering::SeqCst) {
+                    let sql = transaction(count.load(Ordering::SeqCst));
+                    client.batch_execute(&sql).await.expect("writer commit");
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        });
+        let writer = Writer {
+            commits,
+            stop,
+            thread: Some(thread),
+        };
+        writer.wait_for(1);
+        writer
+    }
+}
+
+impl Writer {
+    /// Transactions committed so far.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Block until at least `n` transactions have committed (30 s at most).
+    pub fn wait_for(&self, n: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.commits() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer committed {} of {n} transactions in 30 s",
+                self.commits()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Stop, and return how many transactions committed in all.
+    pub fn stop(mut self) -> u64 {
+        self.halt();
+        self.commits()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() && !std::thread::panicking() {
+                panic!("the writer thread failed");
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+async fn connect(port: u16) -> tokio_postgres::Client {
+    let conn =
+        format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname=postgres");
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect to test PostgreSQL");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
 }

@@ -21,6 +21,15 @@ pub struct Seen {
     pub target: String,
 }
 
+impl Seen {
+    /// An UploadPart request: a multipart upload is in flight.
+    pub fn is_upload_part(&self) -> bool {
+        self.method == "PUT"
+            && self.target.contains("uploadId=")
+            && self.target.contains("partNumber=")
+    }
+}
+
 /// Run before a request is forwarded (the request is passed in).
 pub type Hook = Arc<dyn Fn(&Seen) -> BoxFuture<'static, ()> + Send + Sync>;
 
@@ -107,6 +116,22 @@ impl Proxy {
     /// Every request so far.
     pub fn requests(&self) -> Vec<Seen> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Block until a request matching `wanted` has been seen (60 s at most; `what` names it
+    /// in the failure), so a fault is injected only once the condition it needs holds.
+    pub fn wait_for(&self, what: &str, wanted: impl Fn(&Seen) -> bool) -> Seen {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(seen) = self.requests().into_iter().find(|r| wanted(r)) {
+                return seen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what} reached the server in 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Forget the requests seen so far.

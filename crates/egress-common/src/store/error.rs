@@ -30,6 +30,8 @@ pub enum ErrorKind {
     NotWritable,
     /// The endpoint answers, but not as an S3 server does.
     NotS3,
+    /// The endpoint's TLS certificate is not trusted (a private CA not given, a wrong host).
+    Untrusted,
     /// The store does not implement the operation.
     Unsupported,
     /// Anything else.
@@ -47,6 +49,7 @@ impl ErrorKind {
                 | ErrorKind::WrongRegion
                 | ErrorKind::NotWritable
                 | ErrorKind::NotS3
+                | ErrorKind::Untrusted
         )
     }
 }
@@ -188,6 +191,12 @@ fn looks_like_not_s3<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -
     (200..300).contains(&status) && !xml || (!has_code && !xml && !empty && status != 304)
 }
 
+/// True when the connection failed because the server's certificate was refused (rustls
+/// says "invalid peer certificate": an unknown issuer, a name that does not match).
+fn certificate_refused<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> bool {
+    crate::error::chain(err).contains("invalid peer certificate")
+}
+
 /// True for a 2xx XML reply the SDK could not read: an S3 listing holding a key with a
 /// character XML cannot carry (U+0001).
 pub fn unreadable_xml<E>(err: &SdkError<E, HttpResponse>) -> bool {
@@ -216,6 +225,7 @@ where
         _ => None,
     };
     let kind = match err {
+        SdkError::DispatchFailure(_) if certificate_refused(err) => ErrorKind::Untrusted,
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => ErrorKind::Unreachable,
         _ if looks_like_not_s3(err) => ErrorKind::NotS3,
         SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
@@ -260,6 +270,10 @@ fn message(kind: ErrorKind, what: &str, detail: &str, ctx: S3Context<'_>) -> Str
         ),
         ErrorKind::Unreachable => format!(
             "{what}: the S3 endpoint is unreachable or failing ({detail}); check the endpoint URL and network (and AWS_CA_BUNDLE for a private CA), then retry"
+        ),
+        ErrorKind::Untrusted => format!(
+            "{what}: the TLS certificate of {} is not trusted ({detail}); set AWS_CA_BUNDLE to the PEM file of the CA that signed it, or fix the endpoint's host name",
+            ctx.endpoint
         ),
         ErrorKind::NotS3 => format!(
             "{what}: {} does not answer like an S3 server ({detail}); check the endpoint URL",
