@@ -100,6 +100,91 @@ fn assert_valid_gzip_everywhere(path: &Path) {
         java.stdout, zcat.stdout,
         "Java's GZIPInputStream reads the same bytes"
     );
+    let mut multi = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()),
+        &mut multi,
+    )
+    .expect("flate2's MultiGzDecoder");
+    assert_eq!(
+        multi, zcat.stdout,
+        "flate2's MultiGzDecoder reads the same bytes"
+    );
+}
+
+/// The whole CSV of a local dump, as every reader sees it; returns what each of gzip,
+/// zcat, Python, Java and flate2 read (all equal).
+fn read_everywhere(path: &Path) -> Vec<u8> {
+    assert_valid_gzip_everywhere(path);
+    gunzip(&std::fs::read(path).unwrap())
+}
+
+#[tokio::test]
+async fn multi_member_and_single_member_objects_read_the_same_everywhere() {
+    let pg = PgServer::start();
+    // ~6 MB of CSV with every awkward value: a dozen 512 KiB blocks.
+    setup(&pg, TRICKY).await;
+    setup(
+        &pg,
+        "INSERT INTO tricky SELECT i, t, b, arr, j, ts, n, f, u FROM tricky, generate_series(9, 30000) i;",
+    )
+    .await;
+    let expected = pg.psql("COPY tricky TO STDOUT (FORMAT csv)");
+    assert!(expected.len() > 5_000_000, "{} bytes", expected.len());
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = pg.env();
+    env.push(("DUMP_DATE".into(), DATE.into()));
+    for (flag, level) in [
+        (None, "6"),
+        (None, "1"),
+        (None, "9"),
+        (Some("--single-gzip-member"), "6"),
+    ] {
+        let out_dir = dir
+            .path()
+            .join(format!("{}-{level}", flag.unwrap_or("default")));
+        let mut args = vec![
+            "--tables",
+            "tricky",
+            "--compression-level",
+            level,
+            "--output",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend(flag);
+        let out = dump(&env, &args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let day = out_dir.join(DATE);
+        let object = day.join("tricky.csv.gz");
+        assert!(
+            read_everywhere(&object) == expected,
+            "{flag:?} level {level}: identical to psql's COPY"
+        );
+        let manifest = read_manifest(&std::fs::read(day.join("_manifest.json")).unwrap());
+        let members = manifest["tables"][0]["gzip_members"].as_u64().unwrap();
+        let bytes = std::fs::read(&object).unwrap();
+        let mut first = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(bytes.as_slice()),
+            &mut first,
+        )
+        .unwrap();
+        match flag {
+            None => {
+                assert_eq!(
+                    members,
+                    expected.len().div_ceil(512 * 1024) as u64,
+                    "one member per 512 KiB"
+                );
+                // What a reader that stops after the first member would see: the README warns.
+                assert_eq!(first.len(), 512 * 1024);
+            }
+            Some(_) => {
+                assert_eq!(members, 1);
+                assert!(first == expected, "a first-member reader reads it all");
+            }
+        }
+    }
 }
 
 #[tokio::test]

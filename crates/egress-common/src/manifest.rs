@@ -59,6 +59,10 @@ pub struct TableEntry {
     pub uncompressed_sha256: String,
     /// Columns in CSV field order.
     pub columns: Vec<Column>,
+    /// gzip members in the object: one per 512 KiB block of CSV by default, 1 with
+    /// `--single-gzip-member` (absent in manifests of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gzip_members: Option<u64>,
     /// Sizes of the object's multipart parts, in order (absent for a single-part object):
     /// a mirror can copy it with the same boundaries, so its copy gets the same ETag.
     #[serde(default, skip_serializing_if = "Option::is_none")]

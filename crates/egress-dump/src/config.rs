@@ -43,6 +43,11 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: u32,
 
+    /// Write each object as one gzip member (zlib-rs, slower and larger) instead of one
+    /// member per 512 KiB block (libdeflate), for readers that stop after the first member.
+    #[arg(long, env = "SINGLE_GZIP_MEMBER")]
+    pub single_gzip_member: bool,
+
     /// Write a CSV header line first.
     #[arg(long, env = "DUMP_HEADER")]
     pub header: bool,

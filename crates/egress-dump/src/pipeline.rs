@@ -77,6 +77,10 @@ pub async fn dump_table(
     let base = args.part_size_mib as usize * MIB;
     let settings = gzip::Settings {
         level: args.compression_level,
+        engine: match args.single_gzip_member {
+            true => gzip::Engine::Zlib,
+            false => gzip::Engine::Libdeflate,
+        },
         threads: job.compress_threads,
         part_size: move |n| upload::part_size(n, base),
     };

@@ -494,6 +494,7 @@ fn build_manifest(
                 sha256: report.stats.compressed_sha256.clone(),
                 uncompressed_sha256: report.stats.uncompressed_sha256.clone(),
                 columns,
+                gzip_members: Some(report.stats.gzip_members),
                 part_sizes: report.committed.part_sizes.clone(),
             }
         })

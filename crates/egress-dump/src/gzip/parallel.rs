@@ -7,13 +7,14 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
-use super::deflate::{deflate_block, DeflateError, WINDOW};
+use super::deflate::{DeflateError, Encoder, Engine, WINDOW};
 
 /// One block, deflated.
 pub struct Deflated {
-    /// The raw deflate bytes.
+    /// The compressed bytes: raw deflate, or a whole gzip member.
     pub data: Vec<u8>,
-    /// CRC-32 of the uncompressed block.
+    /// CRC-32 of the uncompressed block (for the single member's trailer; unused when the
+    /// block is a member of its own, which carries its CRC).
     pub crc: crc32fast::Hasher,
     /// Uncompressed length.
     pub len: u64,
@@ -34,6 +35,7 @@ pub struct Submit {
     tokens: Receiver<()>,
     next: u64,
     dictionary: Vec<u8>,
+    primed: bool,
 }
 
 impl Submit {
@@ -42,7 +44,10 @@ impl Submit {
         if self.tokens.recv().is_err() {
             return false;
         }
-        let next_dictionary = data[data.len().saturating_sub(WINDOW)..].to_vec();
+        let next_dictionary = match self.primed {
+            true => data[data.len().saturating_sub(WINDOW)..].to_vec(),
+            false => Vec::new(),
+        };
         let job = Job {
             index: self.next,
             data,
@@ -78,13 +83,22 @@ impl Iterator for InOrder {
     }
 }
 
-/// Start `threads` deflate workers at `level` in `scope`, allowing `in_flight` blocks.
-pub fn start<'scope>(
-    scope: &'scope Scope<'scope, '_>,
-    threads: usize,
-    in_flight: usize,
-    level: u32,
-) -> (Submit, InOrder) {
+/// How the workers compress.
+#[derive(Debug, Clone, Copy)]
+pub struct Workers {
+    /// Threads.
+    pub threads: usize,
+    /// Blocks queued, compressing or waiting for an earlier one, at most.
+    pub in_flight: usize,
+    /// The library.
+    pub engine: Engine,
+    /// `--compression-level`.
+    pub level: u32,
+}
+
+/// Start the deflate workers in `scope`.
+pub fn start<'scope>(scope: &'scope Scope<'scope, '_>, workers: Workers) -> (Submit, InOrder) {
+    let in_flight = workers.in_flight.max(1);
     let (job_tx, job_rx) = sync_channel::<Job>(in_flight);
     let (done_tx, done_rx) = sync_channel(in_flight);
     let (token_tx, token_rx) = sync_channel::<()>(in_flight);
@@ -92,15 +106,16 @@ pub fn start<'scope>(
         let _ = token_tx.send(());
     }
     let job_rx = Arc::new(Mutex::new(job_rx));
-    for _ in 0..threads.max(1) {
+    for _ in 0..workers.threads.max(1) {
         let (jobs, done) = (job_rx.clone(), done_tx.clone());
-        scope.spawn(move || worker(jobs, done, level));
+        scope.spawn(move || worker(jobs, done, workers));
     }
     let submit = Submit {
         jobs: job_tx,
         tokens: token_rx,
         next: 0,
         dictionary: Vec::new(),
+        primed: !workers.engine.member_per_block(),
     };
     let in_order = InOrder {
         done: done_rx,
@@ -113,7 +128,9 @@ pub fn start<'scope>(
 
 type Done = SyncSender<(u64, Result<Deflated, DeflateError>)>;
 
-fn worker(jobs: Arc<Mutex<Receiver<Job>>>, done: Done, level: u32) {
+fn worker(jobs: Arc<Mutex<Receiver<Job>>>, done: Done, workers: Workers) {
+    let mut encoder = Encoder::new(workers.engine, workers.level);
+    let single_member = !workers.engine.member_per_block();
     loop {
         let job = match jobs.lock() {
             Ok(rx) => rx.recv(),
@@ -121,14 +138,19 @@ fn worker(jobs: Arc<Mutex<Receiver<Job>>>, done: Done, level: u32) {
         };
         let Ok(job) = job else { return };
         let mut crc = crc32fast::Hasher::new();
-        crc.update(&job.data);
-        let block =
-            deflate_block(&job.data, &job.dictionary, job.last, level).map(|data| Deflated {
-                data,
-                crc,
-                len: job.data.len() as u64,
-                last: job.last,
-            });
+        if single_member {
+            crc.update(&job.data);
+        }
+        let block = match &mut encoder {
+            Ok(encoder) => encoder.block(&job.data, &job.dictionary, job.last),
+            Err(e) => Err(DeflateError::from_message(e.to_string())),
+        };
+        let block = block.map(|data| Deflated {
+            data,
+            crc,
+            len: job.data.len() as u64,
+            last: job.last,
+        });
         if done.send((job.index, block)).is_err() {
             return;
         }
@@ -153,7 +175,13 @@ mod tests {
             .collect();
         let expected: Vec<u8> = blocks.concat();
         let out = std::thread::scope(|scope| {
-            let (mut submit, in_order) = start(scope, 3, 6, 6);
+            let workers = Workers {
+                threads: 3,
+                in_flight: 6,
+                engine: Engine::Zlib,
+                level: 6,
+            };
+            let (mut submit, in_order) = start(scope, workers);
             let feeder = scope.spawn(move || {
                 let n = blocks.len();
                 for (i, b) in blocks.into_iter().enumerate() {
