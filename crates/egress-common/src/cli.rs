@@ -51,6 +51,15 @@ pub struct CommonArgs {
           value_parser = crate::units::parse_duration)]
     pub wait_for_lease: Duration,
 
+    /// Check every configured endpoint (one line per capability) and exit: 0 when a run
+    /// would work, 2 otherwise. Writes only under a temporary key, and removes it.
+    #[arg(long)]
+    pub check: bool,
+
+    /// Where the run's metrics go.
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsArgs,
+
     /// Print the environment variables this binary reads (for deployment checks) and exit.
     #[arg(long, hide = true)]
     pub list_env: bool,
@@ -74,6 +83,38 @@ fn parse_mode(text: &str) -> Result<u32, String> {
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("'{text}' is not an octal file mode: use e.g. 600 or 640"))
+}
+
+/// What the binaries offer besides a run.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Tool {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `egress-dump man > egress-dump.1`.
+    Man,
+}
+
+/// Run `tool` for the command `cmd` (the binary's clap definition), printing to stdout.
+pub fn run_tool(tool: &Tool, mut cmd: clap::Command) -> ExitCode {
+    let name = cmd.get_name().to_string();
+    let mut out = std::io::stdout();
+    let written = match tool {
+        Tool::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, name.clone(), &mut out);
+            Ok(())
+        }
+        Tool::Man => clap_mangen::Man::new(cmd).render(&mut out),
+    };
+    match written {
+        Ok(()) => ExitCode::Success,
+        Err(e) => {
+            eprintln!("{name}: error: cannot write to stdout: {e}");
+            ExitCode::Runtime
+        }
+    }
 }
 
 /// With the hidden `--list-env`, print the variables `cmd` reads (see
@@ -101,6 +142,8 @@ pub struct Ending<T> {
     pub summarise: fn(&T) -> String,
     /// The exit code for a failed run.
     pub exit_code: fn(&anyhow::Error) -> ExitCode,
+    /// The program's own metrics of an outcome (per table, per action), besides the run's.
+    pub metrics: fn(Result<&T, &anyhow::Error>) -> Vec<crate::metrics::Family>,
 }
 
 /// Run `work` until it finishes or SIGTERM/SIGINT arrives. On a signal the work is
@@ -112,13 +155,19 @@ pub async fn run_to_exit<T>(
     ending: Ending<T>,
 ) -> ExitCode {
     let program = ending.program;
+    let started = std::time::SystemTime::now();
+    let mut details = Vec::new();
     let (code, summary) = tokio::select! {
         outcome = work => match outcome {
-            Ok(done) => (ExitCode::Success, format!("{program} succeeded: {}", (ending.summarise)(&done))),
+            Ok(done) => {
+                details = (ending.metrics)(Ok(&done));
+                (ExitCode::Success, format!("{program} succeeded: {}", (ending.summarise)(&done)))
+            }
             Err(error) => {
                 let line = crate::error::one_line(&error);
                 eprintln!("{program}: error: {line}");
                 let code = (ending.exit_code)(&error);
+                details = (ending.metrics)(Err(&error));
                 (code, format!("{program} failed (exit {}): {line}", code.code()))
             }
         },
@@ -134,6 +183,17 @@ pub async fn run_to_exit<T>(
         }
     };
     termination::write(&args.termination_log, &summary);
+    let outcome = crate::metrics::RunOutcome {
+        started,
+        ended: std::time::SystemTime::now(),
+        exit_code: code.code(),
+    };
+    // Blocking I/O (a file, one HTTP request with a 10 s timeout) after the work is done.
+    let metrics = args.metrics.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::metrics::publish(&metrics, program, &outcome, details)
+    })
+    .await;
     code
 }
 

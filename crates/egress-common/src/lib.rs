@@ -2,6 +2,7 @@
 //! through, where data goes (locations), how runs log and end, and the errors `main` turns
 //! into exit codes.
 
+pub mod check;
 pub mod cleanup;
 pub mod cli;
 pub mod envlist;
@@ -11,6 +12,7 @@ pub mod location;
 pub mod logging;
 pub mod manifest;
 pub mod memory;
+pub mod metrics;
 pub mod progress;
 pub mod secret;
 pub mod store;

@@ -11,7 +11,7 @@ use egress_common::Secret;
 /// from the standard AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
 /// AWS_PROFILE, web identity).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "egress-dump", version, about, max_term_width = 100)]
+#[command(name = "egress-dump", version, about, max_term_width = 100, args_conflicts_with_subcommands = true)]
 pub struct Args {
     /// Tables to dump, space- or comma-separated; `schema.table` and `"Quoted"` names allowed.
     #[arg(long, env = "TABLES", default_value = "", hide_default_value = true)]
@@ -78,6 +78,10 @@ pub struct Args {
     /// Logging, timeouts, TLS and the termination log.
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Shell completions or the man page instead of a run.
+    #[command(subcommand)]
+    pub tool: Option<egress_common::cli::Tool>,
 }
 
 /// Variables read outside clap: libpq's (see [`crate::conninfo::ENV`]) and the AWS SDK's.

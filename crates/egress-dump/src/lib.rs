@@ -7,6 +7,7 @@
 //! all three stages succeeded.
 
 pub mod catalog;
+pub mod check;
 pub mod config;
 pub mod connect;
 pub mod conninfo;

@@ -17,7 +17,13 @@ async fn run() -> ExitCode {
     if cli::list_env(&args.common, &Args::command(), EXTRA_ENV, REQUIRED_ENV) {
         return ExitCode::Success;
     }
+    if let Some(tool) = &args.tool {
+        return cli::run_tool(tool, Args::command());
+    }
     logging::init(args.common.log_format, args.common.verbose, false);
+    if args.common.check {
+        return egress_common::check::report(&egress_dump::check::run(&args).await);
+    }
     let ending = Ending {
         program: "egress-dump",
         on_stop: "no manifest written; the next run starts clean",
@@ -26,6 +32,7 @@ async fn run() -> ExitCode {
             format!("{} table(s) dumped: {}", tables.len(), tables.join(" "))
         },
         exit_code,
+        metrics: egress_dump::pipeline::metrics,
     };
     cli::run_to_exit(&args.common, egress_dump::run(&args), ending).await
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::database::Session;
 use anyhow::{anyhow, Context};
+use egress_common::metrics::Family;
 use egress_common::store::Store;
 use egress_common::units::mib_per_sec;
 use tokio::sync::mpsc;
@@ -131,4 +132,44 @@ pub async fn dump_table(
         committed,
         seconds,
     })
+}
+
+/// The per-table metrics of a successful run (figures equal to the manifest's); a failed
+/// run reports none, so the last good day's figures stay.
+pub fn metrics(outcome: Result<&Vec<TableReport>, &anyhow::Error>) -> Vec<Family> {
+    let Ok(reports) = outcome else {
+        return Vec::new();
+    };
+    let per_table = |f: fn(&TableReport) -> f64| {
+        reports
+            .iter()
+            .map(|r| (r.table.clone(), f(r)))
+            .collect::<Vec<_>>()
+    };
+    vec![
+        Family::by(
+            "egress_dump_rows",
+            "Rows dumped per table by the last successful run.",
+            "table",
+            per_table(|r| r.rows as f64),
+        ),
+        Family::by(
+            "egress_dump_csv_bytes",
+            "CSV bytes (before compression) per table in the last successful run.",
+            "table",
+            per_table(|r| r.stats.uncompressed_bytes as f64),
+        ),
+        Family::by(
+            "egress_dump_object_bytes",
+            "Object bytes (compressed, as stored) per table in the last successful run.",
+            "table",
+            per_table(|r| r.stats.compressed_bytes as f64),
+        ),
+        Family::by(
+            "egress_dump_table_seconds",
+            "Seconds each table took in the last successful run.",
+            "table",
+            per_table(|r| r.seconds),
+        ),
+    ]
 }

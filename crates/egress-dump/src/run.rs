@@ -147,6 +147,7 @@ async fn check_written(
     Ok(())
 }
 
+/// The flags checked before anything is contacted.
 fn check_request(args: &Args) -> anyhow::Result<Request> {
     Ok(Request {
         tables: tables::parse_list(&args.tables).map_err(|e| ConfigError::new(e.to_string()))?,
@@ -174,9 +175,8 @@ pub fn run_date(arg: Option<&str>) -> Result<String, ConfigError> {
     }
 }
 
-/// Open the output and check it before touching the database: credentials, bucket, a
-/// writable directory.
-async fn open_output(args: &Args, request: &Request) -> anyhow::Result<Store> {
+/// The output store as the flags say, not yet contacted.
+pub async fn open_store(args: &Args, location: &Location) -> anyhow::Result<Store> {
     if let Some(url) = &args.endpoint_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return egress_common::error::config(format!(
@@ -199,7 +199,14 @@ async fn open_output(args: &Args, request: &Request) -> anyhow::Result<Store> {
         credentials_hint: CREDENTIALS_HINT,
         ..Default::default()
     };
-    let store = store::open(&request.location, &settings, args.common.file_mode).await?;
+    let store = store::open(location, &settings, args.common.file_mode).await?;
+    Ok(store)
+}
+
+/// Open the output and check it before touching the database: credentials, bucket, a
+/// writable directory.
+async fn open_output(args: &Args, request: &Request) -> anyhow::Result<Store> {
+    let store = open_store(args, &request.location).await?;
     // A dry run writes nothing, so a local output that does not exist yet is fine.
     let local = matches!(request.location, Location::Local(_));
     if !(args.dry_run && local) {

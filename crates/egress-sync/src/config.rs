@@ -9,7 +9,7 @@ use egress_common::Secret;
 ///
 /// A side is a local directory when its URL is empty or file://.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "egress-sync", version, about, max_term_width = 100)]
+#[command(name = "egress-sync", version, about, max_term_width = 100, args_conflicts_with_subcommands = true)]
 pub struct Args {
     /// Input S3 endpoint, e.g. https://s3.amazonaws.com (empty: INPUT_PATH is a local directory).
     #[arg(long, env = "INPUT_URL", default_value = "")]
@@ -100,6 +100,10 @@ pub struct Args {
     /// Logging, timeouts, TLS and the termination log.
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Shell completions or the man page instead of a run.
+    #[command(subcommand)]
+    pub tool: Option<egress_common::cli::Tool>,
 }
 
 /// Variables read outside clap (the AWS chain, used when no static keys are given).

@@ -205,6 +205,7 @@ mod tests {
             size,
             etag: etag.map(str::to_string),
             modified,
+            modified_nanos: 0,
         }
     }
 

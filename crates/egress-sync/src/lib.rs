@@ -6,6 +6,7 @@
 //! ([`transfer`]) as the march goes; [`mirror`] is the run as named steps, [`verify`] the
 //! other mode.
 
+pub mod check;
 pub mod config;
 pub mod decide;
 pub mod gate;

@@ -20,7 +20,13 @@ async fn run() -> ExitCode {
     if cli::list_env(&args.common, &Args::command(), EXTRA_ENV, REQUIRED_ENV) {
         return ExitCode::Success;
     }
+    if let Some(tool) = &args.tool {
+        return cli::run_tool(tool, Args::command());
+    }
     logging::init(args.common.log_format, args.common.verbose, false);
+    if args.common.check {
+        return egress_common::check::report(&egress_sync::check::run(&args).await);
+    }
     match args.verify.as_deref() {
         Some(side) => {
             let side = if side == "input" {
@@ -35,8 +41,13 @@ async fn run() -> ExitCode {
                     format!("{} folder(s) verified", v.folders.len())
                 },
                 exit_code,
+                metrics: |_| Vec::new(),
             };
-            cli::run_to_exit(&args.common, egress_sync::verify::run(&args, side), ending).await
+            // A check is not a mirror run: it must not replace the mirror's metrics.
+            let mut common = args.common.clone();
+            common.metrics.metrics_file = None;
+            common.metrics.pushgateway = None;
+            cli::run_to_exit(&common, egress_sync::verify::run(&args, side), ending).await
         }
         None => {
             let ending = Ending {
@@ -52,6 +63,7 @@ async fn run() -> ExitCode {
                     )
                 },
                 exit_code,
+                metrics: egress_sync::report::metrics,
             };
             cli::run_to_exit(&args.common, egress_sync::mirror::run(&args), ending).await
         }

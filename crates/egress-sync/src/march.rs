@@ -156,6 +156,7 @@ mod tests {
             size: 1,
             etag: None,
             modified: 0,
+            modified_nanos: 0,
         }
     }
 

@@ -15,7 +15,7 @@ use crate::decide::{self, Decision};
 use crate::gate::{Folder, Gates};
 use crate::march::{Listing, March, Pair};
 use crate::pool::{Names, Pool, Task};
-use crate::report::Report;
+use crate::report::{Failed, Report};
 use crate::sides::{Filter, Sides, OLD_RECORDS_KEY};
 use crate::transfer::{Job, Settings, Transfers};
 
@@ -394,7 +394,11 @@ impl<'a> Mirror<'a> {
                     peak_rss_mib = peak,
                     "{line}"
                 );
-                Err(anyhow::anyhow!(failure))
+                Err(Failed {
+                    report,
+                    line: failure,
+                }
+                .into())
             }
         }
     }

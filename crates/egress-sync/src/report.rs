@@ -3,10 +3,53 @@
 use std::collections::BTreeSet;
 
 use egress_common::manifest;
+use egress_common::metrics::Family;
 use egress_common::units::{human_bytes, human_rate};
 
 /// Failures named in the final error line (the log has every one).
 const NAMED_FAILURES: usize = 10;
+
+/// A run in which objects failed: one line, and the report (for the run's metrics).
+#[derive(Debug, thiserror::Error)]
+#[error("{line}")]
+pub struct Failed {
+    /// What the run did.
+    pub report: Report,
+    /// The error line.
+    pub line: String,
+}
+
+/// The mirror's metrics: objects per action and bytes copied, from the run's report (also
+/// of a run that failed: its failures are the point).
+pub fn metrics(outcome: Result<&Report, &anyhow::Error>) -> Vec<Family> {
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => match egress_common::error::find::<Failed>(e) {
+            Some(failed) => &failed.report,
+            None => return Vec::new(),
+        },
+    };
+    let actions = [
+        ("copied", report.copied),
+        ("skipped", report.skipped),
+        ("deleted", report.deleted),
+        ("failed", report.failed),
+        ("vanished", report.vanished),
+    ];
+    vec![
+        Family::by(
+            "egress_sync_objects",
+            "Objects per action in the last run.",
+            "action",
+            actions.map(|(a, n)| (a.to_string(), n as f64)),
+        ),
+        Family::single(
+            "egress_sync_bytes_copied",
+            "Bytes copied by the last run.",
+            report.bytes_copied as f64,
+        ),
+    ]
+}
 
 /// Counts, bytes and failures of a run.
 #[derive(Debug, Default, Clone)]

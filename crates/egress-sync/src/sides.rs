@@ -109,10 +109,15 @@ fn side_args(side: Side, args: &Args) -> SideArgs<'_> {
 }
 
 async fn open_side(side: Side, args: &Args) -> anyhow::Result<Store> {
-    let (location, settings) = side_location(side, args)?;
-    let store = store::open(&location, &settings, args.common.file_mode).await?;
+    let store = open_unchecked(side, args).await?;
     store.probe(side == Side::Output && !args.dry_run).await?;
     Ok(store)
+}
+
+/// The store of `side` as its flags say, not yet contacted (for `--check`).
+pub async fn open_unchecked(side: Side, args: &Args) -> anyhow::Result<Store> {
+    let (location, settings) = side_location(side, args)?;
+    Ok(store::open(&location, &settings, args.common.file_mode).await?)
 }
 
 /// Where a side is and how to reach it, from its flags.

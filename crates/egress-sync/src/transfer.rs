@@ -169,6 +169,7 @@ fn copied_version(listed: &ObjectInfo, read: &ObjectMeta) -> ObjectInfo {
             size: read.size,
             etag: read.etag.clone(),
             modified: read.modified,
+            modified_nanos: 0,
         },
         _ => listed.clone(),
     }

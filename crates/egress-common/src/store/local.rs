@@ -597,6 +597,7 @@ struct Entry {
     dir: bool,
     size: u64,
     modified: i64,
+    modified_nanos: u32,
 }
 
 /// A depth-first walk in key order: each directory's entries sorted by name, a directory
@@ -640,6 +641,7 @@ impl Walker {
                     size: e.size,
                     etag: None,
                     modified: e.modified,
+                    modified_nanos: e.modified_nanos,
                 }),
             }
         }
@@ -680,6 +682,7 @@ fn read_level(root: &Path, rel: &str) -> Result<Level, StoreError> {
                 dir: true,
                 size: 0,
                 modified: 0,
+                modified_nanos: 0,
             });
         } else if kind.is_file() && !is_temp(&name) {
             entries.push(Entry {
@@ -687,6 +690,7 @@ fn read_level(root: &Path, rel: &str) -> Result<Level, StoreError> {
                 dir: false,
                 size: meta.len(),
                 modified: meta.mtime(),
+                modified_nanos: meta.mtime_nsec() as u32,
             });
         }
     }

@@ -37,6 +37,8 @@ pub struct ObjectInfo {
     pub etag: Option<String>,
     /// Last-Modified, whole seconds since the epoch (stores differ below a second).
     pub modified: i64,
+    /// The sub-second part of Last-Modified where the listing gives one (0 otherwise).
+    pub modified_nanos: u32,
 }
 
 /// Headers and user metadata that travel with an object.

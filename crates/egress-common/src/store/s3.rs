@@ -748,6 +748,7 @@ impl ListCtx {
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: clean_etag(o.e_tag()),
                 modified: o.last_modified().map(|t| t.secs()).unwrap_or(0),
+                modified_nanos: o.last_modified().map(|t| t.subsec_nanos()).unwrap_or(0),
             });
         }
         let next = if page.is_truncated().unwrap_or(false) {
