@@ -82,7 +82,11 @@ impl Findings {
     }
 
     /// Record `Ok(detail)` as ok and an error as a failure; true when it worked.
-    pub fn expect(&mut self, capability: &'static str, outcome: Result<String, StoreError>) -> bool {
+    pub fn expect(
+        &mut self,
+        capability: &'static str,
+        outcome: Result<String, StoreError>,
+    ) -> bool {
         match outcome {
             Ok(detail) => {
                 self.add(capability, Status::Ok, detail);
@@ -128,10 +132,12 @@ const PART: usize = 5 * 1024 * 1024;
 /// Check `store`, used as `usage`, and return what was found.
 pub async fn check_store(store: &dyn ObjectStore, side: &str, usage: Use) -> Vec<Finding> {
     let mut found = Findings::new(side);
-    let probed = store
-        .probe(usage == Use::Write)
-        .await
-        .map(|()| format!("{} answers and the credentials are accepted", store.describe("")));
+    let probed = store.probe(usage == Use::Write).await.map(|()| {
+        format!(
+            "{} answers and the credentials are accepted",
+            store.describe("")
+        )
+    });
     if !found.expect("credentials and bucket", probed) {
         return found.lines;
     }
@@ -166,14 +172,21 @@ async fn check_reads(store: &dyn ObjectStore, found: &mut Findings) {
         _ => Vec::new(),
     };
     let Some(object) = page.iter().find(|o| o.size >= 16) else {
-        found.add("ranged GET", Status::Absent, "no object of 16 bytes or more to read: not checked");
+        found.add(
+            "ranged GET",
+            Status::Absent,
+            "no object of 16 bytes or more to read: not checked",
+        );
         return;
     };
     let ranged = read(store, &object.key, Some((4, 8)))
         .await
         .map(|b| format!("{} bytes of {} read", b.len(), store.describe(&object.key)));
     found.expect("ranged GET", ranged);
-    match page.iter().find(|o| o.etag.as_deref().is_some_and(|e| e.contains('-'))) {
+    match page
+        .iter()
+        .find(|o| o.etag.as_deref().is_some_and(|e| e.contains('-')))
+    {
         Some(multipart) => part_number(store, &multipart.key, None, found).await,
         None => found.add(
             "HEAD ?partNumber",
@@ -183,7 +196,11 @@ async fn check_reads(store: &dyn ObjectStore, found: &mut Findings) {
     }
 }
 
-async fn read(store: &dyn ObjectStore, key: &str, range: Option<(u64, u64)>) -> Result<Bytes, StoreError> {
+async fn read(
+    store: &dyn ObjectStore,
+    key: &str,
+    range: Option<(u64, u64)>,
+) -> Result<Bytes, StoreError> {
     let options = GetOptions {
         range,
         ..Default::default()
@@ -197,35 +214,53 @@ async fn check_writes(store: &dyn ObjectStore, scratch: &str, found: &mut Findin
     let key = format!("{scratch}small");
     let data = Bytes::from((0..SMALL).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     let mut attributes = Attributes::default();
-    attributes.metadata.insert("egress-check".into(), "round-trip".into());
+    attributes
+        .metadata
+        .insert("egress-check".into(), "round-trip".into());
     let options = PutOptions {
         attributes,
         content_md5: Some(md5(&data)),
         ..Default::default()
     };
-    let written = store.put(&key, Body::from_bytes(data.clone()), &options).await;
+    let written = store
+        .put(&key, Body::from_bytes(data.clone()), &options)
+        .await;
     let round_trip = match written {
-        Ok(_) => read(store, &key, None).await.and_then(|back| match back == data {
-            true => Ok(format!("{SMALL} bytes written with Content-MD5 and read back")),
-            false => Err(StoreError::new(ErrorKind::ChecksumMismatch, "the bytes read back differ")),
-        }),
+        Ok(_) => read(store, &key, None)
+            .await
+            .and_then(|back| match back == data {
+                true => Ok(format!(
+                    "{SMALL} bytes written with Content-MD5 and read back"
+                )),
+                false => Err(StoreError::new(
+                    ErrorKind::ChecksumMismatch,
+                    "the bytes read back differ",
+                )),
+            }),
         Err(e) => Err(e),
     };
     if !found.expect("PUT + GET + DELETE", round_trip) {
         return;
     }
-    let ranged = read(store, &key, Some((100, 10))).await.map(|b| match b[..] == data[100..110] {
-        true => "bytes 100-109 read exactly".to_string(),
-        false => format!("asked for 10 bytes, got {}", b.len()),
-    });
+    let ranged = read(store, &key, Some((100, 10)))
+        .await
+        .map(|b| match b[..] == data[100..110] {
+            true => "bytes 100-109 read exactly".to_string(),
+            false => format!("asked for 10 bytes, got {}", b.len()),
+        });
     found.expect("ranged GET", ranged);
     metadata_round_trip(store, &key, found).await;
     conditional_put(store, &key, found).await;
     modified_precision(store, scratch, found).await;
     let deleted = match store.delete(&key).await {
         Ok(()) => match store.head(&key).await {
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok("deleted; HEAD then finds nothing".into()),
-            Ok(_) => Err(StoreError::new(ErrorKind::Other, "the object is still there after DELETE")),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Ok("deleted; HEAD then finds nothing".into())
+            }
+            Ok(_) => Err(StoreError::new(
+                ErrorKind::Other,
+                "the object is still there after DELETE",
+            )),
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
@@ -235,7 +270,14 @@ async fn check_writes(store: &dyn ObjectStore, scratch: &str, found: &mut Findin
 
 async fn metadata_round_trip(store: &dyn ObjectStore, key: &str, found: &mut Findings) {
     match store.head(key).await {
-        Ok(meta) if meta.attributes.metadata.get("egress-check").map(String::as_str) == Some("round-trip") => {
+        Ok(meta)
+            if meta
+                .attributes
+                .metadata
+                .get("egress-check")
+                .map(String::as_str)
+                == Some("round-trip") =>
+        {
             found.add("user metadata", Status::Ok, "x-amz-meta-* kept")
         }
         Ok(_) => found.add(
@@ -252,7 +294,10 @@ async fn conditional_put(store: &dyn ObjectStore, key: &str, found: &mut Finding
         condition: crate::store::Condition::IfAbsent,
         ..Default::default()
     };
-    match store.put(key, Body::from_bytes(Bytes::from_static(b"x")), &options).await {
+    match store
+        .put(key, Body::from_bytes(Bytes::from_static(b"x")), &options)
+        .await
+    {
         Err(e) if e.kind() == ErrorKind::PreconditionFailed => found.add(
             "conditional PUT",
             Status::Ok,
@@ -281,7 +326,11 @@ async fn modified_precision(store: &dyn ObjectStore, scratch: &str, found: &mut 
             Status::Ok,
             "whole seconds: a same-size rewrite within a second is told apart by its ETag",
         ),
-        Ok(None) => found.add("Last-Modified precision", Status::Fail, "the object just written is not listed"),
+        Ok(None) => found.add(
+            "Last-Modified precision",
+            Status::Fail,
+            "the object just written is not listed",
+        ),
         Err(e) => found.add("Last-Modified precision", Status::Fail, e.to_string()),
     }
 }
@@ -304,7 +353,11 @@ async fn check_multipart(store: &dyn ObjectStore, scratch: &str, found: &mut Fin
     let _ = store.delete(&key).await;
 }
 
-async fn multipart_upload(store: &dyn ObjectStore, key: &str, parts: &[Vec<u8>]) -> Result<u64, StoreError> {
+async fn multipart_upload(
+    store: &dyn ObjectStore,
+    key: &str,
+    parts: &[Vec<u8>],
+) -> Result<u64, StoreError> {
     let upload = store.create_multipart(key, &PutOptions::default()).await?;
     let mut done = Vec::new();
     let mut offset = 0u64;
@@ -314,7 +367,10 @@ async fn multipart_upload(store: &dyn ObjectStore, key: &str, parts: &[Vec<u8>])
             offset,
         };
         let body = Body::from_bytes(Bytes::from(part.clone()));
-        match store.upload_part(&upload, slot, body, Some(md5(part))).await {
+        match store
+            .upload_part(&upload, slot, body, Some(md5(part)))
+            .await
+        {
             Ok(etag) => done.push(CompletedPart {
                 number: slot.number,
                 etag,
@@ -332,13 +388,20 @@ async fn multipart_upload(store: &dyn ObjectStore, key: &str, parts: &[Vec<u8>])
 
 /// Whether the store answers `HEAD ?partNumber=1` with the part's size (`expected`, when
 /// known) or the whole object's.
-async fn part_number(store: &dyn ObjectStore, key: &str, expected: Option<u64>, found: &mut Findings) {
+async fn part_number(
+    store: &dyn ObjectStore,
+    key: &str,
+    expected: Option<u64>,
+    found: &mut Findings,
+) {
     const CAP: &str = "HEAD ?partNumber";
     let whole = store.head(key).await.map(|m| m.size).ok();
     match store.part_size(key, 1).await {
-        Ok(Some(n)) if Some(n) != whole && expected.is_none_or(|e| e == n) => {
-            found.add(CAP, Status::Ok, format!("part 1 is {n} bytes: copies keep the source's parts"))
-        }
+        Ok(Some(n)) if Some(n) != whole && expected.is_none_or(|e| e == n) => found.add(
+            CAP,
+            Status::Ok,
+            format!("part 1 is {n} bytes: copies keep the source's parts"),
+        ),
         Ok(_) => found.add(
             CAP,
             Status::Absent,

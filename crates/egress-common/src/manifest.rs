@@ -59,6 +59,10 @@ pub struct TableEntry {
     pub uncompressed_sha256: String,
     /// Columns in CSV field order.
     pub columns: Vec<Column>,
+    /// How many ctid ranges the table was read in, in parallel (1: one `COPY`; absent in
+    /// manifests of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<u64>,
     /// gzip members in the object: one per 512 KiB block of CSV by default, 1 with
     /// `--single-gzip-member` (absent in manifests of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]

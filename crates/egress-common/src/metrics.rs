@@ -221,7 +221,11 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 /// any value, the empty one included, is a valid path segment).
 pub fn group_url(base: &str, job: &str, instance: &str) -> String {
     let encoded = base64::engine::general_purpose::URL_SAFE.encode(instance.as_bytes());
-    let encoded = if encoded.is_empty() { "=".into() } else { encoded };
+    let encoded = if encoded.is_empty() {
+        "=".into()
+    } else {
+        encoded
+    };
     format!(
         "{}/metrics/job/{job}/instance@base64/{encoded}",
         base.trim_end_matches('/')
@@ -337,7 +341,11 @@ mod tests {
         write_atomically(&file, "a 1\n").unwrap();
         write_atomically(&file, "b 2\n").unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "b 2\n");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary left");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary left"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

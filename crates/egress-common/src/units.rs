@@ -56,6 +56,29 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(seconds))
 }
 
+/// Parse a size such as `1GiB`, `500MiB`, `64KiB`, `2GB` or `1048576` (bytes when no unit
+/// is given; `KB`/`MB`/`GB`/`TB` are powers of 1000, `KiB`... of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let bad = || format!("'{text}' is not a size: use e.g. 1GiB, 500MiB or 2GB");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(factor).ok_or_else(bad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +92,18 @@ mod tests {
         assert_eq!(human_rate(2 * 1024 * 1024, 2.0), "1.00 MiB/s");
         assert_eq!(human_rate(5, 0.0), "0 B/s");
         assert_eq!(mib_per_sec(3 * 1024 * 1024, 2.0), 1.5);
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("500MiB"), Ok(500 << 20));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size(" 64 KiB "), Ok(64 << 10));
+        assert!(parse_size("1.5GiB").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
     }
 
     #[test]

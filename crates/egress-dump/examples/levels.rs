@@ -72,7 +72,10 @@ fn main() {
     let reference: Option<f64> = args.next().and_then(|r| r.parse().ok());
     let data = Bytes::from(data);
     println!("engine\tlevel\tbytes\tmembers\tratio\tcpu_s");
-    for (engine, name) in [(Engine::Libdeflate, "libdeflate"), (Engine::Zlib, "zlib-rs")] {
+    for (engine, name) in [
+        (Engine::Libdeflate, "libdeflate"),
+        (Engine::Zlib, "zlib-rs"),
+    ] {
         for level in 1..=9 {
             let (bytes, members, cpu) = measure(&data, engine, level);
             let ratio = reference.map_or(String::new(), |r| format!("{:.3}", bytes as f64 / r));

@@ -2,6 +2,8 @@
 
 use tokio_postgres::Client;
 
+use crate::split::TableSize;
+
 use crate::tables::{quote_ident, Ident, TableRef};
 
 /// A table that exists and can be read.
@@ -25,12 +27,15 @@ pub struct ResolvedTable {
 
 pub use egress_common::manifest::Column;
 
-/// The table's columns in order (what the CSV's fields are).
+/// The table's columns in order (what the CSV's fields are). A plain table's `COPY`
+/// leaves its generated columns out; a query (views, partitioned tables) keeps them.
 pub async fn columns(client: &Client, oid: i64) -> Result<Vec<Column>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
-             WHERE attrelid = $1::bigint::oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             WHERE attrelid = $1::bigint::oid AND attnum > 0 AND NOT attisdropped \
+               AND (a.attgenerated = '' OR c.relkind <> 'r') ORDER BY attnum",
             &[&oid],
         )
         .await?;
@@ -41,6 +46,29 @@ pub async fn columns(client: &Client, oid: i64) -> Result<Vec<Column>, tokio_pos
             type_name: r.get(1),
         })
         .collect())
+}
+
+/// The names of `columns`, for a column list.
+pub fn column_names(columns: &[Column]) -> Vec<String> {
+    columns.iter().map(|c| c.name.clone()).collect()
+}
+
+/// Heap plus TOAST, and heap pages, of a table: what `--split-larger-than` weighs.
+pub async fn table_size(client: &Client, oid: i64) -> Result<TableSize, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_table_size($1::bigint::oid), pg_relation_size($1::bigint::oid), \
+                    current_setting('block_size')::bigint",
+            &[&oid],
+        )
+        .await?;
+    let (bytes, heap, block): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let block_size = block.max(1) as u64;
+    Ok(TableSize {
+        bytes: bytes.max(0) as u64,
+        pages: heap.max(0) as u64 / block_size,
+        block_size,
+    })
 }
 
 /// Why a listed table cannot be dumped.

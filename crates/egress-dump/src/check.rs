@@ -3,7 +3,7 @@
 //! and role (primary or standby), and `SELECT` on each listed table. Nothing else is
 //! changed.
 
-use egress_common::check::{self, Findings, Finding, Status, Use};
+use egress_common::check::{self, Finding, Findings, Status, Use};
 use egress_common::Location;
 
 use crate::catalog::{self, Problem};
@@ -69,7 +69,11 @@ async fn server(session: &Session, found: &mut Findings) {
                     row.get::<_, String>(3)
                 ),
             };
-            found.add("server", Status::Ok, format!("PostgreSQL {version}, {role}"));
+            found.add(
+                "server",
+                Status::Ok,
+                format!("PostgreSQL {version}, {role}"),
+            );
         }
         Err(e) => found.add("server", Status::Fail, e.to_string()),
     }
@@ -83,7 +87,10 @@ async fn readable_tables(args: &Args, session: &Session, found: &mut Findings) {
     };
     for table in list {
         let line = match catalog::resolve(session, &table).await {
-            Ok(Ok(t)) => (Status::Ok, format!("'{table}': SELECT on {}.{}", t.schema, t.name)),
+            Ok(Ok(t)) => (
+                Status::Ok,
+                format!("'{table}': SELECT on {}.{}", t.schema, t.name),
+            ),
             Ok(Err(Problem::Missing)) => (
                 Status::Fail,
                 format!("'{table}' does not exist (or is not visible to this user): fix TABLES"),

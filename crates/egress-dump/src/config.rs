@@ -11,7 +11,13 @@ use egress_common::Secret;
 /// from the standard AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
 /// AWS_PROFILE, web identity).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "egress-dump", version, about, max_term_width = 100, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "egress-dump",
+    version,
+    about,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
     /// Tables to dump, space- or comma-separated; `schema.table` and `"Quoted"` names allowed.
     #[arg(long, env = "TABLES", default_value = "", hide_default_value = true)]
@@ -42,6 +48,17 @@ pub struct Args {
     #[arg(long, env = "COMPRESSION_LEVEL", default_value_t = 6,
           value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: u32,
+
+    /// Read a table larger than this (heap plus TOAST, e.g. 1GiB) in ctid ranges on up to
+    /// --jobs connections, all in the run's snapshot, into the same single object.
+    #[arg(long, env = "SPLIT_LARGER_THAN", value_parser = egress_common::units::parse_size)]
+    pub split_larger_than: Option<u64>,
+
+    /// Times to start again from a fresh snapshot when a standby cancels a read for a
+    /// recovery conflict (SQLSTATE 40001); the day stays one snapshot.
+    #[arg(long, env = "CONFLICT_RETRIES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub conflict_retries: u32,
 
     /// Write each object as one gzip member (zlib-rs, slower and larger) instead of one
     /// member per 512 KiB block (libdeflate), for readers that stop after the first member.

@@ -75,6 +75,9 @@ pub enum DbErrorKind {
     ConnectionLost,
     /// A statement failed (a server error with its SQLSTATE).
     QueryFailed,
+    /// A standby cancelled the read because replaying the primary's changes conflicted
+    /// with the snapshot (SQLSTATE 40001 "conflict with recovery"): worth a fresh snapshot.
+    RecoveryConflict,
 }
 
 /// A database failure with a one-line message naming the cause and the fix.
@@ -97,12 +100,46 @@ impl DbError {
     }
 }
 
+/// What the run needs to know about the server.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    /// `server_version_num`.
+    pub version_num: i32,
+    /// `pg_is_in_recovery()`: a standby.
+    pub standby: bool,
+    /// How long the standby lets a conflicting query run before cancelling it.
+    pub max_standby_streaming_delay: String,
+    /// Whether the standby tells the primary which rows its queries still need.
+    pub hot_standby_feedback: String,
+}
+
+/// Ask the server for its version and role.
+pub async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts, DbError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, pg_is_in_recovery(), \
+                    current_setting('max_standby_streaming_delay'), current_setting('hot_standby_feedback')",
+            &[],
+        )
+        .await
+        .map_err(|e| DbError::new("cannot read the server's version and role", &e))?;
+    Ok(ServerFacts {
+        version_num: row.get(0),
+        standby: row.get(1),
+        max_standby_streaming_delay: row.get(2),
+        hot_standby_feedback: row.get(3),
+    })
+}
+
 /// SQLSTATE classes that mean the session is gone: connection exceptions (08), operator
 /// intervention (57: terminated, shut down).
 fn classify(e: &tokio_postgres::Error) -> (DbErrorKind, String) {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         let kind = match &code[..2] {
+            "40" if db.message().contains("conflict with recovery") => {
+                DbErrorKind::RecoveryConflict
+            }
             "28" => DbErrorKind::Authentication,
             "08" | "57" => DbErrorKind::ConnectionLost,
             _ if code == "3D000" => DbErrorKind::Authentication,

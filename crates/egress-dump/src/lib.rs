@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod check;
+pub mod chunked;
 pub mod config;
 pub mod connect;
 pub mod conninfo;
@@ -19,9 +20,11 @@ pub mod pipeline;
 pub mod progress;
 pub mod run;
 pub mod snapshot;
+pub mod split;
 pub mod tables;
 pub mod tls;
 pub mod upload;
+pub mod workers;
 
 pub use config::Args;
 pub use run::run;

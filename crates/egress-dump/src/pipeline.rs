@@ -13,12 +13,15 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::catalog::ResolvedTable;
+use crate::chunked;
 use crate::config::Args;
-use crate::copy_stream::{self, CopyError};
+use crate::copy_stream::{self, CopyError, CopyStats};
 use crate::database::DbError;
 use crate::gzip::{self, CompressStats};
 use crate::progress::Counters;
+use crate::split::{self, Chunk};
 use crate::upload::{self, Committed};
+use bytes::Bytes;
 
 const MIB: usize = 1024 * 1024;
 
@@ -37,9 +40,62 @@ pub struct TableReport {
     pub committed: Committed,
     /// Wall time.
     pub seconds: f64,
+    /// How many chunks it was read in (1: one `COPY`).
+    pub chunks: usize,
+}
+
+/// Where a table's rows come from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// One `COPY` on one connection.
+    Whole(&'a Session),
+    /// Ranges of its heap read on several connections and joined in order
+    /// ([`crate::split`], [`crate::chunked`]).
+    Chunks {
+        /// The worker connections, all in the run's snapshot.
+        sessions: &'a [Session],
+        /// The ranges.
+        chunks: &'a [Chunk],
+        /// The columns a plain `COPY` of the table prints.
+        columns: &'a [String],
+    },
+}
+
+impl Source<'_> {
+    /// How many chunks.
+    pub fn chunks(&self) -> usize {
+        match self {
+            Source::Whole(_) => 1,
+            Source::Chunks { chunks, .. } => chunks.len(),
+        }
+    }
+}
+
+/// Read `table` from `source` into `output`.
+async fn read(
+    source: Source<'_>,
+    table: &ResolvedTable,
+    header: bool,
+    output: mpsc::Sender<Bytes>,
+    counters: &Counters,
+) -> Result<CopyStats, CopyError> {
+    match source {
+        Source::Whole(session) => {
+            copy_stream::copy_out(session, &table.copy_sql(header), header, output, counters).await
+        }
+        Source::Chunks {
+            sessions,
+            chunks,
+            columns,
+        } => {
+            let sql = |chunk: &Chunk| split::chunk_sql(table, columns, chunk, header);
+            chunked::copy_chunks(sessions, chunks, &sql, header, output, counters).await
+        }
+    }
 }
 
 /// Everything a table's dump needs besides its connection.
+#[derive(Clone, Copy)]
 pub struct Job<'a> {
     /// The run's flags.
     pub args: &'a Args,
@@ -62,7 +118,7 @@ impl Job<'_> {
 
 /// Dump one table through the three stages.
 pub async fn dump_table(
-    client: &Session,
+    source: Source<'_>,
     table: &ResolvedTable,
     job: &Job<'_>,
 ) -> anyhow::Result<TableReport> {
@@ -88,8 +144,8 @@ pub async fn dump_table(
     let counters = job.counters.clone();
     let compressor =
         tokio::task::spawn_blocking(move || gzip::compress(raw_rx, part_tx, settings, &counters));
-    let sql = table.copy_sql(args.header);
-    let copy = copy_stream::copy_out(client, &sql, args.header, raw_tx, job.counters);
+    let chunks = source.chunks();
+    let copy = read(source, table, args.header, raw_tx, job.counters);
     let receive = upload::receive(job.store, &key, part_rx, args.upload_concurrency as usize);
     let (copied, compressed, received) = tokio::join!(copy, compressor, receive);
 
@@ -120,6 +176,7 @@ pub async fn dump_table(
         rows = copy.rows,
         uncompressed_bytes = stats.uncompressed_bytes,
         compressed_bytes = stats.compressed_bytes,
+        chunks,
         seconds = (seconds * 1000.0).round() / 1000.0,
         mib_per_s = mib_per_sec(stats.uncompressed_bytes, seconds),
         "Table '{name}': Dump uploaded to intermediate storage."
@@ -131,6 +188,7 @@ pub async fn dump_table(
         stats,
         committed,
         seconds,
+        chunks,
     })
 }
 

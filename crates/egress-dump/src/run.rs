@@ -1,8 +1,7 @@
 //! One dump run, as a short sequence of named steps: check the request, open the output,
 //! connect, take the snapshot, find the tables, dump them, write the manifest.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::NaiveDate;
@@ -11,17 +10,18 @@ use egress_common::manifest::{self, Manifest, TableEntry};
 use egress_common::store::{self, Body, PutOptions, S3Settings, Store};
 use egress_common::{ConfigError, Location};
 use tokio_postgres::Client;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::catalog::{self, Problem, ResolvedTable};
 use crate::config::Args;
 use crate::conninfo::Params;
 use crate::database::{self, DbError, Session, Target};
-use crate::gzip;
-use crate::pipeline::{self, Job, TableReport};
-use crate::progress::{self, Counters};
+use crate::pipeline::TableReport;
+use crate::progress::Counters;
 use crate::snapshot::{self, SnapshotInfo};
+use crate::split::{self, Chunk};
 use crate::tables::{self, TableRef};
+use crate::workers::{self, Outcome};
 
 /// The variables that hold the dump's S3 keys, named when S3 rejects them.
 pub const CREDENTIALS_HINT: &str = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS profile)";
@@ -37,6 +37,8 @@ struct Request {
 struct Database {
     target: Target,
     coordinator: Session,
+    /// `server_version_num` (e.g. 150010).
+    server_version_num: i32,
 }
 
 /// Run a whole dump as configured by `args`.
@@ -58,7 +60,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<TableReport>> {
     outcome
 }
 
-/// The day's steps, under the lease (none for a dry run).
+/// The day's steps, under the lease (none for a dry run). A standby may cancel a read
+/// for a recovery conflict: the day then starts again from a fresh snapshot (up to
+/// `--conflict-retries` times), so that it stays one snapshot; objects written from the
+/// abandoned one are written again, and no manifest vouches for them meanwhile.
 async fn dump_day(
     args: &Args,
     request: &Request,
@@ -69,26 +74,95 @@ async fn dump_day(
     if let Some(lease) = lease {
         clear_dead_uploads(store, &request.date, lease.since()).await;
     }
+    let mut retries = 0;
+    loop {
+        let attempt = Attempt {
+            args,
+            request,
+            store,
+            lease,
+            run_started: run_started.clone(),
+            retries,
+        };
+        match dump_snapshot(attempt).await {
+            Err(e) if recovery_conflict(&e) && retries < args.conflict_retries => {
+                retries += 1;
+                warn!(
+                    retry = retries,
+                    of = args.conflict_retries,
+                    error = %egress_common::error::one_line(&e),
+                    "the standby cancelled a read for a recovery conflict: starting the day again from a fresh snapshot (retry {retries} of {})",
+                    args.conflict_retries
+                );
+            }
+            Err(e) if recovery_conflict(&e) => {
+                return Err(e.context(format!(
+                    "still cancelled for recovery conflicts after {retries} retries from a fresh snapshot: raise max_standby_streaming_delay or enable hot_standby_feedback on the standby, raise --conflict-retries, or read from the primary"
+                )));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// One attempt at the day.
+struct Attempt<'a> {
+    args: &'a Args,
+    request: &'a Request,
+    store: &'a Store,
+    lease: Option<&'a Lease>,
+    run_started: String,
+    retries: u32,
+}
+
+fn recovery_conflict(error: &anyhow::Error) -> bool {
+    egress_common::error::find::<DbError>(error)
+        .is_some_and(|e| e.kind == database::DbErrorKind::RecoveryConflict)
+}
+
+/// The day from one snapshot: connect, take the snapshot, find the tables, dump them,
+/// write the manifest.
+async fn dump_snapshot(attempt: Attempt<'_>) -> anyhow::Result<Vec<TableReport>> {
+    let Attempt {
+        args,
+        request,
+        store,
+        ..
+    } = attempt;
     let db = connect(args).await?;
-    let parallel = args.jobs > 1 && request.tables.len() > 1;
     // One snapshot for every table of the run: the day's files agree with each other.
-    let snapshot = snapshot::begin(&db.coordinator, parallel).await?;
+    let snapshot = snapshot::begin(&db.coordinator, args.jobs > 1).await?;
     let tables = find_tables(&db.coordinator, &request.tables).await?;
-    let Some(lease) = lease else {
+    let Some(lease) = attempt.lease else {
         print_plan(&tables, store, &request.date);
         return Ok(Vec::new());
     };
     let columns = read_columns(&db.coordinator, &tables).await?;
+    let chunks = plan_splits(args, &db, &tables, &columns).await?;
     // A re-run replaces the day: first withdraw the completion marker, so the folder never
     // looks complete while its objects are being replaced.
     store.delete(&manifest::key_in(&request.date)).await?;
-    let outcomes = dump_tables(args, &db, &snapshot, &tables, store, &request.date).await?;
+    let copied: Vec<Vec<String>> = columns
+        .iter()
+        .zip(&tables)
+        .map(|(cols, _)| catalog::column_names(cols))
+        .collect();
+    let which = workers::Tables {
+        tables: &tables,
+        chunks: &chunks,
+        columns: &copied,
+    };
+    let counters = Arc::new(Counters::default());
+    let concurrent = workers::worker_count(args.jobs as usize, &which, &snapshot).max(1);
+    let job = workers::job_for(args, store, &request.date, &counters, concurrent);
+    let outcomes =
+        workers::dump_tables(&job, &db.target, &db.coordinator, &snapshot, &which).await?;
     let _ = db.coordinator.batch_execute("COMMIT").await;
     let reports = all_succeeded(&tables, outcomes)?;
     let parts = ManifestParts {
         args,
         request,
-        run_started,
+        run_started: attempt.run_started,
         snapshot,
     };
     let manifest = build_manifest(parts, &tables, &reports, columns);
@@ -96,8 +170,46 @@ async fn dump_day(
     write_manifest(store, &request.date, &manifest).await?;
     let names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
     let peak_rss_mib = egress_common::memory::peak_rss_mib();
-    info!(tables = reports.len(), succeeded = %names.join(" "), peak_rss_mib, "Success.");
+    let conflict_retries = attempt.retries;
+    info!(tables = reports.len(), succeeded = %names.join(" "), conflict_retries, peak_rss_mib, "Success.");
     Ok(reports)
+}
+
+/// Which tables are read in chunks (`--split-larger-than`), each decision logged.
+async fn plan_splits(
+    args: &Args,
+    db: &Database,
+    tables: &[ResolvedTable],
+    columns: &[Vec<catalog::Column>],
+) -> anyhow::Result<Vec<Option<Vec<Chunk>>>> {
+    let mut plans = Vec::with_capacity(tables.len());
+    let Some(threshold) = args.split_larger_than else {
+        return Ok(tables.iter().map(|_| None).collect());
+    };
+    for (table, _) in tables.iter().zip(columns) {
+        let size = catalog::table_size(&db.coordinator, table.oid)
+            .await
+            .map_err(|e| DbError::new(&format!("cannot measure '{}'", table.requested), &e))?;
+        let name = table.requested.file_stem();
+        let decision = split::decide(
+            table.kind,
+            size,
+            Some(threshold),
+            args.jobs as usize,
+            db.server_version_num,
+        );
+        match &decision {
+            Ok(chunks) => {
+                info!(table = %name, chunks = chunks.len(), pages = size.pages, "Table '{name}': read in {} chunks by {} workers.", chunks.len(), args.jobs)
+            }
+            Err(split::Whole::Small) => {}
+            Err(why) => {
+                info!(table = %name, reason = ?why, "Table '{name}' is larger than --split-larger-than but is read in one stream: {}", why.explain())
+            }
+        }
+        plans.push(decision.ok());
+    }
+    Ok(plans)
 }
 
 /// Abort the uploads killed runs left: in this run's date folder (its lease is ours) all
@@ -221,9 +333,19 @@ async fn connect(args: &Args) -> anyhow::Result<Database> {
     let target = database::resolve(&params, args.common.timeout())?;
     let coordinator = target.connect_with_retry(5).await?;
     database::prepare_session(&coordinator).await?;
+    let server = database::server_facts(&coordinator).await?;
+    if server.standby {
+        info!(
+            max_standby_streaming_delay = %server.max_standby_streaming_delay,
+            hot_standby_feedback = %server.hot_standby_feedback,
+            "Reading from a standby: a long read may be cancelled by a recovery conflict (then retried from a fresh snapshot, --conflict-retries {})",
+            args.conflict_retries
+        );
+    }
     Ok(Database {
         target,
         coordinator,
+        server_version_num: server.version_num,
     })
 }
 
@@ -309,127 +431,6 @@ fn print_plan(tables: &[ResolvedTable], store: &Store, date: &str) {
     info!(tables = tables.len(), "Dry run: nothing was written.");
 }
 
-/// How one table ended.
-enum Outcome {
-    Done(Box<TableReport>),
-    Failed(anyhow::Error),
-    NotAttempted,
-}
-
-/// Dump every table: on the coordinator's connection, or with `--jobs` on worker
-/// connections that import its snapshot.
-async fn dump_tables(
-    args: &Args,
-    db: &Database,
-    snapshot: &SnapshotInfo,
-    tables: &[ResolvedTable],
-    store: &Store,
-    date: &str,
-) -> anyhow::Result<Vec<Outcome>> {
-    let parallel = snapshot.exported_id.is_some();
-    let workers = if parallel {
-        (args.jobs as usize).min(tables.len())
-    } else {
-        1
-    };
-    let counters = Arc::new(Counters::default());
-    let job = Job {
-        args,
-        compress_threads: (gzip::default_threads() / workers).max(1),
-        store,
-        date,
-        counters: &counters,
-    };
-    let display = progress::display("dump".to_string(), counters.clone(), args.common.progress());
-    let outcomes = if let Some(id) = &snapshot.exported_id {
-        let mut clients = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let client = db.target.connect_with_retry(5).await?;
-            database::prepare_session(&client).await?;
-            snapshot::import(&client, id).await?;
-            clients.push(client);
-        }
-        let outcomes = dump_parallel(&clients, tables, &job).await;
-        for client in &clients {
-            let _ = client.batch_execute("COMMIT").await;
-        }
-        outcomes
-    } else {
-        dump_serial(&db.coordinator, tables, &job).await
-    };
-    display.finish().await;
-    Ok(outcomes)
-}
-
-/// Dump one table inside a savepoint, so that with `--keep-going` a failed COPY does not
-/// poison the transaction for the tables after it.
-async fn dump_in_savepoint(client: &Session, table: &ResolvedTable, job: &Job<'_>) -> Outcome {
-    let name = table.requested.file_stem();
-    let _ = client.batch_execute("SAVEPOINT egress_table").await;
-    match pipeline::dump_table(client, table, job).await {
-        Ok(report) => {
-            let _ = client.batch_execute("RELEASE SAVEPOINT egress_table").await;
-            Outcome::Done(Box::new(report))
-        }
-        Err(e) => {
-            let _ = client
-                .batch_execute("ROLLBACK TO SAVEPOINT egress_table")
-                .await;
-            let line = egress_common::error::one_line(&e);
-            error!(table = %name, error = %line, "Table '{name}': Dump failed.");
-            Outcome::Failed(e)
-        }
-    }
-}
-
-async fn dump_serial(client: &Session, tables: &[ResolvedTable], job: &Job<'_>) -> Vec<Outcome> {
-    let mut outcomes = Vec::with_capacity(tables.len());
-    let mut stop = false;
-    for table in tables {
-        if stop {
-            outcomes.push(Outcome::NotAttempted);
-            continue;
-        }
-        let outcome = dump_in_savepoint(client, table, job).await;
-        stop = matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going;
-        outcomes.push(outcome);
-    }
-    outcomes
-}
-
-/// Workers take tables largest first from a shared queue; after a failure (without
-/// `--keep-going`) no new table is started.
-async fn dump_parallel(
-    clients: &[Session],
-    tables: &[ResolvedTable],
-    job: &Job<'_>,
-) -> Vec<Outcome> {
-    let mut order: Vec<usize> = (0..tables.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(tables[i].estimated_bytes));
-    let queue = Mutex::new(std::collections::VecDeque::from(order));
-    let stop = AtomicBool::new(false);
-    let results = Mutex::new(Vec::new());
-    let workers = clients.iter().map(|client| async {
-        while !stop.load(Ordering::SeqCst) {
-            let next = queue.lock().ok().and_then(|mut q| q.pop_front());
-            let Some(index) = next else { break };
-            let outcome = dump_in_savepoint(client, &tables[index], job).await;
-            if matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going {
-                stop.store(true, Ordering::SeqCst);
-            }
-            if let Ok(mut r) = results.lock() {
-                r.push((index, outcome));
-            }
-        }
-    });
-    futures::future::join_all(workers).await;
-    let mut outcomes: Vec<Outcome> = (0..tables.len()).map(|_| Outcome::NotAttempted).collect();
-    for (index, outcome) in results.into_inner().unwrap_or_default() {
-        outcomes[index] = outcome;
-    }
-    outcomes
-}
-
 /// The reports, or (when any table failed) an error naming them all: no manifest then,
 /// so the day stays visibly incomplete.
 fn all_succeeded(
@@ -502,6 +503,7 @@ fn build_manifest(
                 uncompressed_sha256: report.stats.uncompressed_sha256.clone(),
                 columns,
                 gzip_members: Some(report.stats.gzip_members),
+                chunks: Some(report.chunks as u64),
                 part_sizes: report.committed.part_sizes.clone(),
             }
         })

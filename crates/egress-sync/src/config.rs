@@ -9,7 +9,13 @@ use egress_common::Secret;
 ///
 /// A side is a local directory when its URL is empty or file://.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "egress-sync", version, about, max_term_width = 100, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "egress-sync",
+    version,
+    about,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
     /// Input S3 endpoint, e.g. https://s3.amazonaws.com (empty: INPUT_PATH is a local directory).
     #[arg(long, env = "INPUT_URL", default_value = "")]

@@ -7,6 +7,7 @@ pub mod fixtures;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod pushgateway;
 pub mod s3;
 
 pub use ceph::CephRgw;

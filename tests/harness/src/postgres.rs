@@ -76,28 +76,52 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = crate::free_port();
-        let mut conf = format!(
-            "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 128MB\nmax_connections = 50\n",
-            dir.path().display()
+        launch(bin, data, run_as, dir, extra_conf)
+    }
+
+    /// A hot standby of this cluster (`pg_basebackup -R`), streaming from it, on a port of
+    /// its own, with extra `postgresql.conf` lines (e.g. `max_standby_streaming_delay = 0`).
+    pub fn start_standby(&self, extra_conf: &[&str]) -> PgServer {
+        let dir = tempfile::Builder::new()
+            .prefix("egress-pg-standby-")
+            .tempdir()
+            .expect("temp dir");
+        self.run_as.own(dir.path());
+        let data = dir.path().join("data");
+        let mut cmd = Command::new(self.bin.join("pg_basebackup"));
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-h", "127.0.0.1", "-U", USER])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .env("PGPASSWORD", PASSWORD);
+        self.run_as.apply(&mut cmd);
+        let out = cmd.output().expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        for line in extra_conf {
-            conf.push_str(line);
-            conf.push('\n');
+        let mut conf = vec!["hot_standby = on"];
+        conf.extend_from_slice(extra_conf);
+        launch(self.bin.clone(), data, self.run_as, dir, &conf)
+    }
+
+    /// Block until the standby has replayed everything the primary (`self`) has written.
+    pub fn wait_for_replay(&self, standby: &PgServer) {
+        let lsn = self.value("SELECT pg_current_wal_lsn()");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+            if standby.value(&sql) == "t" {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the standby did not replay up to {lsn} in 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let conf_path = data.join("postgresql.conf");
-        let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
-        existing.push_str(&conf);
-        std::fs::write(&conf_path, existing).expect("write postgresql.conf");
-        let server = PgServer {
-            port,
-            bin,
-            data,
-            run_as,
-            _dir: dir,
-        };
-        server.pg_ctl(&["start", "-w", "-t", "60"]);
-        server
     }
 
     fn pg_ctl(&self, args: &[&str]) {
@@ -171,7 +195,19 @@ impl PgServer {
 
     /// Run SQL through `psql` and return its stdout bytes (the reference for byte identity).
     pub fn psql(&self, sql: &str) -> Vec<u8> {
+        self.psql_with(&[], sql)
+    }
+
+    /// The single value `sql` returns, as text (`psql -At`).
+    pub fn value(&self, sql: &str) -> String {
+        String::from_utf8_lossy(&self.psql_with(&["-At"], sql))
+            .trim()
+            .to_string()
+    }
+
+    fn psql_with(&self, extra: &[&str], sql: &str) -> Vec<u8> {
         let out = Command::new(self.bin.join("psql"))
+            .args(extra)
             .args([
                 "-X",
                 "-q",
@@ -205,6 +241,39 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]);
     }
+}
+
+/// Configure the cluster in `data` (port, sockets, speed over durability, `extra_conf`)
+/// and start it.
+fn launch(
+    bin: PathBuf,
+    data: PathBuf,
+    run_as: RunAs,
+    dir: tempfile::TempDir,
+    extra_conf: &[&str],
+) -> PgServer {
+    let port = crate::free_port();
+    let mut conf = format!(
+        "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 128MB\nmax_connections = 50\n",
+        dir.path().display()
+    );
+    for line in extra_conf {
+        conf.push_str(line);
+        conf.push('\n');
+    }
+    let conf_path = data.join("postgresql.conf");
+    let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+    existing.push_str(&conf);
+    std::fs::write(&conf_path, existing).expect("write postgresql.conf");
+    let server = PgServer {
+        port,
+        bin,
+        data,
+        run_as,
+        _dir: dir,
+    };
+    server.pg_ctl(&["start", "-w", "-t", "60"]);
+    server
 }
 
 /// A client that commits one transaction after another on its own thread, so that it keeps

@@ -1,0 +1,224 @@
+//! Who reads which table: the coordinator alone, or `--jobs` worker connections that
+//! import its snapshot. With workers, a table split into chunks ([`crate::split`]) is read
+//! by all of them at once, one such table after another, before the remaining tables are
+//! shared out, largest first, one table per worker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tracing::error;
+
+use crate::catalog::ResolvedTable;
+use crate::database::{self, Session, Target};
+use crate::gzip;
+use crate::pipeline::{self, Job, Source, TableReport};
+use crate::progress::{self, Counters};
+use crate::snapshot::{self, SnapshotInfo};
+use crate::split::Chunk;
+
+/// How one table ended.
+pub enum Outcome {
+    /// Dumped.
+    Done(Box<TableReport>),
+    /// Failed (the error says why).
+    Failed(anyhow::Error),
+    /// Not started, after another table failed.
+    NotAttempted,
+}
+
+/// Everything the tables' dump needs.
+pub struct Tables<'a> {
+    /// The tables, as listed.
+    pub tables: &'a [ResolvedTable],
+    /// For each table, its chunks when it is split.
+    pub chunks: &'a [Option<Vec<Chunk>>],
+    /// For each table, the columns a plain `COPY` prints.
+    pub columns: &'a [Vec<String>],
+}
+
+/// The worker connections for a run: `--jobs` of them when a table is split, else one per
+/// table at most; none (the coordinator reads) without an exported snapshot.
+pub fn worker_count(jobs: usize, tables: &Tables<'_>, snapshot: &SnapshotInfo) -> usize {
+    match snapshot.exported_id {
+        None => 0,
+        Some(_) if tables.chunks.iter().any(Option::is_some) => jobs,
+        Some(_) => jobs.min(tables.tables.len()),
+    }
+}
+
+/// Dump every table, each outcome in the order listed.
+pub async fn dump_tables(
+    job: &Job<'_>,
+    target: &Target,
+    coordinator: &Session,
+    snapshot: &SnapshotInfo,
+    tables: &Tables<'_>,
+) -> anyhow::Result<Vec<Outcome>> {
+    let workers = worker_count(job.args.jobs as usize, tables, snapshot);
+    let display = progress::display(
+        "dump".to_string(),
+        job.counters.clone(),
+        job.args.common.progress(),
+    );
+    let outcomes = match &snapshot.exported_id {
+        Some(id) => {
+            let sessions = open_workers(target, id, workers).await?;
+            let outcomes = dump_with_workers(&sessions, tables, job).await;
+            for session in &sessions {
+                let _ = session.batch_execute("COMMIT").await;
+            }
+            outcomes
+        }
+        None => dump_serial(coordinator, tables.tables, job).await,
+    };
+    display.finish().await;
+    Ok(outcomes)
+}
+
+/// The job of a run with `workers` tables dumped at once: the machine's compression
+/// threads shared among them.
+pub fn job_for<'a>(
+    args: &'a crate::config::Args,
+    store: &'a egress_common::store::Store,
+    date: &'a str,
+    counters: &'a Arc<Counters>,
+    concurrent_tables: usize,
+) -> Job<'a> {
+    Job {
+        args,
+        compress_threads: (gzip::default_threads() / concurrent_tables.max(1)).max(1),
+        store,
+        date,
+        counters,
+    }
+}
+
+async fn open_workers(target: &Target, id: &str, count: usize) -> anyhow::Result<Vec<Session>> {
+    let mut sessions = Vec::with_capacity(count);
+    for _ in 0..count {
+        let session = target.connect_with_retry(5).await?;
+        database::prepare_session(&session).await?;
+        snapshot::import(&session, id).await?;
+        sessions.push(session);
+    }
+    Ok(sessions)
+}
+
+/// Split tables first (all workers on each, one table at a time, all compression threads),
+/// then the others shared out among the workers.
+async fn dump_with_workers(
+    sessions: &[Session],
+    tables: &Tables<'_>,
+    job: &Job<'_>,
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Outcome> = tables
+        .tables
+        .iter()
+        .map(|_| Outcome::NotAttempted)
+        .collect();
+    let whole_job = Job {
+        compress_threads: gzip::default_threads(),
+        ..*job
+    };
+    let mut stop = false;
+    for (index, chunks) in tables.chunks.iter().enumerate() {
+        let Some(chunks) = chunks else { continue };
+        if stop {
+            break;
+        }
+        let source = Source::Chunks {
+            sessions,
+            chunks,
+            columns: &tables.columns[index],
+        };
+        let outcome = dump_in_savepoint(sessions, source, &tables.tables[index], &whole_job).await;
+        stop = matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going;
+        outcomes[index] = outcome;
+    }
+    if stop {
+        return outcomes;
+    }
+    let rest: Vec<usize> = (0..tables.tables.len())
+        .filter(|&i| tables.chunks[i].is_none())
+        .collect();
+    for (index, outcome) in dump_parallel(sessions, tables.tables, rest, job).await {
+        outcomes[index] = outcome;
+    }
+    outcomes
+}
+
+/// Dump one table inside a savepoint on each connection that reads it, so that with
+/// `--keep-going` a failed COPY does not poison the transaction for the tables after it.
+async fn dump_in_savepoint(
+    sessions: &[Session],
+    source: Source<'_>,
+    table: &ResolvedTable,
+    job: &Job<'_>,
+) -> Outcome {
+    let name = table.requested.file_stem();
+    for session in sessions {
+        let _ = session.batch_execute("SAVEPOINT egress_table").await;
+    }
+    let outcome = pipeline::dump_table(source, table, job).await;
+    let end = match outcome {
+        Ok(_) => "RELEASE SAVEPOINT egress_table",
+        Err(_) => "ROLLBACK TO SAVEPOINT egress_table",
+    };
+    for session in sessions {
+        let _ = session.batch_execute(end).await;
+    }
+    match outcome {
+        Ok(report) => Outcome::Done(Box::new(report)),
+        Err(e) => {
+            let line = egress_common::error::one_line(&e);
+            error!(table = %name, error = %line, "Table '{name}': Dump failed.");
+            Outcome::Failed(e)
+        }
+    }
+}
+
+async fn dump_serial(client: &Session, tables: &[ResolvedTable], job: &Job<'_>) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(tables.len());
+    let mut stop = false;
+    for table in tables {
+        if stop {
+            outcomes.push(Outcome::NotAttempted);
+            continue;
+        }
+        let sessions = std::slice::from_ref(client);
+        let outcome = dump_in_savepoint(sessions, Source::Whole(client), table, job).await;
+        stop = matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going;
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
+/// Workers take the tables `which` largest first from a shared queue; after a failure
+/// (without `--keep-going`) no new table is started. Returns (table index, outcome).
+async fn dump_parallel(
+    sessions: &[Session],
+    tables: &[ResolvedTable],
+    mut which: Vec<usize>,
+    job: &Job<'_>,
+) -> Vec<(usize, Outcome)> {
+    which.sort_by_key(|&i| std::cmp::Reverse(tables[i].estimated_bytes));
+    let queue = Mutex::new(std::collections::VecDeque::from(which));
+    let stop = AtomicBool::new(false);
+    let results = Mutex::new(Vec::new());
+    let workers = sessions.iter().map(|session| async {
+        while !stop.load(Ordering::SeqCst) {
+            let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+            let Some(index) = next else { break };
+            let one = std::slice::from_ref(session);
+            let outcome = dump_in_savepoint(one, Source::Whole(session), &tables[index], job).await;
+            if matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going {
+                stop.store(true, Ordering::SeqCst);
+            }
+            if let Ok(mut r) = results.lock() {
+                r.push((index, outcome));
+            }
+        }
+    });
+    futures::future::join_all(workers).await;
+    results.into_inner().unwrap_or_default()
+}

@@ -1,0 +1,327 @@
+//! What operators see of egress-dump: metrics pushed to a real Pushgateway and written to a
+//! file (checked by `promtool`), the `--check` preflight against s3s-fs, moto, Ceph RGW and
+//! PostgreSQL, and the shell completions and man page.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+use egress_testkit::pushgateway::{Pushgateway, Sample};
+use egress_testkit::{stderr, stdout, text, CephRgw, Endpoint, PgServer, S3Kind, S3Server};
+
+const BUCKET: &str = "ops-bucket";
+const DATE: &str = "2024-07-01";
+
+fn dump(env: &[(String, String)], args: &[&str]) -> Output {
+    egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-dump"))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(args)
+        .output()
+        .expect("run egress-dump")
+}
+
+fn env_for(pg: &PgServer, s3: &dyn Endpoint, tables: &str) -> Vec<(String, String)> {
+    let mut env = pg.env();
+    env.extend(s3.s3().env());
+    env.push(("TABLES".into(), tables.into()));
+    env.push(("S3_OUTPUT".into(), format!("s3://{BUCKET}/ops")));
+    env.push(("DUMP_DATE".into(), DATE.into()));
+    env
+}
+
+async fn tables(pg: &PgServer) {
+    pg.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE small AS SELECT i, md5(i::text) AS m FROM generate_series(1, 100) i; \
+             CREATE TABLE wide AS SELECT i, repeat('x', i % 300) AS pad FROM generate_series(1, 2500) i;",
+        )
+        .await
+        .expect("create tables");
+}
+
+/// `name{labels}` of `samples` as a map from the `label` value to the sample's value.
+fn by_label(samples: &[Sample], name: &str, label: &str) -> BTreeMap<String, f64> {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| (s.labels.get(label).cloned().unwrap_or_default(), s.value))
+        .collect()
+}
+
+fn value(samples: &[Sample], name: &str) -> f64 {
+    let found: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "one {name}: {samples:?}");
+    assert_eq!(
+        found[0].labels.get("instance").map(String::as_str),
+        Some(""),
+        "instance=\"\" by default"
+    );
+    found[0].value
+}
+
+fn promtool() -> std::path::PathBuf {
+    egress_testkit::process::find_binary(
+        "promtool",
+        "PROMTOOL",
+        &[std::path::PathBuf::from("/usr/bin")],
+        "apt-get install prometheus",
+    )
+}
+
+#[tokio::test]
+async fn metrics_reach_the_pushgateway_and_a_failure_keeps_the_last_success() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket(BUCKET).await;
+    tables(&pg).await;
+    let gateway = Pushgateway::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("egress.prom");
+    let metrics_args = [
+        "--pushgateway",
+        gateway.url.as_str(),
+        "--metrics-file",
+        file.to_str().unwrap(),
+    ];
+    let out = dump(&env_for(&pg, &s3, "small wide"), &metrics_args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Per-table figures equal the manifest's.
+    let manifest = egress_testkit::checked_manifest(
+        &s3.get(BUCKET, &format!("ops/{DATE}/_manifest.json")).await,
+    );
+    let pushed = gateway.samples("egress-dump");
+    for (metric, field) in [
+        ("egress_dump_rows", "rows"),
+        ("egress_dump_csv_bytes", "uncompressed_bytes"),
+        ("egress_dump_object_bytes", "compressed_bytes"),
+    ] {
+        let expected: BTreeMap<String, f64> = manifest["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["table"].as_str().unwrap().to_string(),
+                    t[field].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(by_label(&pushed, metric, "table"), expected, "{metric}");
+    }
+    assert!(by_label(&pushed, "egress_dump_table_seconds", "table")
+        .values()
+        .all(|s| *s > 0.0));
+    assert_eq!(value(&pushed, "egress_last_run_exit_code"), 0.0);
+    let success = value(&pushed, "egress_last_success_timestamp_seconds");
+    assert_eq!(success, value(&pushed, "egress_last_run_timestamp_seconds"));
+    assert!(value(&pushed, "egress_run_duration_seconds") > 0.0);
+    let check = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("run promtool");
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}",
+        text(&check)
+    );
+
+    // A failed run: its exit code is visible, the last success and its figures stay.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = dump(&env_for(&pg, &s3, "small nope"), &metrics_args);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let after = gateway.samples("egress-dump");
+    assert_eq!(value(&after, "egress_last_run_exit_code"), 2.0);
+    assert_eq!(
+        value(&after, "egress_last_success_timestamp_seconds"),
+        success
+    );
+    assert!(value(&after, "egress_last_run_timestamp_seconds") > success);
+    assert_eq!(
+        by_label(&after, "egress_dump_rows", "table"),
+        by_label(&pushed, "egress_dump_rows", "table"),
+        "the last good day's figures stay"
+    );
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(written.contains("egress_last_run_exit_code 2"), "{written}");
+    assert!(
+        !written.contains("egress_last_success_timestamp_seconds"),
+        "{written}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_push_is_a_warning_that_names_no_secret() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket(BUCKET).await;
+    tables(&pg).await;
+    let closed = egress_testkit::free_port();
+    let url = format!("http://pusher:PUSH-SENTINEL-pw@127.0.0.1:{closed}");
+    let out = dump(&env_for(&pg, &s3, "small"), &["--pushgateway", &url]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the run's outcome is unchanged: {}",
+        text(&out)
+    );
+    let all = text(&out);
+    assert!(all.contains("could not push the metrics"), "{all}");
+    assert!(
+        !all.contains("PUSH-SENTINEL-pw"),
+        "the URL's password leaked: {all}"
+    );
+}
+
+/// The capability lines of `--check` as `(status, capability)` pairs.
+fn capabilities(out: &Output) -> Vec<(String, String)> {
+    stdout(out)
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("absent ") || l.starts_with("FAIL "))
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let capability = l.get(16..42).map(str::trim).unwrap_or_default().to_string();
+            (fields[0].to_string(), format!("{} {capability}", fields[1]))
+        })
+        .collect()
+}
+
+fn status_of(lines: &[(String, String)], capability: &str) -> String {
+    lines
+        .iter()
+        .find(|(_, c)| c == capability)
+        .map(|(s, _)| s.clone())
+        .unwrap_or_else(|| panic!("no line for {capability}: {lines:?}"))
+}
+
+#[tokio::test]
+async fn check_reports_what_each_store_can_do_and_fails_on_bad_configuration() {
+    let pg = PgServer::start();
+    tables(&pg).await;
+    let s3s = S3Server::start(S3Kind::S3sFs);
+    let moto = S3Server::start(S3Kind::Moto);
+    let ceph = CephRgw::start();
+    let stores: [(&str, &dyn Endpoint); 3] = [("s3s-fs", &s3s), ("moto", &moto), ("ceph", &ceph)];
+    let mut seen = BTreeMap::new();
+    for (name, store) in stores {
+        store.s3().create_bucket(BUCKET).await;
+        let out = dump(&env_for(&pg, store, "small wide"), &["--check"]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+        let lines = capabilities(&out);
+        for capability in [
+            "output credentials and bucket",
+            "output list",
+            "output PUT + GET + DELETE",
+            "output ranged GET",
+            "output multipart upload",
+            "output DELETE",
+            "database login",
+            "database server",
+        ] {
+            assert_eq!(
+                status_of(&lines, capability),
+                "ok",
+                "{name}: {}",
+                stdout(&out)
+            );
+        }
+        assert!(stdout(&out).contains("primary"), "{}", stdout(&out));
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|(s, c)| s == "ok" && c == "database table")
+                .count(),
+            2
+        );
+        assert!(
+            store.s3().keys(BUCKET, "").await.is_empty(),
+            "{name}: the check removed what it wrote"
+        );
+        seen.insert(name, lines);
+    }
+    // The stores really differ, and the check says how.
+    let partnumber = |n: &str| status_of(&seen[n], "output HEAD ?partNumber");
+    let uploads = |n: &str| status_of(&seen[n], "output ListMultipartUploads");
+    assert_eq!(partnumber("moto"), "ok");
+    assert_eq!(
+        partnumber("ceph"),
+        "absent",
+        "Ceph RGW 16 ignores ?partNumber"
+    );
+    assert_eq!(partnumber("s3s-fs"), "absent");
+    assert_eq!(uploads("moto"), "ok");
+    assert_eq!(uploads("ceph"), "ok");
+    assert_eq!(uploads("s3s-fs"), "absent");
+    for (name, lines) in &seen {
+        println!("--- {name}\n{lines:?}");
+    }
+
+    // Wrong credentials, a missing bucket, a missing table: exit 2 naming the problem.
+    let mut wrong = env_for(&pg, &s3s, "small");
+    wrong.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
+    wrong.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong".into()));
+    let mut no_bucket = env_for(&pg, &s3s, "small");
+    no_bucket.retain(|(k, _)| k != "S3_OUTPUT");
+    no_bucket.push(("S3_OUTPUT".into(), "s3://no-such-bucket/x".into()));
+    for (case, env, needle) in [
+        ("wrong credentials", wrong, "rejected the credentials"),
+        ("missing bucket", no_bucket, "does not exist"),
+        (
+            "missing table",
+            env_for(&pg, &s3s, "small nope"),
+            "'nope' does not exist",
+        ),
+    ] {
+        let out = dump(&env, &["--check"]);
+        assert_eq!(out.status.code(), Some(2), "{case}: {}", text(&out));
+        assert!(stdout(&out).contains(needle), "{case}: {}", text(&out));
+        assert!(
+            stderr(&out).contains("check failed"),
+            "{case}: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn completions_and_man_pages_generate_and_parse() {
+    let bin = env!("CARGO_BIN_EXE_egress-dump");
+    let sync = std::path::Path::new(bin)
+        .parent()
+        .expect("target dir")
+        .join("egress-sync");
+    for program in [bin.to_string(), sync.display().to_string()] {
+        for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+            let out = Command::new(&program)
+                .args(["completions", shell])
+                .output()
+                .expect("run");
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{program} {shell}: {}",
+                text(&out)
+            );
+            assert!(stdout(&out).contains("--tables") || stdout(&out).contains("--input-path"));
+            if shell == "bash" {
+                let dir = tempfile::tempdir().unwrap();
+                let script = dir.path().join("completion.bash");
+                std::fs::write(&script, &out.stdout).unwrap();
+                let parsed = Command::new("bash")
+                    .arg("-n")
+                    .arg(&script)
+                    .output()
+                    .unwrap();
+                assert!(parsed.status.success(), "bash -n: {}", text(&parsed));
+            }
+        }
+        let man = Command::new(&program).arg("man").output().expect("run");
+        assert_eq!(man.status.code(), Some(0));
+        let page = stdout(&man);
+        assert!(
+            page.contains(".TH egress-") && page.contains("\\-\\-timeout"),
+            "{page}"
+        );
+    }
+}

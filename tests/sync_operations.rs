@@ -1,0 +1,195 @@
+//! What operators see of egress-sync: metrics pushed to a real Pushgateway (a failed run
+//! keeps the last success), the metrics file checked by `promtool`, and `--check` of both
+//! sides against s3s-fs, moto and Ceph RGW.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+use egress_testkit::fixtures::{self, data, manifest_json, put_many};
+use egress_testkit::pushgateway::{Pushgateway, Sample};
+use egress_testkit::{stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
+
+fn sync(
+    input: &dyn Endpoint,
+    in_path: &str,
+    output: &dyn Endpoint,
+    out_path: &str,
+    args: &[&str],
+) -> Output {
+    fixtures::sync_command(
+        env!("CARGO_BIN_EXE_egress-sync"),
+        input,
+        in_path,
+        output,
+        out_path,
+        args,
+    )
+    .output()
+    .expect("run egress-sync")
+}
+
+fn one(samples: &[Sample], name: &str) -> f64 {
+    let found: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "one {name}: {samples:?}");
+    found[0].value
+}
+
+fn actions(samples: &[Sample]) -> BTreeMap<String, f64> {
+    samples
+        .iter()
+        .filter(|s| s.name == "egress_sync_objects")
+        .map(|s| (s.labels["action"].clone(), s.value))
+        .collect()
+}
+
+#[tokio::test]
+async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket("in-bucket").await;
+    output.create_bucket("out-bucket").await;
+    let objects: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| {
+            (
+                format!("2024-07-01/t{i}.csv.gz"),
+                data(i, 1000 + i as usize),
+            )
+        })
+        .collect();
+    let bytes: usize = objects.iter().map(|(_, b)| b.len()).sum();
+    put_many(&input, "in-bucket", objects).await;
+    let gateway = Pushgateway::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sync.prom");
+    let args = [
+        "--pushgateway",
+        gateway.url.as_str(),
+        "--metrics-file",
+        file.to_str().unwrap(),
+    ];
+    let out = sync(&input, "in-bucket", &output, "out-bucket", &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let pushed = gateway.samples("egress-sync");
+    let expected: BTreeMap<String, f64> = [
+        ("copied", 5.0),
+        ("deleted", 0.0),
+        ("failed", 0.0),
+        ("skipped", 0.0),
+        ("vanished", 0.0),
+    ]
+    .map(|(a, n)| (a.to_string(), n))
+    .into();
+    assert_eq!(actions(&pushed), expected);
+    assert_eq!(one(&pushed, "egress_sync_bytes_copied"), bytes as f64);
+    assert_eq!(one(&pushed, "egress_last_run_exit_code"), 0.0);
+    let success = one(&pushed, "egress_last_success_timestamp_seconds");
+    let promtool = egress_testkit::process::find_binary(
+        "promtool",
+        "PROMTOOL",
+        &[std::path::PathBuf::from("/usr/bin")],
+        "apt-get install prometheus",
+    );
+    let check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("run promtool");
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}",
+        text(&check)
+    );
+
+    // A day whose manifest lists an object the input lacks: that object fails (exit 1),
+    // and the failure is counted; the success timestamp stays.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    input
+        .put(
+            "in-bucket",
+            "2024-07-02/_manifest.json",
+            manifest_json("2024-07-02", &[("gone.csv.gz", b"never written")]),
+        )
+        .await;
+    let mut gated = args.to_vec();
+    gated.push("--require-manifest");
+    let out = sync(&input, "in-bucket", &output, "out-bucket", &gated);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let after = gateway.samples("egress-sync");
+    assert_eq!(one(&after, "egress_last_run_exit_code"), 1.0);
+    assert_eq!(
+        one(&after, "egress_last_success_timestamp_seconds"),
+        success
+    );
+    assert_eq!(actions(&after)["failed"], 1.0, "{after:?}");
+    assert_eq!(actions(&after)["skipped"], 5.0, "{after:?}");
+}
+
+fn lines(out: &Output) -> Vec<(String, String)> {
+    stdout(out)
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("absent ") || l.starts_with("FAIL "))
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let capability = l.get(16..42).map(str::trim).unwrap_or_default();
+            (fields[0].to_string(), format!("{} {capability}", fields[1]))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn check_reads_the_input_and_exercises_the_output_on_each_store() {
+    let input = S3Server::start(S3Kind::Moto);
+    input.create_bucket("in-bucket").await;
+    put_many(
+        &input,
+        "in-bucket",
+        vec![("a/one.bin".into(), data(1, 4096))],
+    )
+    .await;
+    fixtures::put_multipart(
+        &input,
+        "in-bucket",
+        "a/parts.bin",
+        &data(2, 11 << 20),
+        5 << 20,
+    )
+    .await;
+    let s3s = S3Server::start(S3Kind::S3sFs);
+    let ceph = CephRgw::start();
+    let outputs: [(&str, &dyn Endpoint); 2] = [("s3s-fs", &s3s), ("ceph", &ceph)];
+    for (name, output) in outputs {
+        output.s3().create_bucket("out-bucket").await;
+        let out = sync(
+            &input,
+            "in-bucket",
+            output,
+            "out-bucket/mirror",
+            &["--check"],
+        );
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+        let found = lines(&out);
+        println!("--- {name}\n{}", stdout(&out));
+        for wanted in [
+            "input credentials and bucket",
+            "input list",
+            "input ranged GET",
+            "input HEAD ?partNumber",
+            "output multipart upload",
+            "output PUT + GET + DELETE",
+        ] {
+            assert!(
+                found.contains(&("ok".to_string(), wanted.to_string())),
+                "{name}: {wanted}: {found:?}"
+            );
+        }
+        assert!(
+            output.s3().keys("out-bucket", "").await.is_empty(),
+            "{name}: nothing left"
+        );
+    }
+    // The input is only read: a check against a missing input bucket fails, exit 2.
+    let out = sync(&input, "no-such-bucket", &s3s, "out-bucket", &["--check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stdout(&out).contains("FAIL   input"), "{}", text(&out));
+    assert!(stderr(&out).contains("check failed"), "{}", text(&out));
+}
