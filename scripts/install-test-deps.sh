@@ -19,11 +19,19 @@ command -v java >/dev/null || packages+=(default-jre-headless)
 command -v gzip >/dev/null || packages+=(gzip)
 command -v socat >/dev/null || packages+=(socat)   # TLS in front of a test S3 server
 command -v openssl >/dev/null || packages+=(openssl)
+command -v promtool >/dev/null || packages+=(prometheus)   # promtool: checks metrics and alert rules
+command -v prometheus-pushgateway >/dev/null || packages+=(prometheus-pushgateway)
 if [ ${#packages[@]} -gt 0 ]; then
   log "apt-get install ${packages[*]}"
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
+# Only the binaries are wanted: tests start their own Pushgateway on a free port.
+for service in prometheus prometheus-pushgateway prometheus-node-exporter; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null; then
+    systemctl stop "$service" 2>/dev/null || true
+  fi
+done
 # The Debian package enables a cluster we do not use; tests start their own.
 if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
   pg_ctlcluster 15 main stop 2>/dev/null || true

@@ -57,7 +57,7 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
         })
         .collect();
     let bytes: usize = objects.iter().map(|(_, b)| b.len()).sum();
-    put_many(&input, "in-bucket", objects).await;
+    put_many(&input, "in-bucket", objects.clone()).await;
     let gateway = Pushgateway::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sync.prom");
@@ -100,9 +100,22 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
         text(&check)
     );
 
-    // A day whose manifest lists an object the input lacks: that object fails (exit 1),
-    // and the failure is counted; the success timestamp stays.
+    // The first day gets its manifest (its objects are already copied: skipped), and a
+    // second day's manifest lists an object the input lacks: that object fails (exit 1)
+    // and is counted; the success timestamp stays.
     std::thread::sleep(std::time::Duration::from_millis(1100));
+    let names: Vec<(String, Vec<u8>)> = objects
+        .iter()
+        .map(|(k, b)| (k.trim_start_matches("2024-07-01/").to_string(), b.clone()))
+        .collect();
+    let listed: Vec<(&str, &[u8])> = names.iter().map(|(k, b)| (k.as_str(), &b[..])).collect();
+    input
+        .put(
+            "in-bucket",
+            "2024-07-01/_manifest.json",
+            manifest_json("2024-07-01", &listed),
+        )
+        .await;
     input
         .put(
             "in-bucket",
@@ -120,8 +133,16 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
         one(&after, "egress_last_success_timestamp_seconds"),
         success
     );
-    assert_eq!(actions(&after)["failed"], 1.0, "{after:?}");
-    assert_eq!(actions(&after)["skipped"], 5.0, "{after:?}");
+    let expected: BTreeMap<String, f64> = [
+        ("copied", 1.0), // the first day's manifest
+        ("deleted", 0.0),
+        ("failed", 1.0),
+        ("skipped", 5.0),
+        ("vanished", 0.0),
+    ]
+    .map(|(a, n)| (a.to_string(), n))
+    .into();
+    assert_eq!(actions(&after), expected, "{}", text(&out));
 }
 
 fn lines(out: &Output) -> Vec<(String, String)> {

@@ -804,3 +804,27 @@ def test_docs_mention_policies_and_manual_run():
     assert any("put-bucket-lifecycle-configuration" in c and "file://bucket_lifecycle.json" in c for c in commands)
     assert any("put-bucket-encryption" in c and "file://bucket_encryption.json" in c for c in commands)
     assert any(c.startswith("oc create job --from=cronjob/egress-cj ") for c in commands)
+
+
+# ---------------------------------------------------------------------------
+# Alert rules: syntax and behaviour, with Prometheus's own checker.
+
+MONITORING = REPO / "monitoring"
+
+
+def test_alert_rules_are_valid():
+    promtool = find_tool("promtool")
+    proc = subprocess.run([promtool, "check", "rules", "egress.rules.yml"], cwd=MONITORING,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS: 4 rules found" in proc.stdout
+
+
+def test_alert_rules_fire_when_they_should():
+    # The unit tests replay series a Pushgateway holds after good days, a failed run, a
+    # missed night and a halved table, and name the alerts expected at each instant.
+    promtool = find_tool("promtool")
+    proc = subprocess.run([promtool, "test", "rules", "egress.rules.test.yml"], cwd=MONITORING,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout

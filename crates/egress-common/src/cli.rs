@@ -100,14 +100,17 @@ pub enum Tool {
 /// Run `tool` for the command `cmd` (the binary's clap definition), printing to stdout.
 pub fn run_tool(tool: &Tool, mut cmd: clap::Command) -> ExitCode {
     let name = cmd.get_name().to_string();
-    let mut out = std::io::stdout();
+    // Rendered into memory first: clap_complete panics when its writer fails (a closed
+    // pipe, as in `egress-dump completions bash | head`).
+    let mut text = Vec::new();
     let written = match tool {
         Tool::Completions { shell } => {
-            clap_complete::generate(*shell, &mut cmd, name.clone(), &mut out);
+            clap_complete::generate(*shell, &mut cmd, name.clone(), &mut text);
             Ok(())
         }
-        Tool::Man => clap_mangen::Man::new(cmd).render(&mut out),
-    };
+        Tool::Man => clap_mangen::Man::new(cmd).render(&mut text),
+    }
+    .and_then(|()| std::io::Write::write_all(&mut std::io::stdout().lock(), &text));
     match written {
         Ok(()) => ExitCode::Success,
         Err(e) => {
