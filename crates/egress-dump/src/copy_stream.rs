@@ -1,5 +1,6 @@
 //! Reading a table with `COPY ... TO STDOUT (FORMAT csv)`, untouched, in batched chunks.
 
+use crate::database::DbError;
 use crate::database::Session;
 use crate::guard::Flow;
 use bytes::{Bytes, BytesMut};
@@ -24,9 +25,10 @@ pub struct CopyStats {
 /// Why reading stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    /// The database reported an error or the connection broke.
+    /// The database reported an error or the connection broke (the message is the
+    /// cause alone; the caller says what was being read).
     #[error(transparent)]
-    Database(#[from] tokio_postgres::Error),
+    Database(#[from] DbError),
     /// The compression stage stopped (it reports its own cause).
     #[error("the compression stage stopped")]
     Closed,
@@ -48,7 +50,8 @@ pub async fn copy_out(
     progress: &Counters,
 ) -> Result<CopyStats, CopyError> {
     let _metered = client.flow.meter();
-    let stream = client.copy_out(sql).await?;
+    let failed = |e: tokio_postgres::Error| CopyError::Database(client.error(&e));
+    let stream = client.copy_out(sql).await.map_err(failed)?;
     futures::pin_mut!(stream);
     let mut out = Batcher {
         output,
@@ -59,7 +62,7 @@ pub async fn copy_out(
     };
     let mut messages: u64 = 0;
     while let Some(row) = stream.next().await {
-        let row = row?;
+        let row = row.map_err(failed)?;
         messages += 1;
         out.push(row, &client.flow).await?;
     }

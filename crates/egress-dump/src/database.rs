@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 use crate::connect::{self, Address, GuardedTls, Keepalive};
 use crate::conninfo::Params;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::guard::{CleartextRefused, Flow, Guard, Layer};
 use crate::tls::{self, SslMode};
@@ -30,6 +30,27 @@ pub struct Session {
     client: Client,
     /// Rows read from the server and taken by the dump.
     pub flow: Arc<Flow>,
+    /// Why the server ended the session, when it said so: a backend terminated while
+    /// idle (e.g. for a recovery conflict) sends its error outside any request, and the
+    /// next request only sees "connection closed".
+    ended: Arc<OnceLock<DbError>>,
+}
+
+impl Session {
+    /// Classify `e`, a failure of a request on this session: a closed connection is
+    /// reported with the server's own reason for ending it, when it gave one.
+    pub fn error(&self, e: &tokio_postgres::Error) -> DbError {
+        match self.ended.get() {
+            Some(ended) if e.is_closed() => DbError {
+                kind: ended.kind,
+                message: format!("the server ended the session: {}", ended.message),
+            },
+            _ => {
+                let (kind, message) = classify(e);
+                DbError { kind, message }
+            }
+        }
+    }
 }
 
 impl std::ops::Deref for Session {
@@ -90,6 +111,14 @@ pub struct DbError {
 }
 
 impl DbError {
+    /// This error, as the failure of `what` (e.g. "reading table 't' failed").
+    pub fn context(self, what: &str) -> DbError {
+        DbError {
+            kind: self.kind,
+            message: format!("{what}: {}", self.message),
+        }
+    }
+
     /// Classify `e`, which happened while `what` (e.g. "reading table 't'").
     pub fn new(what: &str, e: &tokio_postgres::Error) -> DbError {
         let (kind, detail) = classify(e);
@@ -500,12 +529,23 @@ impl Target {
             .connect_raw(guarded, tls)
             .await
             .map_err(|e| self.connect_failure(address, &e))?;
+        let ended = Arc::new(OnceLock::new());
+        let record = ended.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // The cause is recorded before the connection is dropped: dropping it is what
+            // wakes a pending request with "connection closed".
+            let mut connection = Box::pin(connection);
+            if let Err(e) = (&mut connection).await {
                 tracing::debug!(error = %e, "database connection closed");
+                let (kind, message) = classify(&e);
+                let _ = record.set(DbError { kind, message });
             }
         });
-        Ok(Session { client, flow })
+        Ok(Session {
+            client,
+            flow,
+            ended,
+        })
     }
 
     fn unreachable(&self, address: &Address, e: &std::io::Error) -> DbError {

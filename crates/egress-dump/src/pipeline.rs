@@ -16,7 +16,6 @@ use crate::catalog::ResolvedTable;
 use crate::chunked;
 use crate::config::Args;
 use crate::copy_stream::{self, CopyError, CopyStats};
-use crate::database::DbError;
 use crate::gzip::{self, CompressStats};
 use crate::progress::Counters;
 use crate::split::{self, Chunk};
@@ -158,7 +157,7 @@ pub async fn dump_table(
             upload::abort(pending).await;
             return Err(match (copied, compressed) {
                 (Err(CopyError::Database(e)), _) => {
-                    DbError::new(&format!("reading table '{name}' failed"), &e).into()
+                    e.context(&format!("reading table '{name}' failed")).into()
                 }
                 (_, Ok(Err(e))) => anyhow!("compressing table '{name}' failed: {e}"),
                 (_, Err(join)) => anyhow!("compressing table '{name}' failed: {join}"),
