@@ -35,11 +35,23 @@ if csv_bytes:
     print(f"\nlevel 1 wall / floor (a) wall = {lvl1 / floor:.2f}")
     jobs = [(n, v) for (g, n), v in best.items() if g == "dump 4 tables"]
     if jobs:
-        print("\n## Dump of 4 tables (the same 312 MiB split by time), one snapshot")
+        print(f"\n## Dump of 4 tables (the same {csv_bytes / MIB:.0f} MiB split by time), one snapshot")
         print("| contender | wall s | CPU s | server CPU s | peak RSS MiB |")
         print("|---|---:|---:|---:|---:|")
         for name, (wall, cpu, rss, server) in jobs:
             print(f"| {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} |")
+    split = [(g, n, v) for (g, n), v in best.items() if g.startswith("dump split")]
+    if split:
+        print(f"\n## One {csv_bytes / MIB:.0f} MiB table: split in ctid chunks vs one stream")
+        print("| group | contender | wall s | CPU s | server CPU s | peak RSS MiB | CSV MiB/s |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for group, name, (wall, cpu, rss, server) in split:
+            print(f"| {group[5:]} | {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} | {csv_bytes / MIB / wall:.1f} |")
+        for level in (1, 6):
+            whole = best.get((f"dump split L{level}", f"egress-dump -L{level} --jobs 2, one stream"))
+            chunked = best.get((f"dump split L{level}", f"egress-dump -L{level} --jobs 2 --split-larger-than 64MiB"))
+            if whole and chunked:
+                print(f"level {level}: split is {whole[0] / chunked[0]:.2f}x the speed of one stream (time ratio {chunked[0] / whole[0]:.2f})")
 
 dests = collections.OrderedDict()
 for (group, name), v in best.items():
