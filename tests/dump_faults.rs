@@ -417,6 +417,31 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
         text(&bad)
     );
 
+    // The same as a connection URL: its sslmode and sslrootcert win over PG* variables.
+    let url = |ca: &str| -> Output {
+        let pw = egress_testkit::postgres::PASSWORD;
+        let env = vec![
+            (
+                "DATABASE_URL".to_string(),
+                format!(
+                    "postgresql://postgres:{pw}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={ca}",
+                    pg.port
+                ),
+            ),
+            ("PGSSLMODE".to_string(), "disable".to_string()),
+        ];
+        run(&env, &["--tables", "t", "--output", &out_dir])
+    };
+    let ok = url(&ca);
+    assert_eq!(ok.status.code(), Some(0), "URL verify-full: {}", text(&ok));
+    let bad = url(&other);
+    assert_eq!(bad.status.code(), Some(2), "URL, wrong CA: {}", text(&bad));
+    assert!(
+        !text(&bad).contains(egress_testkit::postgres::PASSWORD),
+        "{}",
+        text(&bad)
+    );
+
     // And the session really is encrypted.
     use egress_dump::database;
     let mut env = pg.env();

@@ -322,6 +322,7 @@ async fn a_cleartext_password_request_is_refused_unless_chosen() {
         "names the fix: {err}"
     );
     assert!(started.elapsed() < Duration::from_secs(10), "not retried");
+    println!("refused: {}", err.trim());
     env.push(("PGSSLMODE".into(), "disable".into()));
     let out = run(&env, &["--tables", "t", "--output", &out_dir]);
     assert_eq!(

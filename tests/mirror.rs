@@ -133,6 +133,10 @@ async fn mirror_keeps_the_source_form(
             dst_etags[key], src_etags[key],
             "{key}: the copy carries the source's ETag"
         );
+        println!(
+            "{key}: input ETag {}, output ETag {}",
+            src_etags[key], dst_etags[key]
+        );
     }
     assert!(
         src_etags["2024-06-01/big.csv.gz"].ends_with("-3"),

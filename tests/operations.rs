@@ -91,6 +91,14 @@ async fn metrics_reach_the_pushgateway_and_a_failure_keeps_the_last_success() {
         &s3.get(BUCKET, &format!("ops/{DATE}/_manifest.json")).await,
     );
     let pushed = gateway.samples("egress-dump");
+    // What Prometheus scrapes from the Pushgateway for this job (shown with --no-capture).
+    for line in gateway
+        .scrape()
+        .lines()
+        .filter(|l| l.contains(r#"job="egress-dump""#))
+    {
+        println!("{line}");
+    }
     for (metric, field) in [
         ("egress_dump_rows", "rows"),
         ("egress_dump_csv_bytes", "uncompressed_bytes"),

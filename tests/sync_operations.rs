@@ -70,6 +70,14 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
     let out = sync(&input, "in-bucket", &output, "out-bucket", &args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let pushed = gateway.samples("egress-sync");
+    // What Prometheus scrapes from the Pushgateway for this job (shown with --no-capture).
+    for line in gateway
+        .scrape()
+        .lines()
+        .filter(|l| l.contains(r#"job="egress-sync""#))
+    {
+        println!("{line}");
+    }
     let expected: BTreeMap<String, f64> = [
         ("copied", 5.0),
         ("deleted", 0.0),
