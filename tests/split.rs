@@ -368,3 +368,62 @@ async fn a_recovery_conflict_on_a_standby_restarts_the_day_from_a_fresh_snapshot
         "nothing of a failed day is visible"
     );
 }
+
+fn peak_rss_mib(out: &Output) -> f64 {
+    let log = stdout(out);
+    let line = log.lines().last().unwrap_or_default();
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("peak_rss_mib="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak_rss_mib: {line}"))
+}
+
+#[tokio::test]
+async fn memory_does_not_grow_with_the_connections_reading_one_table() {
+    let pg = PgServer::start();
+    setup(
+        &pg,
+        "CREATE TABLE wide AS SELECT i AS id, md5(i::text) || md5((i * 3)::text) AS a, \
+         md5((i * 7)::text) AS b FROM generate_series(1, 600000) i;",
+    )
+    .await;
+    let expected = serial_copy(&pg, "wide", false);
+    let mut env = pg.env();
+    env.push(("DUMP_DATE".into(), DATE.into()));
+    let mut peaks = Vec::new();
+    for jobs in ["2", "16"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dump(
+            &env,
+            &[
+                "--tables",
+                "wide",
+                "--split-larger-than",
+                "1MiB",
+                "--jobs",
+                jobs,
+                "--compression-level",
+                "1",
+                "--output",
+                dir.path().to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "--jobs {jobs}: {}", text(&out));
+        let got = gunzip(&std::fs::read(dir.path().join(DATE).join("wide.csv.gz")).unwrap());
+        assert!(got == expected, "--jobs {jobs}: bytes differ");
+        peaks.push(peak_rss_mib(&out));
+    }
+    println!(
+        "peak RSS: {} MiB at --jobs 2, {} MiB at --jobs 16",
+        peaks[0], peaks[1]
+    );
+    // The README's bound, and the reason for it: sixteen connections share the same 16 MiB
+    // window as two; each adds only its 1 MiB of read-ahead and its session.
+    assert!(peaks[1] <= 64.0, "--jobs 16 took {} MiB", peaks[1]);
+    assert!(
+        peaks[1] <= peaks[0] + 16.0,
+        "--jobs 16 took {} MiB against {} MiB at --jobs 2",
+        peaks[1],
+        peaks[0]
+    );
+}

@@ -4,7 +4,7 @@
 //! when the process is told to stop is run by [`abort_all`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -34,12 +34,38 @@ fn registry() -> &'static Registry {
     REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Set once a stop began: no new upload may start (it could be created after the
+/// registry was emptied, and be left behind).
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// True once the process has begun stopping ([`abort_all`]).
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Remember `abort` until [`done`] is called.
 pub fn register(phase: Phase, abort: Abort) -> Ticket {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let id = next_id();
     if let Ok(mut map) = registry().lock() {
         map.insert(id, (phase, abort));
+    }
+    Ticket(id)
+}
+
+/// Swap the work `ticket` stands for (a sweep for an upload being created) for `abort`
+/// (the upload, now known), in one step: a stop never sees neither. If a stop already
+/// took the old work, that work covers it and nothing new is registered.
+pub fn replace(ticket: Ticket, phase: Phase, abort: Abort) -> Ticket {
+    let id = next_id();
+    if let Ok(mut map) = registry().lock() {
+        if map.remove(&ticket.0).is_some() {
+            map.insert(id, (phase, abort));
+        }
     }
     Ticket(id)
 }
@@ -54,17 +80,26 @@ pub fn done(ticket: Ticket) {
 /// Run every registered abort (each gets a few seconds: a stopping pod has little time
 /// left); returns how many undid something.
 pub async fn abort_all() -> usize {
-    let pending: Vec<(Phase, Abort)> = match registry().lock() {
-        Ok(mut map) => map.drain().map(|(_, w)| w).collect(),
-        Err(_) => return 0,
-    };
-    let (known, sweeps): (Vec<_>, Vec<_>) =
-        pending.into_iter().partition(|(p, _)| *p == Phase::Known);
-    let mut count = run_all(known).await;
-    if !sweeps.is_empty() {
-        // Let a creation request that was already sent reach the server first.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        count += run_all(sweeps).await;
+    STOPPING.store(true, Ordering::SeqCst);
+    let mut count = 0;
+    // Work registered while the first round ran (a creation that had passed its check
+    // just before the stop) is taken by the next round.
+    for _ in 0..3 {
+        let pending: Vec<(Phase, Abort)> = match registry().lock() {
+            Ok(mut map) => map.drain().map(|(_, w)| w).collect(),
+            Err(_) => return count,
+        };
+        if pending.is_empty() {
+            break;
+        }
+        let (known, sweeps): (Vec<_>, Vec<_>) =
+            pending.into_iter().partition(|(p, _)| *p == Phase::Known);
+        count += run_all(known).await;
+        if !sweeps.is_empty() {
+            // Let a creation request that was already sent reach the server first.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            count += run_all(sweeps).await;
+        }
     }
     count
 }

@@ -361,6 +361,12 @@ impl ObjectStore for S3Store {
         options: &PutOptions,
     ) -> Result<Upload, StoreError> {
         let full = self.full(key);
+        if cleanup::stopping() {
+            return Err(StoreError::new(
+                ErrorKind::Other,
+                format!("not starting the upload of {full}: the run is stopping"),
+            ));
+        }
         // Until the id comes back, a stop must look for the upload by its key.
         let sweep = cleanup::register(Phase::Sweep, self.sweep_for(&full));
         let request = self
@@ -369,14 +375,14 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(&full);
         let reply = with_attributes!(request, options.attributes).send().await;
-        cleanup::done(sweep);
-        let reply = reply.map_err(|e| {
-            self.error(
-                &e,
-                &format!("starting the upload of {full}"),
-                Target::Object,
-            )
-        })?;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                cleanup::done(sweep);
+                let what = format!("starting the upload of {full}");
+                return Err(self.error(&e, &what, Target::Object));
+            }
+        };
         let id = reply
             .upload_id()
             .filter(|id| !id.is_empty())
@@ -385,9 +391,15 @@ impl ObjectStore for S3Store {
                     ErrorKind::NotS3,
                     format!("starting the upload of {full}: the server returned no upload id"),
                 )
-            })?
-            .to_string();
-        let ticket = cleanup::register(Phase::Known, self.abort_action(&full, &id));
+            });
+        let id = match id {
+            Ok(id) => id.to_string(),
+            Err(e) => {
+                cleanup::done(sweep);
+                return Err(e);
+            }
+        };
+        let ticket = cleanup::replace(sweep, Phase::Known, self.abort_action(&full, &id));
         Ok(Upload {
             key: key.to_string(),
             id,
