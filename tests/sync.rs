@@ -736,8 +736,8 @@ async fn sigterm_mid_sync_aborts_uploads_and_exits_143() {
     input.create_bucket(SRC).await;
     output.create_bucket(DST).await;
     let expected = seed_large(&input, "big", 400, 24 * MIB, 8 * MIB).await;
-    let child = sync_command(&input, SRC, &output, DST, &["--jobs", "2"])
-        .stdout(Stdio::null())
+    let child = sync_command(&input, SRC, &output, DST, &["--jobs", "2", "-v"])
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn egress-sync");
@@ -758,9 +758,11 @@ async fn sigterm_mid_sync_aborts_uploads_and_exits_143() {
         "{}",
         text(&out)
     );
+    let pending = output.pending_uploads(DST).await;
     assert!(
-        output.pending_uploads(DST).await.is_empty(),
-        "in-flight uploads aborted"
+        pending.is_empty(),
+        "in-flight uploads aborted, yet pending: {pending:?}\n{}",
+        text(&out)
     );
     for (key, body) in contents(&output, DST, "").await {
         assert!(

@@ -367,37 +367,33 @@ impl ObjectStore for S3Store {
                 format!("not starting the upload of {full}: the run is stopping"),
             ));
         }
-        // Until the id comes back, a stop must look for the upload by its key.
-        let sweep = cleanup::register(Phase::Sweep, self.sweep_for(&full));
+        // Until the id comes back, a stop waits for it (or looks for the upload by key).
+        let (created, creation) = tokio::sync::watch::channel(None);
+        let sweep = cleanup::register(Phase::Sweep, self.sweep_for(&full, creation));
         let request = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(&full);
         let reply = with_attributes!(request, options.attributes).send().await;
-        let reply = match reply {
-            Ok(reply) => reply,
+        let id = match reply {
+            Ok(reply) => reply
+                .upload_id()
+                .filter(|id| !id.is_empty())
+                .map(str::to_string),
             Err(e) => {
                 cleanup::done(sweep);
                 let what = format!("starting the upload of {full}");
                 return Err(self.error(&e, &what, Target::Object));
             }
         };
-        let id = reply
-            .upload_id()
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| {
-                StoreError::new(
-                    ErrorKind::NotS3,
-                    format!("starting the upload of {full}: the server returned no upload id"),
-                )
-            });
-        let id = match id {
-            Ok(id) => id.to_string(),
-            Err(e) => {
-                cleanup::done(sweep);
-                return Err(e);
-            }
+        let _ = created.send(Some(id.clone()));
+        let Some(id) = id else {
+            cleanup::done(sweep);
+            return Err(StoreError::new(
+                ErrorKind::NotS3,
+                format!("starting the upload of {full}: the server returned no upload id"),
+            ));
         };
         let ticket = cleanup::replace(sweep, Phase::Known, self.abort_action(&full, &id));
         Ok(Upload {
@@ -599,13 +595,26 @@ impl S3Store {
             .map_err(|e| self.error(&e, &what, Target::Object))
     }
 
-    /// What a stop does for an upload of `full` whose id is not known yet: abort every
-    /// upload of exactly that key started since this process began.
-    fn sweep_for(&self, full: &str) -> cleanup::Abort {
+    /// What a stop does for an upload being created: wait for its id (a loaded server
+    /// may take a while to answer), else look for it by key among uploads this process
+    /// could have started.
+    fn sweep_for(&self, full: &str, mut creation: Creation) -> cleanup::Abort {
         let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), full.to_string());
         let since = process_start();
         Box::new(move || {
             Box::pin(async move {
+                let known = match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    creation.wait_for(|c| c.is_some()),
+                )
+                .await
+                {
+                    Ok(Ok(id)) => id.clone().flatten(),
+                    _ => None,
+                };
+                if let Some(id) = known {
+                    return abort_upload(&client, &bucket, &key, &id).await.is_ok();
+                }
                 let Ok(page) = uploads_page(&client, &bucket, &key, (None, None)).await else {
                     return false;
                 };
@@ -672,6 +681,9 @@ async fn uploads_page(
         .send()
         .await
 }
+
+/// The id a CreateMultipartUpload returned (`Some(None)`: it returned none), once it did.
+type Creation = tokio::sync::watch::Receiver<Option<Option<String>>>;
 
 /// Seconds since the epoch when this process started (a little before, to allow for clock
 /// steps between us and the store).
