@@ -9,6 +9,8 @@ use egress_dump::config::{Args, EXTRA_ENV, REQUIRED_ENV};
 use egress_dump::database::{DbError, DbErrorKind};
 
 fn main() {
+    // Part buffers (MiBs each) get mappings of their own; before the runtime starts threads.
+    egress_common::memory::map_buffers_from(1024 * 1024);
     cli::run_main("egress-dump", run)
 }
 

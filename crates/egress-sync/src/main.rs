@@ -11,7 +11,7 @@ use egress_sync::sides::Side;
 
 fn main() {
     // Part buffers come and go all the time here; before the runtime starts its threads.
-    egress_common::memory::return_large_buffers_to_the_system();
+    egress_common::memory::map_buffers_from(128 * 1024);
     cli::run_main("egress-sync", run)
 }
 
