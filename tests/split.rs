@@ -314,6 +314,10 @@ async fn a_recovery_conflict_on_a_standby_restarts_the_day_from_a_fresh_snapshot
         "the conflict is logged: {log}"
     );
     assert!(log.contains("(retry 1 of 3)"), "the retry is logged: {log}");
+    assert!(
+        !log.contains("Failed."),
+        "an attempt that is retried is not a failed run: {log}"
+    );
     let last = log.lines().last().unwrap_or_default().to_string();
     assert!(
         last.contains("Success.") && !last.contains("conflict_retries=0"),
@@ -358,6 +362,11 @@ async fn a_recovery_conflict_on_a_standby_restarts_the_day_from_a_fresh_snapshot
     let error = egress_testkit::stderr(&out);
     assert!(error.contains("recovery conflict"), "{error}");
     assert!(error.contains("hot_standby_feedback"), "{error}");
+    assert!(
+        stdout(&out).contains("Failed. 0 of 1 tables dumped."),
+        "{}",
+        text(&out)
+    );
     assert!(
         s3.keys(BUCKET, "replica/2024-05-02/").await.is_empty(),
         "nothing of a failed day is visible"

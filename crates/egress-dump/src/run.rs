@@ -158,7 +158,8 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> anyhow::Result<Vec<TableReport>>
     let outcomes =
         workers::dump_tables(&job, &db.target, &db.coordinator, &snapshot, &which).await?;
     let _ = db.coordinator.batch_execute("COMMIT").await;
-    let reports = all_succeeded(&tables, outcomes)?;
+    let may_retry = attempt.retries < args.conflict_retries;
+    let reports = all_succeeded(&tables, outcomes, may_retry)?;
     let parts = ManifestParts {
         args,
         request,
@@ -432,10 +433,12 @@ fn print_plan(tables: &[ResolvedTable], store: &Store, date: &str) {
 }
 
 /// The reports, or (when any table failed) an error naming them all: no manifest then,
-/// so the day stays visibly incomplete.
+/// so the day stays visibly incomplete. The closing `Failed.` line is left out when a
+/// recovery conflict will start the day again (`may_retry`): the run has not ended.
 fn all_succeeded(
     tables: &[ResolvedTable],
     outcomes: Vec<Outcome>,
+    may_retry: bool,
 ) -> anyhow::Result<Vec<TableReport>> {
     let mut reports = Vec::new();
     let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
@@ -452,14 +455,18 @@ fn all_succeeded(
     };
     let ok: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
     let bad: Vec<String> = failed.iter().map(|(t, _)| t.clone()).collect();
-    error!(
+    // The first failure is what the caller retries on.
+    let retried = may_retry && failed.first().is_some_and(|(_, e)| recovery_conflict(e));
+    if !retried {
+        error!(
         succeeded = %ok.join(" "),
         failed = %bad.join(" "),
         not_attempted = %skipped.join(" "),
         "Failed. {} of {} tables dumped.",
         ok.len(),
         ok.len() + bad.len() + skipped.len()
-    );
+        );
+    }
     let summary = format!(
         "{} table(s) failed ({}); first failure: table '{first_table}'",
         bad.len(),
