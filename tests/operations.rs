@@ -59,15 +59,6 @@ fn value(samples: &[Sample], name: &str) -> f64 {
     found[0].value
 }
 
-fn promtool() -> std::path::PathBuf {
-    egress_testkit::process::find_binary(
-        "promtool",
-        "PROMTOOL",
-        &[std::path::PathBuf::from("/usr/bin")],
-        "apt-get install prometheus",
-    )
-}
-
 #[tokio::test]
 async fn metrics_reach_the_pushgateway_and_a_failure_keeps_the_last_success() {
     let pg = PgServer::start();
@@ -124,16 +115,7 @@ async fn metrics_reach_the_pushgateway_and_a_failure_keeps_the_last_success() {
     let success = value(&pushed, "egress_last_success_timestamp_seconds");
     assert_eq!(success, value(&pushed, "egress_last_run_timestamp_seconds"));
     assert!(value(&pushed, "egress_run_duration_seconds") > 0.0);
-    let check = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .expect("run promtool");
-    assert!(
-        check.status.success(),
-        "promtool check metrics: {}",
-        text(&check)
-    );
+    egress_testkit::pushgateway::assert_promtool_accepts(&file);
 
     // A failed run: its exit code is visible, the last success and its figures stay.
     std::thread::sleep(std::time::Duration::from_millis(1100));

@@ -3,7 +3,7 @@
 //! sides against s3s-fs, moto and Ceph RGW.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use egress_testkit::fixtures::{self, data, manifest_json, put_many};
 use egress_testkit::pushgateway::{Pushgateway, Sample};
@@ -91,22 +91,7 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
     assert_eq!(one(&pushed, "egress_sync_bytes_copied"), bytes as f64);
     assert_eq!(one(&pushed, "egress_last_run_exit_code"), 0.0);
     let success = one(&pushed, "egress_last_success_timestamp_seconds");
-    let promtool = egress_testkit::process::find_binary(
-        "promtool",
-        "PROMTOOL",
-        &[std::path::PathBuf::from("/usr/bin")],
-        "apt-get install prometheus",
-    );
-    let check = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .expect("run promtool");
-    assert!(
-        check.status.success(),
-        "promtool check metrics: {}",
-        text(&check)
-    );
+    egress_testkit::pushgateway::assert_promtool_accepts(&file);
 
     // The first day gets its manifest (its objects are already copied: skipped), and a
     // second day's manifest lists an object the input lacks: that object fails (exit 1)

@@ -141,3 +141,24 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
     }
     labels
 }
+
+/// Assert that `promtool check metrics` accepts the metrics file at `path` (Debian package
+/// `prometheus`; a missing promtool fails with the command that installs it).
+pub fn assert_promtool_accepts(path: &std::path::Path) {
+    let promtool = crate::process::find_binary(
+        "promtool",
+        "PROMTOOL",
+        &[std::path::PathBuf::from("/usr/bin")],
+        "apt-get install prometheus",
+    );
+    let check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(path).expect("open the metrics file"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}",
+        crate::text(&check)
+    );
+}
