@@ -140,6 +140,18 @@ pub struct ServerFacts {
     pub max_standby_streaming_delay: String,
     /// Whether the standby tells the primary which rows its queries still need.
     pub hot_standby_feedback: String,
+    /// Queries in this database the standby has cancelled for recovery conflicts so far
+    /// (`pg_stat_database_conflicts`).
+    pub conflicts: i64,
+}
+
+/// Recovery conflicts the server has counted in this database so far, on a new session.
+pub async fn conflicts_counted(target: &Target) -> Option<i64> {
+    let session = target.connect().await.ok()?;
+    server_facts(&session)
+        .await
+        .ok()
+        .map(|facts| facts.conflicts)
 }
 
 /// Ask the server for its version and role.
@@ -147,7 +159,9 @@ pub async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts
     let row = client
         .query_one(
             "SELECT current_setting('server_version_num')::int, pg_is_in_recovery(), \
-                    current_setting('max_standby_streaming_delay'), current_setting('hot_standby_feedback')",
+                    current_setting('max_standby_streaming_delay'), current_setting('hot_standby_feedback'), \
+                    (SELECT coalesce(sum(confl_tablespace + confl_lock + confl_snapshot + confl_bufferpin + confl_deadlock), 0)::bigint \
+                     FROM pg_stat_database_conflicts WHERE datname = current_database())",
             &[],
         )
         .await
@@ -157,6 +171,7 @@ pub async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts
         standby: row.get(1),
         max_standby_streaming_delay: row.get(2),
         hot_standby_feedback: row.get(3),
+        conflicts: row.get(4),
     })
 }
 

@@ -1,7 +1,8 @@
 //! One dump run, as a short sequence of named steps: check the request, open the output,
 //! connect, take the snapshot, find the tables, dump them, write the manifest.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::NaiveDate;
@@ -76,6 +77,7 @@ async fn dump_day(
     }
     let mut retries = 0;
     loop {
+        let standby = OnceLock::new();
         let attempt = Attempt {
             args,
             request,
@@ -83,9 +85,15 @@ async fn dump_day(
             lease,
             run_started: run_started.clone(),
             retries,
+            standby: &standby,
         };
-        match dump_snapshot(attempt).await {
-            Err(e) if recovery_conflict(&e) && retries < args.conflict_retries => {
+        let outcome = dump_snapshot(attempt).await;
+        let conflict = match &outcome {
+            Err(e) => recovery_conflict(e) || lost_to_a_conflict(e, &standby).await,
+            Ok(_) => false,
+        };
+        match outcome {
+            Err(e) if conflict && retries < args.conflict_retries => {
                 retries += 1;
                 warn!(
                     retry = retries,
@@ -95,7 +103,7 @@ async fn dump_day(
                     args.conflict_retries
                 );
             }
-            Err(e) if recovery_conflict(&e) => {
+            Err(e) if conflict => {
                 return Err(e.context(format!(
                     "still cancelled for recovery conflicts after {retries} retries from a fresh snapshot: raise max_standby_streaming_delay or enable hot_standby_feedback on the standby, raise --conflict-retries, or read from the primary"
                 )));
@@ -113,6 +121,30 @@ struct Attempt<'a> {
     lease: Option<&'a Lease>,
     run_started: String,
     retries: u32,
+    /// Set on a standby: where to reach it, and the conflicts it had counted at the start.
+    standby: &'a OnceLock<(Target, i64)>,
+}
+
+/// A session lost during an attempt on a standby that has since counted more recovery
+/// conflicts: the backend was terminated for one, but its closing message was lost (the
+/// server resets a connection that has unread input, e.g. the next chunk's query).
+async fn lost_to_a_conflict(error: &anyhow::Error, standby: &OnceLock<(Target, i64)>) -> bool {
+    let lost = egress_common::error::find::<DbError>(error)
+        .is_some_and(|e| e.kind == database::DbErrorKind::ConnectionLost);
+    let Some((target, before)) = standby.get().filter(|_| lost) else {
+        return false;
+    };
+    // A terminated backend's statistics reach the server as it exits: allow a moment.
+    for _ in 0..5 {
+        if database::conflicts_counted(target)
+            .await
+            .is_some_and(|now| now > *before)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    false
 }
 
 fn recovery_conflict(error: &anyhow::Error) -> bool {
@@ -129,7 +161,7 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> anyhow::Result<Vec<TableReport>>
         store,
         ..
     } = attempt;
-    let db = connect(args).await?;
+    let db = connect(args, attempt.standby).await?;
     // One snapshot for every table of the run: the day's files agree with each other.
     let snapshot = snapshot::begin(&db.coordinator, args.jobs > 1).await?;
     let tables = find_tables(&db.coordinator, &request.tables).await?;
@@ -328,7 +360,7 @@ async fn open_output(args: &Args, request: &Request) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-async fn connect(args: &Args) -> anyhow::Result<Database> {
+async fn connect(args: &Args, standby: &OnceLock<(Target, i64)>) -> anyhow::Result<Database> {
     let conninfo = args.database_url.as_ref().map(|u| u.expose());
     let params = Params::resolve(conninfo, &database::env_from_process())?;
     let target = database::resolve(&params, args.common.timeout())?;
@@ -336,6 +368,7 @@ async fn connect(args: &Args) -> anyhow::Result<Database> {
     database::prepare_session(&coordinator).await?;
     let server = database::server_facts(&coordinator).await?;
     if server.standby {
+        let _ = standby.set((target.clone(), server.conflicts));
         info!(
             max_standby_streaming_delay = %server.max_standby_streaming_delay,
             hot_standby_feedback = %server.hot_standby_feedback,
