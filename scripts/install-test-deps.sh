@@ -21,6 +21,7 @@ command -v socat >/dev/null || packages+=(socat)   # TLS in front of a test S3 s
 command -v openssl >/dev/null || packages+=(openssl)
 command -v promtool >/dev/null || packages+=(prometheus)   # promtool: checks metrics and alert rules
 command -v prometheus-pushgateway >/dev/null || packages+=(prometheus-pushgateway)
+command -v faketime >/dev/null || packages+=(faketime)   # a run whose clock is wrong (leases)
 if [ ${#packages[@]} -gt 0 ]; then
   log "apt-get install ${packages[*]}"
   apt-get update -qq

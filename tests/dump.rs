@@ -884,7 +884,8 @@ async fn imported_snapshot_hides_commits_made_after_the_export() {
     let params = egress_dump::conninfo::Params::resolve(None, &pg.env()).unwrap();
     let target = database::resolve(&params, Duration::from_secs(10)).unwrap();
     let coordinator = target.connect().await.unwrap();
-    let info = snapshot::begin(&coordinator, true).await.unwrap();
+    snapshot::open(&coordinator).await.unwrap();
+    let info = snapshot::take(&coordinator, true).await.unwrap();
     let id = info.exported_id.clone().expect("exported");
     pg.client()
         .await

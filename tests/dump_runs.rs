@@ -332,3 +332,511 @@ async fn a_cleartext_password_request_is_refused_unless_chosen() {
         text(&out)
     );
 }
+
+/// Which held UploadParts may pass: all of them once opened, else those of the uploads
+/// let through one by one.
+#[derive(Default)]
+struct Gate {
+    open: std::sync::atomic::AtomicBool,
+    let_through: std::sync::Mutex<Vec<String>>,
+}
+
+impl Gate {
+    fn set(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn passes(&self, target: &str) -> bool {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+            || upload_id(target).is_some_and(|id| self.let_through.lock().unwrap().contains(&id))
+    }
+
+    /// Let the parts of the upload `target` belongs to through.
+    fn let_through(&self, target: &str) {
+        let id = upload_id(target).expect("an upload id");
+        self.let_through.lock().unwrap().push(id);
+    }
+}
+
+fn upload_id(target: &str) -> Option<String> {
+    let query = target.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("uploadId="))
+        .map(str::to_string)
+}
+
+/// A proxy in front of `s3` that holds every UploadPart its [`Gate`] does not let pass:
+/// the dump's big tables cannot finish before the test says so.
+fn gated_proxy(s3: &S3Server) -> (egress_testkit::proxy::Proxy, Arc<Gate>) {
+    let gate = Arc::new(Gate::default());
+    let held = gate.clone();
+    let hook: egress_testkit::proxy::Hook = Arc::new(move |seen| {
+        let (gate, part, target) = (held.clone(), seen.is_upload_part(), seen.target.clone());
+        Box::pin(async move {
+            while part && !gate.passes(&target) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    (
+        egress_testkit::proxy::Proxy::start(&s3.endpoint, Some(hook), None),
+        gate,
+    )
+}
+
+/// `env` with S3 reached through `proxy`.
+fn through(
+    env: &[(String, String)],
+    proxy: &egress_testkit::proxy::Proxy,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
+        .cloned()
+        .collect();
+    env.push(("AWS_ENDPOINT_URL".into(), proxy.endpoint.clone()));
+    env
+}
+
+/// Wait until every one of `apps` is waiting for a lock, while `dump` still runs.
+fn wait_until_blocked(pg: &PgServer, dump: &mut Child, apps: &[&str]) {
+    let start = Instant::now();
+    loop {
+        let waiting = pg.waiting_for_locks(apps);
+        if waiting.len() == apps.len() {
+            return;
+        }
+        assert!(
+            dump.try_wait().unwrap().is_none(),
+            "the dump ended while {apps:?} were not all waiting (only {waiting:?}): a session changed a listed table during the dump"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {waiting:?} of {apps:?} wait for the dump's locks"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn listed_tables_are_locked_with_the_snapshot_so_ddl_waits_for_the_day() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket(BUCKET).await;
+    let (proxy, open) = gated_proxy(&s3);
+    for jobs in ["1", "2"] {
+        sql(&pg, "DROP TABLE IF EXISTS first, second, later, later_old, later_new, parted CASCADE; \
+                  CREATE TABLE first AS SELECT i, md5(i::text) a, md5((i*3)::text) b FROM generate_series(1, 150000) i; \
+                  CREATE TABLE second AS SELECT * FROM first; \
+                  CREATE TABLE later AS SELECT i AS id, 'original ' || i AS note FROM generate_series(1, 1000) i; \
+                  CREATE TABLE later_new AS SELECT 0 AS id, 'swapped in' AS note; \
+                  CREATE MATERIALIZED VIEW mv AS SELECT id FROM later WHERE id % 2 = 0; \
+                  CREATE TABLE parted (id int, v text) PARTITION BY RANGE (id); \
+                  CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (500); \
+                  CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM (500) TO (1001); \
+                  INSERT INTO parted SELECT i, 'p' || i FROM generate_series(0, 1000) i;").await;
+        let before = |table: &str| {
+            pg.psql(&format!(
+                "COPY (SELECT * FROM {table}) TO STDOUT (FORMAT csv)"
+            ))
+        };
+        let expected = [
+            ("later", before("later")),
+            ("mv", before("mv")),
+            ("parted", before("parted")),
+        ];
+        open.set(false);
+        proxy.clear();
+        let env = through(&env_for(&pg, &s3, "first second later mv parted"), &proxy);
+        let mut dump = spawn(
+            &env,
+            &[
+                "--jobs",
+                jobs,
+                "--part-size-mib",
+                "5",
+                "--compression-level",
+                "1",
+            ],
+        );
+        proxy.wait_for("an UploadPart", |s| s.is_upload_part());
+        // While the first table is being uploaded: empty and refill a table not read yet,
+        // add a column to another, refresh the materialized view, swap a table by renaming.
+        let sessions = [
+            ("truncater", "BEGIN; TRUNCATE later CASCADE; INSERT INTO later SELECT i, 'new' FROM generate_series(1, 5) i; COMMIT"),
+            ("alterer", "ALTER TABLE parted ADD COLUMN extra int DEFAULT 7"),
+            ("refresher", "REFRESH MATERIALIZED VIEW mv"),
+            ("swapper", "BEGIN; ALTER TABLE second RENAME TO second_old; ALTER TABLE later_new RENAME TO second; COMMIT"),
+        ];
+        let mut children: Vec<(&str, Child)> = sessions
+            .iter()
+            .map(|(app, q)| (*app, pg.psql_session(app, q)))
+            .collect();
+        let apps: Vec<&str> = sessions.iter().map(|(a, _)| *a).collect();
+        wait_until_blocked(&pg, &mut dump, &apps);
+        open.set(true);
+        let out = dump.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "jobs {jobs}: {}", text(&out));
+        for (app, child) in children.iter_mut() {
+            assert!(
+                child.wait().unwrap().success(),
+                "{app} went through after the dump"
+            );
+        }
+        for (table, rows) in &expected {
+            let object = s3.get(BUCKET, &format!("conc/{DATE}/{table}.csv.gz")).await;
+            assert!(
+                gunzip(&object) == *rows,
+                "jobs {jobs}: {table} is the snapshot's, not the DDL's"
+            );
+        }
+        let second = s3.get(BUCKET, &format!("conc/{DATE}/second.csv.gz")).await;
+        assert!(
+            gunzip(&second) == pg.psql("COPY second_old TO STDOUT (FORMAT csv)"),
+            "the table read is the one locked"
+        );
+        let manifest = egress_testkit::checked_manifest(
+            &s3.get(BUCKET, &format!("conc/{DATE}/_manifest.json")).await,
+        );
+        let parted = manifest["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == "parted")
+            .unwrap();
+        let names: Vec<&str> = parted["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["id", "v"],
+            "the manifest's columns are the ones read"
+        );
+        assert_eq!(
+            pg.value("SELECT count(*) FROM later"),
+            "5",
+            "the DDL ran after the day"
+        );
+        sql(&pg, "DROP TABLE second_old").await;
+    }
+}
+
+#[tokio::test]
+async fn a_table_another_session_holds_fails_the_run_naming_that_session() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket(BUCKET).await;
+    sql(
+        &pg,
+        "CREATE TABLE free AS SELECT 1 AS v; CREATE TABLE held AS SELECT 1 AS v",
+    )
+    .await;
+    let mut migration = pg.psql_session(
+        "migration",
+        "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
+    );
+    let start = Instant::now();
+    while pg.pid_of("migration") == 0 || pg.value("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'held'::regclass") != "1" {
+        assert!(start.elapsed() < Duration::from_secs(20), "the migration session holds its lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = pg.pid_of("migration");
+    for jobs in ["1", "2"] {
+        let started = Instant::now();
+        let out = run(
+            &env_for(&pg, &s3, "free held"),
+            &["--lock-timeout", "2s", "--jobs", jobs],
+        );
+        println!("{}", stderr(&out));
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let line = stderr(&out);
+        assert_eq!(line.trim().lines().count(), 1, "one line: {line}");
+        for wanted in [
+            "cannot lock table 'held' (\"public\".\"held\") for reading within 2s".to_string(),
+            format!("session {pid} (user 'postgres', application 'migration', active"),
+            "holds an ACCESS EXCLUSIVE lock on held".to_string(),
+            "--lock-timeout".to_string(),
+        ] {
+            assert!(line.contains(&wanted), "{wanted}: {line}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "it waited about 2s"
+        );
+        let keys = s3.keys(BUCKET, "").await;
+        assert!(keys.is_empty(), "nothing of the day was written: {keys:?}");
+        assert!(s3.pending_uploads(BUCKET).await.is_empty());
+    }
+    migration.kill().unwrap();
+    let _ = migration.wait();
+}
+
+const BIG: &str = "CREATE TABLE big AS SELECT i, md5(i::text) a, md5((i*3)::text) b, md5((i*7)::text) c FROM generate_series(1, 200000) i";
+const SHORT_LEASE: [&str; 8] = [
+    "--lease-ttl",
+    "4s",
+    "--part-size-mib",
+    "5",
+    "--compression-level",
+    "1",
+    "--tables",
+    "big",
+];
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, signal) };
+}
+
+fn wait_for_exit(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!(
+                "the run did not end within {limit:?}: {}",
+                text(&child.wait_with_output().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The day's lease object as JSON, if there is one.
+async fn day_lease(s3: &S3Server) -> Option<serde_json::Value> {
+    let key = format!("conc/{DATE}/.egress-lease.json");
+    if !s3.keys(BUCKET, "").await.contains(&key) {
+        return None;
+    }
+    serde_json::from_slice(&s3.get(BUCKET, &key).await).ok()
+}
+
+/// Every object of the day with its bytes.
+async fn day_objects(s3: &S3Server) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for key in s3.keys(BUCKET, &format!("conc/{DATE}/")).await {
+        if !key.ends_with(".egress-lease.json") {
+            out.push((key.clone(), s3.get(BUCKET, &key).await));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_run_paused_past_its_lease_writes_nothing_when_it_resumes() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket(BUCKET).await;
+    sql(&pg, BIG).await;
+    let (proxy, gate) = gated_proxy(&s3);
+    let env = through(&env_for(&pg, &s3, "big"), &proxy);
+    let paused = spawn(&env, &SHORT_LEASE);
+    proxy.wait_for("an UploadPart", |s| s.is_upload_part());
+    // A frozen node: the run stops renewing its lease while its first part is on its way.
+    signal(&paused, libc::SIGSTOP);
+    gate.set(true);
+    std::thread::sleep(Duration::from_secs(6));
+    let second = run(&env, &SHORT_LEASE);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert!(
+        stdout(&second).contains("took over the lease of a run that is gone"),
+        "{}",
+        text(&second)
+    );
+    let day = day_objects(&s3).await;
+    assert_eq!(
+        verify_day(&s3).await,
+        Some(vec![]),
+        "the second run's day is complete"
+    );
+    signal(&paused, libc::SIGCONT);
+    let resumed = wait_for_exit(paused, Duration::from_secs(60));
+    println!("the resumed run: {}", stderr(&resumed));
+    assert_eq!(resumed.status.code(), Some(3), "{}", text(&resumed));
+    let line = stderr(&resumed);
+    assert!(
+        line.contains("no longer holds the lease on s3://runs/conc/2024-06-02/.egress-lease.json"),
+        "{line}"
+    );
+    assert_eq!(line.trim().lines().count(), 1, "one line: {line}");
+    assert!(
+        day == day_objects(&s3).await,
+        "the resumed run changed nothing of the day"
+    );
+    assert_eq!(verify_day(&s3).await, Some(vec![]));
+    assert!(
+        s3.pending_uploads(BUCKET).await.is_empty(),
+        "no upload left behind"
+    );
+    assert!(day_lease(&s3).await.is_none(), "no lease left behind");
+}
+
+#[tokio::test]
+async fn a_run_whose_lease_was_taken_leaves_the_new_holders_lease_on_sigterm() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket(BUCKET).await;
+    sql(&pg, BIG).await;
+    let (proxy, gate) = gated_proxy(&s3);
+    let env = through(&env_for(&pg, &s3, "big"), &proxy);
+    let first = spawn(&env, &SHORT_LEASE);
+    let first_part = proxy.wait_for("an UploadPart", |s| s.is_upload_part());
+    signal(&first, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(6));
+    let second = spawn(&env, &SHORT_LEASE);
+    proxy.wait_for("the second run's UploadPart", |s| {
+        s.is_upload_part() && upload_id(&s.target) != upload_id(&first_part.target)
+    });
+    let holder = day_lease(&s3)
+        .await
+        .expect("the second run holds the lease");
+    assert_eq!(holder["pid"], second.id(), "{holder}");
+    signal(&first, libc::SIGCONT);
+    signal(&first, libc::SIGTERM);
+    let first = wait_for_exit(first, Duration::from_secs(60));
+    assert!(
+        matches!(first.status.code(), Some(143) | Some(3)),
+        "{}",
+        text(&first)
+    );
+    let after = day_lease(&s3).await.expect("the lease is still there");
+    assert_eq!(
+        after["pid"],
+        second.id(),
+        "the stopped run left the new holder's lease alone: {after}"
+    );
+    gate.set(true);
+    let second = wait_for_exit(second, Duration::from_secs(120));
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert_eq!(verify_day(&s3).await, Some(vec![]));
+    assert!(day_lease(&s3).await.is_none(), "released at the end");
+}
+
+#[tokio::test]
+async fn a_lease_taken_after_waiting_lasts_its_whole_time_to_live() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket(BUCKET).await;
+    sql(&pg, BIG).await;
+    let (proxy, gate) = gated_proxy(&s3);
+    let env = through(&env_for(&pg, &s3, "big"), &proxy);
+    let first = spawn(&env, &SHORT_LEASE);
+    let first_part = proxy.wait_for("an UploadPart", |s| s.is_upload_part());
+    let mut waiting = SHORT_LEASE.to_vec();
+    waiting.extend(["--wait-for-lease", "2m"]);
+    let second = spawn(&env, &waiting);
+    // Longer than a lease lasts: an expiry computed before the wait would be past already.
+    std::thread::sleep(Duration::from_secs(6));
+    gate.let_through(&first_part.target);
+    let first = wait_for_exit(first, Duration::from_secs(120));
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    proxy.wait_for("the waiting run's UploadPart", |s| {
+        s.is_upload_part() && upload_id(&s.target) != upload_id(&first_part.target)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let third = run(&env, &SHORT_LEASE);
+    assert_eq!(
+        third.status.code(),
+        Some(3),
+        "the waiting run's lease is live: {}",
+        text(&third)
+    );
+    assert!(
+        stderr(&third).contains(&format!("pid {}", second.id())),
+        "{}",
+        text(&third)
+    );
+    gate.set(true);
+    let second = wait_for_exit(second, Duration::from_secs(120));
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert_eq!(verify_day(&s3).await, Some(vec![]));
+}
+
+#[tokio::test]
+async fn a_run_with_a_slow_clock_still_holds_its_lease() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket(BUCKET).await;
+    sql(&pg, BIG).await;
+    let (proxy, gate) = gated_proxy(&s3);
+    let env = through(&env_for(&pg, &s3, "big"), &proxy);
+    let faketime = egress_testkit::process::find_binary(
+        "faketime",
+        "EGRESS_FAKETIME",
+        &[],
+        "apt-get install faketime",
+    );
+    // A pod whose clock is five minutes behind: its own idea of "expires" is long past.
+    let mut slow = egress_testkit::clean_command(faketime.to_str().unwrap());
+    slow.env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(["-f", "-5m", env!("CARGO_BIN_EXE_egress-dump")])
+        .args(["--part-size-mib", "5", "--compression-level", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let slow = slow.spawn().expect("spawn egress-dump under faketime");
+    proxy.wait_for("an UploadPart", |s| s.is_upload_part());
+    let second = run(&env, &["--part-size-mib", "5"]);
+    assert_eq!(
+        second.status.code(),
+        Some(3),
+        "the slow run's lease is live on the store's clock: {}",
+        text(&second)
+    );
+    gate.set(true);
+    let slow = wait_for_exit(slow, Duration::from_secs(120));
+    assert_eq!(slow.status.code(), Some(0), "{}", text(&slow));
+    assert_eq!(verify_day(&s3).await, Some(vec![]));
+}
+
+#[tokio::test]
+async fn an_unreadable_lease_is_one_line_and_is_taken_over_once_it_is_old() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket(BUCKET).await;
+    sql(&pg, "CREATE TABLE small AS SELECT 1 AS v").await;
+    let proxy = egress_testkit::proxy::Proxy::start(&s3.endpoint, None, None);
+    let env = through(&env_for(&pg, &s3, "small"), &proxy);
+    let key = format!("conc/{DATE}/.egress-lease.json");
+    for body in [
+        &b"{}"[..],
+        b"{\"run_id\": \"ab",
+        b"{\"version\": 2, \"owner\": \"x\"}",
+    ] {
+        s3.put(BUCKET, &key, body.to_vec()).await;
+        let out = wait_for_exit(spawn(&env, &["--lease-ttl", "4s"]), Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        let line = stderr(&out);
+        assert!(
+            line.contains("a lease object this version cannot read"),
+            "{line}"
+        );
+        assert_eq!(line.trim().lines().count(), 1, "{line}");
+    }
+    proxy.clear();
+    let out = wait_for_exit(
+        spawn(&env, &["--lease-ttl", "4s", "--wait-for-lease", "30s"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(stdout(&out).contains("cannot be read"), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(
+            "took over the lease of a run that is gone: a lease object this version cannot read"
+        ),
+        "{}",
+        text(&out)
+    );
+    let writes = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.target.contains("egress-lease"))
+        .count();
+    assert!(writes <= 3, "the lease was written {writes} times");
+    assert_eq!(verify_day(&s3).await, Some(vec![]));
+}

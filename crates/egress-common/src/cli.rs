@@ -51,6 +51,14 @@ pub struct CommonArgs {
           value_parser = crate::units::parse_duration)]
     pub wait_for_lease: Duration,
 
+    /// How long this run's lease on its output lasts without renewal (it is renewed every
+    /// quarter of that): a run that stops renewing (killed, frozen, cut off) holds its
+    /// output at most this long, and a run paused longer than two thirds of it confirms
+    /// its lease before writing again.
+    #[arg(long, env = "LEASE_TTL", default_value = "60s",
+          value_parser = parse_ttl)]
+    pub lease_ttl: Duration,
+
     /// Check every configured endpoint (one line per capability) and exit: 0 when a run
     /// would work, 2 otherwise. Writes only under a temporary key, and removes it.
     #[arg(long)]
@@ -66,6 +74,14 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// How this run takes its lease.
+    pub fn lease(&self) -> crate::lease::Options {
+        crate::lease::Options {
+            wait: self.wait_for_lease,
+            ttl: self.lease_ttl,
+        }
+    }
+
     /// The timeout as a `Duration`.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout)
@@ -75,6 +91,18 @@ impl CommonArgs {
     pub fn progress(&self) -> bool {
         self.progress == "auto"
     }
+}
+
+/// A lease's time to live: a duration of at least [`crate::lease::MIN_TTL`].
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = crate::units::parse_duration(text)?;
+    if ttl < crate::lease::MIN_TTL {
+        return Err(format!(
+            "'{text}' is too short for a lease: use at least {}s",
+            crate::lease::MIN_TTL.as_secs()
+        ));
+    }
+    Ok(ttl)
 }
 
 /// An octal permission mode such as `600` or `0640`.

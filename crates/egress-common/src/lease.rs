@@ -3,19 +3,34 @@
 //! (egress-sync), renews it while it works and deletes it at the end. A second run finds
 //! the live lease and stops with [`Busy`] (exit 3), or waits for it to go.
 //!
-//! Taking a lease is a conditional write where the store honours one (`If-None-Match: *` to
-//! create, `If-Match` to take over an expired lease: AWS S3 and MinIO do). Where a store
-//! ignores the condition, the lease is read back after a pause and the run that finds
-//! another's id there backs off: a documented best effort, whose only window is two runs
-//! starting within that pause.
+//! - **Whose clock.** A lease is live while its object is younger than its time to live,
+//!   on the *store's* clock: its `Last-Modified` (stamped by the store) against the
+//!   store's time now ([`ObjectStore::now`]), never a pod's own clock.
+//! - **Taking it** is a conditional write where the store honours one (`If-None-Match: *`
+//!   to create, `If-Match` to take over a dead run's): AWS S3, Ceph RGW and MinIO do.
+//!   Where a store ignores the condition, the lease is read back after a pause and the run
+//!   that finds another's id there backs off: a best effort whose only window is two runs
+//!   starting within that pause.
+//! - **Fencing.** Every write of the run asks the lease first ([`Lease::fence`], a
+//!   [`Guard`]): unless the lease was confirmed recently (within two thirds of its time to
+//!   live), it is read and renewed before the write; a lease another run holds now stops
+//!   the write with [`ErrorKind::LeaseLost`] (exit 3). A run paused past its lease (a
+//!   frozen node, SIGSTOP) therefore writes nothing more once it resumes. What remains is
+//!   the one request in flight at that moment: no store offers a condition across objects.
+//! - **Giving it back** deletes it only while it is still this run's (`If-Match` on its
+//!   ETag where the store honours it), on success, failure and SIGTERM alike.
+//! - **An unreadable lease** (`{}`, a truncated file, another version's format) is reported
+//!   in one line and treated as a dead run's once it is older than the reader's own time
+//!   to live; it never makes a run spin.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Body, Condition, ErrorKind, GetOptions, PutOptions, Store, StoreError};
+use crate::store::{Body, Condition, ErrorKind, GetOptions, Guard, PutOptions, Store, StoreError};
 
 /// The lease of a date folder (egress-dump), inside the folder.
 pub const FILE_NAME: &str = ".egress-lease.json";
@@ -32,15 +47,16 @@ pub fn is_lease(key: &str) -> bool {
     key == MIRROR_KEY || key == FILE_NAME || key.ends_with(&format!("/{FILE_NAME}"))
 }
 
-/// How long a lease lasts without renewal: a run killed without a chance to release it
-/// (SIGKILL, a lost node) blocks its output at most this long.
-pub const TTL: Duration = Duration::from_secs(60);
-/// How often a live run renews its lease.
-const RENEW_EVERY: Duration = Duration::from_secs(15);
+/// How long a lease lasts without renewal unless `--lease-ttl` says otherwise.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// The shortest time to live accepted.
+pub const MIN_TTL: Duration = Duration::from_secs(3);
 /// How long a writer waits before reading its lease back (stores that ignore conditions).
 const SETTLE: Duration = Duration::from_millis(500);
 /// How often a run waiting for a lease looks again.
 const POLL: Duration = Duration::from_secs(2);
+/// Conditional writes refused in a row before taking the lease is given up.
+const MAX_REFUSED: u32 = 10;
 
 /// What a lease object holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,100 +69,215 @@ pub struct Holder {
     pub host: String,
     /// Its process id there.
     pub pid: u32,
-    /// When it took the lease, seconds since the epoch.
+    /// When it took the lease, seconds since the epoch (the store's clock).
     pub since: i64,
-    /// When the lease ends unless renewed, seconds since the epoch.
+    /// When the lease ends unless renewed, seconds since the epoch (the store's clock, for
+    /// people: runs judge the object's age).
     pub expires: i64,
+    /// How long the lease lasts without renewal (absent in earlier versions: 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
 }
 
-impl Holder {
-    /// True while the lease binds other runs: not expired, and not held by a process of
-    /// this host that no longer exists (a run killed here a moment ago).
+/// A lease object as found in the store.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Its holder; `None` when the object cannot be read as a lease.
+    pub holder: Option<Holder>,
+    /// Why it cannot be read.
+    pub problem: Option<String>,
+    /// Its ETag, for a conditional takeover.
+    pub etag: Option<String>,
+    /// Its `Last-Modified` (the store's clock), seconds since the epoch.
+    pub modified: i64,
+    /// The time to live of a lease that does not say its own: the reader's.
+    pub fallback_ttl: Duration,
+}
+
+impl Found {
+    fn ttl(&self) -> i64 {
+        let ttl = self.holder.as_ref().and_then(|h| h.ttl_seconds);
+        ttl.unwrap_or(self.fallback_ttl.as_secs()) as i64
+    }
+
+    /// True while the lease binds other runs, at the store's time `now`: renewed within
+    /// its time to live, and not held by a process of this host that no longer exists (a
+    /// run killed here a moment ago).
     pub fn is_live(&self, now: i64) -> bool {
-        if self.expires <= now {
+        if now - self.modified >= self.ttl() {
             return false;
         }
-        self.host != hostname() || process_exists(self.pid)
+        match &self.holder {
+            Some(h) => h.host != hostname() || process_exists(h.pid),
+            None => true,
+        }
+    }
+
+    /// Who holds it, for messages.
+    pub fn describe(&self, now: i64) -> String {
+        let age = (now - self.modified).max(0);
+        match (&self.holder, &self.problem) {
+            (Some(h), _) => format!(
+                "{} (run {}) on host {}, pid {}, since {}, last renewed {age}s ago (it lapses {}s after its last renewal)",
+                h.program,
+                h.run_id,
+                h.host,
+                h.pid,
+                rfc3339(h.since),
+                self.ttl()
+            ),
+            (None, problem) => format!(
+                "a lease object this version cannot read ({}), written {age}s ago: it binds until it is {}s old",
+                problem.as_deref().unwrap_or("unreadable"),
+                self.ttl()
+            ),
+        }
     }
 }
 
 /// Another run holds the lease.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("another run holds the lease on {location}: {} (run {}) on host {} since {}, until {} unless renewed; it is writing there now: run again later, or pass --wait-for-lease to wait for it", .holder.program, .holder.run_id, .holder.host, rfc3339(.holder.since), rfc3339(.holder.expires))]
+#[error("another run holds the lease on {location}: {holder}; it is writing there now: run again later, or pass --wait-for-lease to wait for it")]
 pub struct Busy {
     /// Where.
     pub location: String,
-    /// Who.
-    pub holder: Holder,
+    /// Who, described.
+    pub holder: String,
+    /// The holder's run id, when the lease could be read.
+    pub run_id: Option<String>,
+}
+
+/// How a lease is taken.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// How long to wait for a live lease to go.
+    pub wait: Duration,
+    /// How long the lease lasts without renewal.
+    pub ttl: Duration,
 }
 
 /// A lease this run holds; renewed in the background until [`Lease::release`].
 pub struct Lease {
-    store: Store,
-    key: String,
-    run_id: String,
-    since: i64,
-    lost: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     renewer: tokio::task::JoinHandle<()>,
     ticket: crate::cleanup::Ticket,
 }
 
-/// Take the lease at `key` of `store` for `program`, waiting up to `wait` for a live one
-/// to go; [`Busy`] when it does not.
+/// What the lease, its renewer, its fence and its release on a stop share.
+#[derive(Debug)]
+struct Shared {
+    store: Store,
+    key: String,
+    run_id: String,
+    program: String,
+    since: i64,
+    ttl: Duration,
+    /// The ETag of our last write of the lease, and when the write that confirmed it began.
+    state: tokio::sync::Mutex<(Option<String>, Instant)>,
+    lost: AtomicBool,
+}
+
+/// Take the lease at `key` of `store` for `program`, waiting up to `options.wait` for a
+/// live one to go; [`Busy`] when it does not.
 pub async fn acquire(
     store: &Store,
     key: &str,
     program: &str,
-    wait: Duration,
+    options: Options,
 ) -> anyhow::Result<Lease> {
-    let started = std::time::Instant::now();
-    let ours = new_holder(program);
+    let ttl = options.ttl.max(MIN_TTL);
+    let started = Instant::now();
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    let (mut refused, mut told) = (0, false);
     loop {
-        let current = read(store, key).await?;
-        if let Some((holder, _)) = current.as_ref().filter(|(h, _)| h.is_live(now())) {
-            if started.elapsed() >= wait {
-                let location = store.describe(key);
-                return Err(Busy {
-                    location,
-                    holder: holder.clone(),
-                }
-                .into());
+        let current = read(store, key, ttl).await?;
+        let now = store.now();
+        if let Some(found) = current.as_ref().filter(|f| f.is_live(now)) {
+            if found.holder.is_none() && !told {
+                told = true;
+                tracing::warn!("the lease at {} cannot be read ({}): treated as a live run's until it is {}s old, then taken over", store.describe(key), found.problem.as_deref().unwrap_or(""), found.ttl());
             }
-            tracing::info!(holder = %holder.run_id, host = %holder.host, "waiting for another run's lease on {}", store.describe(key));
-            tokio::time::sleep(
-                POLL.min(wait.saturating_sub(started.elapsed()))
-                    .max(Duration::from_millis(100)),
-            )
-            .await;
+            if started.elapsed() >= options.wait {
+                return Err(busy(store, key, found, now).into());
+            }
+            tracing::info!(
+                "waiting for another run's lease on {}: {}",
+                store.describe(key),
+                found.describe(now)
+            );
+            let left = options.wait.saturating_sub(started.elapsed());
+            tokio::time::sleep(POLL.min(left).max(Duration::from_millis(100))).await;
             continue;
         }
         let condition = match &current {
             None => Condition::IfAbsent,
-            Some((_, Some(etag))) => Condition::IfMatch(etag.clone()),
-            Some((_, None)) => Condition::None,
+            Some(Found {
+                etag: Some(etag), ..
+            }) => Condition::IfMatch(etag.clone()),
+            Some(_) => Condition::None,
         };
-        match write(store, key, &ours, condition).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::PreconditionFailed => continue,
-            Err(e) => return Err(e.into()),
-        }
-        tokio::time::sleep(SETTLE).await;
-        if read(store, key)
-            .await?
-            .is_some_and(|(h, _)| h.run_id == ours.run_id)
-        {
-            if let Some((old, _)) = current {
-                tracing::info!(run = %old.run_id, host = %old.host, "took over the lease of a run that is gone");
+        // The expiry is computed now, when the lease is written, never before a wait.
+        let ours = holder(&run_id, program, store.now(), store.now(), ttl);
+        let etag = match write(store, key, &ours, condition).await {
+            Ok(etag) => etag,
+            Err(e) if e.kind() == ErrorKind::PreconditionFailed && refused < MAX_REFUSED => {
+                // Another run wrote it first: look again after a short, random pause.
+                refused += 1;
+                let pause = 100 + rand::random::<u64>() % 400;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                continue;
             }
-            return Ok(Lease::start(store.clone(), key, ours));
+            Err(e) => return Err(e.into()),
+        };
+        tokio::time::sleep(SETTLE).await;
+        let back = read(store, key, ttl).await?;
+        if back
+            .as_ref()
+            .and_then(|f| f.holder.as_ref())
+            .is_some_and(|h| h.run_id == run_id)
+        {
+            if let Some(old) = current {
+                tracing::info!(
+                    "took over the lease of a run that is gone: {}",
+                    old.describe(now)
+                );
+            }
+            return Ok(Lease::start(store.clone(), key, ours, ttl, etag));
         }
+    }
+}
+
+fn busy(store: &Store, key: &str, found: &Found, now: i64) -> Busy {
+    Busy {
+        location: store.describe(key),
+        holder: found.describe(now),
+        run_id: found.holder.as_ref().map(|h| h.run_id.clone()),
+    }
+}
+
+/// The outcome of a run under `lease`: a run that failed after losing its lease failed
+/// because it lost it (the new holder aborted its uploads, say), so its error is the lost
+/// lease ([`ErrorKind::LeaseLost`], exit 3), with the failure it met meanwhile.
+pub async fn explain_failure<T>(outcome: anyhow::Result<T>, lease: &Lease) -> anyhow::Result<T> {
+    let Err(error) = outcome else {
+        return outcome;
+    };
+    let already =
+        crate::error::find::<StoreError>(&error).is_some_and(|e| e.kind() == ErrorKind::LeaseLost);
+    match lease.check().await {
+        Err(lost) if !already && lost.kind() == ErrorKind::LeaseLost => {
+            let first = crate::error::one_line(&error);
+            Err(StoreError::new(ErrorKind::LeaseLost, format!("{lost}; meanwhile: {first}")).into())
+        }
+        _ => Err(error),
     }
 }
 
 /// Abort the uploads under `under` that no live lease covers: those `covering` maps to no
 /// lease key (the caller's own lease covers them), or to a lease nobody holds now; only
-/// uploads started before `before` (this run's lease) are touched. A live run's uploads
-/// are never aborted; a killed run's are, as soon as its lease is gone. Returns how many.
+/// uploads started before `before` (this run's lease, the store's clock) are touched. A
+/// live run's uploads are never aborted; a killed run's are, as soon as its lease is gone.
+/// Returns how many.
 pub async fn abort_dead_uploads(
     store: &Store,
     under: &str,
@@ -185,106 +316,221 @@ pub async fn abort_dead_uploads(
     aborted
 }
 
-/// The live holder of the lease at `key`, if any (another run writing there).
-pub async fn live_holder(store: &Store, key: &str) -> Result<Option<Holder>, StoreError> {
-    Ok(read(store, key)
+/// The live lease at `key`, if any (another run writing there).
+pub async fn live_holder(store: &Store, key: &str) -> Result<Option<Found>, StoreError> {
+    let now = store.now();
+    Ok(read(store, key, DEFAULT_TTL)
         .await?
-        .map(|(h, _)| h)
-        .filter(|h| h.is_live(now())))
+        .filter(|f| f.is_live(now)))
 }
 
 impl Lease {
-    fn start(store: Store, key: &str, ours: Holder) -> Lease {
-        let lost = Arc::new(AtomicBool::new(false));
-        let renewer = tokio::spawn(renew(
-            store.clone(),
-            key.to_string(),
-            ours.clone(),
-            lost.clone(),
-        ));
-        // A run stopped by a signal gives its lease back too.
-        let (s, k) = (store.clone(), key.to_string());
-        let ticket = crate::cleanup::register(
-            crate::cleanup::Phase::Known,
-            Box::new(move || Box::pin(async move { s.delete(&k).await.is_ok() })),
-        );
-        Lease {
+    fn start(store: Store, key: &str, ours: Holder, ttl: Duration, etag: Option<String>) -> Lease {
+        let shared = Arc::new(Shared {
             store,
             key: key.to_string(),
             run_id: ours.run_id,
+            program: ours.program,
             since: ours.since,
-            lost,
+            ttl,
+            state: tokio::sync::Mutex::new((etag, Instant::now())),
+            lost: AtomicBool::new(false),
+        });
+        let renewer = tokio::spawn(renew_every(shared.clone(), ttl / 4));
+        // A run stopped by a signal gives its lease back too, if it is still its own.
+        let on_stop = shared.clone();
+        let ticket = crate::cleanup::register(
+            crate::cleanup::Phase::Known,
+            Box::new(move || Box::pin(async move { on_stop.release().await })),
+        );
+        Lease {
+            shared,
             renewer,
             ticket,
         }
     }
 
-    /// When this run took the lease: uploads started before it under the lease are dead.
+    /// When this run took the lease (the store's clock): uploads started before it under
+    /// the lease are dead.
     pub fn since(&self) -> i64 {
-        self.since
+        self.shared.since
     }
 
-    /// True when the lease could not be renewed and another run may have taken it: what
-    /// this run wrote must not be declared complete.
+    /// True once this run is known to have lost the lease: what it wrote must not be
+    /// declared complete.
     pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        self.shared.lost.load(Ordering::SeqCst)
     }
 
     /// This run's id.
     pub fn run_id(&self) -> &str {
-        &self.run_id
+        &self.shared.run_id
+    }
+
+    /// The guard every write of the run asks first (see the module's doc).
+    pub fn fence(&self) -> Arc<dyn Guard> {
+        self.shared.clone()
+    }
+
+    /// Confirm now that this run still holds the lease; [`ErrorKind::LeaseLost`] if not.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.shared.allow_write().await
     }
 
     /// Stop renewing and delete the lease (if it is still ours).
     pub async fn release(self) {
         self.renewer.abort();
         crate::cleanup::done(self.ticket);
-        match read(&self.store, &self.key).await {
-            Ok(Some((holder, _))) if holder.run_id == self.run_id => {
-                if let Err(e) = self.store.delete(&self.key).await {
-                    tracing::warn!(error = %e, "could not release the lease; it expires by itself");
-                }
+        self.shared.release().await;
+    }
+}
+
+#[async_trait]
+impl Guard for Shared {
+    async fn allow_write(&self) -> Result<(), StoreError> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(self.lost_error("another run holds it now"));
+        }
+        // Confirmed within two thirds of its time to live: nobody can have taken it over.
+        let margin = self.ttl / 3;
+        if self.state.lock().await.1.elapsed() < self.ttl - margin {
+            return Ok(());
+        }
+        self.renew().await
+    }
+}
+
+impl Shared {
+    fn lost_error(&self, why: &str) -> StoreError {
+        StoreError::new(
+            ErrorKind::LeaseLost,
+            format!(
+                "this run no longer holds the lease on {} ({why}; it was paused or could not renew it for {}s): it writes nothing more, and leaves the output to the run that holds it",
+                self.store.describe(&self.key),
+                self.ttl.as_secs()
+            ),
+        )
+    }
+
+    /// Read the lease and, while it is still ours, write it again with a new expiry.
+    async fn renew(&self) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(self.lost_error("another run holds it now"));
+        }
+        let began = Instant::now();
+        let found = read(&self.store, &self.key, self.ttl).await?;
+        let ours = found
+            .as_ref()
+            .and_then(|f| f.holder.as_ref())
+            .is_some_and(|h| h.run_id == self.run_id);
+        if !ours {
+            let why = match &found {
+                None => "its lease object is gone".to_string(),
+                Some(f) => format!("it is now {}", f.describe(self.store.now())),
+            };
+            return Err(self.lose(&why));
+        }
+        let condition = match found.and_then(|f| f.etag) {
+            Some(etag) => Condition::IfMatch(etag),
+            None => Condition::None,
+        };
+        let now = self.store.now();
+        let again = holder(&self.run_id, &self.program, self.since, now, self.ttl);
+        match write(&self.store, &self.key, &again, condition).await {
+            Ok(etag) => {
+                *state = (etag, began);
+                Ok(())
             }
-            _ => {}
+            Err(e) if e.kind() == ErrorKind::PreconditionFailed => {
+                Err(self.lose("another run wrote it while this one renewed it"))
+            }
+            Err(e) => Err(e),
         }
     }
-}
 
-async fn renew(store: Store, key: String, mut ours: Holder, lost: Arc<AtomicBool>) {
-    loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        let still_ours = match read(&store, &key).await {
-            Ok(Some((h, etag))) if h.run_id == ours.run_id => Some(etag),
-            Ok(_) => None,
-            // A failed read is not a lost lease; the next round tries again.
-            Err(_) => continue,
-        };
-        let Some(etag) = still_ours else {
+    fn lose(&self, why: &str) -> StoreError {
+        if !self.lost.swap(true, Ordering::SeqCst) {
             tracing::error!(
-                "the lease on {} was taken by another run",
-                store.describe(&key)
+                "the lease on {} was lost: {why}",
+                self.store.describe(&self.key)
             );
-            lost.store(true, Ordering::SeqCst);
-            return;
+        }
+        self.lost_error(why)
+    }
+
+    /// Delete the lease while it is still ours; returns whether it was deleted.
+    async fn release(&self) -> bool {
+        let found = match read(&self.store, &self.key, self.ttl).await {
+            Ok(Some(found)) => found,
+            _ => return false,
         };
-        ours.expires = now() + TTL.as_secs() as i64;
-        let condition = etag.map(Condition::IfMatch).unwrap_or_default();
-        if let Err(e) = write(&store, &key, &ours, condition).await {
-            tracing::warn!(error = %e, "could not renew the lease");
+        if found
+            .holder
+            .as_ref()
+            .is_none_or(|h| h.run_id != self.run_id)
+        {
+            return false;
+        }
+        let etag = match found.etag {
+            Some(etag) => Some(etag),
+            None => self.state.lock().await.0.clone(),
+        };
+        let deleted = match &etag {
+            Some(etag) => match self.store.delete_if_match(&self.key, etag).await {
+                // A store that refuses conditional deletes: the read above was ours.
+                Err(e) if e.kind() == ErrorKind::Unsupported => self.store.delete(&self.key).await,
+                other => other,
+            },
+            None => self.store.delete(&self.key).await,
+        };
+        match deleted {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::PreconditionFailed => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the lease; it lapses by itself");
+                false
+            }
         }
     }
 }
 
-async fn read(store: &Store, key: &str) -> Result<Option<(Holder, Option<String>)>, StoreError> {
+async fn renew_every(shared: Arc<Shared>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match shared.renew().await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::LeaseLost => return,
+            // A failed read or write is not a lost lease; the next round tries again.
+            Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
+        }
+    }
+}
+
+/// The lease object at `key`; `fallback_ttl` is what an unreadable one is given.
+async fn read(
+    store: &Store,
+    key: &str,
+    fallback_ttl: Duration,
+) -> Result<Option<Found>, StoreError> {
     let got = match store.get(key, GetOptions::default()).await {
         Ok(got) => got,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let etag = got.meta.etag.clone();
+    let (etag, modified) = (got.meta.etag.clone(), got.meta.modified);
     let body = got.body.collect().await?;
-    // An unreadable lease binds nobody; writing a valid one replaces it.
-    Ok(serde_json::from_slice(&body).ok().map(|h| (h, etag)))
+    let (holder, problem) = match serde_json::from_slice::<Holder>(&body) {
+        Ok(h) => (Some(h), None),
+        Err(e) => (None, Some(format!("{} bytes: {e}", body.len()))),
+    };
+    Ok(Some(Found {
+        holder,
+        problem,
+        etag,
+        modified,
+        fallback_ttl,
+    }))
 }
 
 async fn write(
@@ -301,20 +547,16 @@ async fn write(
     Ok(store.put(key, Body::from_bytes(body), &options).await?.etag)
 }
 
-fn new_holder(program: &str) -> Holder {
-    let since = now();
+fn holder(run_id: &str, program: &str, since: i64, now: i64, ttl: Duration) -> Holder {
     Holder {
-        run_id: format!("{:016x}", rand::random::<u64>()),
+        run_id: run_id.to_string(),
         program: program.to_string(),
         host: hostname(),
         pid: std::process::id(),
         since,
-        expires: since + TTL.as_secs() as i64,
+        expires: now + ttl.as_secs() as i64,
+        ttl_seconds: Some(ttl.as_secs()),
     }
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 fn rfc3339(secs: i64) -> String {
@@ -345,22 +587,27 @@ mod tests {
         Arc::new(LocalStore::new(dir))
     }
 
+    const NOW: Options = Options {
+        wait: Duration::ZERO,
+        ttl: DEFAULT_TTL,
+    };
+
     #[tokio::test]
     async fn a_live_lease_keeps_a_second_run_out_until_released() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let first = acquire(&s, "d/.egress-lease.json", "egress-dump", Duration::ZERO)
+        let first = acquire(&s, "d/.egress-lease.json", "egress-dump", NOW)
             .await
             .unwrap();
-        let err = acquire(&s, "d/.egress-lease.json", "egress-dump", Duration::ZERO)
+        let err = acquire(&s, "d/.egress-lease.json", "egress-dump", NOW)
             .await
             .err()
             .unwrap();
         let busy = err.downcast_ref::<Busy>().expect("busy");
-        assert_eq!(busy.holder.run_id, first.run_id());
+        assert_eq!(busy.run_id.as_deref(), Some(first.run_id()));
         assert!(err.to_string().contains("--wait-for-lease"), "{err}");
         first.release().await;
-        let second = acquire(&s, "d/.egress-lease.json", "egress-dump", Duration::ZERO)
+        let second = acquire(&s, "d/.egress-lease.json", "egress-dump", NOW)
             .await
             .unwrap();
         second.release().await;
@@ -371,16 +618,32 @@ mod tests {
     }
 
     #[test]
-    fn expired_and_locally_dead_holders_bind_nobody() {
-        let mut h = new_holder("egress-sync");
-        assert!(h.is_live(now()));
-        assert!(!h.is_live(h.expires));
-        h.pid = u32::MAX / 2; // no such process on this host
-        assert!(!h.is_live(now()));
-        h.host = "another-pod".into();
+    fn leases_lapse_by_their_age_on_the_stores_clock() {
+        let mut found = Found {
+            holder: Some(holder("r", "egress-sync", 1000, 1000, DEFAULT_TTL)),
+            problem: None,
+            etag: None,
+            modified: 1000,
+            fallback_ttl: DEFAULT_TTL,
+        };
+        assert!(found.is_live(1059));
+        assert!(!found.is_live(1060), "60 s after its last write");
+        found.holder.as_mut().unwrap().pid = u32::MAX / 2; // no such process on this host
+        assert!(!found.is_live(1001));
+        found.holder.as_mut().unwrap().host = "another-pod".into();
         assert!(
-            h.is_live(now()),
-            "a process elsewhere is trusted until its lease expires"
+            found.is_live(1001),
+            "a process elsewhere is trusted until its lease lapses"
         );
+        let unreadable = Found {
+            holder: None,
+            problem: Some("2 bytes: missing field `run_id`".into()),
+            etag: None,
+            modified: 1000,
+            fallback_ttl: DEFAULT_TTL,
+        };
+        assert!(unreadable.is_live(1030));
+        assert!(!unreadable.is_live(1060));
+        assert!(unreadable.describe(1030).contains("cannot read"));
     }
 }

@@ -19,7 +19,8 @@ pub struct ResolvedTable {
     pub kind: char,
     /// Row estimate from `pg_class.reltuples` (-1 when never analysed).
     pub estimated_rows: i64,
-    /// On-disk size, including TOAST.
+    /// On-disk size: estimated from the statistics' page counts when looked up, measured
+    /// (heap, TOAST and indexes) by [`measure`].
     pub estimated_bytes: i64,
     /// `pg_class.oid`, for looking up columns.
     pub oid: i64,
@@ -53,6 +54,25 @@ pub fn column_names(columns: &[Column]) -> Vec<String> {
     columns.iter().map(|c| c.name.clone()).collect()
 }
 
+/// Replace each table's size estimate with its size on disk (heap, TOAST and indexes,
+/// `pg_total_relation_size`), which the parallel dump orders its tables by. This locks each
+/// table briefly: call it once the tables are locked, or in a dry run.
+pub async fn measure(
+    client: &Client,
+    tables: &mut [ResolvedTable],
+) -> Result<(), tokio_postgres::Error> {
+    for table in tables.iter_mut() {
+        let row = client
+            .query_one(
+                "SELECT pg_total_relation_size($1::bigint::oid)",
+                &[&table.oid],
+            )
+            .await?;
+        table.estimated_bytes = row.get(0);
+    }
+    Ok(())
+}
+
 /// Heap plus TOAST, and heap pages, of a table: what `--split-larger-than` weighs.
 pub async fn table_size(client: &Client, oid: i64) -> Result<TableSize, tokio_postgres::Error> {
     let row = client
@@ -83,28 +103,46 @@ pub enum Problem {
 }
 
 impl ResolvedTable {
-    /// The COPY statement; identifiers always quoted. Plain tables are copied directly,
-    /// views and partitioned tables through a query (COPY refuses them otherwise).
-    pub fn copy_sql(&self, header: bool) -> String {
+    /// The COPY statement for `columns` (the manifest's), named one by one, so the rows
+    /// read have exactly the fields the manifest lists (a column added since would not be
+    /// read; one dropped would fail the COPY). Identifiers are always quoted. Plain tables
+    /// are copied directly, views and partitioned tables through a query (COPY refuses
+    /// them otherwise).
+    pub fn copy_sql(&self, columns: &[String], header: bool) -> String {
         let name = format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name));
         let options = if header {
             "(FORMAT csv, HEADER)"
         } else {
             "(FORMAT csv)"
         };
-        if self.kind == 'r' {
-            format!("COPY {name} TO STDOUT {options}")
-        } else {
-            format!("COPY (SELECT * FROM {name}) TO STDOUT {options}")
+        let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        match (self.kind, list.is_empty()) {
+            ('r', true) => format!("COPY {name} TO STDOUT {options}"),
+            ('r', false) => format!("COPY {name} ({}) TO STDOUT {options}", list.join(", ")),
+            (_, true) => format!("COPY (SELECT * FROM {name}) TO STDOUT {options}"),
+            (_, false) => format!(
+                "COPY (SELECT {} FROM {name}) TO STDOUT {options}",
+                list.join(", ")
+            ),
         }
     }
 }
 
+/// The lookup takes no lock on the table (`pg_total_relation_size` would, and wait behind
+/// a migration's before the dump's own lock could say so): its size is estimated from the
+/// statistics' page counts, heap plus TOAST.
 const LOOKUP: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
-       has_table_privilege(c.oid, 'SELECT'), c.reltuples::bigint, pg_total_relation_size(c.oid), \
+       has_table_privilege(c.oid, 'SELECT'), c.reltuples::bigint, \
+       ((c.relpages::bigint + coalesce(t.relpages, 0)) * current_setting('block_size')::bigint), \
        c.oid::bigint \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     LEFT JOIN pg_class t ON t.oid = c.reltoastrelid \
      WHERE c.oid = to_regclass($1)";
+
+/// SQLSTATEs `to_regclass` raises for a name that cannot be ours to read: a schema we
+/// may not use, an invalid name, a reference to another database. Anything else (a lock
+/// timeout, a lost connection) is an error, never "does not exist".
+const NOT_FOUND_STATES: &[&str] = &["42501", "3F000", "42601", "42602", "0A000"];
 
 /// Look `table` up. Unquoted names match exactly first, then folded to lower case as
 /// PostgreSQL folds unquoted SQL identifiers (so `TABLES=Users` still finds `users`).
@@ -116,7 +154,12 @@ pub async fn resolve(
         // to_regclass raises for a schema we may not use; treat that like "not found".
         let rows = match client.query(LOOKUP, &[&candidate]).await {
             Ok(rows) => rows,
-            Err(e) if e.as_db_error().is_some() => continue,
+            Err(e)
+                if e.as_db_error()
+                    .is_some_and(|d| NOT_FOUND_STATES.contains(&d.code().code())) =>
+            {
+                continue
+            }
             Err(e) => return Err(e),
         };
         let Some(row) = rows.first() else { continue };
@@ -199,14 +242,19 @@ mod tests {
             estimated_bytes: 0,
             oid: 0,
         };
+        let columns = ["id".to_string(), "x\"y".to_string()];
         assert_eq!(
-            t.copy_sql(false),
+            t.copy_sql(&columns, false),
+            r#"COPY "s"."a""b" ("id", "x""y") TO STDOUT (FORMAT csv)"#
+        );
+        assert_eq!(
+            t.copy_sql(&[], false),
             r#"COPY "s"."a""b" TO STDOUT (FORMAT csv)"#
         );
         let v = ResolvedTable { kind: 'v', ..t };
         assert_eq!(
-            v.copy_sql(true),
-            r#"COPY (SELECT * FROM "s"."a""b") TO STDOUT (FORMAT csv, HEADER)"#
+            v.copy_sql(&columns, true),
+            r#"COPY (SELECT "id", "x""y" FROM "s"."a""b") TO STDOUT (FORMAT csv, HEADER)"#
         );
     }
 }

@@ -60,6 +60,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub conflict_retries: u32,
 
+    /// How long to wait for each table's lock (taken with the snapshot, as pg_dump does)
+    /// when another session holds a conflicting one, e.g. a migration's ALTER TABLE
+    /// (0: as long as it takes).
+    #[arg(long, env = "LOCK_TIMEOUT", default_value = "5m",
+          value_parser = egress_common::units::parse_duration)]
+    pub lock_timeout: std::time::Duration,
+
     /// Write each object as one gzip member (zlib-rs, slower and larger) instead of one
     /// member per 512 KiB block (libdeflate), for readers that stop after the first member.
     #[arg(long, env = "SINGLE_GZIP_MEMBER")]

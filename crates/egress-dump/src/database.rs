@@ -119,6 +119,11 @@ impl DbError {
         }
     }
 
+    /// An error of `kind` with this message (one line naming the cause and the fix).
+    pub fn with_kind(kind: DbErrorKind, message: String) -> DbError {
+        DbError { kind, message }
+    }
+
     /// Classify `e`, which happened while `what` (e.g. "reading table 't'").
     pub fn new(what: &str, e: &tokio_postgres::Error) -> DbError {
         let (kind, detail) = classify(e);
@@ -651,13 +656,16 @@ fn is_connection_lost(e: &anyhow::Error) -> bool {
     egress_common::error::find::<DbError>(e).is_some_and(|d| d.kind == DbErrorKind::ConnectionLost)
 }
 
-/// Settings every dump session gets: no server-side timeouts may cut a long COPY short.
-pub async fn prepare_session(client: &Client) -> Result<(), DbError> {
+/// Settings every dump session gets: no server-side timeout may cut a long COPY short,
+/// and no lock is waited for longer than `lock_timeout` (the tables are locked up front,
+/// so a later wait can only be one queued behind this dump's own locks, which never ends).
+pub async fn prepare_session(client: &Client, lock_timeout: Duration) -> Result<(), DbError> {
+    let millis = lock_timeout.as_millis();
     client
-        .batch_execute(
-            "SET statement_timeout = 0; SET lock_timeout = 0; \
-             SET idle_in_transaction_session_timeout = 0; SET client_encoding = 'UTF8'",
-        )
+        .batch_execute(&format!(
+            "SET statement_timeout = 0; SET lock_timeout = '{millis}ms'; \
+             SET idle_in_transaction_session_timeout = 0; SET client_encoding = 'UTF8'"
+        ))
         .await
         .map_err(|e| DbError::new("cannot prepare the database session", &e))
 }

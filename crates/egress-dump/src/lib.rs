@@ -16,6 +16,7 @@ pub mod copy_stream;
 pub mod database;
 pub mod guard;
 pub mod gzip;
+pub mod locks;
 pub mod pipeline;
 pub mod progress;
 pub mod run;

@@ -47,7 +47,12 @@ pub struct TableReport {
 #[derive(Clone, Copy)]
 pub enum Source<'a> {
     /// One `COPY` on one connection.
-    Whole(&'a Session),
+    Whole {
+        /// The connection, in the run's snapshot.
+        session: &'a Session,
+        /// The columns the manifest lists, named in the `COPY`.
+        columns: &'a [String],
+    },
     /// Ranges of its heap read on several connections and joined in order
     /// ([`crate::split`], [`crate::chunked`]).
     Chunks {
@@ -64,7 +69,7 @@ impl Source<'_> {
     /// How many chunks.
     pub fn chunks(&self) -> usize {
         match self {
-            Source::Whole(_) => 1,
+            Source::Whole { .. } => 1,
             Source::Chunks { chunks, .. } => chunks.len(),
         }
     }
@@ -79,8 +84,9 @@ async fn read(
     counters: &Counters,
 ) -> Result<CopyStats, CopyError> {
     match source {
-        Source::Whole(session) => {
-            copy_stream::copy_out(session, &table.copy_sql(header), header, output, counters).await
+        Source::Whole { session, columns } => {
+            let sql = table.copy_sql(columns, header);
+            copy_stream::copy_out(session, &sql, header, output, counters).await
         }
         Source::Chunks {
             sessions,

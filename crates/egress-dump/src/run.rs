@@ -17,6 +17,7 @@ use crate::catalog::{self, Problem, ResolvedTable};
 use crate::config::Args;
 use crate::conninfo::Params;
 use crate::database::{self, DbError, Session, Target};
+use crate::locks;
 use crate::pipeline::TableReport;
 use crate::progress::Counters;
 use crate::snapshot::{self, SnapshotInfo};
@@ -47,17 +48,16 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<TableReport>> {
     let request = check_request(args)?;
     let store = open_output(args, &request).await?;
     // One writer per date folder: a dry run writes nothing and takes no lease.
-    let lease = match args.dry_run {
-        true => None,
-        false => {
-            let key = lease::key_in(&request.date);
-            Some(lease::acquire(&store, &key, "egress-dump", args.common.wait_for_lease).await?)
-        }
-    };
-    let outcome = dump_day(args, &request, &store, lease.as_ref()).await;
-    if let Some(lease) = lease {
-        lease.release().await;
+    if args.dry_run {
+        return dump_day(args, &request, &store, None).await;
     }
+    let key = lease::key_in(&request.date);
+    let lease = lease::acquire(&store, &key, "egress-dump", args.common.lease()).await?;
+    // Every write of the day asks the lease first: a run that lost it writes nothing more.
+    let fenced = store::guarded(store, lease.fence());
+    let outcome = dump_day(args, &request, &fenced, Some(&lease)).await;
+    let outcome = lease::explain_failure(outcome, &lease).await;
+    lease.release().await;
     outcome
 }
 
@@ -162,13 +162,15 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> anyhow::Result<Vec<TableReport>>
         ..
     } = attempt;
     let db = connect(args, attempt.standby).await?;
-    // One snapshot for every table of the run: the day's files agree with each other.
-    let snapshot = snapshot::begin(&db.coordinator, args.jobs > 1).await?;
-    let tables = find_tables(&db.coordinator, &request.tables).await?;
+    let mut tables = find_tables(&db.coordinator, &request.tables).await?;
     let Some(lease) = attempt.lease else {
+        measure(&db.coordinator, &mut tables).await?;
         print_plan(&tables, store, &request.date);
         return Ok(Vec::new());
     };
+    // One snapshot for every table of the run, taken with the tables locked (as pg_dump
+    // does): the day's files agree with each other and with the manifest.
+    let (snapshot, tables) = lock_and_snapshot(args, &db, tables, &request.tables).await?;
     let columns = read_columns(&db.coordinator, &tables).await?;
     let chunks = plan_splits(args, &db, &tables, &columns).await?;
     // A re-run replaces the day: first withdraw the completion marker, so the folder never
@@ -206,6 +208,29 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> anyhow::Result<Vec<TableReport>>
     let conflict_retries = attempt.retries;
     info!(tables = reports.len(), succeeded = %names.join(" "), conflict_retries, peak_rss_mib, "Success.");
     Ok(reports)
+}
+
+/// Open the transaction, lock the tables, take the snapshot; then look the tables up again
+/// inside it (a name may have changed hands before its lock) and confirm the locks.
+async fn lock_and_snapshot(
+    args: &Args,
+    db: &Database,
+    found: Vec<ResolvedTable>,
+    requested: &[TableRef],
+) -> anyhow::Result<(SnapshotInfo, Vec<ResolvedTable>)> {
+    snapshot::open(&db.coordinator).await?;
+    locks::before_snapshot(&db.coordinator, &found, args.lock_timeout).await?;
+    let snapshot = snapshot::take(&db.coordinator, args.jobs > 1).await?;
+    let mut tables = find_tables(&db.coordinator, requested).await?;
+    locks::confirm(&db.coordinator, &tables).await?;
+    measure(&db.coordinator, &mut tables).await?;
+    Ok((snapshot, tables))
+}
+
+async fn measure(client: &Client, tables: &mut [ResolvedTable]) -> anyhow::Result<()> {
+    catalog::measure(client, tables)
+        .await
+        .map_err(|e| DbError::new("cannot measure the tables", &e).into())
 }
 
 /// Which tables are read in chunks (`--split-larger-than`), each decision logged.
@@ -286,9 +311,7 @@ async fn check_written(
             );
         }
     }
-    if lease.lost() {
-        anyhow::bail!("the lease on {date} was taken by another run while this one worked; no manifest written, run again");
-    }
+    lease.check().await?;
     Ok(())
 }
 
@@ -365,7 +388,7 @@ async fn connect(args: &Args, standby: &OnceLock<(Target, i64)>) -> anyhow::Resu
     let params = Params::resolve(conninfo, &database::env_from_process())?;
     let target = database::resolve(&params, args.common.timeout())?;
     let coordinator = target.connect_with_retry(5).await?;
-    database::prepare_session(&coordinator).await?;
+    database::prepare_session(&coordinator, args.lock_timeout).await?;
     let server = database::server_facts(&coordinator).await?;
     if server.standby {
         let _ = standby.set((target.clone(), server.conflicts));

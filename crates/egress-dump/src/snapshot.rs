@@ -7,13 +7,18 @@ use tokio_postgres::Client;
 
 use crate::database::DbError;
 
-/// Open the run's transaction on `client` and describe its snapshot; export it for
-/// workers when `export` is set.
-pub async fn begin(client: &Client, export: bool) -> Result<SnapshotInfo, DbError> {
+/// Open the run's transaction on `client`. Its snapshot is not taken yet: the tables are
+/// locked first ([`crate::locks`]), then [`take`] takes it.
+pub async fn open(client: &Client) -> Result<(), DbError> {
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
-        .map_err(|e| DbError::new("cannot start a read-only transaction", &e))?;
+        .map_err(|e| DbError::new("cannot start a read-only transaction", &e))
+}
+
+/// Take the snapshot of the transaction [`open`] began, and describe it; export it for
+/// workers when `export` is set.
+pub async fn take(client: &Client, export: bool) -> Result<SnapshotInfo, DbError> {
     // The first query fixes the snapshot; everything below sees the same one.
     let row = client
         .query_one(
@@ -44,7 +49,8 @@ pub async fn begin(client: &Client, export: bool) -> Result<SnapshotInfo, DbErro
 }
 
 /// Make `worker` read from the exported snapshot `id`. The exporting transaction must
-/// still be open; if it is gone PostgreSQL refuses, and so do we.
+/// still be open; if it is gone PostgreSQL refuses, and so do we. The worker then locks
+/// the tables itself ([`crate::locks::in_worker`]).
 pub async fn import(worker: &Client, id: &str) -> Result<(), DbError> {
     // The id comes from pg_export_snapshot(): hex digits and dashes only; check anyway.
     let id: String = id

@@ -11,6 +11,7 @@ use tracing::error;
 use crate::catalog::ResolvedTable;
 use crate::database::{self, Session, Target};
 use crate::gzip;
+use crate::locks;
 use crate::pipeline::{self, Job, Source, TableReport};
 use crate::progress::{self, Counters};
 use crate::snapshot::{self, SnapshotInfo};
@@ -62,14 +63,20 @@ pub async fn dump_tables(
     );
     let outcomes = match &snapshot.exported_id {
         Some(id) => {
-            let sessions = open_workers(target, id, workers).await?;
+            let open = Workers {
+                target,
+                snapshot_id: id,
+                count: workers,
+                lock_timeout: job.args.lock_timeout,
+            };
+            let sessions = open.open(tables.tables).await?;
             let outcomes = dump_with_workers(&sessions, tables, job).await;
             for session in &sessions {
                 let _ = session.batch_execute("COMMIT").await;
             }
             outcomes
         }
-        None => dump_serial(coordinator, tables.tables, job).await,
+        None => dump_serial(coordinator, tables, job).await,
     };
     display.finish().await;
     Ok(outcomes)
@@ -93,15 +100,27 @@ pub fn job_for<'a>(
     }
 }
 
-async fn open_workers(target: &Target, id: &str, count: usize) -> anyhow::Result<Vec<Session>> {
-    let mut sessions = Vec::with_capacity(count);
-    for _ in 0..count {
-        let session = target.connect_with_retry(5).await?;
-        database::prepare_session(&session).await?;
-        snapshot::import(&session, id).await?;
-        sessions.push(session);
+/// The worker connections to open: how many, into which snapshot.
+struct Workers<'a> {
+    target: &'a Target,
+    snapshot_id: &'a str,
+    count: usize,
+    lock_timeout: std::time::Duration,
+}
+
+impl Workers<'_> {
+    /// Connect the workers, each in the run's snapshot and holding the tables' locks.
+    async fn open(&self, tables: &[ResolvedTable]) -> anyhow::Result<Vec<Session>> {
+        let mut sessions = Vec::with_capacity(self.count);
+        for _ in 0..self.count {
+            let session = self.target.connect_with_retry(5).await?;
+            database::prepare_session(&session, self.lock_timeout).await?;
+            snapshot::import(&session, self.snapshot_id).await?;
+            locks::in_worker(&session, tables, self.lock_timeout).await?;
+            sessions.push(session);
+        }
+        Ok(sessions)
     }
-    Ok(sessions)
 }
 
 /// Split tables first (all workers on each, one table at a time, all compression threads),
@@ -141,7 +160,7 @@ async fn dump_with_workers(
     let rest: Vec<usize> = (0..tables.tables.len())
         .filter(|&i| tables.chunks[i].is_none())
         .collect();
-    for (index, outcome) in dump_parallel(sessions, tables.tables, rest, job).await {
+    for (index, outcome) in dump_parallel(sessions, tables, rest, job).await {
         outcomes[index] = outcome;
     }
     outcomes
@@ -177,16 +196,17 @@ async fn dump_in_savepoint(
     }
 }
 
-async fn dump_serial(client: &Session, tables: &[ResolvedTable], job: &Job<'_>) -> Vec<Outcome> {
-    let mut outcomes = Vec::with_capacity(tables.len());
+async fn dump_serial(session: &Session, tables: &Tables<'_>, job: &Job<'_>) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(tables.tables.len());
     let mut stop = false;
-    for table in tables {
+    for (table, columns) in tables.tables.iter().zip(tables.columns) {
         if stop {
             outcomes.push(Outcome::NotAttempted);
             continue;
         }
-        let sessions = std::slice::from_ref(client);
-        let outcome = dump_in_savepoint(sessions, Source::Whole(client), table, job).await;
+        let sessions = std::slice::from_ref(session);
+        let source = Source::Whole { session, columns };
+        let outcome = dump_in_savepoint(sessions, source, table, job).await;
         stop = matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going;
         outcomes.push(outcome);
     }
@@ -197,11 +217,11 @@ async fn dump_serial(client: &Session, tables: &[ResolvedTable], job: &Job<'_>) 
 /// (without `--keep-going`) no new table is started. Returns (table index, outcome).
 async fn dump_parallel(
     sessions: &[Session],
-    tables: &[ResolvedTable],
+    tables: &Tables<'_>,
     mut which: Vec<usize>,
     job: &Job<'_>,
 ) -> Vec<(usize, Outcome)> {
-    which.sort_by_key(|&i| std::cmp::Reverse(tables[i].estimated_bytes));
+    which.sort_by_key(|&i| std::cmp::Reverse(tables.tables[i].estimated_bytes));
     let queue = Mutex::new(std::collections::VecDeque::from(which));
     let stop = AtomicBool::new(false);
     let results = Mutex::new(Vec::new());
@@ -210,7 +230,9 @@ async fn dump_parallel(
             let next = queue.lock().ok().and_then(|mut q| q.pop_front());
             let Some(index) = next else { break };
             let one = std::slice::from_ref(session);
-            let outcome = dump_in_savepoint(one, Source::Whole(session), &tables[index], job).await;
+            let columns = &tables.columns[index];
+            let source = Source::Whole { session, columns };
+            let outcome = dump_in_savepoint(one, source, &tables.tables[index], job).await;
             if matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going {
                 stop.store(true, Ordering::SeqCst);
             }

@@ -5,6 +5,7 @@ use clap::{CommandFactory, Parser};
 use egress_common::cli::{self, Ending};
 use egress_common::error::find;
 use egress_common::lease::Busy;
+use egress_common::store::ErrorKind;
 use egress_common::{logging, ConfigError, ExitCode, StoreError};
 use egress_sync::config::{Args, EXTRA_ENV, REQUIRED_ENV};
 use egress_sync::sides::Side;
@@ -73,7 +74,8 @@ async fn run() -> ExitCode {
 /// The one place errors become exit codes: 2 when the configuration (paths, credentials,
 /// buckets, guards) must change, 1 for anything a later run may not meet.
 fn exit_code(error: &anyhow::Error) -> ExitCode {
-    if find::<Busy>(error).is_some() {
+    let lost = find::<StoreError>(error).is_some_and(|e| e.kind() == ErrorKind::LeaseLost);
+    if lost || find::<Busy>(error).is_some() {
         return ExitCode::Busy;
     }
     if find::<ConfigError>(error).is_some() {

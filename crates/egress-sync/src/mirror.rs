@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use egress_common::lease;
 use egress_common::manifest;
-use egress_common::store::{ObjectInfo, StoreError};
+use egress_common::store::{self, ObjectInfo, StoreError};
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -32,25 +32,23 @@ struct Mirror<'a> {
 /// Mirror the input into the output as `args` say.
 pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let filter = Filter::new(args)?;
-    let sides = Sides::open(args).await?;
+    let mut sides = Sides::open(args).await?;
     // One writer per mirror: a dry run writes nothing and takes no lease.
-    let lease = match args.dry_run {
-        true => None,
-        false => Some(
-            lease::acquire(
-                &sides.dest,
-                lease::MIRROR_KEY,
-                "egress-sync",
-                args.common.wait_for_lease,
-            )
-            .await?,
-        ),
-    };
-    let mirror = Mirror::new(args, filter, sides);
-    let outcome = mirror.run(lease.as_ref()).await;
-    if let Some(lease) = lease {
-        lease.release().await;
+    if args.dry_run {
+        return Mirror::new(args, filter, sides).run(None).await;
     }
+    let lease = lease::acquire(
+        &sides.dest,
+        lease::MIRROR_KEY,
+        "egress-sync",
+        args.common.lease(),
+    )
+    .await?;
+    // Every write into the output asks the lease first: a run that lost it writes nothing more.
+    sides.dest = store::guarded(sides.dest, lease.fence());
+    let outcome = Mirror::new(args, filter, sides).run(Some(&lease)).await;
+    let outcome = lease::explain_failure(outcome, &lease).await;
+    lease.release().await;
     outcome
 }
 

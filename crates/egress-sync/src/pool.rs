@@ -192,7 +192,7 @@ impl Pool {
         let line = e.to_string();
         error!(key = %key, error = %line, "copy failed");
         if let CopyError::Store(s) = &e {
-            if s.kind().is_configuration() {
+            if s.kind().stops_the_run() {
                 self.stop.store(true, Ordering::SeqCst);
                 if let Ok(mut fatal) = self.fatal.lock() {
                     fatal.get_or_insert_with(|| s.clone());

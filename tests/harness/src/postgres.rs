@@ -215,6 +215,55 @@ impl PgServer {
             .to_string()
     }
 
+    /// Start `sql` in a `psql` of its own, named `app` (its `application_name`), and
+    /// return at once: for a session that waits for a lock, or holds one, while a test
+    /// runs the dump. Kill or wait for the child.
+    pub fn psql_session(&self, app: &str, sql: &str) -> std::process::Child {
+        Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                USER,
+            ])
+            .args(["-d", "postgres", "-p", &self.port.to_string(), "-c", sql])
+            .env("PGPASSWORD", PASSWORD)
+            .env("PGAPPNAME", app)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run psql")
+    }
+
+    /// The sessions named in `apps` that are waiting for a lock now.
+    pub fn waiting_for_locks(&self, apps: &[&str]) -> Vec<String> {
+        let list: Vec<String> = apps.iter().map(|a| format!("'{a}'")).collect();
+        let sql = format!(
+            "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND application_name IN ({})",
+            list.join(",")
+        );
+        let found = self.value(&sql);
+        found
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The backend pid of the session named `app` (0 when there is none).
+    pub fn pid_of(&self, app: &str) -> i32 {
+        self.value(&format!(
+            "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE application_name = '{app}'"
+        ))
+        .parse()
+        .unwrap_or(0)
+    }
+
     fn psql_with(&self, extra: &[&str], sql: &str) -> Vec<u8> {
         let out = Command::new(self.bin.join("psql"))
             .args(extra)

@@ -34,6 +34,9 @@ pub enum ErrorKind {
     Untrusted,
     /// The store does not implement the operation.
     Unsupported,
+    /// This run no longer holds the lease on what it writes (another run took it over):
+    /// nothing more may be written.
+    LeaseLost,
     /// Anything else.
     Other,
 }
@@ -51,6 +54,14 @@ impl ErrorKind {
                 | ErrorKind::NotS3
                 | ErrorKind::Untrusted
         )
+    }
+}
+
+impl ErrorKind {
+    /// True when the run must stop at once: its configuration is wrong, or it lost its
+    /// lease.
+    pub fn stops_the_run(self) -> bool {
+        self.is_configuration() || self == ErrorKind::LeaseLost
     }
 }
 

@@ -260,6 +260,12 @@ impl ObjectStore for LocalStore {
         }
     }
 
+    fn now(&self) -> i64 {
+        // Files' times are this host's (a shared file system's server stamps them too, but
+        // within the skew NFS already requires).
+        chrono::Utc::now().timestamp()
+    }
+
     async fn probe(&self, write: bool) -> Result<(), StoreError> {
         let store = self.clone();
         blocking(move || {
@@ -482,6 +488,21 @@ impl ObjectStore for LocalStore {
                 Err(StoreError::io("removing", &path, &e))
             }
             _ => Ok(()),
+        }
+    }
+
+    async fn delete_if_match(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let etag = etag.to_string();
+        let current = blocking(move || Ok(file_md5(&path).map(hex::encode))).await?;
+        match current {
+            None => Ok(()),
+            // Best effort: another writer may slip in between this check and the delete.
+            Some(md5) if md5 == etag => self.delete(key).await,
+            Some(_) => Err(StoreError::new(
+                ErrorKind::PreconditionFailed,
+                format!("{} changed since it was read", self.describe(key)),
+            )),
         }
     }
 

@@ -5,7 +5,9 @@
 //! knows which backend it talks to.
 
 mod body;
+mod clock;
 mod error;
+mod guard;
 pub mod key;
 mod local;
 mod s3;
@@ -19,6 +21,7 @@ use futures::stream::BoxStream;
 
 pub use body::{Body, ByteStream, Md5Tap};
 pub use error::{classify_code, ErrorKind, StoreError, Target};
+pub use guard::{guarded, Guard, Guarded};
 pub use local::LocalStore;
 pub use s3::{is_aws_host, S3Settings, S3Store};
 pub use writer::{PartWriter, Uploaded};
@@ -189,6 +192,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// What the store keeps of what we write.
     fn traits(&self) -> StoreTraits;
 
+    /// The store's clock now, in seconds since the epoch: what the `Last-Modified` times
+    /// it returns are measured against (an S3 store's from the `Date` of its latest reply,
+    /// a directory's from the local clock), so that ages of objects written by other hosts
+    /// do not depend on this host's clock.
+    fn now(&self) -> i64;
+
     /// Check that the store is there and usable before any work starts: the bucket exists
     /// and the credentials are accepted, or the directory exists (and, with `write`, can
     /// be written).
@@ -251,6 +260,11 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Delete an object (absent is fine).
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Delete an object only while it has this ETag (`If-Match`): another writer's newer
+    /// version is left alone ([`ErrorKind::PreconditionFailed`]). Stores that ignore the
+    /// condition delete whatever is there.
+    async fn delete_if_match(&self, key: &str, etag: &str) -> Result<(), StoreError>;
 }
 
 /// Abort the uploads under `under` started before `before` (seconds since the epoch): what

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -24,6 +25,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::clock::{ClockWatch, StoreClock};
 use super::error::{from_sdk, unreadable_xml, ErrorKind, S3Context, StoreError, Target};
 use super::key::{dir_prefix, join};
 use super::{
@@ -88,6 +90,7 @@ pub struct S3Store {
     hint: &'static str,
     timeout: Duration,
     part_numbers: AtomicU8,
+    clock: Arc<StoreClock>,
 }
 
 impl S3Store {
@@ -101,8 +104,9 @@ impl S3Store {
         {
             tracing::warn!(endpoint = %url, "{url} is plain HTTP: the requests' signatures and all data travel unencrypted; use an https:// endpoint outside a trusted network");
         }
+        let clock = Arc::new(StoreClock::default());
         Ok(S3Store {
-            client: client(settings).await?,
+            client: client(settings, clock.clone()).await?,
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
             endpoint: settings
@@ -112,6 +116,7 @@ impl S3Store {
             hint: settings.credentials_hint,
             timeout: settings.timeout,
             part_numbers: AtomicU8::new(PARTS_UNKNOWN),
+            clock,
         })
     }
 
@@ -222,6 +227,10 @@ impl ObjectStore for S3Store {
             keeps_modified: false,
             keeps_metadata: true,
         }
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     async fn probe(&self, _write: bool) -> Result<(), StoreError> {
@@ -553,15 +562,27 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.delete_object(key, None).await
+    }
+
+    async fn delete_if_match(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        self.delete_object(key, Some(etag)).await
+    }
+}
+
+impl S3Store {
+    /// DeleteObject, conditional on the ETag when one is given; an absent object is fine.
+    async fn delete_object(&self, key: &str, if_match: Option<&str>) -> Result<(), StoreError> {
         let full = self.full(key);
-        match self
+        let reply = self
             .client
             .delete_object()
             .bucket(&self.bucket)
             .key(&full)
+            .set_if_match(if_match.map(quoted))
             .send()
-            .await
-        {
+            .await;
+        match reply {
             Ok(_) => Ok(()),
             Err(e) => {
                 let error = self.error(&e, &format!("deleting {full}"), Target::Object);
@@ -572,9 +593,7 @@ impl ObjectStore for S3Store {
             }
         }
     }
-}
 
-impl S3Store {
     async fn head_object(
         &self,
         key: &str,
@@ -831,7 +850,10 @@ fn stall_guarded(
 /// With path-style addressing (custom endpoints) we send or validate flexible checksums
 /// only when an operation requires them: Ceph RGW 16 and older MinIO reject the
 /// aws-chunked trailers the newest SDK defaults produce.
-async fn client(settings: &S3Settings) -> anyhow::Result<aws_sdk_s3::Client> {
+async fn client(
+    settings: &S3Settings,
+    clock: Arc<StoreClock>,
+) -> anyhow::Result<aws_sdk_s3::Client> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(path) = &settings.ca_bundle {
         loader = loader.http_client(https_client_trusting(path)?);
@@ -860,7 +882,8 @@ async fn client(settings: &S3Settings) -> anyhow::Result<aws_sdk_s3::Client> {
                 .connect_timeout(settings.timeout)
                 .read_timeout(settings.timeout)
                 .build(),
-        );
+        )
+        .interceptor(ClockWatch(clock));
     if shared.region().is_none() {
         builder = builder.region(Region::new("us-east-1"));
     }

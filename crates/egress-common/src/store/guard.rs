@@ -1,0 +1,149 @@
+//! A store whose writes are supervised: before anything becomes visible or is removed, a
+//! [`Guard`] says whether the run may still write (a run that lost its lease may not), and
+//! it is told of every multipart upload started and ended (so that a run can mark its
+//! uploads as its own). Reads pass straight through.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{
+    Body, CompletedPart, GetOptions, GetResult, ObjectMeta, ObjectStore, PageStream, PartSlot,
+    PendingUpload, PutOptions, PutResult, Store, StoreError, StoreTraits, Upload,
+};
+
+/// What a [`Guarded`] store consults.
+#[async_trait]
+pub trait Guard: Send + Sync + std::fmt::Debug {
+    /// Before an object is written, completed or deleted: an error stops that write.
+    async fn allow_write(&self) -> Result<(), StoreError>;
+
+    /// A multipart upload was created (its key and id).
+    async fn upload_started(&self, _key: &str, _id: &str) {}
+
+    /// A multipart upload was completed or aborted.
+    async fn upload_ended(&self, _key: &str, _id: &str) {}
+}
+
+/// `inner`, with every write asked of `guard` first.
+#[derive(Debug)]
+pub struct Guarded {
+    inner: Store,
+    guard: Arc<dyn Guard>,
+}
+
+/// `inner` supervised by `guard`.
+pub fn guarded(inner: Store, guard: Arc<dyn Guard>) -> Store {
+    Arc::new(Guarded { inner, guard })
+}
+
+#[async_trait]
+impl ObjectStore for Guarded {
+    fn describe(&self, key: &str) -> String {
+        self.inner.describe(key)
+    }
+
+    fn traits(&self) -> StoreTraits {
+        self.inner.traits()
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.now()
+    }
+
+    async fn probe(&self, write: bool) -> Result<(), StoreError> {
+        self.inner.probe(write).await
+    }
+
+    fn list(&self, under: &str) -> PageStream {
+        self.inner.list(under)
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.inner.head(key).await
+    }
+
+    async fn part_size(&self, key: &str, number: u32) -> Result<Option<u64>, StoreError> {
+        self.inner.part_size(key, number).await
+    }
+
+    async fn get(&self, key: &str, options: GetOptions) -> Result<GetResult, StoreError> {
+        self.inner.get(key, options).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Body,
+        options: &PutOptions,
+    ) -> Result<PutResult, StoreError> {
+        self.guard.allow_write().await?;
+        self.inner.put(key, body, options).await
+    }
+
+    async fn create_multipart(
+        &self,
+        key: &str,
+        options: &PutOptions,
+    ) -> Result<Upload, StoreError> {
+        self.guard.allow_write().await?;
+        let upload = self.inner.create_multipart(key, options).await?;
+        self.guard.upload_started(&upload.key, &upload.id).await;
+        Ok(upload)
+    }
+
+    async fn upload_part(
+        &self,
+        upload: &Upload,
+        slot: PartSlot,
+        body: Body,
+        content_md5: Option<[u8; 16]>,
+    ) -> Result<String, StoreError> {
+        self.inner
+            .upload_part(upload, slot, body, content_md5)
+            .await
+    }
+
+    async fn complete(
+        &self,
+        upload: Upload,
+        parts: &[CompletedPart],
+        size: u64,
+    ) -> Result<PutResult, StoreError> {
+        let (key, id) = (upload.key.clone(), upload.id.clone());
+        let done = match self.guard.allow_write().await {
+            Ok(()) => self.inner.complete(upload, parts, size).await,
+            Err(e) => {
+                self.inner.abort(upload).await;
+                Err(e)
+            }
+        };
+        self.guard.upload_ended(&key, &id).await;
+        done
+    }
+
+    async fn abort(&self, upload: Upload) {
+        let (key, id) = (upload.key.clone(), upload.id.clone());
+        self.inner.abort(upload).await;
+        self.guard.upload_ended(&key, &id).await;
+    }
+
+    async fn pending_uploads(&self, under: &str) -> Result<Vec<PendingUpload>, StoreError> {
+        self.inner.pending_uploads(under).await
+    }
+
+    async fn abort_pending(&self, upload: &PendingUpload) -> Result<(), StoreError> {
+        self.guard.allow_write().await?;
+        self.inner.abort_pending(upload).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.guard.allow_write().await?;
+        self.inner.delete(key).await
+    }
+
+    async fn delete_if_match(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        self.guard.allow_write().await?;
+        self.inner.delete_if_match(key, etag).await
+    }
+}
