@@ -439,6 +439,11 @@ async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() 
 
     let out = sync(&input, SRC, &output, DST, &["--jobs", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("aborted an upload left by egress-sync run"),
+        "the killed run's uploads are known as its own: {}",
+        text(&out)
+    );
     let mirror = contents(&output, DST, "").await;
     assert_eq!(mirror.len(), expected.len());
     for (key, body) in &expected {

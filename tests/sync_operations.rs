@@ -84,6 +84,7 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
         ("failed", 0.0),
         ("skipped", 0.0),
         ("vanished", 0.0),
+        ("unlisted", 0.0),
     ]
     .map(|(a, n)| (a.to_string(), n))
     .into();
@@ -132,6 +133,7 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
         ("failed", 1.0),
         ("skipped", 5.0),
         ("vanished", 0.0),
+        ("unlisted", 0.0),
     ]
     .map(|(a, n)| (a.to_string(), n))
     .into();

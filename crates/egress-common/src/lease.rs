@@ -47,6 +47,17 @@ pub fn is_lease(key: &str) -> bool {
     key == MIRROR_KEY || key == FILE_NAME || key.ends_with(&format!("/{FILE_NAME}"))
 }
 
+/// Where egress-sync marks the multipart uploads it starts at its output, one small
+/// object per upload, so that a later run can tell its own dead uploads from another
+/// writer's.
+pub const UPLOAD_MARKERS: &str = ".egress-sync-uploads/";
+
+/// True for the programs' own coordination objects (leases, upload markers): never
+/// mirrored, never part of a day, never deleted as extra.
+pub fn is_coordination(key: &str) -> bool {
+    is_lease(key) || key.starts_with(UPLOAD_MARKERS)
+}
+
 /// How long a lease lasts without renewal unless `--lease-ttl` says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// The shortest time to live accepted.
@@ -374,7 +385,7 @@ impl Lease {
 
     /// Confirm now that this run still holds the lease; [`ErrorKind::LeaseLost`] if not.
     pub async fn check(&self) -> Result<(), StoreError> {
-        self.shared.allow_write().await
+        self.shared.confirm().await
     }
 
     /// Stop renewing and delete the lease (if it is still ours).
@@ -387,20 +398,29 @@ impl Lease {
 
 #[async_trait]
 impl Guard for Shared {
-    async fn allow_write(&self) -> Result<(), StoreError> {
+    async fn before_change(&self, _key: &str) -> Result<(), StoreError> {
+        self.confirm().await
+    }
+
+    async fn before_upload(&self, _key: &str) -> Result<(), StoreError> {
+        self.confirm().await
+    }
+}
+
+impl Shared {
+    /// Confirm this run still holds the lease: at once when it was confirmed within two
+    /// thirds of its time to live (nobody can have taken it over since), else by renewing it.
+    async fn confirm(&self) -> Result<(), StoreError> {
         if self.lost.load(Ordering::SeqCst) {
             return Err(self.lost_error("another run holds it now"));
         }
-        // Confirmed within two thirds of its time to live: nobody can have taken it over.
         let margin = self.ttl / 3;
         if self.state.lock().await.1.elapsed() < self.ttl - margin {
             return Ok(());
         }
         self.renew().await
     }
-}
 
-impl Shared {
     fn lost_error(&self, why: &str) -> StoreError {
         StoreError::new(
             ErrorKind::LeaseLost,

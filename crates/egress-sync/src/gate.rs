@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use egress_common::manifest::{self, Manifest};
-use egress_common::store::{key, ErrorKind, GetOptions, Store, StoreError};
+use egress_common::store::{key, ErrorKind, GetOptions, ObjectMeta, Store, StoreError};
 use futures::StreamExt;
 
 /// What one object must be, according to its folder's manifest.
@@ -23,17 +23,22 @@ pub struct Expected {
 #[derive(Debug, Clone)]
 pub enum Folder {
     /// The folder has a usable manifest.
-    Complete(Listed),
+    Complete(Box<Listed>),
     /// No manifest (the folder may still be being written).
     NoManifest,
     /// A manifest that cannot be used, and why.
     Unusable(String),
 }
 
-/// What a usable manifest lists.
-#[derive(Debug, Clone, Default)]
+/// What a usable manifest lists, and the manifest as read (the version its objects are
+/// checked against, and the one the output gets).
+#[derive(Debug, Clone)]
 pub struct Listed {
     objects: HashMap<String, Entry>,
+    /// The manifest's bytes.
+    pub raw: bytes::Bytes,
+    /// Its metadata as read.
+    pub meta: ObjectMeta,
 }
 
 #[derive(Debug, Clone)]
@@ -73,15 +78,34 @@ impl Gates {
 
     async fn read(&self, folder: &str) -> Result<Folder, StoreError> {
         let manifest_key = manifest::key_in(folder);
-        let body = match self.source.get(&manifest_key, GetOptions::default()).await {
-            Ok(got) => got.body.collect().await?,
+        let (body, meta) = match self.source.get(&manifest_key, GetOptions::default()).await {
+            Ok(got) => (got.body.collect().await?, got.meta),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Folder::NoManifest),
             Err(e) => return Err(e),
         };
         Ok(match Manifest::parse(&body) {
-            Ok(m) => Folder::Complete(listed(folder, &m)),
+            Ok(m) => Folder::Complete(Box::new(listed(folder, &m, body, meta))),
             Err(reason) => Folder::Unusable(reason),
         })
+    }
+
+    /// True while the input's manifest of `folder` is still the version read: the same
+    /// ETag where both have one, else the same bytes.
+    pub async fn unchanged(&self, folder: &str) -> Result<bool, StoreError> {
+        let Some(Folder::Complete(listed)) = self.folders.get(folder) else {
+            return Ok(false);
+        };
+        let key = manifest::key_in(folder);
+        let now = match self.source.head(&key).await {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if let (Some(read), Some(now)) = (&listed.meta.etag, &now.etag) {
+            return Ok(read == now);
+        }
+        let again = self.source.get(&key, GetOptions::default()).await?;
+        Ok(again.body.collect().await? == listed.raw)
     }
 
     /// The manifest entry for `key`, marking it seen at the input.
@@ -137,7 +161,7 @@ impl Gates {
     }
 }
 
-fn listed(folder: &str, m: &Manifest) -> Listed {
+fn listed(folder: &str, m: &Manifest, raw: bytes::Bytes, meta: ObjectMeta) -> Listed {
     let objects = m
         .tables
         .iter()
@@ -153,7 +177,7 @@ fn listed(folder: &str, m: &Manifest) -> Listed {
             (key::join(folder, &t.file), entry)
         })
         .collect();
-    Listed { objects }
+    Listed { objects, raw, meta }
 }
 
 #[cfg(test)]

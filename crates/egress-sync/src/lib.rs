@@ -10,12 +10,14 @@ pub mod check;
 pub mod config;
 pub mod decide;
 pub mod gate;
+pub mod handoff;
 pub mod march;
 pub mod mirror;
 pub mod pool;
 pub mod report;
 pub mod sides;
 pub mod transfer;
+pub mod uploads;
 pub mod verify;
 
 pub use config::Args;

@@ -3,6 +3,7 @@
 //! copies, copy each complete folder's manifest last, delete, summarise.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use egress_common::lease;
 use egress_common::manifest;
@@ -13,11 +14,13 @@ use tracing::info;
 use crate::config::Args;
 use crate::decide::{self, Decision};
 use crate::gate::{Folder, Gates};
+use crate::handoff::{self, DayFacts, HandOff, OutputGuard, Withdrawals};
 use crate::march::{Listing, March, Pair};
-use crate::pool::{Names, Pool, Task};
+use crate::pool::{Names, Pool, Publication, Task};
 use crate::report::{Failed, Report};
 use crate::sides::{Filter, Sides, OLD_RECORDS_KEY};
 use crate::transfer::{Job, Settings, Transfers};
+use crate::uploads::{self, Marks};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -33,9 +36,12 @@ struct Mirror<'a> {
 pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let filter = Filter::new(args)?;
     let mut sides = Sides::open(args).await?;
+    let withdrawals = Arc::new(Withdrawals::new(sides.dest.clone()));
     // One writer per mirror: a dry run writes nothing and takes no lease.
     if args.dry_run {
-        return Mirror::new(args, filter, sides).run(None).await;
+        return Mirror::new(args, filter, sides, withdrawals)
+            .run(None)
+            .await;
     }
     let lease = lease::acquire(
         &sides.dest,
@@ -44,9 +50,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         args.common.lease(),
     )
     .await?;
-    // Every write into the output asks the lease first: a run that lost it writes nothing more.
-    sides.dest = store::guarded(sides.dest, lease.fence());
-    let outcome = Mirror::new(args, filter, sides).run(Some(&lease)).await;
+    // Every write into the output asks the lease first (a run that lost it writes nothing
+    // more) and withdraws its day's manifest; every upload it starts is marked as its own.
+    let marks = Marks::new(sides.dest.clone(), lease.run_id(), lease.since());
+    let guard = OutputGuard::new(lease.fence(), withdrawals.clone(), marks);
+    sides.dest = store::guarded(sides.dest, Arc::new(guard));
+    let outcome = Mirror::new(args, filter, sides, withdrawals)
+        .run(Some(&lease))
+        .await;
     let outcome = lease::explain_failure(outcome, &lease).await;
     lease.release().await;
     outcome
@@ -55,7 +66,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
 impl<'a> Mirror<'a> {
     async fn run(&self, lease: Option<&lease::Lease>) -> anyhow::Result<Report> {
         if let Some(lease) = lease {
-            self.clear_dead_uploads(lease.since()).await;
+            self.clear_dead_uploads(lease).await;
         }
         let deletions = match self.args.remove {
             true => Some(self.count_deletions().await?),
@@ -68,7 +79,12 @@ impl<'a> Mirror<'a> {
         self.summarise(old_records).await
     }
 
-    fn new(args: &'a Args, filter: Filter, sides: Sides) -> Mirror<'a> {
+    fn new(
+        args: &'a Args,
+        filter: Filter,
+        sides: Sides,
+        withdrawals: Arc<Withdrawals>,
+    ) -> Mirror<'a> {
         let settings = Settings::new(
             args.multipart_threshold_mib * MIB,
             args.part_size_mib * MIB,
@@ -87,7 +103,13 @@ impl<'a> Mirror<'a> {
         Mirror {
             args,
             filter,
-            pool: Pool::new(transfers, names, args.jobs as usize, args.dry_run),
+            pool: Pool::new(
+                transfers,
+                names,
+                args.jobs as usize,
+                args.dry_run,
+                withdrawals,
+            ),
             gates: tokio::sync::Mutex::new(gates),
         }
     }
@@ -100,10 +122,11 @@ impl<'a> Mirror<'a> {
         )
     }
 
-    /// Abort uploads a killed run left at the output (this run's lease covers all of it).
-    async fn clear_dead_uploads(&self, since: i64) {
-        let aborted =
-            lease::abort_dead_uploads(&self.pool.transfers().dest, "", since, |_| None).await;
+    /// Abort the uploads dead egress-sync runs left at the output (this run holds the
+    /// mirror's lease, so every other run is gone); nobody else's.
+    async fn clear_dead_uploads(&self, lease: &lease::Lease) {
+        let dest = &self.pool.transfers().dest;
+        let aborted = uploads::clear_dead(dest, lease.run_id(), lease.since()).await;
         if aborted > 0 {
             info!(
                 aborted,
@@ -152,22 +175,21 @@ impl<'a> Mirror<'a> {
             .await
     }
 
-    /// March both listings and copy what differs; then the manifests of complete folders.
-    /// Returns whether the output holds an earlier version's records file.
+    /// March both listings and copy what differs; then hand each day over (its manifest
+    /// last, see [`crate::handoff`]). Returns whether the output holds an earlier
+    /// version's records file.
     async fn copy_all(&self) -> anyhow::Result<bool> {
         let march = self.march();
         let line = progress_line(self.args.common.progress(), &self.pool);
         let (deferred, old_records) = self.pool.run(async |tx| self.plan(march, tx).await).await?;
-        if self.args.require_manifest {
-            let ready = self.ready_manifests(deferred).await;
-            self.pool
-                .run(async |tx| {
-                    for task in ready {
-                        let _ = tx.send(task).await;
-                    }
-                })
-                .await;
-        }
+        let manifests = self.hand_over(deferred).await;
+        self.pool
+            .run(async |tx| {
+                for task in manifests {
+                    let _ = tx.send(task).await;
+                }
+            })
+            .await;
         line.finish().await;
         if let Some(fatal) = self.pool.fatal() {
             return Err(fatal.into());
@@ -175,8 +197,8 @@ impl<'a> Mirror<'a> {
         Ok(old_records)
     }
 
-    /// Decide each pair as the march yields it and hand copies to the pool; manifests of
-    /// gated folders wait until the end.
+    /// Decide each pair as the march yields it and hand copies to the pool; manifests wait
+    /// until every object is done.
     async fn plan(
         &self,
         mut march: March,
@@ -184,7 +206,7 @@ impl<'a> Mirror<'a> {
     ) -> anyhow::Result<(Vec<Pair>, bool)> {
         let dest_traits = self.pool.transfers().dest.traits();
         let mut deferred = Vec::new();
-        let mut skipped_folders = HashSet::new();
+        let mut announced = HashSet::new();
         while let Some(pair) = march.next().await? {
             if self.pool.stopped() {
                 break;
@@ -193,11 +215,11 @@ impl<'a> Mirror<'a> {
                 Pair::DestOnly(_) => continue,
                 Pair::SourceOnly(s) | Pair::Both(s, _) => s.clone(),
             };
-            if self.args.require_manifest && manifest::is_manifest(&source.key) {
+            if manifest::is_manifest(&source.key) {
                 deferred.push(pair);
                 continue;
             }
-            let Some(job) = self.job(source, &mut skipped_folders).await? else {
+            let Some(job) = self.job(source, &mut announced).await? else {
                 continue;
             };
             let task = match decide::decide(&pair, dest_traits) {
@@ -219,29 +241,19 @@ impl<'a> Mirror<'a> {
         Ok((deferred, march.saw_old_records()))
     }
 
-    /// The copy job for `source`, with what its folder's manifest says; `None` when its
-    /// folder is not ready (`--require-manifest`).
+    /// The copy job for `source`, with what its folder's manifest says; `None` when it is
+    /// not to be copied: its folder is not ready, or (`--require-manifest`) its day's
+    /// manifest does not list it.
     async fn job(
         &self,
         source: ObjectInfo,
-        skipped: &mut HashSet<String>,
+        announced: &mut HashSet<String>,
     ) -> anyhow::Result<Option<Job>> {
         let folder = manifest::folder_of(&source.key).to_string();
         let mut gates = self.gates.lock().await;
         if self.args.require_manifest {
-            let reason = match gates.folder(&folder).await? {
-                Folder::Complete(_) => None,
-                Folder::NoManifest => {
-                    Some("has no _manifest.json; skipped (it may still be in progress)".to_string())
-                }
-                Folder::Unusable(why) => {
-                    Some(format!("has an unusable _manifest.json ({why}); skipped"))
-                }
-            };
-            if let Some(reason) = reason {
-                if skipped.insert(folder.clone()) {
-                    info!(folder = %folder, "folder `input/{}/{folder}` {reason}", self.pool.names().input);
-                }
+            let ready = self.folder_ready(&mut gates, &folder, announced).await?;
+            if !ready {
                 return Ok(None);
             }
         }
@@ -251,6 +263,12 @@ impl<'a> Mirror<'a> {
         } else {
             None
         };
+        if self.args.require_manifest && listed.is_none() {
+            let input = &self.pool.names().input;
+            tracing::warn!(key = %source.key, "`input/{input}/{}` is not listed in its day's manifest: not copied into the day", source.key);
+            self.pool.record(|r| r.unlisted += 1);
+            return Ok(None);
+        }
         let (expected, part_sizes) = match listed {
             Some((expected, parts)) => (self.args.require_manifest.then_some(expected), parts),
             None => (None, None),
@@ -262,52 +280,175 @@ impl<'a> Mirror<'a> {
         }))
     }
 
-    /// The manifests whose folders were copied whole and match them; the others are
-    /// failures that say why.
-    async fn ready_manifests(&self, deferred: Vec<Pair>) -> Vec<Task> {
-        let dest_traits = self.pool.transfers().dest.traits();
-        let failed_folders = self.pool.report().failed_folders;
-        let mut gates = self.gates.lock().await;
-        let mut ready = Vec::new();
+    /// Whether `folder` may be copied (`--require-manifest`): it has a usable manifest.
+    /// Each folder's state is said once: skipped in progress (INFO), skipped unusable
+    /// (WARN), or copied without its manifest because the filter leaves it out (WARN).
+    async fn folder_ready(
+        &self,
+        gates: &mut Gates,
+        folder: &str,
+        announced: &mut HashSet<String>,
+    ) -> anyhow::Result<bool> {
+        let input = &self.pool.names().input;
+        let first = announced.insert(folder.to_string());
+        match gates.folder(folder).await? {
+            Folder::Complete(_) => {
+                if first && !self.filter.accepts(&manifest::key_in(folder)) {
+                    tracing::warn!(folder = %folder, "day `input/{input}/{folder}`: its _manifest.json is outside --include/--exclude: its objects are copied, each checked against it, but the day stays without its manifest at the output");
+                    self.pool.record(|r| r.held_days += 1);
+                }
+                Ok(true)
+            }
+            Folder::NoManifest => {
+                if first {
+                    info!(folder = %folder, "folder `input/{input}/{folder}` has no _manifest.json; skipped (it may still be in progress)");
+                }
+                Ok(false)
+            }
+            Folder::Unusable(why) => {
+                if first {
+                    tracing::warn!(folder = %folder, "folder `input/{input}/{folder}` has an unusable _manifest.json ({why}); skipped");
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// The manifests' turn, each day's objects done: what to write for each.
+    async fn hand_over(&self, deferred: Vec<Pair>) -> Vec<Task> {
+        let mut tasks = Vec::new();
         for pair in deferred {
             let (Pair::SourceOnly(source) | Pair::Both(source, _)) = &pair else {
                 continue;
             };
             let folder = manifest::folder_of(&source.key).to_string();
-            let reason = match gates.folder(&folder).await {
-                Err(e) => Some(e.to_string()),
-                Ok(Folder::Unusable(why)) => Some(format!("the manifest is unusable: {why}")),
-                Ok(_) if failed_folders.contains(&folder) => {
-                    Some("some of its objects failed to copy or did not match it".to_string())
-                }
-                Ok(_) => {
-                    let missing = gates.missing(&folder);
-                    (!missing.is_empty()).then(|| {
-                        format!(
-                            "the manifest lists objects the input does not have: {}",
-                            missing.join(", ")
-                        )
-                    })
-                }
-            };
-            if let Some(reason) = reason {
-                tracing::error!(key = %source.key, "manifest not copied: {reason}");
-                self.pool
-                    .record(|r| r.fail(&source.key, format!("manifest not copied: {reason}")));
+            if !self.args.require_manifest {
+                tasks.extend(self.plain_manifest(&pair, &folder));
                 continue;
             }
-            let job = Job {
-                object: source.clone(),
-                expected: None,
-                part_sizes: None,
-            };
-            match decide::decide(&pair, dest_traits) {
-                Decision::Copy(reason) => ready.push(Task::Copy(job, reason)),
-                Decision::Check => ready.push(Task::Check(job)),
-                _ => self.pool.record(|r| r.skipped += 1),
+            match self.day_facts(&pair, &folder).await {
+                Ok(facts) => tasks.extend(self.act(&facts, &source.key, &folder).await),
+                Err(e) => {
+                    tracing::error!(key = %source.key, "manifest not copied: {e}");
+                    self.pool
+                        .record(|r| r.fail(&source.key, format!("manifest not copied: {e}")));
+                }
             }
         }
-        ready
+        tasks
+    }
+
+    /// Without `--require-manifest` a manifest is copied like any object, after its
+    /// folder's objects, and always when this run withdrew it.
+    fn plain_manifest(&self, pair: &Pair, folder: &str) -> Option<Task> {
+        let (Pair::SourceOnly(source) | Pair::Both(source, _)) = pair else {
+            return None;
+        };
+        let job = Job {
+            object: source.clone(),
+            expected: None,
+            part_sizes: None,
+        };
+        if self.pool.withdrawals().withdrawn(folder) {
+            return Some(Task::Copy(job, decide::CopyReason::New));
+        }
+        match decide::decide(pair, self.pool.transfers().dest.traits()) {
+            Decision::Copy(reason) => Some(Task::Copy(job, reason)),
+            Decision::Check => Some(Task::Check(job)),
+            _ => {
+                self.pool.record(|r| r.skipped += 1);
+                None
+            }
+        }
+    }
+
+    /// What the run knows of a gated day when its manifest's turn comes.
+    async fn day_facts(&self, pair: &Pair, folder: &str) -> Result<DayFacts, StoreError> {
+        let mut gates = self.gates.lock().await;
+        let unusable = match gates.folder(folder).await? {
+            Folder::Unusable(why) => Some(why.clone()),
+            _ => None,
+        };
+        let (filtered, missing): (Vec<String>, Vec<String>) = gates
+            .missing(folder)
+            .into_iter()
+            .partition(|key| !self.filter.accepts(key));
+        let changed = unusable.is_none() && !gates.unchanged(folder).await?;
+        let withdrawn = self.pool.withdrawals().withdrawn(folder);
+        Ok(DayFacts {
+            unusable,
+            changed,
+            filtered,
+            missing,
+            failed: self.pool.report().failed_folders.contains(folder),
+            already_published: !withdrawn && self.at_output(pair).await?,
+        })
+    }
+
+    /// True when the output's manifest is the input's (by ETag, time, or the copy's record).
+    async fn at_output(&self, pair: &Pair) -> Result<bool, StoreError> {
+        let Pair::Both(source, dest) = pair else {
+            return Ok(false);
+        };
+        Ok(
+            match decide::decide(pair, self.pool.transfers().dest.traits()) {
+                Decision::Skip(_) => true,
+                Decision::Check => {
+                    let meta = self.pool.transfers().dest.head(&dest.key).await?;
+                    matches!(decide::after_head(source, &meta), Decision::Skip(_))
+                }
+                _ => false,
+            },
+        )
+    }
+
+    /// Carry out a day's hand-off: the task that writes its manifest, or the line that
+    /// says why it is not written.
+    async fn act(&self, facts: &DayFacts, key: &str, folder: &str) -> Option<Task> {
+        let input = &self.pool.names().input;
+        match handoff::decide(facts) {
+            HandOff::Publish => self.publication(key, folder).await,
+            HandOff::AlreadyThere { lost } => {
+                if !lost.is_empty() {
+                    info!(folder = %folder, "day `input/{input}/{folder}` was mirrored already; the input has since lost {} of its objects (expired?): {}", lost.len(), lost.join(", "));
+                }
+                self.pool.record(|r| r.skipped += 1);
+                None
+            }
+            HandOff::Hold(why) => {
+                tracing::warn!(folder = %folder, "day `input/{input}/{folder}` left without its manifest at the output: {why}");
+                self.pool.record(|r| r.held_days += 1);
+                None
+            }
+            HandOff::Fail(why) => {
+                tracing::error!(key = %key, "manifest not copied: {why}");
+                self.pool
+                    .record(|r| r.fail(key, format!("manifest not copied: {why}")));
+                None
+            }
+        }
+    }
+
+    /// The manifest as read, to be written with the record of the version it is.
+    async fn publication(&self, key: &str, folder: &str) -> Option<Task> {
+        let mut gates = self.gates.lock().await;
+        let Ok(Folder::Complete(listed)) = gates.folder(folder).await else {
+            return None;
+        };
+        let version = ObjectInfo {
+            key: key.to_string(),
+            size: listed.raw.len() as u64,
+            etag: listed.meta.etag.clone(),
+            modified: listed.meta.modified,
+            modified_nanos: 0,
+        };
+        let md5: [u8; 16] =
+            md5::Digest::finalize(<md5::Md5 as md5::Digest>::new_with_prefix(&listed.raw)).into();
+        Some(Task::Publish(Publication {
+            key: key.to_string(),
+            body: listed.raw.clone(),
+            options: crate::transfer::dest_options(&listed.meta, &version, Some(md5)),
+        }))
     }
 
     /// Pass 3 of `--remove`, only after every copy succeeded: delete the output objects

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::decide::{self, CopyReason, Decision};
+use crate::handoff::Withdrawals;
 use crate::report::Report;
 use crate::transfer::{self, CopyError, Job, Transfers};
 
@@ -27,6 +28,19 @@ pub enum Task {
     Check(Job),
     /// Delete this output object.
     Delete(String),
+    /// Write a day's manifest: exactly the bytes its objects were checked against.
+    Publish(Publication),
+}
+
+/// A day's manifest to write at the output.
+#[derive(Debug)]
+pub struct Publication {
+    /// Its key.
+    pub key: String,
+    /// Its bytes, as read at the input.
+    pub body: bytes::Bytes,
+    /// How to write it (its headers, and the record of the version it is).
+    pub options: egress_common::store::PutOptions,
 }
 
 /// Objects and bytes done so far, for the status line.
@@ -54,6 +68,7 @@ pub struct Pool {
     jobs: usize,
     dry_run: bool,
     report: Mutex<Report>,
+    withdrawals: Arc<Withdrawals>,
     stop: AtomicBool,
     fatal: Mutex<Option<StoreError>>,
     /// Counters for the status line.
@@ -61,9 +76,17 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool running `jobs` tasks at once; with `dry_run` it only says what it would do.
-    pub fn new(transfers: Transfers, names: Names, jobs: usize, dry_run: bool) -> Pool {
+    /// A pool running `jobs` tasks at once (the output's manifests withdrawn by
+    /// `withdrawals`); with `dry_run` it only says what it would do.
+    pub fn new(
+        transfers: Transfers,
+        names: Names,
+        jobs: usize,
+        dry_run: bool,
+        withdrawals: Arc<Withdrawals>,
+    ) -> Pool {
         Pool {
+            withdrawals,
             transfers,
             names,
             jobs: jobs.max(1),
@@ -78,6 +101,11 @@ impl Pool {
     /// The transfers' stores and settings.
     pub fn transfers(&self) -> &Transfers {
         &self.transfers
+    }
+
+    /// The folders whose manifest this run withdrew from the output.
+    pub fn withdrawals(&self) -> &Withdrawals {
+        &self.withdrawals
     }
 
     /// How the sides are named in log lines.
@@ -129,6 +157,7 @@ impl Pool {
             Task::Copy(job, reason) => self.copy(job, reason).await,
             Task::Check(job) => self.check(job).await,
             Task::Delete(key) => self.delete(key).await,
+            Task::Publish(manifest) => self.publish(manifest).await,
         }
     }
 
@@ -249,6 +278,26 @@ impl Pool {
             Ok(()) => {
                 info!(key = %key, "deleted `output/{output}/{key}`");
                 self.record(|r| r.deleted += 1);
+            }
+            Err(e) => self.failed(&key, CopyError::Store(e)),
+        }
+    }
+
+    async fn publish(&self, manifest: Publication) {
+        let (key, size) = (manifest.key, manifest.body.len() as u64);
+        let (input, output) = (&self.names.input, &self.names.output);
+        let body = egress_common::store::Body::from_bytes(manifest.body);
+        match self.transfers.dest.put(&key, body, &manifest.options).await {
+            Ok(_) => {
+                info!(
+                    size,
+                    verified = "size+md5+checked-version",
+                    "`input/{input}/{key}` -> `output/{output}/{key}`"
+                );
+                self.record(|r| {
+                    r.copied += 1;
+                    r.bytes_copied += size;
+                });
             }
             Err(e) => self.failed(&key, CopyError::Store(e)),
         }

@@ -35,6 +35,7 @@ pub fn metrics(outcome: Result<&Report, &anyhow::Error>) -> Vec<Family> {
         ("deleted", report.deleted),
         ("failed", report.failed),
         ("vanished", report.vanished),
+        ("unlisted", report.unlisted),
     ];
     vec![
         Family::by(
@@ -47,6 +48,11 @@ pub fn metrics(outcome: Result<&Report, &anyhow::Error>) -> Vec<Family> {
             "egress_sync_bytes_copied",
             "Bytes copied by the last run.",
             report.bytes_copied as f64,
+        ),
+        Family::single(
+            "egress_sync_folders_held",
+            "Days the last run left without their manifest at the output on purpose (a filter leaves part of them out, or they changed at the input meanwhile).",
+            report.held_days as f64,
         ),
     ]
 }
@@ -66,6 +72,11 @@ pub struct Report {
     pub vanished: u64,
     /// Objects that failed every attempt.
     pub failed: u64,
+    /// Objects in a complete day that its manifest does not list (not copied into it).
+    pub unlisted: u64,
+    /// Days left without their manifest at the output, with a warning: a filter leaves
+    /// part of them out, or they changed at the input during the run.
+    pub held_days: u64,
     /// The first failures, with their causes.
     pub failures: Vec<(String, String)>,
     /// Folders holding a failed object (their manifests are not copied).

@@ -197,7 +197,7 @@ impl Filter {
     /// True when `key` takes part in the run.
     pub fn accepts(&self, key: &str) -> bool {
         key != OLD_RECORDS_KEY
-            && !egress_common::lease::is_lease(key)
+            && !egress_common::lease::is_coordination(key)
             && self.include.as_ref().is_none_or(|g| g.is_match(key))
             && self.exclude.as_ref().is_none_or(|g| !g.is_match(key))
     }

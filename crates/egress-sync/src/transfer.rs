@@ -176,7 +176,7 @@ fn copied_version(listed: &ObjectInfo, read: &ObjectMeta) -> ObjectInfo {
 }
 
 /// The destination's headers: the source's, its record, its time (kept by a local output).
-fn dest_options(
+pub(crate) fn dest_options(
     meta: &ObjectMeta,
     version: &ObjectInfo,
     content_md5: Option<[u8; 16]>,

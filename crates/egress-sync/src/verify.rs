@@ -20,6 +20,9 @@ pub struct Verification {
     pub folders: Vec<(String, Vec<String>)>,
     /// Folders holding objects but no manifest.
     pub without_manifest: Vec<String>,
+    /// Objects in a folder with a manifest that the manifest does not list (left from an
+    /// earlier version of the day, or put there by someone else): reported, not a mismatch.
+    pub unlisted: Vec<String>,
 }
 
 /// Verify `side` as `args` configure it; prints one line per folder and fails when any
@@ -37,9 +40,16 @@ pub async fn run(args: &Args, side: Side) -> anyhow::Result<Verification> {
         folders = result.folders.len(),
         mismatched = bad.len(),
         without_manifest = result.without_manifest.len(),
+        unlisted = result.unlisted.len(),
         "Verified {} folder(s) against their manifests.",
         result.folders.len()
     );
+    if !result.unlisted.is_empty() {
+        tracing::warn!(
+            "{} object(s) sit in a day folder whose manifest does not list them (see the UNLISTED lines); the listed objects are as the manifests say",
+            result.unlisted.len()
+        );
+    }
     if !bad.is_empty() {
         anyhow::bail!(
             "{} folder(s) do not match their manifest: {}",
@@ -58,10 +68,14 @@ pub async fn verify(store: &Store, label: &str) -> anyhow::Result<Verification> 
         ..Default::default()
     };
     for folder in with {
-        let problems = check_folder(store, label, &folder).await?;
+        let (problems, unlisted) = check_folder(store, label, &folder).await?;
         for p in &problems {
             println!("{label} {folder}: MISMATCH {p}");
         }
+        for key in &unlisted {
+            println!("{label} {folder}: UNLISTED {key} (not in the manifest)");
+        }
+        result.unlisted.extend(unlisted);
         result.folders.push((folder, problems));
     }
     for folder in &result.without_manifest {
@@ -76,7 +90,9 @@ async fn folders(store: &Store) -> anyhow::Result<(BTreeSet<String>, BTreeSet<St
     let mut pages = store.list("");
     while let Some(page) = pages.next().await {
         for o in page? {
-            if o.key == crate::sides::OLD_RECORDS_KEY {
+            if o.key == crate::sides::OLD_RECORDS_KEY
+                || egress_common::lease::is_coordination(&o.key)
+            {
                 continue;
             }
             let folder = manifest::folder_of(&o.key).to_string();
@@ -89,7 +105,13 @@ async fn folders(store: &Store) -> anyhow::Result<(BTreeSet<String>, BTreeSet<St
     Ok((with, all))
 }
 
-async fn check_folder(store: &Store, label: &str, folder: &str) -> anyhow::Result<Vec<String>> {
+/// The mismatches of `folder` against its manifest, and the objects it holds that the
+/// manifest does not list.
+async fn check_folder(
+    store: &Store,
+    label: &str,
+    folder: &str,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let manifest_key = manifest::key_in(folder);
     let parsed = match store.get(&manifest_key, GetOptions::default()).await {
         Ok(got) => Manifest::parse(&got.body.collect().await?),
@@ -100,7 +122,7 @@ async fn check_folder(store: &Store, label: &str, folder: &str) -> anyhow::Resul
     };
     let manifest = match parsed {
         Ok(m) => m,
-        Err(e) => return Ok(vec![format!("{manifest_key}: {e}")]),
+        Err(e) => return Ok((vec![format!("{manifest_key}: {e}")], Vec::new())),
     };
     let mut problems = Vec::new();
     let mut bytes = 0;
@@ -119,14 +141,46 @@ async fn check_folder(store: &Store, label: &str, folder: &str) -> anyhow::Resul
             Some((size, _)) => bytes += size,
         }
     }
+    let listed: BTreeSet<String> = manifest
+        .tables
+        .iter()
+        .map(|t| key::join(folder, &t.file))
+        .collect();
+    let unlisted = unlisted_in(store, folder, &listed).await?;
     if problems.is_empty() {
         println!(
-            "{label} {folder}: OK ({} objects, {})",
+            "{label} {folder}: OK ({} objects, {}){}",
             manifest.tables.len(),
-            human_bytes(bytes)
+            human_bytes(bytes),
+            match unlisted.len() {
+                0 => String::new(),
+                n => format!("; {n} more object(s) not in the manifest"),
+            }
         );
     }
-    Ok(problems)
+    Ok((problems, unlisted))
+}
+
+/// The objects directly in `folder` besides its manifest, what it lists, and our own
+/// coordination objects.
+async fn unlisted_in(
+    store: &Store,
+    folder: &str,
+    listed: &BTreeSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let mut unlisted = Vec::new();
+    let mut pages = store.list(&key::dir_prefix(folder));
+    while let Some(page) = pages.next().await {
+        for o in page? {
+            let ours = manifest::is_manifest(&o.key)
+                || egress_common::lease::is_coordination(&o.key)
+                || o.key == crate::sides::OLD_RECORDS_KEY;
+            if manifest::folder_of(&o.key) == folder && !ours && !listed.contains(&o.key) {
+                unlisted.push(o.key);
+            }
+        }
+    }
+    Ok(unlisted)
 }
 
 /// Size and SHA-256 of an object, streamed; `None` when it does not exist.

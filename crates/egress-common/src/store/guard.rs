@@ -1,7 +1,8 @@
-//! A store whose writes are supervised: before anything becomes visible or is removed, a
-//! [`Guard`] says whether the run may still write (a run that lost its lease may not), and
-//! it is told of every multipart upload started and ended (so that a run can mark its
-//! uploads as its own). Reads pass straight through.
+//! A store whose writes are supervised: before anything becomes visible or is removed, and
+//! before an upload starts, a [`Guard`] says whether the run may still write (a run that
+//! lost its lease may not) and may do what must come first (withdraw a day's manifest,
+//! mark an upload as the run's own); it is told when each upload ends. Reads pass
+//! straight through.
 
 use std::sync::Arc;
 
@@ -15,11 +16,13 @@ use super::{
 /// What a [`Guarded`] store consults.
 #[async_trait]
 pub trait Guard: Send + Sync + std::fmt::Debug {
-    /// Before an object is written, completed or deleted: an error stops that write.
-    async fn allow_write(&self) -> Result<(), StoreError>;
+    /// Before the object at `key` is written, completed or deleted (something visible
+    /// changes): an error stops that write.
+    async fn before_change(&self, key: &str) -> Result<(), StoreError>;
 
-    /// A multipart upload was created (its key and id).
-    async fn upload_started(&self, _key: &str, _id: &str) {}
+    /// Before a multipart upload to `key` is started (nothing visible yet): an error stops
+    /// it.
+    async fn before_upload(&self, key: &str) -> Result<(), StoreError>;
 
     /// A multipart upload was completed or aborted.
     async fn upload_ended(&self, _key: &str, _id: &str) {}
@@ -77,7 +80,7 @@ impl ObjectStore for Guarded {
         body: Body,
         options: &PutOptions,
     ) -> Result<PutResult, StoreError> {
-        self.guard.allow_write().await?;
+        self.guard.before_change(key).await?;
         self.inner.put(key, body, options).await
     }
 
@@ -86,10 +89,8 @@ impl ObjectStore for Guarded {
         key: &str,
         options: &PutOptions,
     ) -> Result<Upload, StoreError> {
-        self.guard.allow_write().await?;
-        let upload = self.inner.create_multipart(key, options).await?;
-        self.guard.upload_started(&upload.key, &upload.id).await;
-        Ok(upload)
+        self.guard.before_upload(key).await?;
+        self.inner.create_multipart(key, options).await
     }
 
     async fn upload_part(
@@ -111,7 +112,7 @@ impl ObjectStore for Guarded {
         size: u64,
     ) -> Result<PutResult, StoreError> {
         let (key, id) = (upload.key.clone(), upload.id.clone());
-        let done = match self.guard.allow_write().await {
+        let done = match self.guard.before_change(&key).await {
             Ok(()) => self.inner.complete(upload, parts, size).await,
             Err(e) => {
                 self.inner.abort(upload).await;
@@ -133,17 +134,17 @@ impl ObjectStore for Guarded {
     }
 
     async fn abort_pending(&self, upload: &PendingUpload) -> Result<(), StoreError> {
-        self.guard.allow_write().await?;
+        // A dead run's upload: nothing visible changes, and it is no upload of this run's.
         self.inner.abort_pending(upload).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.guard.allow_write().await?;
+        self.guard.before_change(key).await?;
         self.inner.delete(key).await
     }
 
     async fn delete_if_match(&self, key: &str, etag: &str) -> Result<(), StoreError> {
-        self.guard.allow_write().await?;
+        self.guard.before_change(key).await?;
         self.inner.delete_if_match(key, etag).await
     }
 }

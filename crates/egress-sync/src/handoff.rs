@@ -1,0 +1,275 @@
+//! Handing a day over from the input to the output so that, seen from the output, a day is
+//! either complete (its manifest beside exactly the objects it lists) or visibly not (no
+//! manifest), never a manifest beside a mix:
+//!
+//! 1. **Withdraw.** Before the first object of a folder is replaced or deleted at the
+//!    output (the moment it would become visible: a copy checked and about to be
+//!    committed), the folder's manifest there is deleted ([`Withdrawals`], asked by the
+//!    output's [`OutputGuard`] before every write), as egress-dump does at the input before
+//!    it rewrites a day.
+//! 2. **Copy.** The objects are copied, each checked against the manifest as it was read
+//!    (`--require-manifest`); objects the manifest does not list are not copied into the
+//!    day.
+//! 3. **Publish.** Last, the manifest is written: exactly the bytes the objects were checked
+//!    against, and only if the input's manifest is still that version; [`decide`] says
+//!    what to do with each day, from facts gathered by the run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use egress_common::manifest;
+use egress_common::store::{ErrorKind, Guard, Store, StoreError};
+use tokio::sync::OnceCell;
+
+use crate::uploads::Marks;
+
+/// What every write into the output asks first: the lease (a run that lost it writes
+/// nothing more), then the hand-off (a day's manifest leaves before the day changes), and
+/// what an upload's start and end mean (its mark as this run's, see [`crate::uploads`]).
+#[derive(Debug)]
+pub struct OutputGuard {
+    lease: Arc<dyn Guard>,
+    withdrawals: Arc<Withdrawals>,
+    marks: Marks,
+}
+
+impl OutputGuard {
+    /// The guard of a run holding `lease`, withdrawing with `withdrawals`, marking with
+    /// `marks`.
+    pub fn new(lease: Arc<dyn Guard>, withdrawals: Arc<Withdrawals>, marks: Marks) -> Self {
+        OutputGuard {
+            lease,
+            withdrawals,
+            marks,
+        }
+    }
+}
+
+#[async_trait]
+impl Guard for OutputGuard {
+    async fn before_change(&self, key: &str) -> Result<(), StoreError> {
+        self.lease.before_change(key).await?;
+        self.withdrawals.before_change(key).await
+    }
+
+    async fn before_upload(&self, key: &str) -> Result<(), StoreError> {
+        self.lease.before_upload(key).await?;
+        self.marks.write(key).await
+    }
+
+    async fn upload_ended(&self, key: &str, _id: &str) {
+        self.marks.remove(key).await;
+    }
+}
+
+/// One folder's withdrawal, done once; every writer in the folder waits for it.
+type Withdrawal = OnceCell<Result<(), StoreError>>;
+
+/// The folders whose manifest this run has withdrawn from the output.
+#[derive(Debug)]
+pub struct Withdrawals {
+    dest: Store,
+    folders: std::sync::Mutex<HashMap<String, Arc<Withdrawal>>>,
+}
+
+impl Withdrawals {
+    /// Withdrawals at `dest` (the output unguarded: the guard asked the lease already).
+    pub fn new(dest: Store) -> Withdrawals {
+        Withdrawals {
+            dest,
+            folders: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Before `key` is written or deleted at the output: its folder's manifest is removed
+    /// first (once per run; every writer in the folder waits for it). A manifest itself
+    /// needs nothing.
+    pub async fn before_change(&self, key: &str) -> Result<(), StoreError> {
+        if manifest::is_manifest(key) {
+            return Ok(());
+        }
+        let folder = manifest::folder_of(key).to_string();
+        let cell = match self.folders.lock() {
+            Ok(mut map) => map.entry(folder.clone()).or_default().clone(),
+            Err(_) => Arc::new(OnceCell::new()),
+        };
+        let dest = &self.dest;
+        cell.get_or_init(|| async move {
+            let key = manifest::key_in(&folder);
+            match dest.delete(&key).await {
+                // No manifest can be there (a key no output can hold): nothing to withdraw.
+                Err(e) if e.kind() == ErrorKind::InvalidKey => Ok(()),
+                other => other.map_err(|e| {
+                    e.context(format!(
+                        "withdrawing {} before its day changes",
+                        dest.describe(&key)
+                    ))
+                }),
+            }
+        })
+        .await
+        .clone()
+    }
+
+    /// True when this run withdrew `folder`'s manifest.
+    pub fn withdrawn(&self, folder: &str) -> bool {
+        self.folders
+            .lock()
+            .map(|m| m.get(folder).is_some_and(|c| c.get().is_some()))
+            .unwrap_or(false)
+    }
+}
+
+/// What the run knows of one day when its manifest's turn comes (`--require-manifest`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DayFacts {
+    /// Why the input's manifest cannot be used, if it cannot.
+    pub unusable: Option<String>,
+    /// The input's manifest is no longer the version read (re-dumped or deleted meanwhile).
+    pub changed: bool,
+    /// Objects the manifest lists that `--include`/`--exclude` leave out (also the
+    /// manifest itself, when it is left out).
+    pub filtered: Vec<String>,
+    /// Objects the manifest lists that the input listing lacks.
+    pub missing: Vec<String>,
+    /// Some object of the day failed to copy or did not match the manifest.
+    pub failed: bool,
+    /// The output already holds this very manifest, and this run withdrew nothing there.
+    pub already_published: bool,
+}
+
+/// What becomes of a day's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandOff {
+    /// Write the manifest the objects were checked against.
+    Publish,
+    /// The output has it already (`lost`: objects the input no longer has since).
+    AlreadyThere {
+        /// Objects the input lost after the day was mirrored (expired).
+        lost: Vec<String>,
+    },
+    /// Leave the day without its manifest, with a warning: not an error of the run.
+    Hold(String),
+    /// Leave the day without its manifest: a failure of the run.
+    Fail(String),
+}
+
+/// Decide a day's hand-off from its facts: an unusable manifest, failed objects, or a
+/// manifest listing what the input does not have fail; a change at the input during the
+/// run or a filter leaving part of the day out hold it (the next run, or the operator's
+/// filter, decides); a day the output already has stays as it is, even when the input has
+/// since lost some of its objects to the lifecycle rule.
+pub fn decide(facts: &DayFacts) -> HandOff {
+    if let Some(why) = &facts.unusable {
+        return HandOff::Fail(format!("the manifest is unusable: {why}"));
+    }
+    if facts.changed {
+        return HandOff::Hold(
+            "the input's manifest changed during this run (the day is being written again): the next run completes it".into(),
+        );
+    }
+    if !facts.filtered.is_empty() {
+        return HandOff::Hold(format!(
+            "--include/--exclude leave out {} it lists ({}): its other objects are copied, and the day stays without its manifest at the output",
+            count(facts.filtered.len()),
+            facts.filtered.join(", ")
+        ));
+    }
+    if facts.already_published && !facts.failed {
+        return HandOff::AlreadyThere {
+            lost: facts.missing.clone(),
+        };
+    }
+    if facts.failed {
+        return HandOff::Fail("some of its objects failed to copy or did not match it".into());
+    }
+    if !facts.missing.is_empty() {
+        return HandOff::Fail(format!(
+            "the manifest lists objects the input does not have: {}",
+            facts.missing.join(", ")
+        ));
+    }
+    HandOff::Publish
+}
+
+fn count(n: usize) -> String {
+    match n {
+        1 => "1 object".into(),
+        n => format!("{n} objects"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> DayFacts {
+        DayFacts::default()
+    }
+
+    #[test]
+    fn a_complete_day_is_published_once() {
+        assert_eq!(decide(&facts()), HandOff::Publish);
+        let there = DayFacts {
+            already_published: true,
+            ..facts()
+        };
+        assert_eq!(decide(&there), HandOff::AlreadyThere { lost: vec![] });
+    }
+
+    #[test]
+    fn expiry_at_the_input_never_fails_a_day_already_mirrored() {
+        let missing = vec!["d/a.csv.gz".to_string()];
+        let expired = DayFacts {
+            missing: missing.clone(),
+            already_published: true,
+            ..facts()
+        };
+        assert_eq!(
+            decide(&expired),
+            HandOff::AlreadyThere {
+                lost: missing.clone()
+            }
+        );
+        let never_mirrored = DayFacts { missing, ..facts() };
+        assert!(
+            matches!(decide(&never_mirrored), HandOff::Fail(why) if why.contains("d/a.csv.gz"))
+        );
+    }
+
+    #[test]
+    fn filters_and_changes_hold_a_day_without_failing_the_run() {
+        let filtered = DayFacts {
+            filtered: vec!["d/b.csv.gz".into()],
+            already_published: true,
+            ..facts()
+        };
+        assert!(
+            matches!(decide(&filtered), HandOff::Hold(why) if why.contains("1 object it lists (d/b.csv.gz)"))
+        );
+        let changed = DayFacts {
+            changed: true,
+            failed: true,
+            ..facts()
+        };
+        assert!(
+            matches!(decide(&changed), HandOff::Hold(why) if why.contains("changed during this run"))
+        );
+    }
+
+    #[test]
+    fn unusable_manifests_and_failed_objects_fail() {
+        let unusable = DayFacts {
+            unusable: Some("not JSON".into()),
+            ..facts()
+        };
+        assert!(matches!(decide(&unusable), HandOff::Fail(why) if why.contains("not JSON")));
+        let failed = DayFacts {
+            failed: true,
+            already_published: true,
+            ..facts()
+        };
+        assert!(matches!(decide(&failed), HandOff::Fail(_)));
+    }
+}
