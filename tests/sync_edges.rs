@@ -472,3 +472,369 @@ async fn two_overlapping_syncs_never_abort_each_others_uploads() {
     }
     assert!(output.pending_uploads("dst").await.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// Handing days over: the output shows a day complete (its manifest beside exactly what it
+// lists) or visibly not (no manifest), whatever happens.
+
+const DAY: &str = "2024-08-01";
+
+/// The day at `server`/`bucket`: its manifest (if any) and its objects.
+async fn day_at(server: &S3Server, bucket: &str) -> (Option<Vec<u8>>, Vec<(String, Vec<u8>)>) {
+    let mut manifest = None;
+    let mut objects = Vec::new();
+    for key in server.keys(bucket, &format!("{DAY}/")).await {
+        let body = server.get(bucket, &key).await;
+        if key.ends_with("_manifest.json") {
+            manifest = Some(body);
+        } else {
+            objects.push((key, body));
+        }
+    }
+    (manifest, objects)
+}
+
+/// Write a version of the day at the input as egress-dump does: manifest out first, then
+/// the objects, then the manifest; returns the manifest's bytes.
+async fn dump_day(input: &S3Server, a: &[u8], b: &[u8]) -> Vec<u8> {
+    let manifest = manifest_json(DAY, &[("a.csv.gz", a), ("b.csv.gz", b)]);
+    input.delete("src", &format!("{DAY}/_manifest.json")).await;
+    fixtures::put_multipart(input, "src", &format!("{DAY}/a.csv.gz"), a, 5 * 1024 * 1024).await;
+    input
+        .put("src", &format!("{DAY}/b.csv.gz"), b.to_vec())
+        .await;
+    input
+        .put("src", &format!("{DAY}/_manifest.json"), manifest.clone())
+        .await;
+    manifest
+}
+
+/// A proxy in front of `server` that holds, for good, every request `hold` matches.
+fn holding_proxy(server: &S3Server, hold: fn(&egress_testkit::proxy::Seen) -> bool) -> Proxy {
+    let hook: Hook = Arc::new(move |seen| {
+        let held = hold(seen);
+        Box::pin(async move {
+            while held {
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            }
+        })
+    });
+    Proxy::start(&server.endpoint, Some(hook), None)
+}
+
+#[tokio::test]
+async fn a_redumped_day_is_handed_over_whole_whenever_the_mirror_stops() {
+    let input = S3Server::start(S3Kind::Moto);
+    let output = S3Server::start(S3Kind::Moto);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    let gated = ["--require-manifest"];
+    let (a1, b1) = (data(1, 6 * 1024 * 1024), data(2, 3000));
+    let m1 = dump_day(&input, &a1, &b1).await;
+    let out = sync(&input, "src", &output, "dst", &gated);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(day_at(&output, "dst").await.0, Some(m1.clone()));
+
+    // A re-dump that stopped halfway at the input (manifest gone, one object new): the
+    // mirror leaves the output's complete day as it is.
+    let (a2, b2) = (data(3, 7 * 1024 * 1024), data(4, 3500));
+    input.delete("src", &format!("{DAY}/_manifest.json")).await;
+    input
+        .put("src", &format!("{DAY}/b.csv.gz"), b2.clone())
+        .await;
+    let before = day_at(&output, "dst").await;
+    let out = sync(&input, "src", &output, "dst", &gated);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        day_at(&output, "dst").await == before,
+        "the old day stays whole"
+    );
+    let m2 = dump_day(&input, &a2, &b2).await;
+
+    // The mirror stopped at each step of the hand-off: before the old manifest leaves,
+    // with the day half copied, before the new manifest is written.
+    let steps: [(&str, fn(&egress_testkit::proxy::Seen) -> bool); 3] = [
+        ("withdraw", |s| {
+            s.method == "DELETE" && s.target.contains("_manifest.json")
+        }),
+        ("copy", |s| {
+            s.method == "POST" && s.target.contains("a.csv.gz") && s.target.contains("uploadId=")
+        }),
+        ("publish", |s| {
+            s.method == "PUT" && s.target.contains("_manifest.json")
+        }),
+    ];
+    for (step, hold) in steps {
+        let proxy = holding_proxy(&output, hold);
+        let via = output.s3().via(&proxy.endpoint);
+        let mut child = command(&input, "src", &via, "dst", &gated)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        proxy.wait_for(step, hold);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        for moment in ["while stopped", "after the kill"] {
+            let (manifest, objects) = day_at(&output, "dst").await;
+            let whole_old = manifest.as_deref() == Some(&m1[..])
+                && objects
+                    == vec![
+                        (format!("{DAY}/a.csv.gz"), a1.clone()),
+                        (format!("{DAY}/b.csv.gz"), b1.clone()),
+                    ];
+            assert!(
+                manifest.is_none() || whole_old,
+                "{step}, {moment}: a manifest beside other objects"
+            );
+            if moment == "while stopped" {
+                child.kill().unwrap();
+                child.wait().unwrap();
+            }
+        }
+        let requests = proxy.requests();
+        let withdrawn = requests
+            .iter()
+            .position(|r| r.method == "DELETE" && r.target.contains("_manifest.json"));
+        let first_commit = requests.iter().position(|r| {
+            (r.method == "PUT"
+                && !r.target.contains("uploadId=")
+                && !r.target.contains("_manifest")
+                && !r.target.contains(".egress"))
+                || (r.method == "POST" && r.target.contains("uploadId="))
+        });
+        if let Some(commit) = first_commit {
+            assert!(
+                withdrawn.is_some_and(|w| w < commit),
+                "{step}: the manifest left before the first object changed: {requests:?}"
+            );
+        }
+    }
+    let out = sync(&input, "src", &output, "dst", &gated);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (manifest, objects) = day_at(&output, "dst").await;
+    assert_eq!(manifest, Some(m2), "the new day's manifest");
+    assert!(
+        objects
+            == vec![
+                (format!("{DAY}/a.csv.gz"), a2),
+                (format!("{DAY}/b.csv.gz"), b2)
+            ],
+        "its objects"
+    );
+    assert!(output.pending_uploads("dst").await.is_empty());
+    let keys = output.keys("dst", "").await;
+    assert!(
+        !keys.iter().any(|k| k.starts_with(".egress")),
+        "no lease or mark left: {keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_manifest_written_is_the_version_its_objects_were_checked_against() {
+    let input = S3Server::start(S3Kind::Moto);
+    let output = S3Server::start(S3Kind::Moto);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    let (a, b) = (data(5, 4000), data(6, 5000));
+    dump_day(&input, &a, &b).await;
+    // The day is dumped again while the mirror copies it: its manifest changes under it.
+    let client = input.client();
+    let hook: Hook = Arc::new(move |seen| {
+        let (client, hit) = (
+            client.clone(),
+            seen.method == "GET" && seen.target.contains("b.csv.gz"),
+        );
+        Box::pin(async move {
+            if hit {
+                let again = manifest_json(DAY, &[("a.csv.gz", b"other"), ("b.csv.gz", b"bytes")]);
+                let _ = client
+                    .put_object()
+                    .bucket("src")
+                    .key(format!("{DAY}/_manifest.json"))
+                    .body(again.into())
+                    .send()
+                    .await;
+            }
+        })
+    });
+    let proxy = Proxy::start(&input.endpoint, Some(hook), None);
+    let via = input.s3().via(&proxy.endpoint);
+    let out = sync(&via, "src", &output, "dst", &["--require-manifest"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("day `input/src/{DAY}` left without its manifest at the output: the input's manifest changed during this run")),
+        "{}",
+        text(&out)
+    );
+    assert!(last_line(&out).contains("held=1"), "{}", last_line(&out));
+    let (manifest, objects) = day_at(&output, "dst").await;
+    assert_eq!(manifest, None, "no manifest vouches for what was copied");
+    assert_eq!(objects.len(), 2);
+}
+
+#[tokio::test]
+async fn objects_a_day_does_not_list_stay_out_of_it_and_verify_names_them() {
+    let input = S3Server::start(S3Kind::Moto);
+    let output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    let (a, b) = (data(7, 4000), data(8, 5000));
+    dump_day(&input, &a, &b).await;
+    input
+        .put("src", &format!("{DAY}/dropped_table.csv.gz"), data(9, 100))
+        .await;
+    let out = sync(&input, "src", &output, "dst", &["--require-manifest"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("`input/src/{DAY}/dropped_table.csv.gz` is not listed in its day's manifest: not copied into the day")),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        last_line(&out).contains("unlisted=1"),
+        "{}",
+        last_line(&out)
+    );
+    let keys = output.keys("dst", "").await;
+    assert!(
+        !keys.iter().any(|k| k.contains("dropped_table")),
+        "{keys:?}"
+    );
+    // Put there by someone else: --verify names it, the listed objects still check out.
+    output
+        .put("dst", &format!("{DAY}/stray.csv"), b"x".to_vec())
+        .await;
+    let out = sync(&input, "src", &output, "dst", &["--verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "output {DAY}: UNLISTED {DAY}/stray.csv (not in the manifest)"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("1 more object(s) not in the manifest"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn filters_and_expiry_never_turn_a_day_into_a_failure() {
+    let input = S3Server::start(S3Kind::Moto);
+    let output = S3Server::start(S3Kind::Moto);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    let (a, b) = (data(10, 4000), data(11, 5000));
+    dump_day(&input, &a, &b).await;
+    let gated = |extra: &[&'static str]| {
+        let mut args = vec!["--require-manifest"];
+        args.extend_from_slice(extra);
+        args
+    };
+    // A table excluded: its day is copied without its manifest, with a warning, every run.
+    for _ in 0..2 {
+        let out = sync(
+            &input,
+            "src",
+            &output,
+            "dst",
+            &gated(&["--exclude", "*/b.csv.gz"]),
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            stdout(&out).contains("WARN")
+                && stdout(&out).contains(
+                    "--include/--exclude leave out 1 object it lists (2024-08-01/b.csv.gz)"
+                ),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(day_at(&output, "dst").await.0, None);
+    }
+    // Manifests left out by --include: the objects, and a warning that the day has none;
+    // a day whose manifest is unusable is a warning too (and a failure when its manifest's
+    // turn comes, once the filter lets it in).
+    input
+        .put("src", "2024-08-02/_manifest.json", b"{".to_vec())
+        .await;
+    input.put("src", "2024-08-02/x.csv.gz", b"x".to_vec()).await;
+    let out = sync(
+        &input,
+        "src",
+        &output,
+        "dst",
+        &gated(&["--include", "*.csv.gz"]),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("its _manifest.json is outside --include/--exclude"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("WARN folder `input/src/2024-08-02` has an unusable _manifest.json"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(day_at(&output, "dst").await.0, None);
+    // Mirrored whole, then the lifecycle rule expires one of its objects at the input.
+    let out = sync(
+        &input,
+        "src",
+        &output,
+        "dst",
+        &gated(&["--include", "2024-08-01/*"]),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(day_at(&output, "dst").await.0.is_some());
+    input.delete("src", &format!("{DAY}/a.csv.gz")).await;
+    for _ in 0..2 {
+        let out = sync(
+            &input,
+            "src",
+            &output,
+            "dst",
+            &gated(&["--include", "2024-08-01/*"]),
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            stdout(&out).contains(
+                "was mirrored already; the input has since lost 1 of its objects (expired?)"
+            ),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+#[tokio::test]
+async fn uploads_the_sync_did_not_start_are_left_alone() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::Moto);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    input.put("src", "loose/x.bin", data(12, 1000)).await;
+    let theirs = output
+        .s3()
+        .start_upload("dst", "another-app/export.bin")
+        .await;
+    let out = sync(&input, "src", &output, "dst", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("left 1 unfinished upload(s) under the output alone: no egress-sync run marked them as its own"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("another-app/export.bin"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        output.pending_uploads("dst").await,
+        ["another-app/export.bin"],
+        "upload {theirs} is still there"
+    );
+}

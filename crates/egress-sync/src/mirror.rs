@@ -510,6 +510,7 @@ impl<'a> Mirror<'a> {
         let peak = egress_common::memory::peak_rss_mib();
         let (copied, skipped, deleted) = (report.copied, report.skipped, report.deleted);
         let (failed, vanished) = (report.failed, report.vanished);
+        let (unlisted, held) = (report.unlisted, report.held_days);
         match report.failure_line() {
             None => {
                 info!(
@@ -518,6 +519,8 @@ impl<'a> Mirror<'a> {
                     deleted,
                     failed,
                     vanished,
+                    unlisted,
+                    held,
                     peak_rss_mib = peak,
                     "{line}"
                 );
@@ -530,6 +533,8 @@ impl<'a> Mirror<'a> {
                     deleted,
                     failed,
                     vanished,
+                    unlisted,
+                    held,
                     peak_rss_mib = peak,
                     "{line}"
                 );

@@ -170,6 +170,11 @@ impl S3Server {
         self.s3().put(bucket, key, body).await
     }
 
+    /// See [`S3Endpoint::delete`].
+    pub async fn delete(&self, bucket: &str, key: &str) {
+        self.s3().delete(bucket, key).await
+    }
+
     /// Multipart uploads not yet completed or aborted (server must implement the call: moto).
     pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
         assert_eq!(
@@ -351,6 +356,40 @@ impl S3Endpoint {
                     aws_sdk_s3::error::DisplayErrorContext(e)
                 )
             });
+    }
+
+    /// Delete an object.
+    pub async fn delete(&self, bucket: &str, key: &str) {
+        self.client()
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "delete {bucket}/{key}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
+    }
+
+    /// Start a multipart upload and leave it pending (another writer's upload).
+    pub async fn start_upload(&self, bucket: &str, key: &str) -> String {
+        let out = self
+            .client()
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start upload {bucket}/{key}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
+        out.upload_id().expect("an upload id").to_string()
     }
 
     /// Keys of multipart uploads not yet completed or aborted (the server must implement
