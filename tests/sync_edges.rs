@@ -509,13 +509,16 @@ async fn dump_day(input: &S3Server, a: &[u8], b: &[u8]) -> Vec<u8> {
     manifest
 }
 
+/// Which requests a [`holding_proxy`] holds.
+type Held = fn(&egress_testkit::proxy::Seen) -> bool;
+
 /// A proxy in front of `server` that holds, for good, every request `hold` matches.
-fn holding_proxy(server: &S3Server, hold: fn(&egress_testkit::proxy::Seen) -> bool) -> Proxy {
+fn holding_proxy(server: &S3Server, hold: Held) -> Proxy {
     let hook: Hook = Arc::new(move |seen| {
         let held = hold(seen);
         Box::pin(async move {
-            while held {
-                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            if held {
+                std::future::pending::<()>().await;
             }
         })
     });
@@ -553,7 +556,7 @@ async fn a_redumped_day_is_handed_over_whole_whenever_the_mirror_stops() {
 
     // The mirror stopped at each step of the hand-off: before the old manifest leaves,
     // with the day half copied, before the new manifest is written.
-    let steps: [(&str, fn(&egress_testkit::proxy::Seen) -> bool); 3] = [
+    let steps: [(&str, Held); 3] = [
         ("withdraw", |s| {
             s.method == "DELETE" && s.target.contains("_manifest.json")
         }),
