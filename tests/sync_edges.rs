@@ -577,23 +577,26 @@ async fn a_redumped_day_is_handed_over_whole_whenever_the_mirror_stops() {
             .unwrap();
         proxy.wait_for(step, hold);
         std::thread::sleep(std::time::Duration::from_millis(500));
-        for moment in ["while stopped", "after the kill"] {
-            let (manifest, objects) = day_at(&output, "dst").await;
-            let whole_old = manifest.as_deref() == Some(&m1[..])
-                && objects
-                    == vec![
-                        (format!("{DAY}/a.csv.gz"), a1.clone()),
-                        (format!("{DAY}/b.csv.gz"), b1.clone()),
-                    ];
-            assert!(
-                manifest.is_none() || whole_old,
-                "{step}, {moment}: a manifest beside other objects"
-            );
-            if moment == "while stopped" {
-                child.kill().unwrap();
-                child.wait().unwrap();
-            }
-        }
+        let whole_or_withdrawn =
+            |(manifest, objects): (Option<Vec<u8>>, Vec<(String, Vec<u8>)>)| {
+                let old = vec![
+                    (format!("{DAY}/a.csv.gz"), a1.clone()),
+                    (format!("{DAY}/b.csv.gz"), b1.clone()),
+                ];
+                manifest.is_none() || (manifest.as_deref() == Some(&m1[..]) && objects == old)
+            };
+        let stopped = day_at(&output, "dst").await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            whole_or_withdrawn(stopped),
+            "{step}, while stopped: a manifest beside other objects"
+        );
+        let killed = day_at(&output, "dst").await;
+        assert!(
+            whole_or_withdrawn(killed),
+            "{step}, after the kill: a manifest beside other objects"
+        );
         let requests = proxy.requests();
         let withdrawn = requests
             .iter()
