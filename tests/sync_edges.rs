@@ -479,8 +479,11 @@ async fn two_overlapping_syncs_never_abort_each_others_uploads() {
 
 const DAY: &str = "2024-08-01";
 
-/// The day at `server`/`bucket`: its manifest (if any) and its objects.
-async fn day_at(server: &S3Server, bucket: &str) -> (Option<Vec<u8>>, Vec<(String, Vec<u8>)>) {
+/// A day as a store holds it: its manifest (if any) and its objects.
+type Day = (Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
+/// The day at `server`/`bucket`.
+async fn day_at(server: &S3Server, bucket: &str) -> Day {
     let mut manifest = None;
     let mut objects = Vec::new();
     for key in server.keys(bucket, &format!("{DAY}/")).await {
@@ -577,14 +580,13 @@ async fn a_redumped_day_is_handed_over_whole_whenever_the_mirror_stops() {
             .unwrap();
         proxy.wait_for(step, hold);
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let whole_or_withdrawn =
-            |(manifest, objects): (Option<Vec<u8>>, Vec<(String, Vec<u8>)>)| {
-                let old = vec![
-                    (format!("{DAY}/a.csv.gz"), a1.clone()),
-                    (format!("{DAY}/b.csv.gz"), b1.clone()),
-                ];
-                manifest.is_none() || (manifest.as_deref() == Some(&m1[..]) && objects == old)
-            };
+        let whole_or_withdrawn = |(manifest, objects): Day| {
+            let old = vec![
+                (format!("{DAY}/a.csv.gz"), a1.clone()),
+                (format!("{DAY}/b.csv.gz"), b1.clone()),
+            ];
+            manifest.is_none() || (manifest.as_deref() == Some(&m1[..]) && objects == old)
+        };
         let stopped = day_at(&output, "dst").await;
         child.kill().unwrap();
         child.wait().unwrap();
