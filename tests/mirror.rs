@@ -9,7 +9,7 @@ use egress_testkit::fixtures::{
     self, contents, data, etags, manifest_with_parts, put_many, put_parts, MIB,
 };
 use egress_testkit::proxy::{Corrupt, Proxy};
-use egress_testkit::{last_line, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
+use egress_testkit::{last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
 
 fn command(
     input: &dyn Endpoint,
@@ -373,6 +373,56 @@ async fn memory_stays_bounded_whatever_the_objects_and_the_jobs() {
         rss < LIMIT_MIB,
         "328 MiB in large objects took {rss} MiB: {}",
         text(&out)
+    );
+}
+
+/// An object written in one PUT and checked against its day's manifest is streamed like
+/// any other: it is never held whole, whatever its size against the memory budget.
+#[tokio::test]
+async fn a_checked_single_part_object_is_streamed_not_held() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    let big = data(21, 96 * MIB);
+    let manifest = egress_testkit::fixtures::manifest_json("2024-02-01", &[("one.csv.gz", &big)]);
+    put_many(
+        &input,
+        "src",
+        vec![
+            ("2024-02-01/one.csv.gz".into(), big.clone()),
+            ("2024-02-01/_manifest.json".into(), manifest),
+        ],
+    )
+    .await;
+    let args = ["--require-manifest", "--memory-budget-mib", "16"];
+    let out = sync(&input, "src", &output, "dst", &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("verified=\"size+md5+manifest-sha256\""),
+        "{}",
+        text(&out)
+    );
+    let rss = peak_rss_mib(&out);
+    println!("a 96 MiB single-part object checked against its manifest: peak RSS {rss} MiB");
+    assert!(rss < 64.0, "96 MiB in one object took {rss} MiB");
+    assert!(output.get("dst", "2024-02-01/one.csv.gz").await == big);
+    // The same object damaged at the input: its PUT fails before it is visible.
+    let mut damaged = big.clone();
+    damaged[50 * MIB] ^= 1;
+    input.put("src", "2024-02-01/one.csv.gz", damaged).await;
+    output.delete("dst", "2024-02-01/one.csv.gz").await;
+    output.delete("dst", "2024-02-01/_manifest.json").await;
+    let out = sync(&input, "src", &output, "dst", &args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("does not match its manifest"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        output.keys("dst", "2024-02-01/").await.is_empty(),
+        "nothing of the day is visible"
     );
 }
 

@@ -12,9 +12,11 @@
 //! - where the boundaries cannot be learned, or the source has no ETag (a local file), the
 //!   parts are ours, each verified the same way, and the copy's metadata records the source.
 //!
-//! With a manifest (`--require-manifest`), the bytes must also have its SHA-256: small
-//! objects are then held in memory (within the budget) and large ones streamed one part
-//! at a time, hashed in order, before anything is made visible.
+//! With a manifest (`--require-manifest`), the bytes must also have its SHA-256, checked
+//! before anything is made visible and without holding an object in memory: a single PUT
+//! holds back its last bytes until the hash matches, parts are streamed one at a time,
+//! hashed in order, before the upload is completed. Only an object with no usable ETag
+//! and at most `--multipart-threshold-mib` is read whole (to send its Content-MD5).
 
 use std::sync::{Arc, Mutex};
 
@@ -148,12 +150,11 @@ pub async fn copy(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
     let single_part = etag.as_deref().and_then(etag_md5).is_some();
     let multipart = etag.as_deref().and_then(etag_parts).is_some();
     let size = job.object.size;
-    if single_part && job.expected.is_none() && size <= MAX_SINGLE_PUT {
+    if single_part && size <= MAX_SINGLE_PUT {
         return streamed_put(t, job).await;
     }
-    // A single-part object checked against a manifest was one part of a dump (small), and
-    // one with no usable ETag is small enough to hold: either way, check, then PUT.
-    if single_part || (!multipart && size <= t.settings.buffer_threshold) {
+    // No usable ETag, and small enough to hold: read it, then PUT it with its MD5.
+    if !multipart && size <= t.settings.buffer_threshold {
         return buffered_put(t, job).await;
     }
     let layout = source_layout(t, job, etag.as_deref()).await?;
@@ -191,9 +192,16 @@ pub(crate) fn dest_options(
     }
 }
 
+/// One PUT whose body streams from the GET. Checked against a manifest, the body holds
+/// back its last bytes until their SHA-256 matches: a wrong object fails its PUT before
+/// it can become visible, and nothing is held in memory.
 async fn streamed_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
+    let key = &job.object.key;
+    if let Some(expected) = job.expected.as_ref().filter(|e| e.size != job.object.size) {
+        return Err(manifest_mismatch(key, job.object.size, None, expected));
+    }
     let _stream = t.settings.stream().await?;
-    let got = t.source.get(&job.object.key, GetOptions::default()).await?;
+    let got = t.source.get(key, GetOptions::default()).await?;
     let meta = got.meta;
     // The ETag is the content's MD5 unless a KMS or customer key encrypted it.
     let md5 = meta
@@ -202,17 +210,63 @@ async fn streamed_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
         .and_then(etag_md5)
         .filter(|_| !meta.etag_not_md5);
     let version = copied_version(&job.object, &meta);
-    t.dest
-        .put(
-            &job.object.key,
-            got.body,
-            &dest_options(&meta, &version, md5),
-        )
-        .await?;
+    if let Some(expected) = job.expected.as_ref().filter(|_| job.object.size == 0) {
+        check_manifest(key, 0, &hex::encode(Sha256::digest(b"")), expected)?;
+    }
+    let refused = Arc::new(Mutex::new(None));
+    let body = match &job.expected {
+        Some(expected) => checked_body(key, got.body, expected.clone(), refused.clone()),
+        None => got.body,
+    };
+    let put = t
+        .dest
+        .put(key, body, &dest_options(&meta, &version, md5))
+        .await;
+    if let Some(why) = refused.lock().ok().and_then(|mut r| r.take()) {
+        return Err(CopyError::Manifest(why));
+    }
+    put?;
+    let verified = match (md5.is_some(), job.expected.is_some()) {
+        (true, true) => "size+md5+manifest-sha256",
+        (true, false) => "size+md5",
+        (false, true) => "size+manifest-sha256",
+        (false, false) => "size",
+    };
     Ok(Copied {
         bytes: meta.size,
-        verified: if md5.is_some() { "size+md5" } else { "size" },
+        verified,
     })
+}
+
+/// `body` hashed as it streams; its last chunk is replaced by an error unless the bytes
+/// have the size and SHA-256 `expected` says (the reason is left in `refused`).
+fn checked_body(
+    key: &str,
+    body: Body,
+    expected: Expected,
+    refused: Arc<Mutex<Option<String>>>,
+) -> Body {
+    let (len, key) = (body.len(), key.to_string());
+    let mut sha = Sha256::new();
+    let mut seen = 0u64;
+    let stream = body.into_stream().map(move |chunk| {
+        let chunk = chunk?;
+        seen += chunk.len() as u64;
+        sha2::Digest::update(&mut sha, &chunk);
+        if seen < len {
+            return Ok(chunk);
+        }
+        let digest = hex::encode(sha.clone().finalize());
+        if seen == expected.size && digest == expected.sha256 {
+            return Ok(chunk);
+        }
+        let why = manifest_mismatch(&key, seen, Some(&digest), &expected).to_string();
+        if let Ok(mut r) = refused.lock() {
+            *r = Some(why.clone());
+        }
+        Err(StoreError::new(ErrorKind::ChecksumMismatch, why))
+    });
+    Body::from_stream(len, stream.boxed())
 }
 
 async fn buffered_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
@@ -308,10 +362,27 @@ async fn source_layout(t: &Transfers, job: &Job, etag: Option<&str>) -> Result<L
         }
     }
     Ok(Layout {
-        sizes: uniform(size, t.settings.part_size),
+        sizes: own_parts(&job.object.key, size, t.settings.part_size)?,
         source_etag: None,
         guessed: false,
     })
+}
+
+/// S3's limits on a multipart upload: parts, and bytes in a part.
+const MAX_PARTS: u64 = 10_000;
+const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Our own parts for `size` bytes: `part` bytes each, or larger (whole MiB) where that
+/// many would pass 10,000 parts; an object past 10,000 parts of 5 GiB cannot be stored.
+fn own_parts(key: &str, size: u64, part: u64) -> Result<Vec<u64>, StoreError> {
+    let part = part.max(size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB);
+    if part > MAX_PART {
+        return Err(StoreError::new(
+            ErrorKind::InvalidKey,
+            format!("{key} is {size} bytes: more than an S3 multipart upload can hold (10,000 parts of 5 GiB)"),
+        ));
+    }
+    Ok(uniform(size, part))
 }
 
 /// `size` in parts of `part` bytes (the last shorter); one empty part for an empty object.
@@ -491,12 +562,19 @@ fn mismatch(key: &str, what: String) -> CopyError {
 
 fn check_manifest(key: &str, size: u64, sha256: &str, e: &Expected) -> Result<(), CopyError> {
     if size != e.size || sha256 != e.sha256 {
-        return Err(CopyError::Manifest(format!(
-            "{key} does not match its manifest: {size} bytes with SHA-256 {sha256}, the manifest says {} bytes with SHA-256 {}",
-            e.size, e.sha256
-        )));
+        return Err(manifest_mismatch(key, size, Some(sha256), e));
     }
     Ok(())
+}
+
+fn manifest_mismatch(key: &str, size: u64, sha256: Option<&str>, e: &Expected) -> CopyError {
+    let hash = sha256
+        .map(|h| format!(" with SHA-256 {h}"))
+        .unwrap_or_default();
+    CopyError::Manifest(format!(
+        "{key} does not match its manifest: {size} bytes{hash}, the manifest says {} bytes with SHA-256 {}",
+        e.size, e.sha256
+    ))
 }
 
 #[cfg(test)]
@@ -520,5 +598,22 @@ mod tests {
         assert_eq!(uniform_guess(1024, 3), None);
         assert_eq!(uniform(0, 8), vec![0]);
         assert_eq!(uniform(17, 8), vec![8, 8, 1]);
+    }
+
+    #[test]
+    fn our_own_parts_stay_within_s3s_limits() {
+        let gib = 1024 * MIB;
+        // 100 GiB in 8 MiB parts would be 12,800 parts: the parts grow instead.
+        let parts = own_parts("k", 100 * gib, 8 * MIB).unwrap();
+        assert!(parts.len() <= 10_000, "{} parts", parts.len());
+        assert_eq!(parts.iter().sum::<u64>(), 100 * gib);
+        assert!(parts
+            .iter()
+            .all(|&p| p <= MAX_PART && p % MIB == 0 || p == *parts.last().unwrap()));
+        assert_eq!(parts[0], 11 * MIB, "the smallest whole MiB that fits");
+        assert_eq!(own_parts("k", 80 * MIB, 8 * MIB).unwrap().len(), 10);
+        let five_tib = 5 * 1024 * gib;
+        assert!(own_parts("k", five_tib, 8 * MIB).unwrap().len() <= 10_000);
+        assert!(own_parts("k", five_tib * 10, 8 * MIB).is_err(), "50 TiB");
     }
 }

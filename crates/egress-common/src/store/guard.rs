@@ -4,9 +4,10 @@
 //! mark an upload as the run's own); it is told when each upload ends. Reads pass
 //! straight through.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 
 use super::{
     Body, CompletedPart, GetOptions, GetResult, ObjectMeta, ObjectStore, PageStream, PartSlot,
@@ -80,8 +81,20 @@ impl ObjectStore for Guarded {
         body: Body,
         options: &PutOptions,
     ) -> Result<PutResult, StoreError> {
-        self.guard.before_change(key).await?;
-        self.inner.put(key, body, options).await
+        // A body in memory goes at once: ask first. A streamed one is asked just before
+        // its last bytes go, the moment the object can become visible: a run paused midway
+        // is still fenced, and a body refused on its way (a failed check) changes nothing.
+        if body.as_bytes().is_some() || body.is_empty() {
+            self.guard.before_change(key).await?;
+            return self.inner.put(key, body, options).await;
+        }
+        let refusal = Arc::new(Mutex::new(None));
+        let body = ask_before_last(body, self.guard.clone(), key, refusal.clone());
+        let put = self.inner.put(key, body, options).await;
+        match refusal.lock().ok().and_then(|mut r| r.take()) {
+            Some(refused) => Err(refused),
+            None => put,
+        }
     }
 
     async fn create_multipart(
@@ -147,4 +160,34 @@ impl ObjectStore for Guarded {
         self.guard.before_change(key).await?;
         self.inner.delete_if_match(key, etag).await
     }
+}
+
+/// `body`, its last chunk held back until `guard` allows the change of `key` (a refusal
+/// is left in `refusal` and ends the body with it).
+fn ask_before_last(
+    body: Body,
+    guard: Arc<dyn Guard>,
+    key: &str,
+    refusal: Arc<Mutex<Option<StoreError>>>,
+) -> Body {
+    let (len, key) = (body.len(), key.to_string());
+    let mut seen = 0u64;
+    let stream = body.into_stream().then(move |chunk| {
+        seen += chunk.as_ref().map(|c| c.len() as u64).unwrap_or(0);
+        let last = seen >= len;
+        let (guard, key, refusal) = (guard.clone(), key.clone(), refusal.clone());
+        async move {
+            let chunk = chunk?;
+            if last {
+                if let Err(e) = guard.before_change(&key).await {
+                    if let Ok(mut r) = refusal.lock() {
+                        *r = Some(e.clone());
+                    }
+                    return Err(e);
+                }
+            }
+            Ok(chunk)
+        }
+    });
+    Body::from_stream(len, stream.boxed())
 }
