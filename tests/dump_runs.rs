@@ -840,3 +840,61 @@ async fn an_unreadable_lease_is_one_line_and_is_taken_over_once_it_is_old() {
     assert!(writes <= 3, "the lease was written {writes} times");
     assert_eq!(verify_day(&s3).await, Some(vec![]));
 }
+
+#[tokio::test]
+async fn a_host_list_refuses_cleartext_on_every_tcp_host_and_stops_at_a_refused_login() {
+    let pg = PgServer::start();
+    sql(&pg, "CREATE TABLE t AS SELECT 1 AS v").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap().to_string();
+    let no_socket = dir.path().join("no-socket-here");
+    let env_with = |hosts: String, password: &str| {
+        let mut env: Vec<(String, String)> = pg
+            .env()
+            .into_iter()
+            .filter(|(k, _)| k != "PGHOST" && k != "PGPASSWORD")
+            .collect();
+        env.push(("PGHOST".into(), hosts));
+        env.push(("PGPASSWORD".into(), password.into()));
+        env.push(("DUMP_DATE".into(), DATE.into()));
+        env
+    };
+    // A socket directory first, then a TCP host that asks for the password in clear text.
+    pg.set_hba("host all all 127.0.0.1/32 password");
+    let hosts = format!("{},127.0.0.1", no_socket.display());
+    let out = run(
+        &env_with(hosts, egress_testkit::postgres::PASSWORD),
+        &["--tables", "t", "--output", &out_dir],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("asked for the password in clear text")
+            && stderr(&out).contains("it was not sent"),
+        "{}",
+        text(&out)
+    );
+    // A wrong password on the first host of a list: one failed login, reported as such.
+    pg.set_hba("host all all 127.0.0.1/32 scram-sha-256");
+    let before = pg.log().matches("password authentication failed").count();
+    let hosts = format!("127.0.0.1,{}", no_socket.display());
+    let started = Instant::now();
+    let out = run(
+        &env_with(hosts, "wrong-password"),
+        &["--tables", "t", "--output", &out_dir],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let line = stderr(&out);
+    assert!(
+        line.contains("cannot log in to PostgreSQL at 127.0.0.1:")
+            && line.contains("password authentication failed"),
+        "{line}"
+    );
+    assert!(
+        !stdout(&out).contains("retrying"),
+        "not retried: {}",
+        text(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let failed = pg.log().matches("password authentication failed").count() - before;
+    assert_eq!(failed, 1, "one failed login on the server");
+}

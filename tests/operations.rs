@@ -134,11 +134,81 @@ async fn metrics_reach_the_pushgateway_and_a_failure_keeps_the_last_success() {
         "the last good day's figures stay"
     );
     let written = std::fs::read_to_string(&file).unwrap();
-    assert!(written.contains("egress_last_run_exit_code 2"), "{written}");
+    // DATE is not today: a backfill's series carry its date.
+    assert!(
+        written.contains(&format!("egress_last_run_exit_code{{date=\"{DATE}\"}} 2")),
+        "{written}"
+    );
     assert!(
         !written.contains("egress_last_success_timestamp_seconds"),
         "{written}"
     );
+}
+
+/// The samples of the nightly group (no `date` label), or of one backfill's.
+fn group(samples: Vec<Sample>, date: Option<&str>) -> Vec<Sample> {
+    samples
+        .into_iter()
+        .filter(|s| s.labels.get("date").map(String::as_str) == date)
+        .collect()
+}
+
+#[tokio::test]
+async fn dry_runs_and_checks_push_nothing_and_a_backfill_has_its_own_group() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket(BUCKET).await;
+    tables(&pg).await;
+    let gateway = Pushgateway::start();
+    let nightly = |tables: &str| {
+        let mut env = env_for(&pg, &s3, tables);
+        env.retain(|(k, _)| k != "DUMP_DATE");
+        env.push(("PUSHGATEWAY_URL".into(), gateway.url.clone()));
+        env
+    };
+    // Last night's run succeeded; tonight's failed.
+    let out = dump(&nightly("small wide"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let good = group(gateway.samples("egress-dump"), None);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = dump(&nightly("small nope"), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let failed = group(gateway.samples("egress-dump"), None);
+    assert_eq!(value(&failed, "egress_last_run_exit_code"), 2.0);
+    // A dry run and a check succeed, and push nothing.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = dump(&nightly("small wide"), &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = dump(&nightly("small wide"), &["--check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        group(gateway.samples("egress-dump"), None) == failed,
+        "the nightly group is as the failed run left it"
+    );
+    // A backfill of another day succeeds under its own group.
+    let mut backfill = nightly("small wide");
+    backfill.push(("DUMP_DATE".into(), DATE.into()));
+    let out = dump(&backfill, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let all = gateway.samples("egress-dump");
+    assert!(
+        group(all.clone(), None) == failed,
+        "the nightly group did not move"
+    );
+    let day = group(all, Some(DATE));
+    assert_eq!(value(&day, "egress_last_run_exit_code"), 0.0);
+    assert!(
+        value(&day, "egress_last_success_timestamp_seconds")
+            > value(&good, "egress_last_success_timestamp_seconds")
+    );
+    assert_eq!(by_label(&day, "egress_dump_rows", "table").len(), 2);
+    for line in gateway
+        .scrape()
+        .lines()
+        .filter(|l| l.contains("egress_last_run_exit_code{"))
+    {
+        println!("{line}");
+    }
 }
 
 #[tokio::test]

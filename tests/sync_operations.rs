@@ -138,6 +138,16 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
     .map(|(a, n)| (a.to_string(), n))
     .into();
     assert_eq!(actions(&after), expected, "{}", text(&out));
+
+    // A dry run succeeds and pushes nothing: the failed run's figures stay.
+    let mut dry = gated.clone();
+    dry.push("--dry-run");
+    let out = sync(&input, "in-bucket", &output, "out-bucket", &dry);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        gateway.samples("egress-sync") == after,
+        "a dry run pushed nothing"
+    );
 }
 
 fn lines(out: &Output) -> Vec<(String, String)> {

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
-use crate::secret::Secret;
+use crate::secret::{redact_urls, Secret};
 
 /// Where the metrics go, from the command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,12 +28,25 @@ pub struct MetricsArgs {
 
     /// Push the run's metrics to this Prometheus Pushgateway (`http://host:9091`) at the
     /// end of every run.
-    #[arg(long, env = "PUSHGATEWAY_URL")]
+    #[arg(long, env = "PUSHGATEWAY_URL", hide_env_values = true)]
     pub pushgateway: Option<Secret>,
 
     /// The `instance` label of the pushed group (default empty: one group per program).
     #[arg(long, env = "METRICS_INSTANCE", default_value = "")]
     pub metrics_instance: String,
+
+    /// More labels for the run's group and every series, chosen by the program: a
+    /// backfill's `date`, so that it never moves the nightly group's alerts.
+    #[arg(skip)]
+    pub grouping: Vec<(&'static str, String)>,
+}
+
+impl MetricsArgs {
+    /// No metrics at all (a dry run, a check: they are not runs the alerts watch).
+    pub fn off(&mut self) {
+        self.metrics_file = None;
+        self.pushgateway = None;
+    }
 }
 
 /// One metric family: a name, its help, and its samples (all gauges: each describes the
@@ -173,6 +186,11 @@ pub fn publish(args: &MetricsArgs, job: &str, outcome: &RunOutcome, details: Vec
     let success = outcome.exit_code == 0;
     let mut families = run_families(outcome);
     families.extend(details);
+    for family in &mut families {
+        for (labels, _) in &mut family.samples {
+            labels.extend(args.grouping.iter().cloned());
+        }
+    }
     let text = render(&families);
     if let Some(path) = &args.metrics_file {
         if let Err(e) = write_atomically(path, &text) {
@@ -180,10 +198,11 @@ pub fn publish(args: &MetricsArgs, job: &str, outcome: &RunOutcome, details: Vec
         }
     }
     if let Some(url) = &args.pushgateway {
-        match push(url.expose(), job, &args.metrics_instance, &text, success) {
+        let group = group_url(url.expose(), job, &args.metrics_instance, &args.grouping);
+        match push(&group, &text, success) {
             Ok(()) => tracing::debug!("metrics pushed to the Pushgateway"),
             Err(e) => tracing::warn!(
-                pushgateway = %redact(url.expose()),
+                pushgateway = %redact_urls(url.expose()),
                 "could not push the metrics: {e}; the run's outcome is unchanged"
             ),
         }
@@ -217,57 +236,44 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     result
 }
 
-/// The group's URL: `<base>/metrics/job/<job>/instance@base64/<instance>` (base64url, so
-/// any value, the empty one included, is a valid path segment).
-pub fn group_url(base: &str, job: &str, instance: &str) -> String {
-    let encoded = base64::engine::general_purpose::URL_SAFE.encode(instance.as_bytes());
-    let encoded = if encoded.is_empty() {
-        "=".into()
-    } else {
-        encoded
+/// The group's URL: `<base>/metrics/job/<job>/instance@base64/<instance>`, then each
+/// `extra` label the same way (base64url, so any value, the empty one included, is a valid
+/// path segment).
+pub fn group_url(base: &str, job: &str, instance: &str, extra: &[(&str, String)]) -> String {
+    let encode = |value: &str| {
+        let encoded = base64::engine::general_purpose::URL_SAFE.encode(value.as_bytes());
+        if encoded.is_empty() {
+            "=".to_string()
+        } else {
+            encoded
+        }
     };
-    format!(
-        "{}/metrics/job/{job}/instance@base64/{encoded}",
-        base.trim_end_matches('/')
-    )
+    let mut url = format!(
+        "{}/metrics/job/{job}/instance@base64/{}",
+        base.trim_end_matches('/'),
+        encode(instance)
+    );
+    for (label, value) in extra {
+        url.push_str(&format!("/{label}@base64/{}", encode(value)));
+    }
+    url
 }
 
-fn push(base: &str, job: &str, instance: &str, text: &str, success: bool) -> Result<(), String> {
-    let url = group_url(base, job, instance);
+fn push(url: &str, text: &str, success: bool) -> Result<(), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
     let request = if success {
-        agent.put(&url)
+        agent.put(url)
     } else {
-        agent.post(&url)
+        agent.post(url)
     };
     request
         .header("Content-Type", "text/plain; version=0.0.4")
         .send(text)
         .map(|_| ())
-        .map_err(|e| redact(&e.to_string()))
-}
-
-/// `text` with any `user:password@` of a URL removed.
-fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail.find(['/', ' ', '"']).unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
-            Some(at) => {
-                out.push_str("***@");
-                rest = &tail[at + 1..];
-            }
-            None => rest = tail,
-        }
-    }
-    out.push_str(rest);
-    out
+        .map_err(|e| redact_urls(&e.to_string()))
 }
 
 #[cfg(test)]
@@ -315,22 +321,32 @@ mod tests {
     #[test]
     fn group_urls_encode_any_instance() {
         assert_eq!(
-            group_url("http://pg:9091/", "egress-dump", ""),
+            group_url("http://pg:9091/", "egress-dump", "", &[]),
             "http://pg:9091/metrics/job/egress-dump/instance@base64/="
         );
         assert_eq!(
-            group_url("http://pg:9091", "egress-sync", "a/b"),
+            group_url("http://pg:9091", "egress-sync", "a/b", &[]),
             "http://pg:9091/metrics/job/egress-sync/instance@base64/YS9i"
+        );
+        let backfill = [("date", "2024-01-31".to_string())];
+        assert_eq!(
+            group_url("http://pg:9091", "egress-dump", "", &backfill),
+            "http://pg:9091/metrics/job/egress-dump/instance@base64/=/date@base64/MjAyNC0wMS0zMQ=="
         );
     }
 
     #[test]
     fn credentials_in_urls_are_redacted() {
         assert_eq!(
-            redact("http://u:p@gw:9091/metrics: refused"),
+            redact_urls("http://u:p@gw:9091/metrics: refused"),
             "http://***@gw:9091/metrics: refused"
         );
-        assert_eq!(redact("http://gw:9091/x"), "http://gw:9091/x");
+        assert_eq!(redact_urls("http://gw:9091/x"), "http://gw:9091/x");
+        // A password holding '/', '?' or '@' unencoded is hidden whole.
+        assert_eq!(
+            redact_urls("push to http://u:Pw1/x?y@z@gw:9091/m failed"),
+            "push to http://***@gw:9091/m failed"
+        );
     }
 
     #[test]

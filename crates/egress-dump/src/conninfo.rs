@@ -191,14 +191,26 @@ fn decode(part: &str) -> Result<String, ConfigError> {
         .map_err(|_| bad_url("a percent-encoded part is not UTF-8"))
 }
 
+/// The user and password of a URL are taken first: everything before the last `@` of its
+/// authority (which ends at the first `/`, `?` or `#`). An `@` only after that means a user
+/// or password holding one of those characters unencoded: the URL is refused whole, its
+/// parts never echoed.
+fn split_userinfo(rest: &str) -> Result<(Option<&str>, &str), ConfigError> {
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => Ok((Some(&rest[..at]), &rest[at + 1..])),
+        None if rest[authority_end..].contains('@') => Err(bad_url(
+            "an '@' comes after the host part: a user name or password holding '/', '?', '#' or '@' must percent-encode them (%2F %3F %23 %40), and so must a parameter's value holding '@'",
+        )),
+        None => Ok((None, rest)),
+    }
+}
+
 fn parse_url(rest: &str) -> Result<Params, ConfigError> {
     let mut params = Params::default();
+    let (userinfo, rest) = split_userinfo(rest)?;
     let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (authority, dbname) = main.split_once('/').unwrap_or((main, ""));
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
+    let (hosts, dbname) = main.split_once('/').unwrap_or((main, ""));
     let mut set = |name: &str, value: String| params.set(name, value, Origin::ConnString);
     if let Some(userinfo) = userinfo {
         let (user, password) = userinfo
@@ -397,6 +409,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("SeCrEt"), "{err}");
+    }
+
+    #[test]
+    fn a_password_with_url_characters_is_never_echoed_in_part() {
+        for url in [
+            "postgresql://u:Pw1/x?y@db:5432/app",
+            "postgresql://u:Pw1?x/y@db/app",
+            "postgresql://u:Pw1#x@db/app",
+        ] {
+            let err = parse(url).unwrap_err().to_string();
+            assert!(err.contains("percent-encode"), "{err}");
+            for fragment in ["Pw1", "x/y", "x?y", "#x", "y@db"] {
+                assert!(!err.contains(fragment), "{url}: {err}");
+            }
+        }
+        // '@' in the password (the last '@' of the authority ends the userinfo).
+        let p = parse("postgresql://u:p@ss@db:5432/app").unwrap();
+        assert_eq!(
+            (p.get("password"), p.get("host"), p.get("port")),
+            (Some("p@ss"), Some("db"), Some("5432"))
+        );
+        // Encoded, all of them work.
+        let p = parse("postgresql://u:Pw1%2Fx%3Fy%40z@db/app").unwrap();
+        assert_eq!(p.get("password"), Some("Pw1/x?y@z"));
     }
 
     #[test]

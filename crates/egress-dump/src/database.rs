@@ -11,7 +11,7 @@ use tokio_postgres::config::{ChannelBinding, SslMode as PgSslMode, TargetSession
 use tokio_postgres::Client;
 
 use crate::connect::{self, Address, GuardedTls, Keepalive};
-use crate::conninfo::Params;
+use crate::conninfo::{Origin, Params};
 use std::sync::{Arc, OnceLock};
 
 use crate::guard::{CleartextRefused, Flow, Guard, Layer};
@@ -67,8 +67,9 @@ pub struct Target {
     addresses: Vec<Address>,
     ssl_mode: SslMode,
     root_cert: Option<PathBuf>,
-    /// Where a cleartext password must not go, below TLS (or without it) and above it.
-    refuse_plain: Option<&'static str>,
+    /// `sslmode=disable` was chosen: a cleartext password may then go over TCP (as the
+    /// user asked); otherwise it is refused below TLS on every TCP host.
+    plain_chosen: bool,
     refuse_tls: Option<&'static str>,
     connect_timeout: Duration,
     keepalive: Option<Keepalive>,
@@ -256,10 +257,7 @@ pub fn resolve(params: &Params, timeout: Duration) -> Result<Target, ConfigError
         Some(n) => Duration::from_secs(n.max(2)),
     };
     let keepalive = keepalive(params, timeout)?;
-    let refuse_plain = match (params.get("sslmode"), &addresses[0]) {
-        (Some("disable"), _) | (_, Address::Unix(..)) => None,
-        _ => Some("an unencrypted connection"),
-    };
+    let plain_chosen = params.get("sslmode") == Some("disable");
     let verified = root_cert.is_some()
         && matches!(
             ssl_mode,
@@ -276,7 +274,7 @@ pub fn resolve(params: &Params, timeout: Duration) -> Result<Target, ConfigError
         addresses,
         ssl_mode,
         root_cert,
-        refuse_plain,
+        plain_chosen,
         refuse_tls,
         connect_timeout,
         keepalive,
@@ -301,8 +299,13 @@ fn addresses(params: &Params) -> Result<Vec<Address>, ConfigError> {
             .map(|p| match p.trim() {
                 "" => Ok(5432),
                 p => p.parse::<u16>().map_err(|_| {
+                    // A URL's port may be a misplaced password's first part: not echoed.
+                    let shown = match params.origin("port") {
+                        Some(Origin::Env) => format!(" '{p}'"),
+                        _ => String::new(),
+                    };
                     ConfigError::new(format!(
-                        "{} '{p}' is not a port number: set it to e.g. 5432",
+                        "{}{shown} is not a port number: set it to e.g. 5432",
                         params.source("port")
                     ))
                 }),
@@ -486,6 +489,9 @@ impl Target {
                 tokio::time::timeout(self.connect_timeout, self.connect_to(address)).await;
             match attempt {
                 Ok(Ok(client)) => return Ok(client),
+                // A refused login ends the attempt, as in libpq: the next host would only
+                // hide it behind its own failure (and count one more failed login).
+                Ok(Err(e)) if e.kind == DbErrorKind::Authentication => return Err(e.into()),
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => {
                     last = Some(DbError {
@@ -515,10 +521,12 @@ impl Target {
             .await
             .map_err(|e| self.unreachable(address, &e))?;
         let mut config = self.config.clone();
-        // As libpq: no TLS on a Unix socket.
+        // As libpq: no TLS on a Unix socket. Whether a cleartext password may go is decided
+        // for the host actually connected to: never over TCP unless chosen.
         let (mode, refuse_plain) = match address {
             Address::Unix(..) => (SslMode::Disable, None),
-            Address::Tcp(..) => (self.ssl_mode, self.refuse_plain),
+            Address::Tcp(..) if self.plain_chosen => (self.ssl_mode, None),
+            Address::Tcp(..) => (self.ssl_mode, Some("an unencrypted connection")),
         };
         config.ssl_mode(match mode {
             SslMode::Disable => PgSslMode::Disable,
@@ -704,7 +712,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.addresses, [Address::Unix("/tmp/sock".into(), 7)]);
-        assert_eq!(t.refuse_plain, None, "a Unix socket is not on the network");
+        assert!(!t.plain_chosen);
     }
 
     #[test]
@@ -768,8 +776,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.ssl_mode, SslMode::Disable);
-        assert_eq!(
-            t.refuse_plain, None,
+        assert!(
+            t.plain_chosen,
             "sslmode=disable chosen explicitly allows a cleartext password"
         );
         let t = resolve(
@@ -778,8 +786,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (t.ssl_mode, t.refuse_plain.is_some(), t.refuse_tls.is_some()),
-            (SslMode::Prefer, true, true)
+            (t.ssl_mode, t.plain_chosen, t.refuse_tls.is_some()),
+            (SslMode::Prefer, false, true)
         );
     }
 }

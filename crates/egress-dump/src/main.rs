@@ -37,7 +37,22 @@ async fn run() -> ExitCode {
         exit_code,
         metrics: egress_dump::pipeline::metrics,
     };
-    cli::run_to_exit(&args.common, egress_dump::run(&args), ending).await
+    let mut common = args.common.clone();
+    if args.dry_run {
+        // A dry run is no run the alerts watch.
+        common.metrics.off();
+    } else if let Some(date) = backfill(&args) {
+        // Another day than today's: its own group, so the nightly alerts move only with
+        // the nightly run.
+        common.metrics.grouping.push(("date", date));
+    }
+    cli::run_to_exit(&common, egress_dump::run(&args), ending).await
+}
+
+/// The date a run writes when it is not today's (UTC): a backfill.
+fn backfill(args: &Args) -> Option<String> {
+    let date = egress_dump::run::run_date(args.date.as_deref()).ok()?;
+    (date != egress_dump::run::run_date(None).ok()?).then_some(date)
 }
 
 /// The one place errors become exit codes: 2 when the input (flags, variables, names,

@@ -46,8 +46,7 @@ async fn run() -> ExitCode {
             };
             // A check is not a mirror run: it must not replace the mirror's metrics.
             let mut common = args.common.clone();
-            common.metrics.metrics_file = None;
-            common.metrics.pushgateway = None;
+            common.metrics.off();
             cli::run_to_exit(&common, egress_sync::verify::run(&args, side), ending).await
         }
         None => {
@@ -66,7 +65,12 @@ async fn run() -> ExitCode {
                 exit_code,
                 metrics: egress_sync::report::metrics,
             };
-            cli::run_to_exit(&args.common, egress_sync::mirror::run(&args), ending).await
+            let mut common = args.common.clone();
+            if args.dry_run {
+                // A dry run is no run the alerts watch.
+                common.metrics.off();
+            }
+            cli::run_to_exit(&common, egress_sync::mirror::run(&args), ending).await
         }
     }
 }

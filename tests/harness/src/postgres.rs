@@ -177,6 +177,13 @@ impl PgServer {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        let log = self.data.parent().map(|d| d.join("server.log"));
+        log.and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default()
+    }
+
     /// The directory of the cluster's Unix socket.
     pub fn socket_dir(&self) -> PathBuf {
         self.data.parent().map(PathBuf::from).unwrap_or_default()
