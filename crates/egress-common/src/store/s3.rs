@@ -2,7 +2,7 @@
 //! MinIO), through aws-sdk-s3. The only module that calls the SDK for object operations.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,6 +90,8 @@ pub struct S3Store {
     hint: &'static str,
     timeout: Duration,
     part_numbers: AtomicU8,
+    /// The store wants If-Match's ETag unquoted on PUT (Ceph RGW 16).
+    if_match_bare: AtomicBool,
     clock: Arc<StoreClock>,
 }
 
@@ -116,6 +118,7 @@ impl S3Store {
             hint: settings.credentials_hint,
             timeout: settings.timeout,
             part_numbers: AtomicU8::new(PARTS_UNKNOWN),
+            if_match_bare: AtomicBool::new(false),
             clock,
         })
     }
@@ -341,27 +344,30 @@ impl ObjectStore for S3Store {
         body: Body,
         options: &PutOptions,
     ) -> Result<PutResult, StoreError> {
-        let full = self.full(key);
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .content_length(body.len() as i64)
-            .set_content_md5(options.content_md5.map(aws_smithy_types::base64::encode));
-        request = match &options.condition {
-            Condition::None => request,
-            Condition::IfAbsent => request.if_none_match("*"),
-            Condition::IfMatch(etag) => request.if_match(quoted(etag)),
+        let retry = match (&options.condition, body.as_bytes()) {
+            (Condition::IfMatch(_), Some(bytes)) => Some(bytes.clone()),
+            _ => None,
         };
-        let reply = with_attributes!(request, options.attributes)
-            .body(body.into_sdk())
-            .send()
-            .await
-            .map_err(|e| self.error(&e, &format!("writing {full}"), Target::Object))?;
-        Ok(PutResult {
-            etag: clean_etag(reply.e_tag()),
-        })
+        let first = self.put_object(key, body, options).await;
+        // Ceph RGW 16 compares If-Match on PUT with the ETag unquoted, so a quoted one
+        // (the standard form, which AWS, moto and s3s-fs expect) never matches: measured.
+        // A refused condition that does match the object now is asked again unquoted, and
+        // the store remembered as one that wants it so.
+        let (Err(e), Some(bytes), Condition::IfMatch(etag)) = (&first, retry, &options.condition)
+        else {
+            return first;
+        };
+        let refused = e.kind() == ErrorKind::PreconditionFailed;
+        if !refused || self.if_match_bare.load(Ordering::Relaxed) {
+            return first;
+        }
+        match self.head(key).await {
+            Ok(now) if now.etag.as_deref() == Some(etag.as_str()) => {
+                self.if_match_bare.store(true, Ordering::Relaxed);
+                self.put_object(key, Body::from_bytes(bytes), options).await
+            }
+            _ => first,
+        }
     }
 
     async fn create_multipart(
@@ -571,6 +577,39 @@ impl ObjectStore for S3Store {
 }
 
 impl S3Store {
+    /// PutObject, as `options` say.
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Body,
+        options: &PutOptions,
+    ) -> Result<PutResult, StoreError> {
+        let full = self.full(key);
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .content_length(body.len() as i64)
+            .set_content_md5(options.content_md5.map(aws_smithy_types::base64::encode));
+        request = match &options.condition {
+            Condition::None => request,
+            Condition::IfAbsent => request.if_none_match("*"),
+            Condition::IfMatch(etag) if self.if_match_bare.load(Ordering::Relaxed) => {
+                request.if_match(etag)
+            }
+            Condition::IfMatch(etag) => request.if_match(quoted(etag)),
+        };
+        let reply = with_attributes!(request, options.attributes)
+            .body(body.into_sdk())
+            .send()
+            .await
+            .map_err(|e| self.error(&e, &format!("writing {full}"), Target::Object))?;
+        Ok(PutResult {
+            etag: clean_etag(reply.e_tag()),
+        })
+    }
+
     /// DeleteObject, conditional on the ETag when one is given; an absent object is fine.
     async fn delete_object(&self, key: &str, if_match: Option<&str>) -> Result<(), StoreError> {
         let full = self.full(key);
