@@ -817,7 +817,7 @@ def test_alert_rules_are_valid():
     proc = subprocess.run([promtool, "check", "rules", "egress.rules.yml"], cwd=MONITORING,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 4 rules found" in proc.stdout
+    assert "SUCCESS: 5 rules found" in proc.stdout
 
 
 def test_alert_rules_fire_when_they_should():
