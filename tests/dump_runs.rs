@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use egress_common::store::{S3Settings, S3Store};
+use egress_store::{S3Settings, S3Store};
 use egress_testkit::{gunzip, stderr, stdout, text, PgServer, S3Kind, S3Server};
 
 const BUCKET: &str = "runs";
@@ -52,13 +52,13 @@ async fn verify_day(s3: &S3Server) -> Option<Vec<String>> {
         path_style: true,
         region: Some("us-east-1".into()),
         access_key_id: Some(s3.access_key.clone()),
-        secret_access_key: Some(egress_common::Secret::new(s3.secret_key.clone())),
+        secret_access_key: Some(egress_store::Secret::new(s3.secret_key.clone())),
         timeout: Duration::from_secs(10),
         max_attempts: 3,
         credentials_hint: "test",
         ..Default::default()
     };
-    let store: egress_common::Store =
+    let store: egress_store::Store =
         Arc::new(S3Store::new(&settings, BUCKET, "conc").await.unwrap());
     let manifest_key = format!("conc/{DATE}/_manifest.json");
     if s3.keys(BUCKET, "").await.contains(&manifest_key) {

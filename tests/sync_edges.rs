@@ -881,19 +881,19 @@ async fn an_unreadable_mirror_lease_is_one_line() {
 }
 
 /// A store on `endpoint`, as the programs open one.
-async fn store_on(endpoint: &S3Endpoint, bucket: &str) -> egress_common::Store {
-    let settings = egress_common::store::S3Settings {
+async fn store_on(endpoint: &S3Endpoint, bucket: &str) -> egress_store::Store {
+    let settings = egress_store::S3Settings {
         endpoint_url: Some(endpoint.endpoint.clone()),
         path_style: true,
         region: Some("us-east-1".into()),
         access_key_id: Some(endpoint.access_key.clone()),
-        secret_access_key: Some(egress_common::Secret::new(endpoint.secret_key.clone())),
+        secret_access_key: Some(egress_store::Secret::new(endpoint.secret_key.clone())),
         timeout: std::time::Duration::from_secs(10),
         max_attempts: 3,
         credentials_hint: "test",
         ..Default::default()
     };
-    let store = egress_common::store::S3Store::new(&settings, bucket, "")
+    let store = egress_store::S3Store::new(&settings, bucket, "")
         .await
         .unwrap();
     Arc::new(store)

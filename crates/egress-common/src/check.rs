@@ -10,11 +10,11 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::store::{
+use crate::ExitCode;
+use egress_store::{
     Attributes, Body, CompletedPart, ErrorKind, GetOptions, ObjectStore, PartSlot, PutOptions,
     StoreError,
 };
-use crate::ExitCode;
 
 /// What a check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,7 +291,7 @@ async fn metadata_round_trip(store: &dyn ObjectStore, key: &str, found: &mut Fin
 
 async fn conditional_put(store: &dyn ObjectStore, key: &str, found: &mut Findings) {
     let options = PutOptions {
-        condition: crate::store::Condition::IfAbsent,
+        condition: egress_store::Condition::IfAbsent,
         ..Default::default()
     };
     match store

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cleanup;
 use crate::logging::LogFormat;
+use crate::signals;
 use crate::termination;
 use crate::ExitCode;
 
@@ -202,8 +202,8 @@ pub async fn run_to_exit<T>(
                 (code, format!("{program} failed (exit {}): {line}", code.code()))
             }
         },
-        signal = cleanup::stop_signal() => {
-            let aborted = cleanup::abort_all().await;
+        signal = signals::stop_signal() => {
+            let aborted = egress_store::stop::abort_all().await;
             let message = format!(
                 "stopped by {}: aborted {aborted} unfinished upload(s); {}",
                 signal.name(), ending.on_stop

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Body, Condition, ErrorKind, GetOptions, Guard, PutOptions, Store, StoreError};
+use egress_store::{Body, Condition, ErrorKind, GetOptions, Guard, PutOptions, Store, StoreError};
 
 /// The lease of a date folder (egress-dump), inside the folder.
 pub const FILE_NAME: &str = ".egress-lease.json";
@@ -39,7 +39,7 @@ pub const MIRROR_KEY: &str = ".egress-sync-lease.json";
 
 /// The key of `folder`'s lease.
 pub fn key_in(folder: &str) -> String {
-    crate::store::key::join(folder, FILE_NAME)
+    egress_store::key::join(folder, FILE_NAME)
 }
 
 /// True for a lease object's key (never mirrored, never part of a day).
@@ -171,7 +171,7 @@ pub struct Options {
 pub struct Lease {
     shared: Arc<Shared>,
     renewer: tokio::task::JoinHandle<()>,
-    ticket: crate::cleanup::Ticket,
+    ticket: egress_store::stop::Ticket,
 }
 
 /// What the lease, its renewer, its fence and its release on a stop share.
@@ -350,8 +350,8 @@ impl Lease {
         let renewer = tokio::spawn(renew_every(shared.clone(), ttl / 4));
         // A run stopped by a signal gives its lease back too, if it is still its own.
         let on_stop = shared.clone();
-        let ticket = crate::cleanup::register(
-            crate::cleanup::Phase::Known,
+        let ticket = egress_store::stop::register(
+            egress_store::stop::Phase::Known,
             Box::new(move || Box::pin(async move { on_stop.release().await })),
         );
         Lease {
@@ -391,7 +391,7 @@ impl Lease {
     /// Stop renewing and delete the lease (if it is still ours).
     pub async fn release(self) {
         self.renewer.abort();
-        crate::cleanup::done(self.ticket);
+        egress_store::stop::done(self.ticket);
         self.shared.release().await;
     }
 }
@@ -601,7 +601,7 @@ fn process_exists(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::LocalStore;
+    use egress_store::LocalStore;
 
     fn store(dir: &std::path::Path) -> Store {
         Arc::new(LocalStore::new(dir))

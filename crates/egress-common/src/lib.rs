@@ -1,9 +1,8 @@
-//! Shared building blocks of `egress-dump` and `egress-sync`: the object store both write
-//! through, where data goes (locations), how runs log and end, and the errors `main` turns
-//! into exit codes.
+//! What `egress-dump` and `egress-sync` share above the object store ([`egress_store`]):
+//! where data goes (locations), the formats of a day (manifest, leases), how a run is
+//! configured, logged, measured and ended, and the errors `main` turns into exit codes.
 
 pub mod check;
-pub mod cleanup;
 pub mod cli;
 pub mod envlist;
 pub mod error;
@@ -14,12 +13,9 @@ pub mod manifest;
 pub mod memory;
 pub mod metrics;
 pub mod progress;
-pub mod secret;
-pub mod store;
+pub mod signals;
 pub mod termination;
 pub mod units;
 
 pub use error::{ConfigError, ExitCode};
 pub use location::Location;
-pub use secret::Secret;
-pub use store::{ObjectStore, Store, StoreError};

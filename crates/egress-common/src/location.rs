@@ -35,6 +35,23 @@ pub enum LocationError {
 }
 
 impl Location {
+    /// The store this location names: a bucket and prefix reached with `settings`, or a
+    /// directory whose files get `file_mode`. Nothing is contacted yet.
+    pub async fn open(
+        &self,
+        settings: &egress_store::S3Settings,
+        file_mode: u32,
+    ) -> Result<egress_store::Store, egress_store::StoreError> {
+        Ok(match self {
+            Location::S3 { bucket, prefix } => {
+                std::sync::Arc::new(egress_store::S3Store::new(settings, bucket, prefix).await?)
+            }
+            Location::Local(dir) => {
+                std::sync::Arc::new(egress_store::LocalStore::with_file_mode(dir, file_mode))
+            }
+        })
+    }
+
     /// Parse `s3://bucket/prefix`, `file:///abs/dir`, or a plain local path.
     pub fn parse(text: &str) -> Result<Location, LocationError> {
         let text = text.trim();
@@ -89,7 +106,7 @@ impl Location {
     /// The key (or relative path) of `name` under this location's prefix.
     pub fn key_for(&self, name: &str) -> String {
         match self {
-            Location::S3 { prefix, .. } => crate::store::key::join(prefix, name),
+            Location::S3 { prefix, .. } => egress_store::key::join(prefix, name),
             Location::Local(_) => name.to_string(),
         }
     }

@@ -117,7 +117,7 @@ impl Manifest {
 
 /// The manifest's key in `folder` (`2024-01-01/_manifest.json`, or `_manifest.json`).
 pub fn key_in(folder: &str) -> String {
-    crate::store::key::join(folder, FILE_NAME)
+    egress_store::key::join(folder, FILE_NAME)
 }
 
 /// True for a manifest's key.

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use egress_common::cli::CommonArgs;
-use egress_common::Secret;
+use egress_store::Secret;
 
 /// Stream PostgreSQL tables as gzip CSV into S3 (or a local folder), one folder per day.
 ///

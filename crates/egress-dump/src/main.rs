@@ -4,10 +4,11 @@ use clap::{CommandFactory, Parser};
 use egress_common::cli::{self, Ending};
 use egress_common::error::find;
 use egress_common::lease::Busy;
-use egress_common::store::ErrorKind;
-use egress_common::{logging, ConfigError, ExitCode, StoreError};
+use egress_common::{logging, ConfigError, ExitCode};
 use egress_dump::config::{Args, EXTRA_ENV, REQUIRED_ENV};
 use egress_dump::database::{DbError, DbErrorKind};
+use egress_store::ErrorKind;
+use egress_store::StoreError;
 
 fn main() {
     // Part buffers (MiBs each) get mappings of their own; before the runtime starts threads.

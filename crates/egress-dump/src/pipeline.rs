@@ -7,8 +7,8 @@ use std::time::Instant;
 use crate::database::Session;
 use anyhow::{anyhow, Context};
 use egress_common::metrics::Family;
-use egress_common::store::Store;
 use egress_common::units::mib_per_sec;
+use egress_store::Store;
 use tokio::sync::mpsc;
 use tracing::info;
 

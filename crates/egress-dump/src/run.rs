@@ -8,8 +8,8 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use egress_common::lease::{self, Lease};
 use egress_common::manifest::{self, Manifest, TableEntry};
-use egress_common::store::{self, Body, PutOptions, S3Settings, Store};
 use egress_common::{ConfigError, Location};
+use egress_store::{Body, PutOptions, S3Settings, Store};
 use tokio_postgres::Client;
 use tracing::{error, info, warn};
 
@@ -54,7 +54,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<TableReport>> {
     let key = lease::key_in(&request.date);
     let lease = lease::acquire(&store, &key, "egress-dump", args.common.lease()).await?;
     // Every write of the day asks the lease first: a run that lost it writes nothing more.
-    let fenced = store::guarded(store, lease.fence());
+    let fenced = egress_store::guarded(store, lease.fence());
     let outcome = dump_day(args, &request, &fenced, Some(&lease)).await;
     let outcome = lease::explain_failure(outcome, &lease).await;
     lease.release().await;
@@ -293,7 +293,7 @@ async fn check_written(
 ) -> anyhow::Result<()> {
     let date = &manifest.date;
     for (entry, report) in manifest.tables.iter().zip(reports) {
-        let key = store::key::join(date, &entry.file);
+        let key = egress_store::key::join(date, &entry.file);
         let meta = store.head(&key).await?;
         let wrote = (entry.compressed_bytes, report.committed.etag.as_deref());
         let same_etag = match (wrote.1, meta.etag.as_deref()) {
@@ -359,7 +359,7 @@ pub async fn open_store(args: &Args, location: &Location) -> anyhow::Result<Stor
         path_style: args
             .endpoint_url
             .as_deref()
-            .is_some_and(|u| !store::is_aws_host(u)),
+            .is_some_and(|u| !egress_store::is_aws_host(u)),
         region: args.region.clone(),
         timeout: args.common.timeout(),
         max_attempts: 5,
@@ -367,7 +367,7 @@ pub async fn open_store(args: &Args, location: &Location) -> anyhow::Result<Stor
         credentials_hint: CREDENTIALS_HINT,
         ..Default::default()
     };
-    let store = store::open(location, &settings, args.common.file_mode).await?;
+    let store = location.open(&settings, args.common.file_mode).await?;
     Ok(store)
 }
 
@@ -592,7 +592,7 @@ async fn write_manifest(store: &Store, date: &str, manifest: &Manifest) -> anyho
     use md5::{Digest, Md5};
     let body = serde_json::to_vec_pretty(manifest).context("cannot encode the manifest")?;
     let options = PutOptions {
-        attributes: store::Attributes {
+        attributes: egress_store::Attributes {
             content_type: Some("application/json".into()),
             ..Default::default()
         },

@@ -3,7 +3,7 @@
 //! multipart upload with a bounded number of parts in flight.
 
 use bytes::Bytes;
-use egress_common::store::{Attributes, Body, PartWriter, PutOptions, Store, StoreError, Uploaded};
+use egress_store::{Attributes, Body, PartWriter, PutOptions, Store, StoreError, Uploaded};
 use md5::{Digest, Md5};
 use tokio::sync::mpsc;
 
@@ -70,7 +70,7 @@ pub async fn receive(
         if number > MAX_PARTS {
             writer.abort().await;
             return Err(StoreError::new(
-                egress_common::store::ErrorKind::Other,
+                egress_store::ErrorKind::Other,
                 format!("{key} needs more than {MAX_PARTS} parts; raise --part-size-mib"),
             ));
         }

@@ -86,7 +86,7 @@ pub async fn dump_tables(
 /// threads shared among them.
 pub fn job_for<'a>(
     args: &'a crate::config::Args,
-    store: &'a egress_common::store::Store,
+    store: &'a egress_store::Store,
     date: &'a str,
     counters: &'a Arc<Counters>,
     concurrent_tables: usize,

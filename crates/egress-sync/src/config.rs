@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use egress_common::cli::CommonArgs;
-use egress_common::Secret;
+use egress_store::Secret;
 
 /// Mirror new and changed objects from an input S3 endpoint/path to an output one
 /// (AWS S3, Ceph RGW, MinIO, or a local directory), verified.

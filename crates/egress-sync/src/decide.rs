@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use egress_common::store::{ObjectInfo, ObjectMeta, StoreTraits};
+use egress_store::{ObjectInfo, ObjectMeta, StoreTraits};
 
 use crate::march::Pair;
 

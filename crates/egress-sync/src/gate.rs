@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use egress_common::manifest::{self, Manifest};
-use egress_common::store::{key, ErrorKind, GetOptions, ObjectMeta, Store, StoreError};
+use egress_store::{key, ErrorKind, GetOptions, ObjectMeta, Store, StoreError};
 use futures::StreamExt;
 
 /// What one object must be, according to its folder's manifest.
@@ -183,7 +183,7 @@ fn listed(folder: &str, m: &Manifest, raw: bytes::Bytes, meta: ObjectMeta) -> Li
 #[cfg(test)]
 mod tests {
     use super::*;
-    use egress_common::store::{Body, LocalStore, ObjectStore, PutOptions};
+    use egress_store::{Body, LocalStore, ObjectStore, PutOptions};
     use std::sync::Arc;
 
     fn manifest_json(files: &[(&str, u64, Option<Vec<u64>>)]) -> Vec<u8> {

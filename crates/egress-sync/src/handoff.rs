@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use egress_common::manifest;
-use egress_common::store::{ErrorKind, Guard, Store, StoreError};
+use egress_store::{ErrorKind, Guard, Store, StoreError};
 use tokio::sync::OnceCell;
 
 use crate::uploads::Marks;

@@ -5,8 +5,9 @@ use clap::{CommandFactory, Parser};
 use egress_common::cli::{self, Ending};
 use egress_common::error::find;
 use egress_common::lease::Busy;
-use egress_common::store::ErrorKind;
-use egress_common::{logging, ConfigError, ExitCode, StoreError};
+use egress_common::{logging, ConfigError, ExitCode};
+use egress_store::ErrorKind;
+use egress_store::StoreError;
 use egress_sync::config::{Args, EXTRA_ENV, REQUIRED_ENV};
 use egress_sync::sides::Side;
 

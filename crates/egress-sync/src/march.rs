@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use egress_common::store::{ErrorKind, ObjectInfo, PageStream, StoreError};
+use egress_store::{ErrorKind, ObjectInfo, PageStream, StoreError};
 use futures::StreamExt;
 
 use crate::sides::{Filter, OLD_RECORDS_KEY};

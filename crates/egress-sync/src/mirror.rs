@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use egress_common::lease;
 use egress_common::manifest;
-use egress_common::store::{self, ObjectInfo, StoreError};
+use egress_store::{ObjectInfo, StoreError};
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -54,7 +54,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     // more) and withdraws its day's manifest; every upload it starts is marked as its own.
     let marks = Marks::new(sides.dest.clone(), lease.run_id(), lease.since());
     let guard = OutputGuard::new(lease.fence(), withdrawals.clone(), marks);
-    sides.dest = store::guarded(sides.dest, Arc::new(guard));
+    sides.dest = egress_store::guarded(sides.dest, Arc::new(guard));
     let outcome = Mirror::new(args, filter, sides, withdrawals)
         .run(Some(&lease))
         .await;

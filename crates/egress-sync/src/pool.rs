@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use egress_common::store::{ErrorKind, StoreError};
+use egress_store::{ErrorKind, StoreError};
 use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -40,7 +40,7 @@ pub struct Publication {
     /// Its bytes, as read at the input.
     pub body: bytes::Bytes,
     /// How to write it (its headers, and the record of the version it is).
-    pub options: egress_common::store::PutOptions,
+    pub options: egress_store::PutOptions,
 }
 
 /// Objects and bytes done so far, for the status line.
@@ -286,7 +286,7 @@ impl Pool {
     async fn publish(&self, manifest: Publication) {
         let (key, size) = (manifest.key, manifest.body.len() as u64);
         let (input, output) = (&self.names.input, &self.names.output);
-        let body = egress_common::store::Body::from_bytes(manifest.body);
+        let body = egress_store::Body::from_bytes(manifest.body);
         match self.transfers.dest.put(&key, body, &manifest.options).await {
             Ok(_) => {
                 info!(

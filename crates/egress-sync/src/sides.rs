@@ -4,8 +4,9 @@
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use egress_common::error::config;
-use egress_common::store::{self, S3Settings, Store};
-use egress_common::{ConfigError, Location, Secret};
+use egress_common::{ConfigError, Location};
+use egress_store::Secret;
+use egress_store::{S3Settings, Store};
 
 use crate::config::Args;
 
@@ -117,7 +118,7 @@ async fn open_side(side: Side, args: &Args) -> anyhow::Result<Store> {
 /// The store of `side` as its flags say, not yet contacted (for `--check`).
 pub async fn open_unchecked(side: Side, args: &Args) -> anyhow::Result<Store> {
     let (location, settings) = side_location(side, args)?;
-    store::open(&location, &settings, args.common.file_mode).await
+    Ok(location.open(&settings, args.common.file_mode).await?)
 }
 
 /// Where a side is and how to reach it, from its flags.
@@ -165,7 +166,7 @@ fn side_location(side: Side, args: &Args) -> anyhow::Result<(Location, S3Setting
         endpoint_url: Some(url.to_string()),
         // AWS's own hosts (VPC, FIPS and regional endpoints alike) keep virtual-host
         // addressing; the URL given is always the URL used.
-        path_style: !store::is_aws_host(url),
+        path_style: !egress_store::is_aws_host(url),
         region: Some(cfg.region.to_string()),
         access_key_id,
         secret_access_key,

@@ -20,7 +20,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use egress_common::store::{
+use egress_store::{
     etag_md5, etag_parts, Body, ErrorKind, GetOptions, ObjectInfo, ObjectMeta, PartWriter,
     PutOptions, Store, StoreError,
 };
@@ -525,7 +525,7 @@ fn read_part(
 
 fn verify_parts(
     key: &str,
-    uploaded: &egress_common::store::Uploaded,
+    uploaded: &egress_store::Uploaded,
     meta: &ObjectMeta,
     layout: &Layout,
 ) -> Result<&'static str, CopyError> {

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use egress_common::cleanup::{self, Phase, Ticket};
 use egress_common::lease::UPLOAD_MARKERS;
-use egress_common::store::{Body, GetOptions, PendingUpload, PutOptions, Store, StoreError};
+use egress_store::stop::{self, Phase, Ticket};
+use egress_store::{Body, GetOptions, PendingUpload, PutOptions, Store, StoreError};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -62,12 +62,12 @@ impl Marks {
             .await
             .map_err(|e| e.context("marking an upload as this run's"))?;
         let (dest, mark_at) = (self.dest.clone(), at.clone());
-        let ticket = cleanup::register(
+        let ticket = stop::register(
             Phase::Known,
             Box::new(move || Box::pin(async move { dest.delete(&mark_at).await.is_ok() })),
         );
         if let Some(old) = self.open.lock().ok().and_then(|mut m| m.insert(at, ticket)) {
-            cleanup::done(old);
+            stop::done(old);
         }
         Ok(())
     }
@@ -76,7 +76,7 @@ impl Marks {
     pub async fn remove(&self, key: &str) {
         let at = mark_key(&self.run_id, key);
         if let Some(ticket) = self.open.lock().ok().and_then(|mut m| m.remove(&at)) {
-            cleanup::done(ticket);
+            stop::done(ticket);
         }
         let _ = self.dest.delete(&at).await;
     }

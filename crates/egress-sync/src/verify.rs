@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use egress_common::manifest::{self, Manifest};
-use egress_common::store::{key, ErrorKind, GetOptions, Store};
 use egress_common::units::human_bytes;
+use egress_store::{key, ErrorKind, GetOptions, Store};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tracing::info;

@@ -1,79 +1,37 @@
 //! [`S3Store`]: a bucket and key prefix on AWS S3 or an S3-compatible store (Ceph RGW,
 //! MinIO), through aws-sdk-s3. The only module that calls the SDK for object operations.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::{
-    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::operation::abort_multipart_upload::AbortMultipartUploadError;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
-use aws_sdk_s3::operation::list_multipart_uploads::{
-    ListMultipartUploadsError, ListMultipartUploadsOutput,
-};
-use aws_sdk_s3::operation::list_objects_v2::{ListObjectsV2Error, ListObjectsV2Output};
-use aws_sdk_s3::types::{CompletedMultipartUpload, EncodingType};
+use aws_sdk_s3::types::CompletedMultipartUpload;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use bytes::Bytes;
 use futures::StreamExt;
 
-use super::clock::{ClockWatch, StoreClock};
-use super::error::{from_sdk, unreadable_xml, ErrorKind, S3Context, StoreError, Target};
-use super::key::{dir_prefix, join};
-use super::{
-    clean_etag, Attributes, Body, CompletedPart, Condition, GetOptions, GetResult, ObjectInfo,
-    ObjectMeta, ObjectStore, PageStream, PartSlot, PendingUpload, PutOptions, PutResult,
-    StoreTraits, Upload,
+mod body;
+mod client;
+mod clock;
+mod error;
+mod list;
+mod uploads;
+
+use self::body::{parse_content_range, sdk_body, stall_guarded};
+pub use self::client::{is_aws_host, S3Settings};
+use self::clock::StoreClock;
+pub use self::error::{classify_code, S3Failure, Target};
+use self::error::{from_sdk, S3Context};
+use self::uploads::{abort_upload, uploads_page};
+use crate::error::{ErrorKind, StoreError};
+use crate::key::{dir_prefix, join};
+use crate::stop::{self, Phase};
+use crate::{
+    clean_etag, Attributes, Body, CompletedPart, Condition, GetOptions, GetResult, ObjectMeta,
+    ObjectStore, PageStream, PartSlot, PendingUpload, PutOptions, PutResult, StoreTraits, Upload,
 };
-use crate::cleanup::{self, Phase};
-use crate::error::ConfigError;
-use crate::secret::Secret;
-
-/// How to reach one S3-compatible endpoint.
-#[derive(Debug, Clone, Default)]
-pub struct S3Settings {
-    /// Custom endpoint (Ceph RGW, MinIO, a test server); `None` means AWS S3.
-    pub endpoint_url: Option<String>,
-    /// Path-style requests (`endpoint/bucket/key`), as non-AWS stores need.
-    pub path_style: bool,
-    /// Region; defaults to the AWS chain's region, else `us-east-1`.
-    pub region: Option<String>,
-    /// Static access key; `None` uses the standard AWS credential chain.
-    pub access_key_id: Option<String>,
-    /// Static secret key, paired with `access_key_id`.
-    pub secret_access_key: Option<Secret>,
-    /// Connect and per-read timeout; also how long a streamed body may stall.
-    pub timeout: Duration,
-    /// Attempts per request (first try included) for transient errors.
-    pub max_attempts: u32,
-    /// Extra CA certificates (PEM) to trust, e.g. an internal Ceph's CA (`AWS_CA_BUNDLE`).
-    pub ca_bundle: Option<PathBuf>,
-    /// The variables that hold these keys, named when S3 rejects them.
-    pub credentials_hint: &'static str,
-}
-
-/// True for AWS's own endpoints (`*.amazonaws.com`), which use virtual-host addressing
-/// and the SDK's default checksums.
-pub fn is_aws_host(url: &str) -> bool {
-    let host = url
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("");
-    host == "amazonaws.com" || host.ends_with(".amazonaws.com")
-}
-
-/// Name printed as the credentials' source in SDK debug output.
-const PROVIDER_NAME: &str = "egress-static";
 
 /// Whether the store honours `?partNumber` on HEAD/GET: not yet known, yes, no.
 const PARTS_UNKNOWN: u8 = 0;
@@ -98,7 +56,11 @@ pub struct S3Store {
 impl S3Store {
     /// A store for `bucket`/`prefix` reached as `settings` say. Only a bad CA bundle can
     /// fail here; nothing is sent yet.
-    pub async fn new(settings: &S3Settings, bucket: &str, prefix: &str) -> anyhow::Result<Self> {
+    pub async fn new(
+        settings: &S3Settings,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Self, StoreError> {
         if let Some(url) = settings
             .endpoint_url
             .as_deref()
@@ -108,7 +70,7 @@ impl S3Store {
         }
         let clock = Arc::new(StoreClock::default());
         Ok(S3Store {
-            client: client(settings, clock.clone()).await?,
+            client: client::client(settings, clock.clone()).await?,
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
             endpoint: settings
@@ -204,21 +166,6 @@ fn quoted(etag: &str) -> String {
     format!("\"{etag}\"")
 }
 
-/// Keys in a listing asked with `encoding-type=url` come back URL-encoded (spaces as `+`,
-/// as botocore and minio-go decode them): keys with characters XML cannot carry (U+0001)
-/// would otherwise break the whole listing.
-fn decode_key(key: &str) -> String {
-    let plus_as_space = key.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus_as_space)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-struct ListState {
-    token: Option<String>,
-    done: bool,
-}
-
 #[async_trait]
 impl ObjectStore for S3Store {
     fn describe(&self, key: &str) -> String {
@@ -246,7 +193,7 @@ impl ObjectStore for S3Store {
 
     fn list(&self, under: &str) -> PageStream {
         let list_prefix = format!("{}{under}", dir_prefix(&self.prefix));
-        let this = ListCtx {
+        list::pages(list::ListCtx {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             root: dir_prefix(&self.prefix),
@@ -254,37 +201,7 @@ impl ObjectStore for S3Store {
             list_prefix,
             endpoint: self.endpoint.clone(),
             hint: self.hint,
-        };
-        let state = ListState {
-            token: None,
-            done: false,
-        };
-        futures::stream::unfold((this, state), |(this, state)| async move {
-            if state.done {
-                return None;
-            }
-            let result = this.page(state.token).await;
-            match result {
-                Ok((objects, next)) => {
-                    let state = ListState {
-                        done: next.is_none(),
-                        token: next,
-                    };
-                    Some((Ok(objects), (this, state)))
-                }
-                Err(e) => Some((
-                    Err(e),
-                    (
-                        this,
-                        ListState {
-                            token: None,
-                            done: true,
-                        },
-                    ),
-                )),
-            }
         })
-        .boxed()
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
@@ -376,7 +293,7 @@ impl ObjectStore for S3Store {
         options: &PutOptions,
     ) -> Result<Upload, StoreError> {
         let full = self.full(key);
-        if cleanup::stopping() {
+        if stop::stopping() {
             return Err(StoreError::new(
                 ErrorKind::Other,
                 format!("not starting the upload of {full}: the run is stopping"),
@@ -384,7 +301,7 @@ impl ObjectStore for S3Store {
         }
         // Until the id comes back, a stop waits for it (or looks for the upload by key).
         let (created, creation) = tokio::sync::watch::channel(None);
-        let sweep = cleanup::register(Phase::Sweep, self.sweep_for(&full, creation));
+        let sweep = stop::register(Phase::Sweep, self.sweep_for(&full, creation));
         let request = self
             .client
             .create_multipart_upload()
@@ -397,20 +314,20 @@ impl ObjectStore for S3Store {
                 .filter(|id| !id.is_empty())
                 .map(str::to_string),
             Err(e) => {
-                cleanup::done(sweep);
+                stop::done(sweep);
                 let what = format!("starting the upload of {full}");
                 return Err(self.error(&e, &what, Target::Object));
             }
         };
         let _ = created.send(Some(id.clone()));
         let Some(id) = id else {
-            cleanup::done(sweep);
+            stop::done(sweep);
             return Err(StoreError::new(
                 ErrorKind::NotS3,
                 format!("starting the upload of {full}: the server returned no upload id"),
             ));
         };
-        let ticket = cleanup::replace(sweep, Phase::Known, self.abort_action(&full, &id));
+        let ticket = stop::replace(sweep, Phase::Known, self.abort_action(&full, &id));
         Ok(Upload {
             key: key.to_string(),
             id,
@@ -437,7 +354,7 @@ impl ObjectStore for S3Store {
             .part_number(number as i32)
             .content_length(body.len() as i64)
             .set_content_md5(content_md5.map(aws_smithy_types::base64::encode))
-            .body(body.into_sdk())
+            .body(sdk_body(body))
             .send()
             .await
             .map_err(|e| {
@@ -481,7 +398,7 @@ impl ObjectStore for S3Store {
             .await;
         match reply {
             Ok(reply) => {
-                cleanup::done(upload.ticket);
+                stop::done(upload.ticket);
                 Ok(PutResult {
                     etag: clean_etag(reply.e_tag()),
                 })
@@ -492,7 +409,7 @@ impl ObjectStore for S3Store {
                 if e.raw_response().is_some_and(|r| r.status().is_success()) {
                     if let Ok(meta) = self.head(&upload.key).await {
                         if meta.size == size {
-                            cleanup::done(upload.ticket);
+                            stop::done(upload.ticket);
                             return Ok(PutResult { etag: meta.etag });
                         }
                     }
@@ -511,7 +428,7 @@ impl ObjectStore for S3Store {
     async fn abort(&self, upload: Upload) {
         let full = self.full(&upload.key);
         let result = abort_upload(&self.client, &self.bucket, &full, &upload.id).await;
-        cleanup::done(upload.ticket);
+        stop::done(upload.ticket);
         if let Err(e) = result {
             let what = format!("aborting the upload of {full}");
             let e = self.error(&e, &what, Target::Object);
@@ -601,7 +518,7 @@ impl S3Store {
             Condition::IfMatch(etag) => request.if_match(quoted(etag)),
         };
         let reply = with_attributes!(request, options.attributes)
-            .body(body.into_sdk())
+            .body(sdk_body(body))
             .send()
             .await
             .map_err(|e| self.error(&e, &format!("writing {full}"), Target::Object))?;
@@ -651,350 +568,5 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.error(&e, &what, Target::Object))
-    }
-
-    /// What a stop does for an upload being created: wait for its id (a loaded server
-    /// may take a while to answer), else look for it by key among uploads this process
-    /// could have started.
-    fn sweep_for(&self, full: &str, mut creation: Creation) -> cleanup::Abort {
-        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), full.to_string());
-        let since = process_start();
-        Box::new(move || {
-            Box::pin(async move {
-                let known = match tokio::time::timeout(
-                    Duration::from_secs(5),
-                    creation.wait_for(|c| c.is_some()),
-                )
-                .await
-                {
-                    Ok(Ok(id)) => id.clone().flatten(),
-                    _ => None,
-                };
-                if let Some(id) = known {
-                    return abort_upload(&client, &bucket, &key, &id).await.is_ok();
-                }
-                let Ok(page) = uploads_page(&client, &bucket, &key, (None, None)).await else {
-                    return false;
-                };
-                let mut undone = false;
-                for u in page.uploads() {
-                    let started = u.initiated().map(|t| t.secs()).unwrap_or(0);
-                    if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
-                        if k == key && started >= since {
-                            undone |= abort_upload(&client, &bucket, &key, id).await.is_ok();
-                        }
-                    }
-                }
-                undone
-            })
-        })
-    }
-
-    /// What a stop does for a known upload.
-    fn abort_action(&self, full: &str, id: &str) -> cleanup::Abort {
-        let (client, bucket) = (self.client.clone(), self.bucket.clone());
-        let (key, id) = (full.to_string(), id.to_string());
-        Box::new(move || {
-            Box::pin(async move {
-                let ok = abort_upload(&client, &bucket, &key, &id).await.is_ok();
-                if !ok {
-                    tracing::warn!(key = %key, "could not abort an upload; the next run (or the bucket lifecycle rule) removes it");
-                }
-                ok
-            })
-        })
-    }
-}
-
-/// AbortMultipartUpload: the one place it is sent.
-async fn abort_upload(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    full: &str,
-    id: &str,
-) -> Result<(), SdkError<AbortMultipartUploadError, HttpResponse>> {
-    client
-        .abort_multipart_upload()
-        .bucket(bucket)
-        .key(full)
-        .upload_id(id)
-        .send()
-        .await
-        .map(|_| ())
-}
-
-/// One page of ListMultipartUploads under `prefix`, from the (key, upload id) markers.
-async fn uploads_page(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    prefix: &str,
-    markers: (Option<String>, Option<String>),
-) -> Result<ListMultipartUploadsOutput, SdkError<ListMultipartUploadsError, HttpResponse>> {
-    client
-        .list_multipart_uploads()
-        .bucket(bucket)
-        .prefix(prefix)
-        .set_key_marker(markers.0)
-        .set_upload_id_marker(markers.1)
-        .send()
-        .await
-}
-
-/// The id a CreateMultipartUpload returned (`Some(None)`: it returned none), once it did.
-type Creation = tokio::sync::watch::Receiver<Option<Option<String>>>;
-
-/// Seconds since the epoch when this process started (a little before, to allow for clock
-/// steps between us and the store).
-fn process_start() -> i64 {
-    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *START.get_or_init(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64 - 5)
-            .unwrap_or(0)
-    })
-}
-
-/// What a listing needs, owned, so its pages can be fetched lazily.
-struct ListCtx {
-    client: aws_sdk_s3::Client,
-    bucket: String,
-    root: String,
-    list_prefix: String,
-    what: String,
-    endpoint: String,
-    hint: &'static str,
-}
-
-impl ListCtx {
-    /// One page. Keys are listed raw; a page whose XML cannot be read (a key holding a
-    /// character XML cannot carry, such as U+0001) is asked again with `encoding-type=url`
-    /// and its keys decoded, as minio-go does. Asking for encoding only then keeps us safe
-    /// from servers that echo `EncodingType` without encoding (s3s-fs 0.14 does: measured).
-    async fn page(
-        &self,
-        token: Option<String>,
-    ) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
-        let page = match self.request(token.clone(), false).await {
-            Err(e) if unreadable_xml(&e) => self.request(token, true).await,
-            other => other,
-        };
-        let page = page.map_err(|e| {
-            let ctx = S3Context {
-                bucket: &self.bucket,
-                endpoint: &self.endpoint,
-                credentials_hint: self.hint,
-            };
-            from_sdk(&e, &self.what, Target::Bucket, ctx)
-        })?;
-        Ok(self.objects(page))
-    }
-
-    async fn request(
-        &self,
-        token: Option<String>,
-        encode: bool,
-    ) -> Result<ListObjectsV2Output, SdkError<ListObjectsV2Error, HttpResponse>> {
-        let request = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&self.list_prefix)
-            .max_keys(1000)
-            .set_continuation_token(token);
-        match encode {
-            true => request.encoding_type(EncodingType::Url).send().await,
-            false => request.send().await,
-        }
-    }
-
-    fn objects(&self, page: ListObjectsV2Output) -> (Vec<ObjectInfo>, Option<String>) {
-        let encoded = page.encoding_type() == Some(&EncodingType::Url);
-        let mut objects = Vec::with_capacity(page.contents().len());
-        for o in page.contents() {
-            let Some(raw) = o.key() else { continue };
-            let full = if encoded {
-                decode_key(raw)
-            } else {
-                raw.to_string()
-            };
-            let Some(key) = full.strip_prefix(&self.root) else {
-                continue;
-            };
-            // Zero-byte "folder" markers have no file behind them.
-            if key.is_empty() || (key.ends_with('/') && o.size().unwrap_or(0) == 0) {
-                continue;
-            }
-            objects.push(ObjectInfo {
-                key: key.to_string(),
-                size: o.size().unwrap_or(0).max(0) as u64,
-                etag: clean_etag(o.e_tag()),
-                modified: o.last_modified().map(|t| t.secs()).unwrap_or(0),
-                modified_nanos: o.last_modified().map(|t| t.subsec_nanos()).unwrap_or(0),
-            });
-        }
-        let next = if page.is_truncated().unwrap_or(false) {
-            page.next_continuation_token().map(str::to_string)
-        } else {
-            None
-        };
-        (objects, next)
-    }
-}
-
-/// `bytes 0-99/1000` -> (0, 1000).
-fn parse_content_range(range: &str) -> Option<(u64, u64)> {
-    let rest = range.trim().strip_prefix("bytes ")?;
-    let (span, total) = rest.split_once('/')?;
-    let (start, _) = span.split_once('-')?;
-    Some((start.parse().ok()?, total.parse().ok()?))
-}
-
-/// A GET's body as our stream, failing when no byte arrives for `timeout`: a store that
-/// goes silent mid-body must not hang a run.
-fn stall_guarded(
-    body: aws_sdk_s3::primitives::ByteStream,
-    timeout: Duration,
-    what: String,
-) -> super::ByteStream {
-    futures::stream::unfold(Some(body), move |state| {
-        let what = what.clone();
-        async move {
-            let mut body = state?;
-            match tokio::time::timeout(timeout, body.next()).await {
-                Ok(Some(Ok(chunk))) => Some((Ok::<Bytes, StoreError>(chunk), Some(body))),
-                Ok(None) => None,
-                Ok(Some(Err(e))) => Some((
-                    Err(StoreError::new(
-                        ErrorKind::Unreachable,
-                        format!("{what}: the connection broke: {}", crate::error::chain(&e)),
-                    )),
-                    None,
-                )),
-                Err(_) => Some((
-                    Err(StoreError::new(
-                        ErrorKind::Unreachable,
-                        format!("{what}: no data for {}s", timeout.as_secs()),
-                    )),
-                    None,
-                )),
-            }
-        }
-    })
-    .boxed()
-}
-
-/// Build an SDK client for `settings`.
-///
-/// With path-style addressing (custom endpoints) we send or validate flexible checksums
-/// only when an operation requires them: Ceph RGW 16 and older MinIO reject the
-/// aws-chunked trailers the newest SDK defaults produce.
-async fn client(
-    settings: &S3Settings,
-    clock: Arc<StoreClock>,
-) -> anyhow::Result<aws_sdk_s3::Client> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(path) = &settings.ca_bundle {
-        loader = loader.http_client(https_client_trusting(path)?);
-    }
-    if let Some(region) = &settings.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    if let (Some(key), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
-        loader = loader.credentials_provider(Credentials::new(
-            key.clone(),
-            secret.expose().to_string(),
-            None,
-            None,
-            PROVIDER_NAME,
-        ));
-    }
-    let shared = loader.load().await;
-    let mut builder = aws_sdk_s3::config::Builder::from(&shared)
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(settings.max_attempts.max(1))
-                .with_initial_backoff(Duration::from_millis(200)),
-        )
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(settings.timeout)
-                .read_timeout(settings.timeout)
-                .build(),
-        )
-        .interceptor(ClockWatch(clock));
-    if shared.region().is_none() {
-        builder = builder.region(Region::new("us-east-1"));
-    }
-    if let Some(endpoint) = &settings.endpoint_url {
-        builder = builder.endpoint_url(endpoint.clone());
-    }
-    if settings.path_style {
-        builder = builder
-            .force_path_style(true)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-    }
-    Ok(aws_sdk_s3::Client::from_conf(builder.build()))
-}
-
-/// An HTTPS client that trusts the system roots plus the PEM certificates in `path`.
-fn https_client_trusting(
-    path: &std::path::Path,
-) -> anyhow::Result<aws_smithy_runtime_api::client::http::SharedHttpClient> {
-    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
-    let pem = std::fs::read(path).map_err(|e| {
-        ConfigError::new(format!(
-            "cannot read AWS_CA_BUNDLE file '{}': {e}; give a readable PEM bundle or unset AWS_CA_BUNDLE",
-            path.display()
-        ))
-    })?;
-    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-        return Err(ConfigError::new(format!(
-            "AWS_CA_BUNDLE file '{}' holds no PEM certificate",
-            path.display()
-        ))
-        .into());
-    }
-    let context = TlsContext::builder()
-        .with_trust_store(TrustStore::default().with_pem_certificate(pem))
-        .build()
-        .map_err(|e| {
-            ConfigError::new(format!(
-                "AWS_CA_BUNDLE '{}' is unusable: {e}",
-                path.display()
-            ))
-        })?;
-    Ok(aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-        .tls_context(context)
-        .build_https())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listing_keys_are_url_decoded() {
-        assert_eq!(decode_key("with+space%2Bplus%01"), "with space+plus\u{1}");
-        assert_eq!(decode_key("%C5%BC%C3%B3%C5%82%C4%87"), "żółć");
-    }
-
-    #[test]
-    fn aws_endpoints_are_recognised() {
-        assert!(is_aws_host("https://s3.amazonaws.com"));
-        assert!(is_aws_host(
-            "https://bucket.vpce-0a1b.s3.us-east-1.vpce.amazonaws.com/"
-        ));
-        assert!(is_aws_host("https://s3-fips.us-east-1.amazonaws.com"));
-        assert!(!is_aws_host("http://127.0.0.1:9000"));
-        assert!(!is_aws_host("https://amazonaws.com.evil.example"));
-    }
-
-    #[test]
-    fn content_ranges_parse() {
-        assert_eq!(parse_content_range("bytes 5-9/100"), Some((5, 100)));
-        assert_eq!(parse_content_range("bytes */100"), None);
     }
 }

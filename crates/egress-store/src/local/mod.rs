@@ -15,14 +15,17 @@ use bytes::Bytes;
 use futures::StreamExt;
 use md5::{Digest, Md5};
 
-use super::error::{ErrorKind, StoreError};
-use super::key::local_path_problem;
-use super::{
+mod list;
+
+use self::list::{find_temp_files, Walker};
+use crate::error::{ErrorKind, StoreError};
+use crate::key::local_path_problem;
+use crate::stop::{self, Phase};
+use crate::{
     etag_md5, multipart_etag, Body, CompletedPart, Condition, GetOptions, GetResult, ObjectInfo,
     ObjectMeta, ObjectStore, PageStream, PartSlot, PendingUpload, PutOptions, PutResult,
     StoreTraits, Upload,
 };
-use crate::cleanup::{self, Phase};
 
 /// What temporary files are called: `.<name>.egress-tmp-<random>`.
 const TEMP_MARK: &str = ".egress-tmp-";
@@ -118,9 +121,9 @@ impl LocalStore {
         Ok((temp, file))
     }
 
-    fn register_temp(temp: &Path) -> cleanup::Ticket {
+    fn register_temp(temp: &Path) -> stop::Ticket {
         let temp = temp.to_path_buf();
-        cleanup::register(
+        stop::register(
             Phase::Known,
             Box::new(move || Box::pin(async move { std::fs::remove_file(temp).is_ok() })),
         )
@@ -377,7 +380,7 @@ impl ObjectStore for LocalStore {
         if result.is_err() {
             let _ = std::fs::remove_file(&temp);
         }
-        cleanup::done(ticket);
+        stop::done(ticket);
         result
     }
 
@@ -457,7 +460,7 @@ impl ObjectStore for LocalStore {
         if result.is_err() {
             let _ = std::fs::remove_file(&upload.id);
         }
-        cleanup::done(upload.ticket);
+        stop::done(upload.ticket);
         result?;
         Ok(PutResult {
             etag: md5s.map(|m| {
@@ -472,7 +475,7 @@ impl ObjectStore for LocalStore {
 
     async fn abort(&self, upload: Upload) {
         let _ = tokio::fs::remove_file(&upload.id).await;
-        cleanup::done(upload.ticket);
+        stop::done(upload.ticket);
     }
 
     async fn pending_uploads(&self, under: &str) -> Result<Vec<PendingUpload>, StoreError> {
@@ -605,173 +608,6 @@ fn read_stream(file: File, path: PathBuf, offset: u64, len: u64) -> super::ByteS
         }
     })
     .boxed()
-}
-
-/// One directory being listed: its entries in key order, with what a listing needs.
-struct Level {
-    rel: String,
-    entries: std::vec::IntoIter<Entry>,
-}
-
-struct Entry {
-    name: String,
-    dir: bool,
-    size: u64,
-    modified: i64,
-    modified_nanos: u32,
-}
-
-/// A depth-first walk in key order: each directory's entries sorted by name, a directory
-/// as `name/`, which puts every key below it exactly where S3's UTF-8 byte order puts it.
-struct Walker {
-    root: PathBuf,
-    stack: Vec<Level>,
-    start: Option<String>,
-}
-
-impl Walker {
-    fn new(root: PathBuf, under: &str) -> Walker {
-        Walker {
-            root,
-            stack: Vec::new(),
-            start: Some(under.to_string()),
-        }
-    }
-
-    fn next_page(&mut self, n: usize) -> Result<Vec<super::ObjectInfo>, StoreError> {
-        if let Some(under) = self.start.take() {
-            let level = read_level(&self.root, &under)?;
-            self.stack.push(level);
-        }
-        let mut page = Vec::new();
-        while page.len() < n {
-            let Some(top) = self.stack.last_mut() else {
-                break;
-            };
-            match top.entries.next() {
-                None => {
-                    self.stack.pop();
-                }
-                Some(e) if e.dir => {
-                    let rel = format!("{}{}/", top.rel, e.name);
-                    let level = read_level(&self.root, &rel)?;
-                    self.stack.push(level);
-                }
-                Some(e) => page.push(ObjectInfo {
-                    key: format!("{}{}", top.rel, e.name),
-                    size: e.size,
-                    etag: None,
-                    modified: e.modified,
-                    modified_nanos: e.modified_nanos,
-                }),
-            }
-        }
-        Ok(page)
-    }
-}
-
-/// The entries of `root/rel` worth listing, sorted. A name that is not UTF-8 cannot be a
-/// key and a symlink is not followed (it could lead anywhere): both are logged and skipped.
-fn read_level(root: &Path, rel: &str) -> Result<Level, StoreError> {
-    let dir = root.join(rel);
-    let read = match std::fs::read_dir(&dir) {
-        Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Level {
-                rel: rel.to_string(),
-                entries: Vec::new().into_iter(),
-            })
-        }
-        Err(e) => return Err(StoreError::io("listing", &dir, &e)),
-    };
-    let mut entries = Vec::new();
-    for entry in read {
-        let entry = entry.map_err(|e| StoreError::io("listing", &dir, &e))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-            tracing::warn!(path = %entry.path().display(), "skipping a file whose name is not valid UTF-8 (it cannot be an object key)");
-            continue;
-        };
-        let meta = entry
-            .metadata()
-            .map_err(|e| StoreError::io("reading", &entry.path(), &e))?;
-        let kind = meta.file_type();
-        if kind.is_symlink() {
-            tracing::warn!(path = %entry.path().display(), "skipping a symbolic link (not followed)");
-        } else if kind.is_dir() {
-            entries.push(Entry {
-                name,
-                dir: true,
-                size: 0,
-                modified: 0,
-                modified_nanos: 0,
-            });
-        } else if kind.is_file() && !is_temp(&name) {
-            entries.push(Entry {
-                name,
-                dir: false,
-                size: meta.len(),
-                modified: meta.mtime(),
-                modified_nanos: meta.mtime_nsec() as u32,
-            });
-        }
-    }
-    entries.sort_by(|a, b| sort_name(a).cmp(&sort_name(b)));
-    Ok(Level {
-        rel: rel.to_string(),
-        entries: entries.into_iter(),
-    })
-}
-
-fn sort_name(e: &Entry) -> std::borrow::Cow<'_, str> {
-    if e.dir {
-        std::borrow::Cow::Owned(format!("{}/", e.name))
-    } else {
-        std::borrow::Cow::Borrowed(&e.name)
-    }
-}
-
-fn is_temp(name: &str) -> bool {
-    name.starts_with('.') && (name.contains(TEMP_MARK) || name.contains(OLD_TEMP_MARK))
-}
-
-/// Temporary files a killed run left (their final key, the file, its age).
-fn find_temp_files(root: &Path, under: &str) -> Vec<PendingUpload> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.join(under)];
-    while let Some(dir) = dirs.pop() {
-        let Ok(read) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in read.flatten() {
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if kind.is_dir() {
-                dirs.push(entry.path());
-            } else if kind.is_file() && is_temp(&name) {
-                let final_name = name[1..]
-                    .split(TEMP_MARK)
-                    .next()
-                    .unwrap_or("")
-                    .split(OLD_TEMP_MARK)
-                    .next()
-                    .unwrap_or("");
-                let rel = entry.path().with_file_name(final_name);
-                let key = rel
-                    .strip_prefix(root)
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let initiated = entry.metadata().map(|m| m.mtime()).unwrap_or(0);
-                out.push(PendingUpload {
-                    key,
-                    id: entry.path().to_string_lossy().into_owned(),
-                    initiated,
-                });
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

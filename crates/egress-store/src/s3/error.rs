@@ -1,120 +1,10 @@
-//! What can go wrong talking to a store, typed so that callers can branch on it (retry,
-//! count a vanished object, stop the run) and `main` can choose an exit code.
+//! S3's errors as [`StoreError`]s: each SDK failure mapped to a kind callers branch on,
+//! with a one-line message naming the bucket, the endpoint and the fix, its cause kept.
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
-/// The kinds of store failure callers tell apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The object does not exist (it may have been deleted since it was listed).
-    NotFound,
-    /// The bucket does not exist.
-    BucketNotFound,
-    /// Unknown access key or bad signature.
-    Credentials,
-    /// Valid credentials lacking a permission.
-    AccessDenied,
-    /// The bucket lives in another region than the one configured.
-    WrongRegion,
-    /// The endpoint could not be reached, timed out, or failed (5xx): worth retrying.
-    Unreachable,
-    /// A conditional request lost (`If-Match` / `If-None-Match`).
-    PreconditionFailed,
-    /// The bytes that arrived are not the bytes that were sent (`BadDigest`, a part ETag
-    /// or a composite ETag that does not match).
-    ChecksumMismatch,
-    /// A key that cannot be stored here (it would leave a local directory, say).
-    InvalidKey,
-    /// A local output that cannot be written (permission denied, a file in the way).
-    NotWritable,
-    /// The endpoint answers, but not as an S3 server does.
-    NotS3,
-    /// The endpoint's TLS certificate is not trusted (a private CA not given, a wrong host).
-    Untrusted,
-    /// The store does not implement the operation.
-    Unsupported,
-    /// This run no longer holds the lease on what it writes (another run took it over):
-    /// nothing more may be written.
-    LeaseLost,
-    /// Anything else.
-    Other,
-}
-
-impl ErrorKind {
-    /// True when the configuration is wrong: retrying cannot help and the run should stop.
-    pub fn is_configuration(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::BucketNotFound
-                | ErrorKind::Credentials
-                | ErrorKind::AccessDenied
-                | ErrorKind::WrongRegion
-                | ErrorKind::NotWritable
-                | ErrorKind::NotS3
-                | ErrorKind::Untrusted
-        )
-    }
-}
-
-impl ErrorKind {
-    /// True when the run must stop at once: its configuration is wrong, or it lost its
-    /// lease.
-    pub fn stops_the_run(self) -> bool {
-        self.is_configuration() || self == ErrorKind::LeaseLost
-    }
-}
-
-/// A failed store operation: its kind and a one-line message that names what was being
-/// done, the cause and (for configuration problems) the fix.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct StoreError {
-    kind: ErrorKind,
-    message: String,
-}
-
-impl StoreError {
-    /// An error of `kind` with a ready message.
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> StoreError {
-        StoreError {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// Its kind.
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
-    /// The same error, its message prefixed with more context.
-    pub fn context(self, what: impl std::fmt::Display) -> StoreError {
-        StoreError {
-            kind: self.kind,
-            message: format!("{what}: {}", self.message),
-        }
-    }
-
-    /// A local I/O error while `what` at `path`.
-    pub fn io(what: &str, path: &std::path::Path, e: &std::io::Error) -> StoreError {
-        use std::io::ErrorKind as Io;
-        let path = path.display();
-        match e.kind() {
-            Io::NotFound => StoreError::new(ErrorKind::NotFound, format!("{what} {path}: {e}")),
-            Io::PermissionDenied
-            | Io::ReadOnlyFilesystem
-            | Io::NotADirectory
-            | Io::IsADirectory
-            | Io::AlreadyExists
-            | Io::StorageFull => StoreError::new(
-                ErrorKind::NotWritable,
-                format!("{what} {path}: {e}; choose a directory this user can write"),
-            ),
-            _ => StoreError::new(ErrorKind::Other, format!("{what} {path}: {e}")),
-        }
-    }
-}
+use crate::error::{chain, ErrorKind, StoreError};
 
 /// Who we are talking to when an S3 request fails, for the message.
 #[derive(Debug, Clone, Copy)]
@@ -205,7 +95,7 @@ fn looks_like_not_s3<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -
 /// True when the connection failed because the server's certificate was refused (rustls
 /// says "invalid peer certificate": an unknown issuer, a name that does not match).
 fn certificate_refused<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> bool {
-    crate::error::chain(err).contains("invalid peer certificate")
+    chain(err).contains("invalid peer certificate")
 }
 
 /// True for a 2xx XML reply the SDK could not read: an S3 listing holding a key with a
@@ -247,12 +137,12 @@ where
     let detail = match (&code, err) {
         (Some(code), _) => code.clone(),
         (None, SdkError::DispatchFailure(_)) => {
-            format!("could not connect: {}", crate::error::chain(err))
+            format!("could not connect: {}", chain(err))
         }
         (None, SdkError::TimeoutError(_)) => "timed out".to_string(),
         (None, other) => {
             let status = status.map(|s| format!("HTTP {s}")).unwrap_or_default();
-            let cause = crate::error::chain(other);
+            let cause = chain(other);
             if cause.is_empty() || cause == "service error" {
                 status
             } else {
@@ -260,7 +150,25 @@ where
             }
         }
     };
-    StoreError::new(kind, message(kind, what, &detail, ctx))
+    let message = message(kind, what, &detail, ctx);
+    StoreError::new(kind, message).caused_by(S3Failure {
+        code,
+        status,
+        detail,
+    })
+}
+
+/// What S3 answered, kept as a [`StoreError`]'s cause (the SDK's own error holds the whole
+/// response and is not `Sync`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{detail}")]
+pub struct S3Failure {
+    /// S3's error code (`NoSuchKey`), when it sent one.
+    pub code: Option<String>,
+    /// The HTTP status, when there was a reply.
+    pub status: Option<u16>,
+    /// What the message says of it.
+    pub detail: String,
 }
 
 fn message(kind: ErrorKind, what: &str, detail: &str, ctx: S3Context<'_>) -> String {
@@ -331,15 +239,5 @@ mod tests {
             classify_code(None, Some(404), Target::Bucket),
             ErrorKind::BucketNotFound
         );
-        assert!(ErrorKind::Credentials.is_configuration());
-        assert!(!ErrorKind::Unreachable.is_configuration());
-        assert!(!ErrorKind::NotFound.is_configuration());
-    }
-
-    #[test]
-    fn context_prefixes_the_message_and_keeps_the_kind() {
-        let e = StoreError::new(ErrorKind::NotFound, "gone").context("copying k");
-        assert_eq!(e.to_string(), "copying k: gone");
-        assert_eq!(e.kind(), ErrorKind::NotFound);
     }
 }

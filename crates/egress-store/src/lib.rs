@@ -1,16 +1,23 @@
-//! One object store for both programs, modelled on the `object_store` crate of
-//! apache/arrow-rs: an S3 bucket and prefix ([`S3Store`]) or a local directory
-//! ([`LocalStore`]) behind one trait, [`ObjectStore`]. Keys are relative to the store's
-//! root (the prefix or the directory). Nothing outside this module calls the AWS SDK or
-//! knows which backend it talks to.
+//! The object store both egress programs write through, modelled on the `object_store`
+//! crate of apache/arrow-rs: one trait, [`ObjectStore`], over an S3 bucket and prefix
+//! ([`S3Store`]), a local directory ([`LocalStore`]) and memory ([`MemoryStore`], which
+//! follows S3's ETag and multipart rules, for tests). Keys are relative to the store's root
+//! (the prefix or the directory). This crate knows nothing of its callers; nothing outside
+//! it calls the AWS SDK.
+//!
+//! Around the trait: [`PartWriter`] (a multipart upload fed part by part), [`Guarded`] (a
+//! store whose writes a [`Guard`] supervises), and [`stop`] (what a stopped process must
+//! undo: uploads in flight, temporary files).
 
 mod body;
-mod clock;
 mod error;
 mod guard;
 pub mod key;
 mod local;
+mod memory;
 mod s3;
+mod secret;
+pub mod stop;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -20,13 +27,13 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 pub use body::{Body, ByteStream, Md5Tap};
-pub use error::{classify_code, ErrorKind, StoreError, Target};
+pub use error::{chain, ErrorKind, StoreError};
 pub use guard::{guarded, Guard, Guarded};
 pub use local::LocalStore;
-pub use s3::{is_aws_host, S3Settings, S3Store};
+pub use memory::MemoryStore;
+pub use s3::{classify_code, is_aws_host, S3Failure, S3Settings, S3Store, Target};
+pub use secret::{redact_urls, Secret};
 pub use writer::{PartWriter, Uploaded};
-
-use crate::cleanup;
 
 /// One object as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +146,7 @@ pub struct Upload {
     /// The store's id for it.
     pub id: String,
     modified: Option<i64>,
-    ticket: cleanup::Ticket,
+    ticket: stop::Ticket,
 }
 
 /// One uploaded part.
@@ -267,49 +274,8 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn delete_if_match(&self, key: &str, etag: &str) -> Result<(), StoreError>;
 }
 
-/// Abort the uploads under `under` started before `before` (seconds since the epoch): what
-/// a killed run left behind. Returns how many; a store that cannot list uploads has none
-/// to offer (its bucket lifecycle rule removes them).
-pub async fn abort_stale_uploads(store: &dyn ObjectStore, under: &str, before: i64) -> usize {
-    let pending = match store.pending_uploads(under).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot list pending uploads");
-            return 0;
-        }
-    };
-    let mut aborted = 0;
-    for upload in pending.iter().filter(|u| u.initiated < before) {
-        match store.abort_pending(upload).await {
-            Ok(()) => {
-                tracing::info!(key = %upload.key, "aborted an upload left by an earlier run");
-                aborted += 1;
-            }
-            Err(e) => {
-                tracing::warn!(key = %upload.key, error = %e, "could not abort an upload left by an earlier run")
-            }
-        }
-    }
-    aborted
-}
-
 /// A shared store.
 pub type Store = Arc<dyn ObjectStore>;
-
-/// The store a location names: a bucket and prefix reached with `settings`, or a
-/// directory whose files get `file_mode`.
-pub async fn open(
-    location: &crate::Location,
-    settings: &S3Settings,
-    file_mode: u32,
-) -> anyhow::Result<Store> {
-    Ok(match location {
-        crate::Location::S3 { bucket, prefix } => {
-            Arc::new(S3Store::new(settings, bucket, prefix).await?)
-        }
-        crate::Location::Local(dir) => Arc::new(LocalStore::with_file_mode(dir, file_mode)),
-    })
-}
 
 /// The composite ETag of a multipart object whose parts have these MD5s, as AWS S3, Ceph
 /// RGW and MinIO compute it: `md5(concat(part md5s))-N`.

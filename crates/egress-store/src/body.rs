@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -112,18 +112,6 @@ impl Body {
             tap,
         )
     }
-
-    /// The body as the AWS SDK takes it: in memory (signed, retryable), or streamed with
-    /// its exact length (sent once; our callers retry whole transfers).
-    pub(crate) fn into_sdk(self) -> aws_sdk_s3::primitives::ByteStream {
-        match self.inner {
-            Inner::Bytes(b) => aws_sdk_s3::primitives::ByteStream::from(b),
-            Inner::Stream(stream) => aws_sdk_s3::primitives::ByteStream::from_body_1_x(Sized {
-                stream: sync_wrapper::SyncWrapper::new(stream),
-                remaining: self.len,
-            }),
-        }
-    }
 }
 
 /// The MD5 of a body's bytes, filled in as the body is consumed.
@@ -181,37 +169,6 @@ fn length_error(seen: u64, len: u64) -> StoreError {
         ErrorKind::Unreachable,
         format!("the stream carried {seen} bytes, {len} were expected"),
     )
-}
-
-/// A stream with a known length, as an HTTP body (the SDK then sends Content-Length).
-struct Sized {
-    stream: sync_wrapper::SyncWrapper<ByteStream>,
-    remaining: u64,
-}
-
-impl http_body::Body for Sized {
-    type Data = Bytes;
-    type Error = StoreError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, StoreError>>> {
-        let this = self.get_mut();
-        match this.stream.get_mut().as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                this.remaining = this.remaining.saturating_sub(chunk.len() as u64);
-                Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.remaining)
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! What must be undone if a run is interrupted (SIGTERM, SIGINT): uploads in flight and
-//! temporary files. The store registers an abort action when it starts such work and
+//! What must be undone if the process is stopped (SIGTERM, SIGINT): uploads in flight and
+//! temporary files. A store registers an abort action when it starts such work and
 //! unregisters it when the work is completed or aborted; whatever is still registered
-//! when the process is told to stop is run by [`abort_all`].
+//! when the process is told to stop is run by [`abort_all`] (the caller watches for the
+//! signals).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +27,13 @@ pub enum Phase {
 /// A registration; pass it to [`done`] once the work is completed or aborted.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Ticket(u64);
+
+impl Ticket {
+    /// A ticket for work that leaves nothing to undo (an upload in memory).
+    pub fn none() -> Ticket {
+        Ticket(0)
+    }
+}
 
 type Registry = Mutex<HashMap<u64, (Phase, Abort)>>;
 
@@ -115,48 +123,6 @@ async fn run_all(work: Vec<(Phase, Abort)>) -> usize {
         .into_iter()
         .filter(|undone| *undone)
         .count()
-}
-
-/// Which stop signal arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopSignal {
-    /// SIGTERM: Kubernetes stopping the pod.
-    Term,
-    /// SIGINT: Ctrl-C.
-    Int,
-}
-
-impl StopSignal {
-    /// Its name.
-    pub fn name(self) -> &'static str {
-        match self {
-            StopSignal::Term => "SIGTERM",
-            StopSignal::Int => "SIGINT",
-        }
-    }
-
-    /// The conventional exit code (128 + signal number).
-    pub fn exit_code(self) -> crate::ExitCode {
-        match self {
-            StopSignal::Term => crate::ExitCode::Terminated,
-            StopSignal::Int => crate::ExitCode::Interrupted,
-        }
-    }
-}
-
-/// Wait for SIGTERM or SIGINT. If the handlers cannot be installed, never returns.
-pub async fn stop_signal() -> StopSignal {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => StopSignal::Term,
-        _ = int.recv() => StopSignal::Int,
-    }
 }
 
 #[cfg(test)]

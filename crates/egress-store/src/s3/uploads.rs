@@ -1,0 +1,118 @@
+//! Multipart uploads beyond the object operations: aborting one (the one place
+//! AbortMultipartUpload is sent), listing pending ones, and what a stopped process does
+//! for the uploads it has in flight (or is creating).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::abort_multipart_upload::AbortMultipartUploadError;
+use aws_sdk_s3::operation::list_multipart_uploads::{
+    ListMultipartUploadsError, ListMultipartUploadsOutput,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
+use super::S3Store;
+use crate::stop;
+
+impl S3Store {
+    /// What a stop does for an upload being created: wait for its id (a loaded server
+    /// may take a while to answer), else look for it by key among uploads this process
+    /// could have started.
+    pub(super) fn sweep_for(&self, full: &str, mut creation: Creation) -> stop::Abort {
+        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), full.to_string());
+        let since = process_start();
+        Box::new(move || {
+            Box::pin(async move {
+                let known = match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    creation.wait_for(|c| c.is_some()),
+                )
+                .await
+                {
+                    Ok(Ok(id)) => id.clone().flatten(),
+                    _ => None,
+                };
+                if let Some(id) = known {
+                    return abort_upload(&client, &bucket, &key, &id).await.is_ok();
+                }
+                let Ok(page) = uploads_page(&client, &bucket, &key, (None, None)).await else {
+                    return false;
+                };
+                let mut undone = false;
+                for u in page.uploads() {
+                    let started = u.initiated().map(|t| t.secs()).unwrap_or(0);
+                    if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                        if k == key && started >= since {
+                            undone |= abort_upload(&client, &bucket, &key, id).await.is_ok();
+                        }
+                    }
+                }
+                undone
+            })
+        })
+    }
+
+    /// What a stop does for a known upload.
+    pub(super) fn abort_action(&self, full: &str, id: &str) -> stop::Abort {
+        let (client, bucket) = (self.client.clone(), self.bucket.clone());
+        let (key, id) = (full.to_string(), id.to_string());
+        Box::new(move || {
+            Box::pin(async move {
+                let ok = abort_upload(&client, &bucket, &key, &id).await.is_ok();
+                if !ok {
+                    tracing::warn!(key = %key, "could not abort an upload; the next run (or the bucket lifecycle rule) removes it");
+                }
+                ok
+            })
+        })
+    }
+}
+
+/// AbortMultipartUpload: the one place it is sent.
+pub(super) async fn abort_upload(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    full: &str,
+    id: &str,
+) -> Result<(), SdkError<AbortMultipartUploadError, HttpResponse>> {
+    client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(full)
+        .upload_id(id)
+        .send()
+        .await
+        .map(|_| ())
+}
+
+/// One page of ListMultipartUploads under `prefix`, from the (key, upload id) markers.
+pub(super) async fn uploads_page(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    markers: (Option<String>, Option<String>),
+) -> Result<ListMultipartUploadsOutput, SdkError<ListMultipartUploadsError, HttpResponse>> {
+    client
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .prefix(prefix)
+        .set_key_marker(markers.0)
+        .set_upload_id_marker(markers.1)
+        .send()
+        .await
+}
+
+/// The id a CreateMultipartUpload returned (`Some(None)`: it returned none), once it did.
+pub(super) type Creation = tokio::sync::watch::Receiver<Option<Option<String>>>;
+
+/// Seconds since the epoch when this process started (a little before, to allow for clock
+/// steps between us and the store).
+fn process_start() -> i64 {
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64 - 5)
+            .unwrap_or(0)
+    })
+}
