@@ -6,7 +6,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use egress_store::{S3Settings, S3Store};
 use egress_testkit::{gunzip, stderr, stdout, text, PgServer, S3Kind, S3Server};
 
 const BUCKET: &str = "runs";
@@ -47,19 +46,7 @@ fn spawn(env: &[(String, String)], args: &[&str]) -> Child {
 /// The day's folder checked against its manifest, as `egress-sync --verify input` does:
 /// `Some(problems)` when it has a manifest, `None` when it has none.
 async fn verify_day(s3: &S3Server) -> Option<Vec<String>> {
-    let settings = S3Settings {
-        endpoint_url: Some(s3.endpoint.clone()),
-        path_style: true,
-        region: Some("us-east-1".into()),
-        access_key_id: Some(s3.access_key.clone()),
-        secret_access_key: Some(egress_store::Secret::new(s3.secret_key.clone())),
-        timeout: Duration::from_secs(10),
-        max_attempts: 3,
-        credentials_hint: "test",
-        ..Default::default()
-    };
-    let store: egress_store::Store =
-        Arc::new(S3Store::new(&settings, BUCKET, "conc").await.unwrap());
+    let store = s3.s3().store(BUCKET, "conc").await;
     let manifest_key = format!("conc/{DATE}/_manifest.json");
     if s3.keys(BUCKET, "").await.contains(&manifest_key) {
         egress_testkit::checked_manifest(&s3.get(BUCKET, &manifest_key).await);

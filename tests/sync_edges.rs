@@ -600,9 +600,10 @@ async fn a_redumped_day_is_handed_over_whole_whenever_the_mirror_stops() {
             "{step}, after the kill: a manifest beside other objects"
         );
         let requests = proxy.requests();
-        let withdrawn = requests
-            .iter()
-            .position(|r| r.method == "DELETE" && r.target.contains("_manifest.json"));
+        // Withdrawn: deleted, or found absent (HEAD) because an earlier step withdrew it.
+        let withdrawn = requests.iter().position(|r| {
+            matches!(r.method.as_str(), "DELETE" | "HEAD") && r.target.contains("_manifest.json")
+        });
         // (A streamed PUT may start earlier: its last bytes wait for the withdrawal. A
         // CompleteMultipartUpload has no body to hold back: it is sent only after.)
         let first_commit = requests
@@ -645,18 +646,28 @@ async fn the_manifest_written_is_the_version_its_objects_were_checked_against() 
     dump_day(&input, &a, &b).await;
     // The day is dumped again while the mirror copies it: its manifest changes under it.
     let client = input.client();
+    let a_now = a.clone();
     let hook: Hook = Arc::new(move |seen| {
-        let (client, hit) = (
+        let (client, hit, a) = (
             client.clone(),
             seen.method == "GET" && seen.target.contains("b.csv.gz"),
+            a_now.clone(),
         );
         Box::pin(async move {
             if hit {
-                let again = manifest_json(DAY, &[("a.csv.gz", b"other"), ("b.csv.gz", b"bytes")]);
+                // As egress-dump does: the manifest out, the object rewritten, a new manifest.
+                let again = manifest_json(DAY, &[("a.csv.gz", &a), ("b.csv.gz", b"bytes")]);
+                let key = format!("{DAY}/_manifest.json");
+                let _ = client.delete_object().bucket("src").key(&key).send().await;
+                let object = client
+                    .put_object()
+                    .bucket("src")
+                    .key(format!("{DAY}/b.csv.gz"));
+                let _ = object.body(b"bytes".to_vec().into()).send().await;
                 let _ = client
                     .put_object()
                     .bucket("src")
-                    .key(format!("{DAY}/_manifest.json"))
+                    .key(&key)
                     .body(again.into())
                     .send()
                     .await;
@@ -673,9 +684,47 @@ async fn the_manifest_written_is_the_version_its_objects_were_checked_against() 
         text(&out)
     );
     assert!(last_line(&out).contains("held=1"), "{}", last_line(&out));
+    // b was read after the re-dump began: it no longer matches the manifest read first;
+    // not a failure of this run, as the day is being written again.
+    assert!(last_line(&out).contains("failed=0"), "{}", last_line(&out));
     let (manifest, objects) = day_at(&output, "dst").await;
     assert_eq!(manifest, None, "no manifest vouches for what was copied");
+    assert_eq!(objects.len(), 1, "only a was copied: {objects:?}");
+    // The next run hands the new day over whole.
+    let out = sync(&input, "src", &output, "dst", &["--require-manifest"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (manifest, objects) = day_at(&output, "dst").await;
+    assert_eq!(
+        manifest,
+        Some(manifest_json(
+            DAY,
+            &[("a.csv.gz", &a), ("b.csv.gz", b"bytes")]
+        ))
+    );
     assert_eq!(objects.len(), 2);
+}
+
+#[tokio::test]
+async fn a_gated_dry_run_writes_nothing() {
+    let input = S3Server::start(S3Kind::Moto);
+    let output = S3Server::start(S3Kind::Moto);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    dump_day(&input, &data(14, 4000), &data(15, 6 * 1024 * 1024)).await;
+    let out = sync(
+        &input,
+        "src",
+        &output,
+        "dst",
+        &["--require-manifest", "--dry-run"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("the day's manifest, last"),
+        "{}",
+        text(&out)
+    );
+    assert!(output.keys("dst", "").await.is_empty(), "nothing written");
 }
 
 #[tokio::test]
@@ -797,12 +846,13 @@ async fn filters_and_expiry_never_turn_a_day_into_a_failure() {
     assert!(day_at(&output, "dst").await.0.is_some());
     input.delete("src", &format!("{DAY}/a.csv.gz")).await;
     for _ in 0..2 {
+        // --remove leaves an object the day's manifest still lists.
         let out = sync(
             &input,
             "src",
             &output,
             "dst",
-            &gated(&["--include", "2024-08-01/*"]),
+            &gated(&["--include", "2024-08-01/*", "--remove", "--max-delete", "5"]),
         );
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         assert!(
@@ -811,6 +861,11 @@ async fn filters_and_expiry_never_turn_a_day_into_a_failure() {
             ),
             "{}",
             text(&out)
+        );
+        let (manifest, objects) = day_at(&output, "dst").await;
+        assert!(
+            manifest.is_some() && objects.len() == 2,
+            "the day stays whole at the output"
         );
     }
 }
@@ -880,25 +935,6 @@ async fn an_unreadable_mirror_lease_is_one_line() {
     assert_eq!(output.get("dst", "loose/x.bin").await, data(13, 100));
 }
 
-/// A store on `endpoint`, as the programs open one.
-async fn store_on(endpoint: &S3Endpoint, bucket: &str) -> egress_store::Store {
-    let settings = egress_store::S3Settings {
-        endpoint_url: Some(endpoint.endpoint.clone()),
-        path_style: true,
-        region: Some("us-east-1".into()),
-        access_key_id: Some(endpoint.access_key.clone()),
-        secret_access_key: Some(egress_store::Secret::new(endpoint.secret_key.clone())),
-        timeout: std::time::Duration::from_secs(10),
-        max_attempts: 3,
-        credentials_hint: "test",
-        ..Default::default()
-    };
-    let store = egress_store::S3Store::new(&settings, bucket, "")
-        .await
-        .unwrap();
-    Arc::new(store)
-}
-
 /// Leases on each store: renewed (If-Match), kept from a second run, taken over (If-Match)
 /// once a dead run's lapses, released. Ceph RGW 16 refuses a quoted ETag in If-Match on
 /// PUT (measured), so a renewal there is what this checks above all.
@@ -919,7 +955,7 @@ async fn leases_renew_keep_out_and_lapse_on_ceph_moto_and_s3s_fs() {
     };
     for (name, endpoint) in stores {
         endpoint.create_bucket("leases").await;
-        let store = store_on(&endpoint, "leases").await;
+        let store = endpoint.store("leases", "").await;
         let key = "d/.egress-lease.json";
         let first = lease::acquire(&store, key, "egress-dump", options)
             .await

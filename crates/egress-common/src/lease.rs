@@ -13,7 +13,7 @@
 //!   starting within that pause.
 //! - **Fencing.** Every write of the run asks the lease first ([`Lease::fence`], a
 //!   [`Guard`]): unless the lease was confirmed recently (within two thirds of its time to
-//!   live), it is read and renewed before the write; a lease another run holds now stops
+//!   live, less 2 s), it is read and renewed before the write; a lease another run holds now stops
 //!   the write with [`ErrorKind::LeaseLost`] (exit 3). A run paused past its lease (a
 //!   frozen node, SIGSTOP) therefore writes nothing more once it resumes. What remains is
 //!   the one request in flight at that moment: no store offers a condition across objects.
@@ -23,7 +23,7 @@
 //!   in one line and treated as a dead run's once it is older than the reader's own time
 //!   to live; it never makes a run spin.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,7 @@ pub fn is_coordination(key: &str) -> bool {
 
 /// How long a lease lasts without renewal unless `--lease-ttl` says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
-/// The shortest time to live accepted.
+/// The shortest time to live accepted (below 3 s every write renews the lease first).
 pub const MIN_TTL: Duration = Duration::from_secs(3);
 /// How long a writer waits before reading its lease back (stores that ignore conditions).
 const SETTLE: Duration = Duration::from_millis(500);
@@ -170,7 +170,6 @@ pub struct Options {
 /// A lease this run holds; renewed in the background until [`Lease::release`].
 pub struct Lease {
     shared: Arc<Shared>,
-    renewer: tokio::task::JoinHandle<()>,
     ticket: egress_store::stop::Ticket,
 }
 
@@ -183,9 +182,15 @@ struct Shared {
     program: String,
     since: i64,
     ttl: Duration,
-    /// The ETag of our last write of the lease, and when the write that confirmed it began.
-    state: tokio::sync::Mutex<(Option<String>, Instant)>,
+    /// When the write that last confirmed the lease began: milliseconds after `base`,
+    /// read without a lock by every write of the run.
+    confirmed: AtomicU64,
+    base: Instant,
+    /// The ETag of our last write of the lease; held while a renewal runs (one at a time).
+    etag: tokio::sync::Mutex<Option<String>>,
     lost: AtomicBool,
+    /// The background renewer, stopped before the lease is given back.
+    renewer: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// Take the lease at `key` of `store` for `program`, waiting up to `options.wait` for a
@@ -229,6 +234,7 @@ pub async fn acquire(
         };
         // The expiry is computed now, when the lease is written, never before a wait.
         let ours = holder(&run_id, program, store.now(), store.now(), ttl);
+        let began = Instant::now();
         let etag = match write(store, key, &ours, condition).await {
             Ok(etag) => etag,
             Err(e) if e.kind() == ErrorKind::PreconditionFailed && refused < MAX_REFUSED => {
@@ -253,7 +259,7 @@ pub async fn acquire(
                     old.describe(now)
                 );
             }
-            return Ok(Lease::start(store.clone(), key, ours, ttl, etag));
+            return Ok(Lease::start(store.clone(), key, ours, ttl, (etag, began)));
         }
     }
 }
@@ -336,7 +342,14 @@ pub async fn live_holder(store: &Store, key: &str) -> Result<Option<Found>, Stor
 }
 
 impl Lease {
-    fn start(store: Store, key: &str, ours: Holder, ttl: Duration, etag: Option<String>) -> Lease {
+    /// The lease `ours` at `key`, just written (its ETag, and when the write began).
+    fn start(
+        store: Store,
+        key: &str,
+        ours: Holder,
+        ttl: Duration,
+        (etag, began): (Option<String>, Instant),
+    ) -> Lease {
         let shared = Arc::new(Shared {
             store,
             key: key.to_string(),
@@ -344,21 +357,23 @@ impl Lease {
             program: ours.program,
             since: ours.since,
             ttl,
-            state: tokio::sync::Mutex::new((etag, Instant::now())),
+            confirmed: AtomicU64::new(0),
+            base: began,
+            etag: tokio::sync::Mutex::new(etag),
             lost: AtomicBool::new(false),
+            renewer: std::sync::Mutex::new(None),
         });
         let renewer = tokio::spawn(renew_every(shared.clone(), ttl / 4));
+        if let Ok(mut slot) = shared.renewer.lock() {
+            *slot = Some(renewer.abort_handle());
+        }
         // A run stopped by a signal gives its lease back too, if it is still its own.
         let on_stop = shared.clone();
         let ticket = egress_store::stop::register(
             egress_store::stop::Phase::Known,
             Box::new(move || Box::pin(async move { on_stop.release().await })),
         );
-        Lease {
-            shared,
-            renewer,
-            ticket,
-        }
+        Lease { shared, ticket }
     }
 
     /// When this run took the lease (the store's clock): uploads started before it under
@@ -390,7 +405,6 @@ impl Lease {
 
     /// Stop renewing and delete the lease (if it is still ours).
     pub async fn release(self) {
-        self.renewer.abort();
         egress_store::stop::done(self.ticket);
         self.shared.release().await;
     }
@@ -408,17 +422,25 @@ impl Guard for Shared {
 }
 
 impl Shared {
-    /// Confirm this run still holds the lease: at once when it was confirmed within two
-    /// thirds of its time to live (nobody can have taken it over since), else by renewing it.
+    /// Confirm this run still holds the lease: at once when it was confirmed recently
+    /// enough that nobody can have taken it over since, else by renewing it.
     async fn confirm(&self) -> Result<(), StoreError> {
         if self.lost.load(Ordering::SeqCst) {
             return Err(self.lost_error("another run holds it now"));
         }
-        let margin = self.ttl / 3;
-        if self.state.lock().await.1.elapsed() < self.ttl - margin {
+        if self.fresh() {
             return Ok(());
         }
-        self.renew().await
+        self.renew(Renewal::UnlessFresh).await
+    }
+
+    /// True while the last confirmation is within the trust window: two thirds of the time
+    /// to live, less 2 s for the stores' whole-second `Last-Modified` and the store-clock
+    /// estimate another host makes (at the shortest TTLs a write always renews first).
+    fn fresh(&self) -> bool {
+        let window = (self.ttl * 2 / 3).saturating_sub(Duration::from_secs(2));
+        let since = self.base.elapsed().as_millis() as u64;
+        since.saturating_sub(self.confirmed.load(Ordering::SeqCst)) < window.as_millis() as u64
     }
 
     fn lost_error(&self, why: &str) -> StoreError {
@@ -433,12 +455,16 @@ impl Shared {
     }
 
     /// Read the lease and, while it is still ours, write it again with a new expiry.
-    async fn renew(&self) -> Result<(), StoreError> {
-        let mut state = self.state.lock().await;
+    async fn renew(&self, when: Renewal) -> Result<(), StoreError> {
+        let mut etag = self.etag.lock().await;
         if self.lost.load(Ordering::SeqCst) {
             return Err(self.lost_error("another run holds it now"));
         }
-        let began = Instant::now();
+        // Another write of the run may have renewed it while this one waited.
+        if when == Renewal::UnlessFresh && self.fresh() {
+            return Ok(());
+        }
+        let began = self.base.elapsed().as_millis() as u64;
         let found = read(&self.store, &self.key, self.ttl).await?;
         let ours = found
             .as_ref()
@@ -458,8 +484,9 @@ impl Shared {
         let now = self.store.now();
         let again = holder(&self.run_id, &self.program, self.since, now, self.ttl);
         match write(&self.store, &self.key, &again, condition).await {
-            Ok(etag) => {
-                *state = (etag, began);
+            Ok(written) => {
+                *etag = written;
+                self.confirmed.fetch_max(began, Ordering::SeqCst);
                 Ok(())
             }
             Err(e) if e.kind() == ErrorKind::PreconditionFailed => {
@@ -479,8 +506,14 @@ impl Shared {
         self.lost_error(why)
     }
 
-    /// Delete the lease while it is still ours; returns whether it was deleted.
+    /// Stop renewing, then delete the lease while it is still ours; returns whether it
+    /// was deleted.
     async fn release(&self) -> bool {
+        if let Some(renewer) = self.renewer.lock().ok().and_then(|mut r| r.take()) {
+            renewer.abort();
+        }
+        // A renewal under way finishes first (its write would change the ETag).
+        let ours = self.etag.lock().await.clone();
         let found = match read(&self.store, &self.key, self.ttl).await {
             Ok(Some(found)) => found,
             _ => return false,
@@ -492,10 +525,7 @@ impl Shared {
         {
             return false;
         }
-        let etag = match found.etag {
-            Some(etag) => Some(etag),
-            None => self.state.lock().await.0.clone(),
-        };
+        let etag = found.etag.or(ours);
         let deleted = match &etag {
             Some(etag) => match self.store.delete_if_match(&self.key, etag).await {
                 // A store that refuses conditional deletes: the read above was ours.
@@ -515,10 +545,19 @@ impl Shared {
     }
 }
 
+/// Whether a renewal is needed when the lease was just confirmed by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    /// The background renewal: always.
+    Always,
+    /// Before a write: only when nobody confirmed it meanwhile.
+    UnlessFresh,
+}
+
 async fn renew_every(shared: Arc<Shared>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        match shared.renew().await {
+        match shared.renew(Renewal::Always).await {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::LeaseLost => return,
             // A failed read or write is not a lost lease; the next round tries again.

@@ -54,23 +54,51 @@ pub fn column_names(columns: &[Column]) -> Vec<String> {
     columns.iter().map(|c| c.name.clone()).collect()
 }
 
-/// Replace each table's size estimate with its size on disk (heap, TOAST and indexes,
-/// `pg_total_relation_size`), which the parallel dump orders its tables by. This locks each
-/// table briefly: call it once the tables are locked, or in a dry run.
+/// Replace each table's size estimate with its size on disk (heap and TOAST,
+/// `pg_table_size`), which the parallel dump orders its tables by. Call it once the tables
+/// are locked, or in a dry run. Indexes are left out: measuring them would wait for a
+/// `REINDEX` the table's own lock does not keep out; a measure that must wait anyway
+/// keeps the estimate.
 pub async fn measure(
     client: &Client,
     tables: &mut [ResolvedTable],
 ) -> Result<(), tokio_postgres::Error> {
     for table in tables.iter_mut() {
         let row = client
-            .query_one(
-                "SELECT pg_total_relation_size($1::bigint::oid)",
-                &[&table.oid],
-            )
-            .await?;
-        table.estimated_bytes = row.get(0);
+            .query_one("SELECT pg_table_size($1::bigint::oid)", &[&table.oid])
+            .await;
+        match row {
+            Ok(row) => table.estimated_bytes = row.get(0),
+            Err(e)
+                if e.as_db_error()
+                    .is_some_and(|d| d.code().code() == LOCK_NOT_AVAILABLE) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
+}
+
+/// SQLSTATE `lock_not_available`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// `tables` looked up again by the exact names found before (once locked, the names
+/// cannot change hands), inside the run's transaction: each as it is now, or `None` where
+/// that name is gone. One exact name each, so no lookup can fail and abort the transaction.
+pub async fn again(
+    client: &Client,
+    tables: &[ResolvedTable],
+) -> Result<Vec<Option<ResolvedTable>>, tokio_postgres::Error> {
+    let mut out = Vec::with_capacity(tables.len());
+    for table in tables {
+        let exact = format!(
+            "{}.{}",
+            quote_ident(&table.schema),
+            quote_ident(&table.name)
+        );
+        let rows = client.query(LOOKUP, &[&exact]).await?;
+        out.push(rows.first().map(|row| from_row(row, &table.requested)));
+    }
+    Ok(out)
 }
 
 /// Heap plus TOAST, and heap pages, of a table: what `--split-larger-than` weighs.
@@ -172,17 +200,23 @@ pub async fn resolve(
         if !readable {
             return Ok(Err(Problem::NotReadable));
         }
-        return Ok(Ok(ResolvedTable {
-            requested: table.clone(),
-            schema: row.get(0),
-            name: row.get(1),
-            kind,
-            estimated_rows: row.get(4),
-            estimated_bytes: row.get(5),
-            oid: row.get(6),
-        }));
+        return Ok(Ok(from_row(row, table)));
     }
     Ok(Err(Problem::Missing))
+}
+
+/// The table a lookup's row describes, as `requested`.
+fn from_row(row: &tokio_postgres::Row, requested: &TableRef) -> ResolvedTable {
+    let kind: String = row.get(2);
+    ResolvedTable {
+        requested: requested.clone(),
+        schema: row.get(0),
+        name: row.get(1),
+        kind: kind.chars().next().unwrap_or('?'),
+        estimated_rows: row.get(4),
+        estimated_bytes: row.get(5),
+        oid: row.get(6),
+    }
 }
 
 /// The quoted, qualified names to try, most exact first.

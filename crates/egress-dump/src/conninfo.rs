@@ -160,6 +160,11 @@ fn check_name(name: &str, origin: Origin) -> Result<(), ConfigError> {
         Some((_, what)) => Err(ConfigError::new(format!(
             "connection parameter '{name}' ({what}) is not supported by egress-dump: remove it from {place}"
         ))),
+        // A name from DATABASE_URL may be a piece of a password holding '&', '=' or a
+        // space unencoded: not echoed.
+        None if origin == Origin::ConnString => Err(ConfigError::new(
+            "DATABASE_URL holds a connection option libpq does not know (its name is not shown: it may be part of a password); check the option names, and percent-encode '&', '=', '?' and spaces in a password (or quote it in key=value form)",
+        )),
         None => Err(ConfigError::new(format!(
             "invalid connection option '{name}' in {place} (libpq would refuse it too)"
         ))),
@@ -197,11 +202,15 @@ fn decode(part: &str) -> Result<String, ConfigError> {
 /// parts never echoed.
 fn split_userinfo(rest: &str) -> Result<(Option<&str>, &str), ConfigError> {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if rest[authority_end..].contains('@') {
+        // `u:p/w@db`, or `u:p@ss/w@db`: a '/', '?' or '#' inside the password moved the
+        // host part's end; whatever follows would be read as host or database name.
+        return Err(bad_url(
+            "an '@' comes after the host part: a user name or password holding '/', '?', '#' or '@' must percent-encode them (%2F %3F %23 %40), and so must a parameter's value holding '@'",
+        ));
+    }
     match rest[..authority_end].rfind('@') {
         Some(at) => Ok((Some(&rest[..at]), &rest[at + 1..])),
-        None if rest[authority_end..].contains('@') => Err(bad_url(
-            "an '@' comes after the host part: a user name or password holding '/', '?', '#' or '@' must percent-encode them (%2F %3F %23 %40), and so must a parameter's value holding '@'",
-        )),
         None => Ok((None, rest)),
     }
 }
@@ -402,9 +411,17 @@ mod tests {
         assert!(!err.contains("SeCrEt"));
         let err = parse("host=h frobnicate=1").unwrap_err().to_string();
         assert!(
-            err.contains("invalid connection option 'frobnicate'"),
+            err.contains("a connection option libpq does not know"),
             "{err}"
         );
+        assert!(!err.contains("frobnicate"), "{err}");
+        // `password=ab&cd=e` unencoded: 'cd' is a piece of the password.
+        let err = parse("postgresql://u@h/d?password=ab&cd=e")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("cd"), "{err}");
+        let err = Params::resolve(None, &env(&[("PGSSLCERTX", "x")])).map(|_| ());
+        assert!(err.is_ok(), "unknown variables are not ours to judge");
         let err = parse("postgresql://u:SeCrEt@h:x/d?%zz=1")
             .unwrap_err()
             .to_string();
@@ -417,6 +434,8 @@ mod tests {
             "postgresql://u:Pw1/x?y@db:5432/app",
             "postgresql://u:Pw1?x/y@db/app",
             "postgresql://u:Pw1#x@db/app",
+            "postgresql://u:p@Pw1/x@db/app",
+            "postgresql://u:p@Pw1#x@db/app",
         ] {
             let err = parse(url).unwrap_err().to_string();
             assert!(err.contains("percent-encode"), "{err}");

@@ -150,10 +150,16 @@ async fn blocker(client: &Client, oid: i64) -> Option<String> {
          FROM pg_locks l JOIN rels r ON l.relation = r.oid JOIN pg_class c ON c.oid = l.relation \
          LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock' \
-           AND l.pid <> pg_backend_pid() ORDER BY l.granted DESC LIMIT 1"
+           AND l.pid IS DISTINCT FROM pg_backend_pid() ORDER BY l.granted DESC LIMIT 1"
     );
     let row = client.query_opt(&sql, &[&vec![oid]]).await.ok()??;
-    let (pid, granted, relation): (i32, bool, String) = (row.get(0), row.get(1), row.get(2));
+    let (pid, granted, relation): (Option<i32>, bool, String) =
+        (row.get(0), row.get(1), row.get(2));
+    // A prepared transaction holds its locks with no session behind it.
+    let who = match pid {
+        Some(pid) => format!("session {pid}"),
+        None => "a prepared transaction (see pg_prepared_xacts)".to_string(),
+    };
     let (user, app, state, age): (String, String, String, i64) =
         (row.get(3), row.get(4), row.get(5), row.get(6));
     let what = if granted {
@@ -162,7 +168,7 @@ async fn blocker(client: &Client, oid: i64) -> Option<String> {
         "is waiting for an ACCESS EXCLUSIVE lock on"
     };
     Some(format!(
-        "session {pid} (user '{user}', application '{app}', {state}, in a transaction for {}) {what} {relation}",
+        "{who} (user '{user}', application '{app}', {state}, in a transaction for {}) {what} {relation}",
         egress_common::units::human_duration(Duration::from_secs(age.max(0) as u64))
     ))
 }

@@ -170,7 +170,7 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> anyhow::Result<Vec<TableReport>>
     };
     // One snapshot for every table of the run, taken with the tables locked (as pg_dump
     // does): the day's files agree with each other and with the manifest.
-    let (snapshot, tables) = lock_and_snapshot(args, &db, tables, &request.tables).await?;
+    let (snapshot, tables) = lock_and_snapshot(args, &db, tables).await?;
     let columns = read_columns(&db.coordinator, &tables).await?;
     let chunks = plan_splits(args, &db, &tables, &columns).await?;
     // A re-run replaces the day: first withdraw the completion marker, so the folder never
@@ -216,15 +216,39 @@ async fn lock_and_snapshot(
     args: &Args,
     db: &Database,
     found: Vec<ResolvedTable>,
-    requested: &[TableRef],
 ) -> anyhow::Result<(SnapshotInfo, Vec<ResolvedTable>)> {
     snapshot::open(&db.coordinator).await?;
     locks::before_snapshot(&db.coordinator, &found, args.lock_timeout).await?;
     let snapshot = snapshot::take(&db.coordinator, args.jobs > 1).await?;
-    let mut tables = find_tables(&db.coordinator, requested).await?;
+    let mut tables = look_again(&db.coordinator, &found).await?;
     locks::confirm(&db.coordinator, &tables).await?;
     measure(&db.coordinator, &mut tables).await?;
     Ok((snapshot, tables))
+}
+
+/// The tables found before the locks, as they are inside the snapshot; a name gone
+/// meanwhile (dropped, or renamed away before its lock) fails the run.
+async fn look_again(
+    client: &Client,
+    found: &[ResolvedTable],
+) -> anyhow::Result<Vec<ResolvedTable>> {
+    let again = catalog::again(client, found)
+        .await
+        .map_err(|e| DbError::new("cannot look the tables up again", &e))?;
+    found
+        .iter()
+        .zip(again)
+        .map(|(before, now)| {
+            now.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "table '{}' ({}.{}) was dropped or renamed while it was being locked: run again",
+                    before.requested,
+                    before.schema,
+                    before.name
+                )
+            })
+        })
+        .collect()
 }
 
 async fn measure(client: &Client, tables: &mut [ResolvedTable]) -> anyhow::Result<()> {

@@ -123,6 +123,15 @@ impl Gates {
         })
     }
 
+    /// True when a usable manifest at the input lists `object_key`.
+    pub async fn lists(&mut self, object_key: &str) -> Result<bool, StoreError> {
+        let folder = manifest::folder_of(object_key).to_string();
+        Ok(match self.folder(&folder).await? {
+            Folder::Complete(listed) => listed.objects.contains_key(object_key),
+            _ => false,
+        })
+    }
+
     /// Objects the manifest of `folder` lists that the input listing did not have.
     pub fn missing(&self, folder: &str) -> Vec<String> {
         match self.folders.get(folder) {

@@ -22,6 +22,7 @@ use egress_common::manifest;
 use egress_store::{ErrorKind, Guard, Store, StoreError};
 use tokio::sync::OnceCell;
 
+use crate::sides::OLD_RECORDS_KEY;
 use crate::uploads::Marks;
 
 /// What every write into the output asks first: the lease (a run that lost it writes
@@ -50,7 +51,9 @@ impl OutputGuard {
 impl Guard for OutputGuard {
     async fn before_change(&self, key: &str) -> Result<(), StoreError> {
         self.lease.before_change(key).await?;
-        self.withdrawals.before_change(key).await
+        self.withdrawals.before_change(key).await?;
+        // The withdrawal may have waited for another writer's: ask the lease again.
+        self.lease.before_change(key).await
     }
 
     async fn before_upload(&self, key: &str) -> Result<(), StoreError> {
@@ -64,7 +67,7 @@ impl Guard for OutputGuard {
 }
 
 /// One folder's withdrawal, done once; every writer in the folder waits for it.
-type Withdrawal = OnceCell<Result<(), StoreError>>;
+type Withdrawal = OnceCell<()>;
 
 /// The folders whose manifest this run has withdrawn from the output.
 #[derive(Debug)]
@@ -86,7 +89,8 @@ impl Withdrawals {
     /// first (once per run; every writer in the folder waits for it). A manifest itself
     /// needs nothing.
     pub async fn before_change(&self, key: &str) -> Result<(), StoreError> {
-        if manifest::is_manifest(key) {
+        let ours = egress_common::lease::is_coordination(key) || key == OLD_RECORDS_KEY;
+        if manifest::is_manifest(key) || ours {
             return Ok(());
         }
         let folder = manifest::folder_of(key).to_string();
@@ -94,22 +98,27 @@ impl Withdrawals {
             Ok(mut map) => map.entry(folder.clone()).or_default().clone(),
             Err(_) => Arc::new(OnceCell::new()),
         };
-        let dest = &self.dest;
-        cell.get_or_init(|| async move {
-            let key = manifest::key_in(&folder);
-            match dest.delete(&key).await {
-                // No manifest can be there (a key no output can hold): nothing to withdraw.
-                Err(e) if e.kind() == ErrorKind::InvalidKey => Ok(()),
-                other => other.map_err(|e| {
-                    e.context(format!(
-                        "withdrawing {} before its day changes",
-                        dest.describe(&key)
-                    ))
-                }),
-            }
-        })
-        .await
-        .clone()
+        // Only a withdrawal that succeeded is remembered: a failed one is tried again.
+        cell.get_or_try_init(|| self.withdraw(&folder)).await?;
+        Ok(())
+    }
+
+    /// Delete `folder`'s manifest at the output, if it has one (a HEAD first: a new day
+    /// needs no DELETE, nor the permission for one).
+    async fn withdraw(&self, folder: &str) -> Result<(), StoreError> {
+        let key = manifest::key_in(folder);
+        let failed = |e: StoreError| {
+            e.context(format!(
+                "withdrawing {} before its day changes",
+                self.dest.describe(&key)
+            ))
+        };
+        match self.dest.head(&key).await {
+            Ok(_) => self.dest.delete(&key).await.map_err(failed),
+            // None there, or no manifest can be there (a key no output can hold).
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidKey) => Ok(()),
+            Err(e) => Err(failed(e)),
+        }
     }
 
     /// True when this run withdrew `folder`'s manifest.
@@ -164,22 +173,16 @@ pub fn decide(facts: &DayFacts) -> HandOff {
     if let Some(why) = &facts.unusable {
         return HandOff::Fail(format!("the manifest is unusable: {why}"));
     }
-    if facts.changed {
-        return HandOff::Hold(
-            "the input's manifest changed during this run (the day is being written again): the next run completes it".into(),
-        );
-    }
-    if !facts.filtered.is_empty() {
-        return HandOff::Hold(format!(
-            "--include/--exclude leave out {} it lists ({}): its other objects are copied, and the day stays without its manifest at the output",
-            count(facts.filtered.len()),
-            facts.filtered.join(", ")
-        ));
-    }
+    // The output holds this very manifest and nothing of the day changed there: it stays.
     if facts.already_published && !facts.failed {
         return HandOff::AlreadyThere {
             lost: facts.missing.clone(),
         };
+    }
+    if facts.changed {
+        return HandOff::Hold(
+            "the input's manifest changed during this run (the day is being written again): the next run completes it".into(),
+        );
     }
     if facts.failed {
         return HandOff::Fail("some of its objects failed to copy or did not match it".into());
@@ -188,6 +191,13 @@ pub fn decide(facts: &DayFacts) -> HandOff {
         return HandOff::Fail(format!(
             "the manifest lists objects the input does not have: {}",
             facts.missing.join(", ")
+        ));
+    }
+    if !facts.filtered.is_empty() {
+        return HandOff::Hold(format!(
+            "--include/--exclude leave out {} it lists ({}): its other objects are copied, and the day stays without its manifest at the output",
+            count(facts.filtered.len()),
+            facts.filtered.join(", ")
         ));
     }
     HandOff::Publish
@@ -242,11 +252,25 @@ mod tests {
     fn filters_and_changes_hold_a_day_without_failing_the_run() {
         let filtered = DayFacts {
             filtered: vec!["d/b.csv.gz".into()],
-            already_published: true,
             ..facts()
         };
         assert!(
             matches!(decide(&filtered), HandOff::Hold(why) if why.contains("1 object it lists (d/b.csv.gz)"))
+        );
+        // A day the output already has whole stays as it is, filtered or changed.
+        let there = DayFacts {
+            already_published: true,
+            ..filtered
+        };
+        assert_eq!(decide(&there), HandOff::AlreadyThere { lost: vec![] });
+        let missing_and_filtered = DayFacts {
+            missing: vec!["d/a.csv.gz".into()],
+            filtered: vec!["d/b.csv.gz".into()],
+            ..facts()
+        };
+        assert!(
+            matches!(decide(&missing_and_filtered), HandOff::Fail(_)),
+            "missing wins over a filter"
         );
         let changed = DayFacts {
             changed: true,

@@ -72,10 +72,13 @@ impl<'a> Mirror<'a> {
             true => Some(self.count_deletions().await?),
             false => None,
         };
-        let old_records = self.copy_all().await?;
+        let (manifests, old_records) = self.copy_objects().await?;
+        // Deletions may withdraw a day's manifest (an extra object in it): before the
+        // hand-over, which writes it again.
         if let Some(allowed) = deletions {
             self.delete_extra(allowed).await?;
         }
+        self.hand_over_all(manifests).await?;
         self.summarise(old_records).await
     }
 
@@ -162,26 +165,33 @@ impl<'a> Mirror<'a> {
         Ok(deletes)
     }
 
-    /// An output object in a folder the input is still writing (no manifest yet) is never
-    /// deleted under `--require-manifest`.
+    /// Under `--require-manifest` an output object is never deleted while it belongs to a
+    /// day: its folder is still being written at the input (no manifest yet), or the
+    /// input's manifest still lists it (the lifecycle rule expired it at the input first).
     async fn protected(&self, object: &ObjectInfo) -> Result<bool, StoreError> {
         if !self.args.require_manifest {
             return Ok(false);
         }
-        self.gates
-            .lock()
-            .await
-            .in_progress(manifest::folder_of(&object.key))
-            .await
+        let mut gates = self.gates.lock().await;
+        let folder = manifest::folder_of(&object.key);
+        Ok(gates.in_progress(folder).await? || gates.lists(&object.key).await?)
     }
 
-    /// March both listings and copy what differs; then hand each day over (its manifest
-    /// last, see [`crate::handoff`]). Returns whether the output holds an earlier
-    /// version's records file.
-    async fn copy_all(&self) -> anyhow::Result<bool> {
+    /// March both listings and copy what differs, the manifests left for the hand-over.
+    /// Returns them, and whether the output holds an earlier version's records file.
+    async fn copy_objects(&self) -> anyhow::Result<(Vec<Pair>, bool)> {
         let march = self.march();
         let line = progress_line(self.args.common.progress(), &self.pool);
-        let (deferred, old_records) = self.pool.run(async |tx| self.plan(march, tx).await).await?;
+        let planned = self.pool.run(async |tx| self.plan(march, tx).await).await;
+        line.finish().await;
+        if let Some(fatal) = self.pool.fatal() {
+            return Err(fatal.into());
+        }
+        planned
+    }
+
+    /// Each day's objects done: its manifest's turn (see [`crate::handoff`]).
+    async fn hand_over_all(&self, deferred: Vec<Pair>) -> anyhow::Result<()> {
         let manifests = self.hand_over(deferred).await;
         self.pool
             .run(async |tx| {
@@ -190,11 +200,10 @@ impl<'a> Mirror<'a> {
                 }
             })
             .await;
-        line.finish().await;
-        if let Some(fatal) = self.pool.fatal() {
-            return Err(fatal.into());
+        match self.pool.fatal() {
+            Some(fatal) => Err(fatal.into()),
+            None => Ok(()),
         }
-        Ok(old_records)
     }
 
     /// Decide each pair as the march yields it and hand copies to the pool; manifests wait
@@ -229,7 +238,7 @@ impl<'a> Mirror<'a> {
                     if self.args.dry_run {
                         println!("skip ({reason}) {}", job.object.key);
                     }
-                    self.pool.record(|r| r.skipped += 1);
+                    self.skipped(&job);
                     continue;
                 }
                 Decision::Delete => continue,
@@ -239,6 +248,23 @@ impl<'a> Mirror<'a> {
             }
         }
         Ok((deferred, march.saw_old_records()))
+    }
+
+    /// An object the output already has: skipped, unless its size is not its manifest's
+    /// (a day whose objects do not match its manifest is never handed over; the bytes are
+    /// checked when copied, and by `--verify`).
+    fn skipped(&self, job: &Job) {
+        match &job.expected {
+            Some(e) if e.size != job.object.size => {
+                let why = format!(
+                    "{} does not match its manifest: {} bytes, the manifest says {}",
+                    job.object.key, job.object.size, e.size
+                );
+                tracing::error!(key = %job.object.key, "{why}");
+                self.pool.record(|r| r.fail(&job.object.key, why));
+            }
+            _ => self.pool.record(|r| r.skipped += 1),
+        }
     }
 
     /// The copy job for `source`, with what its folder's manifest says; `None` when it is
@@ -349,6 +375,12 @@ impl<'a> Mirror<'a> {
             expected: None,
             part_sizes: None,
         };
+        if self.pool.report().failed_folders.contains_key(folder) {
+            let why = "manifest not copied: some of its folder's objects failed to copy";
+            tracing::error!(key = %source.key, "{why}");
+            self.pool.record(|r| r.fail(&source.key, why.to_string()));
+            return None;
+        }
         if self.pool.withdrawals().withdrawn(folder) {
             return Some(Task::Copy(job, decide::CopyReason::New));
         }
@@ -380,7 +412,7 @@ impl<'a> Mirror<'a> {
             changed,
             filtered,
             missing,
-            failed: self.pool.report().failed_folders.contains(folder),
+            failed: self.pool.report().failed_folders.contains_key(folder),
             already_published: !withdrawn && self.at_output(pair).await?,
         })
     }
@@ -417,7 +449,15 @@ impl<'a> Mirror<'a> {
             }
             HandOff::Hold(why) => {
                 tracing::warn!(folder = %folder, "day `input/{input}/{folder}` left without its manifest at the output: {why}");
-                self.pool.record(|r| r.held_days += 1);
+                // A day being written again at the input: its objects' mismatches are that,
+                // not failures of this run.
+                let forgive = facts.changed;
+                self.pool.record(|r| {
+                    r.held_days += 1;
+                    if forgive {
+                        r.forgive(folder);
+                    }
+                });
                 None
             }
             HandOff::Fail(why) => {

@@ -286,6 +286,16 @@ impl Pool {
     async fn publish(&self, manifest: Publication) {
         let (key, size) = (manifest.key, manifest.body.len() as u64);
         let (input, output) = (&self.names.input, &self.names.output);
+        self.record(|r| {
+            r.planned_bytes += size;
+            r.planned_copies += 1;
+        });
+        if self.dry_run {
+            println!(
+                "copy (the day's manifest, last) `input/{input}/{key}` -> `output/{output}/{key}`"
+            );
+            return;
+        }
         let body = egress_store::Body::from_bytes(manifest.body);
         match self.transfers.dest.put(&key, body, &manifest.options).await {
             Ok(_) => {

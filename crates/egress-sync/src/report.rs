@@ -1,6 +1,6 @@
 //! What a run did, counted as it goes, and the lines that tell it.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use egress_common::manifest;
 use egress_common::metrics::Family;
@@ -79,8 +79,8 @@ pub struct Report {
     pub held_days: u64,
     /// The first failures, with their causes.
     pub failures: Vec<(String, String)>,
-    /// Folders holding a failed object (their manifests are not copied).
-    pub failed_folders: BTreeSet<String>,
+    /// Folders holding a failed object (their manifests are not copied), with how many.
+    pub failed_folders: BTreeMap<String, u64>,
     /// Bytes copied.
     pub bytes_copied: u64,
     /// Bytes the run decided to copy.
@@ -97,11 +97,22 @@ impl Report {
     /// Record a failure of `key`.
     pub fn fail(&mut self, key: &str, cause: String) {
         self.failed += 1;
-        self.failed_folders
-            .insert(manifest::folder_of(key).to_string());
+        *self
+            .failed_folders
+            .entry(manifest::folder_of(key).to_string())
+            .or_default() += 1;
         if self.failures.len() < NAMED_FAILURES {
             self.failures.push((key.to_string(), cause));
         }
+    }
+
+    /// Take back the failures of `folder`: they were not the run's (its day changed at the
+    /// input meanwhile).
+    pub fn forgive(&mut self, folder: &str) {
+        let count = self.failed_folders.remove(folder).unwrap_or(0);
+        self.failed = self.failed.saturating_sub(count);
+        self.failures
+            .retain(|(key, _)| manifest::folder_of(key) != folder);
     }
 
     /// The original tool's closing line: `Total: 17.38 MiB, Transferred: 17.38 MiB, Speed: 18.77 MiB/s`.
@@ -155,7 +166,17 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("and 2 more (see the log)"), "{line}");
-        assert!(r.failed_folders.contains("d"));
+        assert!(r.failed_folders.contains_key("d"));
+        let mut two = Report::default();
+        two.fail("d/a", "changed".into());
+        two.fail("e/x", "bad".into());
+        two.forgive("d");
+        assert_eq!(
+            (two.failed, two.failures.len()),
+            (1, 1),
+            "only e's failure stays"
+        );
+        assert_eq!(two.failure_line().unwrap(), "1 object(s) failed: e/x (bad)");
         assert_eq!(Report::default().failure_line(), None);
         r.planned_bytes = 2048;
         assert!(r

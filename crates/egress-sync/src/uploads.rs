@@ -2,15 +2,11 @@
 //! pending uploads says nothing about who started them, so a run marks its own: before it
 //! starts an upload it writes a small object under [`UPLOAD_MARKERS`] naming the key, the
 //! run and when the run took the mirror's lease, and deletes it when the upload is
-//! completed or aborted (also when the run is stopped). The next run holds the mirror's
+//! completed or aborted. The next run holds the mirror's
 //! lease, so every other run is gone: it aborts the pending uploads at keys other runs
 //! marked and leaves every unmarked upload alone, naming them.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use egress_common::lease::UPLOAD_MARKERS;
-use egress_store::stop::{self, Phase, Ticket};
 use egress_store::{Body, GetOptions, PendingUpload, PutOptions, Store, StoreError};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -33,8 +29,6 @@ pub struct Marks {
     dest: Store,
     run_id: String,
     since: i64,
-    /// The stop-time cleanup of each mark written and not yet removed.
-    open: Mutex<HashMap<String, Ticket>>,
 }
 
 impl Marks {
@@ -44,7 +38,6 @@ impl Marks {
             dest,
             run_id: run_id.to_string(),
             since,
-            open: Mutex::new(HashMap::new()),
         }
     }
 
@@ -55,30 +48,22 @@ impl Marks {
             run_id: self.run_id.clone(),
             since: self.since,
         };
-        let at = mark_key(&self.run_id, key);
         let body = serde_json::to_vec(&mark).unwrap_or_default();
         self.dest
-            .put(&at, Body::from_bytes(body), &PutOptions::default())
+            .put(
+                &mark_key(&self.run_id, key),
+                Body::from_bytes(body),
+                &PutOptions::default(),
+            )
             .await
-            .map_err(|e| e.context("marking an upload as this run's"))?;
-        let (dest, mark_at) = (self.dest.clone(), at.clone());
-        let ticket = stop::register(
-            Phase::Known,
-            Box::new(move || Box::pin(async move { dest.delete(&mark_at).await.is_ok() })),
-        );
-        if let Some(old) = self.open.lock().ok().and_then(|mut m| m.insert(at, ticket)) {
-            stop::done(old);
-        }
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| e.context("marking an upload as this run's"))
     }
 
-    /// The upload to `key` was completed or aborted: its mark goes.
+    /// The upload to `key` was completed or aborted: its mark goes. (A run stopped by a
+    /// signal leaves its marks: the next run aborts what they mark, then removes them.)
     pub async fn remove(&self, key: &str) {
-        let at = mark_key(&self.run_id, key);
-        if let Some(ticket) = self.open.lock().ok().and_then(|mut m| m.remove(&at)) {
-            stop::done(ticket);
-        }
-        let _ = self.dest.delete(&at).await;
+        let _ = self.dest.delete(&mark_key(&self.run_id, key)).await;
     }
 }
 

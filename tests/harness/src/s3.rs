@@ -276,6 +276,25 @@ impl S3Endpoint {
         aws_sdk_s3::Client::from_conf(config)
     }
 
+    /// This server's `bucket`/`prefix` as the programs open it (egress-store's S3Store).
+    pub async fn store(&self, bucket: &str, prefix: &str) -> egress_store::Store {
+        let settings = egress_store::S3Settings {
+            endpoint_url: Some(self.endpoint.clone()),
+            path_style: true,
+            region: Some("us-east-1".into()),
+            access_key_id: Some(self.access_key.clone()),
+            secret_access_key: Some(egress_store::Secret::new(self.secret_key.clone())),
+            timeout: std::time::Duration::from_secs(10),
+            max_attempts: 3,
+            credentials_hint: "the test's keys",
+            ..Default::default()
+        };
+        let store = egress_store::S3Store::new(&settings, bucket, prefix)
+            .await
+            .expect("open the store");
+        std::sync::Arc::new(store)
+    }
+
     /// Create a bucket.
     pub async fn create_bucket(&self, bucket: &str) {
         self.client()
