@@ -60,3 +60,8 @@ if ! /opt/egress-py/bin/python -c 'import pytest, yaml, kubernetes_validate, jso
 fi
 
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked --quiet
+# CI fails on unused dependencies.
+if ! command -v cargo-machete >/dev/null && [ ! -x "$HOME/.cargo/bin/cargo-machete" ]; then
+  log "cargo install cargo-machete"
+  cargo install cargo-machete@0.9.2 --locked --quiet
+fi

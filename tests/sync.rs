@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
 use egress_testkit::fixtures::{self, contents, data, manifest_json, put_many, put_multipart, MIB};
 use egress_testkit::proxy::Proxy;
 use egress_testkit::{last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
@@ -113,7 +112,7 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
         .content_type("application/json")
         .content_encoding("gzip")
         .metadata("Owner", "team-a")
-        .body(ByteStream::from(b"{}".to_vec()))
+        .body(b"{}".to_vec().into())
         .send()
         .await
         .unwrap();
@@ -631,7 +630,7 @@ async fn ceph_rgw_as_destination_and_as_source() {
         .content_type("application/json")
         .content_encoding("gzip")
         .metadata("team", "data-hub")
-        .body(ByteStream::from(b"{}".to_vec()))
+        .body(b"{}".to_vec().into())
         .send()
         .await
         .unwrap();

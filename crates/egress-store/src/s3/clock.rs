@@ -15,7 +15,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 
 /// The store's clock relative to ours.
 #[derive(Debug, Default)]
-pub struct StoreClock {
+pub(super) struct StoreClock {
     /// Store time minus local time, milliseconds.
     skew_millis: AtomicI64,
     known: AtomicBool,
@@ -23,7 +23,7 @@ pub struct StoreClock {
 
 impl StoreClock {
     /// The store's time now, seconds since the epoch (ours until a reply told us better).
-    pub fn now(&self) -> i64 {
+    pub(super) fn now(&self) -> i64 {
         let local = chrono::Utc::now().timestamp_millis();
         let skew = match self.known.load(Ordering::Relaxed) {
             true => self.skew_millis.load(Ordering::Relaxed),
@@ -47,7 +47,7 @@ impl StoreClock {
 
 /// The SDK interceptor that feeds a [`StoreClock`] from every reply's `Date`.
 #[derive(Debug)]
-pub struct ClockWatch(pub Arc<StoreClock>);
+pub(super) struct ClockWatch(pub Arc<StoreClock>);
 
 impl Intercept for ClockWatch {
     fn name(&self) -> &'static str {

@@ -8,7 +8,7 @@ use crate::error::{chain, ErrorKind, StoreError};
 
 /// Who we are talking to when an S3 request fails, for the message.
 #[derive(Debug, Clone, Copy)]
-pub struct S3Context<'a> {
+pub(super) struct S3Context<'a> {
     /// The bucket.
     pub bucket: &'a str,
     /// The endpoint, as configured (or "AWS S3").
@@ -100,7 +100,7 @@ fn certificate_refused<E: std::error::Error + 'static>(err: &SdkError<E, HttpRes
 
 /// True for a 2xx XML reply the SDK could not read: an S3 listing holding a key with a
 /// character XML cannot carry (U+0001).
-pub fn unreadable_xml<E>(err: &SdkError<E, HttpResponse>) -> bool {
+pub(super) fn unreadable_xml<E>(err: &SdkError<E, HttpResponse>) -> bool {
     err.raw_response().is_some_and(|r| {
         r.status().is_success()
             && r.headers()
@@ -111,7 +111,7 @@ pub fn unreadable_xml<E>(err: &SdkError<E, HttpResponse>) -> bool {
 
 /// Turn an SDK error into a typed, one-line [`StoreError`]; `what` says what we were
 /// doing (`"listing s3://b/p/"`).
-pub fn from_sdk<E>(
+pub(super) fn from_sdk<E>(
     err: &SdkError<E, HttpResponse>,
     what: &str,
     target: Target,
