@@ -313,13 +313,19 @@ impl ObjectStore for MemoryStore {
                 .uploads
                 .get(&upload.id)
                 .ok_or_else(|| no_upload(&upload.key))?;
-            let object = assemble(pending, parts)?;
-            if object.data.len() as u64 != size {
-                return Err(StoreError::new(
+            let assembled = assemble(pending, parts).and_then(|object| {
+                if object.data.len() as u64 == size {
+                    return Ok(object);
+                }
+                Err(StoreError::new(
                     ErrorKind::ChecksumMismatch,
                     format!("{} bytes completed, {size} expected", object.data.len()),
-                ));
-            }
+                ))
+            });
+            // A refused completion leaves nothing behind (as S3Store aborts it).
+            let object = assembled.inspect_err(|_| {
+                s.uploads.remove(&upload.id);
+            })?;
             let etag = object.etag.clone();
             s.uploads.remove(&upload.id);
             s.objects.insert(upload.key.clone(), object);

@@ -218,3 +218,100 @@ impl Uploaded {
         self.store.abort(self.upload).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{GetOptions, MemoryStore};
+    use md5::{Digest, Md5};
+
+    const MIB: usize = 1024 * 1024;
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    async fn write(store: &Store, key: &str, parts: &[Vec<u8>], in_flight: usize) -> Uploaded {
+        let mut writer =
+            PartWriter::start(store.clone(), key, &PutOptions::default(), in_flight, true)
+                .await
+                .unwrap();
+        for part in parts {
+            let body = Body::from_bytes(part.clone());
+            writer
+                .put(part.len() as u64, async move { Ok(body) })
+                .await
+                .unwrap();
+        }
+        writer.finish().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn parts_of_odd_sizes_make_the_object_and_its_composite_etag() {
+        let store: Store = Arc::new(MemoryStore::new());
+        let parts = vec![data(5 * MIB, 1), data(7 * MIB, 2), data(1, 3)];
+        let uploaded = write(&store, "d/t.csv.gz", &parts, 2).await;
+        assert_eq!(
+            uploaded.part_sizes(),
+            vec![5 * MIB as u64, 7 * MIB as u64, 1]
+        );
+        let md5s: Vec<[u8; 16]> = parts.iter().map(|p| Md5::digest(p).into()).collect();
+        let expected = multipart_etag(&md5s);
+        assert_eq!(
+            uploaded.composite_etag().as_deref(),
+            Some(expected.as_str())
+        );
+        assert!(
+            store.head("d/t.csv.gz").await.is_err(),
+            "not visible before complete"
+        );
+        let done = uploaded.complete().await.unwrap();
+        assert_eq!(
+            done.etag.as_deref(),
+            Some(expected.as_str()),
+            "the store agrees"
+        );
+        let got = store
+            .get("d/t.csv.gz", GetOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(got.body.collect().await.unwrap(), parts.concat());
+        assert!(store.pending_uploads("").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_part_aborts_the_upload_and_nothing_is_visible() {
+        let store: Store = Arc::new(MemoryStore::new());
+        let mut writer = PartWriter::start(store.clone(), "k", &PutOptions::default(), 2, true)
+            .await
+            .unwrap();
+        let good = Body::from_bytes(data(5 * MIB, 4));
+        writer
+            .put(5 * MIB as u64, async move { Ok(good) })
+            .await
+            .unwrap();
+        let failing = async { Err(StoreError::new(ErrorKind::Unreachable, "source gone")) };
+        writer.put(3, failing).await.unwrap();
+        let err = writer.finish().await.err().expect("the part's failure");
+        assert_eq!(err.kind(), ErrorKind::Unreachable);
+        assert!(
+            store.pending_uploads("").await.unwrap().is_empty(),
+            "aborted"
+        );
+        assert!(store.head("k").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_short_part_before_the_last_is_refused_at_complete_as_s3_does() {
+        let store: Store = Arc::new(MemoryStore::new());
+        let uploaded = write(&store, "k", &[data(MIB, 5), data(MIB, 6)], 1).await;
+        let err = uploaded.complete().await.err().expect("EntityTooSmall");
+        assert!(err.to_string().contains("EntityTooSmall"), "{err}");
+        assert!(
+            store.pending_uploads("").await.unwrap().is_empty(),
+            "and nothing pending"
+        );
+    }
+}

@@ -616,4 +616,147 @@ mod tests {
         assert!(own_parts("k", five_tib, 8 * MIB).unwrap().len() <= 10_000);
         assert!(own_parts("k", five_tib * 10, 8 * MIB).is_err(), "50 TiB");
     }
+
+    // Transfers on the in-memory store, which follows S3's ETag and multipart rules.
+    mod on_memory {
+        use super::super::*;
+        use egress_store::{MemoryStore, ObjectStore};
+        use std::sync::Arc;
+
+        fn data(len: usize, seed: u8) -> Vec<u8> {
+            (0..len)
+                .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+                .collect()
+        }
+
+        fn transfers() -> (Transfers, Arc<MemoryStore>, Arc<MemoryStore>) {
+            let (source, dest) = (Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new()));
+            let t = Transfers {
+                source: source.clone(),
+                dest: dest.clone(),
+                settings: Settings::new(8 * MIB, 8 * MIB, 40 * MIB),
+            };
+            (t, source, dest)
+        }
+
+        async fn listed(store: &MemoryStore, key: &str) -> ObjectInfo {
+            let meta = store.head(key).await.unwrap();
+            ObjectInfo {
+                key: key.to_string(),
+                size: meta.size,
+                etag: meta.etag,
+                modified: meta.modified,
+                modified_nanos: 0,
+            }
+        }
+
+        async fn bytes(store: &MemoryStore, key: &str) -> bytes::Bytes {
+            let got = store.get(key, GetOptions::default()).await.unwrap();
+            got.body.collect().await.unwrap()
+        }
+
+        fn expected(body: &[u8]) -> Expected {
+            Expected {
+                size: body.len() as u64,
+                sha256: hex::encode(Sha256::digest(body)),
+            }
+        }
+
+        #[tokio::test]
+        async fn a_multipart_object_keeps_its_layout_and_its_etag() {
+            let (t, source, dest) = transfers();
+            let body = data(13 * MIB as usize + 1, 1);
+            let sizes = [5 * MIB, 8 * MIB, 1];
+            let mut writer =
+                PartWriter::start(source.clone(), "d/big", &PutOptions::default(), 1, true)
+                    .await
+                    .unwrap();
+            let mut offset = 0usize;
+            for size in sizes {
+                let part = Body::from_bytes(body[offset..offset + size as usize].to_vec());
+                writer.put(size, async move { Ok(part) }).await.unwrap();
+                offset += size as usize;
+            }
+            writer.finish().await.unwrap().complete().await.unwrap();
+            let object = listed(&source, "d/big").await;
+            // The in-memory store answers ?partNumber, as AWS does: the layout is learnt.
+            let job = Job {
+                object: object.clone(),
+                expected: Some(expected(&body)),
+                part_sizes: None,
+            };
+            let copied = copy(&t, &job).await.unwrap();
+            assert_eq!(copied.verified, "size+manifest-sha256");
+            assert_eq!(
+                dest.head("d/big").await.unwrap().etag,
+                object.etag,
+                "the ETag survives"
+            );
+            assert_eq!(bytes(&dest, "d/big").await, body);
+        }
+
+        #[tokio::test]
+        async fn a_checked_object_that_does_not_match_its_manifest_never_becomes_visible() {
+            let (t, source, dest) = transfers();
+            let body = data(3000, 2);
+            source
+                .put(
+                    "d/a",
+                    Body::from_bytes(body.clone()),
+                    &PutOptions::default(),
+                )
+                .await
+                .unwrap();
+            let mut wrong = expected(&body);
+            wrong.sha256 = "0".repeat(64);
+            let job = Job {
+                object: listed(&source, "d/a").await,
+                expected: Some(wrong),
+                part_sizes: None,
+            };
+            let err = copy(&t, &job).await.err().expect("refused");
+            assert!(matches!(err, CopyError::Manifest(_)), "{err}");
+            assert!(dest.head("d/a").await.is_err(), "nothing visible");
+            let job = Job {
+                expected: Some(expected(&body)),
+                ..job
+            };
+            assert_eq!(
+                copy(&t, &job).await.unwrap().verified,
+                "size+md5+manifest-sha256"
+            );
+            assert_eq!(bytes(&dest, "d/a").await, body);
+        }
+
+        #[tokio::test]
+        async fn a_source_changed_since_its_listing_is_copied_as_it_is_now_with_its_record() {
+            let (t, source, dest) = transfers();
+            source
+                .put("k", Body::from_bytes(data(100, 3)), &PutOptions::default())
+                .await
+                .unwrap();
+            let old = listed(&source, "k").await;
+            let now = data(120, 4);
+            source
+                .put("k", Body::from_bytes(now.clone()), &PutOptions::default())
+                .await
+                .unwrap();
+            copy(
+                &t,
+                &Job {
+                    object: old,
+                    expected: None,
+                    part_sizes: None,
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(bytes(&dest, "k").await, now);
+            let record = Record::from_metadata(&dest.head("k").await.unwrap().attributes.metadata);
+            assert!(
+                record.unwrap().describes(&listed(&source, "k").await),
+                "the copy records the version it is"
+            );
+        }
+    }
 }

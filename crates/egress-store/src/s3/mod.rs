@@ -399,9 +399,12 @@ impl ObjectStore for S3Store {
         match reply {
             Ok(reply) => {
                 stop::done(upload.ticket);
-                Ok(PutResult {
-                    etag: clean_etag(reply.e_tag()),
-                })
+                // Ceph RGW 16 answers without the new object's ETag (measured): ask for it.
+                let etag = match clean_etag(reply.e_tag()) {
+                    Some(etag) => Some(etag),
+                    None => self.head(&upload.key).await.ok().and_then(|m| m.etag),
+                };
+                Ok(PutResult { etag })
             }
             Err(e) => {
                 // Some S3 clones answer 200 with a body the SDK cannot parse: the object
