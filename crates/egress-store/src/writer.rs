@@ -307,7 +307,7 @@ mod tests {
     async fn a_short_part_before_the_last_is_refused_at_complete_as_s3_does() {
         let store: Store = Arc::new(MemoryStore::new());
         let uploaded = write(&store, "k", &[data(MIB, 5), data(MIB, 6)], 1).await;
-        let err = uploaded.complete().await.err().expect("EntityTooSmall");
+        let err = uploaded.complete().await.expect_err("EntityTooSmall");
         assert!(err.to_string().contains("EntityTooSmall"), "{err}");
         assert!(
             store.pending_uploads("").await.unwrap().is_empty(),

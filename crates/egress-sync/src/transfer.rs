@@ -714,7 +714,7 @@ mod tests {
                 expected: Some(wrong),
                 part_sizes: None,
             };
-            let err = copy(&t, &job).await.err().expect("refused");
+            let err = copy(&t, &job).await.expect_err("refused");
             assert!(matches!(err, CopyError::Manifest(_)), "{err}");
             assert!(dest.head("d/a").await.is_err(), "nothing visible");
             let job = Job {
