@@ -42,21 +42,7 @@ pub fn config<T>(message: impl Into<String>) -> anyhow::Result<T> {
     Err(ConfigError::new(message).into())
 }
 
-/// Render an error and its sources as one line (`outer: inner: cause`), dropping messages
-/// that repeat what an outer one already said, and line breaks.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = current {
-        let text = e.to_string().replace(['\n', '\r'], " ");
-        let text = text.trim().to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        current = e.source();
-    }
-    parts.join(": ")
-}
+pub use egress_store::chain;
 
 /// [`chain`] for an `anyhow::Error`.
 pub fn one_line(error: &anyhow::Error) -> String {

@@ -55,6 +55,32 @@ pub fn last_line(out: &std::process::Output) -> String {
     stdout(out).lines().last().unwrap_or("").to_string()
 }
 
+/// The peak resident set a run reports on its last line (`peak_rss_mib=`).
+pub fn peak_rss_mib(out: &std::process::Output) -> f64 {
+    let line = last_line(out);
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("peak_rss_mib="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak_rss_mib on the last line: {line}"))
+}
+
+/// Wait for `child` to end, at most `limit` (killed then, and the test fails).
+pub fn wait_for_exit(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("wait for the child").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait for the child");
+            panic!("the run did not end within {limit:?}: {}", text(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("wait for the child")
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
     let listener =

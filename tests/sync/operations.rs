@@ -9,24 +9,7 @@ use egress_testkit::fixtures::{self, data, manifest_json, put_many};
 use egress_testkit::pushgateway::{Pushgateway, Sample};
 use egress_testkit::{stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
 
-fn sync(
-    input: &dyn Endpoint,
-    in_path: &str,
-    output: &dyn Endpoint,
-    out_path: &str,
-    args: &[&str],
-) -> Output {
-    fixtures::sync_command(
-        env!("CARGO_BIN_EXE_egress-sync"),
-        input,
-        in_path,
-        output,
-        out_path,
-        args,
-    )
-    .output()
-    .expect("run egress-sync")
-}
+use super::sync;
 
 fn one(samples: &[Sample], name: &str) -> f64 {
     let found: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();

@@ -2,21 +2,15 @@
 //! S3-compatible servers (s3s-fs checks signatures; moto lists pending multipart uploads).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use egress_testkit::{gunzip, stderr, stdout, text, PgServer, S3Kind, S3Server};
 
+use super::run as dump;
+
 const BUCKET: &str = "egress-test";
 const DATE: &str = "2024-03-01";
-
-/// Run the binary with exactly `env` (plus PATH/HOME) and `args`.
-fn dump(env: &[(String, String)], args: &[&str]) -> Output {
-    let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-dump"));
-    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(args);
-    cmd.output().expect("run egress-dump")
-}
 
 fn env_for(pg: &PgServer, s3: &S3Server, tables: &str, output: &str) -> Vec<(String, String)> {
     let mut env = pg.env();

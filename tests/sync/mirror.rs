@@ -3,40 +3,15 @@
 //! run costs only the listings, and bytes damaged in flight never become visible.
 
 use std::collections::HashMap;
-use std::process::{Command, Output};
 
 use egress_testkit::fixtures::{
-    self, contents, data, etags, manifest_with_parts, put_many, put_parts, MIB,
+    contents, data, etags, manifest_with_parts, put_many, put_parts, MIB,
 };
 use egress_testkit::proxy::{Corrupt, Proxy};
 use egress_testkit::{last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
 
-fn command(
-    input: &dyn Endpoint,
-    in_path: &str,
-    output: &dyn Endpoint,
-    out_path: &str,
-    args: &[&str],
-) -> Command {
-    fixtures::sync_command(
-        env!("CARGO_BIN_EXE_egress-sync"),
-        input,
-        in_path,
-        output,
-        out_path,
-        args,
-    )
-}
-
-fn sync(
-    input: &dyn Endpoint,
-    in_path: &str,
-    output: &dyn Endpoint,
-    out_path: &str,
-    args: &[&str],
-) -> Output {
-    egress_testkit::run(&mut command(input, in_path, output, out_path, args))
-}
+use super::sync;
+use egress_testkit::peak_rss_mib;
 
 /// Odd part sizes: 5 MiB + 7 MiB + 1 byte.
 const ODD_PARTS: [usize; 3] = [5 * MIB, 7 * MIB, 1];
@@ -424,13 +399,4 @@ async fn a_checked_single_part_object_is_streamed_not_held() {
         output.keys("dst", "2024-02-01/").await.is_empty(),
         "nothing of the day is visible"
     );
-}
-
-/// The peak resident set the run reports on its last line (`peak_rss_mib=`).
-fn peak_rss_mib(out: &Output) -> f64 {
-    let line = last_line(out);
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix("peak_rss_mib="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no peak_rss_mib on the last line: {line}"))
 }

@@ -10,19 +10,10 @@ use std::time::{Duration, Instant};
 use egress_testkit::proxy::Proxy;
 use egress_testkit::{gunzip, stderr, text, PgServer, S3Kind, S3Server};
 
+use super::{command, run};
+
 const BUCKET: &str = "faults";
 const DATE: &str = "2024-05-01";
-
-fn command(env: &[(String, String)], args: &[&str]) -> Command {
-    let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-dump"));
-    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(args);
-    cmd
-}
-
-fn run(env: &[(String, String)], args: &[&str]) -> Output {
-    command(env, args).output().expect("run egress-dump")
-}
 
 fn env_for(pg: &PgServer, s3: &S3Server, tables: &str) -> Vec<(String, String)> {
     let mut env = pg.env();

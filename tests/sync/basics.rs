@@ -5,41 +5,14 @@ use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use egress_testkit::fixtures::{self, contents, data, manifest_json, put_many, put_multipart, MIB};
+use egress_testkit::fixtures::{contents, data, manifest_json, put_many, put_multipart, MIB};
 use egress_testkit::proxy::Proxy;
-use egress_testkit::{last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
+use egress_testkit::{last_line, stderr, stdout, text, CephRgw, S3Kind, S3Server};
+
+use super::{command as sync_command, sync};
 
 const SRC: &str = "source-bucket";
 const DST: &str = "mirror-bucket";
-
-fn sync_command(
-    input: &dyn Endpoint,
-    input_path: &str,
-    output: &dyn Endpoint,
-    output_path: &str,
-    args: &[&str],
-) -> Command {
-    fixtures::sync_command(
-        env!("CARGO_BIN_EXE_egress-sync"),
-        input,
-        input_path,
-        output,
-        output_path,
-        args,
-    )
-}
-
-fn sync(
-    input: &dyn Endpoint,
-    input_path: &str,
-    output: &dyn Endpoint,
-    output_path: &str,
-    args: &[&str],
-) -> Output {
-    sync_command(input, input_path, output, output_path, args)
-        .output()
-        .expect("run egress-sync")
-}
 
 /// Four multipart objects `<prefix>/<i>.bin` of `size` bytes in the source bucket; returns
 /// key -> bytes.

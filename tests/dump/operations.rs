@@ -8,16 +8,10 @@ use std::process::{Command, Output};
 use egress_testkit::pushgateway::{Pushgateway, Sample};
 use egress_testkit::{stderr, stdout, text, CephRgw, Endpoint, PgServer, S3Kind, S3Server};
 
+use super::run as dump;
+
 const BUCKET: &str = "ops-bucket";
 const DATE: &str = "2024-07-01";
-
-fn dump(env: &[(String, String)], args: &[&str]) -> Output {
-    egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-dump"))
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(args)
-        .output()
-        .expect("run egress-dump")
-}
 
 fn env_for(pg: &PgServer, s3: &dyn Endpoint, tables: &str) -> Vec<(String, String)> {
     let mut env = pg.env();

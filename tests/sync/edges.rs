@@ -4,7 +4,7 @@
 //! written, an endpoint that is not an S3 server, odd local file names.
 
 use std::os::unix::ffi::OsStrExt;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -14,32 +14,7 @@ use egress_testkit::{
     last_line, stderr, stdout, text, CephRgw, Endpoint, S3Endpoint, S3Kind, S3Server,
 };
 
-fn command(
-    input: &dyn Endpoint,
-    in_path: &str,
-    output: &dyn Endpoint,
-    out_path: &str,
-    args: &[&str],
-) -> Command {
-    fixtures::sync_command(
-        env!("CARGO_BIN_EXE_egress-sync"),
-        input,
-        in_path,
-        output,
-        out_path,
-        args,
-    )
-}
-
-fn sync(
-    input: &dyn Endpoint,
-    in_path: &str,
-    output: &dyn Endpoint,
-    out_path: &str,
-    args: &[&str],
-) -> Output {
-    egress_testkit::run(&mut command(input, in_path, output, out_path, args))
-}
+use super::{command, sync};
 
 /// An input whose `victim` object is deleted just before its copy reads it.
 async fn vanishing_input(input: &S3Endpoint, bucket: &'static str, victim: &'static str) -> Proxy {

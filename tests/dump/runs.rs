@@ -2,25 +2,16 @@
 //! once, rows of 50 MB, libpq connection strings, and a server that asks for the password
 //! in clear text. Through the binary, against real servers.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use egress_testkit::{gunzip, stderr, stdout, text, PgServer, S3Kind, S3Server};
 
+use super::{run, spawn, sql, wait_for_exit};
+
 const BUCKET: &str = "runs";
 const DATE: &str = "2024-06-02";
-
-fn command(env: &[(String, String)], args: &[&str]) -> Command {
-    let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-dump"));
-    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(args);
-    cmd
-}
-
-fn run(env: &[(String, String)], args: &[&str]) -> Output {
-    egress_testkit::run(&mut command(env, args))
-}
 
 fn env_for(pg: &PgServer, s3: &S3Server, tables: &str) -> Vec<(String, String)> {
     let mut env = pg.env();
@@ -29,18 +20,6 @@ fn env_for(pg: &PgServer, s3: &S3Server, tables: &str) -> Vec<(String, String)> 
     env.push(("S3_OUTPUT".into(), format!("s3://{BUCKET}/conc")));
     env.push(("DUMP_DATE".into(), DATE.into()));
     env
-}
-
-async fn sql(pg: &PgServer, text: &str) {
-    pg.client().await.batch_execute(text).await.expect("SQL");
-}
-
-fn spawn(env: &[(String, String)], args: &[&str]) -> Child {
-    command(env, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn egress-dump")
 }
 
 /// The day's folder checked against its manifest, as `egress-sync --verify input` does:
@@ -205,12 +184,7 @@ async fn rows_of_50_mb_stay_within_the_documented_memory_bound() {
         gunzip(&object) == pg.psql("COPY wide TO STDOUT (FORMAT csv)"),
         "byte-identical"
     );
-    let line = stdout(&out).lines().last().unwrap_or("").to_string();
-    let peak: f64 = line
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("peak_rss_mib="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no peak_rss_mib: {line}"));
+    let peak = egress_testkit::peak_rss_mib(&out);
     // The README's bound: 64 MiB plus twice the largest row.
     assert!(
         peak <= 64.0 + 2.0 * 50.0,
@@ -577,21 +551,6 @@ const SHORT_LEASE: [&str; 8] = [
 fn signal(child: &Child, signal: i32) {
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, signal) };
-}
-
-fn wait_for_exit(mut child: Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!(
-                "the run did not end within {limit:?}: {}",
-                text(&child.wait_with_output().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// The day's lease object as JSON, if there is one.

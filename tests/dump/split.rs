@@ -2,7 +2,7 @@
 //! from a hot standby that the standby cancels for a recovery conflict, against real
 //! PostgreSQL clusters (a primary and a `pg_basebackup -R` standby) and a real S3 server.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,19 +10,11 @@ use std::time::{Duration, Instant};
 use egress_testkit::proxy::{Hook, Proxy};
 use egress_testkit::{gunzip, stdout, text, PgServer, S3Kind, S3Server};
 
+use super::{command, run as dump};
+use egress_testkit::peak_rss_mib;
+
 const DATE: &str = "2024-05-01";
 const BUCKET: &str = "split-test";
-
-fn command(env: &[(String, String)], args: &[&str]) -> Command {
-    let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-dump"));
-    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(args);
-    cmd
-}
-
-fn dump(env: &[(String, String)], args: &[&str]) -> Output {
-    command(env, args).output().expect("run egress-dump")
-}
 
 async fn setup(pg: &PgServer, sql: &str) {
     pg.client()
@@ -373,15 +365,6 @@ async fn a_recovery_conflict_on_a_standby_restarts_the_day_from_a_fresh_snapshot
         s3.keys(BUCKET, "replica/2024-05-02/").await.is_empty(),
         "nothing of a failed day is visible"
     );
-}
-
-fn peak_rss_mib(out: &Output) -> f64 {
-    let log = stdout(out);
-    let line = log.lines().last().unwrap_or_default();
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix("peak_rss_mib="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no peak_rss_mib: {line}"))
 }
 
 #[tokio::test]
