@@ -872,11 +872,11 @@ async fn parallel_dump_gives_the_same_bytes_as_a_serial_one() {
 /// between the export and the import is invisible to them.
 #[tokio::test]
 async fn imported_snapshot_hides_commits_made_after_the_export() {
-    use egress_dump::{database, snapshot};
+    use egress_dump::{pg, snapshot};
     let pg = PgServer::start();
     setup(&pg, "CREATE TABLE marks (v int);").await;
-    let params = egress_dump::conninfo::Params::resolve(None, &pg.env()).unwrap();
-    let target = database::resolve(&params, Duration::from_secs(10)).unwrap();
+    let params = egress_dump::pg::Params::resolve(None, &pg.env()).unwrap();
+    let target = pg::resolve(&params, Duration::from_secs(10)).unwrap();
     let coordinator = target.connect().await.unwrap();
     snapshot::open(&coordinator).await.unwrap();
     let info = snapshot::take(&coordinator, true).await.unwrap();

@@ -434,11 +434,11 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
     );
 
     // And the session really is encrypted.
-    use egress_dump::database;
+    use egress_dump::pg;
     let mut env = pg.env();
     env.push(("PGSSLMODE".into(), "require".into()));
-    let params = egress_dump::conninfo::Params::resolve(None, &env).unwrap();
-    let client = database::resolve(&params, Duration::from_secs(10))
+    let params = egress_dump::pg::Params::resolve(None, &env).unwrap();
+    let client = pg::resolve(&params, Duration::from_secs(10))
         .unwrap()
         .connect()
         .await

@@ -45,7 +45,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ]);
     logging::init(dump.common.log_format, 0, false);
     println!("\n== egress-dump: two tables into {}", dump_dir.display());
-    exit_on_error(egress_dump::run(&dump).await);
+    let settings = egress_dump::settings::Settings::from_args(&dump).map_err(anyhow::Error::from);
+    exit_on_error(match settings {
+        Ok(settings) => egress_dump::run(&settings).await,
+        Err(e) => Err(e),
+    });
 
     let sync = |extra: &[&str]| {
         let mut argv = vec![

@@ -2,8 +2,6 @@
 
 use tokio_postgres::Client;
 
-use crate::split::TableSize;
-
 use crate::tables::{quote_ident, Ident, TableRef};
 
 /// A table that exists and can be read.
@@ -99,6 +97,17 @@ pub async fn again(
         out.push(rows.first().map(|row| from_row(row, &table.requested)));
     }
     Ok(out)
+}
+
+/// What the database says about a table's size: what `--split-larger-than` weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSize {
+    /// Heap plus TOAST (`pg_table_size`).
+    pub bytes: u64,
+    /// Heap pages (`pg_relation_size / block_size`), counted inside the run's snapshot.
+    pub pages: u64,
+    /// `block_size`.
+    pub block_size: u64,
 }
 
 /// Heap plus TOAST, and heap pages, of a table: what `--split-larger-than` weighs.

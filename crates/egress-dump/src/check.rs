@@ -8,16 +8,21 @@ use egress_common::Location;
 
 use crate::catalog::{self, Problem};
 use crate::config::Args;
-use crate::conninfo::Params;
-use crate::database::{self, Session};
+use crate::pg::Params;
+use crate::pg::{self, Session};
+use crate::settings::s3_settings;
 use crate::tables;
 
 /// Every finding for the output and the database.
 pub async fn run(args: &Args) -> Vec<Finding> {
     let mut lines = Vec::new();
-    let store = match Location::parse(&args.output) {
-        Ok(location) => crate::run::open_store(args, &location).await,
-        Err(e) => Err(anyhow::anyhow!(e.to_string())),
+    let store = match (Location::parse(&args.output), s3_settings(args)) {
+        (Ok(location), Ok(s3)) => location
+            .open(&s3, args.common.file_mode)
+            .await
+            .map_err(anyhow::Error::from),
+        (Err(e), _) => Err(anyhow::anyhow!(e.to_string())),
+        (_, Err(e)) => Err(e.into()),
     };
     match store {
         Ok(store) => lines.extend(check::check_store(&*store, "output", Use::Write).await),
@@ -36,11 +41,15 @@ pub async fn run(args: &Args) -> Vec<Finding> {
 
 async fn check_database(args: &Args, found: &mut Findings) {
     let conninfo = args.database_url.as_ref().map(|u| u.expose());
-    let target = Params::resolve(conninfo, &database::env_from_process())
+    let target = Params::resolve(conninfo, &pg::env_from_process())
         .map_err(anyhow::Error::from)
-        .and_then(|params| Ok(database::resolve(&params, args.common.timeout())?));
+        .and_then(|params| Ok(pg::resolve(&params, args.common.timeout())?));
     let session = match target {
-        Ok(target) => target.connect().await.map(|s| (s, target.display.clone())),
+        Ok(target) => target
+            .connect()
+            .await
+            .map(|s| (s, target.display.clone()))
+            .map_err(anyhow::Error::from),
         Err(e) => Err(e),
     };
     let (session, display) = match session {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::copy_stream::{self, CopyError, CopyStats};
-use crate::database::Session;
+use crate::pg::Session;
 use crate::progress::Counters;
 use crate::split::{self, Chunk};
 

@@ -1,8 +1,8 @@
 //! Reading a table with `COPY ... TO STDOUT (FORMAT csv)`, untouched, in batched chunks.
 
-use crate::database::DbError;
-use crate::database::Session;
-use crate::guard::Flow;
+use crate::pg::DbError;
+use crate::pg::Flow;
+use crate::pg::Session;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::mpsc;

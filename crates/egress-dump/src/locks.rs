@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::catalog::ResolvedTable;
-use crate::database::{DbError, DbErrorKind, Session};
+use crate::pg::{DbError, DbErrorKind, Session};
 use crate::tables::quote_ident;
 
 /// SQLSTATE `lock_not_available`: a lock timeout or a `NOWAIT` lock that would wait.

@@ -6,7 +6,8 @@ use egress_common::error::find;
 use egress_common::lease::Busy;
 use egress_common::{logging, ConfigError, ExitCode};
 use egress_dump::config::{Args, EXTRA_ENV, REQUIRED_ENV};
-use egress_dump::database::{DbError, DbErrorKind};
+use egress_dump::pg::{DbError, DbErrorKind};
+use egress_dump::settings::Settings;
 use egress_store::ErrorKind;
 use egress_store::StoreError;
 
@@ -31,29 +32,26 @@ async fn run() -> ExitCode {
     let ending = Ending {
         program: "egress-dump",
         on_stop: "no manifest written; the next run starts clean",
-        summarise: |reports: &Vec<egress_dump::pipeline::TableReport>| {
+        summarise: |reports: &Vec<egress_dump::report::TableReport>| {
             let tables: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
             format!("{} table(s) dumped: {}", tables.len(), tables.join(" "))
         },
         exit_code,
-        metrics: egress_dump::pipeline::metrics,
+        metrics: egress_dump::report::metrics,
     };
+    // The settings are built once, here; a wrong one ends the run like any other error.
+    let settings = Settings::from_args(&args);
     let mut common = args.common.clone();
-    if args.dry_run {
+    match &settings {
         // A dry run is no run the alerts watch.
-        common.metrics.off();
-    } else if let Some(date) = backfill(&args) {
+        Ok(s) if s.dry_run => common.metrics.off(),
         // Another day than today's: its own group, so the nightly alerts move only with
         // the nightly run.
-        common.metrics.grouping.push(("date", date));
+        Ok(s) if s.is_backfill() => common.metrics.grouping.push(("date", s.date.clone())),
+        _ => {}
     }
-    cli::run_to_exit(&common, egress_dump::run(&args), ending).await
-}
-
-/// The date a run writes when it is not today's (UTC): a backfill.
-fn backfill(args: &Args) -> Option<String> {
-    let date = egress_dump::run::run_date(args.date.as_deref()).ok()?;
-    (date != egress_dump::run::run_date(None).ok()?).then_some(date)
+    let work = async move { egress_dump::run(&settings?).await };
+    cli::run_to_exit(&common, work, ending).await
 }
 
 /// The one place errors become exit codes: 2 when the input (flags, variables, names,

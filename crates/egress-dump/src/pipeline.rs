@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::database::Session;
-use anyhow::{anyhow, Context};
-use egress_common::metrics::Family;
+use crate::pg::Session;
+use egress_store::StoreError;
+
+use crate::pg::{DbError, DbErrorKind};
 use egress_common::units::mib_per_sec;
 use egress_store::Store;
 use tokio::sync::mpsc;
@@ -14,34 +15,14 @@ use tracing::info;
 
 use crate::catalog::ResolvedTable;
 use crate::chunked;
-use crate::config::Args;
 use crate::copy_stream::{self, CopyError, CopyStats};
-use crate::gzip::{self, CompressStats};
+use crate::gzip;
 use crate::progress::Counters;
+use crate::report::TableReport;
+use crate::settings::Settings;
 use crate::split::{self, Chunk};
-use crate::upload::{self, Committed};
+use crate::upload;
 use bytes::Bytes;
-
-const MIB: usize = 1024 * 1024;
-
-/// What one table's dump produced.
-#[derive(Debug, Clone)]
-pub struct TableReport {
-    /// Table as listed.
-    pub table: String,
-    /// Where it went (URL or path, for logs).
-    pub target: String,
-    /// Data rows.
-    pub rows: u64,
-    /// Compression statistics and checksums.
-    pub stats: CompressStats,
-    /// The object as stored.
-    pub committed: Committed,
-    /// Wall time.
-    pub seconds: f64,
-    /// How many chunks it was read in (1: one `COPY`).
-    pub chunks: usize,
-}
 
 /// Where a table's rows come from.
 #[derive(Clone, Copy)]
@@ -102,8 +83,8 @@ async fn read(
 /// Everything a table's dump needs besides its connection.
 #[derive(Clone, Copy)]
 pub struct Job<'a> {
-    /// The run's flags.
-    pub args: &'a Args,
+    /// The run's settings.
+    pub settings: &'a Settings,
     /// Compression threads per table (the machine's CPUs shared among the workers).
     pub compress_threads: usize,
     /// Where objects go.
@@ -121,13 +102,54 @@ impl Job<'_> {
     }
 }
 
+/// Why one table's dump failed, typed for the run (a recovery conflict restarts the day).
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// Reading it from PostgreSQL.
+    #[error("reading table '{table}' failed: {source}")]
+    Read {
+        /// The table.
+        table: String,
+        /// What the database said.
+        #[source]
+        source: DbError,
+    },
+    /// Compressing it.
+    #[error("compressing table '{table}' failed: {why}")]
+    Compress {
+        /// The table.
+        table: String,
+        /// Why.
+        why: String,
+    },
+    /// Storing it.
+    #[error("table '{table}': {source}")]
+    Store {
+        /// The table.
+        table: String,
+        /// What the store said.
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl TableError {
+    /// The database failure's kind, when the database failed.
+    pub fn db_kind(&self) -> Option<DbErrorKind> {
+        match self {
+            TableError::Read { source, .. } => Some(source.kind),
+            _ => None,
+        }
+    }
+}
+
 /// Dump one table through the three stages.
 pub async fn dump_table(
     source: Source<'_>,
     table: &ResolvedTable,
     job: &Job<'_>,
-) -> anyhow::Result<TableReport> {
-    let args = job.args;
+) -> Result<TableReport, TableError> {
+    let settings = job.settings;
     let name = table.requested.file_stem();
     let key = job.key(table);
     let target = job.store.describe(&key);
@@ -136,10 +158,10 @@ pub async fn dump_table(
 
     let (raw_tx, raw_rx) = mpsc::channel(8);
     let (part_tx, part_rx) = mpsc::channel(1);
-    let base = args.part_size_mib as usize * MIB;
-    let settings = gzip::Settings {
-        level: args.compression_level,
-        engine: match args.single_gzip_member {
+    let base = settings.part_size;
+    let compression = gzip::Settings {
+        level: settings.compression_level,
+        engine: match settings.single_gzip_member {
             true => gzip::Engine::Zlib,
             false => gzip::Engine::Libdeflate,
         },
@@ -147,33 +169,53 @@ pub async fn dump_table(
         part_size: move |n| upload::part_size(n, base),
     };
     let counters = job.counters.clone();
-    let compressor =
-        tokio::task::spawn_blocking(move || gzip::compress(raw_rx, part_tx, settings, &counters));
+    let compressor = tokio::task::spawn_blocking(move || {
+        gzip::compress(raw_rx, part_tx, compression, &counters)
+    });
     let chunks = source.chunks();
-    let copy = read(source, table, args.header, raw_tx, job.counters);
-    let receive = upload::receive(job.store, &key, part_rx, args.upload_concurrency as usize);
+    let copy = read(source, table, settings.header, raw_tx, job.counters);
+    let receive = upload::receive(job.store, &key, part_rx, settings.upload_concurrency);
     let (copied, compressed, received) = tokio::join!(copy, compressor, receive);
 
     // Only when all three stages succeeded may the object become visible.
     let (copy, stats, pending) = match (copied, compressed, received) {
         (Ok(copy), Ok(Ok(stats)), Ok(pending)) => (copy, stats, pending),
         // The upload stage failed: it has cleaned up after itself.
-        (_, _, Err(e)) => return Err(e.into()),
+        (_, _, Err(source)) => {
+            return Err(TableError::Store {
+                table: name,
+                source,
+            })
+        }
         (copied, compressed, Ok(pending)) => {
             upload::abort(pending).await;
+            let table = name;
             return Err(match (copied, compressed) {
-                (Err(CopyError::Database(e)), _) => {
-                    e.context(&format!("reading table '{name}' failed")).into()
-                }
-                (_, Ok(Err(e))) => anyhow!("compressing table '{name}' failed: {e}"),
-                (_, Err(join)) => anyhow!("compressing table '{name}' failed: {join}"),
-                _ => anyhow!("dumping table '{name}' stopped unexpectedly"),
+                (Err(CopyError::Database(source)), _) => TableError::Read { table, source },
+                (_, Ok(Err(e))) => TableError::Compress {
+                    table,
+                    why: e.to_string(),
+                },
+                (_, Err(join)) => TableError::Compress {
+                    table,
+                    why: join.to_string(),
+                },
+                _ => TableError::Compress {
+                    table,
+                    why: "the stages stopped unexpectedly".into(),
+                },
             });
         }
     };
-    let committed = upload::commit(job.store, &key, pending)
-        .await
-        .with_context(|| format!("table '{name}'"))?;
+    let committed = match upload::commit(job.store, &key, pending).await {
+        Ok(committed) => committed,
+        Err(source) => {
+            return Err(TableError::Store {
+                table: name,
+                source,
+            })
+        }
+    };
     let seconds = started.elapsed().as_secs_f64();
     info!(
         table = %name,
@@ -195,44 +237,4 @@ pub async fn dump_table(
         seconds,
         chunks,
     })
-}
-
-/// The per-table metrics of a successful run (figures equal to the manifest's); a failed
-/// run reports none, so the last good day's figures stay.
-pub fn metrics(outcome: Result<&Vec<TableReport>, &anyhow::Error>) -> Vec<Family> {
-    let Ok(reports) = outcome else {
-        return Vec::new();
-    };
-    let per_table = |f: fn(&TableReport) -> f64| {
-        reports
-            .iter()
-            .map(|r| (r.table.clone(), f(r)))
-            .collect::<Vec<_>>()
-    };
-    vec![
-        Family::by(
-            "egress_dump_rows",
-            "Rows dumped per table by the last successful run.",
-            "table",
-            per_table(|r| r.rows as f64),
-        ),
-        Family::by(
-            "egress_dump_csv_bytes",
-            "CSV bytes (before compression) per table in the last successful run.",
-            "table",
-            per_table(|r| r.stats.uncompressed_bytes as f64),
-        ),
-        Family::by(
-            "egress_dump_object_bytes",
-            "Object bytes (compressed, as stored) per table in the last successful run.",
-            "table",
-            per_table(|r| r.stats.compressed_bytes as f64),
-        ),
-        Family::by(
-            "egress_dump_table_seconds",
-            "Seconds each table took in the last successful run.",
-            "table",
-            per_table(|r| r.seconds),
-        ),
-    ]
 }

@@ -5,35 +5,25 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::NaiveDate;
 use egress_common::lease::{self, Lease};
 use egress_common::manifest::{self, Manifest, TableEntry};
 use egress_common::{ConfigError, Location};
-use egress_store::{Body, PutOptions, S3Settings, Store};
+use egress_store::{Body, PutOptions, Store};
 use tokio_postgres::Client;
 use tracing::{error, info, warn};
 
 use crate::catalog::{self, Problem, ResolvedTable};
-use crate::config::Args;
-use crate::conninfo::Params;
-use crate::database::{self, DbError, Session, Target};
 use crate::locks;
-use crate::pipeline::TableReport;
+use crate::pg::Params;
+use crate::pg::{self, DbError, DbErrorKind, Session, Target};
+use crate::pipeline::TableError;
 use crate::progress::Counters;
+use crate::report::TableReport;
+use crate::settings::Settings;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::split::{self, Chunk};
-use crate::tables::{self, TableRef};
+use crate::tables::TableRef;
 use crate::workers::{self, Outcome};
-
-/// The variables that hold the dump's S3 keys, named when S3 rejects them.
-pub const CREDENTIALS_HINT: &str = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS profile)";
-
-/// What was asked for, validated before anything is contacted.
-struct Request {
-    tables: Vec<TableRef>,
-    date: String,
-    location: Location,
-}
 
 /// The database side of a run: how to connect, and the connection holding the snapshot.
 struct Database {
@@ -43,19 +33,74 @@ struct Database {
     server_version_num: i32,
 }
 
-/// Run a whole dump as configured by `args`.
-pub async fn run(args: &Args) -> anyhow::Result<Vec<TableReport>> {
-    let request = check_request(args)?;
-    let store = open_output(args, &request).await?;
-    // One writer per date folder: a dry run writes nothing and takes no lease.
-    if args.dry_run {
-        return dump_day(args, &request, &store, None).await;
+/// Why an attempt at the day failed, typed where the run decides on it: a recovery
+/// conflict (a database failure of that kind, also inside a table's) starts the day again.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// The database, outside any one table (connecting, locking, the snapshot).
+    #[error("{0}")]
+    Db(#[from] DbError),
+    /// Tables failed.
+    #[error("{0}")]
+    Tables(#[from] TablesFailed),
+    /// Anything else: the store, the manifest, the configuration.
+    #[error("{0}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<egress_store::StoreError> for AttemptError {
+    fn from(e: egress_store::StoreError) -> Self {
+        AttemptError::Other(e.into())
     }
-    let key = lease::key_in(&request.date);
-    let lease = lease::acquire(&store, &key, "egress-dump", args.common.lease()).await?;
+}
+
+impl From<egress_common::ConfigError> for AttemptError {
+    fn from(e: egress_common::ConfigError) -> Self {
+        AttemptError::Other(e.into())
+    }
+}
+
+impl AttemptError {
+    /// The database failure's kind, when the database failed.
+    fn db_kind(&self) -> Option<DbErrorKind> {
+        match self {
+            AttemptError::Db(e) => Some(e.kind),
+            AttemptError::Tables(t) => t.first.db_kind(),
+            AttemptError::Other(_) => None,
+        }
+    }
+
+    /// The error, for `main` (each typed error in the chain, for the exit code).
+    fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            AttemptError::Db(e) => e.into(),
+            AttemptError::Tables(e) => e.into(),
+            AttemptError::Other(e) => e,
+        }
+    }
+}
+
+/// Tables failed: how many, which, and the first failure (what a retry decides on).
+#[derive(Debug, thiserror::Error)]
+#[error("{summary}")]
+struct TablesFailed {
+    summary: String,
+    #[source]
+    first: TableError,
+}
+
+/// Run a whole dump as `settings` say.
+pub async fn run(settings: &Settings) -> anyhow::Result<Vec<TableReport>> {
+    let store = open_output(settings).await?;
+    // One writer per date folder: a dry run writes nothing and takes no lease.
+    if settings.dry_run {
+        return dump_day(settings, &store, None).await;
+    }
+    let key = lease::key_in(&settings.date);
+    let lease = lease::acquire(&store, &key, "egress-dump", settings.lease).await?;
     // Every write of the day asks the lease first: a run that lost it writes nothing more.
     let fenced = egress_store::guarded(store, lease.fence());
-    let outcome = dump_day(args, &request, &fenced, Some(&lease)).await;
+    let outcome = dump_day(settings, &fenced, Some(&lease)).await;
     let outcome = lease::explain_failure(outcome, &lease).await;
     lease.release().await;
     outcome
@@ -66,21 +111,19 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<TableReport>> {
 /// `--conflict-retries` times), so that it stays one snapshot; objects written from the
 /// abandoned one are written again, and no manifest vouches for them meanwhile.
 async fn dump_day(
-    args: &Args,
-    request: &Request,
+    settings: &Settings,
     store: &Store,
     lease: Option<&Lease>,
 ) -> anyhow::Result<Vec<TableReport>> {
     let run_started = manifest::now_rfc3339();
     if let Some(lease) = lease {
-        clear_dead_uploads(store, &request.date, lease.since()).await;
+        clear_dead_uploads(store, &settings.date, lease.since()).await;
     }
     let mut retries = 0;
     loop {
         let standby = OnceLock::new();
         let attempt = Attempt {
-            args,
-            request,
+            settings,
             store,
             lease,
             run_started: run_started.clone(),
@@ -89,34 +132,36 @@ async fn dump_day(
         };
         let outcome = dump_snapshot(attempt).await;
         let conflict = match &outcome {
-            Err(e) => recovery_conflict(e) || lost_to_a_conflict(e, &standby).await,
+            Err(e) => {
+                e.db_kind() == Some(DbErrorKind::RecoveryConflict)
+                    || lost_to_a_conflict(e, &standby).await
+            }
             Ok(_) => false,
         };
         match outcome {
-            Err(e) if conflict && retries < args.conflict_retries => {
+            Err(e) if conflict && retries < settings.conflict_retries => {
                 retries += 1;
                 warn!(
                     retry = retries,
-                    of = args.conflict_retries,
-                    error = %egress_common::error::one_line(&e),
+                    of = settings.conflict_retries,
+                    error = %egress_common::error::chain(&e),
                     "the standby cancelled a read for a recovery conflict: starting the day again from a fresh snapshot (retry {retries} of {})",
-                    args.conflict_retries
+                    settings.conflict_retries
                 );
             }
             Err(e) if conflict => {
-                return Err(e.context(format!(
+                return Err(e.into_anyhow().context(format!(
                     "still cancelled for recovery conflicts after {retries} retries from a fresh snapshot: raise max_standby_streaming_delay or enable hot_standby_feedback on the standby, raise --conflict-retries, or read from the primary"
                 )));
             }
-            outcome => return outcome,
+            outcome => return outcome.map_err(AttemptError::into_anyhow),
         }
     }
 }
 
 /// One attempt at the day.
 struct Attempt<'a> {
-    args: &'a Args,
-    request: &'a Request,
+    settings: &'a Settings,
     store: &'a Store,
     lease: Option<&'a Lease>,
     run_started: String,
@@ -128,15 +173,14 @@ struct Attempt<'a> {
 /// A session lost during an attempt on a standby that has since counted more recovery
 /// conflicts: the backend was terminated for one, but its closing message was lost (the
 /// server resets a connection that has unread input, e.g. the next chunk's query).
-async fn lost_to_a_conflict(error: &anyhow::Error, standby: &OnceLock<(Target, i64)>) -> bool {
-    let lost = egress_common::error::find::<DbError>(error)
-        .is_some_and(|e| e.kind == database::DbErrorKind::ConnectionLost);
+async fn lost_to_a_conflict(error: &AttemptError, standby: &OnceLock<(Target, i64)>) -> bool {
+    let lost = error.db_kind() == Some(DbErrorKind::ConnectionLost);
     let Some((target, before)) = standby.get().filter(|_| lost) else {
         return false;
     };
     // A terminated backend's statistics reach the server as it exits: allow a moment.
     for _ in 0..5 {
-        if database::conflicts_counted(target)
+        if pg::conflicts_counted(target)
             .await
             .is_some_and(|now| now > *before)
         {
@@ -147,35 +191,27 @@ async fn lost_to_a_conflict(error: &anyhow::Error, standby: &OnceLock<(Target, i
     false
 }
 
-fn recovery_conflict(error: &anyhow::Error) -> bool {
-    egress_common::error::find::<DbError>(error)
-        .is_some_and(|e| e.kind == database::DbErrorKind::RecoveryConflict)
-}
-
 /// The day from one snapshot: connect, take the snapshot, find the tables, dump them,
 /// write the manifest.
-async fn dump_snapshot(attempt: Attempt<'_>) -> anyhow::Result<Vec<TableReport>> {
+async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, AttemptError> {
     let Attempt {
-        args,
-        request,
-        store,
-        ..
+        settings, store, ..
     } = attempt;
-    let db = connect(args, attempt.standby).await?;
-    let mut tables = find_tables(&db.coordinator, &request.tables).await?;
+    let db = connect(settings, attempt.standby).await?;
+    let mut tables = find_tables(&db.coordinator, &settings.tables).await?;
     let Some(lease) = attempt.lease else {
         measure(&db.coordinator, &mut tables).await?;
-        print_plan(&tables, store, &request.date);
+        print_plan(&tables, store, &settings.date);
         return Ok(Vec::new());
     };
     // One snapshot for every table of the run, taken with the tables locked (as pg_dump
     // does): the day's files agree with each other and with the manifest.
-    let (snapshot, tables) = lock_and_snapshot(args, &db, tables).await?;
+    let (snapshot, tables) = lock_and_snapshot(settings, &db, tables).await?;
     let columns = read_columns(&db.coordinator, &tables).await?;
-    let chunks = plan_splits(args, &db, &tables, &columns).await?;
+    let chunks = plan_splits(settings, &db, &tables, &columns).await?;
     // A re-run replaces the day: first withdraw the completion marker, so the folder never
     // looks complete while its objects are being replaced.
-    store.delete(&manifest::key_in(&request.date)).await?;
+    store.delete(&manifest::key_in(&settings.date)).await?;
     let copied: Vec<Vec<String>> = columns
         .iter()
         .zip(&tables)
@@ -187,22 +223,21 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> anyhow::Result<Vec<TableReport>>
         columns: &copied,
     };
     let counters = Arc::new(Counters::default());
-    let concurrent = workers::worker_count(args.jobs as usize, &which, &snapshot).max(1);
-    let job = workers::job_for(args, store, &request.date, &counters, concurrent);
+    let concurrent = workers::worker_count(settings.jobs, &which, &snapshot).max(1);
+    let job = workers::job_for(settings, store, &settings.date, &counters, concurrent);
     let outcomes =
         workers::dump_tables(&job, &db.target, &db.coordinator, &snapshot, &which).await?;
     let _ = db.coordinator.batch_execute("COMMIT").await;
-    let may_retry = attempt.retries < args.conflict_retries;
+    let may_retry = attempt.retries < settings.conflict_retries;
     let reports = all_succeeded(&tables, outcomes, may_retry)?;
     let parts = ManifestParts {
-        args,
-        request,
+        settings,
         run_started: attempt.run_started,
         snapshot,
     };
     let manifest = build_manifest(parts, &tables, &reports, columns);
     check_written(store, &manifest, &reports, lease).await?;
-    write_manifest(store, &request.date, &manifest).await?;
+    write_manifest(store, &settings.date, &manifest).await?;
     let names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
     let peak_rss_mib = egress_common::memory::peak_rss_mib();
     let conflict_retries = attempt.retries;
@@ -213,13 +248,13 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> anyhow::Result<Vec<TableReport>>
 /// Open the transaction, lock the tables, take the snapshot; then look the tables up again
 /// inside it (a name may have changed hands before its lock) and confirm the locks.
 async fn lock_and_snapshot(
-    args: &Args,
+    settings: &Settings,
     db: &Database,
     found: Vec<ResolvedTable>,
-) -> anyhow::Result<(SnapshotInfo, Vec<ResolvedTable>)> {
+) -> Result<(SnapshotInfo, Vec<ResolvedTable>), AttemptError> {
     snapshot::open(&db.coordinator).await?;
-    locks::before_snapshot(&db.coordinator, &found, args.lock_timeout).await?;
-    let snapshot = snapshot::take(&db.coordinator, args.jobs > 1).await?;
+    locks::before_snapshot(&db.coordinator, &found, settings.lock_timeout).await?;
+    let snapshot = snapshot::take(&db.coordinator, settings.jobs > 1).await?;
     let mut tables = look_again(&db.coordinator, &found).await?;
     locks::confirm(&db.coordinator, &tables).await?;
     measure(&db.coordinator, &mut tables).await?;
@@ -251,21 +286,21 @@ async fn look_again(
         .collect()
 }
 
-async fn measure(client: &Client, tables: &mut [ResolvedTable]) -> anyhow::Result<()> {
+async fn measure(client: &Client, tables: &mut [ResolvedTable]) -> Result<(), DbError> {
     catalog::measure(client, tables)
         .await
-        .map_err(|e| DbError::new("cannot measure the tables", &e).into())
+        .map_err(|e| DbError::new("cannot measure the tables", &e))
 }
 
 /// Which tables are read in chunks (`--split-larger-than`), each decision logged.
 async fn plan_splits(
-    args: &Args,
+    settings: &Settings,
     db: &Database,
     tables: &[ResolvedTable],
     columns: &[Vec<catalog::Column>],
 ) -> anyhow::Result<Vec<Option<Vec<Chunk>>>> {
     let mut plans = Vec::with_capacity(tables.len());
-    let Some(threshold) = args.split_larger_than else {
+    let Some(threshold) = settings.split_larger_than else {
         return Ok(tables.iter().map(|_| None).collect());
     };
     for (table, _) in tables.iter().zip(columns) {
@@ -277,12 +312,12 @@ async fn plan_splits(
             table.kind,
             size,
             Some(threshold),
-            args.jobs as usize,
+            settings.jobs,
             db.server_version_num,
         );
         match &decision {
             Ok(chunks) => {
-                info!(table = %name, chunks = chunks.len(), pages = size.pages, "Table '{name}': read in {} chunks by {} workers.", chunks.len(), args.jobs)
+                info!(table = %name, chunks = chunks.len(), pages = size.pages, "Table '{name}': read in {} chunks by {} workers.", chunks.len(), settings.jobs)
             }
             Err(split::Whole::Small) => {}
             Err(why) => {
@@ -339,88 +374,38 @@ async fn check_written(
     Ok(())
 }
 
-/// The flags checked before anything is contacted.
-fn check_request(args: &Args) -> anyhow::Result<Request> {
-    Ok(Request {
-        tables: tables::parse_list(&args.tables).map_err(|e| ConfigError::new(e.to_string()))?,
-        date: run_date(args.date.as_deref())?,
-        location: Location::parse(&args.output).map_err(|e| ConfigError::new(e.to_string()))?,
-    })
-}
-
-/// `--date`, or today in UTC; fixed once so a run across midnight stays in one folder.
-pub fn run_date(arg: Option<&str>) -> Result<String, ConfigError> {
-    match arg {
-        None => Ok(chrono::Utc::now()
-            .date_naive()
-            .format("%Y-%m-%d")
-            .to_string()),
-        Some(text) => NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
-            .ok()
-            .filter(|d| d.format("%Y-%m-%d").to_string() == text.trim())
-            .map(|d| d.format("%Y-%m-%d").to_string())
-            .ok_or_else(|| {
-                ConfigError::new(format!(
-                    "--date '{text}' is not a valid date: use YYYY-MM-DD, e.g. 2024-01-31"
-                ))
-            }),
-    }
-}
-
-/// The output store as the flags say, not yet contacted.
-pub async fn open_store(args: &Args, location: &Location) -> anyhow::Result<Store> {
-    if let Some(url) = &args.endpoint_url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return egress_common::error::config(format!(
-                "AWS_ENDPOINT_URL '{url}' is not an http(s) URL: use e.g. https://rgw.example.com"
-            ));
-        }
-    }
-    let settings = S3Settings {
-        endpoint_url: args.endpoint_url.clone(),
-        // A custom endpoint (Ceph RGW, MinIO) is addressed path-style; AWS's own hosts
-        // (VPC or FIPS endpoints) keep virtual-host addressing.
-        path_style: args
-            .endpoint_url
-            .as_deref()
-            .is_some_and(|u| !egress_store::is_aws_host(u)),
-        region: args.region.clone(),
-        timeout: args.common.timeout(),
-        max_attempts: 5,
-        ca_bundle: args.common.ca_bundle.clone(),
-        credentials_hint: CREDENTIALS_HINT,
-        ..Default::default()
-    };
-    let store = location.open(&settings, args.common.file_mode).await?;
-    Ok(store)
-}
-
 /// Open the output and check it before touching the database: credentials, bucket, a
 /// writable directory.
-async fn open_output(args: &Args, request: &Request) -> anyhow::Result<Store> {
-    let store = open_store(args, &request.location).await?;
+async fn open_output(settings: &Settings) -> anyhow::Result<Store> {
+    let store = settings
+        .output
+        .open(&settings.s3, settings.file_mode)
+        .await?;
     // A dry run writes nothing, so a local output that does not exist yet is fine.
-    let local = matches!(request.location, Location::Local(_));
-    if !(args.dry_run && local) {
-        store.probe(!args.dry_run).await?;
+    let local = matches!(settings.output, Location::Local(_));
+    if !(settings.dry_run && local) {
+        store.probe(!settings.dry_run).await?;
     }
     Ok(store)
 }
 
-async fn connect(args: &Args, standby: &OnceLock<(Target, i64)>) -> anyhow::Result<Database> {
-    let conninfo = args.database_url.as_ref().map(|u| u.expose());
-    let params = Params::resolve(conninfo, &database::env_from_process())?;
-    let target = database::resolve(&params, args.common.timeout())?;
+async fn connect(
+    settings: &Settings,
+    standby: &OnceLock<(Target, i64)>,
+) -> Result<Database, AttemptError> {
+    let conninfo = settings.database_url.as_ref().map(|u| u.expose());
+    let params = Params::resolve(conninfo, &pg::env_from_process())?;
+    let target = pg::resolve(&params, settings.timeout)?;
     let coordinator = target.connect_with_retry(5).await?;
-    database::prepare_session(&coordinator, args.lock_timeout).await?;
-    let server = database::server_facts(&coordinator).await?;
+    pg::prepare_session(&coordinator, settings.lock_timeout).await?;
+    let server = pg::server_facts(&coordinator).await?;
     if server.standby {
         let _ = standby.set((target.clone(), server.conflicts));
         info!(
             max_standby_streaming_delay = %server.max_standby_streaming_delay,
             hot_standby_feedback = %server.hot_standby_feedback,
             "Reading from a standby: a long read may be cancelled by a recovery conflict (then retried from a fresh snapshot, --conflict-retries {})",
-            args.conflict_retries
+            settings.conflict_retries
         );
     }
     Ok(Database {
@@ -431,7 +416,10 @@ async fn connect(args: &Args, standby: &OnceLock<(Target, i64)>) -> anyhow::Resu
 }
 
 /// Look every table up; all problems are reported at once.
-async fn find_tables(client: &Client, tables: &[TableRef]) -> anyhow::Result<Vec<ResolvedTable>> {
+async fn find_tables(
+    client: &Client,
+    tables: &[TableRef],
+) -> Result<Vec<ResolvedTable>, AttemptError> {
     let mut resolved = Vec::new();
     let mut problems = Vec::new();
     for table in tables {
@@ -452,22 +440,24 @@ async fn find_tables(client: &Client, tables: &[TableRef]) -> anyhow::Result<Vec
         }
     }
     if !problems.is_empty() {
-        return egress_common::error::config(format!(
+        return Err(ConfigError::new(format!(
             "{} of {} tables cannot be dumped: {}; fix TABLES or the database grants",
             problems.len(),
             tables.len(),
             problems.join(", ")
-        ));
+        ))
+        .into());
     }
     for (i, table) in resolved.iter().enumerate() {
         if let Some(twin) = resolved[..i].iter().find(|t| t.oid == table.oid) {
-            return egress_common::error::config(format!(
+            return Err(ConfigError::new(format!(
                 "'{}' and '{}' are the same table ({}.{}): list it once in TABLES",
                 twin.requested.spelled(),
                 table.requested.spelled(),
                 table.schema,
                 table.name
-            ));
+            ))
+            .into());
         }
     }
     Ok(resolved)
@@ -476,7 +466,7 @@ async fn find_tables(client: &Client, tables: &[TableRef]) -> anyhow::Result<Vec
 async fn read_columns(
     client: &Client,
     tables: &[ResolvedTable],
-) -> anyhow::Result<Vec<Vec<catalog::Column>>> {
+) -> Result<Vec<Vec<catalog::Column>>, DbError> {
     let mut columns = Vec::with_capacity(tables.len());
     for table in tables {
         let found = catalog::columns(client, table.oid).await.map_err(|e| {
@@ -519,9 +509,9 @@ fn all_succeeded(
     tables: &[ResolvedTable],
     outcomes: Vec<Outcome>,
     may_retry: bool,
-) -> anyhow::Result<Vec<TableReport>> {
+) -> Result<Vec<TableReport>, TablesFailed> {
     let mut reports = Vec::new();
-    let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
+    let mut failed: Vec<(String, TableError)> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     for (table, outcome) in tables.iter().zip(outcomes) {
         match outcome {
@@ -536,7 +526,10 @@ fn all_succeeded(
     let ok: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
     let bad: Vec<String> = failed.iter().map(|(t, _)| t.clone()).collect();
     // The first failure is what the caller retries on.
-    let retried = may_retry && failed.first().is_some_and(|(_, e)| recovery_conflict(e));
+    let retried = may_retry
+        && failed
+            .first()
+            .is_some_and(|(_, e)| e.db_kind() == Some(DbErrorKind::RecoveryConflict));
     if !retried {
         error!(
         succeeded = %ok.join(" "),
@@ -553,13 +546,12 @@ fn all_succeeded(
         bad.join(", ")
     );
     let (_, first) = failed.swap_remove(0);
-    Err(first.context(summary))
+    Err(TablesFailed { summary, first })
 }
 
 /// What the manifest records about the run as a whole.
 struct ManifestParts<'a> {
-    args: &'a Args,
-    request: &'a Request,
+    settings: &'a Settings,
     run_started: String,
     snapshot: SnapshotInfo,
 }
@@ -570,7 +562,7 @@ fn build_manifest(
     reports: &[TableReport],
     columns: Vec<Vec<catalog::Column>>,
 ) -> Manifest {
-    let date = &run.request.date;
+    let date = &run.settings.date;
     let entries = tables
         .iter()
         .zip(reports)
@@ -581,7 +573,7 @@ fn build_manifest(
                 table: report.table.clone(),
                 schema: table.schema.clone(),
                 name: table.name.clone(),
-                key: run.request.location.key_for(&format!("{date}/{file}")),
+                key: run.settings.output.key_for(&format!("{date}/{file}")),
                 file,
                 rows: report.rows,
                 uncompressed_bytes: report.stats.uncompressed_bytes,
@@ -606,8 +598,8 @@ fn build_manifest(
             exported_id: None,
             ..run.snapshot
         },
-        compression_level: run.args.compression_level,
-        header: run.args.header,
+        compression_level: run.settings.compression_level,
+        header: run.settings.header,
         tables: entries,
     }
 }
@@ -627,18 +619,4 @@ async fn write_manifest(store: &Store, date: &str, manifest: &Manifest) -> anyho
         .put(&manifest::key_in(date), Body::from_bytes(body), &options)
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_strict() {
-        assert_eq!(run_date(Some("2024-02-29")).unwrap(), "2024-02-29");
-        assert!(run_date(Some("2023-02-29")).is_err());
-        assert!(run_date(Some("2024-1-5")).is_err());
-        assert!(run_date(Some("yesterday")).is_err());
-        assert_eq!(run_date(None).unwrap().len(), 10);
-    }
 }

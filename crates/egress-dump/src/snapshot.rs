@@ -5,7 +5,7 @@
 pub use egress_common::manifest::SnapshotInfo;
 use tokio_postgres::Client;
 
-use crate::database::DbError;
+use crate::pg::DbError;
 
 /// Open the run's transaction on `client`. Its snapshot is not taken yet: the tables are
 /// locked first ([`crate::locks`]), then [`take`] takes it.

@@ -8,7 +8,7 @@
 //! are visible to the run's snapshot anyway). Concatenated in order, the chunks are the
 //! table in physical order: what a serial `COPY` prints with `synchronize_seqscans = off`.
 
-use crate::catalog::ResolvedTable;
+use crate::catalog::{ResolvedTable, TableSize};
 use crate::tables::quote_ident;
 
 /// PostgreSQL's first version with TID range scans (`server_version_num`).
@@ -31,17 +31,6 @@ fn share(workers: usize) -> u64 {
 /// the window.
 pub fn chunk_buffer(workers: usize) -> usize {
     (share(workers) / MESSAGE_BYTES).max(1) as usize
-}
-
-/// What the database says about a table, for the decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TableSize {
-    /// Heap plus TOAST (`pg_table_size`).
-    pub bytes: u64,
-    /// Heap pages (`pg_relation_size / block_size`), counted inside the run's snapshot.
-    pub pages: u64,
-    /// `block_size`.
-    pub block_size: u64,
 }
 
 /// A range of heap pages: `first..end` (`end` open for the last chunk).

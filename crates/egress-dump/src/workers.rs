@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex};
 use tracing::error;
 
 use crate::catalog::ResolvedTable;
-use crate::database::{self, Session, Target};
 use crate::gzip;
 use crate::locks;
-use crate::pipeline::{self, Job, Source, TableReport};
+use crate::pg::{self, DbError, Session, Target};
+use crate::pipeline::{self, Job, Source, TableError};
 use crate::progress::{self, Counters};
+use crate::report::TableReport;
+use crate::settings::Settings;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::split::Chunk;
 
@@ -22,7 +24,7 @@ pub enum Outcome {
     /// Dumped.
     Done(Box<TableReport>),
     /// Failed (the error says why).
-    Failed(anyhow::Error),
+    Failed(TableError),
     /// Not started, after another table failed.
     NotAttempted,
 }
@@ -54,12 +56,12 @@ pub async fn dump_tables(
     coordinator: &Session,
     snapshot: &SnapshotInfo,
     tables: &Tables<'_>,
-) -> anyhow::Result<Vec<Outcome>> {
-    let workers = worker_count(job.args.jobs as usize, tables, snapshot);
+) -> Result<Vec<Outcome>, DbError> {
+    let workers = worker_count(job.settings.jobs, tables, snapshot);
     let display = progress::display(
         "dump".to_string(),
         job.counters.clone(),
-        job.args.common.progress(),
+        job.settings.progress,
     );
     let outcomes = match &snapshot.exported_id {
         Some(id) => {
@@ -67,7 +69,7 @@ pub async fn dump_tables(
                 target,
                 snapshot_id: id,
                 count: workers,
-                lock_timeout: job.args.lock_timeout,
+                lock_timeout: job.settings.lock_timeout,
             };
             let sessions = open.open(tables.tables).await?;
             let outcomes = dump_with_workers(&sessions, tables, job).await;
@@ -85,14 +87,14 @@ pub async fn dump_tables(
 /// The job of a run with `workers` tables dumped at once: the machine's compression
 /// threads shared among them.
 pub fn job_for<'a>(
-    args: &'a crate::config::Args,
+    settings: &'a Settings,
     store: &'a egress_store::Store,
     date: &'a str,
     counters: &'a Arc<Counters>,
     concurrent_tables: usize,
 ) -> Job<'a> {
     Job {
-        args,
+        settings,
         compress_threads: (gzip::default_threads() / concurrent_tables.max(1)).max(1),
         store,
         date,
@@ -110,11 +112,11 @@ struct Workers<'a> {
 
 impl Workers<'_> {
     /// Connect the workers, each in the run's snapshot and holding the tables' locks.
-    async fn open(&self, tables: &[ResolvedTable]) -> anyhow::Result<Vec<Session>> {
+    async fn open(&self, tables: &[ResolvedTable]) -> Result<Vec<Session>, DbError> {
         let mut sessions = Vec::with_capacity(self.count);
         for _ in 0..self.count {
             let session = self.target.connect_with_retry(5).await?;
-            database::prepare_session(&session, self.lock_timeout).await?;
+            pg::prepare_session(&session, self.lock_timeout).await?;
             snapshot::import(&session, self.snapshot_id).await?;
             locks::in_worker(&session, tables, self.lock_timeout).await?;
             sessions.push(session);
@@ -151,7 +153,7 @@ async fn dump_with_workers(
             columns: &tables.columns[index],
         };
         let outcome = dump_in_savepoint(sessions, source, &tables.tables[index], &whole_job).await;
-        stop = matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going;
+        stop = matches!(outcome, Outcome::Failed(_)) && !job.settings.keep_going;
         outcomes[index] = outcome;
     }
     if stop {
@@ -189,7 +191,7 @@ async fn dump_in_savepoint(
     match outcome {
         Ok(report) => Outcome::Done(Box::new(report)),
         Err(e) => {
-            let line = egress_common::error::one_line(&e);
+            let line = egress_common::error::chain(&e);
             error!(table = %name, error = %line, "Table '{name}': Dump failed.");
             Outcome::Failed(e)
         }
@@ -207,7 +209,7 @@ async fn dump_serial(session: &Session, tables: &Tables<'_>, job: &Job<'_>) -> V
         let sessions = std::slice::from_ref(session);
         let source = Source::Whole { session, columns };
         let outcome = dump_in_savepoint(sessions, source, table, job).await;
-        stop = matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going;
+        stop = matches!(outcome, Outcome::Failed(_)) && !job.settings.keep_going;
         outcomes.push(outcome);
     }
     outcomes
@@ -233,7 +235,7 @@ async fn dump_parallel(
             let columns = &tables.columns[index];
             let source = Source::Whole { session, columns };
             let outcome = dump_in_savepoint(one, source, &tables.tables[index], job).await;
-            if matches!(outcome, Outcome::Failed(_)) && !job.args.keep_going {
+            if matches!(outcome, Outcome::Failed(_)) && !job.settings.keep_going {
                 stop.store(true, Ordering::SeqCst);
             }
             if let Ok(mut r) = results.lock() {

@@ -173,7 +173,7 @@ fn check_name(name: &str, origin: Origin) -> Result<(), ConfigError> {
 
 /// Parse a `postgresql://` / `postgres://` URL or a `key=value` string. Errors never echo
 /// the text (it may hold a password).
-pub fn parse(text: &str) -> Result<Params, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<Params, ConfigError> {
     let text = text.trim();
     let lower = text.to_ascii_lowercase();
     if lower.starts_with("postgresql://") || lower.starts_with("postgres://") {

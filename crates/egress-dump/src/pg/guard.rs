@@ -31,7 +31,7 @@ const READ_AHEAD: u64 = 1024 * 1024;
 /// The server asked for the password in clear text where it would travel readable.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the server asked for the password in clear text (password authentication) over {0}, where anyone on the path could read it; it was not sent")]
-pub struct CleartextRefused(pub &'static str);
+pub(super) struct CleartextRefused(pub &'static str);
 
 /// How far reading is ahead of the dump: COPY rows read from the server, rows taken.
 #[derive(Debug, Default)]
@@ -115,7 +115,7 @@ impl Flow {
 
 /// Where the guard sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layer {
+pub(super) enum Layer {
     /// On the socket: the first thing written may be an SSLRequest.
     Socket,
     /// Above TLS: the protocol starts with the server's messages.
@@ -139,7 +139,7 @@ enum State {
 }
 
 /// A stream watched as the module says.
-pub struct Guard<S> {
+pub(super) struct Guard<S> {
     inner: S,
     state: State,
     header: [u8; 5],
@@ -152,7 +152,7 @@ pub struct Guard<S> {
 impl<S> Guard<S> {
     /// Watch `inner` at `layer`: refuse cleartext requests naming `refuse` (`None`: allow
     /// them), and meter COPY rows into `flow` (`None`: do not).
-    pub fn new(
+    pub(super) fn new(
         inner: S,
         layer: Layer,
         refuse: Option<&'static str>,

@@ -21,7 +21,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// libpq's `sslmode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
+pub(super) enum SslMode {
     /// Never use TLS.
     Disable,
     /// Treated as `prefer` (TLS when the server offers it).
@@ -56,7 +56,7 @@ impl std::str::FromStr for SslMode {
 }
 
 /// `PGSSLROOTCERT`, else libpq's default `~/.postgresql/root.crt` when it exists.
-pub fn root_cert_path(configured: Option<&str>) -> Option<PathBuf> {
+pub(super) fn root_cert_path(configured: Option<&str>) -> Option<PathBuf> {
     if let Some(path) = configured {
         return Some(PathBuf::from(path));
     }
@@ -70,7 +70,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Build the connector for `mode`. Certificate problems are configuration errors (exit 2).
-pub fn connector(
+pub(super) fn connector(
     mode: SslMode,
     root_cert: Option<&Path>,
 ) -> Result<MakeRustlsConnect, ConfigError> {

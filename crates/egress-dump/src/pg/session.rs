@@ -1,0 +1,107 @@
+//! A connection in use: its errors read with the server's own reason, the facts the run
+//! needs about the server (version, standby, recovery conflicts), and the settings every
+//! dump session gets.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::error::{classify, DbError};
+use super::guard::Flow;
+use super::target::Target;
+
+/// A connection, and how far its reading may run ahead of the dump ([`Flow`]).
+pub struct Session {
+    pub(super) client: Client,
+    /// Rows read from the server and taken by the dump.
+    pub flow: Arc<Flow>,
+    /// Why the server ended the session, when it said so: a backend terminated while
+    /// idle (e.g. for a recovery conflict) sends its error outside any request, and the
+    /// next request only sees "connection closed".
+    pub(super) ended: Arc<OnceLock<DbError>>,
+}
+
+impl Session {
+    /// Classify `e`, a failure of a request on this session: a closed connection is
+    /// reported with the server's own reason for ending it, when it gave one.
+    pub fn error(&self, e: &tokio_postgres::Error) -> DbError {
+        match self.ended.get() {
+            Some(ended) if e.is_closed() => DbError {
+                kind: ended.kind,
+                message: format!("the server ended the session: {}", ended.message),
+            },
+            _ => {
+                let (kind, message) = classify(e);
+                DbError { kind, message }
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// What the run needs to know about the server.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    /// `server_version_num`.
+    pub version_num: i32,
+    /// `pg_is_in_recovery()`: a standby.
+    pub standby: bool,
+    /// How long the standby lets a conflicting query run before cancelling it.
+    pub max_standby_streaming_delay: String,
+    /// Whether the standby tells the primary which rows its queries still need.
+    pub hot_standby_feedback: String,
+    /// Queries in this database the standby has cancelled for recovery conflicts so far
+    /// (`pg_stat_database_conflicts`).
+    pub conflicts: i64,
+}
+
+/// Recovery conflicts the server has counted in this database so far, on a new session.
+pub async fn conflicts_counted(target: &Target) -> Option<i64> {
+    let session = target.connect().await.ok()?;
+    server_facts(&session)
+        .await
+        .ok()
+        .map(|facts| facts.conflicts)
+}
+
+/// Ask the server for its version and role.
+pub async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts, DbError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, pg_is_in_recovery(), \
+                    current_setting('max_standby_streaming_delay'), current_setting('hot_standby_feedback'), \
+                    (SELECT coalesce(sum(confl_tablespace + confl_lock + confl_snapshot + confl_bufferpin + confl_deadlock), 0)::bigint \
+                     FROM pg_stat_database_conflicts WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .map_err(|e| DbError::new("cannot read the server's version and role", &e))?;
+    Ok(ServerFacts {
+        version_num: row.get(0),
+        standby: row.get(1),
+        max_standby_streaming_delay: row.get(2),
+        hot_standby_feedback: row.get(3),
+        conflicts: row.get(4),
+    })
+}
+
+/// Settings every dump session gets: no server-side timeout may cut a long COPY short,
+/// and no lock is waited for longer than `lock_timeout` (the tables are locked up front,
+/// so a later wait can only be one queued behind this dump's own locks, which never ends).
+pub async fn prepare_session(client: &Client, lock_timeout: Duration) -> Result<(), DbError> {
+    let millis = lock_timeout.as_millis();
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = 0; SET lock_timeout = '{millis}ms'; \
+             SET idle_in_transaction_session_timeout = 0; SET client_encoding = 'UTF8'"
+        ))
+        .await
+        .map_err(|e| DbError::new("cannot prepare the database session", &e))
+}
