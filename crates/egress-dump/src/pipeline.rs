@@ -16,7 +16,7 @@ use tracing::info;
 use crate::catalog::ResolvedTable;
 use crate::chunked;
 use crate::copy_stream::{self, CopyError, CopyStats};
-use crate::gzip;
+use crate::gzip::{self, CompressError, CompressStats};
 use crate::progress::Counters;
 use crate::report::TableReport;
 use crate::settings::Settings;
@@ -143,6 +143,40 @@ impl TableError {
     }
 }
 
+/// What the three stages ended with: all three succeeded, or the table's failure (the
+/// upload aborted when it was not the one that failed).
+async fn settle(
+    name: &str,
+    copied: Result<CopyStats, CopyError>,
+    compressed: Result<Result<CompressStats, CompressError>, tokio::task::JoinError>,
+    received: Result<upload::Pending, StoreError>,
+) -> Result<(CopyStats, CompressStats, upload::Pending), TableError> {
+    let table = name.to_string();
+    let pending = match (copied, compressed, received) {
+        (Ok(copy), Ok(Ok(stats)), Ok(pending)) => return Ok((copy, stats, pending)),
+        // The upload stage failed: it has cleaned up after itself.
+        (_, _, Err(source)) => return Err(TableError::Store { table, source }),
+        (copied, compressed, Ok(pending)) => (copied, compressed, pending),
+    };
+    let (copied, compressed, pending) = pending;
+    upload::abort(pending).await;
+    Err(match (copied, compressed) {
+        (Err(CopyError::Database(source)), _) => TableError::Read { table, source },
+        (_, Ok(Err(e))) => TableError::Compress {
+            table,
+            why: e.to_string(),
+        },
+        (_, Err(join)) => TableError::Compress {
+            table,
+            why: join.to_string(),
+        },
+        _ => TableError::Compress {
+            table,
+            why: "the stages stopped unexpectedly".into(),
+        },
+    })
+}
+
 /// Dump one table through the three stages.
 pub async fn dump_table(
     source: Source<'_>,
@@ -178,35 +212,7 @@ pub async fn dump_table(
     let (copied, compressed, received) = tokio::join!(copy, compressor, receive);
 
     // Only when all three stages succeeded may the object become visible.
-    let (copy, stats, pending) = match (copied, compressed, received) {
-        (Ok(copy), Ok(Ok(stats)), Ok(pending)) => (copy, stats, pending),
-        // The upload stage failed: it has cleaned up after itself.
-        (_, _, Err(source)) => {
-            return Err(TableError::Store {
-                table: name,
-                source,
-            })
-        }
-        (copied, compressed, Ok(pending)) => {
-            upload::abort(pending).await;
-            let table = name;
-            return Err(match (copied, compressed) {
-                (Err(CopyError::Database(source)), _) => TableError::Read { table, source },
-                (_, Ok(Err(e))) => TableError::Compress {
-                    table,
-                    why: e.to_string(),
-                },
-                (_, Err(join)) => TableError::Compress {
-                    table,
-                    why: join.to_string(),
-                },
-                _ => TableError::Compress {
-                    table,
-                    why: "the stages stopped unexpectedly".into(),
-                },
-            });
-        }
-    };
+    let (copy, stats, pending) = settle(&name, copied, compressed, received).await?;
     let committed = match upload::commit(job.store, &key, pending).await {
         Ok(committed) => committed,
         Err(source) => {
