@@ -9,7 +9,7 @@ use std::sync::Arc;
 use egress_common::check::{self, Status, Use};
 use egress_store::{
     Attributes, Body, CompletedPart, Condition, ErrorKind, GetOptions, LocalStore, MemoryStore,
-    PartSlot, PutOptions, Store,
+    PartData, PartSlot, PutOptions, Store,
 };
 use egress_testkit::{CephRgw, S3Kind, S3Server};
 use futures::StreamExt;
@@ -239,7 +239,14 @@ async fn multipart(f: &Fixture) {
         let md5: [u8; 16] = Md5::digest(part).into();
         let etag = f
             .store
-            .upload_part(&upload, slot, Body::from_bytes(part.clone()), Some(md5))
+            .upload_part(
+                &upload,
+                PartData {
+                    slot,
+                    body: Body::from_bytes(part.clone()),
+                    content_md5: Some(md5),
+                },
+            )
             .await
             .unwrap();
         done.push(CompletedPart {
@@ -279,7 +286,14 @@ async fn aborts(f: &Fixture) {
         offset: 0,
     };
     f.store
-        .upload_part(&upload, slot, Body::from_bytes(data(MIB, 4)), None)
+        .upload_part(
+            &upload,
+            PartData {
+                slot,
+                body: Body::from_bytes(data(MIB, 4)),
+                content_md5: None,
+            },
+        )
         .await
         .unwrap();
     f.store.abort(upload).await;

@@ -12,8 +12,8 @@ use bytes::Bytes;
 
 use crate::ExitCode;
 use egress_store::{
-    Attributes, Body, CompletedPart, ErrorKind, GetOptions, ObjectStore, PartSlot, PutOptions,
-    StoreError,
+    Attributes, Body, CompletedPart, ErrorKind, GetOptions, ObjectStore, PartData, PartSlot,
+    PutOptions, StoreError,
 };
 
 /// What a check found.
@@ -368,7 +368,14 @@ async fn multipart_upload(
         };
         let body = Body::from_bytes(Bytes::from(part.clone()));
         match store
-            .upload_part(&upload, slot, body, Some(md5(part)))
+            .upload_part(
+                &upload,
+                PartData {
+                    slot,
+                    body,
+                    content_md5: Some(md5(part)),
+                },
+            )
             .await
         {
             Ok(etag) => done.push(CompletedPart {

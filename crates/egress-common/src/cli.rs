@@ -126,7 +126,7 @@ pub enum Tool {
 }
 
 /// Run `tool` for the command `cmd` (the binary's clap definition), printing to stdout.
-pub fn run_tool(tool: &Tool, mut cmd: clap::Command) -> ExitCode {
+fn run_tool(tool: &Tool, mut cmd: clap::Command) -> ExitCode {
     let name = cmd.get_name().to_string();
     // Rendered into memory first: clap_complete panics when its writer fails (a closed
     // pipe, as in `egress-dump completions bash | head`).
@@ -150,16 +150,30 @@ pub fn run_tool(tool: &Tool, mut cmd: clap::Command) -> ExitCode {
 
 /// With the hidden `--list-env`, print the variables `cmd` reads (see
 /// [`crate::envlist::listing`]) and return true: the binary then exits.
-pub fn list_env(
-    common: &CommonArgs,
-    cmd: &clap::Command,
-    extra: &[&str],
-    required: &[&str],
-) -> bool {
+fn list_env(common: &CommonArgs, cmd: &clap::Command, extra: &[&str], required: &[&str]) -> bool {
     if common.list_env {
         print!("{}", crate::envlist::listing(cmd, extra, required));
     }
     common.list_env
+}
+
+/// The steps before a binary's run, the same in both: `--list-env` (with the variables
+/// `env` = [extra, required] names beyond the flags), a `tool` (completions, man page),
+/// then logging. Returns the exit code when the binary ends there.
+pub fn before_run(
+    common: &CommonArgs,
+    tool: Option<&Tool>,
+    cmd: clap::Command,
+    env: [&[&str]; 2],
+) -> Option<ExitCode> {
+    if list_env(common, &cmd, env[0], env[1]) {
+        return Some(ExitCode::Success);
+    }
+    if let Some(tool) = tool {
+        return Some(run_tool(tool, cmd));
+    }
+    crate::logging::init(common.log_format, common.verbose, false);
+    None
 }
 
 /// How a binary ends a run: its name, what a stop leaves behind, how to describe success,

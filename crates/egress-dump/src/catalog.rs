@@ -140,6 +140,21 @@ pub enum Problem {
 }
 
 impl ResolvedTable {
+    /// A plain table `schema.name` (listed as `x`) as unit tests need one: no statistics,
+    /// no oid.
+    #[cfg(test)]
+    pub(crate) fn plain(schema: &str, name: &str) -> ResolvedTable {
+        ResolvedTable {
+            requested: crate::tables::parse_list("x").unwrap().remove(0),
+            schema: schema.into(),
+            name: name.into(),
+            kind: 'r',
+            estimated_rows: 0,
+            estimated_bytes: 0,
+            oid: 0,
+        }
+    }
+
     /// The COPY statement for `columns` (the manifest's), named one by one, so the rows
     /// read have exactly the fields the manifest lists (a column added since would not be
     /// read; one dropped would fail the COPY). Identifiers are always quoted. Plain tables
@@ -276,15 +291,7 @@ mod tests {
 
     #[test]
     fn copy_sql_quotes_everything() {
-        let t = ResolvedTable {
-            requested: parse_list("x").unwrap().remove(0),
-            schema: "s".into(),
-            name: "a\"b".into(),
-            kind: 'r',
-            estimated_rows: 0,
-            estimated_bytes: 0,
-            oid: 0,
-        };
+        let t = ResolvedTable::plain("s", "a\"b");
         let columns = ["id".to_string(), "x\"y".to_string()];
         assert_eq!(
             t.copy_sql(&columns, false),

@@ -253,15 +253,7 @@ mod tests {
 
     #[test]
     fn chunk_sql_quotes_names_and_puts_the_header_first_only() {
-        let table = ResolvedTable {
-            requested: crate::tables::parse_list("x").unwrap().remove(0),
-            schema: "s".into(),
-            name: "a\"b".into(),
-            kind: 'r',
-            estimated_rows: 0,
-            estimated_bytes: 0,
-            oid: 0,
-        };
+        let table = ResolvedTable::plain("s", "a\"b");
         let columns = vec!["id".to_string(), "Note".to_string()];
         let first = Chunk {
             index: 0,

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::{
-    Body, CompletedPart, GetOptions, GetResult, ObjectMeta, ObjectStore, PageStream, PartSlot,
+    Body, CompletedPart, GetOptions, GetResult, ObjectMeta, ObjectStore, PageStream, PartData,
     PendingUpload, PutOptions, PutResult, Store, StoreError, StoreTraits, Upload,
 };
 
@@ -106,16 +106,8 @@ impl ObjectStore for Guarded {
         self.inner.create_multipart(key, options).await
     }
 
-    async fn upload_part(
-        &self,
-        upload: &Upload,
-        slot: PartSlot,
-        body: Body,
-        content_md5: Option<[u8; 16]>,
-    ) -> Result<String, StoreError> {
-        self.inner
-            .upload_part(upload, slot, body, content_md5)
-            .await
+    async fn upload_part(&self, upload: &Upload, part: PartData) -> Result<String, StoreError> {
+        self.inner.upload_part(upload, part).await
     }
 
     async fn complete(

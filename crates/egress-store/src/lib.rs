@@ -167,6 +167,18 @@ pub struct PartSlot {
     pub offset: u64,
 }
 
+/// One part on its way: where it goes, its bytes, and their MD5 when the caller knows it
+/// (the store then refuses bytes that do not match).
+#[derive(Debug)]
+pub struct PartData {
+    /// Where the part goes.
+    pub slot: PartSlot,
+    /// Its bytes.
+    pub body: Body,
+    /// The MD5 the bytes must have (sent as `Content-MD5`).
+    pub content_md5: Option<[u8; 16]>,
+}
+
 /// An upload some run started and nobody completed or aborted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingUpload {
@@ -238,13 +250,7 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Upload one part; returns its ETag (the MD5 of its bytes on AWS S3, Ceph RGW, MinIO
     /// and the local store).
-    async fn upload_part(
-        &self,
-        upload: &Upload,
-        slot: PartSlot,
-        body: Body,
-        content_md5: Option<[u8; 16]>,
-    ) -> Result<String, StoreError>;
+    async fn upload_part(&self, upload: &Upload, part: PartData) -> Result<String, StoreError>;
 
     /// Make the upload visible as one object of `size` bytes.
     async fn complete(

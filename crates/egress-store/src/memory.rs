@@ -17,7 +17,7 @@ use md5::{Digest, Md5};
 use crate::error::{ErrorKind, StoreError};
 use crate::{
     multipart_etag, stop, Attributes, Body, CompletedPart, Condition, GetOptions, GetResult,
-    ObjectInfo, ObjectMeta, ObjectStore, PageStream, PartSlot, PendingUpload, PutOptions,
+    ObjectInfo, ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions,
     PutResult, StoreTraits, Upload,
 };
 
@@ -284,13 +284,12 @@ impl ObjectStore for MemoryStore {
         })
     }
 
-    async fn upload_part(
-        &self,
-        upload: &Upload,
-        slot: PartSlot,
-        body: Body,
-        content_md5: Option<[u8; 16]>,
-    ) -> Result<String, StoreError> {
+    async fn upload_part(&self, upload: &Upload, part: PartData) -> Result<String, StoreError> {
+        let PartData {
+            slot,
+            body,
+            content_md5,
+        } = part;
         let data = read_body(body, content_md5).await?;
         let etag = md5_hex(&data);
         self.with_state(|s| match s.uploads.get_mut(&upload.id) {

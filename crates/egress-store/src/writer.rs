@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::{
-    etag_md5, multipart_etag, Body, CompletedPart, ErrorKind, PartSlot, PutOptions, PutResult,
-    Store, StoreError, Upload,
+    etag_md5, multipart_etag, Body, CompletedPart, ErrorKind, PartData, PartSlot, PutOptions,
+    PutResult, Store, StoreError, Upload,
 };
 
 /// One part the store has.
@@ -140,7 +140,16 @@ async fn upload_one(
 ) -> Result<PartDone, StoreError> {
     let size = body.len();
     if !verify {
-        let etag = store.upload_part(&upload, slot, body, None).await?;
+        let etag = store
+            .upload_part(
+                &upload,
+                PartData {
+                    slot,
+                    body,
+                    content_md5: None,
+                },
+            )
+            .await?;
         return Ok(PartDone {
             number: slot.number,
             etag,
@@ -154,7 +163,16 @@ async fn upload_one(
         <[u8; 16]>::from(Md5::digest(b))
     });
     let (body, tap) = body.tap_md5();
-    let etag = store.upload_part(&upload, slot, body, content_md5).await?;
+    let etag = store
+        .upload_part(
+            &upload,
+            PartData {
+                slot,
+                body,
+                content_md5,
+            },
+        )
+        .await?;
     let md5 = tap.digest();
     if etag_md5(&etag).is_some_and(|stored| stored != md5) {
         return Err(StoreError::new(

@@ -5,7 +5,7 @@ use clap::{CommandFactory, Parser};
 use egress_common::cli::{self, Ending};
 use egress_common::error::find;
 use egress_common::lease::Busy;
-use egress_common::{logging, ConfigError, ExitCode};
+use egress_common::{ConfigError, ExitCode};
 use egress_store::ErrorKind;
 use egress_store::StoreError;
 use egress_sync::config::{Args, EXTRA_ENV, REQUIRED_ENV};
@@ -19,13 +19,10 @@ fn main() {
 
 async fn run() -> ExitCode {
     let args = Args::parse();
-    if cli::list_env(&args.common, &Args::command(), EXTRA_ENV, REQUIRED_ENV) {
-        return ExitCode::Success;
+    let env = [EXTRA_ENV, REQUIRED_ENV];
+    if let Some(code) = cli::before_run(&args.common, args.tool.as_ref(), Args::command(), env) {
+        return code;
     }
-    if let Some(tool) = &args.tool {
-        return cli::run_tool(tool, Args::command());
-    }
-    logging::init(args.common.log_format, args.common.verbose, false);
     if args.common.check {
         return egress_common::check::report(&egress_sync::check::run(&args).await);
     }

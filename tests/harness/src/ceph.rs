@@ -22,12 +22,9 @@ const BINARIES: &[&str] = &[
 
 /// A running Ceph RGW; stopped and deleted on drop.
 pub struct CephRgw {
-    /// `http://127.0.0.1:<port>`
-    pub endpoint: String,
-    /// Access key of the S3 user created for this instance.
-    pub access_key: String,
-    /// Secret key of that user.
-    pub secret_key: String,
+    /// Its address and the credentials of the S3 user created for this instance; the
+    /// gateway derefs to it for the client helpers.
+    pub api: S3Endpoint,
     /// The cluster directory (`ceph.conf`, `log/`, `run/`).
     pub dir: PathBuf,
     stopped: bool,
@@ -104,9 +101,11 @@ impl CephRgw {
             value("SECRET_KEY"),
         ) {
             (true, Some(access_key), Some(secret_key)) => CephRgw {
-                endpoint: format!("http://127.0.0.1:{rgw_port}"),
-                access_key,
-                secret_key,
+                api: S3Endpoint {
+                    endpoint: format!("http://127.0.0.1:{rgw_port}"),
+                    access_key,
+                    secret_key,
+                },
                 dir,
                 stopped: false,
                 _dir: tmp,
@@ -129,46 +128,7 @@ impl CephRgw {
 
     /// Address and credentials, with the client helpers.
     pub fn s3(&self) -> S3Endpoint {
-        S3Endpoint {
-            endpoint: self.endpoint.clone(),
-            access_key: self.access_key.clone(),
-            secret_key: self.secret_key.clone(),
-        }
-    }
-
-    /// See [`S3Endpoint::env`].
-    pub fn env(&self) -> Vec<(String, String)> {
-        self.s3().env()
-    }
-
-    /// See [`S3Endpoint::client`].
-    pub fn client(&self) -> aws_sdk_s3::Client {
-        self.s3().client()
-    }
-
-    /// See [`S3Endpoint::create_bucket`].
-    pub async fn create_bucket(&self, bucket: &str) {
-        self.s3().create_bucket(bucket).await
-    }
-
-    /// See [`S3Endpoint::keys`].
-    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        self.s3().keys(bucket, prefix).await
-    }
-
-    /// See [`S3Endpoint::get`].
-    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
-        self.s3().get(bucket, key).await
-    }
-
-    /// See [`S3Endpoint::put`].
-    pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
-        self.s3().put(bucket, key, body).await
-    }
-
-    /// See [`S3Endpoint::pending_uploads`] (RGW implements ListMultipartUploads).
-    pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
-        self.s3().pending_uploads(bucket).await
+        self.api.clone()
     }
 
     /// The tail of the gateway, OSD and monitor logs (for assertion messages).
@@ -187,6 +147,13 @@ impl CephRgw {
                 .stdin(Stdio::null())
                 .output();
         }
+    }
+}
+
+impl std::ops::Deref for CephRgw {
+    type Target = S3Endpoint;
+    fn deref(&self) -> &S3Endpoint {
+        &self.api
     }
 }
 

@@ -144,3 +144,50 @@ pub fn checked_manifest(bytes: &[u8]) -> serde_json::Value {
     );
     serde_json::from_slice(bytes).expect("manifest is JSON")
 }
+
+/// One case of a secrets test: which program ran, how it must end, what it must print,
+/// where its termination log went, and the secrets it was given.
+pub struct SecretCase<'a> {
+    /// The case's name (`help...` cases write no termination log).
+    pub name: &'a str,
+    /// The binary's name, as its termination log starts.
+    pub program: &'a str,
+    /// The exit code the case must end with.
+    pub code: i32,
+    /// Text the output must contain.
+    pub marker: &'a str,
+    /// The termination log file.
+    pub log: &'a std::path::Path,
+    /// Secrets that must appear nowhere (every one starts with `SENTINEL` too).
+    pub secrets: &'a [&'a str],
+}
+
+/// Assert that `out` ended as `case` says and that no secret, nor any part of one
+/// (`SENTINEL`), reached stdout, stderr or the termination log.
+pub fn assert_secrets_kept(case: &SecretCase<'_>, out: &std::process::Output) {
+    let (name, all) = (case.name, text(out));
+    assert_eq!(out.status.code(), Some(case.code), "{name}: {all}");
+    assert!(
+        all.contains(case.marker),
+        "{name}: no '{}' in:\n{all}",
+        case.marker
+    );
+    let summary = std::fs::read_to_string(case.log).unwrap_or_default();
+    let expected = match case.code {
+        _ if name.starts_with("help") => String::new(),
+        0 => format!("{} succeeded", case.program),
+        _ => format!("{} failed", case.program),
+    };
+    assert!(
+        summary.starts_with(&expected),
+        "{name}: termination log {summary:?}"
+    );
+    assert!(!all.contains("SENTINEL"), "{name}: a secret leaked:\n{all}");
+    for secret in case.secrets {
+        assert!(!all.contains(secret), "{name}: a secret leaked:\n{all}");
+        assert!(
+            !summary.contains(secret),
+            "{name}: a secret leaked into the termination log:\n{summary}"
+        );
+    }
+}

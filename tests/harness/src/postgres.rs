@@ -226,19 +226,7 @@ impl PgServer {
     /// return at once: for a session that waits for a lock, or holds one, while a test
     /// runs the dump. Kill or wait for the child.
     pub fn psql_session(&self, app: &str, sql: &str) -> std::process::Child {
-        Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                USER,
-            ])
-            .args(["-d", "postgres", "-p", &self.port.to_string(), "-c", sql])
-            .env("PGPASSWORD", PASSWORD)
+        self.psql_command(sql)
             .env("PGAPPNAME", app)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -271,26 +259,28 @@ impl PgServer {
         .unwrap_or(0)
     }
 
+    /// `psql` as the superuser over TCP, stopping at the first error, running `sql`.
+    fn psql_command(&self, sql: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join("psql"));
+        cmd.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            USER,
+        ])
+        .args(["-d", "postgres", "-p", &self.port.to_string(), "-c", sql])
+        .env("PGPASSWORD", PASSWORD);
+        cmd
+    }
+
     fn psql_with(&self, extra: &[&str], sql: &str) -> Vec<u8> {
-        let out = Command::new(self.bin.join("psql"))
+        let out = self
+            .psql_command(sql)
             .args(extra)
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                USER,
-                "-d",
-                "postgres",
-            ])
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-c")
-            .arg(sql)
-            .env("PGPASSWORD", PASSWORD)
             .env("PGCLIENTENCODING", "UTF8")
             .output()
             .expect("run psql");

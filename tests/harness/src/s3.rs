@@ -24,12 +24,8 @@ pub enum S3Kind {
 pub struct S3Server {
     /// Which implementation.
     pub kind: S3Kind,
-    /// `http://127.0.0.1:<port>`
-    pub endpoint: String,
-    /// Access key the server accepts.
-    pub access_key: String,
-    /// Secret key the server accepts.
-    pub secret_key: String,
+    /// Its address and credentials; the server derefs to it for the client helpers.
+    pub api: S3Endpoint,
     /// Data directory (s3s-fs stores objects as files here).
     pub root: PathBuf,
     port: u16,
@@ -58,9 +54,11 @@ impl S3Server {
             .unwrap_or_else(|| format!("secret-{port}-{}", std::process::id()));
         let mut server = S3Server {
             kind,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            access_key,
-            secret_key,
+            api: S3Endpoint {
+                endpoint: format!("http://127.0.0.1:{port}"),
+                access_key,
+                secret_key,
+            },
             root,
             port,
             child: None,
@@ -133,46 +131,7 @@ impl S3Server {
 
     /// Address and credentials, with the client helpers.
     pub fn s3(&self) -> S3Endpoint {
-        S3Endpoint {
-            endpoint: self.endpoint.clone(),
-            access_key: self.access_key.clone(),
-            secret_key: self.secret_key.clone(),
-        }
-    }
-
-    /// See [`S3Endpoint::env`].
-    pub fn env(&self) -> Vec<(String, String)> {
-        self.s3().env()
-    }
-
-    /// See [`S3Endpoint::client`].
-    pub fn client(&self) -> aws_sdk_s3::Client {
-        self.s3().client()
-    }
-
-    /// See [`S3Endpoint::create_bucket`].
-    pub async fn create_bucket(&self, bucket: &str) {
-        self.s3().create_bucket(bucket).await
-    }
-
-    /// See [`S3Endpoint::keys`].
-    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        self.s3().keys(bucket, prefix).await
-    }
-
-    /// See [`S3Endpoint::get`].
-    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
-        self.s3().get(bucket, key).await
-    }
-
-    /// See [`S3Endpoint::put`].
-    pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
-        self.s3().put(bucket, key, body).await
-    }
-
-    /// See [`S3Endpoint::delete`].
-    pub async fn delete(&self, bucket: &str, key: &str) {
-        self.s3().delete(bucket, key).await
+        self.api.clone()
     }
 
     /// Multipart uploads not yet completed or aborted (server must implement the call: moto).
@@ -182,7 +141,7 @@ impl S3Server {
             S3Kind::Moto,
             "s3s-fs has no ListMultipartUploads; use S3Kind::Moto"
         );
-        self.s3().pending_uploads(bucket).await
+        self.api.pending_uploads(bucket).await
     }
 
     /// Stop the server now (fault injection).
@@ -191,6 +150,13 @@ impl S3Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+impl std::ops::Deref for S3Server {
+    type Target = S3Endpoint;
+    fn deref(&self) -> &S3Endpoint {
+        &self.api
     }
 }
 

@@ -23,7 +23,7 @@ use crate::key::local_path_problem;
 use crate::stop::{self, Phase};
 use crate::{
     etag_md5, multipart_etag, Body, CompletedPart, Condition, GetOptions, GetResult, ObjectInfo,
-    ObjectMeta, ObjectStore, PageStream, PartSlot, PendingUpload, PutOptions, PutResult,
+    ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions, PutResult,
     StoreTraits, Upload,
 };
 
@@ -401,13 +401,12 @@ impl ObjectStore for LocalStore {
         })
     }
 
-    async fn upload_part(
-        &self,
-        upload: &Upload,
-        slot: PartSlot,
-        body: Body,
-        content_md5: Option<[u8; 16]>,
-    ) -> Result<String, StoreError> {
+    async fn upload_part(&self, upload: &Upload, part: PartData) -> Result<String, StoreError> {
+        let PartData {
+            slot,
+            body,
+            content_md5,
+        } = part;
         let temp = PathBuf::from(&upload.id);
         let opened = temp.clone();
         let file = blocking(move || {
@@ -613,6 +612,7 @@ fn read_stream(file: File, path: PathBuf, offset: u64, len: u64) -> super::ByteS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PartSlot;
     use std::os::unix::fs::PermissionsExt;
 
     async fn keys(store: &LocalStore) -> Vec<String> {
@@ -729,24 +729,28 @@ mod tests {
         let second = store
             .upload_part(
                 &upload,
-                PartSlot {
-                    number: 2,
-                    offset: 3,
+                PartData {
+                    slot: PartSlot {
+                        number: 2,
+                        offset: 3,
+                    },
+                    body: Body::from_bytes(&b"def"[..]),
+                    content_md5: None,
                 },
-                Body::from_bytes(&b"def"[..]),
-                None,
             )
             .await
             .unwrap();
         let first = store
             .upload_part(
                 &upload,
-                PartSlot {
-                    number: 1,
-                    offset: 0,
+                PartData {
+                    slot: PartSlot {
+                        number: 1,
+                        offset: 0,
+                    },
+                    body: Body::from_bytes(&b"abc"[..]),
+                    content_md5: None,
                 },
-                Body::from_bytes(&b"abc"[..]),
-                None,
             )
             .await
             .unwrap();

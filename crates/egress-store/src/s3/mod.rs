@@ -30,7 +30,7 @@ use crate::key::{dir_prefix, join};
 use crate::stop::{self, Phase};
 use crate::{
     clean_etag, Attributes, Body, CompletedPart, Condition, GetOptions, GetResult, ObjectMeta,
-    ObjectStore, PageStream, PartSlot, PendingUpload, PutOptions, PutResult, StoreTraits, Upload,
+    ObjectStore, PageStream, PartData, PendingUpload, PutOptions, PutResult, StoreTraits, Upload,
 };
 
 /// Whether the store honours `?partNumber` on HEAD/GET: not yet known, yes, no.
@@ -336,13 +336,12 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn upload_part(
-        &self,
-        upload: &Upload,
-        slot: PartSlot,
-        body: Body,
-        content_md5: Option<[u8; 16]>,
-    ) -> Result<String, StoreError> {
+    async fn upload_part(&self, upload: &Upload, part: PartData) -> Result<String, StoreError> {
+        let PartData {
+            slot,
+            body,
+            content_md5,
+        } = part;
         let full = self.full(&upload.key);
         let number = slot.number;
         let reply = self
