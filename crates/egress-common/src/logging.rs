@@ -21,7 +21,9 @@ pub fn init(format: LogFormat, verbosity: u8, quiet: bool) {
         (false, 1) => "debug",
         _ => "trace",
     };
-    let directives = format!("warn,egress_common={ours},egress_dump={ours},egress_sync={ours}");
+    let directives = format!(
+        "warn,egress_store={ours},egress_common={ours},egress_dump={ours},egress_sync={ours}"
+    );
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
