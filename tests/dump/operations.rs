@@ -175,6 +175,12 @@ async fn dry_runs_and_checks_push_nothing_and_a_backfill_has_its_own_group() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let out = dump(&nightly("small wide"), &["--check"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Nor does a dry run whose settings are wrong.
+    let out = dump(
+        &nightly("small wide"),
+        &["--dry-run", "--date", "2024-13-01"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         group(gateway.samples("egress-dump"), None) == failed,
         "the nightly group is as the failed run left it"

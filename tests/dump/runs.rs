@@ -536,6 +536,61 @@ async fn a_table_another_session_holds_fails_the_run_naming_that_session() {
     let _ = migration.wait();
 }
 
+/// A `REINDEX` of a table's TOAST index (which the table's own lock does not keep out)
+/// while the dump measures the table: the measure keeps the estimate instead of waiting
+/// (a dry run answers at once) and never breaks the run's transaction (the dump waits for
+/// the REINDEX only where it reads the values, and completes).
+#[tokio::test]
+async fn a_reindex_of_the_toast_index_never_stalls_or_breaks_the_measure() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket(BUCKET).await;
+    sql(
+        &pg,
+        "CREATE TABLE toasty AS SELECT i, (SELECT string_agg(md5((i * 1000 + j)::text), '') \
+         FROM generate_series(1, 200) j) AS long FROM generate_series(1, 300) i",
+    )
+    .await;
+    let index = pg.value(
+        "SELECT indexrelid::regclass FROM pg_index WHERE indrelid = \
+         (SELECT reltoastrelid FROM pg_class WHERE oid = 'toasty'::regclass)",
+    );
+    let hold = |seconds: u32| {
+        let session = pg.psql_session(
+            "reindex",
+            &format!("BEGIN; REINDEX INDEX {index}; SELECT pg_sleep({seconds})"),
+        );
+        let start = Instant::now();
+        while pg.value(&format!("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = '{index}'::regclass")) != "1" {
+            assert!(start.elapsed() < Duration::from_secs(20), "the REINDEX holds its lock");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        session
+    };
+    let env = env_for(&pg, &s3, "toasty");
+    let mut reindex = hold(60);
+    let started = Instant::now();
+    let out = run(&env, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the dry run waited for the REINDEX: {:?}",
+        started.elapsed()
+    );
+    // Its backend, not only its psql: a killed client leaves pg_sleep holding the lock.
+    pg.value(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'reindex'",
+    );
+    let _ = reindex.wait();
+
+    let mut reindex = hold(3);
+    let out = run(&env, &["--lock-timeout", "60s"]);
+    let _ = reindex.wait();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let csv = gunzip(&s3.get(BUCKET, &format!("conc/{DATE}/toasty.csv.gz")).await);
+    assert_eq!(String::from_utf8_lossy(&csv).lines().count(), 300);
+}
+
 const BIG: &str = "CREATE TABLE big AS SELECT i, md5(i::text) a, md5((i*3)::text) b, md5((i*7)::text) c FROM generate_series(1, 200000) i";
 const SHORT_LEASE: [&str; 8] = [
     "--lease-ttl",

@@ -1,6 +1,6 @@
 //! The store contract: the same cases on every store the programs write through, each
-//! store's known differences stated once as data ([`Differences`], from
-//! shared/reference/store-facts.md and our own measurements), never as special cases in
+//! store's known differences stated once as data ([`Differences`], as measured against each
+//! server; docs/operations.md tabulates them), never as special cases in
 //! the cases themselves. Real servers (s3s-fs, moto, Ceph RGW 16), a local directory, and
 //! the in-memory store that unit tests stand on.
 

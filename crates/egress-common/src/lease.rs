@@ -60,7 +60,8 @@ pub fn is_coordination(key: &str) -> bool {
 
 /// How long a lease lasts without renewal unless `--lease-ttl` says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
-/// The shortest time to live accepted (below 3 s every write renews the lease first).
+/// The shortest time to live accepted (at 3 s the trust window is empty: every write
+/// renews the lease first).
 pub const MIN_TTL: Duration = Duration::from_secs(3);
 /// How long a writer waits before reading its lease back (stores that ignore conditions).
 const SETTLE: Duration = Duration::from_millis(500);

@@ -13,7 +13,7 @@ pub mod manifest;
 pub mod memory;
 pub mod metrics;
 pub mod progress;
-pub mod signals;
+pub(crate) mod signals;
 pub mod termination;
 pub mod units;
 

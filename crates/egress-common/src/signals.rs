@@ -3,7 +3,7 @@
 
 /// Which stop signal arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopSignal {
+pub(crate) enum StopSignal {
     /// SIGTERM: Kubernetes stopping the pod.
     Term,
     /// SIGINT: Ctrl-C.
@@ -12,7 +12,7 @@ pub enum StopSignal {
 
 impl StopSignal {
     /// Its name.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             StopSignal::Term => "SIGTERM",
             StopSignal::Int => "SIGINT",
@@ -20,7 +20,7 @@ impl StopSignal {
     }
 
     /// The conventional exit code (128 + signal number).
-    pub fn exit_code(self) -> crate::ExitCode {
+    pub(crate) fn exit_code(self) -> crate::ExitCode {
         match self {
             StopSignal::Term => crate::ExitCode::Terminated,
             StopSignal::Int => crate::ExitCode::Interrupted,
@@ -29,7 +29,7 @@ impl StopSignal {
 }
 
 /// Wait for SIGTERM or SIGINT. If the handlers cannot be installed, never returns.
-pub async fn stop_signal() -> StopSignal {
+pub(crate) async fn stop_signal() -> StopSignal {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

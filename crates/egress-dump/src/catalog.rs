@@ -53,18 +53,26 @@ pub fn column_names(columns: &[Column]) -> Vec<String> {
 }
 
 /// Replace each table's size estimate with its size on disk (heap and TOAST,
-/// `pg_table_size`), which the parallel dump orders its tables by. Call it once the tables
-/// are locked, or in a dry run. Indexes are left out: measuring them would wait for a
-/// `REINDEX` the table's own lock does not keep out; a measure that must wait anyway
-/// keeps the estimate.
+/// `pg_table_size`), which the parallel dump orders its tables by. Call it inside a
+/// transaction, once the tables are locked (or in a dry run). Indexes are left out:
+/// measuring them would wait for a `REINDEX` the table's own lock does not keep out. A
+/// measure that would wait (a `REINDEX` of the TOAST index) keeps the estimate: each runs
+/// in a savepoint with a short lock timeout, rolled back after, so a timed-out measure
+/// neither aborts the transaction nor leaves its timeout behind.
 pub async fn measure(
     client: &Client,
     tables: &mut [ResolvedTable],
 ) -> Result<(), tokio_postgres::Error> {
     for table in tables.iter_mut() {
+        client
+            .batch_execute("SAVEPOINT egress_measure; SET LOCAL lock_timeout = '100ms'")
+            .await?;
         let row = client
             .query_one("SELECT pg_table_size($1::bigint::oid)", &[&table.oid])
             .await;
+        client
+            .batch_execute("ROLLBACK TO SAVEPOINT egress_measure; RELEASE SAVEPOINT egress_measure")
+            .await?;
         match row {
             Ok(row) => table.estimated_bytes = row.get(0),
             Err(e)

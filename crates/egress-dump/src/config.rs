@@ -108,7 +108,7 @@ pub struct Args {
     pub tool: Option<egress_common::cli::Tool>,
 }
 
-/// Variables read outside clap: libpq's (see [`crate::pg::ENV`]) and the AWS SDK's.
+/// Variables read outside clap: libpq's (see `pg::conninfo::ENV`) and the AWS SDK's.
 pub const EXTRA_ENV: &[&str] = &[
     "PGHOST",
     "PGHOSTADDR",

@@ -40,8 +40,8 @@ async fn run() -> ExitCode {
     let settings = Settings::from_args(&args);
     let mut common = args.common.clone();
     match &settings {
-        // A dry run is no run the alerts watch.
-        Ok(s) if s.dry_run => common.metrics.off(),
+        // A dry run is no run the alerts watch (also one whose settings are wrong).
+        _ if args.dry_run => common.metrics.off(),
         // Another day than today's: its own group, so the nightly alerts move only with
         // the nightly run.
         Ok(s) if s.is_backfill() => common.metrics.grouping.push(("date", s.date.clone())),

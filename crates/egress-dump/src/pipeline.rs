@@ -122,6 +122,13 @@ pub enum TableError {
         /// Why.
         why: String,
     },
+    /// The stages ended without a cause (the copy saw the compression stage close while
+    /// it reported success): a bug, never a fault of the input.
+    #[error("dumping table '{table}' stopped unexpectedly: its stages ended out of order (a bug: please report it)")]
+    Stopped {
+        /// The table.
+        table: String,
+    },
     /// Storing it.
     #[error("table '{table}': {source}")]
     Store {
@@ -170,10 +177,7 @@ async fn settle(
             table,
             why: join.to_string(),
         },
-        _ => TableError::Compress {
-            table,
-            why: "the stages stopped unexpectedly".into(),
-        },
+        _ => TableError::Stopped { table },
     })
 }
 

@@ -200,6 +200,8 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, Attempt
     let db = connect(settings, attempt.standby).await?;
     let mut tables = find_tables(&db.coordinator, &settings.tables).await?;
     let Some(lease) = attempt.lease else {
+        // In a transaction of its own: measuring takes savepoints.
+        snapshot::open(&db.coordinator).await?;
         measure(&db.coordinator, &mut tables).await?;
         print_plan(&tables, store, &settings.date);
         return Ok(Vec::new());
@@ -266,7 +268,7 @@ async fn lock_and_snapshot(
 async fn look_again(
     client: &Client,
     found: &[ResolvedTable],
-) -> anyhow::Result<Vec<ResolvedTable>> {
+) -> Result<Vec<ResolvedTable>, AttemptError> {
     let again = catalog::again(client, found)
         .await
         .map_err(|e| DbError::new("cannot look the tables up again", &e))?;
@@ -275,12 +277,12 @@ async fn look_again(
         .zip(again)
         .map(|(before, now)| {
             now.ok_or_else(|| {
-                anyhow::anyhow!(
+                AttemptError::Other(anyhow::anyhow!(
                     "table '{}' ({}.{}) was dropped or renamed while it was being locked: run again",
                     before.requested,
                     before.schema,
                     before.name
-                )
+                ))
             })
         })
         .collect()
@@ -298,7 +300,7 @@ async fn plan_splits(
     db: &Database,
     tables: &[ResolvedTable],
     columns: &[Vec<catalog::Column>],
-) -> anyhow::Result<Vec<Option<Vec<Chunk>>>> {
+) -> Result<Vec<Option<Vec<Chunk>>>, AttemptError> {
     let mut plans = Vec::with_capacity(tables.len());
     let Some(threshold) = settings.split_larger_than else {
         return Ok(tables.iter().map(|_| None).collect());

@@ -1,5 +1,5 @@
-//! What a dump was asked to do, built once from the flags (in `main`, as the sync does) and
-//! checked before anything is contacted; every stage takes these settings, never the flags.
+//! What a dump was asked to do, built once from the flags (in `main`) and checked before
+//! anything is contacted; every stage takes these settings, never the flags.
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use crate::config::Args;
 use crate::tables::{self, TableRef};
 
 /// The variables that hold the dump's S3 keys, named when S3 rejects them.
-pub const CREDENTIALS_HINT: &str = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS profile)";
+const CREDENTIALS_HINT: &str = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS profile)";
 
 /// A dump's settings.
 #[derive(Debug, Clone)]
@@ -119,7 +119,7 @@ pub fn s3_settings(args: &Args) -> Result<S3Settings, ConfigError> {
 }
 
 /// `--date`, or today in UTC; fixed once so a run across midnight stays in one folder.
-pub fn run_date(arg: Option<&str>) -> Result<String, ConfigError> {
+fn run_date(arg: Option<&str>) -> Result<String, ConfigError> {
     match arg {
         None => Ok(chrono::Utc::now()
             .date_naive()

@@ -90,7 +90,7 @@ impl Body {
 
     /// The same body, computing the MD5 of the bytes as they pass; read it from the tap
     /// once the body has been consumed.
-    pub fn tap_md5(self) -> (Body, Md5Tap) {
+    pub(crate) fn tap_md5(self) -> (Body, Md5Tap) {
         let tap = Md5Tap(Arc::new(Mutex::new(Md5::new())));
         if let Inner::Bytes(b) = &self.inner {
             tap.update(b);
@@ -116,7 +116,7 @@ impl Body {
 
 /// The MD5 of a body's bytes, filled in as the body is consumed.
 #[derive(Clone)]
-pub struct Md5Tap(Arc<Mutex<Md5>>);
+pub(crate) struct Md5Tap(Arc<Mutex<Md5>>);
 
 impl Md5Tap {
     fn update(&self, data: &[u8]) {
@@ -126,7 +126,7 @@ impl Md5Tap {
     }
 
     /// The digest of everything that passed.
-    pub fn digest(&self) -> [u8; 16] {
+    pub(crate) fn digest(&self) -> [u8; 16] {
         match self.0.lock() {
             Ok(h) => h.clone().finalize().into(),
             Err(_) => [0; 16],

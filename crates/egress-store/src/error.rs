@@ -89,7 +89,10 @@ impl StoreError {
     }
 
     /// The same error, keeping `source` as its cause (its text is already in the message).
-    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn caused_by(
+        mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         self.source = Some(Arc::new(source));
         self
     }

@@ -23,7 +23,7 @@ pub fn dir_prefix(prefix: &str) -> String {
 /// (a leading `/`, which `prefix//x` also produces), an empty, `.` or `..` segment, or a
 /// NUL byte would address something else than the file the key names, or something
 /// outside the directory.
-pub fn local_path_problem(key: &str) -> Option<&'static str> {
+pub(crate) fn local_path_problem(key: &str) -> Option<&'static str> {
     if key.is_empty() {
         return Some("is empty");
     }

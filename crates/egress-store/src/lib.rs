@@ -26,12 +26,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-pub use body::{Body, ByteStream, Md5Tap};
+pub use body::{Body, ByteStream};
 pub use error::{chain, ErrorKind, StoreError};
 pub use guard::{guarded, Guard, Guarded};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
-pub use s3::{classify_code, is_aws_host, S3Failure, S3Settings, S3Store, Target};
+pub use s3::{is_aws_host, S3Settings, S3Store};
 pub use secret::{redact_urls, Secret};
 pub use writer::{PartWriter, Uploaded};
 
@@ -319,7 +319,7 @@ fn is_md5_hex(s: &str) -> bool {
 }
 
 /// Strip the quotes S3 puts around ETags; `None` for an empty one.
-pub fn clean_etag(etag: Option<&str>) -> Option<String> {
+pub(crate) fn clean_etag(etag: Option<&str>) -> Option<String> {
     let e = etag?.trim().trim_matches('"');
     (!e.is_empty()).then(|| e.to_string())
 }

@@ -65,14 +65,9 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store listing 1,000 keys a page, as S3 does.
     pub fn new() -> MemoryStore {
-        MemoryStore::with_page_size(1000)
-    }
-
-    /// An empty store listing `page` keys a page (small pages exercise paging).
-    pub fn with_page_size(page: usize) -> MemoryStore {
         MemoryStore {
             state: Arc::new(Mutex::new(State::default())),
-            page: page.max(1),
+            page: 1000,
         }
     }
 

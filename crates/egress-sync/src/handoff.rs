@@ -114,7 +114,14 @@ impl Withdrawals {
             ))
         };
         match self.dest.head(&key).await {
-            Ok(_) => self.dest.delete(&key).await.map_err(failed),
+            Ok(_) => {
+                self.dest.delete(&key).await.map_err(failed)?;
+                tracing::info!(
+                    "withdrew {}: its day changes at the input; the new manifest is written once the day is copied",
+                    self.dest.describe(&key)
+                );
+                Ok(())
+            }
             // None there, or no manifest can be there (a key no output can hold).
             Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidKey) => Ok(()),
             Err(e) => Err(failed(e)),

@@ -1,5 +1,5 @@
 //! Opening the connection ourselves (TCP with keepalives, or a Unix socket), so that the
-//! password guard ([`crate::guard`]) sits below and above TLS, then handing the stream to
+//! password guard ([`super::guard`]) sits below and above TLS, then handing the stream to
 //! tokio-postgres.
 
 use std::future::Future;
@@ -206,8 +206,10 @@ impl Target {
                 }
             }
         }
+        // No address at all (the target always lists one): a setting to fix, not a
+        // network fault to retry.
         Err(last.unwrap_or_else(|| DbError {
-            kind: DbErrorKind::ConnectionLost,
+            kind: DbErrorKind::QueryFailed,
             message: "no database host to connect to: set PGHOST".into(),
         }))
     }

@@ -57,7 +57,7 @@ const UNSUPPORTED: &[(&str, &str)] = &[
 ];
 
 /// The `PG*` variables, by the parameter each one sets.
-pub const ENV: &[(&str, &str)] = &[
+pub(super) const ENV: &[(&str, &str)] = &[
     ("PGHOST", "host"),
     ("PGHOSTADDR", "hostaddr"),
     ("PGPORT", "port"),
@@ -197,16 +197,20 @@ fn decode(part: &str) -> Result<String, ConfigError> {
 }
 
 /// The user and password of a URL are taken first: everything before the last `@` of its
-/// authority (which ends at the first `/`, `?` or `#`). An `@` only after that means a user
-/// or password holding one of those characters unencoded: the URL is refused whole, its
-/// parts never echoed.
+/// authority (which ends at the first `/`, `?` or `#`). An `@` in the database name after
+/// that means a user or password holding one of those characters unencoded: the URL is
+/// refused whole, its parts never echoed. An `@` in the query is a parameter's value
+/// (`application_name=a@b`, as libpq takes it); a password's piece read as a query is
+/// refused there without echo (an unknown name, or a pair without `=`).
 fn split_userinfo(rest: &str) -> Result<(Option<&str>, &str), ConfigError> {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    if rest[authority_end..].contains('@') {
+    let after = &rest[authority_end..];
+    let path = &after[..after.find('?').unwrap_or(after.len())];
+    if path.contains('@') {
         // `u:p/w@db`, or `u:p@ss/w@db`: a '/', '?' or '#' inside the password moved the
         // host part's end; whatever follows would be read as host or database name.
         return Err(bad_url(
-            "an '@' comes after the host part: a user name or password holding '/', '?', '#' or '@' must percent-encode them (%2F %3F %23 %40), and so must a parameter's value holding '@'",
+            "an '@' comes after the host part: a user name or password holding '/', '?', '#' or '@' must percent-encode them (%2F %3F %23 %40)",
         ));
     }
     match rest[..authority_end].rfind('@') {
@@ -243,9 +247,11 @@ fn parse_url(rest: &str) -> Result<Params, ConfigError> {
         set("dbname", decode(dbname)?)?;
     }
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| bad_url("a query parameter has no '='"))?;
+        let (key, value) = pair.split_once('=').ok_or_else(|| {
+            bad_url(
+                "a query parameter has no '=': a password holding '?' must percent-encode it (%3F)",
+            )
+        })?;
         let (key, value) = (decode(key)?, decode(value)?);
         // libpq takes the JDBC spelling `ssl=true` as sslmode=require.
         match (key.as_str(), value.as_str()) {
@@ -436,6 +442,7 @@ mod tests {
             "postgresql://u:Pw1#x@db/app",
             "postgresql://u:p@Pw1/x@db/app",
             "postgresql://u:p@Pw1#x@db/app",
+            "postgresql://u:Pw1?x=y@db/app",
         ] {
             let err = parse(url).unwrap_err().to_string();
             assert!(err.contains("percent-encode"), "{err}");
@@ -449,6 +456,9 @@ mod tests {
             (p.get("password"), p.get("host"), p.get("port")),
             (Some("p@ss"), Some("db"), Some("5432"))
         );
+        // An '@' in a parameter's value is that value's, as libpq reads it.
+        let p = parse("postgresql://u@db/app?application_name=a@b").unwrap();
+        assert_eq!(p.get("application_name"), Some("a@b"));
         // Encoded, all of them work.
         let p = parse("postgresql://u:Pw1%2Fx%3Fy%40z@db/app").unwrap();
         assert_eq!(p.get("password"), Some("Pw1/x?y@z"));

@@ -20,7 +20,7 @@ mod session;
 mod target;
 mod tls;
 
-pub use conninfo::{Origin, Params, ENV};
+pub use conninfo::Params;
 pub use error::{DbError, DbErrorKind};
 pub use guard::Flow;
 pub use session::{conflicts_counted, prepare_session, server_facts, ServerFacts, Session};

@@ -1,7 +1,7 @@
-//! Connecting to PostgreSQL the way libpq would: `DATABASE_URL` (a URL or `key=value`
-//! string) and the `PG*` variables ([`crate::conninfo`]), TLS as `sslmode` says
-//! ([`crate::tls`]), the password never sent in clear where it could be read
-//! ([`crate::guard`]), and a session fit for long read-only dumps.
+//! Where and how to connect, resolved the way libpq would from the parameters of
+//! `DATABASE_URL` and the `PG*` variables ([`super::conninfo`]): the hosts and ports to
+//! try, the TLS mode ([`super::tls`]), the password rules the guard enforces
+//! ([`super::guard`]), timeouts and keepalives. Nothing here touches the network.
 
 use std::path::PathBuf;
 use std::time::Duration;

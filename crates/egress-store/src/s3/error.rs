@@ -21,7 +21,7 @@ pub(super) struct S3Context<'a> {
 /// without an S3 error code means a missing bucket for the first, a missing object for the
 /// second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(super) enum Target {
     /// A bucket-level request (ListObjectsV2, ListMultipartUploads).
     Bucket,
     /// An object-level request (HEAD, GET, PUT, parts).
@@ -29,7 +29,7 @@ pub enum Target {
 }
 
 /// The kind an S3 error code (and HTTP status) stands for.
-pub fn classify_code(code: Option<&str>, status: Option<u16>, target: Target) -> ErrorKind {
+pub(super) fn classify_code(code: Option<&str>, status: Option<u16>, target: Target) -> ErrorKind {
     let by_code = match code {
         Some(
             "InvalidAccessKeyId"
@@ -162,7 +162,7 @@ where
 /// response and is not `Sync`).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{detail}")]
-pub struct S3Failure {
+pub(super) struct S3Failure {
     /// S3's error code (`NoSuchKey`), when it sent one.
     pub code: Option<String>,
     /// The HTTP status, when there was a reply.

@@ -22,8 +22,7 @@ mod uploads;
 use self::body::{parse_content_range, sdk_body, stall_guarded};
 pub use self::client::{is_aws_host, S3Settings};
 use self::clock::StoreClock;
-pub use self::error::{classify_code, S3Failure, Target};
-use self::error::{from_sdk, S3Context};
+use self::error::{from_sdk, S3Context, Target};
 use self::uploads::{abort_upload, uploads_page};
 use crate::error::{ErrorKind, StoreError};
 use crate::key::{dir_prefix, join};
@@ -83,11 +82,6 @@ impl S3Store {
             if_match_bare: AtomicBool::new(false),
             clock,
         })
-    }
-
-    /// The bucket.
-    pub fn bucket(&self) -> &str {
-        &self.bucket
     }
 
     fn ctx(&self) -> S3Context<'_> {
