@@ -3,7 +3,9 @@
 //! multipart upload with a bounded number of parts in flight.
 
 use bytes::Bytes;
-use egress_store::{Attributes, Body, PartWriter, PutOptions, Store, StoreError, Uploaded};
+use egress_store::{
+    Attributes, Body, PartCheck, PartWriter, PutOptions, Store, StoreError, Uploaded,
+};
 use md5::{Digest, Md5};
 use tokio::sync::mpsc;
 
@@ -61,7 +63,14 @@ pub async fn receive(
     let Some(second) = parts.recv().await else {
         return Ok(Pending::Single(first));
     };
-    let mut writer = PartWriter::start(store.clone(), key, &options(), in_flight, false).await?;
+    let mut writer = PartWriter::start(
+        store.clone(),
+        key,
+        &options(),
+        in_flight,
+        PartCheck::Nothing,
+    )
+    .await?;
     let mut number = 0u32;
     let mut next = Some(first);
     let mut queued = Some(second);

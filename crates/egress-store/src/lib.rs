@@ -33,7 +33,7 @@ pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use s3::{is_aws_host, S3Settings, S3Store};
 pub use secret::{redact_urls, Secret};
-pub use writer::{PartWriter, Uploaded};
+pub use writer::{PartCheck, PartWriter, Uploaded};
 
 /// One object as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,8 +21,8 @@
 use std::sync::{Arc, Mutex};
 
 use egress_store::{
-    etag_md5, etag_parts, Body, ErrorKind, GetOptions, ObjectInfo, ObjectMeta, PartWriter,
-    PutOptions, Store, StoreError,
+    etag_md5, etag_parts, Body, ErrorKind, GetOptions, ObjectInfo, ObjectMeta, PartCheck,
+    PartWriter, PutOptions, Store, StoreError,
 };
 use futures::StreamExt;
 use md5::{Digest, Md5};
@@ -434,7 +434,33 @@ async fn probe_parts(
     Ok((sizes.iter().sum::<u64>() == size).then_some(sizes))
 }
 
+/// With the source's multipart ETag to compare, the store's own part ETags prove the copy
+/// and nothing is hashed here ([`PartCheck::StoreEtags`]). Where the boundaries were
+/// guessed wrong, that proof is missing: the object is copied once more with each part
+/// hashed as it streams and checked against the ETag the store returns.
 async fn in_parts(t: &Transfers, job: &Job, layout: Layout) -> Result<Copied, CopyError> {
+    let first = match layout.source_etag {
+        Some(_) => PartCheck::StoreEtags,
+        None => PartCheck::Md5,
+    };
+    match copy_parts(t, job, &layout, first).await? {
+        Some(copied) => Ok(copied),
+        None => {
+            tracing::debug!(key = %job.object.key, "guessed part boundaries were wrong; copying again, hashing each part");
+            copy_parts(t, job, &layout, PartCheck::Md5)
+                .await?
+                .ok_or_else(|| mismatch(&job.object.key, "its parts could not be checked".into()))
+        }
+    }
+}
+
+/// One copy in parts; `None` when it could not be proved (nothing was made visible).
+async fn copy_parts(
+    t: &Transfers,
+    job: &Job,
+    layout: &Layout,
+    check: PartCheck,
+) -> Result<Option<Copied>, CopyError> {
     let key = &job.object.key;
     let meta = t.source.head(key).await?;
     let version = copied_version(&job.object, &meta);
@@ -445,7 +471,7 @@ async fn in_parts(t: &Transfers, job: &Job, layout: Layout) -> Result<Copied, Co
         t.settings.parts_in_flight
     };
     let options = dest_options(&meta, &version, None);
-    let mut writer = PartWriter::start(t.dest.clone(), key, &options, in_flight, true).await?;
+    let mut writer = PartWriter::start(t.dest.clone(), key, &options, in_flight, check).await?;
     let sha = Arc::new(Mutex::new(Sha256::new()));
     let mut offset = 0;
     for &len in &layout.sizes {
@@ -463,23 +489,28 @@ async fn in_parts(t: &Transfers, job: &Job, layout: Layout) -> Result<Copied, Co
         offset += len;
     }
     let uploaded = writer.finish().await?;
-    let checked = verify_parts(key, &uploaded, &meta, &layout).and_then(|verified| {
-        let Some(expected) = &job.expected else {
+    let checked = verify_parts(key, &uploaded, &meta, layout).and_then(|verified| {
+        let (Some(_), Some(expected)) = (verified, &job.expected) else {
             return Ok(verified);
         };
         let digest = sha
             .lock()
             .map(|h| hex::encode(h.clone().finalize()))
             .unwrap_or_default();
-        check_manifest(key, uploaded.size(), &digest, expected).map(|_| "size+manifest-sha256")
+        check_manifest(key, uploaded.size(), &digest, expected)
+            .map(|_| Some("size+manifest-sha256"))
     });
     match checked {
-        Ok(verified) => {
+        Ok(Some(verified)) => {
             uploaded.complete().await?;
-            Ok(Copied {
+            Ok(Some(Copied {
                 bytes: meta.size,
                 verified,
-            })
+            }))
+        }
+        Ok(None) => {
+            uploaded.abort().await;
+            Ok(None)
         }
         Err(e) => {
             uploaded.abort().await;
@@ -523,12 +554,14 @@ fn read_part(
     }
 }
 
+/// How the copy was proved, or `None` when it was not (guessed boundaries, checked by the
+/// store's ETags alone).
 fn verify_parts(
     key: &str,
     uploaded: &egress_store::Uploaded,
     meta: &ObjectMeta,
     layout: &Layout,
-) -> Result<&'static str, CopyError> {
+) -> Result<Option<&'static str>, CopyError> {
     if uploaded.size() != meta.size {
         return Err(mismatch(
             key,
@@ -540,13 +573,15 @@ fn verify_parts(
         ));
     }
     let Some(source_etag) = &layout.source_etag else {
-        return Ok("size+part-md5");
+        return Ok(Some("size+part-md5"));
     };
     let composite = uploaded.composite_etag().unwrap_or_default();
-    match (&composite == source_etag, layout.guessed) {
-        (true, _) => Ok("size+multipart-etag"),
-        (false, true) => Ok("size+part-md5"),
-        (false, false) => Err(mismatch(
+    match (&composite == source_etag, layout.guessed, uploaded.hashed()) {
+        (true, _, _) => Ok(Some("size+multipart-etag")),
+        // Each part's MD5 matched the store's ETag: the boundaries alone differ.
+        (false, true, true) => Ok(Some("size+part-md5")),
+        (false, true, false) => Ok(None),
+        (false, false, _) => Err(mismatch(
             key,
             format!("the parts' composite ETag is {composite}, the source's is {source_etag}"),
         )),
@@ -662,22 +697,58 @@ mod tests {
             }
         }
 
-        #[tokio::test]
-        async fn a_multipart_object_keeps_its_layout_and_its_etag() {
-            let (t, source, dest) = transfers();
-            let body = data(13 * MIB as usize + 1, 1);
-            let sizes = [5 * MIB, 8 * MIB, 1];
-            let mut writer =
-                PartWriter::start(source.clone(), "d/big", &PutOptions::default(), 1, true)
-                    .await
-                    .unwrap();
+        /// `body` stored at `key` in parts of `sizes`, as listed.
+        async fn multipart(
+            store: &Arc<MemoryStore>,
+            key: &str,
+            body: &[u8],
+            sizes: &[u64],
+        ) -> ObjectInfo {
+            let options = PutOptions::default();
+            let mut writer = PartWriter::start(store.clone(), key, &options, 1, PartCheck::Md5)
+                .await
+                .unwrap();
             let mut offset = 0usize;
-            for size in sizes {
+            for &size in sizes {
                 let part = Body::from_bytes(body[offset..offset + size as usize].to_vec());
                 writer.put(size, async move { Ok(part) }).await.unwrap();
                 offset += size as usize;
             }
             writer.finish().await.unwrap().complete().await.unwrap();
+            listed(store, key).await
+        }
+
+        #[tokio::test]
+        async fn guessed_boundaries_are_proved_by_the_stores_etags_or_copied_again_hashed() {
+            let (t, source, dest) = transfers();
+            let body = data(13 * MIB as usize + 1, 7);
+            let object = multipart(&source, "d/big", &body, &[5 * MIB, 8 * MIB, 1]).await;
+            let job = Job {
+                object: object.clone(),
+                expected: None,
+                part_sizes: None,
+            };
+            for (sizes, verified) in [
+                (vec![5 * MIB, 8 * MIB, 1], "size+multipart-etag"),
+                (vec![8 * MIB, 5 * MIB, 1], "size+part-md5"),
+            ] {
+                let layout = Layout {
+                    sizes,
+                    source_etag: object.etag.clone(),
+                    guessed: true,
+                };
+                let copied = in_parts(&t, &job, layout).await.unwrap();
+                assert_eq!(copied.verified, verified);
+                assert_eq!(bytes(&dest, "d/big").await, body);
+                assert!(dest.pending_uploads("").await.unwrap().is_empty());
+            }
+        }
+
+        #[tokio::test]
+        async fn a_multipart_object_keeps_its_layout_and_its_etag() {
+            let (t, source, dest) = transfers();
+            let body = data(13 * MIB as usize + 1, 1);
+            multipart(&source, "d/big", &body, &[5 * MIB, 8 * MIB, 1]).await;
             let object = listed(&source, "d/big").await;
             // The in-memory store answers ?partNumber, as AWS does: the layout is learnt.
             let job = Job {
