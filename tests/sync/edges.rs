@@ -4,11 +4,12 @@
 //! written, an endpoint that is not an S3 server, odd local file names.
 
 use std::os::unix::ffi::OsStrExt;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use egress_testkit::fixtures::{self, contents, data, manifest_json, put_many};
+use egress_testkit::fixtures::{self, contents, data, manifest_json, put_many, MIB};
 use egress_testkit::proxy::{Hook, Proxy};
 use egress_testkit::{
     last_line, stderr, stdout, text, CephRgw, Endpoint, S3Endpoint, S3Kind, S3Server,
@@ -373,6 +374,76 @@ async fn odd_local_names_are_reported_and_symlinks_not_followed() {
         "{printed}"
     );
     assert_eq!(walk(&output), ["sub/ok.txt"]);
+}
+
+/// A local copy killed (SIGKILL) mid-run leaves only whole objects: every name in the
+/// output holds exactly its input's bytes (temporary files aside: never listed, and left
+/// alone by the next run, which cannot tell whose they are); the re-run completes the copy.
+#[tokio::test]
+async fn a_local_copy_killed_mid_run_leaves_no_partial_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    for i in 0..4000 {
+        let file = input.join(format!("d{:02}/obj{i:05}.bin", i % 40));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, data(i as u64, (512 + (i * 37) % 4096) as usize)).unwrap();
+    }
+    for i in 0..4 {
+        std::fs::write(input.join(format!("big{i}.bin")), data(i, 24 * MIB)).unwrap();
+    }
+    let copy = || {
+        let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-sync"));
+        cmd.env("INPUT_PATH", &input).env("OUTPUT_PATH", &output);
+        cmd.args(["--part-size-mib", "5", "--memory-budget-mib", "16"]);
+        cmd
+    };
+    let mut child = copy()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !output.exists() || walk(&output).len() < 500 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing copied"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the copy ended before it was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut whole, mut temporary) = (0, 0);
+    for name in walk(&output) {
+        if name.contains(".egress-tmp-") || name.starts_with(".egress") {
+            temporary += 1;
+            continue;
+        }
+        let copied = std::fs::read(output.join(&name)).unwrap();
+        assert!(
+            copied == std::fs::read(input.join(&name)).unwrap(),
+            "{name} is partial"
+        );
+        whole += 1;
+    }
+    assert!(
+        (100..4004).contains(&whole),
+        "killed mid-run: {whole} objects, {temporary} temporary"
+    );
+    let out = egress_testkit::run(&mut copy());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut copied = walk(&output);
+    copied.retain(|n| !n.starts_with(".egress") && !n.contains(".egress-tmp-"));
+    assert_eq!(copied.len(), 4004, "every object once");
+    for name in copied {
+        assert!(
+            std::fs::read(output.join(&name)).unwrap() == std::fs::read(input.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
 }
 
 #[tokio::test]

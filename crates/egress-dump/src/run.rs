@@ -240,6 +240,11 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, Attempt
     let manifest = build_manifest(parts, &tables, &reports, columns);
     check_written(store, &manifest, &reports, lease).await?;
     write_manifest(store, &settings.date, &manifest).await?;
+    // A local day is on disk, names included, before the run says it succeeded.
+    store
+        .persist()
+        .await
+        .context("cannot flush the day to disk")?;
     let names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
     let peak_rss_mib = egress_common::memory::peak_rss_mib();
     let conflict_retries = attempt.retries;

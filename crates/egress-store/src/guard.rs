@@ -148,6 +148,10 @@ impl ObjectStore for Guarded {
         self.inner.delete(key).await
     }
 
+    async fn persist(&self) -> Result<(), StoreError> {
+        self.inner.persist().await
+    }
+
     async fn delete_if_match(&self, key: &str, etag: &str) -> Result<(), StoreError> {
         self.guard.before_change(key).await?;
         self.inner.delete_if_match(key, etag).await

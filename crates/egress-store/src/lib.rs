@@ -274,6 +274,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Delete an object (absent is fine).
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 
+    /// Make everything written so far survive a crash of the machine: a directory flushes
+    /// its filesystem (the last renames); an S3 write is durable once acknowledged, so
+    /// there is nothing to do.
+    async fn persist(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Delete an object only while it has this ETag (`If-Match`): another writer's newer
     /// version is left alone ([`ErrorKind::PreconditionFailed`]). Stores that ignore the
     /// condition delete whatever is there.

@@ -55,9 +55,16 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let marks = Marks::new(sides.dest.clone(), lease.run_id(), lease.since());
     let guard = OutputGuard::new(lease.fence(), withdrawals.clone(), marks);
     sides.dest = egress_store::guarded(sides.dest, Arc::new(guard));
-    let outcome = Mirror::new(args, filter, sides, withdrawals)
+    let output = sides.dest.clone();
+    let mut outcome = Mirror::new(args, filter, sides, withdrawals)
         .run(Some(&lease))
         .await;
+    // A local output is on disk, names included, before the run says it succeeded.
+    if outcome.is_ok() {
+        if let Err(e) = output.persist().await {
+            outcome = Err(anyhow::Error::new(e).context("cannot flush the output to disk"));
+        }
+    }
     let outcome = lease::explain_failure(outcome, &lease).await;
     lease.release().await;
     outcome

@@ -1,8 +1,9 @@
 //! [`LocalStore`]: a directory as an object store. Keys are paths below the root; a key
 //! that would leave it is refused. Every object is written under a temporary name, created
 //! exclusively (never through a symlink) with a random suffix, and renamed into place when
-//! complete, so it appears whole or not at all. Files are `0600` and directories `0700`
-//! unless configured otherwise.
+//! complete, so it appears whole or not at all, a crash included: its bytes are flushed
+//! to disk before the rename, by one `syncfs` shared by every write in flight
+//! ([`flush`]). Files are `0600` and directories `0700` unless configured otherwise.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -15,8 +16,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 use md5::{Digest, Md5};
 
+mod flush;
 mod list;
 
+use std::sync::Arc;
+
+use self::flush::Flushers;
 use self::list::{find_temp_files, Walker};
 use crate::error::{ErrorKind, StoreError};
 use crate::key::local_path_problem;
@@ -42,6 +47,7 @@ pub struct LocalStore {
     root: PathBuf,
     file_mode: u32,
     dir_mode: u32,
+    flushers: Arc<Flushers>,
 }
 
 impl LocalStore {
@@ -59,6 +65,7 @@ impl LocalStore {
             root: root.into(),
             file_mode,
             dir_mode: file_mode | search | 0o700,
+            flushers: Arc::default(),
         }
     }
 
@@ -188,22 +195,20 @@ async fn write_body(
     Ok((state.0, state.1.finalize().into()))
 }
 
-/// fsync the file, give it its Last-Modified, and move it into place (then fsync the
-/// directory, so the rename survives a crash).
-fn finish_file(
-    file: File,
-    temp: &Path,
-    path: &Path,
-    modified: Option<i64>,
-    no_replace: bool,
-) -> Result<(), StoreError> {
+/// Give the file its Last-Modified.
+fn stamp(file: &File, temp: &Path, modified: Option<i64>) -> Result<(), StoreError> {
     if let Some(secs) = modified {
         let when = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
         file.set_modified(when)
             .map_err(|e| StoreError::io("setting the time of", temp, &e))?;
     }
-    file.sync_all()
-        .map_err(|e| StoreError::io("flushing", temp, &e))?;
+    Ok(())
+}
+
+/// Move a flushed file into place. The rename itself reaches the disk with the next
+/// flush (or [`ObjectStore::persist`]): a crash before that leaves no object, never a
+/// partial one.
+fn place(temp: &Path, path: &Path, no_replace: bool) -> Result<(), StoreError> {
     if no_replace {
         // link() fails if the name exists: an atomic "create if absent".
         std::fs::hard_link(temp, path).map_err(|e| match e.kind() {
@@ -214,15 +219,10 @@ fn finish_file(
             _ => StoreError::io("moving into place", path, &e),
         })?;
         let _ = std::fs::remove_file(temp);
+        Ok(())
     } else {
-        std::fs::rename(temp, path).map_err(|e| StoreError::io("moving into place", path, &e))?;
+        std::fs::rename(temp, path).map_err(|e| StoreError::io("moving into place", path, &e))
     }
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 fn file_md5(path: &Path) -> Option<[u8; 16]> {
@@ -440,22 +440,33 @@ impl ObjectStore for LocalStore {
         let temp = PathBuf::from(&upload.id);
         let modified = upload.modified;
         let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|p| etag_md5(&p.etag)).collect();
-        let result = blocking(move || {
+        let opened = temp.clone();
+        let file = blocking(move || {
             let file = OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_NOFOLLOW)
-                .open(&temp)
-                .map_err(|e| StoreError::io("finishing", &temp, &e))?;
+                .open(&opened)
+                .map_err(|e| StoreError::io("finishing", &opened, &e))?;
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             if len != size {
                 return Err(StoreError::new(
                     ErrorKind::Other,
-                    format!("{} holds {len} bytes, {size} were uploaded", temp.display()),
+                    format!(
+                        "{} holds {len} bytes, {size} were uploaded",
+                        opened.display()
+                    ),
                 ));
             }
-            finish_file(file, &temp, &path, modified, false)
-        })
-        .await;
+            stamp(&file, &opened, modified)?;
+            Ok(file)
+        });
+        let result = match file.await {
+            Ok(file) => match self.flushers.flush(Arc::new(file)).await {
+                Ok(()) => blocking(move || place(&temp, &path, false)).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             let _ = std::fs::remove_file(&upload.id);
         }
@@ -508,6 +519,10 @@ impl ObjectStore for LocalStore {
         }
     }
 
+    async fn persist(&self) -> Result<(), StoreError> {
+        self.flushers.flush_all(&self.root).await
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let root = self.root.clone();
@@ -551,7 +566,12 @@ impl LocalStore {
                 ),
             ));
         }
-        let (temp, path, modified) = (temp.to_path_buf(), path.to_path_buf(), options.modified);
+        let (temp, path) = (temp.to_path_buf(), path.to_path_buf());
+        let file = Arc::new(file);
+        let stamped = file.clone();
+        let (at, modified) = (temp.clone(), options.modified);
+        blocking(move || stamp(&stamped, &at, modified)).await?;
+        self.flushers.flush(file).await?;
         let condition = options.condition.clone();
         blocking(move || {
             // Best effort: another writer may slip in between this check and the rename.
@@ -564,13 +584,7 @@ impl LocalStore {
                     ));
                 }
             }
-            finish_file(
-                file,
-                &temp,
-                &path,
-                modified,
-                condition == Condition::IfAbsent,
-            )
+            place(&temp, &path, condition == Condition::IfAbsent)
         })
         .await?;
         Ok(PutResult {
