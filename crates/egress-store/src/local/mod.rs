@@ -111,13 +111,35 @@ impl LocalStore {
 
     /// A new, empty temporary file next to `path`.
     fn create_temp(&self, path: &Path) -> Result<(PathBuf, File), StoreError> {
+        self.ensure_dir(path.parent().unwrap_or(&self.root))?;
+        self.create_named(path)
+    }
+
+    /// A new, empty file for `path`'s bytes: unnamed where the filesystem allows (see
+    /// [`Staged`]), else under a temporary name.
+    fn create_staged(&self, path: &Path) -> Result<(Staged, File), StoreError> {
         let parent = path.parent().unwrap_or(&self.root);
         self.ensure_dir(parent)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        let temp = parent.join(format!(".{name}{TEMP_MARK}{:016x}", rand::random::<u64>()));
+        if unnamed_files_can_be_linked() {
+            let unnamed = OpenOptions::new()
+                .write(true)
+                .mode(self.file_mode)
+                .custom_flags(libc::O_TMPFILE | libc::O_NOFOLLOW)
+                .open(parent);
+            match unnamed {
+                Ok(file) => return Ok((Staged::Unnamed, file)),
+                // No unnamed files on this filesystem (EISDIR from kernels before 3.11).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {}
+                Err(e) => return Err(StoreError::io("creating a file in", parent, &e)),
+            }
+        }
+        let (temp, file) = self.create_named(path)?;
+        let ticket = LocalStore::register_temp(&temp);
+        Ok((Staged::Named { temp, ticket }, file))
+    }
+
+    fn create_named(&self, path: &Path) -> Result<(PathBuf, File), StoreError> {
+        let temp = temp_name(path);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -135,6 +157,99 @@ impl LocalStore {
             Box::new(move || Box::pin(async move { std::fs::remove_file(temp).is_ok() })),
         )
     }
+}
+
+/// Where a new object's bytes wait for their name. An unnamed file (`O_TMPFILE`) is linked
+/// into place whole: one change to its directory instead of a create and a rename (the
+/// directory's lock, taken by both, was the cold copy's largest cost in perf), and a crash
+/// leaves nothing behind. Where the filesystem has no unnamed files, a hidden temporary
+/// name is renamed into place.
+enum Staged {
+    Unnamed,
+    Named { temp: PathBuf, ticket: stop::Ticket },
+}
+
+impl Staged {
+    fn temp(&self) -> Option<PathBuf> {
+        match self {
+            Staged::Named { temp, .. } => Some(temp.clone()),
+            Staged::Unnamed => None,
+        }
+    }
+}
+
+/// `.<name>.egress-tmp-<random>` next to `path`.
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let parent = path.parent().unwrap_or(Path::new(""));
+    parent.join(format!(".{name}{TEMP_MARK}{:016x}", rand::random::<u64>()))
+}
+
+/// An unnamed file is named through `/proc/self/fd` (`linkat` by descriptor alone needs a
+/// privilege): without `/proc`, temporary names are used.
+fn unnamed_files_can_be_linked() -> bool {
+    static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+}
+
+/// Give `file` (unnamed) the name `path`.
+fn link_unnamed(file: &File, path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let from =
+        std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(invalid)?;
+    let to = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(invalid)?;
+    // SAFETY: both are valid NUL-terminated paths that linkat only reads.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Move a flushed file into place (see [`place`]): from its temporary name, or (`None`)
+/// unnamed.
+fn place_staged(
+    file: &File,
+    temp: Option<&Path>,
+    path: &Path,
+    no_replace: bool,
+) -> Result<(), StoreError> {
+    let temp = match temp {
+        Some(temp) => return place(temp, path, no_replace),
+        None => match link_unnamed(file, path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && no_replace => {
+                return Err(StoreError::new(
+                    ErrorKind::PreconditionFailed,
+                    format!("{} already exists", path.display()),
+                ))
+            }
+            // A name to replace: linked under a temporary name, then renamed over it.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let temp = temp_name(path);
+                link_unnamed(file, &temp)
+                    .map_err(|e| StoreError::io("moving into place", path, &e))?;
+                temp
+            }
+            Err(e) => return Err(StoreError::io("moving into place", path, &e)),
+        },
+    };
+    place(&temp, path, false).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temp);
+    })
 }
 
 fn create_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
@@ -162,10 +277,20 @@ fn create_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
     }
 }
 
+/// Blocking file operations at once, in the whole process. Each small operation is a
+/// hand-off to a blocking thread; with one per job (64) a cold copy of 10,000 1 KiB
+/// files took 6.5 s, most of it in futex wake-ups and context switches, and 3.7 s with 8.
+static FILE_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(FILE_WORK_SLOTS);
+const FILE_WORK_SLOTS: usize = 8;
+
 /// Run blocking file work off the async threads.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
+    let _slot = FILE_WORK
+        .acquire()
+        .await
+        .map_err(|_| StoreError::new(ErrorKind::Other, "file work stopped"))?;
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| StoreError::new(ErrorKind::Other, format!("file task failed: {e}")))?
@@ -343,7 +468,13 @@ impl ObjectStore for LocalStore {
         }
         let path = self.path(key)?;
         let opened = path.clone();
-        let (file, meta) = blocking(move || {
+        let span = move |size: u64| {
+            let (offset, len) = options.range.unwrap_or((0, size));
+            (offset, len.min(size.saturating_sub(offset)))
+        };
+        // A small read is done with the open: one hand-off to a blocking thread per object
+        // (a cold copy of 300,000 1 KiB files spent most of its time switching threads).
+        let (file, meta, small) = blocking(move || {
             let file = OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)
@@ -352,17 +483,25 @@ impl ObjectStore for LocalStore {
             let m = file
                 .metadata()
                 .map_err(|e| StoreError::io("reading", &opened, &e))?;
-            Ok((file, meta_of(&m)))
+            let (offset, len) = span(m.len());
+            let small = match len <= READ_CHUNK as u64 {
+                true => {
+                    let mut buf = vec![0; len as usize];
+                    file.read_exact_at(&mut buf, offset)
+                        .map_err(|e| StoreError::io("reading", &opened, &e))?;
+                    Some(Bytes::from(buf))
+                }
+                false => None,
+            };
+            Ok((file, meta_of(&m), small))
         })
         .await?;
-        let (offset, len) = options.range.unwrap_or((0, meta.size));
-        let len = len.min(meta.size.saturating_sub(offset));
-        let stream = read_stream(file, path, offset, len);
-        Ok(GetResult {
-            meta,
-            offset,
-            body: Body::from_stream(len, stream),
-        })
+        let (offset, len) = span(meta.size);
+        let body = match small {
+            Some(bytes) => Body::from_bytes(bytes),
+            None => Body::from_stream(len, read_stream(file, path, offset, len)),
+        };
+        Ok(GetResult { meta, offset, body })
     }
 
     async fn put(
@@ -372,15 +511,9 @@ impl ObjectStore for LocalStore {
         options: &PutOptions,
     ) -> Result<PutResult, StoreError> {
         let path = self.path(key)?;
-        let store = self.clone();
-        let target = path.clone();
-        let (temp, file) = blocking(move || store.create_temp(&target)).await?;
-        let ticket = LocalStore::register_temp(&temp);
-        let result = self.put_temp(file, &temp, &path, body, options).await;
-        if result.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-        stop::done(ticket);
+        let (staged, file, md5) = self.write_staged(&path, body).await?;
+        let (result, staged) = self.put_staged(file, staged, &path, md5, options).await;
+        discard(staged, result.is_err());
         result
     }
 
@@ -548,32 +681,64 @@ impl ObjectStore for LocalStore {
 }
 
 impl LocalStore {
-    async fn put_temp(
+    /// A new staged file for `path` holding `body`, and its MD5. A body in memory (a
+    /// small object) is written with the create: one hand-off to a blocking thread.
+    async fn write_staged(
         &self,
-        file: File,
-        temp: &Path,
         path: &Path,
         body: Body,
+    ) -> Result<(Staged, File, [u8; 16]), StoreError> {
+        let (store, target, bytes) = (self.clone(), path.to_path_buf(), body.as_bytes().cloned());
+        let (staged, file, written) = blocking(move || {
+            let (staged, file) = store.create_staged(&target)?;
+            let written = bytes.map(|b| {
+                file.write_all_at(&b, 0)
+                    .map(|_| <[u8; 16]>::from(Md5::digest(&b)))
+            });
+            Ok((staged, file, written))
+        })
+        .await?;
+        let written = match written {
+            Some(Ok(md5)) => Ok((file, md5)),
+            Some(Err(e)) => Err(StoreError::io("writing", path, &e)),
+            None => write_body(file, path.to_path_buf(), 0, body).await,
+        };
+        match written {
+            Ok((file, md5)) => Ok((staged, file, md5)),
+            Err(e) => {
+                discard(staged, true);
+                Err(e)
+            }
+        }
+    }
+
+    /// Check, flush and move a staged file into place; the staging comes back for
+    /// [`discard`].
+    async fn put_staged(
+        &self,
+        file: File,
+        staged: Staged,
+        path: &Path,
+        md5: [u8; 16],
         options: &PutOptions,
-    ) -> Result<PutResult, StoreError> {
-        let (file, md5) = write_body(file, temp.to_path_buf(), 0, body).await?;
+    ) -> (Result<PutResult, StoreError>, Staged) {
         if options.content_md5.is_some_and(|expected| expected != md5) {
-            return Err(StoreError::new(
+            let error = StoreError::new(
                 ErrorKind::ChecksumMismatch,
                 format!(
                     "writing {}: Content-MD5 does not match the bytes",
                     path.display()
                 ),
-            ));
+            );
+            return (Err(error), staged);
         }
-        let (temp, path) = (temp.to_path_buf(), path.to_path_buf());
         let file = Arc::new(file);
-        let stamped = file.clone();
-        let (at, modified) = (temp.clone(), options.modified);
-        blocking(move || stamp(&stamped, &at, modified)).await?;
-        self.flushers.flush(file).await?;
-        let condition = options.condition.clone();
-        blocking(move || {
+        if let Err(e) = self.flushers.flush(file.clone()).await {
+            return (Err(e), staged);
+        }
+        let (path, temp) = (path.to_path_buf(), staged.temp());
+        let (condition, modified) = (options.condition.clone(), options.modified);
+        let placed = blocking(move || {
             // Best effort: another writer may slip in between this check and the rename.
             if let Condition::IfMatch(etag) = &condition {
                 let current = file_md5(&path).map(hex::encode);
@@ -584,12 +749,33 @@ impl LocalStore {
                     ));
                 }
             }
-            place(&temp, &path, condition == Condition::IfAbsent)
+            // The time reaches the disk with the name (a crash in between leaves the
+            // bytes whole under another time: the next run copies them again).
+            stamp(&file, &path, modified)?;
+            place_staged(
+                &file,
+                temp.as_deref(),
+                &path,
+                condition == Condition::IfAbsent,
+            )
         })
-        .await?;
-        Ok(PutResult {
-            etag: Some(hex::encode(md5)),
-        })
+        .await;
+        (
+            placed.map(|()| PutResult {
+                etag: Some(hex::encode(md5)),
+            }),
+            staged,
+        )
+    }
+}
+
+/// Remove a staged file's temporary name (when `failed`) and forget it.
+fn discard(staged: Staged, failed: bool) {
+    if let Staged::Named { temp, ticket } = staged {
+        if failed {
+            let _ = std::fs::remove_file(&temp);
+        }
+        stop::done(ticket);
     }
 }
 
