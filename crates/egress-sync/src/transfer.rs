@@ -446,7 +446,8 @@ async fn in_parts(t: &Transfers, job: &Job, layout: Layout) -> Result<Copied, Co
     match copy_parts(t, job, &layout, first).await? {
         Some(copied) => Ok(copied),
         None => {
-            tracing::debug!(key = %job.object.key, "guessed part boundaries were wrong; copying again, hashing each part");
+            // Nothing was made visible; say so, as for any failed copy.
+            tracing::warn!(key = %job.object.key, "the copy's parts do not add up to the source's ETag (its part boundaries were guessed wrong, or a byte was damaged in flight): retrying with each part hashed");
             copy_parts(t, job, &layout, PartCheck::Md5)
                 .await?
                 .ok_or_else(|| mismatch(&job.object.key, "its parts could not be checked".into()))
