@@ -39,15 +39,20 @@ impl Flushers {
         flusher.flush(file).await
     }
 
-    /// Flush every filesystem written to so far: everything this store wrote, names
-    /// included, is then on disk.
+    /// Flush every filesystem written to so far: everything this store wrote, names and
+    /// deletes included, is then on disk. The root's filesystem once, then any other one.
     pub(super) async fn flush_all(&self, root: &std::path::Path) -> Result<(), StoreError> {
-        let Ok(dir) = File::open(root) else {
-            return Ok(()); // Nothing was ever written there.
-        };
-        self.flush(Arc::new(dir)).await?;
+        let mut root_device = None;
+        if let Ok(dir) = File::open(root) {
+            root_device = dir.metadata().map(|m| m.dev()).ok();
+            self.flush(Arc::new(dir)).await?;
+        }
         let others: Vec<Arc<Flusher>> = match self.by_device.lock() {
-            Ok(map) => map.values().cloned().collect(),
+            Ok(map) => map
+                .iter()
+                .filter(|(device, _)| Some(**device) != root_device)
+                .map(|(_, flusher)| flusher.clone())
+                .collect(),
             Err(_) => return Err(poisoned()),
         };
         for flusher in others {
