@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use egress_common::check::{self, Status, Use};
 use egress_store::{
-    Attributes, Body, CompletedPart, Condition, ErrorKind, GetOptions, LocalStore, MemoryStore,
-    PartData, PartSlot, PutOptions, Store,
+    list_parallel, Attributes, Body, CompletedPart, Condition, Entry, ErrorKind, GetOptions,
+    LocalStore, MemoryStore, PartData, PartSlot, PutOptions, Store,
 };
 use egress_testkit::{CephRgw, S3Kind, S3Server};
 use futures::StreamExt;
@@ -119,6 +119,40 @@ async fn odd_keys(f: &Fixture) {
     let mut sorted: Vec<String> = odd.iter().map(|k| k.to_string()).collect();
     sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     assert_eq!(keys(f, "odd/").await.0, sorted, "{}: byte order", f.name);
+}
+
+/// A folder lists its objects and sub-folders, each once, in key order (keys beside a
+/// folder that sort before and after its `/`); a walk of the whole store with several
+/// listings in flight gives exactly the one-stream listing, including a folder of many pages.
+async fn folder_listings(f: &Fixture) {
+    let tree = [
+        "tree/a-b", "tree/a.csv", "tree/a/x", "tree/a/y/z", "tree/a0", "tree/é/1", "tree/z",
+    ];
+    for key in tree {
+        put(f, key, b"t").await;
+    }
+    let mut entries = Vec::new();
+    let mut pages = f.store.list_folder("tree/");
+    while let Some(page) = pages.next().await {
+        let page = page.unwrap_or_else(|e| panic!("{}: list folder: {e}", f.name));
+        entries.extend(page.into_iter().map(|e| match e {
+            Entry::Object(o) => o.key,
+            Entry::Folder(d) => format!("{d}*"),
+        }));
+    }
+    let want = ["tree/a-b", "tree/a.csv", "tree/a/*", "tree/a0", "tree/z", "tree/é/*"];
+    assert_eq!(entries, want, "{}: one level, in byte order", f.name);
+    let (one, _) = keys(f, "").await;
+    assert!(one.len() > 1000, "{}: the pages/ folder is listed in pages", f.name);
+    for width in [2, 16] {
+        let mut walked = Vec::new();
+        let mut pages = list_parallel(f.store.clone(), "", width);
+        while let Some(page) = pages.next().await {
+            let page = page.unwrap_or_else(|e| panic!("{}: walk: {e}", f.name));
+            walked.extend(page.into_iter().map(|o| o.key));
+        }
+        assert_eq!(walked, one, "{}: {width} listings at once", f.name);
+    }
 }
 
 /// A range reads exactly its bytes, and says where it starts and how large the object is.
@@ -400,6 +434,7 @@ async fn contract(f: Fixture) {
     let ran = cases!(
         listing_order_and_pages,
         odd_keys,
+        folder_listings,
         ranged_reads,
         metadata,
         conditional_writes,

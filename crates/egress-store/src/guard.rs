@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::{
-    Body, CompletedPart, GetOptions, GetResult, ObjectMeta, ObjectStore, PageStream, PartData,
+    Body, CompletedPart, EntryStream, GetOptions, GetResult, ObjectMeta, ObjectStore, PageStream, PartData,
     PendingUpload, PutOptions, PutResult, Store, StoreError, StoreTraits, Upload,
 };
 
@@ -61,6 +61,10 @@ impl ObjectStore for Guarded {
 
     fn list(&self, under: &str) -> PageStream {
         self.inner.list(under)
+    }
+
+    fn list_folder(&self, under: &str) -> EntryStream {
+        self.inner.list_folder(under)
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

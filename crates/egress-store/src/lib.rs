@@ -15,6 +15,7 @@ mod guard;
 pub mod key;
 mod local;
 mod memory;
+mod walk;
 mod s3;
 mod secret;
 pub mod stop;
@@ -31,6 +32,7 @@ pub use error::{chain, ErrorKind, StoreError};
 pub use guard::{guarded, Guard, Guarded};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
+pub use walk::list_parallel;
 pub use s3::{is_aws_host, S3Settings, S3Store};
 pub use secret::{redact_urls, Secret};
 pub use writer::{PartCheck, PartWriter, Uploaded};
@@ -202,6 +204,30 @@ pub struct StoreTraits {
 /// A page of a listing, in key (UTF-8 byte) order.
 pub type PageStream = BoxStream<'static, Result<Vec<ObjectInfo>, StoreError>>;
 
+/// What a listing of one folder holds: an object, or a sub-folder (its key prefix, ending
+/// in `/`) that holds more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// An object directly in the folder.
+    Object(ObjectInfo),
+    /// A sub-folder: every key below it starts with this prefix.
+    Folder(String),
+}
+
+impl Entry {
+    /// The object's key or the folder's prefix: where the entry sorts.
+    pub fn key(&self) -> &str {
+        match self {
+            Entry::Object(o) => &o.key,
+            Entry::Folder(f) => f,
+        }
+    }
+}
+
+/// A page of one folder's listing, in key order (a folder sorts as its prefix, which is
+/// where every key below it sorts).
+pub type EntryStream = BoxStream<'static, Result<Vec<Entry>, StoreError>>;
+
 /// An S3 bucket and prefix, or a local directory.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
@@ -225,6 +251,10 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Every object under `under` (a key prefix ending in `/`, or empty for all), in
     /// pages, in key order.
     fn list(&self, under: &str) -> PageStream;
+
+    /// The objects and sub-folders directly in the folder `under` (as [`ObjectStore::list`],
+    /// but one level deep: S3's `/` delimiter), in pages, in key order.
+    fn list_folder(&self, under: &str) -> EntryStream;
 
     /// An object's metadata.
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;

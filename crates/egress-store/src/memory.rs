@@ -17,7 +17,7 @@ use md5::{Digest, Md5};
 use crate::error::{ErrorKind, StoreError};
 use crate::{
     multipart_etag, stop, Attributes, Body, CompletedPart, Condition, GetOptions, GetResult,
-    ObjectInfo, ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions,
+    Entry, EntryStream, ObjectInfo, ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions,
     PutResult, StoreTraits, Upload,
 };
 
@@ -29,6 +29,8 @@ const MIN_PART: u64 = 5 * 1024 * 1024;
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     page: usize,
+    /// Whether PUT conditions are checked (a store that ignores them does not).
+    conditions: bool,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +70,24 @@ impl MemoryStore {
         MemoryStore {
             state: Arc::new(Mutex::new(State::default())),
             page: 1000,
+            conditions: true,
+        }
+    }
+
+    /// The same store, as a server that ignores PUT conditions would be (write anyway).
+    pub fn ignoring_conditions(self) -> MemoryStore {
+        MemoryStore {
+            conditions: false,
+            ..self
+        }
+    }
+
+    /// An empty store listing `page` keys a page (to exercise paging with few keys).
+    #[cfg(test)]
+    pub(crate) fn with_page(page: usize) -> MemoryStore {
+        MemoryStore {
+            page,
+            ..MemoryStore::new()
         }
     }
 
@@ -94,6 +114,33 @@ fn now() -> i64 {
 
 fn md5_hex(data: &[u8]) -> String {
     hex::encode(Md5::digest(data))
+}
+
+/// The objects and sub-folders directly in the folder `under`, in key order.
+fn folder(objects: &BTreeMap<String, Object>, under: &str) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let below = objects
+        .range::<str, _>((Bound::Included(under), Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(under));
+    for (key, o) in below {
+        let rest = &key[under.len()..];
+        match rest.find('/') {
+            Some(end) => {
+                let sub = &key[..under.len() + end + 1];
+                if entries.last().map(Entry::key) != Some(sub) {
+                    entries.push(Entry::Folder(sub.to_string()));
+                }
+            }
+            None => entries.push(Entry::Object(ObjectInfo {
+                key: key.clone(),
+                size: o.data.len() as u64,
+                etag: Some(o.etag.clone()),
+                modified: o.modified,
+                modified_nanos: 0,
+            })),
+        }
+    }
+    entries
 }
 
 fn meta(o: &Object) -> ObjectMeta {
@@ -194,6 +241,11 @@ impl ObjectStore for MemoryStore {
         .boxed()
     }
 
+    fn list_folder(&self, under: &str) -> EntryStream {
+        let entries = self.with_state(|s| folder(&s.objects, under));
+        crate::walk::in_pages(std::future::ready(Ok(entries)), self.page)
+    }
+
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         Ok(meta(&self.object(key)?))
     }
@@ -248,7 +300,9 @@ impl ObjectStore for MemoryStore {
             parts: None,
         };
         self.with_state(|s| {
-            check_condition(s.objects.get(key), &options.condition)?;
+            if self.conditions {
+                check_condition(s.objects.get(key), &options.condition)?;
+            }
             s.objects.insert(key.to_string(), object);
             Ok(PutResult { etag: Some(etag) })
         })

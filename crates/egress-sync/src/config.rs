@@ -55,6 +55,12 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..=256))]
     pub jobs: u64,
 
+    /// Listing requests in flight per side: folders are listed at once and merged in key
+    /// order (1: one listing stream).
+    #[arg(long, env = "LIST_JOBS", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub list_jobs: u64,
+
     /// Print the plan and change nothing.
     #[arg(long, env = "DRY_RUN")]
     pub dry_run: bool,

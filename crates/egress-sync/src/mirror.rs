@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use egress_common::lease;
 use egress_common::manifest;
-use egress_store::{ObjectInfo, StoreError};
+use egress_store::{list_parallel, ObjectInfo, StoreError};
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -126,9 +126,11 @@ impl<'a> Mirror<'a> {
 
     fn march(&self) -> March {
         let t = self.pool.transfers();
+        let width = self.args.list_jobs as usize;
+        let list = |store: &egress_store::Store| list_parallel(store.clone(), "", width);
         March::new(
-            Listing::new(t.source.list(""), self.filter.clone(), "input"),
-            Listing::new(t.dest.list(""), self.filter.clone(), "output"),
+            Listing::new(list(&t.source), self.filter.clone(), "input"),
+            Listing::new(list(&t.dest), self.filter.clone(), "output"),
         )
     }
 

@@ -71,6 +71,22 @@ impl Walker {
     }
 }
 
+/// The objects and sub-folders directly in the folder `under`, in key order.
+pub(super) fn folder(root: &Path, under: &str) -> Result<Vec<crate::Entry>, StoreError> {
+    let level = read_level(root, under)?;
+    let entries = level.entries.map(|e| match e.dir {
+        true => crate::Entry::Folder(format!("{under}{}/", e.name)),
+        false => crate::Entry::Object(super::ObjectInfo {
+            key: format!("{under}{}", e.name),
+            size: e.size,
+            etag: None,
+            modified: e.modified,
+            modified_nanos: e.modified_nanos,
+        }),
+    });
+    Ok(entries.collect())
+}
+
 /// The entries of `root/rel` worth listing, sorted. A name that is not UTF-8 cannot be a
 /// key and a symlink is not followed (it could lead anywhere): both are logged and skipped.
 fn read_level(root: &Path, rel: &str) -> Result<Level, StoreError> {

@@ -28,7 +28,7 @@ use crate::key::local_path_problem;
 use crate::stop::{self, Phase};
 use crate::{
     etag_md5, multipart_etag, Body, CompletedPart, Condition, GetOptions, GetResult, ObjectInfo,
-    ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions, PutResult,
+    EntryStream, ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions, PutResult,
     StoreTraits, Upload,
 };
 
@@ -440,6 +440,12 @@ impl ObjectStore for LocalStore {
             }
         })
         .boxed()
+    }
+
+    fn list_folder(&self, under: &str) -> EntryStream {
+        let (root, under) = (self.root.clone(), under.to_string());
+        let entries = async move { blocking(move || list::folder(&root, &under)).await };
+        crate::walk::in_pages(entries, PAGE)
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

@@ -1,4 +1,5 @@
-//! Listing a bucket prefix a page at a time (ListObjectsV2), lazily, in key order.
+//! Listing a bucket prefix a page at a time (ListObjectsV2), lazily, in key order: every
+//! object below it, or (with the `/` delimiter) one folder's objects and sub-folders.
 
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::operation::list_objects_v2::{ListObjectsV2Error, ListObjectsV2Output};
@@ -9,7 +10,7 @@ use futures::StreamExt;
 use super::clean_etag;
 use super::error::{from_sdk, unreadable_xml, S3Context, Target};
 use crate::error::StoreError;
-use crate::{ObjectInfo, PageStream};
+use crate::{Entry, EntryStream, ObjectInfo, PageStream};
 
 /// Keys in a listing asked with `encoding-type=url` come back URL-encoded (spaces as `+`,
 /// as botocore and minio-go decode them): keys with characters XML cannot carry (U+0001)
@@ -35,6 +36,8 @@ pub(super) struct ListCtx {
     pub(super) what: String,
     pub(super) endpoint: String,
     pub(super) hint: &'static str,
+    /// List one level: sub-folders come back as [`Entry::Folder`].
+    pub(super) delimiter: bool,
 }
 
 impl ListCtx {
@@ -45,7 +48,7 @@ impl ListCtx {
     async fn page(
         &self,
         token: Option<String>,
-    ) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
+    ) -> Result<(Vec<Entry>, Option<String>), StoreError> {
         let page = match self.request(token.clone(), false).await {
             Err(e) if unreadable_xml(&e) => self.request(token, true).await,
             other => other,
@@ -72,6 +75,7 @@ impl ListCtx {
             .bucket(&self.bucket)
             .prefix(&self.list_prefix)
             .max_keys(1000)
+            .set_delimiter(self.delimiter.then(|| "/".to_string()))
             .set_continuation_token(token);
         match encode {
             true => request.encoding_type(EncodingType::Url).send().await,
@@ -79,16 +83,18 @@ impl ListCtx {
         }
     }
 
-    fn objects(&self, page: ListObjectsV2Output) -> (Vec<ObjectInfo>, Option<String>) {
+    /// The page's objects and folders, merged in key order (S3 returns them apart, each
+    /// sorted), keys relative to the root.
+    fn objects(&self, page: ListObjectsV2Output) -> (Vec<Entry>, Option<String>) {
         let encoded = page.encoding_type() == Some(&EncodingType::Url);
+        let decode = |raw: &str| match encoded {
+            true => decode_key(raw),
+            false => raw.to_string(),
+        };
         let mut objects = Vec::with_capacity(page.contents().len());
         for o in page.contents() {
             let Some(raw) = o.key() else { continue };
-            let full = if encoded {
-                decode_key(raw)
-            } else {
-                raw.to_string()
-            };
+            let full = decode(raw);
             let Some(key) = full.strip_prefix(&self.root) else {
                 continue;
             };
@@ -96,25 +102,48 @@ impl ListCtx {
             if key.is_empty() || (key.ends_with('/') && o.size().unwrap_or(0) == 0) {
                 continue;
             }
-            objects.push(ObjectInfo {
+            objects.push(Entry::Object(ObjectInfo {
                 key: key.to_string(),
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: clean_etag(o.e_tag()),
                 modified: o.last_modified().map(|t| t.secs()).unwrap_or(0),
                 modified_nanos: o.last_modified().map(|t| t.subsec_nanos()).unwrap_or(0),
-            });
+            }));
+        }
+        let folders = page.common_prefixes().iter().filter_map(|p| {
+            let full = decode(p.prefix()?);
+            Some(Entry::Folder(full.strip_prefix(&self.root)?.to_string()))
+        });
+        let mut entries: Vec<Entry> = objects.into_iter().chain(folders).collect();
+        if !page.common_prefixes().is_empty() {
+            entries.sort_by(|a, b| a.key().as_bytes().cmp(b.key().as_bytes()));
         }
         let next = if page.is_truncated().unwrap_or(false) {
             page.next_continuation_token().map(str::to_string)
         } else {
             None
         };
-        (objects, next)
+        (entries, next)
     }
 }
 
-/// The pages of the listing `ctx` describes, fetched as they are read.
+/// The objects of the listing `ctx` describes (no delimiter), fetched as they are read.
 pub(super) fn pages(this: ListCtx) -> PageStream {
+    entries(this)
+        .map(|page| {
+            page.map(|entries| {
+                let objects = entries.into_iter().filter_map(|e| match e {
+                    Entry::Object(o) => Some(o),
+                    Entry::Folder(_) => None,
+                });
+                objects.collect()
+            })
+        })
+        .boxed()
+}
+
+/// The pages of the listing `ctx` describes, fetched as they are read.
+pub(super) fn entries(this: ListCtx) -> EntryStream {
     let state = ListState {
         token: None,
         done: false,

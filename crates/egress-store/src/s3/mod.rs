@@ -29,7 +29,7 @@ use crate::key::{dir_prefix, join};
 use crate::stop::{self, Phase};
 use crate::{
     clean_etag, Attributes, Body, CompletedPart, Condition, GetOptions, GetResult, ObjectMeta,
-    ObjectStore, PageStream, PartData, PendingUpload, PutOptions, PutResult, StoreTraits, Upload,
+    EntryStream, ObjectStore, PageStream, PartData, PendingUpload, PutOptions, PutResult, StoreTraits, Upload,
 };
 
 /// Whether the store honours `?partNumber` on HEAD/GET: not yet known, yes, no.
@@ -160,6 +160,23 @@ fn quoted(etag: &str) -> String {
     format!("\"{etag}\"")
 }
 
+impl S3Store {
+    /// How to list `under` (one level with `delimiter`).
+    fn list_ctx(&self, under: &str, delimiter: bool) -> list::ListCtx {
+        let list_prefix = format!("{}{under}", dir_prefix(&self.prefix));
+        list::ListCtx {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            root: dir_prefix(&self.prefix),
+            what: format!("listing s3://{}/{list_prefix}", self.bucket),
+            list_prefix,
+            endpoint: self.endpoint.clone(),
+            hint: self.hint,
+            delimiter,
+        }
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     fn describe(&self, key: &str) -> String {
@@ -186,16 +203,11 @@ impl ObjectStore for S3Store {
     }
 
     fn list(&self, under: &str) -> PageStream {
-        let list_prefix = format!("{}{under}", dir_prefix(&self.prefix));
-        list::pages(list::ListCtx {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            root: dir_prefix(&self.prefix),
-            what: format!("listing s3://{}/{list_prefix}", self.bucket),
-            list_prefix,
-            endpoint: self.endpoint.clone(),
-            hint: self.hint,
-        })
+        list::pages(self.list_ctx(under, false))
+    }
+
+    fn list_folder(&self, under: &str) -> EntryStream {
+        list::entries(self.list_ctx(under, true))
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
