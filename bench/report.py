@@ -86,3 +86,16 @@ if many:
     print("|---|---|---:|---:|---:|")
     for group, name, (wall, cpu, rss, server) in many:
         print(f"| {group[6:]} | {name} | {wall:.2f} | {cpu:.2f} | {rss:.0f} |")
+
+listing = [(g, n, v) for (g, n), v in best.items() if g.startswith("listing")]
+if listing:
+    print("\n## Listings in Ceph RGW (input and output in one RGW); time / rclone's, time / one stream's")
+    print("| run | contender | wall s | CPU s | peak RSS MiB | / rclone | / one stream |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for group, name, (wall, cpu, rss, server) in listing:
+        entries = [(n, v) for (g, n), v in best.items() if g == group]
+        rc = min((v[0] for n, v in entries if n.startswith("rclone")), default=0)
+        one = next((v[0] for n, v in entries if n.endswith("--list-jobs 1")), 0)
+        vs_rc = f"{wall / rc:.3f}" if rc and not name.startswith("rclone") else ""
+        vs_one = f"{wall / one:.2f}" if one and name == "egress-sync" else ""
+        print(f"| {group[9:]} | {name} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {vs_rc} | {vs_one} |")

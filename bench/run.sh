@@ -19,7 +19,7 @@ ROOT=$PWD
 ROWS=${BENCH_ROWS:-1800000}          # ~300 MB of CSV
 BIG=${BENCH_BIG:-1}                  # also dump a 4x larger table (peak RSS check)
 ROUNDS=${BENCH_ROUNDS:-2}
-PARTS=${BENCH_PARTS:-dump,sync,ceph,many}   # which parts to run
+PARTS=${BENCH_PARTS:-dump,sync,ceph,listing,many}   # which parts to run
 SMALL=${BENCH_SMALL:-2000}
 LARGE=${BENCH_LARGE:-6}
 LARGE_MIB=${BENCH_LARGE_MIB:-128}
@@ -305,15 +305,62 @@ export RCLONE_CONFIG_SRC_TYPE=s3 RCLONE_CONFIG_SRC_PROVIDER=Other RCLONE_CONFIG_
   RCLONE_CONFIG_SRC_ACCESS_KEY_ID=AKA RCLONE_CONFIG_SRC_SECRET_ACCESS_KEY=SKA RCLONE_CONFIG_SRC_FORCE_PATH_STYLE=true
 fi
 [[ $PARTS == *sync* ]] && sync_suite s3s-fs "$B_URL" AKB SKB Other
-if [[ $PARTS == *ceph* ]]; then
+start_ceph() {
+  [ -n "${CEPH_DIR:-}" ] && return
   log "starting Ceph RGW"
   CEPH_DIR=$WORK/ceph CEPH_PORT=$(free_port)
   # On disk (bluestore): memstore never gives memory back, and slows as it fills.
   CEPH_OUT=$(CEPH_OBJECTSTORE=bluestore bash "$ROOT/tests/harness/ceph-rgw.sh" start "$CEPH_DIR" "$CEPH_PORT" 2>"$WORK/ceph.log") \
     || { cat "$WORK/ceph.log" >&2; exit 1; }
   CEPH_AK=$(sed -n 's/^ACCESS_KEY=//p' <<<"$CEPH_OUT") CEPH_SK=$(sed -n 's/^SECRET_KEY=//p' <<<"$CEPH_OUT")
+}
+if [[ $PARTS == *ceph* ]]; then
+  start_ceph
   sync_suite ceph "http://127.0.0.1:$CEPH_PORT" "$CEPH_AK" "$CEPH_SK" Ceph
   noop_listing_etags ceph "http://127.0.0.1:$CEPH_PORT" "$CEPH_AK" "$CEPH_SK"
+fi
+
+# --- listing ---------------------------------------------------------------------------
+# LIST_OBJECTS 100-byte objects in Ceph RGW (100 dated folders), mirrored inside Ceph: a
+# no-op re-run and the decision phase of a cold copy (--dry-run into an empty bucket), with
+# one listing stream (--list-jobs 1) and with the default 8. The input is written by
+# egress-sync from local files, the output by rclone (server-side copies, so that rclone's
+# own no-op finds its modification times and copies nothing).
+if [[ $PARTS == *listing* ]]; then
+  start_ceph
+  LIST_OBJECTS=${BENCH_LIST_OBJECTS:-100000}
+  CE_URL=http://127.0.0.1:$CEPH_PORT
+  ce() { AWS_ACCESS_KEY_ID=$CEPH_AK AWS_SECRET_ACCESS_KEY=$CEPH_SK aws --endpoint-url "$CE_URL" --region us-east-1 "$@"; }
+  for b in lsrc ldst lempty; do ce s3 mb "s3://$b" >/dev/null; done
+  python3 - "$WORK/list" "$LIST_OBJECTS" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+data = os.urandom(100)
+for i in range(n):
+    d = os.path.join(root, f"2024-{1 + (i % 100) // 28:02d}-{1 + (i % 100) % 28:02d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"t{i:07d}.csv.gz"), "wb") as f:
+        f.write(data)
+PY
+  log "writing $LIST_OBJECTS objects into Ceph (minutes)"
+  OUTPUT_URL=$CE_URL OUTPUT_ACCESS_KEY_ID=$CEPH_AK OUTPUT_SECRET_ACCESS_KEY=$CEPH_SK OUTPUT_PATH=lsrc INPUT_PATH=$WORK/list \
+    "$SYNC" --progress never --jobs 64 >/dev/null 2>&1
+  rm -rf "$WORK/list"
+  export RCLONE_CONFIG_CE_TYPE=s3 RCLONE_CONFIG_CE_PROVIDER=Ceph RCLONE_CONFIG_CE_ENDPOINT=$CE_URL \
+    RCLONE_CONFIG_CE_ACCESS_KEY_ID=$CEPH_AK RCLONE_CONFIG_CE_SECRET_ACCESS_KEY=$CEPH_SK RCLONE_CONFIG_CE_FORCE_PATH_STYLE=true
+  rclone copy --transfers 64 --checkers 64 ce:lsrc ce:ldst
+  ce_sync=(env INPUT_URL="$CE_URL" INPUT_ACCESS_KEY_ID="$CEPH_AK" INPUT_SECRET_ACCESS_KEY="$CEPH_SK" INPUT_PATH=lsrc
+    OUTPUT_URL="$CE_URL" OUTPUT_ACCESS_KEY_ID="$CEPH_AK" OUTPUT_SECRET_ACCESS_KEY="$CEPH_SK" "$SYNC" --progress never)
+  for r in $(seq "$ROUNDS"); do
+    g="listing: no-op re-run over $LIST_OBJECTS objects"
+    measure "$g" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 ce:lsrc ce:ldst
+    measure "$g" "egress-sync --list-jobs 1" "${ce_sync[@]}" --output-path ldst --list-jobs 1
+    measure "$g" "egress-sync" "${ce_sync[@]}" --output-path ldst
+    g="listing: cold copy's decisions (--dry-run) over $LIST_OBJECTS objects"
+    measure "$g" "rclone sync --dry-run --checkers 16" rclone sync --dry-run --checkers 16 ce:lsrc ce:lempty
+    measure "$g" "egress-sync --list-jobs 1" "${ce_sync[@]}" --output-path lempty --dry-run --list-jobs 1
+    measure "$g" "egress-sync" "${ce_sync[@]}" --output-path lempty --dry-run
+  done
 fi
 
 # --- many objects ----------------------------------------------------------------------

@@ -126,7 +126,13 @@ async fn odd_keys(f: &Fixture) {
 /// listings in flight gives exactly the one-stream listing, including a folder of many pages.
 async fn folder_listings(f: &Fixture) {
     let tree = [
-        "tree/a-b", "tree/a.csv", "tree/a/x", "tree/a/y/z", "tree/a0", "tree/é/1", "tree/z",
+        "tree/a-b",
+        "tree/a.csv",
+        "tree/a/x",
+        "tree/a/y/z",
+        "tree/a0",
+        "tree/é/1",
+        "tree/z",
     ];
     for key in tree {
         put(f, key, b"t").await;
@@ -140,10 +146,21 @@ async fn folder_listings(f: &Fixture) {
             Entry::Folder(d) => format!("{d}*"),
         }));
     }
-    let want = ["tree/a-b", "tree/a.csv", "tree/a/*", "tree/a0", "tree/z", "tree/é/*"];
+    let want = [
+        "tree/a-b",
+        "tree/a.csv",
+        "tree/a/*",
+        "tree/a0",
+        "tree/z",
+        "tree/é/*",
+    ];
     assert_eq!(entries, want, "{}: one level, in byte order", f.name);
     let (one, _) = keys(f, "").await;
-    assert!(one.len() > 1000, "{}: the pages/ folder is listed in pages", f.name);
+    assert!(
+        one.len() > 1000,
+        "{}: the pages/ folder is listed in pages",
+        f.name
+    );
     for width in [2, 16] {
         let mut walked = Vec::new();
         let mut pages = list_parallel(f.store.clone(), "", width);

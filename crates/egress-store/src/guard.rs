@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::{
-    Body, CompletedPart, EntryStream, GetOptions, GetResult, ObjectMeta, ObjectStore, PageStream, PartData,
-    PendingUpload, PutOptions, PutResult, Store, StoreError, StoreTraits, Upload,
+    Body, CompletedPart, EntryStream, GetOptions, GetResult, ObjectMeta, ObjectStore, PageStream,
+    PartData, PendingUpload, PutOptions, PutResult, Store, StoreError, StoreTraits, Upload,
 };
 
 /// What a [`Guarded`] store consults.

@@ -15,10 +15,10 @@ mod guard;
 pub mod key;
 mod local;
 mod memory;
-mod walk;
 mod s3;
 mod secret;
 pub mod stop;
+mod walk;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -32,9 +32,9 @@ pub use error::{chain, ErrorKind, StoreError};
 pub use guard::{guarded, Guard, Guarded};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
-pub use walk::list_parallel;
 pub use s3::{is_aws_host, S3Settings, S3Store};
 pub use secret::{redact_urls, Secret};
+pub use walk::list_parallel;
 pub use writer::{PartCheck, PartWriter, Uploaded};
 
 /// One object as a listing shows it.

@@ -16,9 +16,9 @@ use md5::{Digest, Md5};
 
 use crate::error::{ErrorKind, StoreError};
 use crate::{
-    multipart_etag, stop, Attributes, Body, CompletedPart, Condition, GetOptions, GetResult,
-    Entry, EntryStream, ObjectInfo, ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions,
-    PutResult, StoreTraits, Upload,
+    multipart_etag, stop, Attributes, Body, CompletedPart, Condition, Entry, EntryStream,
+    GetOptions, GetResult, ObjectInfo, ObjectMeta, ObjectStore, PageStream, PartData,
+    PendingUpload, PutOptions, PutResult, StoreTraits, Upload,
 };
 
 /// S3's smallest part but the last.

@@ -184,10 +184,17 @@ impl Walk {
 
 /// The units that cover `under`: its top levels looked into, one level at a time, while
 /// fewer than `width` folders are known.
-async fn discover(store: &Store, under: String, width: usize) -> Result<VecDeque<Unit>, StoreError> {
+async fn discover(
+    store: &Store,
+    under: String,
+    width: usize,
+) -> Result<VecDeque<Unit>, StoreError> {
     let mut units = VecDeque::from([Unit::Folder(under)]);
     for _ in 0..LEVELS {
-        let folders = units.iter().filter(|u| matches!(u, Unit::Folder(_))).count();
+        let folders = units
+            .iter()
+            .filter(|u| matches!(u, Unit::Folder(_)))
+            .count();
         if folders == 0 || folders >= width {
             break;
         }
@@ -318,7 +325,9 @@ mod tests {
                 Entry::Folder(f) => format!("{f}*"),
             })
             .collect();
-        let want = ["a", "a-b", "a.csv", "a/*", "a0", "b/*", "big/*", "y=1/*", "z", "é/*"];
+        let want = [
+            "a", "a-b", "a.csv", "a/*", "a0", "b/*", "big/*", "y=1/*", "z", "é/*",
+        ];
         assert_eq!(entries, want);
     }
 }

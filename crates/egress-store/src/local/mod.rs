@@ -27,9 +27,9 @@ use crate::error::{ErrorKind, StoreError};
 use crate::key::local_path_problem;
 use crate::stop::{self, Phase};
 use crate::{
-    etag_md5, multipart_etag, Body, CompletedPart, Condition, GetOptions, GetResult, ObjectInfo,
-    EntryStream, ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions, PutResult,
-    StoreTraits, Upload,
+    etag_md5, multipart_etag, Body, CompletedPart, Condition, EntryStream, GetOptions, GetResult,
+    ObjectInfo, ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions,
+    PutResult, StoreTraits, Upload,
 };
 
 /// What temporary files are called: `.<name>.egress-tmp-<random>`.

@@ -28,8 +28,9 @@ use crate::error::{ErrorKind, StoreError};
 use crate::key::{dir_prefix, join};
 use crate::stop::{self, Phase};
 use crate::{
-    clean_etag, Attributes, Body, CompletedPart, Condition, GetOptions, GetResult, ObjectMeta,
-    EntryStream, ObjectStore, PageStream, PartData, PendingUpload, PutOptions, PutResult, StoreTraits, Upload,
+    clean_etag, Attributes, Body, CompletedPart, Condition, EntryStream, GetOptions, GetResult,
+    ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions, PutResult,
+    StoreTraits, Upload,
 };
 
 /// Whether the store honours `?partNumber` on HEAD/GET: not yet known, yes, no.
