@@ -52,7 +52,7 @@ if [ ! -x /opt/egress-moto/bin/moto_server ]; then
 fi
 
 # Offline deployment checks: pytest, PyYAML, kubernetes-validate, hadolint.
-if ! /opt/egress-py/bin/python -c 'import pytest, yaml, kubernetes_validate, jsonschema' 2>/dev/null \
+if ! /opt/egress-py/bin/python -c 'import pytest, yaml, kubernetes_validate, jsonschema, pyarrow, duckdb, frictionless' 2>/dev/null \
    || [ ! -x /opt/egress-py/bin/hadolint ]; then
   log "pip install -r tests/deploy/requirements.txt into /opt/egress-py"
   python3 -m venv /opt/egress-py

@@ -6,6 +6,7 @@ mod faults;
 mod operations;
 mod runs;
 mod split;
+mod typed;
 
 use std::process::{Child, Command, Output, Stdio};
 

@@ -32,6 +32,21 @@ pub struct Manifest {
     pub header: bool,
     /// One entry per table, in the order listed.
     pub tables: Vec<TableEntry>,
+    /// The day's Frictionless Data Package descriptor (`datapackage.json`), written before
+    /// the manifest (absent in manifests of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descriptor: Option<FileEntry>,
+}
+
+/// A file of the day besides the tables'.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Its name inside the date folder.
+    pub file: String,
+    /// Its size.
+    pub bytes: u64,
+    /// SHA-256 of it, hex.
+    pub sha256: String,
 }
 
 /// One dumped table.
@@ -43,22 +58,29 @@ pub struct TableEntry {
     pub schema: String,
     /// Exact table name.
     pub name: String,
-    /// Object name inside the date folder (`<table>.csv.gz`).
+    /// Object name inside the date folder (`<table>.csv.gz`, `<table>.parquet`).
     pub file: String,
+    /// `csv` (gzip CSV) or `parquet` (absent in manifests of earlier versions: csv).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
     /// Full object key (or path) as written.
     pub key: String,
     /// Data rows (header not counted).
     pub rows: u64,
-    /// CSV bytes before compression.
+    /// CSV bytes before compression; for Parquet, the bytes of PostgreSQL's binary `COPY`.
     pub uncompressed_bytes: u64,
     /// Object size.
     pub compressed_bytes: u64,
     /// SHA-256 of the object as stored, hex.
     pub sha256: String,
-    /// SHA-256 of the CSV, hex.
+    /// SHA-256 of the CSV (for Parquet, of the binary `COPY`), hex.
     pub uncompressed_sha256: String,
-    /// Columns in CSV field order.
+    /// Columns in field order.
     pub columns: Vec<Column>,
+    /// The primary key's columns in key order (absent without one, and in manifests of
+    /// earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_key: Option<Vec<String>>,
     /// How many ctid ranges the table was read in, in parallel (1: one `COPY`; absent in
     /// manifests of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,9 +120,46 @@ pub struct Column {
     /// Type as `format_type` prints it (`numeric(10,2)`, `timestamp with time zone`).
     #[serde(rename = "type")]
     pub type_name: String,
+    /// Declared `NOT NULL` (absent in manifests of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_null: Option<bool>,
+    /// The type written: `text` in a CSV; the Arrow type in Parquet (`decimal128(10,2)`,
+    /// `string (PostgreSQL's text form)`). Absent in manifests of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_as: Option<String>,
+}
+
+/// One object a manifest vouches for: a table's, or the descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed<'a> {
+    /// Its name inside the date folder.
+    pub file: &'a str,
+    /// Its size.
+    pub bytes: u64,
+    /// SHA-256 of it, hex.
+    pub sha256: &'a str,
+    /// Its multipart part sizes, when the manifest records them.
+    pub part_sizes: Option<&'a [u64]>,
 }
 
 impl Manifest {
+    /// Every object of the day the manifest vouches for: the tables', then the descriptor.
+    pub fn objects(&self) -> Vec<Listed<'_>> {
+        let tables = self.tables.iter().map(|t| Listed {
+            file: &t.file,
+            bytes: t.compressed_bytes,
+            sha256: &t.sha256,
+            part_sizes: t.part_sizes.as_deref(),
+        });
+        let descriptor = self.descriptor.iter().map(|d| Listed {
+            file: &d.file,
+            bytes: d.bytes,
+            sha256: &d.sha256,
+            part_sizes: None,
+        });
+        tables.chain(descriptor).collect()
+    }
+
     /// Parse a manifest, checking its format version.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
         let manifest: Manifest =
@@ -151,7 +210,9 @@ mod tests {
             manifest.tables[0].columns[0],
             Column {
                 name: "id".into(),
-                type_name: "integer".into()
+                type_name: "integer".into(),
+                not_null: Some(true),
+                written_as: Some("text".into()),
             }
         );
         assert!(Manifest::parse(br#"{"format_version": 2}"#).is_err());

@@ -1,8 +1,12 @@
 //! Finding each listed table in the catalog before anything is streamed.
 
+use std::sync::Arc;
+
 use tokio_postgres::Client;
 
 use crate::tables::{quote_ident, Ident, TableRef};
+use crate::typed::types::Read;
+use crate::typed::TablePlan;
 
 /// A table that exists and can be read.
 #[derive(Debug, Clone)]
@@ -25,32 +29,6 @@ pub struct ResolvedTable {
 }
 
 pub use egress_common::manifest::Column;
-
-/// The table's columns in order (what the CSV's fields are). A plain table's `COPY`
-/// leaves its generated columns out; a query (views, partitioned tables) keeps them.
-pub async fn columns(client: &Client, oid: i64) -> Result<Vec<Column>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute a \
-             JOIN pg_class c ON c.oid = a.attrelid \
-             WHERE attrelid = $1::bigint::oid AND attnum > 0 AND NOT attisdropped \
-               AND (a.attgenerated = '' OR c.relkind <> 'r') ORDER BY attnum",
-            &[&oid],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Column {
-            name: r.get(0),
-            type_name: r.get(1),
-        })
-        .collect())
-}
-
-/// The names of `columns`, for a column list.
-pub fn column_names(columns: &[Column]) -> Vec<String> {
-    columns.iter().map(|c| c.name.clone()).collect()
-}
 
 /// Replace each table's size estimate with its size on disk (heap and TOAST,
 /// `pg_table_size`), which the parallel dump orders its tables by. Call it inside a
@@ -163,28 +141,87 @@ impl ResolvedTable {
         }
     }
 
-    /// The COPY statement for `columns` (the manifest's), named one by one, so the rows
-    /// read have exactly the fields the manifest lists (a column added since would not be
-    /// read; one dropped would fail the COPY). Identifiers are always quoted. Plain tables
-    /// are copied directly, views and partitioned tables through a query (COPY refuses
-    /// them otherwise).
-    pub fn copy_sql(&self, columns: &[String], header: bool) -> String {
-        let name = format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name));
-        let options = if header {
-            "(FORMAT csv, HEADER)"
-        } else {
-            "(FORMAT csv)"
-        };
-        let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-        match (self.kind, list.is_empty()) {
-            ('r', true) => format!("COPY {name} TO STDOUT {options}"),
-            ('r', false) => format!("COPY {name} ({}) TO STDOUT {options}", list.join(", ")),
-            (_, true) => format!("COPY (SELECT * FROM {name}) TO STDOUT {options}"),
-            (_, false) => format!(
-                "COPY (SELECT {} FROM {name}) TO STDOUT {options}",
-                list.join(", ")
-            ),
+    /// The COPY statement for `select`, the manifest's columns named one by one, so the
+    /// rows read have exactly the fields the manifest lists (a column added since would
+    /// not be read; one dropped would fail the COPY). Identifiers are always quoted. Plain
+    /// tables are copied directly unless a column is cast, views and partitioned tables
+    /// through a query (COPY refuses them otherwise).
+    pub fn copy_sql(&self, select: &Select) -> String {
+        let name = self.quoted();
+        let options = select.options(true);
+        let list = select.items.join(", ");
+        match (self.kind == 'r' && !select.cast, list.is_empty()) {
+            (true, true) => format!("COPY {name} TO STDOUT {options}"),
+            (true, false) => format!("COPY {name} ({list}) TO STDOUT {options}"),
+            (false, true) => format!("COPY (SELECT * FROM {name}) TO STDOUT {options}"),
+            (false, false) => format!("COPY (SELECT {list} FROM {name}) TO STDOUT {options}"),
         }
+    }
+
+    /// `"schema"."name"`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// How a table is read: its select list and the `COPY`'s format.
+#[derive(Debug, Clone)]
+pub struct Select {
+    /// The select list: each column's quoted name, cast where it is read as its text.
+    pub items: Vec<String>,
+    /// True when an item is more than a column's name.
+    pub cast: bool,
+    /// How the rows are sent.
+    pub wire: Wire,
+}
+
+/// The `COPY`'s format.
+#[derive(Debug, Clone)]
+pub enum Wire {
+    /// CSV, with a header line or not.
+    Csv {
+        /// A header line first.
+        header: bool,
+    },
+    /// PostgreSQL's binary format, decoded by the table's typed plan.
+    Binary(Arc<TablePlan>),
+}
+
+impl Select {
+    /// The columns `names` as CSV.
+    pub fn csv(names: &[String], header: bool) -> Select {
+        Select {
+            items: names.iter().map(|c| quote_ident(c)).collect(),
+            cast: false,
+            wire: Wire::Csv { header },
+        }
+    }
+
+    /// The columns of `plan` in binary, each cast as the plan reads it.
+    pub fn binary(plan: Arc<TablePlan>) -> Select {
+        Select {
+            items: plan
+                .columns
+                .iter()
+                .map(|c| c.select(&quote_ident(&c.name)))
+                .collect(),
+            cast: plan.columns.iter().any(|c| c.read != Read::Binary),
+            wire: Wire::Binary(plan),
+        }
+    }
+
+    /// The `COPY` options; a CSV header only in the `first` chunk.
+    pub fn options(&self, first: bool) -> &'static str {
+        match self.wire {
+            Wire::Csv { header: true } if first => "(FORMAT csv, HEADER)",
+            Wire::Csv { .. } => "(FORMAT csv)",
+            Wire::Binary(_) => "(FORMAT binary)",
+        }
+    }
+
+    /// True when the `first` chunk's first line is a header, not a row.
+    pub fn header(&self, first: bool) -> bool {
+        matches!(self.wire, Wire::Csv { header: true }) && first
     }
 }
 
@@ -298,21 +335,43 @@ mod tests {
     }
 
     #[test]
-    fn copy_sql_quotes_everything() {
+    fn copy_sql_quotes_everything_and_casts_what_is_read_as_text() {
+        use crate::typed::types::{plan, PgType};
         let t = ResolvedTable::plain("s", "a\"b");
         let columns = ["id".to_string(), "x\"y".to_string()];
         assert_eq!(
-            t.copy_sql(&columns, false),
+            t.copy_sql(&Select::csv(&columns, false)),
             r#"COPY "s"."a""b" ("id", "x""y") TO STDOUT (FORMAT csv)"#
         );
         assert_eq!(
-            t.copy_sql(&[], false),
+            t.copy_sql(&Select::csv(&[], false)),
             r#"COPY "s"."a""b" TO STDOUT (FORMAT csv)"#
         );
-        let v = ResolvedTable { kind: 'v', ..t };
+        let v = ResolvedTable {
+            kind: 'v',
+            ..t.clone()
+        };
         assert_eq!(
-            v.copy_sql(&columns, true),
+            v.copy_sql(&Select::csv(&columns, true)),
             r#"COPY (SELECT "id", "x""y" FROM "s"."a""b") TO STDOUT (FORMAT csv, HEADER)"#
+        );
+        let inet = PgType {
+            oid: 869,
+            typmod: -1,
+            is_enum: false,
+            element: None,
+        };
+        let int = PgType {
+            oid: 23,
+            ..inet.clone()
+        };
+        let plan = TablePlan {
+            columns: vec![plan("id", &int, true), plan("ip", &inet, false)],
+            primary_key: vec![],
+        };
+        assert_eq!(
+            t.copy_sql(&Select::binary(Arc::new(plan))),
+            r#"COPY (SELECT "id", CASE WHEN num_nulls("ip") = 0 THEN format('%s', "ip") END FROM "s"."a""b") TO STDOUT (FORMAT binary)"#
         );
     }
 }

@@ -76,6 +76,11 @@ pub struct Args {
     #[arg(long, env = "DUMP_HEADER")]
     pub header: bool,
 
+    /// What each table becomes: gzip CSV (`<table>.csv.gz`), or Parquet with each
+    /// PostgreSQL type written exactly or refused (`<table>.parquet`).
+    #[arg(long, env = "DUMP_FORMAT", value_enum, default_value_t = Format::Csv)]
+    pub format: Format,
+
     /// Dump the remaining tables after one fails (the run still exits 1).
     #[arg(long, env = "KEEP_GOING")]
     pub keep_going: bool,
@@ -157,5 +162,32 @@ mod tests {
         ]);
         let shown = format!("{args:?} {args:#?}");
         assert!(!shown.contains("SENTINEL"), "{shown}");
+    }
+}
+
+/// What each table is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// gzip CSV, as `COPY` prints it.
+    Csv,
+    /// Parquet (zstd), typed from PostgreSQL's binary values.
+    Parquet,
+}
+
+impl Format {
+    /// The object's name after the table's.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Csv => "csv.gz",
+            Format::Parquet => "parquet",
+        }
+    }
+
+    /// Its name, as the manifest records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Parquet => "parquet",
+        }
     }
 }

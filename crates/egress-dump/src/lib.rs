@@ -11,6 +11,7 @@ pub mod check;
 pub mod chunked;
 pub mod config;
 pub mod copy_stream;
+pub mod describe;
 pub mod gzip;
 pub mod locks;
 pub mod pg;
@@ -22,6 +23,7 @@ pub mod settings;
 pub mod snapshot;
 pub mod split;
 pub mod tables;
+pub mod typed;
 pub mod upload;
 pub mod workers;
 

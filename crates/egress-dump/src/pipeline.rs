@@ -13,7 +13,7 @@ use egress_store::Store;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::catalog::ResolvedTable;
+use crate::catalog::{ResolvedTable, Select, Wire};
 use crate::chunked;
 use crate::copy_stream::{self, CopyError, CopyStats};
 use crate::gzip::{self, CompressError, CompressStats};
@@ -21,6 +21,7 @@ use crate::progress::Counters;
 use crate::report::TableReport;
 use crate::settings::Settings;
 use crate::split::{self, Chunk};
+use crate::typed;
 use crate::upload;
 use bytes::Bytes;
 
@@ -31,8 +32,8 @@ pub enum Source<'a> {
     Whole {
         /// The connection, in the run's snapshot.
         session: &'a Session,
-        /// The columns the manifest lists, named in the `COPY`.
-        columns: &'a [String],
+        /// The columns the manifest lists, named in the `COPY`, and its format.
+        select: &'a Select,
     },
     /// Ranges of its heap read on several connections and joined in order
     /// ([`crate::split`], [`crate::chunked`]).
@@ -41,8 +42,8 @@ pub enum Source<'a> {
         sessions: &'a [Session],
         /// The ranges.
         chunks: &'a [Chunk],
-        /// The columns a plain `COPY` of the table prints.
-        columns: &'a [String],
+        /// The columns a plain `COPY` of the table prints, and the format.
+        select: &'a Select,
     },
 }
 
@@ -56,25 +57,35 @@ impl Source<'_> {
     }
 }
 
+impl Source<'_> {
+    /// What is read and how.
+    fn select(&self) -> &Select {
+        match self {
+            Source::Whole { select, .. } | Source::Chunks { select, .. } => select,
+        }
+    }
+}
+
 /// Read `table` from `source` into `output`.
 async fn read(
     source: Source<'_>,
     table: &ResolvedTable,
-    header: bool,
     output: mpsc::Sender<Bytes>,
     counters: &Counters,
 ) -> Result<CopyStats, CopyError> {
     match source {
-        Source::Whole { session, columns } => {
-            let sql = table.copy_sql(columns, header);
+        Source::Whole { session, select } => {
+            let sql = table.copy_sql(select);
+            let header = select.header(true);
             copy_stream::copy_out(session, &sql, header, output, counters).await
         }
         Source::Chunks {
             sessions,
             chunks,
-            columns,
+            select,
         } => {
-            let sql = |chunk: &Chunk| split::chunk_sql(table, columns, chunk, header);
+            let sql = |chunk: &Chunk| split::chunk_sql(table, select, chunk);
+            let header = select.header(true);
             chunked::copy_chunks(sessions, chunks, &sql, header, output, counters).await
         }
     }
@@ -98,7 +109,8 @@ pub struct Job<'a> {
 impl Job<'_> {
     /// The key of `table`'s object.
     pub fn key(&self, table: &ResolvedTable) -> String {
-        format!("{}/{}.csv.gz", self.date, table.requested.file_stem())
+        let extension = self.settings.format.extension();
+        format!("{}/{}.{extension}", self.date, table.requested.file_stem())
     }
 }
 
@@ -117,6 +129,15 @@ pub enum TableError {
     /// Compressing it.
     #[error("compressing table '{table}' failed: {why}")]
     Compress {
+        /// The table.
+        table: String,
+        /// Why.
+        why: String,
+    },
+    /// Writing it as Parquet: a value its column's type cannot hold (named with its column
+    /// and row), or the writer failed.
+    #[error("table '{table}': {why}")]
+    Encode {
         /// The table.
         table: String,
         /// Why.
@@ -155,9 +176,9 @@ impl TableError {
 async fn settle(
     name: &str,
     copied: Result<CopyStats, CopyError>,
-    compressed: Result<Result<CompressStats, CompressError>, tokio::task::JoinError>,
+    compressed: Result<Result<Encoded, EncodeError>, tokio::task::JoinError>,
     received: Result<upload::Pending, StoreError>,
-) -> Result<(CopyStats, CompressStats, upload::Pending), TableError> {
+) -> Result<(CopyStats, Encoded, upload::Pending), TableError> {
     let table = name.to_string();
     let pending = match (copied, compressed, received) {
         (Ok(copy), Ok(Ok(stats)), Ok(pending)) => return Ok((copy, stats, pending)),
@@ -169,7 +190,13 @@ async fn settle(
     upload::abort(pending).await;
     Err(match (copied, compressed) {
         (Err(CopyError::Database(source)), _) => TableError::Read { table, source },
-        (_, Ok(Err(e))) => TableError::Compress {
+        (_, Ok(Err(EncodeError::Typed(e)))) if !matches!(e, typed::EncodeError::Closed) => {
+            TableError::Encode {
+                table,
+                why: e.to_string(),
+            }
+        }
+        (_, Ok(Err(e))) if !e.closed() => TableError::Compress {
             table,
             why: e.to_string(),
         },
@@ -178,6 +205,74 @@ async fn settle(
             why: join.to_string(),
         },
         _ => TableError::Stopped { table },
+    })
+}
+
+/// What the middle stage made of the rows.
+struct Encoded {
+    /// Rows, when the stage counted them (a binary `COPY`'s).
+    rows: Option<u64>,
+    /// Bytes in and out, and their hashes.
+    stats: CompressStats,
+}
+
+/// Why the middle stage stopped.
+#[derive(Debug, thiserror::Error)]
+enum EncodeError {
+    #[error(transparent)]
+    Gzip(#[from] CompressError),
+    #[error(transparent)]
+    Typed(#[from] typed::EncodeError),
+}
+
+impl EncodeError {
+    /// True when the stage stopped because the upload stage went away.
+    fn closed(&self) -> bool {
+        matches!(
+            self,
+            EncodeError::Gzip(CompressError::Closed)
+                | EncodeError::Typed(typed::EncodeError::Closed)
+        )
+    }
+}
+
+/// Start the middle stage on a blocking thread: gzip for CSV, the Parquet writer for a
+/// binary `COPY`.
+fn encode(
+    select: &Select,
+    input: mpsc::Receiver<Bytes>,
+    output: mpsc::Sender<Bytes>,
+    job: &Job<'_>,
+) -> tokio::task::JoinHandle<Result<Encoded, EncodeError>> {
+    let settings = job.settings;
+    let base = settings.part_size;
+    let part_size = move |n| upload::part_size(n, base);
+    let counters = job.counters.clone();
+    if let Wire::Binary(plan) = &select.wire {
+        let encoding = typed::Encoding {
+            plan: plan.clone(),
+            part_size,
+        };
+        return tokio::task::spawn_blocking(move || {
+            let done = typed::encode(input, output, encoding, &counters)?;
+            Ok(Encoded {
+                rows: Some(done.rows),
+                stats: done.stats,
+            })
+        });
+    }
+    let compression = gzip::Settings {
+        level: settings.compression_level,
+        engine: match settings.single_gzip_member {
+            true => gzip::Engine::Zlib,
+            false => gzip::Engine::Libdeflate,
+        },
+        threads: job.compress_threads,
+        part_size,
+    };
+    tokio::task::spawn_blocking(move || {
+        let stats = gzip::compress(input, output, compression, &counters)?;
+        Ok(Encoded { rows: None, stats })
     })
 }
 
@@ -196,27 +291,17 @@ pub async fn dump_table(
 
     let (raw_tx, raw_rx) = mpsc::channel(8);
     let (part_tx, part_rx) = mpsc::channel(1);
-    let base = settings.part_size;
-    let compression = gzip::Settings {
-        level: settings.compression_level,
-        engine: match settings.single_gzip_member {
-            true => gzip::Engine::Zlib,
-            false => gzip::Engine::Libdeflate,
-        },
-        threads: job.compress_threads,
-        part_size: move |n| upload::part_size(n, base),
-    };
-    let counters = job.counters.clone();
-    let compressor = tokio::task::spawn_blocking(move || {
-        gzip::compress(raw_rx, part_tx, compression, &counters)
-    });
+    let encoder = encode(source.select(), raw_rx, part_tx, job);
     let chunks = source.chunks();
-    let copy = read(source, table, settings.header, raw_tx, job.counters);
+    let copy = read(source, table, raw_tx, job.counters);
     let receive = upload::receive(job.store, &key, part_rx, settings.upload_concurrency);
-    let (copied, compressed, received) = tokio::join!(copy, compressor, receive);
+    let (copied, encoded, received) = tokio::join!(copy, encoder, receive);
 
     // Only when all three stages succeeded may the object become visible.
-    let (copy, stats, pending) = settle(&name, copied, compressed, received).await?;
+    let (copy, encoded, pending) = settle(&name, copied, encoded, received).await?;
+    // A binary COPY's rows are counted by its decoder (its trailer is a message too).
+    let rows = encoded.rows.unwrap_or(copy.rows);
+    let stats = encoded.stats;
     let committed = match upload::commit(job.store, &key, pending).await {
         Ok(committed) => committed,
         Err(source) => {
@@ -230,7 +315,7 @@ pub async fn dump_table(
     info!(
         table = %name,
         target = %target,
-        rows = copy.rows,
+        rows,
         uncompressed_bytes = stats.uncompressed_bytes,
         compressed_bytes = stats.compressed_bytes,
         chunks,
@@ -241,7 +326,7 @@ pub async fn dump_table(
     Ok(TableReport {
         table: name,
         target,
-        rows: copy.rows,
+        rows,
         stats,
         committed,
         seconds,

@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use egress_common::lease::{self, Lease};
-use egress_common::manifest::{self, Manifest, TableEntry};
+use egress_common::manifest::{self, FileEntry, Manifest, TableEntry};
 use egress_common::{ConfigError, Location};
 use egress_store::{Body, PutOptions, Store};
+use sha2::Digest;
 use tokio_postgres::Client;
 use tracing::{error, info, warn};
 
-use crate::catalog::{self, Problem, ResolvedTable};
+use crate::catalog::{self, Problem, ResolvedTable, Select};
+use crate::config::Format;
+use crate::describe;
 use crate::locks;
 use crate::pg::Params;
 use crate::pg::{self, DbError, DbErrorKind, Session, Target};
@@ -23,6 +26,7 @@ use crate::settings::Settings;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::split::{self, Chunk};
 use crate::tables::TableRef;
+use crate::typed::{self, TablePlan};
 use crate::workers::{self, Outcome};
 
 /// The database side of a run: how to connect, and the connection holding the snapshot.
@@ -209,20 +213,16 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, Attempt
     // One snapshot for every table of the run, taken with the tables locked (as pg_dump
     // does): the day's files agree with each other and with the manifest.
     let (snapshot, tables) = lock_and_snapshot(settings, &db, tables).await?;
-    let columns = read_columns(&db.coordinator, &tables).await?;
-    let chunks = plan_splits(settings, &db, &tables, &columns).await?;
+    let plans = read_plans(&db.coordinator, &tables).await?;
+    let chunks = plan_splits(settings, &db, &tables).await?;
     // A re-run replaces the day: first withdraw the completion marker, so the folder never
     // looks complete while its objects are being replaced.
     store.delete(&manifest::key_in(&settings.date)).await?;
-    let copied: Vec<Vec<String>> = columns
-        .iter()
-        .zip(&tables)
-        .map(|(cols, _)| catalog::column_names(cols))
-        .collect();
+    let selects = selects(settings, &plans);
     let which = workers::Tables {
         tables: &tables,
         chunks: &chunks,
-        columns: &copied,
+        selects: &selects,
     };
     let counters = Arc::new(Counters::default());
     let concurrent = workers::worker_count(settings.jobs, &which, &snapshot).max(1);
@@ -237,7 +237,8 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, Attempt
         run_started: attempt.run_started,
         snapshot,
     };
-    let manifest = build_manifest(parts, &tables, &reports, columns);
+    let mut manifest = build_manifest(parts, &tables, &reports, &plans);
+    manifest.descriptor = Some(write_descriptor(store, &manifest, &plans, settings.format).await?);
     check_written(store, &manifest, &reports, lease).await?;
     write_manifest(store, &settings.date, &manifest).await?;
     // A local day is on disk, names included, before the run says it succeeded.
@@ -304,13 +305,12 @@ async fn plan_splits(
     settings: &Settings,
     db: &Database,
     tables: &[ResolvedTable],
-    columns: &[Vec<catalog::Column>],
 ) -> Result<Vec<Option<Vec<Chunk>>>, AttemptError> {
     let mut plans = Vec::with_capacity(tables.len());
     let Some(threshold) = settings.split_larger_than else {
         return Ok(tables.iter().map(|_| None).collect());
     };
-    for (table, _) in tables.iter().zip(columns) {
+    for table in tables {
         let size = catalog::table_size(&db.coordinator, table.oid)
             .await
             .map_err(|e| DbError::new(&format!("cannot measure '{}'", table.requested), &e))?;
@@ -470,21 +470,54 @@ async fn find_tables(
     Ok(resolved)
 }
 
-async fn read_columns(
-    client: &Client,
-    tables: &[ResolvedTable],
-) -> Result<Vec<Vec<catalog::Column>>, DbError> {
-    let mut columns = Vec::with_capacity(tables.len());
+/// Each table's columns with their types, and its primary key.
+async fn read_plans(client: &Client, tables: &[ResolvedTable]) -> Result<Vec<TablePlan>, DbError> {
+    let mut plans = Vec::with_capacity(tables.len());
     for table in tables {
-        let found = catalog::columns(client, table.oid).await.map_err(|e| {
-            DbError::new(
-                &format!("cannot read the columns of '{}'", table.requested),
-                &e,
-            )
-        })?;
-        columns.push(found);
+        let plan = typed::catalog::table_plan(client, table.oid)
+            .await
+            .map_err(|e| {
+                DbError::new(
+                    &format!("cannot read the columns of '{}'", table.requested),
+                    &e,
+                )
+            })?;
+        plans.push(plan);
     }
-    Ok(columns)
+    Ok(plans)
+}
+
+/// What each table's `COPY` selects, in the run's format.
+fn selects(settings: &Settings, plans: &[TablePlan]) -> Vec<Select> {
+    plans
+        .iter()
+        .map(|plan| match settings.format {
+            Format::Csv => {
+                let names: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
+                Select::csv(&names, settings.header)
+            }
+            Format::Parquet => Select::binary(Arc::new(plan.clone())),
+        })
+        .collect()
+}
+
+/// Write the day's `datapackage.json`; what the manifest records of it.
+async fn write_descriptor(
+    store: &Store,
+    manifest: &Manifest,
+    plans: &[TablePlan],
+    format: Format,
+) -> anyhow::Result<FileEntry> {
+    let value = describe::descriptor(manifest, plans, format);
+    let body = serde_json::to_vec_pretty(&value).context("cannot encode the descriptor")?;
+    let entry = FileEntry {
+        file: describe::FILE_NAME.to_string(),
+        bytes: body.len() as u64,
+        sha256: hex::encode(sha2::Sha256::digest(&body)),
+    };
+    let key = egress_store::key::join(&manifest.date, describe::FILE_NAME);
+    put_json(store, &key, body).await?;
+    Ok(entry)
 }
 
 fn print_plan(tables: &[ResolvedTable], store: &Store, date: &str) {
@@ -567,28 +600,31 @@ fn build_manifest(
     run: ManifestParts<'_>,
     tables: &[ResolvedTable],
     reports: &[TableReport],
-    columns: Vec<Vec<catalog::Column>>,
+    plans: &[TablePlan],
 ) -> Manifest {
+    let format = run.settings.format;
     let date = &run.settings.date;
     let entries = tables
         .iter()
         .zip(reports)
-        .zip(columns)
-        .map(|((table, report), columns)| {
-            let file = format!("{}.csv.gz", table.requested.file_stem());
+        .zip(plans)
+        .map(|((table, report), plan)| {
+            let file = format!("{}.{}", table.requested.file_stem(), format.extension());
             TableEntry {
                 table: report.table.clone(),
                 schema: table.schema.clone(),
                 name: table.name.clone(),
                 key: run.settings.output.key_for(&format!("{date}/{file}")),
                 file,
+                format: Some(format.name().to_string()),
                 rows: report.rows,
                 uncompressed_bytes: report.stats.uncompressed_bytes,
                 compressed_bytes: report.stats.compressed_bytes,
                 sha256: report.stats.compressed_sha256.clone(),
                 uncompressed_sha256: report.stats.uncompressed_sha256.clone(),
-                columns,
-                gzip_members: Some(report.stats.gzip_members),
+                columns: manifest_columns(plan, format),
+                primary_key: (!plan.primary_key.is_empty()).then(|| plan.primary_key.clone()),
+                gzip_members: (format == Format::Csv).then_some(report.stats.gzip_members),
                 chunks: Some(report.chunks as u64),
                 part_sizes: report.committed.part_sizes.clone(),
             }
@@ -608,12 +644,34 @@ fn build_manifest(
         compression_level: run.settings.compression_level,
         header: run.settings.header,
         tables: entries,
+        descriptor: None,
     }
 }
 
+/// The manifest's columns: declared type, `NOT NULL`, and the type written.
+fn manifest_columns(plan: &TablePlan, format: Format) -> Vec<catalog::Column> {
+    plan.columns
+        .iter()
+        .map(|c| catalog::Column {
+            name: c.name.clone(),
+            type_name: c.type_name.clone(),
+            not_null: Some(c.not_null),
+            written_as: Some(match format {
+                Format::Csv => "text".to_string(),
+                Format::Parquet => c.kind.to_string(),
+            }),
+        })
+        .collect()
+}
+
 async fn write_manifest(store: &Store, date: &str, manifest: &Manifest) -> anyhow::Result<()> {
-    use md5::{Digest, Md5};
     let body = serde_json::to_vec_pretty(manifest).context("cannot encode the manifest")?;
+    put_json(store, &manifest::key_in(date), body).await
+}
+
+/// PUT a small JSON object, with its Content-MD5.
+async fn put_json(store: &Store, key: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    use md5::{Digest, Md5};
     let options = PutOptions {
         attributes: egress_store::Attributes {
             content_type: Some("application/json".into()),
@@ -622,8 +680,6 @@ async fn write_manifest(store: &Store, date: &str, manifest: &Manifest) -> anyho
         content_md5: Some(Md5::digest(&body).into()),
         ..Default::default()
     };
-    store
-        .put(&manifest::key_in(date), Body::from_bytes(body), &options)
-        .await?;
+    store.put(key, Body::from_bytes(body), &options).await?;
     Ok(())
 }

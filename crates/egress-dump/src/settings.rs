@@ -8,7 +8,7 @@ use egress_common::lease;
 use egress_common::{ConfigError, Location};
 use egress_store::{S3Settings, Secret};
 
-use crate::config::Args;
+use crate::config::{Args, Format};
 use crate::tables::{self, TableRef};
 
 /// The variables that hold the dump's S3 keys, named when S3 rejects them.
@@ -43,6 +43,8 @@ pub struct Settings {
     pub keep_going: bool,
     /// A CSV header line first.
     pub header: bool,
+    /// What each table is written as.
+    pub format: Format,
     /// gzip level.
     pub compression_level: u32,
     /// One gzip member per object.
@@ -76,7 +78,8 @@ impl Settings {
             lock_timeout: args.lock_timeout,
             conflict_retries: args.conflict_retries,
             keep_going: args.keep_going,
-            header: args.header,
+            header: header(args)?,
+            format: args.format,
             compression_level: args.compression_level,
             single_gzip_member: args.single_gzip_member,
             part_size: args.part_size_mib as usize * 1024 * 1024,
@@ -91,6 +94,18 @@ impl Settings {
     pub fn is_backfill(&self) -> bool {
         run_date(None).is_ok_and(|today| today != self.date)
     }
+}
+
+/// `--header`, which only a CSV has.
+fn header(args: &Args) -> Result<bool, ConfigError> {
+    if args.header && args.format == Format::Parquet {
+        return Err(ConfigError::new(
+            "DUMP_HEADER (--header) applies to CSV only: a Parquet file names its columns \
+             itself; unset it or use --format csv"
+                .to_string(),
+        ));
+    }
+    Ok(args.header)
 }
 
 /// How to reach an S3 output: a custom endpoint (Ceph RGW, MinIO) path-style; AWS's own

@@ -8,8 +8,7 @@
 //! are visible to the run's snapshot anyway). Concatenated in order, the chunks are the
 //! table in physical order: what a serial `COPY` prints with `synchronize_seqscans = off`.
 
-use crate::catalog::{ResolvedTable, TableSize};
-use crate::tables::quote_ident;
+use crate::catalog::{ResolvedTable, Select, TableSize};
 
 /// PostgreSQL's first version with TID range scans (`server_version_num`).
 pub const TID_RANGE_SCAN: i32 = 140_000;
@@ -124,13 +123,7 @@ pub fn plan(pages: u64, per_chunk: u64) -> Vec<Chunk> {
 
 /// The `COPY` of one chunk: the columns a plain `COPY table` prints (generated columns
 /// are not among them), the rows of its page range, a header on the first chunk only.
-pub fn chunk_sql(table: &ResolvedTable, columns: &[String], chunk: &Chunk, header: bool) -> String {
-    let name = format!(
-        "{}.{}",
-        quote_ident(&table.schema),
-        quote_ident(&table.name)
-    );
-    let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+pub fn chunk_sql(table: &ResolvedTable, select: &Select, chunk: &Chunk) -> String {
     let range = match chunk.end {
         Some(end) => format!(
             "ctid >= '({},0)'::tid AND ctid < '({end},0)'::tid",
@@ -138,14 +131,11 @@ pub fn chunk_sql(table: &ResolvedTable, columns: &[String], chunk: &Chunk, heade
         ),
         None => format!("ctid >= '({},0)'::tid", chunk.first),
     };
-    let options = if header && chunk.index == 0 {
-        "(FORMAT csv, HEADER)"
-    } else {
-        "(FORMAT csv)"
-    };
     format!(
-        "COPY (SELECT {} FROM {name} WHERE {range}) TO STDOUT {options}",
-        list.join(", ")
+        "COPY (SELECT {} FROM {} WHERE {range}) TO STDOUT {}",
+        select.items.join(", "),
+        table.quoted(),
+        select.options(chunk.index == 0)
     )
 }
 
@@ -254,7 +244,7 @@ mod tests {
     #[test]
     fn chunk_sql_quotes_names_and_puts_the_header_first_only() {
         let table = ResolvedTable::plain("s", "a\"b");
-        let columns = vec!["id".to_string(), "Note".to_string()];
+        let columns = Select::csv(&["id".to_string(), "Note".to_string()], true);
         let first = Chunk {
             index: 0,
             first: 0,
@@ -266,11 +256,11 @@ mod tests {
             end: None,
         };
         assert_eq!(
-            chunk_sql(&table, &columns, &first, true),
+            chunk_sql(&table, &columns, &first),
             r#"COPY (SELECT "id", "Note" FROM "s"."a""b" WHERE ctid >= '(0,0)'::tid AND ctid < '(64,0)'::tid) TO STDOUT (FORMAT csv, HEADER)"#
         );
         assert_eq!(
-            chunk_sql(&table, &columns, &last, true),
+            chunk_sql(&table, &columns, &last),
             r#"COPY (SELECT "id", "Note" FROM "s"."a""b" WHERE ctid >= '(64,0)'::tid) TO STDOUT (FORMAT csv)"#
         );
     }

@@ -39,10 +39,14 @@ pub struct Committed {
     pub part_sizes: Option<Vec<u64>>,
 }
 
-fn options() -> PutOptions {
+fn options(key: &str) -> PutOptions {
+    let content_type = match key.ends_with(".parquet") {
+        true => "application/vnd.apache.parquet",
+        false => "application/gzip",
+    };
     PutOptions {
         attributes: Attributes {
-            content_type: Some("application/gzip".into()),
+            content_type: Some(content_type.into()),
             ..Default::default()
         },
         ..Default::default()
@@ -66,7 +70,7 @@ pub async fn receive(
     let mut writer = PartWriter::start(
         store.clone(),
         key,
-        &options(),
+        &options(key),
         in_flight,
         PartCheck::Nothing,
     )
@@ -105,7 +109,7 @@ pub async fn commit(store: &Store, key: &str, pending: Pending) -> Result<Commit
         Pending::Single(body) => {
             let options = PutOptions {
                 content_md5: Some(Md5::digest(&body).into()),
-                ..options()
+                ..options(key)
             };
             let put = store.put(key, Body::from_bytes(body), &options).await?;
             Ok(Committed {

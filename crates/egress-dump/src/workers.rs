@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::error;
 
-use crate::catalog::ResolvedTable;
+use crate::catalog::{ResolvedTable, Select};
 use crate::gzip;
 use crate::locks;
 use crate::pg::{self, DbError, Session, Target};
@@ -35,8 +35,8 @@ pub struct Tables<'a> {
     pub tables: &'a [ResolvedTable],
     /// For each table, its chunks when it is split.
     pub chunks: &'a [Option<Vec<Chunk>>],
-    /// For each table, the columns a plain `COPY` prints.
-    pub columns: &'a [Vec<String>],
+    /// For each table, the columns a plain `COPY` prints and the format.
+    pub selects: &'a [Select],
 }
 
 /// The worker connections for a run: `--jobs` of them when a table is split, else one per
@@ -150,7 +150,7 @@ async fn dump_with_workers(
         let source = Source::Chunks {
             sessions,
             chunks,
-            columns: &tables.columns[index],
+            select: &tables.selects[index],
         };
         let outcome = dump_in_savepoint(sessions, source, &tables.tables[index], &whole_job).await;
         stop = matches!(outcome, Outcome::Failed(_)) && !job.settings.keep_going;
@@ -201,13 +201,13 @@ async fn dump_in_savepoint(
 async fn dump_serial(session: &Session, tables: &Tables<'_>, job: &Job<'_>) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(tables.tables.len());
     let mut stop = false;
-    for (table, columns) in tables.tables.iter().zip(tables.columns) {
+    for (table, select) in tables.tables.iter().zip(tables.selects) {
         if stop {
             outcomes.push(Outcome::NotAttempted);
             continue;
         }
         let sessions = std::slice::from_ref(session);
-        let source = Source::Whole { session, columns };
+        let source = Source::Whole { session, select };
         let outcome = dump_in_savepoint(sessions, source, table, job).await;
         stop = matches!(outcome, Outcome::Failed(_)) && !job.settings.keep_going;
         outcomes.push(outcome);
@@ -232,8 +232,8 @@ async fn dump_parallel(
             let next = queue.lock().ok().and_then(|mut q| q.pop_front());
             let Some(index) = next else { break };
             let one = std::slice::from_ref(session);
-            let columns = &tables.columns[index];
-            let source = Source::Whole { session, columns };
+            let select = &tables.selects[index];
+            let source = Source::Whole { session, select };
             let outcome = dump_in_savepoint(one, source, &tables.tables[index], job).await;
             if matches!(outcome, Outcome::Failed(_)) && !job.settings.keep_going {
                 stop.store(true, Ordering::SeqCst);

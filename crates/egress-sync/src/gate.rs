@@ -172,18 +172,18 @@ impl Gates {
 
 fn listed(folder: &str, m: &Manifest, raw: bytes::Bytes, meta: ObjectMeta) -> Listed {
     let objects = m
-        .tables
-        .iter()
-        .map(|t| {
+        .objects()
+        .into_iter()
+        .map(|o| {
             let entry = Entry {
                 expected: Expected {
-                    size: t.compressed_bytes,
-                    sha256: t.sha256.clone(),
+                    size: o.bytes,
+                    sha256: o.sha256.to_string(),
                 },
-                part_sizes: t.part_sizes.clone(),
+                part_sizes: o.part_sizes.map(<[u64]>::to_vec),
                 seen: false,
             };
-            (key::join(folder, &t.file), entry)
+            (key::join(folder, o.file), entry)
         })
         .collect();
     Listed { objects, raw, meta }

@@ -126,31 +126,28 @@ async fn check_folder(
     };
     let mut problems = Vec::new();
     let mut bytes = 0;
-    for table in &manifest.tables {
-        let object = key::join(folder, &table.file);
+    let objects = manifest.objects();
+    for listed in &objects {
+        let object = key::join(folder, listed.file);
         match hash(store, &object).await? {
             None => problems.push(format!("{object}: missing")),
-            Some((size, _)) if size != table.compressed_bytes => problems.push(format!(
+            Some((size, _)) if size != listed.bytes => problems.push(format!(
                 "{object}: {size} bytes, the manifest says {}",
-                table.compressed_bytes
+                listed.bytes
             )),
-            Some((_, sha)) if sha != table.sha256 => problems.push(format!(
+            Some((_, sha)) if sha != listed.sha256 => problems.push(format!(
                 "{object}: SHA-256 {sha}, the manifest says {}",
-                table.sha256
+                listed.sha256
             )),
             Some((size, _)) => bytes += size,
         }
     }
-    let listed: BTreeSet<String> = manifest
-        .tables
-        .iter()
-        .map(|t| key::join(folder, &t.file))
-        .collect();
+    let listed: BTreeSet<String> = objects.iter().map(|o| key::join(folder, o.file)).collect();
     let unlisted = unlisted_in(store, folder, &listed).await?;
     if problems.is_empty() {
         println!(
             "{label} {folder}: OK ({} objects, {}){}",
-            manifest.tables.len(),
+            objects.len(),
             human_bytes(bytes),
             match unlisted.len() {
                 0 => String::new(),

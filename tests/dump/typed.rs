@@ -1,0 +1,458 @@
+//! Typed days: a type-torture table dumped as Parquet and read back by pyarrow and by
+//! DuckDB, compared cell by cell with PostgreSQL's own values; the values Parquet cannot
+//! hold refused with one line each; the CSV day's descriptor checked by `frictionless`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use egress_testkit::{sha256_hex, text, PgServer};
+use serde_json::Value;
+
+use super::run as dump;
+
+const DATE: &str = "2024-05-01";
+
+const TORTURE: &str = r#"
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+CREATE DOMAIN money2 AS numeric(10,2);
+CREATE TYPE pair AS (a int, b text);
+CREATE TABLE torture (
+  id int PRIMARY KEY, b bool, i2 int2, i4 int4 NOT NULL, i8 int8, f4 float4, f8 float8,
+  n10 numeric(10,2), n38 numeric(38,10), n76 numeric(76,20), nfree numeric, nneg numeric(5,-2),
+  t text, vc varchar(10), c5 char(5), nm name, by bytea, u uuid, j json, jb jsonb,
+  d date, ts timestamp, tstz timestamptz, tm time, ttz timetz, iv interval,
+  e mood, dom posint, dnum money2, ai int[], at text[], an numeric(10,2)[], ad date[],
+  ainet inet[], ae mood[], ip inet, cidr_ cidr, mac macaddr, mon money, bits bit(4), rng int4range,
+  pt point, comp pair
+);
+INSERT INTO torture VALUES
+ (1, true, -32768, -2147483648, -9223372036854775808, 'NaN', 'NaN',
+  12345678.90, 1234567890123456789012345678.0123456789,
+  12345678901234567890123456789012345678901234567890123456.01234567890123456789,
+  12345678901234567890.123456789012345, 12300,
+  '', '', 'ab', 'n', '\x', '00000000-0000-0000-0000-000000000000', '{"b":1,  "a":2}',
+  '{"b": 1, "a": [1, 2.50]}',
+  '0001-01-01', '4713-01-01 00:00:00 BC', '2024-06-30 23:59:59.123456+02', '24:00:00',
+  '12:00:00+13', '-1 year -2 mons +3 days -04:05:06.000007',
+  'sad', 1, -0.01, '{1,NULL,3}', '{"a,b","c\"d",NULL}', '{1.50,NULL}', '{2024-01-01,NULL}',
+  '{10.0.0.1,NULL}', '{sad,NULL}', '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', 1234.56, B'1010',
+  '[1,5)', '(1.5,-2)', ROW(1, 'x,y')),
+ (2, false, 32767, 2147483647, 9223372036854775807, 'Infinity', '-Infinity',
+  -0.01, -0.0000000001, 0, 'NaN', -100,
+  E'say "hi", ok\nline2\r\n', 'żółć 日本', 'abcde', 'a_name', '\xdeadbeef00',
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '[]', '"just a string"',
+  '4713-01-01 BC', '294246-12-31 23:59:59.999999', '1970-01-01 00:00:00+00', '00:00:00',
+  '23:59:59.999999-15:59', '1 mon -1 day', 'happy', 2147483647, 99999999.99, '{}', '{}', '{}',
+  '{}', '{{10.0.0.1},{::1}}', '{}', '::1', '::/0', 'ff:ff:ff:ff:ff:ff', -0.01, B'0000', 'empty', '(0,0)', ROW(NULL, NULL)),
+ (3, NULL, NULL, 0, NULL, '-Infinity', '-0', NULL, NULL, NULL, 'Infinity', NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'null',
+  '5874897-12-31', '2000-01-01', '294246-12-31 23:59:59.999999+00', '23:59:59.999999',
+  NULL, '178000000 years', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (4, NULL, NULL, 1, NULL, '-0', 5e-324, NULL, NULL, NULL, '-Infinity', NULL,
+  'unicode 🎉 é', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  '1999-12-31', NULL, '0001-01-01 00:00:00+00', NULL, NULL, '0', NULL, NULL, NULL,
+  '{NULL}', '{NULL}', NULL, NULL, NULL, '{NULL}', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (5, NULL, NULL, 2, NULL, 3.4028235e38, 1.7976931348623157e308, NULL, NULL, NULL,
+  '-0.000000000000000000000000000000000000000000000000000000000001', NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL);
+"#;
+
+/// Each column's expected cell, as JSON, in the canonical form `read_parquet.py` prints.
+fn expected_sql(column: &str, kind: &str) -> String {
+    let c = format!("\"{column}\"");
+    let scalar = |e: &str| format!("to_json(({e})::text)");
+    let cell = match kind {
+        "text" => scalar(&format!("format('%s', {c})")),
+        "bool" => scalar(&format!("{c}::text")),
+        "hex" => scalar(&format!("encode({c}, 'hex')")),
+        "uuid" => scalar(&format!("replace({c}::text, '-', '')")),
+        "days" => scalar(&format!("{c} - date '1970-01-01'")),
+        "micros" => scalar(&format!("(extract(epoch from {c}) * 1000000)::numeric(40,0)")),
+        "timetz" => format!(
+            "json_build_object('time', ((extract(epoch from {c}::time) * 1000000)::bigint)::text, \
+             'offset_seconds', (extract(timezone from {c})::int)::text)"
+        ),
+        "interval" => format!(
+            "json_build_object('months', ((extract(year from {c}) * 12 + extract(month from {c}))::int)::text, \
+             'days', (extract(day from {c})::int)::text, \
+             'microseconds', ((extract(hour from {c}) * 3600000000 + extract(minute from {c}) * 60000000 \
+                               + extract(microseconds from {c}))::bigint)::text)"
+        ),
+        "list" | "list-days" => {
+            let element = match kind {
+                "list" => "x::text".to_string(),
+                _ => "(x - date '1970-01-01')::text".to_string(),
+            };
+            format!(
+                "coalesce((SELECT json_agg({element} ORDER BY o) FROM unnest({c}) WITH ORDINALITY u(x, o)), '[]')"
+            )
+        }
+        other => panic!("no expected form {other}"),
+    };
+    format!("(CASE WHEN num_nulls({c}) = 1 THEN 'null'::json ELSE {cell} END)::text")
+}
+
+/// The torture table's columns: name, expected form, and the type written.
+const COLUMNS: &[(&str, &str, &str)] = &[
+    ("id", "text", "int32"),
+    ("b", "bool", "boolean"),
+    ("i2", "text", "int16"),
+    ("i4", "text", "int32"),
+    ("i8", "text", "int64"),
+    ("f4", "text", "float32"),
+    ("f8", "text", "float64"),
+    ("n10", "text", "decimal128(10,2)"),
+    ("n38", "text", "decimal128(38,10)"),
+    ("n76", "text", "decimal256(76,20)"),
+    ("nfree", "text", "string (PostgreSQL's text form)"),
+    ("nneg", "text", "string (PostgreSQL's text form)"),
+    ("t", "text", "string"),
+    ("vc", "text", "string"),
+    ("c5", "text", "string"),
+    ("nm", "text", "string"),
+    ("by", "hex", "binary"),
+    ("u", "uuid", "uuid"),
+    ("j", "text", "json"),
+    ("jb", "text", "json"),
+    ("d", "days", "date32"),
+    ("ts", "micros", "timestamp[us]"),
+    ("tstz", "micros", "timestamp[us, UTC]"),
+    ("tm", "micros", "time64[us]"),
+    (
+        "ttz",
+        "timetz",
+        "struct<time: time64[us], offset_seconds: int32>",
+    ),
+    (
+        "iv",
+        "interval",
+        "struct<months: int32, days: int32, microseconds: int64>",
+    ),
+    ("e", "text", "string (PostgreSQL's text form)"),
+    ("dom", "text", "int32"),
+    ("dnum", "text", "decimal128(10,2)"),
+    ("ai", "list", "list<int32>"),
+    ("at", "list", "list<string>"),
+    ("an", "list", "list<decimal128(10,2)>"),
+    ("ad", "list-days", "list<date32>"),
+    ("ainet", "text", "string (PostgreSQL's text form)"),
+    ("ae", "list", "list<string (PostgreSQL's text form)>"),
+    ("ip", "text", "string (PostgreSQL's text form)"),
+    ("cidr_", "text", "string (PostgreSQL's text form)"),
+    ("mac", "text", "string (PostgreSQL's text form)"),
+    ("mon", "text", "string (PostgreSQL's text form)"),
+    ("bits", "text", "string (PostgreSQL's text form)"),
+    ("rng", "text", "string (PostgreSQL's text form)"),
+    ("pt", "text", "string (PostgreSQL's text form)"),
+    ("comp", "text", "string (PostgreSQL's text form)"),
+];
+
+/// PostgreSQL's own values of `table`, keyed by id, in the canonical form.
+async fn expected(pg: &PgServer, table: &str) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let list: Vec<String> = COLUMNS.iter().map(|(c, k, _)| expected_sql(c, k)).collect();
+    let sql = format!("SELECT id::text, {} FROM {table}", list.join(", "));
+    let client = pg.client().await;
+    let rows = client.query(&sql, &[]).await.expect("expected values");
+    rows.iter()
+        .map(|row| {
+            let cells = COLUMNS
+                .iter()
+                .enumerate()
+                .map(|(i, (c, _, _))| {
+                    let cell: String = row.get(i + 1);
+                    (c.to_string(), serde_json::from_str(&cell).unwrap())
+                })
+                .collect();
+            (row.get::<_, String>(0), cells)
+        })
+        .collect()
+}
+
+/// What `reader` (pyarrow or duckdb) reads from `file`: the schema, then the rows by id.
+fn read_back(reader: &str, file: &Path) -> (Value, BTreeMap<String, BTreeMap<String, Value>>) {
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/dump/read_parquet.py"
+        ))
+        .args([reader, &file.display().to_string()])
+        .output()
+        .expect("run read_parquet.py");
+    assert!(out.status.success(), "{reader}: {}", text(&out));
+    let mut lines = std::str::from_utf8(&out.stdout).unwrap().lines();
+    let schema: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let rows = lines
+        .map(|l| {
+            let row: BTreeMap<String, Value> = serde_json::from_str(l).unwrap();
+            (row["id"].as_str().unwrap().to_string(), row)
+        })
+        .collect();
+    (schema, rows)
+}
+
+fn python() -> PathBuf {
+    egress_testkit::process::find_binary(
+        "python",
+        "EGRESS_PYTHON",
+        &[PathBuf::from("/opt/egress-py/bin")],
+        "bash scripts/install-test-deps.sh (a venv at /opt/egress-py with pyarrow, duckdb, frictionless)",
+    )
+}
+
+/// Floats compare by value: PostgreSQL prints `Infinity`, `-0`, Python `inf`, `-0.0`.
+/// DuckDB reads a UUID as its text, and a decimal wider than 38 digits as a double (its own
+/// limit; pyarrow reads that column exactly), so `n76` is compared with pyarrow alone.
+fn same_cell(reader: &str, column: &str, want: &Value, got: &Value) -> bool {
+    let float = |v: &Value| -> Option<u64> {
+        let text = v.as_str()?.replace("Infinity", "inf");
+        let f: f64 = match column {
+            "f4" => f64::from(text.parse::<f32>().ok()?),
+            _ => text.parse().ok()?,
+        };
+        Some(if f.is_nan() { u64::MAX } else { f.to_bits() })
+    };
+    match column {
+        "f4" | "f8" => float(want) == float(got),
+        "u" => want.as_str() == got.as_str().map(|u| u.replace('-', "")).as_deref(),
+        "n76" if reader == "duckdb" => got.is_null() == want.is_null(),
+        _ => want == got,
+    }
+}
+
+fn dump_parquet(
+    pg: &PgServer,
+    out_dir: &Path,
+    tables: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut env = pg.env();
+    env.push(("DUMP_DATE".into(), DATE.into()));
+    let output = format!("file://{}", out_dir.display());
+    let mut args = vec![
+        "--tables", tables, "--output", &output, "--format", "parquet",
+    ];
+    args.extend_from_slice(extra);
+    dump(&env, &args)
+}
+
+fn assert_read_back_exactly(file: &Path, want: &BTreeMap<String, BTreeMap<String, Value>>) {
+    let mut wrong = Vec::new();
+    for reader in ["pyarrow", "duckdb"] {
+        let (_, got) = read_back(reader, file);
+        assert_eq!(got.len(), want.len(), "{reader}: rows");
+        for (id, row) in want {
+            for (column, cell) in row {
+                let read = &got[id][column];
+                if !same_cell(reader, column, cell, read) {
+                    wrong.push(format!(
+                        "{reader}: row {id}, column {column}: PostgreSQL {cell}, Parquet {read}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_type_is_read_back_exactly_by_pyarrow_and_duckdb() {
+    let pg = PgServer::start();
+    super::sql(&pg, TORTURE).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dump_parquet(&pg, dir.path(), "torture", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let day = dir.path().join(DATE);
+    let want = expected(&pg, "torture").await;
+    assert_eq!(want.len(), 5);
+    assert_read_back_exactly(&day.join("torture.parquet"), &want);
+
+    // The manifest records each column's type, nullability and the type written.
+    let manifest: Value =
+        egress_testkit::checked_manifest(&std::fs::read(day.join("_manifest.json")).unwrap());
+    let table = &manifest["tables"][0];
+    assert_eq!(table["format"], "parquet");
+    assert_eq!(table["file"], "torture.parquet");
+    assert_eq!(table["rows"], 5);
+    assert_eq!(table["primary_key"], serde_json::json!(["id"]));
+    let columns = table["columns"].as_array().unwrap();
+    assert_eq!(columns.len(), COLUMNS.len());
+    for (column, (name, _, written)) in columns.iter().zip(COLUMNS) {
+        assert_eq!(column["name"], *name);
+        assert_eq!(column["written_as"], *written, "{name}");
+    }
+    assert_eq!(columns[3]["not_null"], true);
+    assert_eq!(columns[4]["not_null"], false);
+    assert_eq!(columns[27]["type"], "posint");
+
+    // The descriptor is part of the day: listed with its hash, and it describes the table.
+    let descriptor = std::fs::read(day.join("datapackage.json")).unwrap();
+    assert_eq!(manifest["descriptor"]["sha256"], sha256_hex(&descriptor));
+    let package: Value = serde_json::from_slice(&descriptor).unwrap();
+    let resource = &package["resources"][0];
+    assert_eq!(resource["path"], "torture.parquet");
+    assert_eq!(resource["format"], "parquet");
+    assert_eq!(resource["schema"]["primaryKey"], serde_json::json!(["id"]));
+    assert_eq!(
+        resource["schema"]["fields"][3]["constraints"]["required"],
+        true
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_table_is_one_file_in_order() {
+    let pg = PgServer::start();
+    super::sql(&pg, TORTURE).await;
+    // Enough rows for several chunks: copies of the torture rows under new ids.
+    super::sql(
+        &pg,
+        "INSERT INTO torture SELECT g * 10 + t.id, b, i2, i4, i8, f4, f8, n10, n38, n76, nfree, nneg, \
+           t, vc, c5, nm, by, u, j, jb, d, ts, tstz, tm, ttz, iv, e, dom, dnum, ai, at, an, ad, \
+           ainet, ae, ip, cidr_, mac, mon, bits, rng, pt, comp \
+         FROM torture t, generate_series(1, 6000) g; VACUUM ANALYZE torture;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--jobs", "3", "--split-larger-than", "1"];
+    let out = dump_parquet(&pg, dir.path(), "torture", &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let day = dir.path().join(DATE);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(day.join("_manifest.json")).unwrap()).unwrap();
+    assert!(
+        manifest["tables"][0]["chunks"].as_u64().unwrap() > 1,
+        "{manifest}"
+    );
+    let want = expected(&pg, "torture").await;
+    assert_eq!(want.len(), 30_005);
+    assert_read_back_exactly(&day.join("torture.parquet"), &want);
+}
+
+/// Each value Parquet cannot hold fails its table with one line naming the table, the
+/// column and the row; nothing of the table is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn values_parquet_cannot_hold_are_refused_with_one_line() {
+    let pg = PgServer::start();
+    let cases = [
+        (
+            "ts_inf",
+            "timestamp",
+            "'2024-01-01', 'infinity'",
+            "timestamp 'infinity' has no Parquet value",
+        ),
+        (
+            "d_inf",
+            "date",
+            "'-infinity'",
+            "date '-infinity' has no Parquet value",
+        ),
+        (
+            "ts_far",
+            "timestamptz",
+            "'294276-12-31 23:59:59.999999+00'",
+            "is past 294247-01-10",
+        ),
+        (
+            "n_nan",
+            "numeric(10,2)",
+            "1, 'NaN'",
+            "numeric 'NaN' has no decimal value",
+        ),
+        (
+            "a_2d",
+            "int[]",
+            "'{1}', '{{1,2},{3,4}}'",
+            "a 2-dimensional array value has no exact list form",
+        ),
+        (
+            "a_lb",
+            "int[]",
+            "'[0:1]={1,2}'",
+            "starting at index 0 (not 1)",
+        ),
+    ];
+    let mut setup = String::new();
+    for (table, kind, values, _) in &cases {
+        let rows: Vec<String> = values.split(", ").map(|v| format!("({v})")).collect();
+        setup += &format!(
+            "CREATE TABLE {table} (v {kind}); INSERT INTO {table} VALUES {};",
+            rows.join(", ")
+        );
+    }
+    super::sql(&pg, &setup).await;
+    for (table, _, values, why) in &cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dump_parquet(&pg, dir.path(), table, &[]);
+        assert_eq!(out.status.code(), Some(1), "{table}: {}", text(&out));
+        let row = values.split(", ").count();
+        let line = format!("table '{table}': column 'v', row {row}: ");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let said = stderr
+            .lines()
+            .find(|l| l.contains(&line))
+            .unwrap_or_else(|| panic!("{table}: no line with {line:?}: {}", text(&out)));
+        assert!(said.contains(why), "{table}: {said}");
+        eprintln!("{table}: {said}");
+        let day = dir.path().join(DATE);
+        let left: Vec<_> = std::fs::read_dir(&day)
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{table}: {left:?} left behind");
+    }
+}
+
+/// A CSV day's descriptor lets `frictionless` read and validate it with its types.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_csv_day_validates_against_its_descriptor() {
+    let pg = PgServer::start();
+    super::sql(
+        &pg,
+        r#"CREATE TABLE orders (id int PRIMARY KEY, paid bool NOT NULL, amount numeric(10,2),
+             ratio float8, note text, placed date, at timestamptz, ref uuid, tags text[]);
+           INSERT INTO orders VALUES
+             (1, true, 9.99, 0.5, 'say "hi", ok', '2024-01-31', '2024-01-31 12:00:00.5+00',
+              'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{a,b}'),
+             (2, false, NULL, 'NaN', E'two\nlines', NULL, NULL, NULL, NULL),
+             (3, true, -0.01, '-Infinity', '', '1999-12-31', '2000-01-01 00:00:00+02', NULL, '{}');"#,
+    )
+    .await;
+    for header in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = pg.env();
+        env.push(("DUMP_DATE".into(), DATE.into()));
+        let output = format!("file://{}", dir.path().display());
+        let mut args = vec!["--tables", "orders", "--output", &output];
+        if header {
+            args.push("--header");
+        }
+        let out = dump(&env, &args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let package = dir.path().join(DATE).join("datapackage.json");
+        let check = Command::new(python())
+            .args(["-c", FRICTIONLESS])
+            .arg(&package)
+            .output()
+            .expect("run frictionless");
+        assert!(check.status.success(), "header {header}: {}", text(&check));
+        let rows = String::from_utf8_lossy(&check.stdout);
+        assert!(rows.contains("[1, True, Decimal('9.99'), 0.5,"), "{rows}");
+        assert!(rows.contains("[2, False, None, nan,"), "{rows}");
+    }
+}
+
+/// Validate the package, then print its rows as frictionless typed them.
+const FRICTIONLESS: &str = r#"
+import sys
+from frictionless import Package
+package = Package(sys.argv[1])
+report = package.validate()
+if not report.valid:
+    print(report.flatten(["rowNumber", "fieldName", "type", "note"]))
+    sys.exit(1)
+for row in package.resources[0].read_rows():
+    print(list(row.values()))
+"#;
