@@ -441,7 +441,10 @@ async fn a_csv_day_validates_against_its_descriptor() {
         assert!(check.status.success(), "header {header}: {}", text(&check));
         let rows = String::from_utf8_lossy(&check.stdout);
         assert!(rows.contains("[1, True, Decimal('9.99'), Decimal('0.5'), 'say \"hi\", ok', datetime.date(2024, 1, 31),"), "{rows}");
-        assert!(rows.contains("[2, False, None, Decimal('NaN'), 'two\\nlines', None,"), "{rows}");
+        assert!(
+            rows.contains("[2, False, None, Decimal('NaN'), 'two\\nlines', None,"),
+            "{rows}"
+        );
     }
 }
 
@@ -457,3 +460,50 @@ if not report.valid:
 for row in package.resources[0].read_rows():
     print(list(row.values()))
 "#;
+
+/// A table of more than 1 GB of wide text rows, written as Parquet, stays under the
+/// README's bound for Parquet: memory does not grow with the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gigabyte_of_wide_rows_as_parquet_stays_within_the_memory_bound() {
+    let pg = PgServer::start();
+    // 1,100,000 rows of 1,000 characters of hex: 1.1 GB of text, poorly compressible.
+    super::sql(
+        &pg,
+        "CREATE TABLE wide (id bigint PRIMARY KEY, note text NOT NULL); \
+         INSERT INTO wide SELECT g, (SELECT string_agg(md5((g * 40 + j)::text), '') \
+                                    FROM generate_series(1, 31) j) || left(md5(g::text), 8) \
+         FROM generate_series(1, 1100000) g;",
+    )
+    .await;
+    let bytes: i64 = pg
+        .value("SELECT sum(octet_length(note))::bigint FROM wide")
+        .parse()
+        .unwrap();
+    assert!(bytes > 1_000_000_000, "{bytes} bytes of text");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dump_parquet(&pg, dir.path(), "wide", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let peak = egress_testkit::peak_rss_mib(&out);
+    println!("peak RSS {peak} MiB for {bytes} bytes of text as Parquet");
+    // The README's bound for Parquet at the defaults.
+    assert!(peak <= PARQUET_BOUND_MIB, "peak RSS {peak} MiB");
+    let file = dir.path().join(DATE).join("wide.parquet");
+    let check = Command::new(python())
+        .args([
+            "-c",
+            "import sys, pyarrow.parquet as pq; f = pq.ParquetFile(sys.argv[1]); \
+             print(f.metadata.num_rows, f.metadata.num_row_groups)",
+        ])
+        .arg(&file)
+        .output()
+        .expect("pyarrow");
+    assert!(check.status.success(), "{}", text(&check));
+    let said = String::from_utf8_lossy(&check.stdout);
+    let mut numbers = said.split_whitespace();
+    assert_eq!(numbers.next(), Some("1100000"), "{said}");
+    let groups: u64 = numbers.next().unwrap().parse().unwrap();
+    assert!(groups > 1, "row groups are bounded: {said}");
+}
+
+/// The README's memory bound for a Parquet dump at the defaults.
+const PARQUET_BOUND_MIB: f64 = 160.0;

@@ -159,10 +159,9 @@ fn timestamp(v: &[u8]) -> Result<i64, Refusal> {
         i64::MAX => Err(infinite("timestamp 'infinity'")),
         i64::MIN => Err(infinite("timestamp '-infinity'")),
         micros => micros.checked_add(EPOCH_SHIFT_MICROS).ok_or_else(|| {
-            format!(
-                "timestamp {micros} µs after 2000-01-01 is past 294247-01-10, the last \
-                 microsecond since 1970 a Parquet timestamp holds; dump this table with --format csv"
-            )
+            "a timestamp after 294247-01-10 04:00:54.775807, the last microsecond since 1970 \
+             a Parquet timestamp holds; dump this table with --format csv"
+                .to_string()
         }),
     }
 }
