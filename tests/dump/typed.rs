@@ -507,3 +507,72 @@ async fn a_gigabyte_of_wide_rows_as_parquet_stays_within_the_memory_bound() {
 
 /// The README's memory bound for a Parquet dump at the defaults.
 const PARQUET_BOUND_MIB: f64 = 160.0;
+
+/// A Parquet day goes to S3 like a CSV day, and egress-sync mirrors it with its
+/// descriptor, each object checked against the manifest, then verifies the mirror.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parquet_day_in_s3_is_mirrored_and_verified_with_its_descriptor() {
+    use egress_testkit::{S3Kind, S3Server};
+    let pg = PgServer::start();
+    super::sql(&pg, TORTURE).await;
+    let (input, output) = (
+        S3Server::start(S3Kind::S3sFs),
+        S3Server::start(S3Kind::Moto),
+    );
+    input.create_bucket("days").await;
+    output.create_bucket("mirror").await;
+    let mut env = pg.env();
+    env.extend(input.env());
+    env.push(("DUMP_DATE".into(), DATE.into()));
+    let args = [
+        "--tables",
+        "torture",
+        "--output",
+        "s3://days/pg",
+        "--format",
+        "parquet",
+    ];
+    let out = dump(&env, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut keys = input.keys("days", "").await;
+    keys.sort();
+    let day = |f: &str| format!("pg/{DATE}/{f}");
+    assert_eq!(
+        keys,
+        [
+            day("_manifest.json"),
+            day("datapackage.json"),
+            day("torture.parquet")
+        ]
+    );
+
+    let bin = Path::new(env!("CARGO_BIN_EXE_egress-dump")).with_file_name("egress-sync");
+    let sync = |extra: &[&str]| {
+        let mut cmd = egress_testkit::fixtures::sync_command(
+            bin.to_str().unwrap(),
+            &input,
+            "days/pg",
+            &output,
+            "mirror",
+            extra,
+        );
+        egress_testkit::run(&mut cmd)
+    };
+    let out = sync(&["--require-manifest"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for file in ["torture.parquet", "datapackage.json", "_manifest.json"] {
+        let key = format!("{DATE}/{file}");
+        assert_eq!(
+            output.get("mirror", &key).await,
+            input.get("days", &day(file)).await,
+            "{key}"
+        );
+    }
+    let out = sync(&["--verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        egress_testkit::stdout(&out).contains(&format!("{DATE}: OK (2 objects")),
+        "{}",
+        text(&out)
+    );
+}

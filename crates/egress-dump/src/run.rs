@@ -207,7 +207,7 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, Attempt
         // In a transaction of its own: measuring takes savepoints.
         snapshot::open(&db.coordinator).await?;
         measure(&db.coordinator, &mut tables).await?;
-        print_plan(&tables, store, &settings.date);
+        print_plan(&tables, store, settings);
         return Ok(Vec::new());
     };
     // One snapshot for every table of the run, taken with the tables locked (as pg_dump
@@ -520,13 +520,14 @@ async fn write_descriptor(
     Ok(entry)
 }
 
-fn print_plan(tables: &[ResolvedTable], store: &Store, date: &str) {
+fn print_plan(tables: &[ResolvedTable], store: &Store, settings: &Settings) {
+    let (date, extension) = (&settings.date, settings.format.extension());
     println!(
         "{:<32} {:>14} {:>12}  target",
         "table", "est. rows", "est. size"
     );
     for t in tables {
-        let target = store.describe(&format!("{date}/{}.csv.gz", t.requested.file_stem()));
+        let target = store.describe(&format!("{date}/{}.{extension}", t.requested.file_stem()));
         let rows = if t.estimated_rows < 0 {
             "unknown".to_string()
         } else {

@@ -229,11 +229,14 @@ fn numeric(v: &[u8], scale: i8) -> Result<i256, Refusal> {
     })
 }
 
+/// Decodes one binary value.
+type Decoder<N> = Box<dyn Fn(&[u8]) -> Result<N, Refusal> + Send>;
+
 /// A primitive column, each value decoded by `decode`.
 struct Prim<T: ArrowPrimitiveType> {
     builder: PrimitiveBuilder<T>,
     data_type: DataType,
-    decode: Box<dyn Fn(&[u8]) -> Result<T::Native, Refusal> + Send>,
+    decode: Decoder<T::Native>,
 }
 
 fn prim<T: ArrowPrimitiveType>(
@@ -507,5 +510,112 @@ impl Column for List {
             self.values.finish(),
             self.nulls.finish(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Array, Decimal128Array};
+
+    /// PostgreSQL's binary numeric: digit groups of base 10,000, the first one's weight.
+    fn numeric_bytes(groups: &[u16], weight: i16, sign: u16, dscale: u16) -> Vec<u8> {
+        let mut v = Vec::new();
+        for word in [groups.len() as u16, weight as u16, sign, dscale] {
+            v.extend_from_slice(&word.to_be_bytes());
+        }
+        for g in groups {
+            v.extend_from_slice(&g.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numerics_become_exact_scaled_integers_or_are_refused() {
+        // 12345678.90 = 1234|5678.9000
+        let v = numeric_bytes(&[1234, 5678, 9000], 1, 0, 2);
+        assert_eq!(numeric(&v, 2).unwrap(), i256::from_i128(1_234_567_890));
+        // -0.01 = -0.0100
+        let v = numeric_bytes(&[100], -1, 0x4000, 2);
+        assert_eq!(numeric(&v, 2).unwrap(), i256::from_i128(-1));
+        assert_eq!(
+            numeric(&numeric_bytes(&[], 0, 0, 0), 3).unwrap(),
+            i256::ZERO
+        );
+        // A digit beyond the scale is never rounded away.
+        let v = numeric_bytes(&[1, 5000], 0, 0, 4);
+        assert!(numeric(&v, 0).unwrap_err().contains("more than 0 digits"));
+        for (sign, what) in [(0xC000, "NaN"), (0xD000, "Infinity"), (0xF000, "Infinity")] {
+            let v = numeric_bytes(&[], 0, sign, 0);
+            assert!(numeric(&v, 2).unwrap_err().contains(what), "{sign:x}");
+        }
+        let mut column = column(&Kind::Decimal {
+            precision: 10,
+            scale: 2,
+        });
+        column.push(Some(&numeric_bytes(&[5], 0, 0, 2))).unwrap();
+        column.push(None).unwrap();
+        let array = column.finish();
+        let array = array.as_any().downcast_ref::<Decimal128Array>().unwrap();
+        assert_eq!(array.value_as_string(0), "5.00");
+        assert!(array.is_null(1));
+    }
+
+    #[test]
+    fn dates_and_timestamps_shift_to_1970_or_are_refused() {
+        assert_eq!(date(&0i32.to_be_bytes()).unwrap(), 10_957);
+        assert!(date(&i32::MAX.to_be_bytes())
+            .unwrap_err()
+            .contains("'infinity'"));
+        assert_eq!(timestamp(&0i64.to_be_bytes()).unwrap(), EPOCH_SHIFT_MICROS);
+        assert!(timestamp(&i64::MIN.to_be_bytes())
+            .unwrap_err()
+            .contains("'-infinity'"));
+        let far = (i64::MAX - 1).to_be_bytes();
+        assert!(timestamp(&far).unwrap_err().contains("294247-01-10"));
+        assert!(date(&[0, 1])
+            .unwrap_err()
+            .contains("4-byte value arrived as 2 bytes"));
+    }
+
+    #[test]
+    fn arrays_keep_null_elements_and_refuse_what_a_list_cannot_say() {
+        let array = |dims: &[(i32, i32)], elements: &[Option<i32>]| {
+            let mut v = Vec::new();
+            for word in [dims.len() as i32, 1, 23] {
+                v.extend_from_slice(&word.to_be_bytes());
+            }
+            for (len, lower) in dims {
+                v.extend_from_slice(&len.to_be_bytes());
+                v.extend_from_slice(&lower.to_be_bytes());
+            }
+            for e in elements {
+                match e {
+                    None => v.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(x) => {
+                        v.extend_from_slice(&4i32.to_be_bytes());
+                        v.extend_from_slice(&x.to_be_bytes());
+                    }
+                }
+            }
+            v
+        };
+        let mut list = column(&Kind::List(Box::new(Kind::Int32)));
+        list.push(Some(&array(&[(3, 1)], &[Some(1), None, Some(3)])))
+            .unwrap();
+        list.push(Some(&array(&[], &[]))).unwrap();
+        list.push(None).unwrap();
+        let out = list.finish();
+        let out = out.as_any().downcast_ref::<ListArray>().unwrap();
+        assert_eq!(out.value_offsets(), &[0, 3, 3, 3]);
+        assert!(out.is_null(2) && !out.is_null(1));
+        assert_eq!(out.values().null_count(), 1);
+        let two_d = array(&[(1, 1), (2, 1)], &[Some(1), Some(2)]);
+        assert!(list
+            .push(Some(&two_d))
+            .unwrap_err()
+            .contains("2-dimensional"));
+        let from_zero = array(&[(1, 0)], &[Some(1)]);
+        assert!(list.push(Some(&from_zero)).unwrap_err().contains("index 0"));
     }
 }

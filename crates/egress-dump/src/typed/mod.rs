@@ -109,7 +109,7 @@ pub fn encode<F: Fn(u32) -> usize + Send>(
     }
     reader.finish()?;
     batch.write(&mut writer)?;
-    let sink = writer.into_inner().map_err(|e| parquet_error(e))?;
+    let sink = writer.into_inner().map_err(parquet_error)?;
     let (compressed_bytes, compressed_sha256) = sink.finish()?;
     Ok(Encoded {
         rows: batch.rows,
@@ -196,9 +196,9 @@ impl<'a> Batch<'a> {
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)
             .map_err(|e| EncodeError::Parquet(e.to_string()))?;
         (self.len, self.bytes) = (0, 0);
-        writer.write(&batch).map_err(|e| parquet_error(e))?;
+        writer.write(&batch).map_err(parquet_error)?;
         if writer.memory_size() >= ROW_GROUP_BYTES {
-            writer.flush().map_err(|e| parquet_error(e))?;
+            writer.flush().map_err(parquet_error)?;
         }
         Ok(())
     }
