@@ -99,3 +99,15 @@ if listing:
         vs_rc = f"{wall / rc:.3f}" if rc and not name.startswith("rclone") else ""
         vs_one = f"{wall / one:.2f}" if one and name == "egress-sync" else ""
         print(f"| {group[9:]} | {name} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {vs_rc} | {vs_one} |")
+
+parquet = [(n, v) for (g, n), v in best.items() if g == "parquet"]
+if parquet:
+    duck = next(v for n, v in parquet if n.startswith("DuckDB"))
+    duck_size = int(next((s for n, s in sizes.items() if n.startswith("DuckDB")), 0)) or 1
+    print("\n## Parquet from PostgreSQL, the bench table to a local file; ratios to DuckDB's")
+    print("| contender | wall s | CPU s | server CPU s | peak RSS MiB | file bytes | speed vs DuckDB | RSS vs DuckDB | size vs DuckDB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (wall, cpu, rss, server) in parquet:
+        size = int(sizes.get(name, 0))
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} | {size} | "
+              f"{duck[0] / wall:.2f}x | {rss / duck[2]:.2f} | {size / duck_size:.2f} |")

@@ -19,7 +19,7 @@ ROOT=$PWD
 ROWS=${BENCH_ROWS:-1800000}          # ~300 MB of CSV
 BIG=${BENCH_BIG:-1}                  # also dump a 4x larger table (peak RSS check)
 ROUNDS=${BENCH_ROUNDS:-2}
-PARTS=${BENCH_PARTS:-dump,sync,ceph,listing,many}   # which parts to run
+PARTS=${BENCH_PARTS:-dump,parquet,sync,ceph,listing,many}   # which parts to run
 SMALL=${BENCH_SMALL:-2000}
 LARGE=${BENCH_LARGE:-6}
 LARGE_MIB=${BENCH_LARGE_MIB:-128}
@@ -97,9 +97,11 @@ measure() {
 touch "$WORK/sizes.tsv" "$RESULTS"
 CSV_BYTES=0
 # --- dump ------------------------------------------------------------------------------
-if [[ $PARTS == *dump* ]]; then
-log "generating $ROWS rows"
-psql -q -X -v ON_ERROR_STOP=1 <<SQL
+# The bench table: orders with uuid, text, timestamptz, jsonb, numeric and a quoted note.
+bench_table() {
+  [ "$(psql -X -At -c "SELECT to_regclass('bench') IS NOT NULL")" = t ] && return
+  log "generating $ROWS rows"
+  psql -q -X -v ON_ERROR_STOP=1 <<SQL
 CREATE TABLE bench AS
 SELECT gen_random_uuid() AS id,
        'cust-' || (i % 100000) AS customer_id,
@@ -111,6 +113,10 @@ SELECT gen_random_uuid() AS id,
 FROM generate_series(1, $ROWS) i;
 VACUUM ANALYZE bench;
 SQL
+}
+
+if [[ $PARTS == *dump* ]]; then
+bench_table
 psql -X -c "COPY bench TO STDOUT (FORMAT csv)" >"$WORK/reference.csv"
 CSV_BYTES=$(stat -c %s "$WORK/reference.csv")
 CSV_SHA=$(sha256sum "$WORK/reference.csv" | cut -d' ' -f1)
@@ -388,8 +394,35 @@ PY
   rm -rf "$WORK/many" "$WORK/many-out-"* "$WORK/many-rc"
 fi
 
+# --- parquet ---------------------------------------------------------------------------
+# Typed days: egress-dump --format parquet beside DuckDB 1.4.4's postgres scanner (its
+# extension loaded from its file, offline), both to local files; then which types each
+# writes exactly, on the tests' type-torture table (bench/exactness.py).
+if [[ $PARTS == *parquet* ]]; then
+  bench_table
+  PY=${BENCH_PYTHON:-/opt/egress-py/bin/python}
+  PG_EXT=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/duckdb_ext/extensions/v1.4.4/linux_amd64/postgres_scanner.duckdb_extension
+  DSN="host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres"
+  for round in $(seq "$ROUNDS"); do
+    rm -rf "$WORK/pq-egress" "$WORK/pq-duck.parquet"
+    measure parquet "DuckDB 1.4.4 COPY (FROM pg.public.bench) TO 'bench.parquet'" "$PY" "$ROOT/bench/duckdb_copy.py" "$PG_EXT" "$DSN" bench "$WORK/pq-duck.parquet"
+    measure parquet "egress-dump --format parquet" "$DUMP" --tables bench --output "$WORK/pq-egress" --date 2024-01-01 --format parquet --progress never
+  done
+  printf '%s\t%s\n' "DuckDB 1.4.4 COPY (FROM pg.public.bench) TO 'bench.parquet'" "$(stat -c %s "$WORK/pq-duck.parquet")" >>"$WORK/sizes.tsv"
+  printf '%s\t%s\n' "egress-dump --format parquet" "$(stat -c %s "$WORK/pq-egress/2024-01-01/bench.parquet")" >>"$WORK/sizes.tsv"
+  # Both files hold the table's rows.
+  for f in "$WORK/pq-duck.parquet" "$WORK/pq-egress/2024-01-01/bench.parquet"; do
+    n=$("$PY" -c 'import sys, pyarrow.parquet as pq; print(pq.ParquetFile(sys.argv[1]).metadata.num_rows)' "$f")
+    [ "$n" = "$(psql -X -At -c 'SELECT count(*) FROM bench')" ] || { log "WRONG ROW COUNT in $f: $n"; FAILED=1; }
+  done
+  psql -q -X -v ON_ERROR_STOP=1 -f "$ROOT/tests/dump/torture.sql"
+  mkdir -p "$WORK/exactness"
+  "$PY" "$ROOT/bench/exactness.py" "$DUMP" "$PG_EXT" "$WORK/exactness" >"$WORK/exactness.md" || FAILED=1
+fi
+
 # --- report ----------------------------------------------------------------------------
 SMALL_BYTES=$( [ -d "$WORK/src" ] && du -sb --exclude=large "$WORK/src" | cut -f1 || echo 0)
 [ -s "$WORK/levels.txt" ] && { echo "### Compression levels (one thread; CPU includes hashing both sides)"; cat "$WORK/levels.txt"; echo; }
+[ -s "$WORK/exactness.md" ] && { echo "### Types written exactly (type-torture table)"; cat "$WORK/exactness.md"; echo; }
 python3 "$ROOT/bench/report.py" "$RESULTS" "$WORK/sizes.tsv" "$CSV_BYTES" "$SMALL" "$LARGE" "$LARGE_MIB" "$SMALL_BYTES"
 if [ "$FAILED" = 0 ]; then log "all produced objects identical"; else log "SOME OBJECTS DIFFER OR A CONTENDER FAILED"; exit 1; fi

@@ -54,8 +54,8 @@ def read(reader, path):
     return duckdb.sql(f"SELECT * FROM read_parquet('{path}')").fetch_arrow_table()
 
 
-def main():
-    reader, path = sys.argv[1], sys.argv[2]
+def rows(reader, path):
+    """The file's schema (column -> Arrow type) and its rows, each value canonical."""
     table = read(reader, path)
     columns = {}
     for name, column in zip(table.column_names, table.columns):
@@ -64,9 +64,19 @@ def main():
             column = column.storage
         columns[name] = column.cast(plain(column.type)).to_pylist()
     schema = {f.name: str(f.type) for f in table.schema}
+    values = [
+        {name: canonical(values[i]) for name, values in columns.items()}
+        for i in range(table.num_rows)
+    ]
+    return schema, values
+
+
+def main():
+    schema, values = rows(sys.argv[1], sys.argv[2])
     print(json.dumps({"schema": schema}))
-    for i in range(table.num_rows):
-        print(json.dumps({name: canonical(values[i]) for name, values in columns.items()}))
+    for row in values:
+        print(json.dumps(row))
 
 
-main()
+if __name__ == "__main__":
+    main()
