@@ -72,6 +72,7 @@ SIDES = {
             "PG_CA_NAME": ("postgresql-ca", None),
             "COMPRESSION_LEVEL": ("6", "COMPRESSION_LEVEL"),
             "DUMP_JOBS": ("1", "DUMP_JOBS"),
+            "DUMP_FORMAT": ("csv", "DUMP_FORMAT"),
             "SCHEDULE": ("@daily", None),
             "IMAGE": ("egress-is:latest", None),
             "PUSHGATEWAY_URL": ("", "PUSHGATEWAY_URL"),
