@@ -200,34 +200,107 @@ fn numeric(v: &[u8], scale: i8) -> Result<i256, Refusal> {
             v.len()
         ));
     }
-    let overflow = || format!("a numeric value does not fit a decimal of scale {scale}");
-    let ten = i256::from_i128(10);
-    let mut total = i256::ZERO;
-    for i in 0..digits {
-        let group = i256::from_i128(i128::from(word(4 + i)));
-        // This group's value is group * 10^(4 * (weight - i)); scaled by 10^scale.
-        let exponent = 4 * (i32::from(weight) - i as i32) + i32::from(scale);
-        let term = if exponent >= 0 {
-            ten.checked_pow(exponent as u32)
-                .and_then(|p| group.checked_mul(p))
-                .ok_or_else(overflow)?
-        } else {
-            let divisor = ten.checked_pow((-exponent) as u32).ok_or_else(overflow)?;
-            if group.checked_rem(divisor) != Some(i256::ZERO) {
+    let groups = (0..digits).map(|i| word(4 + i));
+    // The groups as one integer N, whose last group has weight `weight - digits + 1`: the
+    // value scaled by 10^scale is N * 10^exponent.
+    let exponent = 4 * (i32::from(weight) - digits as i32 + 1) + i32::from(scale);
+    let lost = || format!("a numeric value has more than {scale} digits after the point");
+    // i128 first (fast); i256 when N or the result needs more than 38 digits.
+    let total = match scaled::<i128>(groups.clone(), exponent) {
+        Some(Ok(n)) => i256::from_i128(n),
+        Some(Err(())) => return Err(lost()),
+        None => match scaled::<i256>(groups, exponent) {
+            Some(Ok(n)) => n,
+            Some(Err(())) => return Err(lost()),
+            None => {
                 return Err(format!(
-                    "a numeric value has more than {scale} digits after the point"
-                ));
+                    "a numeric value does not fit a decimal of scale {scale}"
+                ))
             }
-            group.checked_div(divisor).ok_or_else(overflow)?
-        };
-        total = total.checked_add(term).ok_or_else(overflow)?;
-    }
+        },
+    };
     Ok(if sign == 0x4000 {
         total.wrapping_neg()
     } else {
         total
     })
 }
+
+/// `N * 10^exponent` for the base-10,000 digit groups of N: `None` on overflow, `Err` when
+/// a negative exponent would drop digits that are not zero.
+fn scaled<T: Wide>(groups: impl Iterator<Item = u16>, exponent: i32) -> Option<Result<T, ()>> {
+    let mut n = T::ZERO;
+    for group in groups {
+        n = n.mul(T::from_u16(10_000))?.add(T::from_u16(group))?;
+    }
+    if n == T::ZERO {
+        return Some(Ok(n));
+    }
+    let power = T::ten_pow(exponent.unsigned_abs())?;
+    if exponent >= 0 {
+        return n.mul(power).map(Ok);
+    }
+    Some(match n.rem(power)? == T::ZERO {
+        true => Ok(n.div(power)?),
+        false => Err(()),
+    })
+}
+
+/// The checked arithmetic [`scaled`] needs, on i128 and on i256.
+trait Wide: Copy + PartialEq {
+    const ZERO: Self;
+    fn from_u16(v: u16) -> Self;
+    fn mul(self, o: Self) -> Option<Self>;
+    fn add(self, o: Self) -> Option<Self>;
+    fn div(self, o: Self) -> Option<Self>;
+    fn rem(self, o: Self) -> Option<Self>;
+    fn ten_pow(n: u32) -> Option<Self>;
+}
+
+impl Wide for i128 {
+    const ZERO: Self = 0;
+    fn from_u16(v: u16) -> Self {
+        i128::from(v)
+    }
+    fn mul(self, o: Self) -> Option<Self> {
+        self.checked_mul(o)
+    }
+    fn add(self, o: Self) -> Option<Self> {
+        self.checked_add(o)
+    }
+    fn div(self, o: Self) -> Option<Self> {
+        self.checked_div(o)
+    }
+    fn rem(self, o: Self) -> Option<Self> {
+        self.checked_rem(o)
+    }
+    fn ten_pow(n: u32) -> Option<Self> {
+        10i128.checked_pow(n)
+    }
+}
+
+impl Wide for i256 {
+    const ZERO: Self = i256::ZERO;
+    fn from_u16(v: u16) -> Self {
+        i256::from_i128(i128::from(v))
+    }
+    fn mul(self, o: Self) -> Option<Self> {
+        self.checked_mul(o)
+    }
+    fn add(self, o: Self) -> Option<Self> {
+        self.checked_add(o)
+    }
+    fn div(self, o: Self) -> Option<Self> {
+        self.checked_div(o)
+    }
+    fn rem(self, o: Self) -> Option<Self> {
+        self.checked_rem(o)
+    }
+    fn ten_pow(n: u32) -> Option<Self> {
+        i256::from_i128(10).checked_pow(n)
+    }
+}
+
 
 /// Decodes one binary value.
 type Decoder<N> = Box<dyn Fn(&[u8]) -> Result<N, Refusal> + Send>;
