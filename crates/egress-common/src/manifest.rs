@@ -73,7 +73,7 @@ pub struct TableEntry {
     pub compressed_bytes: u64,
     /// SHA-256 of the object as stored, hex.
     pub sha256: String,
-    /// SHA-256 of the CSV (for Parquet, of the binary `COPY`), hex.
+    /// SHA-256 of the CSV, hex; for Parquet, which has no uncompressed form, the file's own.
     pub uncompressed_sha256: String,
     /// Columns in field order.
     pub columns: Vec<Column>,

@@ -2,8 +2,6 @@
 //! tuples of length-prefixed fields, a trailer. A split table's chunks arrive as several
 //! such streams one after another, so a header may follow a trailer.
 
-use bytes::{Buf, BytesMut};
-
 /// The signature every binary `COPY` starts with.
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
@@ -33,12 +31,20 @@ enum State {
     Tuples,
 }
 
-/// Reads tuples out of the chunks it is given.
+/// Reads tuples out of the chunks it is given. A chunk is parsed where it lies; only the
+/// piece of a tuple cut at its end is copied, to be completed by the next chunk.
 pub struct Reader {
-    buffer: BytesMut,
+    /// The start of a tuple (or header) the last chunk ended inside.
+    buffer: Vec<u8>,
+    cursor: Cursor,
+    spans: Vec<Span>,
+}
+
+/// Where the reader is in the stream.
+struct Cursor {
     state: State,
     columns: usize,
-    /// Bytes the next tuple needs at least, so a large row is not rescanned per chunk.
+    /// Bytes the piece being read needs at least before it is worth parsing again.
     need: usize,
     /// Set when a trailer has been read and nothing followed yet.
     ended: bool,
@@ -47,7 +53,7 @@ pub struct Reader {
 /// Where a field lies in the buffer (`None` for NULL).
 type Span = Option<(usize, usize)>;
 
-/// One tuple's fields, borrowed from the reader's buffer.
+/// One tuple's fields, borrowed from the chunk or the reader's buffer.
 pub struct Tuple<'a> {
     buf: &'a [u8],
     spans: &'a [Span],
@@ -64,71 +70,101 @@ impl<'a> Tuple<'a> {
     }
 }
 
+/// What is called with each tuple.
+type Each<'e> = dyn FnMut(&Tuple<'_>) -> Result<(), super::EncodeError> + 'e;
+
 impl Reader {
     /// A reader for tuples of `columns` fields.
     pub fn new(columns: usize) -> Reader {
         Reader {
-            buffer: BytesMut::new(),
-            state: State::Header,
-            columns,
-            need: 0,
-            ended: false,
+            buffer: Vec::new(),
+            cursor: Cursor {
+                state: State::Header,
+                columns,
+                need: 0,
+                ended: false,
+            },
+            spans: Vec::with_capacity(columns),
         }
     }
 
-    /// Add a chunk of the stream.
-    pub fn feed(&mut self, chunk: &[u8]) {
-        self.buffer.extend_from_slice(chunk);
-    }
-
-    /// Call `each` for every complete tuple buffered, in order.
-    pub fn tuples(
-        &mut self,
-        mut each: impl FnMut(&Tuple<'_>) -> Result<(), super::EncodeError>,
-    ) -> Result<(), super::EncodeError> {
-        let mut spans: Vec<Span> = Vec::with_capacity(self.columns);
-        loop {
-            if self.buffer.len() < self.need {
+    /// Read the next chunk of the stream, calling `each` for every tuple it completes.
+    pub fn feed(&mut self, chunk: &[u8], each: &mut Each<'_>) -> Result<(), super::EncodeError> {
+        let mut rest = chunk;
+        // First complete the piece the last chunk ended inside, taking only what it needs.
+        while !self.buffer.is_empty() {
+            let want = self.cursor.need.max(self.buffer.len() + 1) - self.buffer.len();
+            let take = want.min(rest.len());
+            self.buffer.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            let used = self.cursor.parse(&self.buffer, &mut self.spans, each)?;
+            self.buffer.drain(..used);
+            if rest.is_empty() {
                 return Ok(());
             }
-            if self.state == State::Header {
-                match header_len(&self.buffer)? {
-                    Some(len) => {
-                        self.buffer.advance(len);
-                        self.state = State::Tuples;
-                        self.ended = false;
-                    }
-                    None => return Ok(()),
-                }
-            }
-            spans.clear();
-            match tuple(&self.buffer, self.columns, &mut spans)? {
-                Scan::Tuple(len) => {
-                    each(&Tuple {
-                        buf: &self.buffer,
-                        spans: &spans,
-                    })?;
-                    self.buffer.advance(len);
-                    self.need = 0;
-                }
-                Scan::Trailer => {
-                    self.buffer.advance(2);
-                    self.state = State::Header;
-                    self.ended = true;
-                }
-                Scan::Need(len) => {
-                    self.need = len;
-                    return Ok(());
-                }
-            }
         }
+        let used = self.cursor.parse(rest, &mut self.spans, each)?;
+        self.buffer.extend_from_slice(&rest[used..]);
+        Ok(())
     }
 
     /// Check the stream ended at a trailer with nothing after it.
     pub fn finish(&self) -> Result<(), FormatError> {
-        match self.ended && self.buffer.is_empty() {
+        match self.cursor.ended && self.buffer.is_empty() {
             true => Ok(()),
             false => Err(FormatError::Truncated),
+        }
+    }
+}
+
+impl Cursor {
+    /// Read every complete tuple at the start of `buf`; how many bytes they took (the rest
+    /// is the start of a piece needing at least `self.need` bytes).
+    fn parse(
+        &mut self,
+        buf: &[u8],
+        spans: &mut Vec<Span>,
+        each: &mut Each<'_>,
+    ) -> Result<usize, super::EncodeError> {
+        let mut at = 0;
+        loop {
+            let rest = &buf[at..];
+            if rest.len() < self.need {
+                return Ok(at);
+            }
+            if self.state == State::Header {
+                match header_len(rest)? {
+                    Some(len) => {
+                        at += len;
+                        self.state = State::Tuples;
+                        self.ended = false;
+                        self.need = 0;
+                        continue;
+                    }
+                    None => {
+                        self.need = rest.len() + 1;
+                        return Ok(at);
+                    }
+                }
+            }
+            spans.clear();
+            match tuple(rest, self.columns, spans)? {
+                Scan::Tuple(len) => {
+                    each(&Tuple { buf: rest, spans })?;
+                    at += len;
+                    self.need = 0;
+                }
+                Scan::Trailer => {
+                    at += 2;
+                    self.state = State::Header;
+                    self.ended = true;
+                    self.need = 0;
+                }
+                Scan::Need(len) => {
+                    self.need = len;
+                    return Ok(at);
+                }
+            }
         }
     }
 }
@@ -229,9 +265,8 @@ mod tests {
         let mut reader = Reader::new(columns);
         let mut rows = Vec::new();
         for chunk in bytes.chunks(cut) {
-            reader.feed(chunk);
             reader
-                .tuples(|t| {
+                .feed(chunk, &mut |t| {
                     rows.push(
                         (0..columns)
                             .map(|i| t.field(i).map(<[u8]>::to_vec))

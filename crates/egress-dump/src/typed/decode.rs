@@ -301,7 +301,6 @@ impl Wide for i256 {
     }
 }
 
-
 /// Decodes one binary value.
 type Decoder<N> = Box<dyn Fn(&[u8]) -> Result<N, Refusal> + Send>;
 
@@ -378,7 +377,8 @@ impl Column for Strings {
         if self.skip == 1 && v.first() != Some(&1) {
             return Err("a jsonb value of an unknown binary version".into());
         }
-        let text = std::str::from_utf8(&v[self.skip..])
+        // simdutf8: a tenth of std's time on ASCII (std's was 3% of a run).
+        let text = simdutf8::basic::from_utf8(&v[self.skip..])
             .map_err(|_| "a text value is not UTF-8 (the session's client_encoding is UTF8)")?;
         self.builder.append_value(text);
         Ok(())
