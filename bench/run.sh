@@ -405,8 +405,15 @@ if [[ $PARTS == *parquet* ]]; then
   DSN="host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres"
   for round in $(seq "$ROUNDS"); do
     rm -rf "$WORK/pq-egress" "$WORK/pq-duck.parquet"
-    measure parquet "DuckDB 1.4.4 COPY (FROM pg.public.bench) TO 'bench.parquet'" "$PY" "$ROOT/bench/duckdb_copy.py" "$PG_EXT" "$DSN" bench "$WORK/pq-duck.parquet"
-    measure parquet "egress-dump --format parquet" "$DUMP" --tables bench --output "$WORK/pq-egress" --date 2024-01-01 --format parquet --progress never
+    # Contenders alternate: DuckDB first in odd rounds, last in even ones.
+    order=(duck egress)
+    ((round % 2 == 0)) && order=(egress duck)
+    for c in "${order[@]}"; do
+      case $c in
+        duck) measure parquet "DuckDB 1.4.4 COPY (FROM pg.public.bench) TO 'bench.parquet'" "$PY" "$ROOT/bench/duckdb_copy.py" "$PG_EXT" "$DSN" bench "$WORK/pq-duck.parquet" ;;
+        egress) measure parquet "egress-dump --format parquet" "$DUMP" --tables bench --output "$WORK/pq-egress" --date 2024-01-01 --format parquet --progress never ;;
+      esac
+    done
   done
   printf '%s\t%s\n' "DuckDB 1.4.4 COPY (FROM pg.public.bench) TO 'bench.parquet'" "$(stat -c %s "$WORK/pq-duck.parquet")" >>"$WORK/sizes.tsv"
   printf '%s\t%s\n' "egress-dump --format parquet" "$(stat -c %s "$WORK/pq-egress/2024-01-01/bench.parquet")" >>"$WORK/sizes.tsv"

@@ -211,7 +211,11 @@ async fn object_is_byte_identical_to_psql_copy_and_valid_gzip() {
     let key = format!("nightly/{DATE}/tricky.csv.gz");
     assert_eq!(
         s3.keys(BUCKET, "").await,
-        vec![format!("nightly/{DATE}/_manifest.json"), key.clone()]
+        vec![
+            format!("nightly/{DATE}/_manifest.json"),
+            format!("nightly/{DATE}/datapackage.json"),
+            key.clone()
+        ]
     );
     read_manifest(
         &s3.get(BUCKET, &format!("nightly/{DATE}/_manifest.json"))
@@ -384,6 +388,7 @@ async fn schema_qualified_mixed_case_empty_tables_to_a_local_folder() {
             "Sales.Orders.csv.gz",
             "_manifest.json",
             "a_view.csv.gz",
+            "datapackage.json",
             "empty_one.csv.gz"
         ],
         "no temporary files are left behind"
@@ -716,6 +721,7 @@ async fn manifest_numbers_match_an_independent_count_and_hash() {
         keys,
         [
             format!("m/{DATE}/_manifest.json"),
+            format!("m/{DATE}/datapackage.json"),
             format!("m/{DATE}/nums.csv.gz"),
             format!("m/{DATE}/tricky.csv.gz")
         ]
@@ -770,9 +776,9 @@ async fn manifest_numbers_match_an_independent_count_and_hash() {
     assert_eq!(
         nums["columns"],
         serde_json::json!([
-            {"name": "id", "type": "bigint"},
-            {"name": "v", "type": "numeric(10,2)"},
-            {"name": "note", "type": "text"}
+            {"name": "id", "type": "bigint", "not_null": false, "written_as": "text"},
+            {"name": "v", "type": "numeric(10,2)", "not_null": false, "written_as": "text"},
+            {"name": "note", "type": "text", "not_null": false, "written_as": "text"}
         ])
     );
 }
@@ -820,6 +826,7 @@ async fn a_failed_table_means_no_manifest_and_a_rerun_completes_the_day() {
         s3.keys(BUCKET, "").await,
         [
             manifest_key.clone(),
+            format!("{DATE}/datapackage.json"),
             format!("{DATE}/flaky.csv.gz"),
             format!("{DATE}/t1.csv.gz")
         ]

@@ -1,10 +1,12 @@
-//! Typed days: a table read with `COPY ... (FORMAT binary)`, each value decoded exactly
-//! into Arrow arrays ([`decode`]) and written as one Parquet file, uploaded in parts as it
-//! is written, the footer last.
+//! Typed days: a table read with `COPY ... (FORMAT binary)` ([`binary`]), its columns
+//! planned from the catalog ([`catalog`], [`types`]), each value decoded exactly into Arrow
+//! arrays ([`decode`]) and written as one Parquet file, uploaded in parts as it is
+//! written, the footer last.
 //!
-//! Memory is bounded whatever the table's size: one batch of at most [`BATCH_ROWS`] rows
-//! or [`BATCH_BYTES`] of values, the row group being encoded (flushed at
-//! [`ROW_GROUP_BYTES`] encoded or [`ROW_GROUP_ROWS`] rows), and one part being filled.
+//! Memory is bounded whatever the table's size: the batch being decoded (at most
+//! [`BATCH_ROWS`] rows or [`BATCH_BYTES`] of values) and one handed over, the row group
+//! the writer holds (closed at [`ROW_GROUP_BYTES`] or [`ROW_GROUP_ROWS`] rows), and the
+//! parts as for CSV.
 
 pub mod binary;
 pub mod catalog;
