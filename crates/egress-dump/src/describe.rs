@@ -62,6 +62,9 @@ fn resource(table: &TableEntry, plan: &TablePlan, format: Format, header: bool) 
             });
         }
         Format::Parquet => {
+            // NULL is NULL in Parquet: an empty string is a value (the spec's default,
+            // `[""]`, would read it as missing).
+            resource["schema"]["missingValues"] = json!([]);
             resource["format"] = json!("parquet");
             resource["mediatype"] = json!("application/vnd.apache.parquet");
         }

@@ -95,12 +95,17 @@ pub async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts
 /// Settings every dump session gets: no server-side timeout may cut a long COPY short,
 /// and no lock is waited for longer than `lock_timeout` (the tables are locked up front,
 /// so a later wait can only be one queued behind this dump's own locks, which never ends).
+///
+/// `extra_float_digits = 3`: floats print exactly (the shortest text that reads back the
+/// same, PostgreSQL's default since 12) even where a role or database lowered it; it
+/// reaches the CSV and the text of points, composites and arrays in a typed day.
 pub async fn prepare_session(client: &Client, lock_timeout: Duration) -> Result<(), DbError> {
     let millis = lock_timeout.as_millis();
     client
         .batch_execute(&format!(
             "SET statement_timeout = 0; SET lock_timeout = '{millis}ms'; \
-             SET idle_in_transaction_session_timeout = 0; SET client_encoding = 'UTF8'"
+             SET idle_in_transaction_session_timeout = 0; SET client_encoding = 'UTF8'; \
+             SET extra_float_digits = 3"
         ))
         .await
         .map_err(|e| DbError::new("cannot prepare the database session", &e))

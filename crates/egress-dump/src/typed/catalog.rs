@@ -40,12 +40,19 @@ pub async fn table_plan(client: &Client, oid: i64) -> Result<TablePlan, tokio_po
         plan.type_name = row.get(4);
         columns.push(plan);
     }
-    let primary_key = client
+    let mut primary_key: Vec<String> = client
         .query(PRIMARY_KEY, &[&oid])
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // A key with a column the COPY leaves out (a generated one) is no key of the file.
+    if !primary_key
+        .iter()
+        .all(|k| columns.iter().any(|c| &c.name == k))
+    {
+        primary_key.clear();
+    }
     Ok(TablePlan {
         columns,
         primary_key,

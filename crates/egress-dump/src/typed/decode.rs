@@ -48,10 +48,12 @@ fn typed_field(name: &str, kind: &Kind, nullable: bool) -> Field {
         Kind::Json | Kind::Jsonb => "arrow.json",
         _ => return field,
     };
-    field.with_metadata(HashMap::from([(
-        "ARROW:extension:name".to_string(),
-        extension.to_string(),
-    )]))
+    // The JSON extension is only valid with its (empty) metadata: without it the writer
+    // falls back to a plain string.
+    field.with_metadata(HashMap::from([
+        ("ARROW:extension:name".to_string(), extension.to_string()),
+        ("ARROW:extension:metadata".to_string(), String::new()),
+    ]))
 }
 
 fn data_type(kind: &Kind) -> DataType {
@@ -104,16 +106,11 @@ pub fn column(kind: &Kind) -> Box<dyn Column> {
         Kind::Float32 => prim::<Float32Type>(kind, |v| Ok(f32::from_be_bytes(fixed(v)?))),
         Kind::Float64 => prim::<Float64Type>(kind, |v| Ok(f64::from_be_bytes(fixed(v)?))),
         Kind::Decimal { precision, scale } if *precision <= 38 => {
-            let scale = *scale;
-            prim::<Decimal128Type>(kind, move |v| {
-                let n = numeric(v, scale)?;
-                n.to_i128()
-                    .ok_or_else(|| format!("numeric {n} does not fit 38 digits"))
-            })
+            let fits = digits_fit(*precision, *scale);
+            prim::<Decimal128Type>(kind, move |v| fits(v).map(|n| n.as_i128()))
         }
-        Kind::Decimal { scale, .. } => {
-            let scale = *scale;
-            prim::<Decimal256Type>(kind, move |v| numeric(v, scale))
+        Kind::Decimal { precision, scale } => {
+            prim::<Decimal256Type>(kind, digits_fit(*precision, *scale))
         }
         Kind::Text | Kind::PgText | Kind::Json => Box::new(Strings::new(0)),
         Kind::Jsonb => Box::new(Strings::new(1)),
@@ -171,6 +168,22 @@ fn infinite(what: &str) -> Refusal {
         "{what} has no Parquet value; dump this table with --format csv, or list a view \
          that maps it to a date of your choosing"
     )
+}
+
+/// A decoder of `numeric(precision, scale)` values that refuses one with more digits than
+/// the precision: the Parquet writer would cut it silently (a foreign table's values are
+/// only as good as its source).
+fn digits_fit(precision: u8, scale: i8) -> impl Fn(&[u8]) -> Result<i256, Refusal> + Send {
+    let bound = i256::from_i128(10).wrapping_pow(u32::from(precision));
+    move |v| {
+        let n = numeric(v, scale)?;
+        match n < bound && n > bound.wrapping_neg() {
+            true => Ok(n),
+            false => Err(format!(
+                "numeric {n} (scaled by 10^{scale}) has more than the column's {precision} digits"
+            )),
+        }
+    }
 }
 
 /// A binary `numeric` as an integer scaled by `10^scale`: exact, or refused (NaN and
@@ -622,6 +635,12 @@ mod tests {
             let v = numeric_bytes(&[], 0, sign, 0);
             assert!(numeric(&v, 2).unwrap_err().contains(what), "{sign:x}");
         }
+        // More digits than the column's precision: refused, never cut by the writer.
+        let wide = numeric_bytes(&[1, 2345], 1, 0, 0);
+        assert!(digits_fit(4, 0)(&wide)
+            .unwrap_err()
+            .contains("more than the column's 4 digits"));
+        assert_eq!(digits_fit(5, 0)(&wide).unwrap(), i256::from_i128(12345));
         let mut column = column(&Kind::Decimal {
             precision: 10,
             scale: 2,

@@ -8,6 +8,8 @@ use std::fmt;
 /// user type of the same name in another schema is never mistaken for them.
 mod oid {
     pub(super) const BOOL: u32 = 16;
+    pub(super) const INT2VECTOR: u32 = 22;
+    pub(super) const OIDVECTOR: u32 = 30;
     pub(super) const BYTEA: u32 = 17;
     pub(super) const NAME: u32 = 19;
     pub(super) const INT8: u32 = 20;
@@ -122,7 +124,10 @@ pub struct ColumnPlan {
 
 /// The plan of a column of type `pg`.
 pub fn plan(name: &str, pg: &PgType, not_null: bool) -> ColumnPlan {
+    // The catalog's vectors are arrays indexed from 0: as lists they would be refused.
+    let vector = matches!(pg.oid, oid::INT2VECTOR | oid::OIDVECTOR);
     let (read, kind) = match (&pg.element, exact(pg)) {
+        _ if vector => (Read::Text, Kind::PgText),
         (None, Some(kind)) => (Read::Binary, kind),
         (None, None) => (Read::Text, Kind::PgText),
         (Some(element), _) => match exact(element) {
@@ -301,6 +306,11 @@ mod tests {
         assert_eq!(labels.select("\"a\""), "\"a\"::text[]");
         let inets = plan("a", &array(base(869, -1)), false);
         assert_eq!((inets.read, inets.kind), (Read::Text, Kind::PgText));
+        let vector = PgType {
+            element: Some(Box::new(base(oid::INT2, -1))),
+            ..base(oid::INT2VECTOR, -1)
+        };
+        assert_eq!(plan("v", &vector, false).kind, Kind::PgText);
         let inet = plan("i", &base(869, -1), false);
         assert_eq!(
             inet.select("\"i\""),
