@@ -270,49 +270,40 @@ trait Wide: Copy + PartialEq {
     fn ten_pow(n: u32) -> Option<Self>;
 }
 
-impl Wide for i128 {
-    const ZERO: Self = 0;
-    fn from_u16(v: u16) -> Self {
-        i128::from(v)
-    }
-    fn mul(self, o: Self) -> Option<Self> {
-        self.checked_mul(o)
-    }
-    fn add(self, o: Self) -> Option<Self> {
-        self.checked_add(o)
-    }
-    fn div(self, o: Self) -> Option<Self> {
-        self.checked_div(o)
-    }
-    fn rem(self, o: Self) -> Option<Self> {
-        self.checked_rem(o)
-    }
-    fn ten_pow(n: u32) -> Option<Self> {
-        10i128.checked_pow(n)
-    }
+/// One implementation for both widths: the same checked operations, by name.
+macro_rules! wide {
+    ($t:ty, $zero:expr, $from_u16:expr, $ten:expr) => {
+        impl Wide for $t {
+            const ZERO: Self = $zero;
+            fn from_u16(v: u16) -> Self {
+                $from_u16(v)
+            }
+            fn mul(self, o: Self) -> Option<Self> {
+                self.checked_mul(o)
+            }
+            fn add(self, o: Self) -> Option<Self> {
+                self.checked_add(o)
+            }
+            fn div(self, o: Self) -> Option<Self> {
+                self.checked_div(o)
+            }
+            fn rem(self, o: Self) -> Option<Self> {
+                self.checked_rem(o)
+            }
+            fn ten_pow(n: u32) -> Option<Self> {
+                $ten.checked_pow(n)
+            }
+        }
+    };
 }
 
-impl Wide for i256 {
-    const ZERO: Self = i256::ZERO;
-    fn from_u16(v: u16) -> Self {
-        i256::from_i128(i128::from(v))
-    }
-    fn mul(self, o: Self) -> Option<Self> {
-        self.checked_mul(o)
-    }
-    fn add(self, o: Self) -> Option<Self> {
-        self.checked_add(o)
-    }
-    fn div(self, o: Self) -> Option<Self> {
-        self.checked_div(o)
-    }
-    fn rem(self, o: Self) -> Option<Self> {
-        self.checked_rem(o)
-    }
-    fn ten_pow(n: u32) -> Option<Self> {
-        i256::from_i128(10).checked_pow(n)
-    }
-}
+wide!(i128, 0, i128::from, 10i128);
+wide!(
+    i256,
+    i256::ZERO,
+    |v: u16| i256::from_i128(i128::from(v)),
+    i256::from_i128(10)
+);
 
 /// Decodes one binary value.
 type Decoder<N> = Box<dyn Fn(&[u8]) -> Result<N, Refusal> + Send>;
