@@ -5,6 +5,7 @@ mod basics;
 mod faults;
 mod operations;
 mod runs;
+mod shards;
 mod split;
 mod typed;
 

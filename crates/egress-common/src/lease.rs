@@ -52,10 +52,18 @@ pub fn is_lease(key: &str) -> bool {
 /// writer's.
 pub const UPLOAD_MARKERS: &str = ".egress-sync-uploads/";
 
-/// True for the programs' own coordination objects (leases, upload markers): never
-/// mirrored, never part of a day, never deleted as extra.
+/// The folder, inside a date folder, where the pods of a sharded dump coordinate (the
+/// plan, each shard's status): removed once the day is done or abandoned.
+pub const SHARDS_FOLDER: &str = ".egress-shards";
+
+/// True for the programs' own coordination objects (leases, upload markers, a sharded
+/// dump's plan and statuses): never mirrored, never part of a day, never deleted as extra.
 pub fn is_coordination(key: &str) -> bool {
-    is_lease(key) || key.starts_with(UPLOAD_MARKERS)
+    let shards = format!("{SHARDS_FOLDER}/");
+    is_lease(key)
+        || key.starts_with(UPLOAD_MARKERS)
+        || key.starts_with(&shards)
+        || key.contains(&format!("/{shards}"))
 }
 
 /// How long a lease lasts without renewal unless `--lease-ttl` says otherwise.

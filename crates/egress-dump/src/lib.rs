@@ -20,6 +20,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod settings;
+pub mod shards;
 pub mod snapshot;
 pub mod split;
 pub mod tables;

@@ -47,6 +47,15 @@ async fn run() -> ExitCode {
         Ok(s) if s.is_backfill() => common.metrics.grouping.push(("date", s.date.clone())),
         _ => {}
     }
+    // Each index of a shared day pushes its own tables' metrics.
+    if let Some(s) = settings
+        .as_ref()
+        .ok()
+        .map(|s| s.shards)
+        .filter(|s| s.sharded())
+    {
+        common.metrics.grouping.push(("shard", s.index.to_string()));
+    }
     let work = async move { egress_dump::run(&settings?).await };
     cli::run_to_exit(&common, work, ending).await
 }

@@ -7,7 +7,7 @@ use crate::gzip::CompressStats;
 use crate::upload::Committed;
 
 /// What one table's dump produced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TableReport {
     /// Table as listed.
     pub table: String,

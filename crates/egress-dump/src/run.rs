@@ -23,6 +23,7 @@ use crate::pipeline::TableError;
 use crate::progress::Counters;
 use crate::report::TableReport;
 use crate::settings::Settings;
+use crate::shards;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::split::{self, Chunk};
 use crate::tables::TableRef;
@@ -30,9 +31,9 @@ use crate::typed::{self, TablePlan};
 use crate::workers::{self, Outcome};
 
 /// The database side of a run: how to connect, and the connection holding the snapshot.
-struct Database {
-    target: Target,
-    coordinator: Session,
+pub(crate) struct Database {
+    pub(crate) target: Target,
+    pub(crate) coordinator: Session,
     /// `server_version_num` (e.g. 150010).
     server_version_num: i32,
 }
@@ -40,7 +41,7 @@ struct Database {
 /// Why an attempt at the day failed, typed where the run decides on it: a recovery
 /// conflict (a database failure of that kind, also inside a table's) starts the day again.
 #[derive(Debug, thiserror::Error)]
-enum AttemptError {
+pub(crate) enum AttemptError {
     /// The database, outside any one table (connecting, locking, the snapshot).
     #[error("{0}")]
     Db(#[from] DbError),
@@ -87,7 +88,7 @@ impl AttemptError {
 /// Tables failed: how many, which, and the first failure (what a retry decides on).
 #[derive(Debug, thiserror::Error)]
 #[error("{summary}")]
-struct TablesFailed {
+pub(crate) struct TablesFailed {
     summary: String,
     #[source]
     first: TableError,
@@ -95,6 +96,10 @@ struct TablesFailed {
 
 /// Run a whole dump as `settings` say.
 pub async fn run(settings: &Settings) -> anyhow::Result<Vec<TableReport>> {
+    // Another index of a shared day follows the coordinator's plan, under its lease.
+    if settings.shards.index > 0 && !settings.dry_run {
+        return shards::join::run(settings).await;
+    }
     let store = open_output(settings).await?;
     // One writer per date folder: a dry run writes nothing and takes no lease.
     if settings.dry_run {
@@ -105,6 +110,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<TableReport>> {
     // Every write of the day asks the lease first: a run that lost it writes nothing more.
     let fenced = egress_store::guarded(store, lease.fence());
     let outcome = dump_day(settings, &fenced, Some(&lease)).await;
+    if settings.shards.sharded() {
+        // Done or abandoned, the day's coordination objects go (while the lease is ours).
+        shards::clear(&fenced, &settings.date).await;
+    }
     let outcome = lease::explain_failure(outcome, &lease).await;
     lease.release().await;
     outcome
@@ -214,24 +223,22 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, Attempt
     // does): the day's files agree with each other and with the manifest.
     let (snapshot, tables) = lock_and_snapshot(settings, &db, tables).await?;
     let plans = read_plans(&db.coordinator, &tables).await?;
-    let chunks = plan_splits(settings, &db, &tables).await?;
     // A re-run replaces the day: first withdraw the completion marker, so the folder never
     // looks complete while its objects are being replaced.
     store.delete(&manifest::key_in(&settings.date)).await?;
-    let selects = selects(settings, &plans);
-    let which = workers::Tables {
-        tables: &tables,
-        chunks: &chunks,
-        selects: &selects,
+    let shared = share_out(settings, store, lease, &snapshot, &tables).await?;
+    let mine = match &shared {
+        Some(share) => share.mine(&tables),
+        None => tables.clone(),
     };
-    let counters = Arc::new(Counters::default());
-    let concurrent = workers::worker_count(settings.jobs, &which, &snapshot).max(1);
-    let job = workers::job_for(settings, store, &settings.date, &counters, concurrent);
-    let outcomes =
-        workers::dump_tables(&job, &db.target, &db.coordinator, &snapshot, &which).await?;
-    let _ = db.coordinator.batch_execute("COMMIT").await;
     let may_retry = attempt.retries < settings.conflict_retries;
-    let reports = all_succeeded(&tables, outcomes, may_retry)?;
+    let mut reports = dump_share(settings, store, &db, &snapshot, &mine, may_retry).await?;
+    if let Some(share) = &shared {
+        // The snapshot stays exported until every other index has reported.
+        reports.extend(share.hear(store, settings).await?);
+    }
+    let _ = db.coordinator.batch_execute("COMMIT").await;
+    let reports = in_listed_order(&tables, reports)?;
     let parts = ManifestParts {
         settings,
         run_started: attempt.run_started,
@@ -253,6 +260,83 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, Attempt
     Ok(reports)
 }
 
+/// Dump `tables` (all of the day's, or this index's share) in `snapshot`, as `--jobs` says.
+pub(crate) async fn dump_share(
+    settings: &Settings,
+    store: &Store,
+    db: &Database,
+    snapshot: &SnapshotInfo,
+    tables: &[ResolvedTable],
+    may_retry: bool,
+) -> Result<Vec<TableReport>, AttemptError> {
+    let plans = read_plans(&db.coordinator, tables).await?;
+    let chunks = plan_splits(settings, db, tables).await?;
+    let selects = selects(settings, &plans);
+    let which = workers::Tables {
+        tables,
+        chunks: &chunks,
+        selects: &selects,
+    };
+    let counters = Arc::new(Counters::default());
+    let concurrent = workers::worker_count(settings.jobs, &which, snapshot).max(1);
+    let job = workers::job_for(settings, store, &settings.date, &counters, concurrent);
+    let outcomes =
+        workers::dump_tables(&job, &db.target, &db.coordinator, snapshot, &which).await?;
+    Ok(all_succeeded(tables, outcomes, may_retry)?)
+}
+
+/// With `--shards`: assign the tables to the indexes and publish the plan (the snapshot
+/// is exported for them); `None` for a day dumped by this process alone.
+async fn share_out(
+    settings: &Settings,
+    store: &Store,
+    lease: &Lease,
+    snapshot: &SnapshotInfo,
+    tables: &[ResolvedTable],
+) -> anyhow::Result<Option<shards::Shared>> {
+    if !settings.shards.sharded() {
+        return Ok(None);
+    }
+    let sizes: Vec<i64> = tables.iter().map(|t| t.estimated_bytes).collect();
+    let assigned = shards::assign(&sizes, settings.shards.count);
+    let plan = shards::Plan {
+        run_id: lease.run_id().to_string(),
+        shards: settings.shards.count,
+        snapshot: snapshot.clone(),
+        format: settings.format.name().to_string(),
+        header: settings.header,
+        tables: tables
+            .iter()
+            .zip(assigned)
+            .map(|(t, shard)| shards::Assigned {
+                table: t.requested.file_stem(),
+                oid: t.oid,
+                shard,
+            })
+            .collect(),
+    };
+    let published = shards::coordinate::publish(store, &settings.date, &plan).await?;
+    Ok(Some(shards::Shared { plan, published }))
+}
+
+/// The reports of every table, in the order listed (the manifest's order).
+fn in_listed_order(
+    tables: &[ResolvedTable],
+    mut reports: Vec<TableReport>,
+) -> Result<Vec<TableReport>, AttemptError> {
+    let mut ordered = Vec::with_capacity(tables.len());
+    for table in tables {
+        let name = table.requested.file_stem();
+        let Some(at) = reports.iter().position(|r| r.table == name) else {
+            return Err(
+                anyhow::anyhow!("no shard reported table '{name}': run the Job again").into(),
+            );
+        };
+        ordered.push(reports.swap_remove(at));
+    }
+    Ok(ordered)
+}
+
 /// Open the transaction, lock the tables, take the snapshot; then look the tables up again
 /// inside it (a name may have changed hands before its lock) and confirm the locks.
 async fn lock_and_snapshot(
@@ -262,7 +346,8 @@ async fn lock_and_snapshot(
 ) -> Result<(SnapshotInfo, Vec<ResolvedTable>), AttemptError> {
     snapshot::open(&db.coordinator).await?;
     locks::before_snapshot(&db.coordinator, &found, settings.lock_timeout).await?;
-    let snapshot = snapshot::take(&db.coordinator, settings.jobs > 1).await?;
+    let export = settings.jobs > 1 || settings.shards.sharded();
+    let snapshot = snapshot::take(&db.coordinator, export).await?;
     let mut tables = look_again(&db.coordinator, &found).await?;
     locks::confirm(&db.coordinator, &tables).await?;
     measure(&db.coordinator, &mut tables).await?;
@@ -294,7 +379,7 @@ async fn look_again(
         .collect()
 }
 
-async fn measure(client: &Client, tables: &mut [ResolvedTable]) -> Result<(), DbError> {
+pub(crate) async fn measure(client: &Client, tables: &mut [ResolvedTable]) -> Result<(), DbError> {
     catalog::measure(client, tables)
         .await
         .map_err(|e| DbError::new("cannot measure the tables", &e))
@@ -383,7 +468,7 @@ async fn check_written(
 
 /// Open the output and check it before touching the database: credentials, bucket, a
 /// writable directory.
-async fn open_output(settings: &Settings) -> anyhow::Result<Store> {
+pub(crate) async fn open_output(settings: &Settings) -> anyhow::Result<Store> {
     let store = settings
         .output
         .open(&settings.s3, settings.file_mode)
@@ -396,7 +481,7 @@ async fn open_output(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-async fn connect(
+pub(crate) async fn connect(
     settings: &Settings,
     standby: &OnceLock<(Target, i64)>,
 ) -> Result<Database, AttemptError> {
@@ -423,7 +508,7 @@ async fn connect(
 }
 
 /// Look every table up; all problems are reported at once.
-async fn find_tables(
+pub(crate) async fn find_tables(
     client: &Client,
     tables: &[TableRef],
 ) -> Result<Vec<ResolvedTable>, AttemptError> {
@@ -671,7 +756,7 @@ async fn write_manifest(store: &Store, date: &str, manifest: &Manifest) -> anyho
 }
 
 /// PUT a small JSON object, with its Content-MD5.
-async fn put_json(store: &Store, key: &str, body: Vec<u8>) -> anyhow::Result<()> {
+pub(crate) async fn put_json(store: &Store, key: &str, body: Vec<u8>) -> anyhow::Result<()> {
     use md5::{Digest, Md5};
     let options = PutOptions {
         attributes: egress_store::Attributes {

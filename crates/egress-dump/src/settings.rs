@@ -9,6 +9,7 @@ use egress_common::{ConfigError, Location};
 use egress_store::{S3Settings, Secret};
 
 use crate::config::{Args, Format};
+use crate::shards::Shards;
 use crate::tables::{self, TableRef};
 
 /// The variables that hold the dump's S3 keys, named when S3 rejects them.
@@ -59,6 +60,8 @@ pub struct Settings {
     pub dry_run: bool,
     /// A live progress line on a terminal.
     pub progress: bool,
+    /// Which share of the day this process dumps (`--shards`).
+    pub shards: Shards,
 }
 
 impl Settings {
@@ -87,6 +90,7 @@ impl Settings {
             lease: args.common.lease(),
             dry_run: args.dry_run,
             progress: args.common.progress(),
+            shards: Shards::from_args(args.shards, args.shard_index, args.shard_wait)?,
         })
     }
 

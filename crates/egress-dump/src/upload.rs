@@ -31,7 +31,7 @@ pub enum Pending {
 }
 
 /// What a committed object is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Committed {
     /// Its ETag, as the store reported it.
     pub etag: Option<String>,

@@ -35,7 +35,7 @@ fn block_size(engine: Engine) -> usize {
 }
 
 /// What went through the compressor.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CompressStats {
     /// CSV bytes in.
     pub uncompressed_bytes: u64,

@@ -481,16 +481,18 @@ impl ObjectStore for S3Store {
     }
 
     async fn abort_pending(&self, upload: &PendingUpload) -> Result<(), StoreError> {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
         let full = self.full(&upload.key);
-        abort_upload(&self.client, &self.bucket, &full, &upload.id)
-            .await
-            .map_err(|e| {
-                self.error(
-                    &e,
-                    &format!("aborting the upload of {full}"),
-                    Target::Object,
-                )
-            })
+        match abort_upload(&self.client, &self.bucket, &full, &upload.id).await {
+            Ok(()) => Ok(()),
+            // Another process aborted (or completed) it first: it is no longer pending.
+            Err(e) if e.code() == Some("NoSuchUpload") => Ok(()),
+            Err(e) => Err(self.error(
+                &e,
+                &format!("aborting the upload of {full}"),
+                Target::Object,
+            )),
+        }
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
