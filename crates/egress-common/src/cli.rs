@@ -11,6 +11,51 @@ use crate::signals;
 use crate::termination;
 use crate::ExitCode;
 
+/// Which share of the work this process does: one of `--shards` processes (the pods of a
+/// Kubernetes Indexed Job, which sets `JOB_COMPLETION_INDEX`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShardArgs {
+    /// Processes (pods of an Indexed Job) that share the work (1 = this process alone).
+    #[arg(long, env = "SHARDS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub shards: u64,
+
+    /// This process's index among `--shards`; an Indexed Job sets it.
+    #[arg(long, env = "JOB_COMPLETION_INDEX")]
+    pub shard_index: Option<u64>,
+}
+
+/// This process's share: index `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    /// This process's index (0-based).
+    pub index: u64,
+    /// How many processes share the work.
+    pub count: u64,
+}
+
+impl ShardArgs {
+    /// The share the flags ask for, checked.
+    pub fn slice(&self) -> Result<Slice, crate::ConfigError> {
+        let count = self.shards;
+        let index = match self.shard_index {
+            Some(i) if i >= count => {
+                return Err(crate::ConfigError::new(format!(
+                    "--shard-index (JOB_COMPLETION_INDEX) {i} is not below --shards (SHARDS) {count}: set SHARDS to the Job's completions"
+                )))
+            }
+            Some(i) => i,
+            None if count > 1 => {
+                return Err(crate::ConfigError::new(format!(
+                    "--shards {count} needs this process's index: run it in an Indexed Job (JOB_COMPLETION_INDEX) or pass --shard-index"
+                )))
+            }
+            None => 0,
+        };
+        Ok(Slice { index, count })
+    }
+}
+
 /// Flags common to egress-dump and egress-sync.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {

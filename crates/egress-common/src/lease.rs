@@ -42,9 +42,67 @@ pub fn key_in(folder: &str) -> String {
     egress_store::key::join(folder, FILE_NAME)
 }
 
+/// The start of the key of a sharded mirror's lease, one per index (`--shards`).
+const SHARD_MIRROR_PREFIX: &str = ".egress-sync-lease.shard-";
+
+/// The lease of a mirror written by `slice` (the whole mirror's when it is not shared).
+pub fn mirror_key(slice: crate::cli::Slice) -> String {
+    match slice.count {
+        1 => MIRROR_KEY.to_string(),
+        n => format!("{SHARD_MIRROR_PREFIX}{}-of-{n}.json", slice.index),
+    }
+}
+
+/// The share a mirror lease's key belongs to (`None` for the whole mirror's lease, or a
+/// key that is no mirror lease).
+fn mirror_slice(key: &str) -> Option<crate::cli::Slice> {
+    let rest = key
+        .strip_prefix(SHARD_MIRROR_PREFIX)?
+        .strip_suffix(".json")?;
+    let (index, count) = rest.split_once("-of-")?;
+    Some(crate::cli::Slice {
+        index: index.parse().ok()?,
+        count: count.parse().ok()?,
+    })
+}
+
 /// True for a lease object's key (never mirrored, never part of a day).
 pub fn is_lease(key: &str) -> bool {
-    key == MIRROR_KEY || key == FILE_NAME || key.ends_with(&format!("/{FILE_NAME}"))
+    key == MIRROR_KEY
+        || mirror_slice(key).is_some()
+        || key == FILE_NAME
+        || key.ends_with(&format!("/{FILE_NAME}"))
+}
+
+/// Refuse ([`Busy`]) when a live lease on the mirror covers keys of `slice` under another
+/// layout: the whole mirror's lease while a share runs, a share's while the whole mirror
+/// runs, or a share of another `--shards` count (their slices overlap). Shares of one
+/// count never overlap, so they run side by side.
+pub async fn check_mirror_layout(
+    store: &Store,
+    slice: crate::cli::Slice,
+) -> Result<(), anyhow::Error> {
+    use futures::StreamExt;
+    let mut keys = vec![MIRROR_KEY.to_string()];
+    let mut pages = store.list(SHARD_MIRROR_PREFIX);
+    while let Some(page) = pages.next().await {
+        keys.extend(page?.into_iter().map(|o| o.key));
+    }
+    for key in keys {
+        let other = mirror_slice(&key).map_or(1, |s| s.count);
+        if key == mirror_key(slice) || (other == slice.count && other > 1) {
+            continue;
+        }
+        if let Some(found) = live_holder(store, &key).await? {
+            return Err(Busy {
+                location: store.describe(&key),
+                holder: found.describe(store.now()),
+                run_id: found.holder.map(|h| h.run_id),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Where egress-sync marks the multipart uploads it starts at its output, one small

@@ -104,15 +104,9 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(5..=512))]
     pub part_size_mib: u64,
 
-    /// Processes (pods of an Indexed Job) that share the day, all from one snapshot
-    /// (1 = this process alone).
-    #[arg(long, env = "SHARDS", default_value_t = 1,
-          value_parser = clap::value_parser!(u64).range(1..=64))]
-    pub shards: u64,
-
-    /// This process's index among `--shards` (0 coordinates); an Indexed Job sets it.
-    #[arg(long, env = "JOB_COMPLETION_INDEX")]
-    pub shard_index: Option<u64>,
+    /// The day shared by several processes, all from one snapshot (index 0 coordinates).
+    #[command(flatten)]
+    pub shards: egress_common::cli::ShardArgs,
 
     /// How long a shard waits for the coordinator's plan, and the coordinator for a
     /// shard that has not joined or stopped reporting (e.g. 10m).

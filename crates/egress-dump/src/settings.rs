@@ -90,7 +90,7 @@ impl Settings {
             lease: args.common.lease(),
             dry_run: args.dry_run,
             progress: args.common.progress(),
-            shards: Shards::from_args(args.shards, args.shard_index, args.shard_wait)?,
+            shards: Shards::new(args.shards.slice()?, args.shard_wait)?,
         })
     }
 

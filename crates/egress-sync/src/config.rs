@@ -109,6 +109,10 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(16..=4096))]
     pub memory_budget_mib: u64,
 
+    /// The mirror shared by several processes, each a disjoint set of day folders.
+    #[command(flatten)]
+    pub shards: egress_common::cli::ShardArgs,
+
     /// Logging, timeouts, TLS and the termination log.
     #[command(flatten)]
     pub common: CommonArgs,

@@ -43,9 +43,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
             .run(None)
             .await;
     }
+    // A shared mirror: one lease per share, and none of another layout live.
+    let slice = args.shards.slice()?;
+    lease::check_mirror_layout(&sides.dest, slice).await?;
     let lease = lease::acquire(
         &sides.dest,
-        lease::MIRROR_KEY,
+        &lease::mirror_key(slice),
         "egress-sync",
         args.common.lease(),
     )
@@ -138,7 +141,8 @@ impl<'a> Mirror<'a> {
     /// mirror's lease, so every other run is gone); nobody else's.
     async fn clear_dead_uploads(&self, lease: &lease::Lease) {
         let dest = &self.pool.transfers().dest;
-        let aborted = uploads::clear_dead(dest, lease.run_id(), lease.since()).await;
+        let mine = |key: &str| self.filter.accepts(key);
+        let aborted = uploads::clear_dead(dest, lease.run_id(), lease.since(), mine).await;
         if aborted > 0 {
             info!(
                 aborted,

@@ -3,10 +3,12 @@
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use egress_common::cli::Slice;
 use egress_common::error::config;
 use egress_common::{ConfigError, Location};
 use egress_store::Secret;
 use egress_store::{S3Settings, Store};
+use sha2::Digest;
 
 use crate::config::Args;
 
@@ -178,20 +180,24 @@ fn side_location(side: Side, args: &Args) -> anyhow::Result<(Location, S3Setting
     Ok((location, settings))
 }
 
-/// Which keys a run considers: matching `--include` (when given), not `--exclude`, and
-/// never our own files.
+/// Which keys a run considers: matching `--include` (when given), not `--exclude`, in
+/// this process's share (`--shards`), and never our own files.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
+    /// This process's share, when the mirror is shared.
+    slice: Option<Slice>,
 }
 
 impl Filter {
     /// From the flags.
     pub fn new(args: &Args) -> anyhow::Result<Filter> {
+        let slice = args.shards.slice()?;
         Ok(Filter {
             include: globs(&args.include, "--include")?,
             exclude: globs(&args.exclude, "--exclude")?,
+            slice: (slice.count > 1).then_some(slice),
         })
     }
 
@@ -199,9 +205,43 @@ impl Filter {
     pub fn accepts(&self, key: &str) -> bool {
         key != OLD_RECORDS_KEY
             && !egress_common::lease::is_coordination(key)
+            && self.slice.is_none_or(|s| slice_of(key, s.count) == s.index)
             && self.include.as_ref().is_none_or(|g| g.is_match(key))
             && self.exclude.as_ref().is_none_or(|g| !g.is_match(key))
     }
+}
+
+/// `YYYY-MM-DD`, as egress-dump names its date folders.
+fn looks_like_a_day(folder: &str) -> bool {
+    let b = folder.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+}
+
+/// Which of `count` shares `key` belongs to: its day folder's (the key up to its first
+/// `YYYY-MM-DD` folder, else its first folder) hashed, so a day and its manifest stay in
+/// one share whatever the other days are, and the shares never change between runs.
+pub fn slice_of(key: &str, count: u64) -> u64 {
+    if count <= 1 {
+        return 0;
+    }
+    let folders: Vec<&str> = key.split('/').collect();
+    let dirs = &folders[..folders.len().saturating_sub(1)];
+    let depth = dirs
+        .iter()
+        .position(|d| looks_like_a_day(d))
+        .map_or(1, |at| at + 1);
+    let day = folders[..depth.min(folders.len())].join("/");
+    let digest = sha2::Sha256::digest(day.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) % count
 }
 
 fn globs(patterns: &[String], flag: &str) -> anyhow::Result<Option<GlobSet>> {
@@ -226,10 +266,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_day_and_everything_in_it_share_one_slice() {
+        let day = slice_of("2024-01-01/_manifest.json", 4);
+        for key in [
+            "2024-01-01/a.csv.gz",
+            "2024-01-01/t/part-0.parquet",
+            "2024-01-01/x",
+        ] {
+            assert_eq!(slice_of(key, 4), day, "{key}");
+        }
+        assert_eq!(
+            slice_of("app/2024-01-02/a.csv.gz", 4),
+            slice_of("app/2024-01-02/_manifest.json", 4)
+        );
+        // Days spread over the shares; each key in exactly one; stable.
+        let mut seen = [0; 4];
+        for d in 1..=28 {
+            seen[slice_of(&format!("2024-02-{d:02}/a"), 4) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+        assert_eq!(slice_of("2024-02-01/a", 4), slice_of("2024-02-01/a", 4));
+        assert_eq!(slice_of("top-level-object", 1), 0);
+    }
+
+    #[test]
     fn filters_globs_and_our_own_files() {
         let filter = Filter {
             include: globs(&["2024-*/**".into()], "--include").unwrap(),
             exclude: globs(&["*.tmp".into()], "--exclude").unwrap(),
+            slice: None,
         };
         assert!(filter.accepts("2024-01-01/a.csv.gz"));
         assert!(!filter.accepts("2024-01-01/b.tmp"));

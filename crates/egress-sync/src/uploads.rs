@@ -74,9 +74,15 @@ fn mark_key(run_id: &str, key: &str) -> String {
 
 /// Abort the uploads other (dead) egress-sync runs marked at `dest`, and remove their
 /// marks; uploads nobody marked are left alone and named. `ours` is this run's id; only
-/// uploads started before `before` (this run's lease, the store's clock) count as left.
+/// uploads started before `before` (this run's lease, the store's clock) count as left,
+/// and only at keys `mine` accepts (a share of the mirror holds its own keys alone).
 /// Returns how many were aborted.
-pub async fn clear_dead(dest: &Store, ours: &str, before: i64) -> usize {
+pub async fn clear_dead(
+    dest: &Store,
+    ours: &str,
+    before: i64,
+    mine: impl Fn(&str) -> bool,
+) -> usize {
     let pending = match dest.pending_uploads("").await {
         Ok(p) => p,
         Err(e) => {
@@ -87,7 +93,7 @@ pub async fn clear_dead(dest: &Store, ours: &str, before: i64) -> usize {
     let marks: Vec<(String, Mark)> = read_marks(dest)
         .await
         .into_iter()
-        .filter(|(_, m)| m.run_id != ours)
+        .filter(|(_, m)| m.run_id != ours && mine(&m.key))
         .collect();
     // Any pending upload at a key a dead run marked is that run's: the mirror's keys are
     // written by the mirror alone. (Start times cannot narrow it further: moto answers a
@@ -95,7 +101,10 @@ pub async fn clear_dead(dest: &Store, ours: &str, before: i64) -> usize {
     let owner = |u: &PendingUpload| marks.iter().map(|(_, m)| m).find(|m| m.key == u.key);
     let mut aborted = 0;
     let (mut others, mut kept) = (Vec::new(), std::collections::HashSet::new());
-    for upload in pending.iter().filter(|u| u.initiated < before) {
+    for upload in pending
+        .iter()
+        .filter(|u| u.initiated < before && mine(&u.key))
+    {
         let Some(mark) = owner(upload) else {
             others.push(upload.key.as_str());
             continue;

@@ -19,6 +19,7 @@ mod objects;
 
 use std::time::{Duration, Instant};
 
+use egress_common::cli::Slice;
 use egress_common::manifest::SnapshotInfo;
 use egress_common::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -38,26 +39,9 @@ pub struct Shards {
 }
 
 impl Shards {
-    /// `--shards`, `--shard-index` (`JOB_COMPLETION_INDEX`) and `--shard-wait`, checked.
-    pub fn from_args(
-        count: u64,
-        index: Option<u64>,
-        wait: Duration,
-    ) -> Result<Shards, ConfigError> {
-        let index = match index {
-            Some(i) if i >= count => {
-                return Err(ConfigError::new(format!(
-                    "--shard-index (JOB_COMPLETION_INDEX) {i} is not below --shards (SHARDS) {count}: set SHARDS to the Job's completions"
-                )))
-            }
-            Some(i) => i,
-            None if count > 1 => {
-                return Err(ConfigError::new(format!(
-                    "--shards {count} needs this process's index: run it in an Indexed Job (JOB_COMPLETION_INDEX) or pass --shard-index"
-                )))
-            }
-            None => 0,
-        };
+    /// `slice` (`--shards`, `--shard-index`) and `--shard-wait`, checked.
+    pub fn new(slice: Slice, wait: Duration) -> Result<Shards, ConfigError> {
+        let Slice { index, count } = slice;
         if wait < Duration::from_secs(1) {
             return Err(ConfigError::new(
                 "--shard-wait (SHARD_WAIT) must be at least 1s, e.g. 10m".to_string(),
@@ -306,16 +290,24 @@ mod tests {
         assert_eq!(assign(&[100, 40, 30, 20], 2), vec![0, 1, 1, 1]);
     }
 
+    fn from_args(count: u64, index: Option<u64>, wait: Duration) -> Result<Shards, ConfigError> {
+        let args = egress_common::cli::ShardArgs {
+            shards: count,
+            shard_index: index,
+        };
+        Shards::new(args.slice()?, wait)
+    }
+
     #[test]
     fn shard_settings_are_checked() {
         let wait = Duration::from_secs(60);
-        assert!(Shards::from_args(3, None, wait).is_err());
-        assert!(Shards::from_args(3, Some(3), wait).is_err());
-        assert!(Shards::from_args(1, Some(1), wait).is_err());
-        assert!(Shards::from_args(3, Some(2), Duration::ZERO).is_err());
-        let one = Shards::from_args(1, None, wait).unwrap();
+        assert!(from_args(3, None, wait).is_err());
+        assert!(from_args(3, Some(3), wait).is_err());
+        assert!(from_args(1, Some(1), wait).is_err());
+        assert!(from_args(3, Some(2), Duration::ZERO).is_err());
+        let one = from_args(1, None, wait).unwrap();
         assert!(!one.sharded());
-        let s = Shards::from_args(3, Some(2), wait).unwrap();
+        let s = from_args(3, Some(2), wait).unwrap();
         assert_eq!((s.count, s.index, s.sharded()), (3, 2, true));
         assert_eq!(s.beat(), Duration::from_secs(15));
     }

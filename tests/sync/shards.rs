@@ -1,0 +1,188 @@
+//! A mirror shared by several processes (`--shards`, the pods of an Indexed Job): each
+//! mirrors a disjoint, stable set of day folders; together they equal the unsharded
+//! mirror, key for key and ETag for ETag, into Ceph RGW, `--remove` included.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+
+use egress_testkit::fixtures::{data, etags, manifest_json, put_many, put_multipart, MIB};
+use egress_testkit::{stderr, stdout, text, CephRgw, S3Kind, S3Server};
+
+use super::{command, sync};
+
+const SRC: &str = "shards-source";
+const DST: &str = "shards-mirror";
+
+/// Twelve days of three objects and a manifest each (one with a multipart object).
+async fn seed(input: &S3Server) {
+    let mut objects = Vec::new();
+    for d in 1..=12u64 {
+        let date = format!("2024-03-{d:02}");
+        let a = data(d, 3000 + d as usize);
+        let b = data(100 + d, 500);
+        objects.push((format!("{date}/a.csv.gz"), a.clone()));
+        objects.push((format!("{date}/b.csv.gz"), b.clone()));
+        let manifest = manifest_json(&date, &[("a.csv.gz", &a), ("b.csv.gz", &b)]);
+        objects.push((format!("{date}/_manifest.json"), manifest));
+    }
+    objects.push(("README.txt".to_string(), b"top-level".to_vec()));
+    put_many(input, SRC, objects).await;
+    put_multipart(
+        input,
+        SRC,
+        "2024-03-05/large.bin",
+        &data(9, 11 * MIB + 3),
+        5 * MIB,
+    )
+    .await;
+}
+
+/// Every object of the mirror at `prefix` with its ETag, leases left out.
+async fn mirrored(ceph: &CephRgw, prefix: &str) -> HashMap<String, String> {
+    let mut all = etags(ceph, DST, prefix).await;
+    all.retain(|k, _| !egress_common::lease::is_coordination(k));
+    all
+}
+
+/// The three shares run at once; their copy lines.
+fn shared_run(input: &S3Server, ceph: &CephRgw, args: &[&str]) -> Vec<String> {
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            command(input, SRC, ceph, &format!("{DST}/shared"), args)
+                .env("SHARDS", "3")
+                .env("JOB_COMPLETION_INDEX", i.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut copies = Vec::new();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "index {i}: {}", text(&out));
+        let mine: Vec<String> = stdout(&out)
+            .lines()
+            .filter(|l| l.contains("-> `output/"))
+            .map(str::to_string)
+            .collect();
+        copies.extend(mine);
+    }
+    copies
+}
+
+fn copy_lines(out: &std::process::Output) -> usize {
+    stdout(out)
+        .lines()
+        .filter(|l| l.contains("-> `output/"))
+        .count()
+}
+
+#[tokio::test]
+async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let ceph = CephRgw::start();
+    input.create_bucket(SRC).await;
+    ceph.create_bucket(DST).await;
+    seed(&input).await;
+    let gated = ["--require-manifest"];
+
+    let whole = sync(&input, SRC, &ceph, &format!("{DST}/whole"), &gated);
+    assert_eq!(whole.status.code(), Some(0), "{}", text(&whole));
+    let copies = shared_run(&input, &ceph, &gated);
+    assert_eq!(
+        copies.len(),
+        copy_lines(&whole),
+        "each object copied by exactly one share"
+    );
+    let (a, b) = (
+        mirrored(&ceph, "whole/").await,
+        mirrored(&ceph, "shared/").await,
+    );
+    // Gated: the top-level README and the object no manifest lists stay out.
+    assert_eq!(a.len(), 12 * 3, "{a:?}");
+    assert_eq!(
+        a, b,
+        "the shares together equal the whole mirror, ETag for ETag"
+    );
+
+    // A second pass copies nothing; with --remove each share deletes only in its own
+    // days, and the result is again the whole mirror's.
+    let whole = sync(&input, SRC, &ceph, &format!("{DST}/whole"), &gated);
+    let again = shared_run(&input, &ceph, &gated);
+    assert_eq!(
+        again.len(),
+        copy_lines(&whole),
+        "{again:?}\n{}",
+        text(&whole)
+    );
+    let client = input.client();
+    for key in [
+        "2024-03-02/a.csv.gz",
+        "2024-03-02/b.csv.gz",
+        "2024-03-02/_manifest.json",
+    ] {
+        client
+            .delete_object()
+            .bucket(SRC)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    let remove = ["--require-manifest", "--remove", "--max-delete", "10"];
+    let whole = sync(&input, SRC, &ceph, &format!("{DST}/whole"), &remove);
+    assert_eq!(whole.status.code(), Some(0), "{}", text(&whole));
+    shared_run(&input, &ceph, &remove);
+    let (a, b) = (
+        mirrored(&ceph, "whole/").await,
+        mirrored(&ceph, "shared/").await,
+    );
+    assert_eq!(a.len(), 11 * 3);
+    assert_eq!(a, b);
+
+    // While a share of two holds its lease (a live process's), a whole-mirror run and a
+    // share of three would overlap it: both refused with exit 3, naming it.
+    let holder = egress_common::lease::Holder {
+        run_id: "r-two".into(),
+        program: "egress-sync".into(),
+        host: egress_common::lease::hostname(),
+        pid: std::process::id(),
+        since: 0,
+        expires: 0,
+        ttl_seconds: Some(600),
+    };
+    let key = format!(
+        "shared/{}",
+        egress_common::lease::mirror_key(egress_common::cli::Slice { index: 0, count: 2 })
+    );
+    put_many(
+        &ceph,
+        DST,
+        vec![(key, serde_json::to_vec(&holder).unwrap())],
+    )
+    .await;
+    for (shards, index) in [("1", "0"), ("3", "1")] {
+        let out = command(&input, SRC, &ceph, &format!("{DST}/shared"), &[])
+            .env("SHARDS", shards)
+            .env("JOB_COMPLETION_INDEX", index)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        assert!(
+            stderr(&out).contains(".egress-sync-lease.shard-0-of-2.json"),
+            "{}",
+            text(&out)
+        );
+    }
+    let out = command(&input, SRC, &ceph, &format!("{DST}/shared"), &[])
+        .env("SHARDS", "3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("--shards 3 needs this process's index"),
+        "{}",
+        text(&out)
+    );
+}
