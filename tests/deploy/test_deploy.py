@@ -37,8 +37,9 @@ except ImportError:
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Kubernetes versions to validate against: OpenShift 4.16 (1.29) and the newest schemas shipped.
-K8S_VERSIONS = ["1.29", "latest"]
+# Kubernetes versions to validate against: OpenShift 4.16 (1.29), 1.33 (backoffLimitPerIndex
+# GA, which the Indexed Jobs use) and the newest schemas shipped.
+K8S_VERSIONS = ["1.29", "1.33", "latest"]
 
 # Facts of the original deployment that the templates must keep (names, keys, parameters).
 SIDES = {
@@ -73,6 +74,7 @@ SIDES = {
             "COMPRESSION_LEVEL": ("6", "COMPRESSION_LEVEL"),
             "DUMP_JOBS": ("1", "DUMP_JOBS"),
             "DUMP_FORMAT": ("csv", "DUMP_FORMAT"),
+            "SHARDS": ("1", "SHARDS"),
             "SCHEDULE": ("@daily", None),
             "IMAGE": ("egress-is:latest", None),
             "PUSHGATEWAY_URL": ("", "PUSHGATEWAY_URL"),
@@ -108,6 +110,7 @@ SIDES = {
         "parameters": {
             "SCHEDULE": ("0 6 * * *", None),
             "REQUIRE_MANIFEST": ("true", "REQUIRE_MANIFEST"),
+            "SHARDS": ("1", "SHARDS"),
             "IMAGE": ("egress-is:latest", None),
             "PUSHGATEWAY_URL": ("", "PUSHGATEWAY_URL"),
             "GIT_URI": (None, None),
@@ -521,7 +524,10 @@ def test_cronjob_scheduling_and_retries(side):
     assert spec["startingDeadlineSeconds"] == 3600
     assert spec["successfulJobsHistoryLimit"] == 3 and spec["failedJobsHistoryLimit"] == 3
     job = spec["jobTemplate"]["spec"]
-    assert job["backoffLimit"] == 2
+    # An Indexed Job of SHARDS pods (one by default), each index retried twice on its own.
+    assert job["completionMode"] == "Indexed"
+    assert job["completions"] == job["parallelism"] == 1
+    assert job["backoffLimitPerIndex"] == 2 and "backoffLimit" not in job
     assert job["activeDeadlineSeconds"] == 21600
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     # Exit code 2 (usage/configuration) is not worth retrying.
@@ -529,10 +535,19 @@ def test_cronjob_scheduling_and_retries(side):
     fail_at_once = [r for r in rules if r["action"] == "FailJob"]
     assert [r["onExitCodes"]["values"] for r in fail_at_once] == [[2, 3]], rules
     custom = process(template(side, "deploy"),
-                     dict(SIDES[side]["deploy_values"], SCHEDULE="30 2 * * *", ACTIVE_DEADLINE_SECONDS="600"))
+                     dict(SIDES[side]["deploy_values"], SCHEDULE="30 2 * * *", ACTIVE_DEADLINE_SECONDS="600",
+                          SHARDS="4"))
     (cj,) = by_kind(custom, "CronJob")
     assert cj["spec"]["schedule"] == "30 2 * * *"
-    assert cj["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 600
+    job = cj["spec"]["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] == 600
+    assert job["completions"] == job["parallelism"] == 4
+    env = {e["name"]: e.get("value") for e in job["template"]["spec"]["containers"][0]["env"]}
+    assert env["SHARDS"] == "4" and "JOB_COMPLETION_INDEX" not in env
+    kv = need_kubernetes_validate()
+    for version in K8S_VERSIONS:
+        version = kv.utils.latest_version() if version == "latest" else version
+        kv.validate(cj, version, strict=True)
 
 
 @pytest.mark.parametrize("side", SIDE_NAMES)
