@@ -53,6 +53,15 @@ if csv_bytes:
             if whole and chunked:
                 print(f"level {level}: split is {whole[0] / chunked[0]:.2f}x the speed of one stream (time ratio {chunked[0] / whole[0]:.2f})")
 
+shards = [(n, v) for (g, n), v in best.items() if g == "shards"]
+if shards:
+    print("\n## One day of four tables shared by N processes (--shards), one snapshot; best round")
+    print("| contender | wall s | CPU s | server CPU s | peak RSS MiB (largest process) | speed vs 1 process |")
+    print("|---|---:|---:|---:|---:|---:|")
+    one = shards[0][1][0]
+    for name, (wall, cpu, rss, server) in shards:
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} | {one / wall:.2f}x |")
+
 dests = collections.OrderedDict()
 for (group, name), v in best.items():
     if group.startswith("sync "):

@@ -19,7 +19,7 @@ ROOT=$PWD
 ROWS=${BENCH_ROWS:-1800000}          # ~300 MB of CSV
 BIG=${BENCH_BIG:-1}                  # also dump a 4x larger table (peak RSS check)
 ROUNDS=${BENCH_ROUNDS:-2}
-PARTS=${BENCH_PARTS:-dump,parquet,sync,ceph,listing,many}   # which parts to run
+PARTS=${BENCH_PARTS:-dump,shards,parquet,sync,ceph,listing,many}   # which parts to run
 SMALL=${BENCH_SMALL:-2000}
 LARGE=${BENCH_LARGE:-6}
 LARGE_MIB=${BENCH_LARGE_MIB:-128}
@@ -115,6 +115,16 @@ VACUUM ANALYZE bench;
 SQL
 }
 
+# The bench table cut in four by time (part1..part4).
+bench_parts() {
+  [ "$(psql -X -At -c "SELECT to_regclass('part4') IS NOT NULL")" = t ] && return
+  psql -q -X -v ON_ERROR_STOP=1 -c "CREATE TABLE part1 AS SELECT * FROM bench WHERE created_at < timestamptz '2024-01-01' + $ROWS * interval '0.25 second'" \
+    -c "CREATE TABLE part2 AS SELECT * FROM bench WHERE created_at >= timestamptz '2024-01-01' + $ROWS * interval '0.25 second' AND created_at < timestamptz '2024-01-01' + $ROWS * interval '0.5 second'" \
+    -c "CREATE TABLE part3 AS SELECT * FROM bench WHERE created_at >= timestamptz '2024-01-01' + $ROWS * interval '0.5 second' AND created_at < timestamptz '2024-01-01' + $ROWS * interval '0.75 second'" \
+    -c "CREATE TABLE part4 AS SELECT * FROM bench WHERE created_at >= timestamptz '2024-01-01' + $ROWS * interval '0.75 second'" \
+    -c "VACUUM ANALYZE"
+}
+
 if [[ $PARTS == *dump* ]]; then
 bench_table
 psql -X -c "COPY bench TO STDOUT (FORMAT csv)" >"$WORK/reference.csv"
@@ -173,11 +183,7 @@ for name in "${!DUMP_KEY[@]}"; do
   printf '%s\t%s\n' "$name" "$(s3a s3api head-object --bucket dump --key "$key" --query ContentLength --output text)" >>"$WORK/sizes.tsv"
 done
 # Several tables: one snapshot, --jobs 1 vs 2 vs 4 (how the default was chosen).
-psql -q -X -v ON_ERROR_STOP=1 -c "CREATE TABLE part1 AS SELECT * FROM bench WHERE created_at < timestamptz '2024-01-01' + $ROWS * interval '0.25 second'" \
-  -c "CREATE TABLE part2 AS SELECT * FROM bench WHERE created_at >= timestamptz '2024-01-01' + $ROWS * interval '0.25 second' AND created_at < timestamptz '2024-01-01' + $ROWS * interval '0.5 second'" \
-  -c "CREATE TABLE part3 AS SELECT * FROM bench WHERE created_at >= timestamptz '2024-01-01' + $ROWS * interval '0.5 second' AND created_at < timestamptz '2024-01-01' + $ROWS * interval '0.75 second'" \
-  -c "CREATE TABLE part4 AS SELECT * FROM bench WHERE created_at >= timestamptz '2024-01-01' + $ROWS * interval '0.75 second'" \
-  -c "VACUUM ANALYZE"
+bench_parts
 for round in $(seq "$ROUNDS"); do
   for jobs in 1 2 4; do
     measure "dump 4 tables" "egress-dump --jobs $jobs" "${DUMP_ENV[@]}" "$DUMP" --tables "part1 part2 part3 part4" --jobs "$jobs" \
@@ -208,6 +214,41 @@ if [ "$BIG" = 1 ]; then
   psql -q -X -c "CREATE TABLE bench4 AS SELECT * FROM bench UNION ALL SELECT * FROM bench UNION ALL SELECT * FROM bench UNION ALL SELECT * FROM bench"
   measure dump "(d) egress-dump, 4x table" "${DUMP_ENV[@]}" "$DUMP" --tables bench4 --output s3://dump/d4x --date 2024-01-01 --progress never
 fi
+fi
+
+# --- shards ----------------------------------------------------------------------------
+# One day of the four part tables shared by 1, 2 and 4 processes (--shards, as the pods of an
+# Indexed Job), all from one snapshot; each day's objects compared with the 1-process day's.
+if [[ $PARTS == *shards* ]]; then
+bench_table
+bench_parts
+s3a s3 mb s3://shards >/dev/null 2>&1 || true
+export DUMP A_URL
+# shards N: N processes with indexes 0..N-1 started at once; fails if any fails.
+shards_run() {
+  local n=$1 i pids=() rc=0
+  for i in $(seq 0 $((n - 1))); do
+    SHARDS=$n JOB_COMPLETION_INDEX=$i AWS_ACCESS_KEY_ID=AKA AWS_SECRET_ACCESS_KEY=SKA AWS_ENDPOINT_URL="$A_URL" \
+      AWS_REGION=us-east-1 "$DUMP" --tables "part1 part2 part3 part4" --output "s3://shards/n$n" --date 2024-01-01 \
+      --progress never >"/tmp/egress-bench-shard-$n-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || rc=1; done
+  return $rc
+}
+for round in $(seq "$ROUNDS"); do
+  for n in 1 2 4; do
+    measure shards "egress-dump --shards $n ($n processes)" bash -c "$(declare -f shards_run); shards_run $n"
+  done
+done
+for n in 2 4; do
+  for t in part1 part2 part3 part4; do
+    a=$(s3a s3 cp "s3://shards/n1/2024-01-01/$t.csv.gz" - | sha256sum | cut -d' ' -f1)
+    b=$(s3a s3 cp "s3://shards/n$n/2024-01-01/$t.csv.gz" - | sha256sum | cut -d' ' -f1)
+    [ "$a" = "$b" ] || { log "NOT IDENTICAL: $t dumped by $n processes"; FAILED=1; }
+  done
+done
+rm -f /tmp/egress-bench-shard-*.log
 fi
 
 # --- sync ------------------------------------------------------------------------------

@@ -113,9 +113,12 @@ async fn three_processes_dump_one_day_from_one_snapshot() {
         .unwrap()
         .subsec_nanos() as usize;
     order.rotate_left(seed % 3);
+    // The ledger (about 15 MB of heap) is over --split-larger-than: each pod writes a
+    // third of its pages as an object of its own.
+    let split = ["--split-larger-than", "8MiB"];
     let mut children = Vec::new();
     for index in order {
-        children.push((index, shard(&env, 3, index, &[])));
+        children.push((index, shard(&env, 3, index, &split)));
         std::thread::sleep(Duration::from_millis(700));
     }
     let commits_before = writer.commits();
@@ -134,6 +137,11 @@ async fn three_processes_dump_one_day_from_one_snapshot() {
     let coordinator = text(&outs[0]);
     assert!(
         coordinator.contains("published for 3 shards"),
+        "{coordinator}"
+    );
+    assert!(
+        coordinator
+            .contains("Table 'ledger': shared by the 3 pods, one page range and one object each."),
         "{coordinator}"
     );
     assert!(coordinator.contains("Success."), "{coordinator}");
@@ -160,41 +168,85 @@ async fn three_processes_dump_one_day_from_one_snapshot() {
     assert_eq!(total, 3 * 60_000 * (1_000_000 / 60_000));
     assert_eq!(verify(&s3, date).await, Vec::<String>::new());
     let manifest = egress_testkit::checked_manifest(&object(&s3, date, "_manifest.json").await);
-    let listed: Vec<&str> = manifest["tables"]
+    let listed: Vec<(String, String, String)> = manifest["tables"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t["table"].as_str().unwrap())
+        .map(|t| {
+            (
+                t["table"].to_string(),
+                t["file"].to_string(),
+                t["part"].to_string(),
+            )
+        })
         .collect();
-    assert_eq!(listed, ["acct_a", "acct_b", "acct_c", "ledger"]);
+    let whole = |t: &str| {
+        (
+            format!("\"{t}\""),
+            format!("\"{t}.csv.gz\""),
+            "null".to_string(),
+        )
+    };
+    let part = |i: u64| {
+        let file = format!("\"ledger.part-0000{i}.csv.gz\"");
+        (
+            "\"ledger\"".to_string(),
+            file,
+            format!("{{\"index\":{i},\"of\":3}}"),
+        )
+    };
+    let expected = [
+        whole("acct_a"),
+        whole("acct_b"),
+        whole("acct_c"),
+        part(0),
+        part(1),
+        part(2),
+    ];
+    assert_eq!(listed, expected);
+    // The descriptor reads the three objects as one table.
+    let package = object(&s3, date, "datapackage.json").await;
+    let package: serde_json::Value = serde_json::from_slice(&package).unwrap();
+    let resources = package["resources"].as_array().unwrap();
+    let ledger = resources.iter().find(|r| r["name"] == "ledger").unwrap();
+    let paths: Vec<String> = (0..3)
+        .map(|i| format!("ledger.part-0000{i}.csv.gz"))
+        .collect();
+    assert_eq!(ledger["path"], serde_json::json!(paths));
     // Nothing of the coordination is left, nothing pending.
     let left: Vec<String> = day_keys(&s3, date).await;
     assert!(!left.iter().any(|k| k.contains(".egress-")), "{left:?}");
     assert!(s3.pending_uploads(BUCKET).await.is_empty());
 
-    // The same data dumped by one process: the same bytes.
+    // The same data dumped by one process: the same bytes; the ledger's three objects in
+    // order are its rows as one process writes them.
     let single = "2024-07-02";
     let out = run(&env_for(&pg, &s3, single, tables), &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let again = "2024-07-03";
     let env3 = env_for(&pg, &s3, again, tables);
-    let outs = wait_all((0..3).map(|i| shard(&env3, 3, i, &[])).collect());
+    let outs = wait_all((0..3).map(|i| shard(&env3, 3, i, &split)).collect());
     assert!(
         outs.iter().all(|o| o.status.success()),
         "{}",
         text(&outs[0])
     );
-    for t in [
-        "acct_a.csv.gz",
-        "acct_b.csv.gz",
-        "acct_c.csv.gz",
-        "ledger.csv.gz",
-    ] {
+    for t in ["acct_a.csv.gz", "acct_b.csv.gz", "acct_c.csv.gz"] {
         assert!(
             object(&s3, single, t).await == object(&s3, again, t).await,
             "{t}: the sharded day's object differs from the single process's"
         );
     }
+    let mut pieces = Vec::new();
+    for i in 0..3 {
+        let piece = object(&s3, again, &format!("ledger.part-0000{i}.csv.gz")).await;
+        pieces.extend(gunzip(&piece));
+    }
+    let ledger = gunzip(&object(&s3, single, "ledger.csv.gz").await);
+    assert!(
+        pieces == ledger,
+        "the ledger's pieces in order are the table"
+    );
 }
 
 /// Poll until `wanted` holds (60 s at most).

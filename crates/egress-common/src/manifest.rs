@@ -93,6 +93,28 @@ pub struct TableEntry {
     /// a mirror can copy it with the same boundaries, so its copy gets the same ETag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_sizes: Option<Vec<u64>>,
+    /// For a table written as several objects by the pods of a shared day (`--shards` with
+    /// `--split-larger-than`): which one this entry is. The table's rows are its entries'
+    /// objects in `index` order. Absent for a table written as one object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<PartOf>,
+}
+
+/// Which of a table's objects an entry is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartOf {
+    /// Its position, from 0.
+    pub index: u64,
+    /// How many objects the table was written as.
+    pub of: u64,
+}
+
+impl PartOf {
+    /// The object name of part `self` of a table whose whole object would be
+    /// `<stem>.<extension>`: `<stem>.part-00001.<extension>`.
+    pub fn file(&self, stem: &str, extension: &str) -> String {
+        format!("{stem}.part-{:05}.{extension}", self.index)
+    }
 }
 
 /// What the manifest records about the snapshot.

@@ -26,6 +26,20 @@ pub struct ResolvedTable {
     pub estimated_bytes: i64,
     /// `pg_class.oid`, for looking up columns.
     pub oid: i64,
+    /// Set when this process writes one of the table's objects in a shared day.
+    pub piece: Option<Piece>,
+}
+
+/// One of the objects a table is written as when the pods of a shared day split it
+/// (`--shards` with `--split-larger-than`): which one, and the heap pages it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Piece {
+    /// Which object.
+    pub part: egress_common::manifest::PartOf,
+    /// First heap page.
+    pub first: u64,
+    /// One past its last page; `None` for the last piece.
+    pub end: Option<u64>,
 }
 
 pub use egress_common::manifest::Column;
@@ -138,6 +152,7 @@ impl ResolvedTable {
             estimated_rows: 0,
             estimated_bytes: 0,
             oid: 0,
+            piece: None,
         }
     }
 
@@ -285,6 +300,7 @@ fn from_row(row: &tokio_postgres::Row, requested: &TableRef) -> ResolvedTable {
         estimated_rows: row.get(4),
         estimated_bytes: row.get(5),
         oid: row.get(6),
+        piece: None,
     }
 }
 

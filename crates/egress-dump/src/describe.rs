@@ -13,14 +13,20 @@ use crate::typed::TablePlan;
 /// The descriptor's file name inside the date folder.
 pub const FILE_NAME: &str = "datapackage.json";
 
-/// The descriptor of the day `manifest` describes, the tables' plans in the same order.
+/// The descriptor of the day `manifest` describes, the tables' plans in the same order. A
+/// table written as several objects (its entries follow each other) is one multipart
+/// resource: its `path` lists them in order, as the Data Package spec reads them.
 pub fn descriptor(manifest: &Manifest, plans: &[TablePlan], format: Format) -> Value {
-    let resources: Vec<Value> = manifest
-        .tables
-        .iter()
-        .zip(plans)
-        .map(|(table, plan)| resource(table, plan, format, manifest.header))
-        .collect();
+    let mut entries = manifest.tables.iter().peekable();
+    let mut resources = Vec::new();
+    for plan in plans {
+        let Some(first) = entries.next() else { break };
+        let mut objects = vec![first];
+        while let Some(next) = entries.next_if(|e| e.table == first.table) {
+            objects.push(next);
+        }
+        resources.push(resource(&objects, plan, format, manifest.header));
+    }
     json!({
         "profile": "tabular-data-package",
         "name": format!("egress-{}", manifest.date),
@@ -30,18 +36,23 @@ pub fn descriptor(manifest: &Manifest, plans: &[TablePlan], format: Format) -> V
     })
 }
 
-fn resource(table: &TableEntry, plan: &TablePlan, format: Format, header: bool) -> Value {
+fn resource(objects: &[&TableEntry], plan: &TablePlan, format: Format, header: bool) -> Value {
     let fields: Vec<Value> = plan.columns.iter().map(|c| field(c, format)).collect();
     let mut schema = json!({ "fields": fields });
     if !plan.primary_key.is_empty() {
         schema["primaryKey"] = json!(plan.primary_key);
     }
+    let table = objects[0];
+    let path = match objects {
+        [one] => json!(one.file),
+        many => json!(many.iter().map(|o| o.file.as_str()).collect::<Vec<_>>()),
+    };
     let mut resource = json!({
-        "name": resource_name(&table.file),
-        "path": table.file,
+        "name": resource_name(&table.table),
+        "path": path,
         "profile": "tabular-data-resource",
         "title": format!("{}.{}", table.schema, table.name),
-        "bytes": table.compressed_bytes,
+        "bytes": objects.iter().map(|o| o.compressed_bytes).sum::<u64>(),
         "schema": schema,
     });
     match format {

@@ -30,7 +30,8 @@ async fn run() -> ExitCode {
         program: "egress-dump",
         on_stop: "no manifest written; the next run starts clean",
         summarise: |reports: &Vec<egress_dump::report::TableReport>| {
-            let tables: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
+            let mut tables: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
+            tables.dedup();
             format!("{} table(s) dumped: {}", tables.len(), tables.join(" "))
         },
         exit_code,

@@ -107,10 +107,14 @@ pub struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// The key of `table`'s object.
+    /// The key of `table`'s object (of its piece's, in a shared day).
     pub fn key(&self, table: &ResolvedTable) -> String {
         let extension = self.settings.format.extension();
-        format!("{}/{}.{extension}", self.date, table.requested.file_stem())
+        let stem = table.requested.file_stem();
+        match table.piece {
+            Some(piece) => format!("{}/{}", self.date, piece.part.file(&stem, extension)),
+            None => format!("{}/{stem}.{extension}", self.date),
+        }
     }
 }
 
@@ -331,5 +335,6 @@ pub async fn dump_table(
         committed,
         seconds,
         chunks,
+        part: table.piece.map(|p| p.part),
     })
 }

@@ -226,7 +226,7 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, Attempt
     // A re-run replaces the day: first withdraw the completion marker, so the folder never
     // looks complete while its objects are being replaced.
     store.delete(&manifest::key_in(&settings.date)).await?;
-    let shared = share_out(settings, store, lease, &snapshot, &tables).await?;
+    let shared = share_out(settings, store, lease, &db, &snapshot, &tables).await?;
     let mine = match &shared {
         Some(share) => share.mine(&tables),
         None => tables.clone(),
@@ -285,54 +285,112 @@ pub(crate) async fn dump_share(
     Ok(all_succeeded(tables, outcomes, may_retry)?)
 }
 
-/// With `--shards`: assign the tables to the indexes and publish the plan (the snapshot
-/// is exported for them); `None` for a day dumped by this process alone.
+/// With `--shards`: share the tables out between the indexes (a table over
+/// `--split-larger-than` in one page range per index, the others whole, by size) and
+/// publish the plan (the snapshot is exported for them); `None` for a day dumped by this
+/// process alone.
 async fn share_out(
     settings: &Settings,
     store: &Store,
     lease: &Lease,
+    db: &Database,
     snapshot: &SnapshotInfo,
     tables: &[ResolvedTable],
-) -> anyhow::Result<Option<shards::Shared>> {
+) -> Result<Option<shards::Shared>, AttemptError> {
     if !settings.shards.sharded() {
         return Ok(None);
     }
-    let sizes: Vec<i64> = tables.iter().map(|t| t.estimated_bytes).collect();
-    let assigned = shards::assign(&sizes, settings.shards.count);
+    let count = settings.shards.count;
+    let mut pieces = Vec::with_capacity(tables.len());
+    for table in tables {
+        pieces.push(split_between_pods(settings, db, table).await?);
+    }
+    let whole: Vec<usize> = (0..tables.len()).filter(|&i| pieces[i].is_none()).collect();
+    let sizes: Vec<i64> = whole.iter().map(|&i| tables[i].estimated_bytes).collect();
+    let mut shard_of = vec![0; tables.len()];
+    for (&i, shard) in whole.iter().zip(shards::assign(&sizes, count)) {
+        shard_of[i] = shard;
+    }
+    let mut assigned = Vec::new();
+    for (i, table) in tables.iter().enumerate() {
+        let entry = |shard, piece| shards::Assigned {
+            table: table.requested.file_stem(),
+            oid: table.oid,
+            shard,
+            piece,
+        };
+        match &pieces[i] {
+            Some(ranges) => assigned.extend(ranges.iter().map(|&p| entry(p.part.index, Some(p)))),
+            None => assigned.push(entry(shard_of[i], None)),
+        }
+    }
     let plan = shards::Plan {
         run_id: lease.run_id().to_string(),
-        shards: settings.shards.count,
+        shards: count,
         snapshot: snapshot.clone(),
         format: settings.format.name().to_string(),
         header: settings.header,
-        tables: tables
-            .iter()
-            .zip(assigned)
-            .map(|(t, shard)| shards::Assigned {
-                table: t.requested.file_stem(),
-                oid: t.oid,
-                shard,
-            })
-            .collect(),
+        tables: assigned,
     };
     let published = shards::coordinate::publish(store, &settings.date, &plan).await?;
     Ok(Some(shards::Shared { plan, published }))
 }
 
-/// The reports of every table, in the order listed (the manifest's order).
+/// A table the pods share, one page range each (over `--split-larger-than`, a plain
+/// table, PostgreSQL 14 or later); `None` for a table one pod dumps whole.
+async fn split_between_pods(
+    settings: &Settings,
+    db: &Database,
+    table: &ResolvedTable,
+) -> Result<Option<Vec<catalog::Piece>>, AttemptError> {
+    let Some(threshold) = settings.split_larger_than else {
+        return Ok(None);
+    };
+    let size = catalog::table_size(&db.coordinator, table.oid)
+        .await
+        .map_err(|e| DbError::new(&format!("cannot measure '{}'", table.requested), &e))?;
+    let of = settings.shards.count;
+    let version = db.server_version_num;
+    let Ok(ranges) = split::pieces(table.kind, size, Some(threshold), of, version) else {
+        return Ok(None);
+    };
+    let name = table.requested.file_stem();
+    info!(table = %name, pieces = of, pages = size.pages, "Table '{name}': shared by the {of} pods, one page range and one object each.");
+    Ok(Some(
+        ranges
+            .into_iter()
+            .map(|c| catalog::Piece {
+                part: manifest::PartOf {
+                    index: c.index as u64,
+                    of,
+                },
+                first: c.first,
+                end: c.end,
+            })
+            .collect(),
+    ))
+}
+
+/// The reports of every table, in the order listed (the manifest's order); a table the
+/// pods shared has one report per piece, in piece order, and must have all of them.
 fn in_listed_order(
     tables: &[ResolvedTable],
-    mut reports: Vec<TableReport>,
+    reports: Vec<TableReport>,
 ) -> Result<Vec<TableReport>, AttemptError> {
-    let mut ordered = Vec::with_capacity(tables.len());
+    let mut ordered = Vec::with_capacity(reports.len());
     for table in tables {
         let name = table.requested.file_stem();
-        let Some(at) = reports.iter().position(|r| r.table == name) else {
-            return Err(
-                anyhow::anyhow!("no shard reported table '{name}': run the Job again").into(),
-            );
-        };
-        ordered.push(reports.swap_remove(at));
+        let mut mine: Vec<&TableReport> = reports.iter().filter(|r| r.table == name).collect();
+        mine.sort_by_key(|r| r.part.map(|p| p.index));
+        let expected = mine.first().and_then(|r| r.part).map_or(1, |p| p.of) as usize;
+        if mine.len() != expected {
+            return Err(anyhow::anyhow!(
+                "{} of the {expected} object(s) of table '{name}' were reported: run the Job again",
+                mine.len()
+            )
+            .into());
+        }
+        ordered.extend(mine.into_iter().cloned());
     }
     Ok(ordered)
 }
@@ -396,6 +454,14 @@ async fn plan_splits(
         return Ok(tables.iter().map(|_| None).collect());
     };
     for table in tables {
+        // A shared day's piece is its page range, read in one stream (a header, if any,
+        // on the first piece only, so the pieces in order are the whole table).
+        if let Some(piece) = table.piece {
+            let (first, end) = (piece.first, piece.end);
+            let index = piece.part.index as usize;
+            plans.push(Some(vec![Chunk { index, first, end }]));
+            continue;
+        }
         let size = catalog::table_size(&db.coordinator, table.oid)
             .await
             .map_err(|e| DbError::new(&format!("cannot measure '{}'", table.requested), &e))?;
@@ -690,13 +756,20 @@ fn build_manifest(
 ) -> Manifest {
     let format = run.settings.format;
     let date = &run.settings.date;
-    let entries = tables
+    // One entry per object: a table pods shared has one per piece, in order.
+    let entries = reports
         .iter()
-        .zip(reports)
-        .zip(plans)
-        .map(|((table, report), plan)| {
-            let file = format!("{}.{}", table.requested.file_stem(), format.extension());
-            TableEntry {
+        .filter_map(|report| {
+            let at = tables
+                .iter()
+                .position(|t| t.requested.file_stem() == report.table)?;
+            let (table, plan) = (&tables[at], &plans[at]);
+            let stem = table.requested.file_stem();
+            let file = match report.part {
+                Some(part) => part.file(&stem, format.extension()),
+                None => format!("{stem}.{}", format.extension()),
+            };
+            Some(TableEntry {
                 table: report.table.clone(),
                 schema: table.schema.clone(),
                 name: table.name.clone(),
@@ -713,7 +786,8 @@ fn build_manifest(
                 gzip_members: (format == Format::Csv).then_some(report.stats.gzip_members),
                 chunks: Some(report.chunks as u64),
                 part_sizes: report.committed.part_sizes.clone(),
-            }
+                part: report.part,
+            })
         })
         .collect();
     Manifest {

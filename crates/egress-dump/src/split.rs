@@ -97,6 +97,27 @@ pub fn decide(
     ))
 }
 
+/// How a table is shared between the `shards` pods of a day: one page range per index,
+/// of equal pages, the last one open-ended; or why it is read whole (by one pod), on the
+/// same conditions as [`decide`].
+pub fn pieces(
+    kind: char,
+    size: TableSize,
+    threshold: Option<u64>,
+    shards: u64,
+    server_version_num: i32,
+) -> Result<Vec<Chunk>, Whole> {
+    decide(kind, size, threshold, shards as usize, server_version_num)?;
+    let per = size.pages.div_ceil(shards.max(1)).max(1);
+    Ok((0..shards)
+        .map(|i| Chunk {
+            index: i as usize,
+            first: i * per,
+            end: (i + 1 < shards).then(|| (i + 1) * per),
+        })
+        .collect())
+}
+
 /// Pages per chunk: half a worker's share of the window (a chunk's CSV then usually fits
 /// its buffer, so workers read whole chunks ahead in parallel while the assembler forwards
 /// the current one), and small enough that each worker gets four chunks. A chunk whose CSV
@@ -151,6 +172,23 @@ mod tests {
             pages: bytes / 8192,
             block_size: 8192,
         }
+    }
+
+    #[test]
+    fn a_shared_table_gets_one_page_range_per_pod() {
+        let big = size(100 * MIB); // 12,800 pages
+        let three = pieces('r', big, Some(MIB), 3, 150_000).unwrap();
+        let ranges: Vec<(u64, Option<u64>)> = three.iter().map(|c| (c.first, c.end)).collect();
+        assert_eq!(ranges, [(0, Some(4267)), (4267, Some(8534)), (8534, None)]);
+        assert_eq!(pieces('r', big, None, 3, 150_000), Err(Whole::Small));
+        assert_eq!(
+            pieces('v', big, Some(MIB), 3, 150_000),
+            Err(Whole::NotATable)
+        );
+        assert_eq!(
+            pieces('r', big, Some(MIB), 3, 130_000),
+            Err(Whole::OldServer)
+        );
     }
 
     #[test]

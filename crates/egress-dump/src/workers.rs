@@ -201,13 +201,21 @@ async fn dump_in_savepoint(
 async fn dump_serial(session: &Session, tables: &Tables<'_>, job: &Job<'_>) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(tables.tables.len());
     let mut stop = false;
-    for (table, select) in tables.tables.iter().zip(tables.selects) {
+    for ((table, select), chunks) in tables.tables.iter().zip(tables.selects).zip(tables.chunks) {
         if stop {
             outcomes.push(Outcome::NotAttempted);
             continue;
         }
         let sessions = std::slice::from_ref(session);
-        let source = Source::Whole { session, select };
+        // Chunks here are a shared day's piece of a table: its page range.
+        let source = match chunks {
+            Some(chunks) => Source::Chunks {
+                sessions,
+                chunks,
+                select,
+            },
+            None => Source::Whole { session, select },
+        };
         let outcome = dump_in_savepoint(sessions, source, table, job).await;
         stop = matches!(outcome, Outcome::Failed(_)) && !job.settings.keep_going;
         outcomes.push(outcome);

@@ -11,7 +11,7 @@ use super::{judge, objects, plan_key, status_key, Heard, Plan, Shards, State, St
 use crate::report::TableReport;
 
 /// How often the statuses are read while waiting.
-const POLL: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(250);
 
 /// Publish `plan` for the other indexes, after removing what an earlier attempt left (its
 /// plan must never be followed). Returns when it was published.

@@ -21,7 +21,7 @@ use crate::settings::Settings;
 use crate::snapshot;
 
 /// How often a shard looks for the plan, and for the day's end.
-const POLL: Duration = Duration::from_secs(1);
+const POLL: Duration = Duration::from_millis(250);
 
 /// Dump this index's share of the day.
 pub async fn run(settings: &Settings) -> anyhow::Result<Vec<TableReport>> {
@@ -88,7 +88,7 @@ async fn holds_the_day(store: &Store, date: &str, run_id: &str) -> Result<bool, 
 /// tables (every pod of the Job gets the same settings).
 fn agree(plan: &Plan, settings: &Settings) -> Result<(), ConfigError> {
     let mine: Vec<String> = settings.tables.iter().map(|t| t.file_stem()).collect();
-    let planned: Vec<String> = plan.tables.iter().map(|t| t.table.clone()).collect();
+    let planned = plan.table_names();
     let problem = if plan.shards != settings.shards.count {
         format!(
             "this index was started with --shards {} but the coordinator planned the day for {}",
@@ -155,9 +155,11 @@ async fn my_tables(
     plan: &Plan,
 ) -> anyhow::Result<Vec<ResolvedTable>> {
     let found = day::find_tables(&db.coordinator, &settings.tables).await?;
-    let mut mine = Vec::new();
-    for (table, assigned) in found.into_iter().zip(&plan.tables) {
-        if table.oid != assigned.oid {
+    for assigned in &plan.tables {
+        let here = found
+            .iter()
+            .find(|t| t.requested.file_stem() == assigned.table);
+        if let Some(table) = here.filter(|t| t.oid != assigned.oid) {
             anyhow::bail!(
                 "table '{}' is not the one the coordinator planned (oid {} here, {} in the plan): it was replaced meanwhile; run the Job again",
                 assigned.table,
@@ -165,10 +167,8 @@ async fn my_tables(
                 assigned.oid
             );
         }
-        if assigned.shard == settings.shards.index {
-            mine.push(table);
-        }
     }
+    let mut mine = plan.share(settings.shards.index, &found);
     day::measure(&db.coordinator, &mut mine).await?;
     crate::locks::in_worker(&db.coordinator, &mine, settings.lock_timeout).await?;
     Ok(mine)

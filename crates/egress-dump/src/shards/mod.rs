@@ -24,7 +24,7 @@ use egress_common::manifest::SnapshotInfo;
 use egress_common::ConfigError;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::ResolvedTable;
+use crate::catalog::{Piece, ResolvedTable};
 use crate::report::TableReport;
 
 /// Which share of the day this process dumps.
@@ -71,14 +71,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The coordinator's own share of `tables` (listed in the plan's order).
+    /// The coordinator's own share of `tables`.
     pub fn mine(&self, tables: &[ResolvedTable]) -> Vec<ResolvedTable> {
-        tables
-            .iter()
-            .zip(&self.plan.tables)
-            .filter(|(_, assigned)| assigned.shard == 0)
-            .map(|(table, _)| table.clone())
-            .collect()
+        self.plan.share(0, tables)
     }
 
     /// Wait for the other indexes' tables ([`coordinate::hear`]); then abort the uploads
@@ -133,6 +128,29 @@ impl Plan {
     pub fn snapshot_id(&self) -> &str {
         self.snapshot.exported_id.as_deref().unwrap_or("")
     }
+
+    /// What index `index` dumps of `tables` (the day's, as listed): whole tables, and
+    /// pieces of shared ones.
+    pub fn share(&self, index: u64, tables: &[ResolvedTable]) -> Vec<ResolvedTable> {
+        self.tables
+            .iter()
+            .filter(|a| a.shard == index)
+            .filter_map(|a| {
+                let table = tables.iter().find(|t| t.requested.file_stem() == a.table)?;
+                Some(ResolvedTable {
+                    piece: a.piece,
+                    ..table.clone()
+                })
+            })
+            .collect()
+    }
+
+    /// The day's tables, as listed (a shared table once).
+    pub fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tables.iter().map(|a| a.table.clone()).collect();
+        names.dedup();
+        names
+    }
 }
 
 /// What the coordinator publishes: the snapshot to import and who dumps what.
@@ -161,6 +179,9 @@ pub struct Assigned {
     pub oid: i64,
     /// The index that dumps it.
     pub shard: u64,
+    /// The piece of it that index writes, when the pods share the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub piece: Option<Piece>,
 }
 
 /// Where a shard is.
@@ -282,7 +303,7 @@ mod tests {
 
     #[test]
     fn the_largest_tables_go_first_to_the_least_loaded_index() {
-        assert_eq!(assign(&[10, 50, 30, 20], 2), vec![1, 0, 1, 1]);
+        assert_eq!(assign(&[10, 50, 30, 20], 2), vec![0, 0, 1, 1]);
         assert_eq!(assign(&[5, 5, 5], 3), vec![0, 1, 2]);
         assert_eq!(assign(&[5], 3), vec![0]);
         assert_eq!(assign(&[-1, 7], 1), vec![0, 0]);
