@@ -116,8 +116,15 @@ async fn three_processes_dump_one_day_from_one_snapshot() {
     // The ledger (about 15 MB of heap) is over --split-larger-than: each pod writes a
     // third of its pages as an object of its own.
     let split = ["--split-larger-than", "8MiB"];
+    let metrics = tempfile::tempdir().unwrap();
+    let metrics_file = |i: u64| metrics.path().join(format!("{i}.prom"));
     let mut children = Vec::new();
     for index in order {
+        let mut env = env.clone();
+        env.push((
+            "METRICS_FILE".into(),
+            metrics_file(index).display().to_string(),
+        ));
         children.push((index, shard(&env, 3, index, &split)));
         std::thread::sleep(Duration::from_millis(700));
     }
@@ -160,6 +167,18 @@ async fn three_processes_dump_one_day_from_one_snapshot() {
             "{coordinator}"
         );
     }
+    // Each index's metrics carry its index; index 0's the whole day, a shared table's
+    // pieces summed into one series.
+    for index in 0..3 {
+        let text = std::fs::read_to_string(metrics_file(index)).unwrap();
+        assert!(text.contains(&format!("shard=\"{index}\"")), "{text}");
+    }
+    let coordinator_metrics = std::fs::read_to_string(metrics_file(0)).unwrap();
+    assert!(
+        coordinator_metrics
+            .contains("egress_dump_rows{table=\"ledger\",date=\"2024-07-01\",shard=\"0\"} 150000"),
+        "{coordinator_metrics}"
+    );
     // One snapshot: the money adds up across tables dumped by different processes.
     let mut total = 0;
     for t in ["acct_a", "acct_b", "acct_c"] {
@@ -247,6 +266,18 @@ async fn three_processes_dump_one_day_from_one_snapshot() {
         pieces == ledger,
         "the ledger's pieces in order are the table"
     );
+
+    // The sharded day dumped again by one process: the pieces of the earlier run go, so
+    // the folder holds each table in one form only.
+    let out = run(&env_for(&pg, &s3, again, tables), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let left = day_keys(&s3, again).await;
+    assert!(!left.iter().any(|k| k.contains(".part-")), "{left:?}");
+    assert!(
+        left.iter().any(|k| k.ends_with("/ledger.csv.gz")),
+        "{left:?}"
+    );
+    assert_eq!(verify(&s3, again).await, Vec::<String>::new());
 }
 
 /// Poll until `wanted` holds (60 s at most).

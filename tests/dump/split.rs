@@ -294,6 +294,42 @@ async fn a_recovery_conflict_on_a_standby_restarts_the_day_from_a_fresh_snapshot
     let s3 = S3Server::start(S3Kind::S3sFs);
     s3.create_bucket(BUCKET).await;
 
+    // A Parquet day goes through the same retry: the typed encoder's threads end with the
+    // abandoned attempt, and the day is the final snapshot's. Rows added for it and deleted
+    // while it reads (the table is left as it was for the CSV days below); the table is
+    // larger than a row group (64 MiB), so parts are uploaded while the COPY still reads.
+    primary.psql(
+        "INSERT INTO readings SELECT i, md5(i::text), md5((i * 7)::text), i * 0.25 \
+         FROM generate_series(1500001, 1600000) i",
+    );
+    primary.wait_for_replay(&standby);
+    let dump = start_slow_dump(
+        &standby,
+        &s3,
+        &["--format", "parquet", "--date", "2024-05-03"],
+    );
+    dump.proxy
+        .wait_for("an UploadPart of the Parquet day", |s| s.is_upload_part());
+    primary.psql("DELETE FROM readings WHERE id > 1500000");
+    primary.psql("VACUUM readings");
+    primary.wait_for_replay(&standby);
+    dump.slow.store(false, Ordering::SeqCst);
+    let out = finish(dump);
+    let log = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(log.contains("(retry 1 of 3)"), "the retry is logged: {log}");
+    assert!(!log.contains("Failed."), "{log}");
+    let manifest = s3.get(BUCKET, "replica/2024-05-03/_manifest.json").await;
+    let manifest = egress_testkit::checked_manifest(&manifest);
+    let entry = manifest_entry(&manifest, "readings.parquet");
+    assert_eq!(entry["format"], "parquet");
+    assert_eq!(entry["rows"].as_u64(), Some(1_500_000));
+    let object = s3.get(BUCKET, "replica/2024-05-03/readings.parquet").await;
+    assert_eq!(
+        entry["sha256"],
+        egress_testkit::sha256_hex(&object).as_str()
+    );
+
     let dump = start_slow_dump(&standby, &s3, &[]);
     force_conflict(&primary, &standby, &dump, 0);
     let out = finish(dump);

@@ -117,6 +117,29 @@ impl PartOf {
     }
 }
 
+/// The extensions egress-dump writes (gzip CSV, Parquet).
+pub const EXTENSIONS: [&str; 2] = ["csv.gz", "parquet"];
+
+/// True when `file` is an object egress-dump writes for the table `stem`, in any format
+/// and layout: `<stem>.csv.gz`, `<stem>.parquet`, or a part `<stem>.part-NNNNN.<ext>`.
+pub fn is_object_of(file: &str, stem: &str) -> bool {
+    let Some(rest) = file.strip_prefix(stem).and_then(|r| r.strip_prefix('.')) else {
+        return false;
+    };
+    let rest = match rest.strip_prefix("part-") {
+        Some(part) => match part.split_once('.') {
+            Some((digits, ext))
+                if digits.len() == 5 && digits.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                ext
+            }
+            _ => return false,
+        },
+        None => rest,
+    };
+    EXTENSIONS.contains(&rest)
+}
+
 /// What the manifest records about the snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SnapshotInfo {
@@ -217,6 +240,38 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now()
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string()
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    #[test]
+    fn a_tables_objects_in_every_format_and_layout_are_recognised() {
+        for file in [
+            "t.csv.gz",
+            "t.parquet",
+            "t.part-00000.csv.gz",
+            "t.part-00012.parquet",
+        ] {
+            assert!(is_object_of(file, "t"), "{file}");
+        }
+        for file in [
+            "tt.csv.gz",
+            "t.csv",
+            "t.part-1.csv.gz",
+            "t.part-00001.txt",
+            "t.x.csv.gz",
+            "_manifest.json",
+        ] {
+            assert!(!is_object_of(file, "t"), "{file}");
+        }
+        assert!(is_object_of("s.t.part-00001.csv.gz", "s.t"));
+        assert_eq!(
+            PartOf { index: 3, of: 4 }.file("t", "parquet"),
+            "t.part-00003.parquet"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -75,8 +75,15 @@ impl AttemptError {
         }
     }
 
+    /// The closing `Failed.` line, when tables failed.
+    pub(crate) fn log_tables(&self) {
+        if let AttemptError::Tables(t) = self {
+            t.log();
+        }
+    }
+
     /// The error, for `main` (each typed error in the chain, for the exit code).
-    fn into_anyhow(self) -> anyhow::Error {
+    pub(crate) fn into_anyhow(self) -> anyhow::Error {
         match self {
             AttemptError::Db(e) => e.into(),
             AttemptError::Tables(e) => e.into(),
@@ -92,6 +99,7 @@ pub(crate) struct TablesFailed {
     summary: String,
     #[source]
     first: TableError,
+    tally: Box<Tally>,
 }
 
 /// Run a whole dump as `settings` say.
@@ -107,11 +115,16 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<TableReport>> {
     }
     let key = lease::key_in(&settings.date);
     let lease = lease::acquire(&store, &key, "egress-dump", settings.lease).await?;
+    // Done, failed or stopped by a signal, a shared day's coordination objects go.
+    let coordination = settings
+        .shards
+        .sharded()
+        .then(|| shards::clear_on_stop(store.clone(), &settings.date));
     // Every write of the day asks the lease first: a run that lost it writes nothing more.
     let fenced = egress_store::guarded(store, lease.fence());
     let outcome = dump_day(settings, &fenced, Some(&lease)).await;
-    if settings.shards.sharded() {
-        // Done or abandoned, the day's coordination objects go (while the lease is ours).
+    if let Some(ticket) = coordination {
+        egress_store::stop::done(ticket);
         shards::clear(&fenced, &settings.date).await;
     }
     let outcome = lease::explain_failure(outcome, &lease).await;
@@ -151,8 +164,14 @@ async fn dump_day(
             }
             Ok(_) => false,
         };
+        // Not in a shared day: its other pods read the abandoned snapshot; the day fails,
+        // and the Job's next attempt (or the next run) starts all pods afresh.
+        let retries_left = match settings.shards.sharded() {
+            true => 0,
+            false => settings.conflict_retries,
+        };
         match outcome {
-            Err(e) if conflict && retries < settings.conflict_retries => {
+            Err(e) if conflict && retries < retries_left => {
                 retries += 1;
                 warn!(
                     retry = retries,
@@ -163,11 +182,17 @@ async fn dump_day(
                 );
             }
             Err(e) if conflict => {
+                e.log_tables();
                 return Err(e.into_anyhow().context(format!(
                     "still cancelled for recovery conflicts after {retries} retries from a fresh snapshot: raise max_standby_streaming_delay or enable hot_standby_feedback on the standby, raise --conflict-retries, or read from the primary"
                 )));
             }
-            outcome => return outcome.map_err(AttemptError::into_anyhow),
+            outcome => {
+                return outcome.map_err(|e| {
+                    e.log_tables();
+                    e.into_anyhow()
+                })
+            }
         }
     }
 }
@@ -227,12 +252,12 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, Attempt
     // looks complete while its objects are being replaced.
     store.delete(&manifest::key_in(&settings.date)).await?;
     let shared = share_out(settings, store, lease, &db, &snapshot, &tables).await?;
+    remove_stale(store, settings, &tables, shared.as_ref()).await?;
     let mine = match &shared {
         Some(share) => share.mine(&tables),
         None => tables.clone(),
     };
-    let may_retry = attempt.retries < settings.conflict_retries;
-    let mut reports = dump_share(settings, store, &db, &snapshot, &mine, may_retry).await?;
+    let mut reports = dump_share(settings, store, &db, &snapshot, &mine).await?;
     if let Some(share) = &shared {
         // The snapshot stays exported until every other index has reported.
         reports.extend(share.hear(store, settings).await?);
@@ -267,7 +292,6 @@ pub(crate) async fn dump_share(
     db: &Database,
     snapshot: &SnapshotInfo,
     tables: &[ResolvedTable],
-    may_retry: bool,
 ) -> Result<Vec<TableReport>, AttemptError> {
     let plans = read_plans(&db.coordinator, tables).await?;
     let chunks = plan_splits(settings, db, tables).await?;
@@ -282,7 +306,7 @@ pub(crate) async fn dump_share(
     let job = workers::job_for(settings, store, &settings.date, &counters, concurrent);
     let outcomes =
         workers::dump_tables(&job, &db.target, &db.coordinator, snapshot, &which).await?;
-    Ok(all_succeeded(tables, outcomes, may_retry)?)
+    Ok(all_succeeded(tables, outcomes)?)
 }
 
 /// With `--shards`: share the tables out between the indexes (a table over
@@ -330,6 +354,7 @@ async fn share_out(
         snapshot: snapshot.clone(),
         format: settings.format.name().to_string(),
         header: settings.header,
+        compression_level: settings.compression_level,
         tables: assigned,
     };
     let published = shards::coordinate::publish(store, &settings.date, &plan).await?;
@@ -369,6 +394,47 @@ async fn split_between_pods(
             })
             .collect(),
     ))
+}
+
+/// Remove what earlier runs wrote for the day's tables in another format or layout (a
+/// table shared by more pods, or whole, or as CSV): once the manifest is withdrawn, so
+/// that the folder holds each table in the one form this run writes it.
+async fn remove_stale(
+    store: &Store,
+    settings: &Settings,
+    tables: &[ResolvedTable],
+    shared: Option<&shards::Shared>,
+) -> anyhow::Result<()> {
+    let extension = settings.format.extension();
+    let expected: Vec<String> = match shared {
+        Some(share) => (0..settings.shards.count)
+            .flat_map(|i| share.plan.objects(i, extension))
+            .collect(),
+        None => tables
+            .iter()
+            .map(|t| format!("{}.{extension}", t.requested.file_stem()))
+            .collect(),
+    };
+    let stems: Vec<String> = tables.iter().map(|t| t.requested.file_stem()).collect();
+    let folder = format!("{}/", settings.date);
+    let mut pages = store.list(&folder);
+    let mut stale = Vec::new();
+    while let Some(page) = futures::StreamExt::next(&mut pages).await {
+        for object in page? {
+            let Some(file) = object.key.strip_prefix(&folder) else {
+                continue;
+            };
+            let ours = stems.iter().any(|s| manifest::is_object_of(file, s));
+            if ours && !expected.iter().any(|e| e == file) {
+                stale.push(object.key);
+            }
+        }
+    }
+    for key in stale {
+        store.delete(&key).await?;
+        info!(key = %key, "removed an earlier run's object of this day's tables (another format or layout)");
+    }
+    Ok(())
 }
 
 /// The reports of every table, in the order listed (the manifest's order); a table the
@@ -450,18 +516,20 @@ async fn plan_splits(
     tables: &[ResolvedTable],
 ) -> Result<Vec<Option<Vec<Chunk>>>, AttemptError> {
     let mut plans = Vec::with_capacity(tables.len());
-    let Some(threshold) = settings.split_larger_than else {
-        return Ok(tables.iter().map(|_| None).collect());
-    };
     for table in tables {
         // A shared day's piece is its page range, read in one stream (a header, if any,
-        // on the first piece only, so the pieces in order are the whole table).
+        // on the first piece only, so the pieces in order are the whole table), whatever
+        // this pod's own --split-larger-than says.
         if let Some(piece) = table.piece {
             let (first, end) = (piece.first, piece.end);
             let index = piece.part.index as usize;
             plans.push(Some(vec![Chunk { index, first, end }]));
             continue;
         }
+        let Some(threshold) = settings.split_larger_than else {
+            plans.push(None);
+            continue;
+        };
         let size = catalog::table_size(&db.coordinator, table.oid)
             .await
             .map_err(|e| DbError::new(&format!("cannot measure '{}'", table.requested), &e))?;
@@ -695,12 +763,12 @@ fn print_plan(tables: &[ResolvedTable], store: &Store, settings: &Settings) {
 }
 
 /// The reports, or (when any table failed) an error naming them all: no manifest then,
-/// so the day stays visibly incomplete. The closing `Failed.` line is left out when a
-/// recovery conflict will start the day again (`may_retry`): the run has not ended.
+/// so the day stays visibly incomplete. The closing `Failed.` line is the caller's
+/// ([`TablesFailed::log`]), once it knows the run ends (a recovery conflict may start the
+/// day again).
 fn all_succeeded(
     tables: &[ResolvedTable],
     outcomes: Vec<Outcome>,
-    may_retry: bool,
 ) -> Result<Vec<TableReport>, TablesFailed> {
     let mut reports = Vec::new();
     let mut failed: Vec<(String, TableError)> = Vec::new();
@@ -717,28 +785,50 @@ fn all_succeeded(
     };
     let ok: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
     let bad: Vec<String> = failed.iter().map(|(t, _)| t.clone()).collect();
-    // The first failure is what the caller retries on.
-    let retried = may_retry
-        && failed
-            .first()
-            .is_some_and(|(_, e)| e.db_kind() == Some(DbErrorKind::RecoveryConflict));
-    if !retried {
-        error!(
-        succeeded = %ok.join(" "),
-        failed = %bad.join(" "),
-        not_attempted = %skipped.join(" "),
-        "Failed. {} of {} tables dumped.",
-        ok.len(),
-        ok.len() + bad.len() + skipped.len()
-        );
-    }
     let summary = format!(
         "{} table(s) failed ({}); first failure: table '{first_table}'",
         bad.len(),
         bad.join(", ")
     );
+    let tally = Box::new(Tally {
+        succeeded: ok.join(" "),
+        failed: bad.join(" "),
+        not_attempted: skipped.join(" "),
+        dumped: ok.len(),
+        of: ok.len() + bad.len() + skipped.len(),
+    });
+    // The first failure is what the caller retries on.
     let (_, first) = failed.swap_remove(0);
-    Err(TablesFailed { summary, first })
+    Err(TablesFailed {
+        summary,
+        first,
+        tally,
+    })
+}
+
+/// Which tables ended how, for the closing `Failed.` line.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    succeeded: String,
+    failed: String,
+    not_attempted: String,
+    dumped: usize,
+    of: usize,
+}
+
+impl TablesFailed {
+    /// The run's closing line: which tables succeeded, failed, were not attempted.
+    pub(crate) fn log(&self) {
+        let t = &self.tally;
+        error!(
+            succeeded = %t.succeeded,
+            failed = %t.failed,
+            not_attempted = %t.not_attempted,
+            "Failed. {} of {} tables dumped.",
+            t.dumped,
+            t.of
+        );
+    }
 }
 
 /// What the manifest records about the run as a whole.

@@ -22,6 +22,8 @@ pub struct Settings {
     pub tables: Vec<TableRef>,
     /// The date folder (`YYYY-MM-DD`), fixed once.
     pub date: String,
+    /// True when `--date` chose it (else it is today, UTC, at start).
+    pub date_given: bool,
     /// Where the day goes.
     pub output: Location,
     /// How to reach an S3 output.
@@ -71,6 +73,7 @@ impl Settings {
         Ok(Settings {
             tables: tables::parse_list(&args.tables).map_err(|e| fix(&e))?,
             date: run_date(args.date.as_deref())?,
+            date_given: args.date.is_some(),
             output: Location::parse(&args.output).map_err(|e| fix(&e))?,
             s3: s3_settings(args)?,
             file_mode: args.common.file_mode,

@@ -21,6 +21,8 @@ pub struct Listing {
     pub saw_old_records: bool,
     /// Objects listed (after filtering).
     pub count: u64,
+    /// Objects the filter accepts in any share of a shared mirror (`--shards`).
+    pub in_any_share: u64,
 }
 
 impl Listing {
@@ -34,6 +36,7 @@ impl Listing {
             label,
             saw_old_records: false,
             count: 0,
+            in_any_share: 0,
         }
     }
 
@@ -55,6 +58,9 @@ impl Listing {
                 self.last = Some(object.key.clone());
                 if object.key == OLD_RECORDS_KEY {
                     self.saw_old_records = true;
+                }
+                if self.filter.accepts_in_any_share(&object.key) {
+                    self.in_any_share += 1;
                 }
                 if !self.filter.accepts(&object.key) {
                     continue;
@@ -138,6 +144,11 @@ impl March {
     /// Objects listed so far at the input and the output (after filtering).
     pub fn counts(&self) -> (u64, u64) {
         (self.source.count, self.dest.count)
+    }
+
+    /// Input objects the filter accepts in any share (all of them when not shared).
+    pub fn input_in_any_share(&self) -> u64 {
+        self.source.in_any_share
     }
 
     /// Whether the output holds an earlier version's records file.

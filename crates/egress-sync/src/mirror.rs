@@ -43,9 +43,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
             .run(None)
             .await;
     }
-    // A shared mirror: one lease per share, and none of another layout live.
+    // A shared mirror: one lease per share, and none of another layout live (checked once
+    // ours is taken, so that of two runs starting together at least one sees the other).
     let slice = args.shards.slice()?;
-    lease::check_mirror_layout(&sides.dest, slice).await?;
     let lease = lease::acquire(
         &sides.dest,
         &lease::mirror_key(slice),
@@ -53,6 +53,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         args.common.lease(),
     )
     .await?;
+    if let Err(e) = lease::check_mirror_layout(&sides.dest, slice).await {
+        lease.release().await;
+        return Err(e);
+    }
     // Every write into the output asks the lease first (a run that lost it writes nothing
     // more) and withdraws its day's manifest; every upload it starts is marked as its own.
     let marks = Marks::new(sides.dest.clone(), lease.run_id(), lease.since());
@@ -163,8 +167,9 @@ impl<'a> Mirror<'a> {
                 }
             }
         }
-        let (sources, dests) = march.counts();
-        if deletes > 0 && sources == 0 {
+        let (_, dests) = march.counts();
+        // The whole input, not this share's: a share whose days all expired still deletes.
+        if deletes > 0 && march.input_in_any_share() == 0 {
             return egress_common::error::config(format!(
                 "the input listing is empty; refusing to delete {deletes} output object(s) with --remove: check INPUT_URL and INPUT_PATH"
             ));

@@ -203,9 +203,15 @@ impl Filter {
 
     /// True when `key` takes part in the run.
     pub fn accepts(&self, key: &str) -> bool {
+        self.slice.is_none_or(|s| slice_of(key, s.count) == s.index)
+            && self.accepts_in_any_share(key)
+    }
+
+    /// True when `key` takes part in the run of some share (`--include`, `--exclude`,
+    /// never our own files).
+    pub fn accepts_in_any_share(&self, key: &str) -> bool {
         key != OLD_RECORDS_KEY
             && !egress_common::lease::is_coordination(key)
-            && self.slice.is_none_or(|s| slice_of(key, s.count) == s.index)
             && self.include.as_ref().is_none_or(|g| g.is_match(key))
             && self.exclude.as_ref().is_none_or(|g| !g.is_match(key))
     }
@@ -237,7 +243,8 @@ pub fn slice_of(key: &str, count: u64) -> u64 {
         .iter()
         .position(|d| looks_like_a_day(d))
         .map_or(1, |at| at + 1);
-    let day = folders[..depth.min(folders.len())].join("/");
+    // Objects at the top (no folder) share one slice.
+    let day = dirs[..depth.min(dirs.len())].join("/");
     let digest = sha2::Sha256::digest(day.as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
@@ -287,6 +294,8 @@ mod tests {
         assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
         assert_eq!(slice_of("2024-02-01/a", 4), slice_of("2024-02-01/a", 4));
         assert_eq!(slice_of("top-level-object", 1), 0);
+        // A day at the top of the mirror (no folder) stays whole in one share.
+        assert_eq!(slice_of("a.csv.gz", 4), slice_of("_manifest.json", 4));
     }
 
     #[test]

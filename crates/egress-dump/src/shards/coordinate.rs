@@ -71,7 +71,7 @@ async fn read_status(store: &Store, date: &str, plan: &Plan, index: u64) -> Opti
     match objects::read::<Status>(store, &status_key(date, index)).await {
         Ok(found) => found
             .map(|(status, _)| status)
-            .filter(|s| s.run_id == plan.run_id && s.index == index),
+            .filter(|s| s.follows(plan) && s.index == index),
         Err(e) => {
             warn!(shard = index, error = %e, "cannot read shard {index}'s status; trying again");
             None

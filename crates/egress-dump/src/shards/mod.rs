@@ -105,6 +105,21 @@ pub async fn clear(store: &egress_store::Store, date: &str) {
     objects::clear(store, date).await
 }
 
+/// Remove them also when a signal stops the run (through `store`, not fenced: the lease
+/// may be given back first); [`egress_store::stop::done`] the ticket after [`clear`].
+pub fn clear_on_stop(store: egress_store::Store, date: &str) -> egress_store::stop::Ticket {
+    let date = date.to_string();
+    egress_store::stop::register(
+        egress_store::stop::Phase::Known,
+        Box::new(move || {
+            Box::pin(async move {
+                objects::clear(&store, &date).await;
+                true
+            })
+        }),
+    )
+}
+
 /// The key of the day's plan.
 pub fn plan_key(date: &str) -> String {
     format!("{date}/{}/plan.json", egress_common::lease::SHARDS_FOLDER)
@@ -145,6 +160,18 @@ impl Plan {
             .collect()
     }
 
+    /// The object names index `index` writes (`<table>.<extension>`, or a piece's).
+    pub fn objects(&self, index: u64, extension: &str) -> Vec<String> {
+        self.tables
+            .iter()
+            .filter(|a| a.shard == index)
+            .map(|a| match a.piece {
+                Some(piece) => piece.part.file(&a.table, extension),
+                None => format!("{}.{extension}", a.table),
+            })
+            .collect()
+    }
+
     /// The day's tables, as listed (a shared table once).
     pub fn table_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.tables.iter().map(|a| a.table.clone()).collect();
@@ -166,6 +193,8 @@ pub struct Plan {
     pub format: String,
     /// A CSV header line.
     pub header: bool,
+    /// The gzip level (the manifest records one for the day).
+    pub compression_level: u32,
     /// Every table of the day, in the order listed, with the index that dumps it.
     pub tables: Vec<Assigned>,
 }
@@ -201,6 +230,8 @@ pub enum State {
 pub struct Status {
     /// The run whose plan it follows.
     pub run_id: String,
+    /// The snapshot it imported (a run that starts its day again has a new one).
+    pub snapshot_id: String,
     /// Its index.
     pub index: u64,
     /// Where it is.
@@ -213,6 +244,13 @@ pub struct Status {
     /// Its tables, once done.
     #[serde(default)]
     pub tables: Vec<TableReport>,
+}
+
+impl Status {
+    /// True when this status reports on `plan` (its run and its snapshot).
+    pub fn follows(&self, plan: &Plan) -> bool {
+        self.run_id == plan.run_id && self.snapshot_id == plan.snapshot_id()
+    }
 }
 
 /// Each table's index: the largest tables first, each to the index with the fewest bytes
@@ -336,6 +374,7 @@ mod tests {
     fn status(state: State) -> Status {
         Status {
             run_id: "r".into(),
+            snapshot_id: "s".into(),
             index: 1,
             state,
             beat: 0,
