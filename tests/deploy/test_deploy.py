@@ -657,7 +657,9 @@ def test_setup_creates_every_secret_key_the_cronjob_reads(side):
 
 
 def dockerfile_stages(path):
-    stages, current = [], None
+    """The stages of a Dockerfile, each FROM with its ARG defaults substituted (the bases
+    are build arguments so that a test can supply stand-ins)."""
+    stages, current, args = [], None, {}
     text = (REPO / path).read_text().replace("\\\n", " ")
     for line in text.splitlines():
         line = line.strip()
@@ -665,8 +667,12 @@ def dockerfile_stages(path):
             continue
         instr, _, rest = line.partition(" ")
         instr = instr.upper()
-        if instr == "FROM":
-            current = {"from": rest.strip(), "lines": []}
+        if instr == "ARG" and current is None:
+            name, _, default = rest.strip().partition("=")
+            args[name] = default
+        elif instr == "FROM":
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest.strip())
+            current = {"from": base, "lines": []}
             stages.append(current)
         else:
             assert current is not None, f"{path}: {instr} before FROM"

@@ -442,9 +442,21 @@ async fn memory_does_not_grow_with_the_connections_reading_one_table() {
         "peak RSS: {} MiB at --jobs 2, {} MiB at --jobs 16",
         peaks[0], peaks[1]
     );
-    // The README's bound, and the reason for it: sixteen connections share the same 16 MiB
-    // window as two; each adds only its 1 MiB of read-ahead and its session.
-    assert!(peaks[1] <= 64.0, "--jobs 16 took {} MiB", peaks[1]);
+    // The reason for the README's bound: sixteen connections share the same 16 MiB window
+    // as two; each adds only its 1 MiB of read-ahead and its session. The bound itself is a
+    // release build's (measured by bench/run.sh); this debug build is larger before it
+    // reads a row (15.6 MiB for `--help` against 7.8), so what a one-row dump already takes
+    // is set aside, and the rest held to the window, the read-ahead and 8 MiB of slack.
+    setup(&pg, "CREATE TABLE one_row AS SELECT 1 AS id;").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let idle = peak_rss_mib(&dump(&env, &["--tables", "one_row", "--output", path]));
+    println!("peak RSS of a one-row dump: {idle} MiB");
+    assert!(
+        peaks[1] - idle <= 16.0 + 16.0 + 8.0,
+        "--jobs 16 took {} MiB, {idle} MiB of it a one-row dump's",
+        peaks[1]
+    );
     assert!(
         peaks[1] <= peaks[0] + 16.0,
         "--jobs 16 took {} MiB against {} MiB at --jobs 2",

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The images, proven: both built with buildah from the real Dockerfiles, then each binary
+# run from its image's root filesystem as OpenShift runs it (an arbitrary UID in group 0,
+# the root filesystem read-only): --help, --check, and a real run against a PostgreSQL
+# cluster and two S3 servers (s3s-fs) started here on loopback. Prints the images' sizes.
+#
+# No registry is reachable here, so the Dockerfiles' base images (build arguments) are
+# local stand-ins: for the build stage a minimal Debian 12 (debootstrap) with gcc and this
+# machine's Rust toolchain and crate cache; for the run stage only glibc, libgcc and the
+# CA certificates, as in distroless/cc. Run as root (buildah, debootstrap, chroot).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+WORK=$(mktemp -d /tmp/egress-images.XXXXXX)
+chmod 755 "$WORK"
+PGBIN=$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
+S3S_FS=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+BUILD_BASE=localhost/egress-stand-in-build:bookworm
+RUN_BASE=localhost/egress-stand-in-run:bookworm
+PIDS=()
+MOUNTED=()
+
+log() { printf '[images] %s\n' "$*" >&2; }
+fail() { log "FAILED: $*"; exit 1; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "${PGDATA:-}" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
+  for c in "${MOUNTED[@]}"; do buildah rm "$c" >/dev/null 2>&1 || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- stand-in base images ------------------------------------------------------------------
+build_base() {
+  buildah inspect --type image "$BUILD_BASE" >/dev/null 2>&1 && return
+  log "debootstrap: a minimal Debian 12 with gcc for the build stage"
+  debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates bookworm "$WORK/build-root" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+    || { tail -20 "$WORK/debootstrap.log" >&2; fail "debootstrap"; }
+  # This machine's toolchain, and its crate cache (the build needs no network).
+  local sysroot; sysroot=$(rustc --print sysroot)
+  mkdir -p "$WORK/build-root/usr/local/rust" "$WORK/build-root/usr/local/cargo"
+  cp -a "$sysroot/." "$WORK/build-root/usr/local/rust/"
+  for tool in cargo rustc; do ln -sf "/usr/local/rust/bin/$tool" "$WORK/build-root/usr/local/bin/$tool"; done
+  cp -a "${CARGO_HOME:-$HOME/.cargo}/registry" "$WORK/build-root/usr/local/cargo/"
+  local c; c=$(buildah from scratch)
+  cp -a "$WORK/build-root/." "$(buildah mount "$c")/"
+  buildah config --env CARGO_HOME=/usr/local/cargo --env CARGO_NET_OFFLINE=true \
+    --env PATH=/usr/local/bin:/usr/bin:/bin "$c"
+  buildah commit --rm -q "$c" "$BUILD_BASE" >/dev/null
+}
+
+run_base() {
+  buildah inspect --type image "$RUN_BASE" >/dev/null 2>&1 && return
+  log "the run stage's base: glibc, libgcc, CA certificates, a nonroot user"
+  local r=$WORK/run-root src=$WORK/build-root lib=lib/x86_64-linux-gnu
+  mkdir -p "$r/$lib" "$r/lib64" "$r/etc/ssl/certs" "$r/usr/local/bin" "$r/tmp" "$r/proc" "$r/dev" "$r/home/nonroot"
+  for so in libc.so.6 libm.so.6 libgcc_s.so.1 libpthread.so.0 libdl.so.2 librt.so.1 libnss_files.so.2; do
+    [ -e "$src/$lib/$so" ] && cp -L "$src/$lib/$so" "$r/$lib/"
+  done
+  cp -L "$src/lib64/ld-linux-x86-64.so.2" "$r/lib64/"
+  cp -L "$src/etc/ssl/certs/ca-certificates.crt" "$r/etc/ssl/certs/"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$r/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' >"$r/etc/group"
+  chmod 1777 "$r/tmp"
+  local c; c=$(buildah from scratch)
+  cp -a "$r/." "$(buildah mount "$c")/"
+  buildah commit --rm -q "$c" "$RUN_BASE" >/dev/null
+}
+
+# --- the images, from the real Dockerfiles -------------------------------------------------
+build_image() { # NAME: Dockerfile.NAME -> localhost/egress-NAME:test
+  local name=$1 started; started=$(date +%s)
+  log "building egress-$name from Dockerfile.$name"
+  buildah build --isolation chroot --layers -q -f "$WORK/context/Dockerfile.$name" \
+    --build-arg "BUILD_BASE=$BUILD_BASE" --build-arg "RUN_BASE=$RUN_BASE" \
+    -t "localhost/egress-$name:test" "$WORK/context" >"$WORK/build-$name.log" 2>&1 \
+    || { tail -30 "$WORK/build-$name.log" >&2; fail "buildah build Dockerfile.$name"; }
+  log "egress-$name built in $(( $(date +%s) - started ))s"
+}
+
+# The tracked files, as a clean clone has them (the build context holds nothing else).
+mkdir -p "$WORK/context"
+git ls-files -z | xargs -0 tar -cf - | tar -xf - -C "$WORK/context"
+build_base
+run_base
+# Both build stages run the same instructions up to their own `cargo build`, so buildah's
+# layer cache shares the copy steps; each compiles its own binary.
+build_image dump
+build_image sync
+
+# --- run them as OpenShift does ---------------------------------------------------------
+# in_image NAME [VAR=value...] -- COMMAND...: COMMAND in the image's root filesystem,
+# mounted read-only, as UID 1000680000 in group 0 (as OpenShift's restricted SCC runs it),
+# with only the variables given.
+in_image() {
+  local name=$1; shift
+  local c mnt; c=$(buildah from -q "localhost/egress-$name:test"); MOUNTED+=("$c")
+  mnt=$(buildah mount "$c")
+  unshare --mount --propagation private -- bash -c '
+    set -e; mnt=$1; shift
+    envs=(); while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
+    mount --bind "$mnt" "$mnt"; mount -o remount,bind,ro "$mnt"
+    mount -t proc proc "$mnt/proc"; mount --bind /dev "$mnt/dev"
+    exec env -i "${envs[@]}" chroot --userspec=1000680000:0 "$mnt" "$@"' _ "$mnt" "$@"
+}
+
+PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PGDATA=$WORK/pg
+mkdir -p "$PGDATA"; chown postgres "$PGDATA"
+runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=md5 --pwfile=<(echo images-pw) --no-sync -E UTF8 --locale=C >/dev/null
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/pg.log" -w start \
+  -o "-p $PGPORT -k $PGDATA -c listen_addresses=127.0.0.1 -c fsync=off" >/dev/null
+PGPASSWORD=images-pw psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -c \
+  "CREATE TABLE orders AS SELECT i AS id, md5(i::text) AS note FROM generate_series(1, 50000) i"
+start_s3() { # NAME: an s3s-fs on loopback with keys AK<NAME>/SK<NAME>; sets <NAME>_URL
+  local name=$1 port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$WORK/$name/bucket"
+  "$S3S_FS" --host 127.0.0.1 --port "$port" --access-key "AK$name" --secret-key "SK$name" "$WORK/$name" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
+  printf -v "${name}_URL" 'http://127.0.0.1:%s' "$port"
+}
+start_s3 A; start_s3 B
+DUMP_ENV=(PGHOST=127.0.0.1 PGPORT="$PGPORT" PGUSER=postgres PGPASSWORD=images-pw PGDATABASE=postgres
+  PGSSLMODE=disable AWS_ACCESS_KEY_ID=AKA AWS_SECRET_ACCESS_KEY=SKA AWS_ENDPOINT_URL="$A_URL" AWS_REGION=us-east-1
+  TABLES=orders S3_OUTPUT=s3://bucket/app DUMP_DATE=2024-01-01 PROGRESS=never TERMINATION_LOG=/dev/null)
+SYNC_ENV=(INPUT_URL="$A_URL" INPUT_PATH=bucket/app INPUT_ACCESS_KEY_ID=AKA INPUT_SECRET_ACCESS_KEY=SKA
+  OUTPUT_URL="$B_URL" OUTPUT_PATH=bucket/mirror OUTPUT_ACCESS_KEY_ID=AKB OUTPUT_SECRET_ACCESS_KEY=SKB
+  REQUIRE_MANIFEST=true PROGRESS=never TERMINATION_LOG=/dev/null)
+
+check() { # WHAT COMMAND...: run, show the last line, fail on a non-zero exit
+  local what=$1; shift
+  "$@" >"$WORK/out.log" 2>&1 || { cat "$WORK/out.log" >&2; fail "$what"; }
+  log "$what: $(tail -n 1 "$WORK/out.log")"
+}
+check "egress-dump --help" in_image dump -- /usr/local/bin/egress-dump --help
+check "egress-sync --help" in_image sync -- /usr/local/bin/egress-sync --help
+check "egress-dump --check" in_image dump "${DUMP_ENV[@]}" -- /usr/local/bin/egress-dump --check
+check "egress-dump (a day)" in_image dump "${DUMP_ENV[@]}" -- /usr/local/bin/egress-dump
+check "egress-sync --check" in_image sync "${SYNC_ENV[@]}" -- /usr/local/bin/egress-sync --check
+check "egress-sync (the mirror)" in_image sync "${SYNC_ENV[@]}" -- /usr/local/bin/egress-sync
+check "egress-sync --verify output" in_image sync "${SYNC_ENV[@]}" -- /usr/local/bin/egress-sync --verify output
+[ -s "$WORK/B/bucket/mirror/2024-01-01/orders.csv.gz" ] || fail "the mirror holds no orders.csv.gz"
+[ -s "$WORK/B/bucket/mirror/2024-01-01/_manifest.json" ] || fail "the mirror holds no manifest"
+rows=$(gzip -dc "$WORK/B/bucket/mirror/2024-01-01/orders.csv.gz" | wc -l)
+[ "$rows" = 50000 ] || fail "the mirrored day has $rows rows, not 50000"
+
+log "image sizes:"
+buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E 'egress-(dump|sync):test|stand-in' >&2
+log "both images build, and run read-only as an arbitrary UID in group 0"
