@@ -20,6 +20,7 @@ BUILD_BASE=localhost/egress-stand-in-build:bookworm
 RUN_BASE=localhost/egress-stand-in-run:bookworm
 PIDS=()
 MOUNTED=()
+source "$ROOT/scripts/loopback-s3.sh"
 
 log() { printf '[images] %s\n' "$*" >&2; }
 fail() { log "FAILED: $*"; exit 1; }
@@ -109,7 +110,7 @@ in_image() {
     exec env -i "${envs[@]}" "$(command -v chroot)" --userspec=1000680000:0 "$mnt" "$@"' _ "$mnt" "$@"
 }
 
-PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PGPORT=$(free_port)
 PGDATA=$WORK/pg
 mkdir -p "$PGDATA"; chown postgres "$PGDATA"
 echo images-pw >"$WORK/pgpass"; chown postgres "$WORK/pgpass"
@@ -118,15 +119,8 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w s
   -o "-p $PGPORT -k $PGDATA -c listen_addresses=127.0.0.1 -c fsync=off" >/dev/null
 PGPASSWORD=images-pw psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -c \
   "CREATE TABLE orders AS SELECT i AS id, md5(i::text) AS note FROM generate_series(1, 50000) i"
-start_s3() { # NAME: an s3s-fs on loopback with keys AK<NAME>/SK<NAME>; sets <NAME>_URL
-  local name=$1 port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$WORK/$name/bucket"
-  "$S3S_FS" --host 127.0.0.1 --port "$port" --access-key "AK$name" --secret-key "SK$name" "$WORK/$name" >"$WORK/$name.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
-  printf -v "${name}_URL" 'http://127.0.0.1:%s' "$port"
-}
 start_s3 A; start_s3 B
+mkdir -p "$WORK/A/bucket" "$WORK/B/bucket"   # s3s-fs: a bucket is a directory
 DUMP_ENV=(PGHOST=127.0.0.1 PGPORT="$PGPORT" PGUSER=postgres PGPASSWORD=images-pw PGDATABASE=postgres
   PGSSLMODE=disable AWS_ACCESS_KEY_ID=AKA AWS_SECRET_ACCESS_KEY=SKA AWS_ENDPOINT_URL="$A_URL" AWS_REGION=us-east-1
   TABLES=orders S3_OUTPUT=s3://bucket/app DUMP_DATE=2024-01-01 PROGRESS=never TERMINATION_LOG=/dev/null)
