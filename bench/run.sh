@@ -32,7 +32,7 @@ FAILED=0
 PIDS=()
 
 log() { printf '[bench] %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$ROOT/scripts/loopback-s3.sh"   # free_port, start_s3
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -n "${CEPH_DIR:-}" ] && bash "$ROOT/tests/harness/ceph-rgw.sh" stop "$CEPH_DIR" >/dev/null 2>&1 || true
@@ -54,14 +54,6 @@ runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust --n
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/pg.log" -w start \
   -o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=256MB" >/dev/null
 export PGHOST=127.0.0.1 PGPORT PGUSER=postgres PGDATABASE=postgres
-start_s3() { # NAME: s3s-fs with keys AK<NAME>/SK<NAME>; sets <NAME>_URL
-  local name=$1 port; port=$(free_port)
-  mkdir -p "$WORK/$name"
-  "$S3S_FS" --host 127.0.0.1 --port "$port" --access-key "AK$name" --secret-key "SK$name" "$WORK/$name" >"$WORK/$name.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
-  printf -v "${name}_URL" 'http://127.0.0.1:%s' "$port"
-}
 start_s3 A; start_s3 B
 s3a() { AWS_ACCESS_KEY_ID=AKA AWS_SECRET_ACCESS_KEY=SKA aws --endpoint-url "$A_URL" --region us-east-1 "$@"; }
 s3b() { AWS_ACCESS_KEY_ID=AKB AWS_SECRET_ACCESS_KEY=SKB aws --endpoint-url "$B_URL" --region us-east-1 "$@"; }

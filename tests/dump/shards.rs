@@ -142,6 +142,23 @@ async fn three_processes_dump_one_day_from_one_snapshot() {
         );
     }
     let coordinator = text(&outs[0]);
+    // The day as the pods told it (for people reading the test's output).
+    let told = [
+        "shared by",
+        "published",
+        "imported",
+        "is done",
+        "Success.",
+        "manifest.",
+    ];
+    for (index, out) in outs.iter().enumerate() {
+        for line in text(out)
+            .lines()
+            .filter(|l| told.iter().any(|t| l.contains(t)))
+        {
+            println!("index {index}: {line}");
+        }
+    }
     assert!(
         coordinator.contains("published for 3 shards"),
         "{coordinator}"

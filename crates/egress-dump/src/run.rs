@@ -278,10 +278,12 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, Attempt
         .persist()
         .await
         .context("cannot flush the day to disk")?;
-    let names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
+    // A table the pods shared has a report per piece: named once.
+    let mut names: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
+    names.dedup();
     let peak_rss_mib = egress_common::memory::peak_rss_mib();
     let conflict_retries = attempt.retries;
-    info!(tables = reports.len(), succeeded = %names.join(" "), conflict_retries, peak_rss_mib, "Success.");
+    info!(tables = names.len(), succeeded = %names.join(" "), conflict_retries, peak_rss_mib, "Success.");
     Ok(reports)
 }
 
