@@ -59,10 +59,13 @@ impl Listing {
                 if object.key == OLD_RECORDS_KEY {
                     self.saw_old_records = true;
                 }
-                if self.filter.accepts_in_any_share(&object.key) {
-                    self.in_any_share += 1;
+                // Each key matched against the globs once: counted for the whole input,
+                // then kept if it is in this share.
+                if !self.filter.accepts_in_any_share(&object.key) {
+                    continue;
                 }
-                if !self.filter.accepts(&object.key) {
+                self.in_any_share += 1;
+                if !self.filter.in_this_share(&object.key) {
                     continue;
                 }
                 self.count += 1;

@@ -203,8 +203,12 @@ impl Filter {
 
     /// True when `key` takes part in the run.
     pub fn accepts(&self, key: &str) -> bool {
+        self.in_this_share(key) && self.accepts_in_any_share(key)
+    }
+
+    /// True when `key` is in this process's share (always when the mirror is not shared).
+    pub fn in_this_share(&self, key: &str) -> bool {
         self.slice.is_none_or(|s| slice_of(key, s.count) == s.index)
-            && self.accepts_in_any_share(key)
     }
 
     /// True when `key` takes part in the run of some share (`--include`, `--exclude`,
