@@ -22,6 +22,8 @@ command -v openssl >/dev/null || packages+=(openssl)
 command -v promtool >/dev/null || packages+=(prometheus)   # promtool: checks metrics and alert rules
 command -v prometheus-pushgateway >/dev/null || packages+=(prometheus-pushgateway)
 command -v faketime >/dev/null || packages+=(faketime)   # a run whose clock is wrong (leases)
+command -v buildah >/dev/null || packages+=(buildah)   # tests/images: both images built ...
+command -v debootstrap >/dev/null || packages+=(debootstrap)   # ... on local stand-in bases
 if [ ${#packages[@]} -gt 0 ]; then
   log "apt-get install ${packages[*]}"
   apt-get update -qq

@@ -9,3 +9,6 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --workspace --locked
 cargo nextest run --workspace --locked --no-fail-fast
 /opt/egress-py/bin/python -m pytest tests/deploy -q
+# Both images built from the Dockerfiles and run as OpenShift runs them, with the
+# image-test profile (unoptimised: release takes ~13 min more; IMAGES_PROFILE=release).
+IMAGES_PROFILE=${IMAGES_PROFILE:-image-test} bash tests/images/run.sh

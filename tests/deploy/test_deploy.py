@@ -695,12 +695,18 @@ def test_dockerfile_shape(side):
     build, runtime = dockerfile_stages(SIDES[side]["dockerfile"])
     assert re.fullmatch(r"\S*rust:[\w.-]+ AS build", build["from"]), build["from"]
     runs = [rest for instr, rest in build["lines"] if instr == "RUN"]
-    assert f"cargo build --release --locked -p {binary}" in runs, runs
+    # Both binaries in one build stage, shared word for word by the two Dockerfiles (the
+    # layer cache compiles the workspace once); release unless PROFILE says otherwise.
+    assert any(r.startswith('cargo build --locked --profile "$PROFILE" -p egress-dump -p egress-sync')
+               for r in runs), runs
+    assert ("ARG", "PROFILE=release") in build["lines"], build["lines"]
+    other = "sync" if side == "dump" else "dump"
+    assert build == dockerfile_stages(SIDES[other]["dockerfile"])[0], "the build stages differ"
     assert ":" in runtime["from"].split("/")[-1], "pin the runtime image tag"
     instrs = [instr for instr, _ in runtime["lines"]]
     assert "RUN" not in instrs and "SHELL" not in instrs, "the runtime stage runs no commands"
     copies = [rest for instr, rest in runtime["lines"] if instr == "COPY"]
-    assert copies == [f"--from=build /src/target/release/{binary} /usr/local/bin/{binary}"], copies
+    assert copies == [f"--from=build /out/{binary} /usr/local/bin/{binary}"], copies
     users = [rest for instr, rest in runtime["lines"] if instr == "USER"]
     assert users and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]), "USER must be a numeric non-root UID"
     entry = [rest for instr, rest in runtime["lines"] if instr == "ENTRYPOINT"]
