@@ -15,8 +15,12 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -34,19 +38,21 @@ const READ_AHEAD: u64 = 1024 * 1024;
 pub(super) struct CleartextRefused(pub &'static str);
 
 /// How far reading is ahead of the dump: COPY rows read from the server, rows taken.
+///
+/// Lock-free, and with hysteresis: reading pauses once it is [`READ_AHEAD`] ahead and is
+/// woken only when the dump has brought that under half. Waking the reader for every row
+/// taken (as this did with a mutex) cost 108,000 context switches and a quarter of the
+/// Parquet run's system time on the bench table (1.8M rows, `perf stat`).
 #[derive(Debug, Default)]
 pub struct Flow {
-    state: Mutex<FlowState>,
-}
-
-#[derive(Debug, Default)]
-struct FlowState {
     /// A COPY is being read: only then may reading pause (a COPY abandoned half-way must
     /// still be drained by the driver).
-    active: bool,
-    read: u64,
-    taken: u64,
-    waker: Option<Waker>,
+    active: AtomicBool,
+    read: AtomicU64,
+    taken: AtomicU64,
+    /// The reader is paused (its waker registered).
+    waiting: AtomicBool,
+    waker: AtomicWaker,
 }
 
 /// Metering for one COPY; reading never pauses once it is dropped.
@@ -54,62 +60,61 @@ pub struct Metered<'a>(&'a Flow);
 
 impl Drop for Metered<'_> {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.0.state.lock() {
-            s.active = false;
-            if let Some(w) = s.waker.take() {
-                w.wake();
-            }
-        }
+        self.0.active.store(false, SeqCst);
+        self.0.waker.wake();
     }
 }
 
 impl Flow {
     /// Start metering a COPY (until the returned value is dropped).
     pub fn meter(&self) -> Metered<'_> {
-        if let Ok(mut s) = self.state.lock() {
-            *s = FlowState {
-                active: true,
-                ..FlowState::default()
-            };
-        }
+        self.read.store(0, SeqCst);
+        self.taken.store(0, SeqCst);
+        self.active.store(true, SeqCst);
         Metered(self)
     }
 
     /// The dump took a row whose CopyData body was `len` bytes.
     pub fn took(&self, len: usize) {
-        if let Ok(mut s) = self.state.lock() {
-            s.taken += len as u64 + 5;
-            if let Some(w) = s.waker.take() {
-                w.wake();
-            }
+        self.taken.fetch_add(len as u64 + 5, SeqCst);
+        if self.waiting.load(SeqCst) && self.behind() < READ_AHEAD / 2 {
+            self.waiting.store(false, SeqCst);
+            self.waker.wake();
         }
     }
 
     fn read(&self, message_len: u64) {
-        if let Ok(mut s) = self.state.lock() {
-            if s.active {
-                s.read += message_len;
-            }
+        if self.active.load(SeqCst) {
+            self.read.fetch_add(message_len, SeqCst);
         }
+    }
+
+    /// Bytes read and not yet taken.
+    fn behind(&self) -> u64 {
+        self.read
+            .load(SeqCst)
+            .saturating_sub(self.taken.load(SeqCst))
     }
 
     /// True when reading has run `READ_AHEAD` ahead: reads then stop at the end of the
     /// message being read, and pause there.
     fn ahead(&self) -> bool {
-        self.state
-            .lock()
-            .is_ok_and(|s| s.active && s.read.saturating_sub(s.taken) >= READ_AHEAD)
+        self.active.load(SeqCst) && self.behind() >= READ_AHEAD
     }
 
-    /// True (and `cx` registered) when reading must pause.
+    /// True (and `cx` registered) when reading must pause. The waker is registered and
+    /// `waiting` set before the check, so a row taken meanwhile is never missed.
     fn must_wait(&self, cx: &Context<'_>) -> bool {
-        match self.state.lock() {
-            Ok(mut s) if s.active && s.read.saturating_sub(s.taken) >= READ_AHEAD => {
-                s.waker = Some(cx.waker().clone());
-                true
-            }
-            _ => false,
+        if !self.ahead() {
+            return false;
         }
+        self.waker.register(cx.waker());
+        self.waiting.store(true, SeqCst);
+        if self.ahead() {
+            return true;
+        }
+        self.waiting.store(false, SeqCst);
+        false
     }
 }
 

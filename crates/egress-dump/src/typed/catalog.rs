@@ -1,5 +1,5 @@
 //! The catalog facts a typed dump needs: each column's type with domains resolved, its
-//! `NOT NULL`, and the table's primary key.
+//! `NOT NULL`, whether its values are mostly distinct, and the table's primary key.
 
 use tokio_postgres::Client;
 
@@ -27,6 +27,19 @@ const PRIMARY_KEY: &str = "SELECT a.attname::text FROM pg_index i \
      WHERE i.indrelid = $1::bigint::oid AND i.indisprimary \
      ORDER BY array_position(i.indkey::int2[], a.attnum)";
 
+/// Columns whose values nearly all differ: the only column of a unique index (without a
+/// predicate), or over half the rows distinct by the planner's statistics (`n_distinct`
+/// is a count when positive, minus the fraction of rows when negative).
+const MOSTLY_DISTINCT: &str = "SELECT a.attname::text FROM pg_index i \
+     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+     WHERE i.indrelid = $1::bigint::oid AND i.indisunique AND i.indnkeyatts = 1 \
+       AND i.indpred IS NULL \
+     UNION SELECT s.attname::text FROM pg_stats s \
+     JOIN pg_class c ON c.relname = s.tablename \
+     JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname \
+     WHERE c.oid = $1::bigint::oid \
+       AND (s.n_distinct < -0.5 OR (c.reltuples > 0 AND s.n_distinct > 0.5 * c.reltuples))";
+
 const TYPE: &str = "SELECT typtype::text, typbasetype::bigint, typtypmod, typelem::bigint, \
      typcategory::text, typlen FROM pg_type WHERE oid = $1::bigint::oid";
 
@@ -39,6 +52,15 @@ pub async fn table_plan(client: &Client, oid: i64) -> Result<TablePlan, tokio_po
         let mut plan = types::plan(&name, &pg, not_null);
         plan.type_name = row.get(4);
         columns.push(plan);
+    }
+    let distinct: Vec<String> = client
+        .query(MOSTLY_DISTINCT, &[&oid])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for column in &mut columns {
+        column.mostly_distinct = distinct.contains(&column.name);
     }
     let mut primary_key: Vec<String> = client
         .query(PRIMARY_KEY, &[&oid])

@@ -120,6 +120,10 @@ pub struct ColumnPlan {
     pub kind: Kind,
     /// Declared `NOT NULL`.
     pub not_null: bool,
+    /// Nearly every value differs (a single-column unique index, or the planner's
+    /// statistics say over half the rows): written without a dictionary, which could
+    /// not pay.
+    pub mostly_distinct: bool,
 }
 
 /// The plan of a column of type `pg`.
@@ -143,6 +147,7 @@ pub fn plan(name: &str, pg: &PgType, not_null: bool) -> ColumnPlan {
         read,
         kind,
         not_null,
+        mostly_distinct: false,
     }
 }
 
