@@ -297,6 +297,20 @@ async fn three_processes_dump_one_day_from_one_snapshot() {
     assert_eq!(verify(&s3, again).await, Vec::<String>::new());
 }
 
+/// Show how a process ended (`--no-capture` prints it: the cases as observed).
+fn print_last_line(case: &str, index: usize, out: &std::process::Output) {
+    let said = text(out);
+    let last = said
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("---"))
+        .unwrap_or("");
+    println!(
+        "{case}: index {index} exited {:?}: {last}",
+        out.status.code()
+    );
+}
+
 /// Poll until `wanted` holds (60 s at most).
 async fn until(what: &str, wanted: impl AsyncFn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -340,6 +354,7 @@ async fn killed_shards_and_coordinators_leave_no_day_and_nothing_pending() {
     let outs = wait_all(children);
     for (index, out) in outs.iter().enumerate() {
         assert_eq!(out.status.code(), Some(0), "index {index}: {}", text(out));
+        print_last_line("shard 1 killed and run again", index, out);
     }
     assert!(text(&outs[0]).contains("Shard 1 imported the snapshot."));
     assert_eq!(verify(&s3, date).await, Vec::<String>::new());
@@ -368,7 +383,8 @@ async fn killed_shards_and_coordinators_leave_no_day_and_nothing_pending() {
     .await;
     children[0].kill().unwrap();
     let outs = wait_all(children);
-    for out in &outs[1..] {
+    for (index, out) in outs.iter().enumerate().skip(1) {
+        print_last_line("coordinator killed", index, out);
         assert_ne!(out.status.code(), Some(0), "{}", text(out));
         assert!(
             text(out).contains("this shard's attempt was abandoned")

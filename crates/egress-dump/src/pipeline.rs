@@ -140,7 +140,7 @@ pub enum TableError {
     },
     /// Writing it as Parquet: a value its column's type cannot hold (named with its column
     /// and row), or the writer failed.
-    #[error("{why}")]
+    #[error("table '{table}': {why}")]
     Encode {
         /// The table.
         table: String,

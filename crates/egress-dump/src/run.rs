@@ -782,13 +782,13 @@ fn all_succeeded(
             Outcome::NotAttempted => skipped.push(table.requested.file_stem()),
         }
     }
-    let Some((first_table, _)) = failed.first() else {
+    if failed.is_empty() {
         return Ok(reports);
-    };
+    }
     let ok: Vec<&str> = reports.iter().map(|r| r.table.as_str()).collect();
     let bad: Vec<String> = failed.iter().map(|(t, _)| t.clone()).collect();
     let summary = format!(
-        "{} table(s) failed ({}); first failure: table '{first_table}'",
+        "{} table(s) failed ({}); first failure",
         bad.len(),
         bad.join(", ")
     );
@@ -799,7 +799,7 @@ fn all_succeeded(
         dumped: ok.len(),
         of: ok.len() + bad.len() + skipped.len(),
     });
-    // The first failure is what the caller retries on.
+    // The first failure is what the caller retries on; its text names its table.
     let (_, first) = failed.swap_remove(0);
     Err(TablesFailed {
         summary,

@@ -348,3 +348,34 @@ impl<F: Fn(u32) -> usize> Write for PartSink<'_, F> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::types::{self, PgType};
+    use super::*;
+    use parquet::schema::types::ColumnPath;
+
+    #[test]
+    fn mostly_distinct_columns_are_written_without_a_dictionary() {
+        let text = PgType {
+            oid: 25,
+            typmod: -1,
+            is_enum: false,
+            element: None,
+        };
+        let mut id = types::plan("id", &text, true);
+        id.mostly_distinct = true;
+        let plan = TablePlan {
+            columns: vec![id, types::plan("kind", &text, false)],
+            primary_key: vec!["id".into()],
+        };
+        let props = properties(&plan);
+        let path = |name: &str| ColumnPath::new(vec![name.to_string()]);
+        assert!(!props.dictionary_enabled(&path("id")));
+        assert!(props.dictionary_enabled(&path("kind")));
+        assert_eq!(
+            props.compression(&path("kind")),
+            Compression::ZSTD(ZstdLevel::default())
+        );
+    }
+}
