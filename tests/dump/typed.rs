@@ -209,6 +209,25 @@ async fn every_type_is_read_back_exactly_by_pyarrow_and_duckdb() {
         text(&logical)
     );
 
+    // The key's values all differ (its unique index says so): no dictionary for it; the
+    // other columns keep theirs.
+    let dictionaries = Command::new(python())
+        .args([
+            "-c",
+            "import sys, pyarrow.parquet as pq; g = pq.ParquetFile(sys.argv[1]).metadata.row_group(0); \
+             print(*[f'{g.column(i).path_in_schema}={g.column(i).has_dictionary_page}' \
+                     for i in range(g.num_columns) if g.column(i).path_in_schema in ('id', 't')])",
+        ])
+        .arg(day.join("torture.parquet"))
+        .output()
+        .expect("pyarrow");
+    assert_eq!(
+        String::from_utf8_lossy(&dictionaries.stdout).trim(),
+        "id=False t=True",
+        "{}",
+        text(&dictionaries)
+    );
+
     // The manifest records each column's type, nullability and the type written.
     let manifest: Value =
         egress_testkit::checked_manifest(&std::fs::read(day.join("_manifest.json")).unwrap());
