@@ -113,6 +113,21 @@ fn read_back(reader: &str, file: &Path) -> (Value, BTreeMap<String, BTreeMap<Str
     (schema, rows)
 }
 
+/// What `script` prints about `file` (as `sys.argv[1]`, with `sys` and `pyarrow.parquet as pq`
+/// imported), trimmed; the test fails if the script does.
+fn pyarrow_prints(file: &Path, script: &str) -> String {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            &format!("import sys, pyarrow.parquet as pq; {script}"),
+        ])
+        .arg(file)
+        .output()
+        .expect("pyarrow");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn python() -> PathBuf {
     egress_testkit::process::find_binary(
         "python",
@@ -193,39 +208,25 @@ async fn every_type_is_read_back_exactly_by_pyarrow_and_duckdb() {
     assert_read_back_exactly(&day.join("torture.parquet"), &want);
 
     // UUID and JSON carry their Parquet logical types, which Spark, Trino and DuckDB read.
-    let logical = Command::new(python())
-        .args([
-            "-c",
-            "import sys, pyarrow.parquet as pq; s = pq.ParquetFile(sys.argv[1]).schema; \
-             print(*[f'{c.name}={c.logical_type}' for c in s if c.name in ('u', 'j', 'jb')])",
-        ])
-        .arg(day.join("torture.parquet"))
-        .output()
-        .expect("pyarrow");
+    let file = day.join("torture.parquet");
     assert_eq!(
-        String::from_utf8_lossy(&logical.stdout).trim(),
-        "u=UUID j=JSON jb=JSON",
-        "{}",
-        text(&logical)
+        pyarrow_prints(
+            &file,
+            "s = pq.ParquetFile(sys.argv[1]).schema; \
+             print(*[f'{c.name}={c.logical_type}' for c in s if c.name in ('u', 'j', 'jb')])"
+        ),
+        "u=UUID j=JSON jb=JSON"
     );
-
     // The key's values all differ (its unique index says so): no dictionary for it; the
     // other columns keep theirs.
-    let dictionaries = Command::new(python())
-        .args([
-            "-c",
-            "import sys, pyarrow.parquet as pq; g = pq.ParquetFile(sys.argv[1]).metadata.row_group(0); \
-             print(*[f'{g.column(i).path_in_schema}={g.column(i).has_dictionary_page}' \
-                     for i in range(g.num_columns) if g.column(i).path_in_schema in ('id', 't')])",
-        ])
-        .arg(day.join("torture.parquet"))
-        .output()
-        .expect("pyarrow");
     assert_eq!(
-        String::from_utf8_lossy(&dictionaries.stdout).trim(),
-        "id=False t=True",
-        "{}",
-        text(&dictionaries)
+        pyarrow_prints(
+            &file,
+            "g = pq.ParquetFile(sys.argv[1]).metadata.row_group(0); \
+             print(*[f'{g.column(i).path_in_schema}={g.column(i).has_dictionary_page}' \
+                     for i in range(g.num_columns) if g.column(i).path_in_schema in ('id', 't')])"
+        ),
+        "id=False t=True"
     );
 
     // The manifest records each column's type, nullability and the type written.
