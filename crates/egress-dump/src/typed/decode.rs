@@ -392,7 +392,11 @@ impl Column for Strings {
         let array = self.builder.finish();
         // The next batch is about as large (batches are cut by rows and bytes): growing
         // its buffers from nothing again was 1.5% of the bench table's samples in realloc.
-        self.builder = StringBuilder::with_capacity(array.len(), array.value_data().len());
+        // Never more than a batch's bound: one huge value must not be reserved again.
+        self.builder = StringBuilder::with_capacity(
+            array.len().min(super::BATCH_ROWS),
+            array.value_data().len().min(super::BATCH_BYTES),
+        );
         Arc::new(array)
     }
 }
