@@ -404,7 +404,8 @@ fi
 
 # --- many objects ----------------------------------------------------------------------
 # MANY 1 KiB files in local directories: a cold copy and a no-op re-run, at the default
-# --jobs and at --jobs 256 (memory must not grow with the number of objects).
+# --jobs and at --jobs 256 (memory must not grow with the number of objects), and a cold
+# copy with --durability process (no flush before each name, as rclone).
 if [[ $PARTS == *many* ]]; then
   MANY=${BENCH_MANY:-300000}
   log "generating $MANY local files"
@@ -422,6 +423,8 @@ PY
     measure "many: $MANY objects, cold" "egress-sync --jobs $jobs" "$SYNC" --progress never --jobs "$jobs" --input-path "$WORK/many" --output-path "$WORK/many-out-$jobs"
     measure "many: $MANY objects, no-op" "egress-sync --jobs $jobs" "$SYNC" --progress never --jobs "$jobs" --input-path "$WORK/many" --output-path "$WORK/many-out-$jobs"
   done
+  # Named as soon as written, as rclone does (a killed run still leaves only whole objects).
+  measure "many: $MANY objects, cold" "egress-sync --jobs 64 --durability process" "$SYNC" --progress never --durability process --input-path "$WORK/many" --output-path "$WORK/many-out-p"
   measure "many: $MANY objects, cold" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 "$WORK/many" "$WORK/many-rc"
   measure "many: $MANY objects, no-op" "rclone sync --transfers 16 --checkers 16" rclone sync --transfers 16 --checkers 16 "$WORK/many" "$WORK/many-rc"
   rm -rf "$WORK/many" "$WORK/many-out-"* "$WORK/many-rc"

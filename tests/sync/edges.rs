@@ -381,6 +381,17 @@ async fn odd_local_names_are_reported_and_symlinks_not_followed() {
 /// alone by the next run, which cannot tell whose they are); the re-run completes the copy.
 #[tokio::test]
 async fn a_local_copy_killed_mid_run_leaves_no_partial_object() {
+    killed_mid_run_then_rerun("machine").await;
+}
+
+/// The same with `--durability process`: nothing is flushed before a name appears, and a
+/// killed run still leaves no partial object.
+#[tokio::test]
+async fn a_local_copy_without_flushes_killed_mid_run_leaves_no_partial_object() {
+    killed_mid_run_then_rerun("process").await;
+}
+
+async fn killed_mid_run_then_rerun(durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (dir.path().join("in"), dir.path().join("out"));
     for i in 0..4000 {
@@ -395,6 +406,7 @@ async fn a_local_copy_killed_mid_run_leaves_no_partial_object() {
         let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-sync"));
         cmd.env("INPUT_PATH", &input).env("OUTPUT_PATH", &output);
         cmd.args(["--part-size-mib", "5", "--memory-budget-mib", "16"]);
+        cmd.args(["--durability", durability]);
         cmd
     };
     let mut child = copy()

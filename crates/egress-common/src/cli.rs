@@ -90,6 +90,14 @@ pub struct CommonArgs {
     #[arg(long, env = "FILE_MODE", default_value = "600", value_parser = parse_mode)]
     pub file_mode: u32,
 
+    /// How a local output keeps objects whole: machine (each object's bytes reach the disk
+    /// before its name appears, so a power loss leaves it whole or absent) or process (named
+    /// as soon as written, as rclone does: whole or absent if the run is killed or fails; a
+    /// machine crash mid-run may leave the newest ones short, which the next run copies
+    /// again). Either way a run that succeeds has flushed everything to disk.
+    #[arg(long, env = "DURABILITY", default_value = "machine", value_parser = parse_durability)]
+    pub durability: egress_store::Durability,
+
     /// When another run holds the lease on this run's output, wait up to this long for it
     /// to finish (e.g. 30m) instead of exiting 3 at once.
     #[arg(long, env = "WAIT_FOR_LEASE", default_value = "0",
@@ -127,6 +135,14 @@ impl CommonArgs {
         }
     }
 
+    /// How a local output is written.
+    pub fn local(&self) -> egress_store::LocalOptions {
+        egress_store::LocalOptions {
+            file_mode: self.file_mode,
+            durability: self.durability,
+        }
+    }
+
     /// The timeout as a `Duration`.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout)
@@ -151,6 +167,16 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 }
 
 /// An octal permission mode such as `600` or `0640`.
+fn parse_durability(text: &str) -> Result<egress_store::Durability, String> {
+    match text.trim() {
+        "machine" => Ok(egress_store::Durability::Machine),
+        "process" => Ok(egress_store::Durability::Process),
+        _ => Err(format!(
+            "'{text}' is not a durability: use machine or process"
+        )),
+    }
+}
+
 fn parse_mode(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text.trim(), 8)
         .ok()
@@ -300,4 +326,25 @@ pub fn run_main<F: Future<Output = ExitCode>>(program: &str, main: impl FnOnce()
         }
     };
     std::process::exit(code.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_and_mode_parse_or_say_what_to_write() {
+        assert_eq!(
+            parse_durability("process"),
+            Ok(egress_store::Durability::Process)
+        );
+        assert_eq!(
+            parse_durability(" machine"),
+            Ok(egress_store::Durability::Machine)
+        );
+        let refused = parse_durability("fast").unwrap_err();
+        assert!(refused.contains("use machine or process"), "{refused}");
+        assert_eq!(parse_mode("640"), Ok(0o640));
+        assert!(parse_mode("999").is_err());
+    }
 }

@@ -36,18 +36,18 @@ pub enum LocationError {
 
 impl Location {
     /// The store this location names: a bucket and prefix reached with `settings`, or a
-    /// directory whose files get `file_mode`. Nothing is contacted yet.
+    /// directory written as `local` says. Nothing is contacted yet.
     pub async fn open(
         &self,
         settings: &egress_store::S3Settings,
-        file_mode: u32,
+        local: egress_store::LocalOptions,
     ) -> Result<egress_store::Store, egress_store::StoreError> {
         Ok(match self {
             Location::S3 { bucket, prefix } => {
                 std::sync::Arc::new(egress_store::S3Store::new(settings, bucket, prefix).await?)
             }
             Location::Local(dir) => {
-                std::sync::Arc::new(egress_store::LocalStore::with_file_mode(dir, file_mode))
+                std::sync::Arc::new(egress_store::LocalStore::with_options(dir, local))
             }
         })
     }

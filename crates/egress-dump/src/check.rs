@@ -18,7 +18,7 @@ pub async fn run(args: &Args) -> Vec<Finding> {
     let mut lines = Vec::new();
     let store = match (Location::parse(&args.output), s3_settings(args)) {
         (Ok(location), Ok(s3)) => location
-            .open(&s3, args.common.file_mode)
+            .open(&s3, args.common.local())
             .await
             .map_err(anyhow::Error::from),
         (Err(e), _) => Err(anyhow::anyhow!(e.to_string())),

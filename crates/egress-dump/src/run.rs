@@ -272,8 +272,13 @@ async fn dump_snapshot(attempt: Attempt<'_>) -> Result<Vec<TableReport>, Attempt
     let mut manifest = build_manifest(parts, &tables, &reports, &plans);
     manifest.descriptor = Some(write_descriptor(store, &manifest, &plans, settings.format).await?);
     check_written(store, &manifest, &reports, lease).await?;
+    // A local day's objects are on disk before its manifest is named, and all of it
+    // before the run says it succeeded.
+    store
+        .persist()
+        .await
+        .context("cannot flush the day to disk")?;
     write_manifest(store, &settings.date, &manifest).await?;
-    // A local day is on disk, names included, before the run says it succeeded.
     store
         .persist()
         .await
@@ -605,10 +610,7 @@ async fn check_written(
 /// Open the output and check it before touching the database: credentials, bucket, a
 /// writable directory.
 pub(crate) async fn open_output(settings: &Settings) -> anyhow::Result<Store> {
-    let store = settings
-        .output
-        .open(&settings.s3, settings.file_mode)
-        .await?;
+    let store = settings.output.open(&settings.s3, settings.local).await?;
     // A dry run writes nothing, so a local output that does not exist yet is fine.
     let local = matches!(settings.output, Location::Local(_));
     if !(settings.dry_run && local) {

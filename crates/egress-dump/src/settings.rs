@@ -28,8 +28,8 @@ pub struct Settings {
     pub output: Location,
     /// How to reach an S3 output.
     pub s3: S3Settings,
-    /// Permission bits of files written to a local output.
-    pub file_mode: u32,
+    /// How a local output is written (permission bits, durability).
+    pub local: egress_store::LocalOptions,
     /// The connection string, if one was given (the `PG*` variables fill the rest).
     pub database_url: Option<Secret>,
     /// Connect and read timeout.
@@ -76,7 +76,7 @@ impl Settings {
             date_given: args.date.is_some(),
             output: Location::parse(&args.output).map_err(|e| fix(&e))?,
             s3: s3_settings(args)?,
-            file_mode: args.common.file_mode,
+            local: args.common.local(),
             database_url: args.database_url.clone(),
             timeout: args.common.timeout(),
             jobs: args.jobs as usize,

@@ -30,7 +30,7 @@ use futures::stream::BoxStream;
 pub use body::{Body, ByteStream};
 pub use error::{chain, ErrorKind, StoreError};
 pub use guard::{guarded, Guard, Guarded};
-pub use local::LocalStore;
+pub use local::{Durability, LocalOptions, LocalStore};
 pub use memory::MemoryStore;
 pub use s3::{is_aws_host, S3Settings, S3Store};
 pub use secret::{redact_urls, Secret};

@@ -296,6 +296,11 @@ impl Pool {
             );
             return;
         }
+        // The day's objects are on disk before its manifest is named (a local output
+        // written with `--durability process` flushes nothing before).
+        if let Err(e) = self.transfers.dest.persist().await {
+            return self.failed(&key, CopyError::Store(e));
+        }
         let body = egress_store::Body::from_bytes(manifest.body);
         match self.transfers.dest.put(&key, body, &manifest.options).await {
             Ok(_) => {

@@ -120,7 +120,7 @@ async fn open_side(side: Side, args: &Args) -> anyhow::Result<Store> {
 /// The store of `side` as its flags say, not yet contacted (for `--check`).
 pub async fn open_unchecked(side: Side, args: &Args) -> anyhow::Result<Store> {
     let (location, settings) = side_location(side, args)?;
-    Ok(location.open(&settings, args.common.file_mode).await?)
+    Ok(location.open(&settings, args.common.local()).await?)
 }
 
 /// Where a side is and how to reach it, from its flags.

@@ -3,7 +3,8 @@
 //! exclusively (never through a symlink) with a random suffix, and renamed into place when
 //! complete, so it appears whole or not at all, a crash included: its bytes are flushed
 //! to disk before the rename, by one `syncfs` shared by every write in flight
-//! ([`flush`]). Files are `0600` and directories `0700` unless configured otherwise.
+//! ([`flush`]), unless [`Durability::Process`] trades the machine's crash for speed.
+//! Files are `0600` and directories `0700` unless configured otherwise.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -41,31 +42,76 @@ const PAGE: usize = 1000;
 /// Read size when streaming a file.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// When a new object's bytes must be on disk, relative to its name appearing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Each object's bytes are flushed before it is named: whole or absent even after a
+    /// machine crash or power loss.
+    #[default]
+    Machine,
+    /// Objects are named as soon as they are written: whole or absent when the process is
+    /// killed or fails (what rclone guarantees); a machine crash mid-run may leave the newest
+    /// names empty or short, which the next run copies again. [`ObjectStore::persist`]
+    /// still flushes everything, so a run that succeeds is on disk.
+    Process,
+}
+
+/// How a [`LocalStore`] writes: file permissions and durability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalOptions {
+    /// Permission bits of new files (directories get search where reading is allowed).
+    pub file_mode: u32,
+    /// When bytes must be on disk.
+    pub durability: Durability,
+}
+
+impl Default for LocalOptions {
+    fn default() -> LocalOptions {
+        LocalOptions {
+            file_mode: 0o600,
+            durability: Durability::Machine,
+        }
+    }
+}
+
 /// A directory.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
     file_mode: u32,
     dir_mode: u32,
+    durability: Durability,
     flushers: Arc<Flushers>,
 }
 
 impl LocalStore {
     /// A store rooted at `root`, writing files `0600` and directories `0700`.
     pub fn new(root: impl Into<PathBuf>) -> LocalStore {
-        LocalStore::with_file_mode(root, 0o600)
+        LocalStore::with_options(root, LocalOptions::default())
     }
 
-    /// A store whose files get `file_mode`; directories get the same bits plus search
-    /// (`x`) wherever reading is allowed.
-    pub fn with_file_mode(root: impl Into<PathBuf>, file_mode: u32) -> LocalStore {
-        let file_mode = file_mode & 0o777;
+    /// A store whose files get `options.file_mode`; directories get the same bits plus
+    /// search (`x`) wherever reading is allowed.
+    pub fn with_options(root: impl Into<PathBuf>, options: LocalOptions) -> LocalStore {
+        let file_mode = options.file_mode & 0o777;
         let search = (file_mode & 0o444) >> 2;
         LocalStore {
             root: root.into(),
             file_mode,
             dir_mode: file_mode | search | 0o700,
+            durability: options.durability,
             flushers: Arc::default(),
+        }
+    }
+
+    /// Wait until `file`'s bytes are on disk, where the durability asks for it before
+    /// the file is named.
+    async fn flush_before_naming(&self, file: Arc<File>) -> Result<(), StoreError> {
+        match self.durability {
+            Durability::Machine => self.flushers.flush(file).await,
+            // Measured: 300,000 files of 1 KiB took 47 s waiting for these flushes where
+            // rclone, which flushes nothing, took 41 s (docs/performance.md).
+            Durability::Process => Ok(()),
         }
     }
 
@@ -600,7 +646,7 @@ impl ObjectStore for LocalStore {
             Ok(file)
         });
         let result = match file.await {
-            Ok(file) => match self.flushers.flush(Arc::new(file)).await {
+            Ok(file) => match self.flush_before_naming(Arc::new(file)).await {
                 Ok(()) => blocking(move || place(&temp, &path, false)).await,
                 Err(e) => Err(e),
             },
@@ -739,7 +785,7 @@ impl LocalStore {
             return (Err(error), staged);
         }
         let file = Arc::new(file);
-        if let Err(e) = self.flushers.flush(file.clone()).await {
+        if let Err(e) = self.flush_before_naming(file.clone()).await {
             return (Err(e), staged);
         }
         let (path, temp) = (path.to_path_buf(), staged.temp());
