@@ -9,6 +9,7 @@ use futures::StreamExt;
 
 use super::clean_etag;
 use super::error::{from_sdk, unreadable_xml, S3Context, Target};
+use super::page_xml::FastListing;
 use crate::error::StoreError;
 use crate::{Entry, EntryStream, ObjectInfo, PageStream};
 
@@ -69,18 +70,18 @@ impl ListCtx {
         token: Option<String>,
         encode: bool,
     ) -> Result<ListObjectsV2Output, SdkError<ListObjectsV2Error, HttpResponse>> {
-        let request = self
-            .client
+        self.client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(&self.list_prefix)
             .max_keys(1000)
             .set_delimiter(self.delimiter.then(|| "/".to_string()))
-            .set_continuation_token(token);
-        match encode {
-            true => request.encoding_type(EncodingType::Url).send().await,
-            false => request.send().await,
-        }
+            .set_continuation_token(token)
+            .set_encoding_type(encode.then_some(EncodingType::Url))
+            .customize()
+            .interceptor(FastListing)
+            .send()
+            .await
     }
 
     /// The page's objects and folders, merged in key order (S3 returns them apart, each

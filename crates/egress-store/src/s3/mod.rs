@@ -17,6 +17,7 @@ mod client;
 mod clock;
 mod error;
 mod list;
+mod page_xml;
 mod uploads;
 
 use self::body::{parse_content_range, sdk_body, stall_guarded};
