@@ -1,13 +1,14 @@
 //! egress-sync as a pure mirror into a real Ceph RGW: the output holds exactly the input's
 //! keys, copies keep the source's ETag wherever its part boundaries can be learned, a no-op
-//! run costs only the listings, and bytes damaged in flight never become visible.
+//! run costs only the listings, bytes damaged in flight never become visible, and a damaged
+//! listing page is never read as a short one.
 
 use std::collections::HashMap;
 
 use egress_testkit::fixtures::{
     contents, data, etags, manifest_with_parts, put_many, put_parts, MIB,
 };
-use egress_testkit::proxy::{Corrupt, Proxy};
+use egress_testkit::proxy::{Corrupt, EditReply, Proxy};
 use egress_testkit::{last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
 
 use super::sync;
@@ -228,6 +229,66 @@ async fn a_byte_damaged_in_flight_is_refused_before_it_is_visible_and_the_retry_
         ceph.pending_uploads("dst").await.is_empty(),
         "the damaged upload was aborted"
     );
+}
+
+/// The SDK reads a listing page leniently: a tag its tokenizer cannot follow ends the
+/// document there, and the page comes back with the objects before it (measured on
+/// aws-sdk-s3 1.x: `<Kez>k05</Key>` left 5 of a page's 20 objects, and no `IsTruncated`).
+/// With `--remove`, the 15 unlisted objects would have been deleted from the output.
+#[tokio::test]
+async fn a_damaged_listing_page_is_read_again_or_stops_the_run_and_deletes_nothing() {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    let objects: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("k{i:02}"), data(i, 100)))
+        .collect();
+    put_many(&input, "src", objects).await;
+    let out = sync(&input, "src", &output, "dst", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let remove = ["--remove", "--max-delete", "100"];
+    let damage = |times| EditReply {
+        target: "list-type=2".into(),
+        find: b"<Key>k05".to_vec(),
+        replace: b"<Kez>k05".to_vec(),
+        times,
+    };
+
+    // Damaged every time: the run stops with one line, and deletes nothing.
+    let proxy = Proxy::editing_replies(&input.endpoint, damage(usize::MAX));
+    let out = sync(
+        &input.s3().via(&proxy.endpoint),
+        "src",
+        &output,
+        "dst",
+        &remove,
+    );
+    assert!(proxy.edited() >= 1, "a page was damaged");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = stderr(&out);
+    assert!(
+        said.lines().count() == 1
+            && said.contains("listing s3://src/")
+            && said.contains("not one whole XML document"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(output.keys("dst", "k").await.len(), 20, "nothing deleted");
+
+    // Damaged once: the page is asked again, and the run completes without deleting.
+    let proxy = Proxy::editing_replies(&input.endpoint, damage(1));
+    let out = sync(
+        &input.s3().via(&proxy.endpoint),
+        "src",
+        &output,
+        "dst",
+        &remove,
+    );
+    assert_eq!(proxy.edited(), 1, "one page was damaged");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(last_line(&out).contains("deleted=0"), "{}", text(&out));
+    assert_eq!(output.keys("dst", "k").await.len(), 20, "nothing deleted");
 }
 
 #[tokio::test]

@@ -1,11 +1,12 @@
 //! A fault-injecting HTTP proxy in front of a test server: it records every request
 //! (method and path), can run a hook before forwarding one (delete an object, remove a
-//! bucket), and can flip one byte of one request body in flight. Each proxied request
+//! bucket), can flip one byte of one request body in flight, and can rewrite replies (a
+//! damaged listing page). Each proxied request
 //! gets its own upstream connection (`Connection: close`), so requests never need to be
 //! told apart inside a connection. It runs on its own thread and runtime, so a test may
 //! block on a child process while the proxy serves it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
@@ -45,12 +46,28 @@ pub struct Corrupt {
     pub offset: u64,
 }
 
+/// What to damage in replies: in each reply to a request whose target contains `target`
+/// (at most `times` replies), the first `find` becomes `replace`. Both have one length, so
+/// the reply's framing (`Content-Length`, chunks) still holds.
+#[derive(Debug, Clone)]
+pub struct EditReply {
+    /// Part of the request target that picks the replies (`list-type=2`).
+    pub target: String,
+    /// The bytes to replace.
+    pub find: Vec<u8>,
+    /// What replaces them (as long as `find`).
+    pub replace: Vec<u8>,
+    /// How many replies to rewrite at most.
+    pub times: usize,
+}
+
 /// A running proxy; stops when dropped.
 pub struct Proxy {
     /// `http://127.0.0.1:<port>`
     pub endpoint: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     corrupted: Arc<AtomicBool>,
+    edited: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -60,11 +77,32 @@ struct Shared {
     hook: Option<Hook>,
     corrupt: Option<Corrupt>,
     corrupted: Arc<AtomicBool>,
+    edit: Option<EditReply>,
+    edited: Arc<AtomicUsize>,
 }
 
 impl Proxy {
+    /// Proxy to `upstream` that rewrites replies as `edit` says; [`Proxy::edited`] counts them.
+    pub fn editing_replies(upstream: &str, edit: EditReply) -> Proxy {
+        assert_eq!(
+            edit.find.len(),
+            edit.replace.len(),
+            "an edit keeps the length"
+        );
+        Proxy::launch(upstream, None, None, Some(edit))
+    }
+
     /// Proxy to `upstream` (`http://127.0.0.1:<port>`).
     pub fn start(upstream: &str, hook: Option<Hook>, corrupt: Option<Corrupt>) -> Proxy {
+        Proxy::launch(upstream, hook, corrupt, None)
+    }
+
+    fn launch(
+        upstream: &str,
+        hook: Option<Hook>,
+        corrupt: Option<Corrupt>,
+        edit: Option<EditReply>,
+    ) -> Proxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         listener
             .set_nonblocking(true)
@@ -72,6 +110,7 @@ impl Proxy {
         let port = listener.local_addr().expect("proxy address").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let corrupted = Arc::new(AtomicBool::new(false));
+        let edited = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             upstream: upstream
                 .trim_start_matches("http://")
@@ -81,6 +120,8 @@ impl Proxy {
             hook,
             corrupt,
             corrupted: corrupted.clone(),
+            edit,
+            edited: edited.clone(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {
@@ -109,6 +150,7 @@ impl Proxy {
             endpoint: format!("http://127.0.0.1:{port}"),
             seen,
             corrupted,
+            edited,
             stop: Some(stop),
         }
     }
@@ -139,6 +181,11 @@ impl Proxy {
         if let Ok(mut s) = self.seen.lock() {
             s.clear();
         }
+    }
+
+    /// How many replies were rewritten.
+    pub fn edited(&self) -> usize {
+        self.edited.load(Ordering::SeqCst)
     }
 
     /// True once a body byte was flipped.
@@ -193,13 +240,43 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
             .await
             .map(|_| ())
     };
+    let edit = shared
+        .edit
+        .clone()
+        .filter(|e| seen.target.contains(&e.target));
     let to_client = async move {
-        tokio::io::copy(&mut up_read, &mut client_write)
-            .await
-            .map(|_| ())
+        match edit {
+            Some(edit) => reply_edited(&mut up_read, &mut client_write, &edit, &shared).await,
+            None => tokio::io::copy(&mut up_read, &mut client_write)
+                .await
+                .map(|_| ()),
+        }
     };
     let (a, b) = tokio::join!(to_server, to_client);
     a.and(b)
+}
+
+/// The whole reply (the server closes after it), with `edit` made if it is still due.
+async fn reply_edited(
+    upstream: &mut tokio::net::tcp::OwnedReadHalf,
+    client: &mut tokio::net::tcp::OwnedWriteHalf,
+    edit: &EditReply,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    let mut reply = Vec::new();
+    upstream.read_to_end(&mut reply).await?;
+    if let Some(at) = reply.windows(edit.find.len()).position(|w| w == edit.find) {
+        let due = shared
+            .edited
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < edit.times).then_some(n + 1)
+            })
+            .is_ok();
+        if due {
+            reply[at..at + edit.find.len()].copy_from_slice(&edit.replace);
+        }
+    }
+    client.write_all(&reply).await
 }
 
 /// The request head (up to the blank line) and whatever body bytes came with it.

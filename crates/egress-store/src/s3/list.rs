@@ -10,7 +10,7 @@ use futures::StreamExt;
 use super::clean_etag;
 use super::error::{from_sdk, unreadable_xml, S3Context, Target};
 use super::page_xml::FastListing;
-use crate::error::StoreError;
+use crate::error::{ErrorKind, StoreError};
 use crate::{Entry, EntryStream, ObjectInfo, PageStream};
 
 /// Keys in a listing asked with `encoding-type=url` come back URL-encoded (spaces as `+`,
@@ -62,7 +62,18 @@ impl ListCtx {
             };
             from_sdk(&e, &self.what, Target::Bucket, ctx)
         })?;
-        Ok(self.objects(page))
+        self.objects(page)
+    }
+
+    /// An error for a page that cannot be what the store meant: nothing is decided from it.
+    fn broken(&self, what_is_wrong: &str) -> StoreError {
+        StoreError::new(
+            ErrorKind::Other,
+            format!(
+                "{}: {what_is_wrong}; nothing was decided from this listing: check that {} is an S3 server, and any proxy in front of it",
+                self.what, self.endpoint
+            ),
+        )
     }
 
     async fn request(
@@ -85,8 +96,12 @@ impl ListCtx {
     }
 
     /// The page's objects and folders, merged in key order (S3 returns them apart, each
-    /// sorted), keys relative to the root.
-    fn objects(&self, page: ListObjectsV2Output) -> (Vec<Entry>, Option<String>) {
+    /// sorted), keys relative to the root. A keyless object, or a page said to go on
+    /// without a token to go on from, would silently shorten the listing: both are errors.
+    fn objects(
+        &self,
+        page: ListObjectsV2Output,
+    ) -> Result<(Vec<Entry>, Option<String>), StoreError> {
         let encoded = page.encoding_type() == Some(&EncodingType::Url);
         let decode = |raw: &str| match encoded {
             true => decode_key(raw),
@@ -94,7 +109,9 @@ impl ListCtx {
         };
         let mut objects = Vec::with_capacity(page.contents().len());
         for o in page.contents() {
-            let Some(raw) = o.key() else { continue };
+            let Some(raw) = o.key() else {
+                return Err(self.broken("the store listed an object without a key"));
+            };
             let full = decode(raw);
             let Some(key) = full.strip_prefix(&self.root) else {
                 continue;
@@ -119,12 +136,18 @@ impl ListCtx {
         if !page.common_prefixes().is_empty() {
             entries.sort_by(|a, b| a.key().as_bytes().cmp(b.key().as_bytes()));
         }
-        let next = if page.is_truncated().unwrap_or(false) {
-            page.next_continuation_token().map(str::to_string)
-        } else {
-            None
+        let next = match page.is_truncated().unwrap_or(false) {
+            true => match page.next_continuation_token() {
+                Some(token) if !token.is_empty() => Some(token.to_string()),
+                _ => {
+                    return Err(self.broken(
+                        "the store says the listing goes on but sent no continuation token",
+                    ))
+                }
+            },
+            false => None,
         };
-        (entries, next)
+        Ok((entries, next))
     }
 }
 
@@ -180,6 +203,57 @@ pub(super) fn entries(this: ListCtx) -> EntryStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ctx() -> ListCtx {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .build();
+        ListCtx {
+            client: aws_sdk_s3::Client::from_conf(config),
+            bucket: "b".into(),
+            root: "day/".into(),
+            list_prefix: "day/".into(),
+            what: "listing s3://b/day/".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            hint: "the keys",
+            delimiter: false,
+        }
+    }
+
+    fn object(key: Option<&str>) -> aws_sdk_s3::types::Object {
+        aws_sdk_s3::types::Object::builder()
+            .set_key(key.map(str::to_string))
+            .size(3)
+            .build()
+    }
+
+    #[test]
+    fn a_page_that_would_shorten_the_listing_is_an_error() {
+        let page = |objects: Vec<_>, truncated, token: Option<&str>| {
+            ListObjectsV2Output::builder()
+                .set_contents(Some(objects))
+                .is_truncated(truncated)
+                .set_next_continuation_token(token.map(str::to_string))
+                .build()
+        };
+        let (entries, next) = ctx()
+            .objects(page(vec![object(Some("day/a"))], true, Some("t")))
+            .unwrap();
+        assert_eq!((entries.len(), next.as_deref()), (1, Some("t")));
+        let (_, next) = ctx()
+            .objects(page(vec![object(Some("day/a"))], false, None))
+            .unwrap();
+        assert_eq!(next, None);
+        let broken = [
+            page(vec![object(Some("day/a")), object(None)], false, None),
+            page(vec![object(Some("day/a"))], true, None),
+            page(vec![object(Some("day/a"))], true, Some("")),
+        ];
+        for p in broken {
+            let err = ctx().objects(p).expect_err("a shortened listing");
+            assert!(err.to_string().contains("nothing was decided"), "{err}");
+        }
+    }
 
     #[test]
     fn listing_keys_are_url_decoded() {
