@@ -14,6 +14,8 @@
 //! the SDK only if the SDK's own tokenizer reads it whole, with one root and every element
 //! closed; any other page is an error (the listing asks once more, then fails).
 
+use std::sync::OnceLock;
+
 use aws_sdk_s3::operation::list_objects_v2::{ListObjectsV2, ListObjectsV2Output};
 use aws_sdk_s3::types::{CommonPrefix, EncodingType, Object};
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -42,7 +44,9 @@ impl Intercept for FastListing {
         _context: &BeforeSerializationInterceptorContextRef<'_>,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let Some(sdk) = ListObjectsV2::new().config() else {
+        // The operation's config layer, built once (it holds the SDK's deserializer).
+        static SDK: OnceLock<Option<FrozenLayer>> = OnceLock::new();
+        let Some(sdk) = SDK.get_or_init(|| ListObjectsV2::new().config()).clone() else {
             return Ok(());
         };
         cfg.interceptor_state()
