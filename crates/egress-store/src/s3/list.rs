@@ -9,7 +9,7 @@ use futures::StreamExt;
 
 use super::clean_etag;
 use super::error::{from_sdk, unreadable_xml, S3Context, Target};
-use super::page_xml::FastListing;
+use super::page_xml::{DamagedPage, FastListing};
 use crate::error::{ErrorKind, StoreError};
 use crate::{Entry, EntryStream, ObjectInfo, PageStream};
 
@@ -21,6 +21,19 @@ fn decode_key(key: &str) -> String {
     percent_encoding::percent_decode_str(&plus_as_space)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// True when the page came back damaged ([`DamagedPage`]): asked again as it was, since
+/// asking with `encoding-type=url` would trust servers that echo it without encoding.
+fn damaged<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if e.is::<DamagedPage>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 struct ListState {
@@ -51,6 +64,7 @@ impl ListCtx {
         token: Option<String>,
     ) -> Result<(Vec<Entry>, Option<String>), StoreError> {
         let page = match self.request(token.clone(), false).await {
+            Err(e) if damaged(&e) => self.request(token, false).await,
             Err(e) if unreadable_xml(&e) => self.request(token, true).await,
             other => other,
         };
@@ -63,6 +77,13 @@ impl ListCtx {
             from_sdk(&e, &self.what, Target::Bucket, ctx)
         })?;
         self.objects(page)
+    }
+
+    /// A listed key relative to the root, if it is below the prefix the listing asked for.
+    fn relative<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.starts_with(&self.list_prefix)
+            .then(|| key.strip_prefix(&self.root))
+            .flatten()
     }
 
     /// An error for a page that cannot be what the store meant: nothing is decided from it.
@@ -96,8 +117,10 @@ impl ListCtx {
     }
 
     /// The page's objects and folders, merged in key order (S3 returns them apart, each
-    /// sorted), keys relative to the root. A keyless object, or a page said to go on
-    /// without a token to go on from, would silently shorten the listing: both are errors.
+    /// sorted), keys relative to the root. Whatever would silently shorten the listing is
+    /// an error: a count (`KeyCount`, objects and folders, where the store sends it) that
+    /// the page does not hold, a keyless object or one outside the prefix asked for, a page
+    /// said to go on without a token to go on from.
     fn objects(
         &self,
         page: ListObjectsV2Output,
@@ -107,14 +130,24 @@ impl ListCtx {
             true => decode_key(raw),
             false => raw.to_string(),
         };
+        let listed = page.contents().len() + page.common_prefixes().len();
+        if let Some(count) = page
+            .key_count()
+            .filter(|&c| usize::try_from(c) != Ok(listed))
+        {
+            return Err(self.broken(&format!(
+                "the page says it holds {count} keys but lists {listed}"
+            )));
+        }
         let mut objects = Vec::with_capacity(page.contents().len());
         for o in page.contents() {
-            let Some(raw) = o.key() else {
-                return Err(self.broken("the store listed an object without a key"));
-            };
-            let full = decode(raw);
-            let Some(key) = full.strip_prefix(&self.root) else {
-                continue;
+            let full = o.key().filter(|k| !k.is_empty()).map(decode);
+            let Some(key) = full.as_deref().and_then(|k| self.relative(k)) else {
+                return Err(self.broken(&format!(
+                    "the store listed an object without a key, or outside {} ({:?})",
+                    self.list_prefix,
+                    o.key()
+                )));
             };
             // Zero-byte "folder" markers have no file behind them.
             if key.is_empty() || (key.ends_with('/') && o.size().unwrap_or(0) == 0) {
@@ -128,11 +161,18 @@ impl ListCtx {
                 modified_nanos: o.last_modified().map(|t| t.subsec_nanos()).unwrap_or(0),
             }));
         }
-        let folders = page.common_prefixes().iter().filter_map(|p| {
-            let full = decode(p.prefix()?);
-            Some(Entry::Folder(full.strip_prefix(&self.root)?.to_string()))
-        });
-        let mut entries: Vec<Entry> = objects.into_iter().chain(folders).collect();
+        let mut entries = objects;
+        for p in page.common_prefixes() {
+            let full = p.prefix().filter(|k| !k.is_empty()).map(decode);
+            let Some(folder) = full.as_deref().and_then(|k| self.relative(k)) else {
+                return Err(self.broken(&format!(
+                    "the store listed a folder without a name, or outside {} ({:?})",
+                    self.list_prefix,
+                    p.prefix()
+                )));
+            };
+            entries.push(Entry::Folder(folder.to_string()));
+        }
         if !page.common_prefixes().is_empty() {
             entries.sort_by(|a, b| a.key().as_bytes().cmp(b.key().as_bytes()));
         }
@@ -244,10 +284,26 @@ mod tests {
             .objects(page(vec![object(Some("day/a"))], false, None))
             .unwrap();
         assert_eq!(next, None);
+        let counted = ListObjectsV2Output::builder()
+            .contents(object(Some("day/a")))
+            .key_count(1)
+            .build();
+        assert_eq!(ctx().objects(counted).unwrap().0.len(), 1);
+        let miscounted = ListObjectsV2Output::builder()
+            .contents(object(Some("day/a")))
+            .key_count(2)
+            .build();
+        let nameless_folder = ListObjectsV2Output::builder()
+            .common_prefixes(aws_sdk_s3::types::CommonPrefix::builder().build())
+            .build();
         let broken = [
             page(vec![object(Some("day/a")), object(None)], false, None),
+            page(vec![object(Some("day/a")), object(Some(""))], false, None),
+            page(vec![object(Some("other/a"))], false, None),
             page(vec![object(Some("day/a"))], true, None),
             page(vec![object(Some("day/a"))], true, Some("")),
+            miscounted,
+            nameless_folder,
         ];
         for p in broken {
             let err = ctx().objects(p).expect_err("a shortened listing");

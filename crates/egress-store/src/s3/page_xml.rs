@@ -68,15 +68,16 @@ impl DeserializeResponse for FastPage {
         response: &HttpResponse,
         cfg: &ConfigBag,
     ) -> Result<Output, OrchestratorError<Error>> {
-        if response.status().as_u16() == 200 {
+        // The SDK reads every 2xx as a page (a proxy may answer 203 or 206).
+        if response.status().is_success() {
             let body = response.body().bytes().unwrap_or_default();
             if let Some(page) = parse(body) {
                 return Ok(Output::erase(page));
             }
-            if !whole_document(body) {
-                return Err(OrchestratorError::other(
-                    "the listing page is not one whole XML document (damaged in transit?); nothing was decided from it: retry, and check any proxy in front of the endpoint if it repeats",
-                ));
+            match for_the_sdk(body) {
+                ForTheSdk::Whole => {}
+                ForTheSdk::Unreadable => return Err(OrchestratorError::other(UnreadablePage)),
+                ForTheSdk::Damaged => return Err(OrchestratorError::other(DamagedPage)),
             }
         }
         match self.sdk.load::<SharedResponseDeserializer>() {
@@ -122,37 +123,76 @@ pub(super) fn parse(xml: &[u8]) -> Option<ListObjectsV2Output> {
     path.is_empty().then(|| page.finish())?
 }
 
-/// True when `xml` reads to its end with the SDK's tokenizer (`xmlparser`) as one root
-/// element whose every element is closed by its own name: the SDK's lenient reading of it
-/// then stops nowhere early.
-fn whole_document(xml: &[u8]) -> bool {
+/// A 2xx page the SDK would read short: not one whole XML document (damaged or cut in
+/// transit), or one the SDK misreads. The listing asks for it once more as it was.
+#[derive(Debug, thiserror::Error)]
+#[error("the listing page is not one whole XML document (damaged in transit?); nothing was decided from it: retry, and check any proxy in front of the endpoint if it repeats")]
+pub(super) struct DamagedPage;
+
+/// A 2xx page holding a character XML cannot carry (a key with U+0001): the listing asks
+/// for it again with `encoding-type=url`.
+#[derive(Debug, thiserror::Error)]
+#[error("the listing page holds a character XML cannot carry (a key with a control character?)")]
+pub(super) struct UnreadablePage;
+
+/// What a page [`parse`] refused is to the SDK's lenient reading.
+#[derive(Debug, PartialEq)]
+enum ForTheSdk {
+    /// Read whole, as written: the SDK may read it.
+    Whole,
+    /// A character XML cannot carry.
+    Unreadable,
+    /// The SDK would stop early or misread a value.
+    Damaged,
+}
+
+/// Judges a page with the SDK's own tokenizer (`xmlparser`): it must read to its end as one
+/// root whose every element is closed by its own name. The SDK's decoder also keeps only a
+/// field's first piece of text and skips CDATA (a key `a<!--x-->b` reads as `a`, a CDATA
+/// key as empty), and stops at an attribute value it cannot unescape: pages with CDATA, a
+/// comment or processing instruction inside the root, or such an attribute go no further.
+fn for_the_sdk(xml: &[u8]) -> ForTheSdk {
+    use xmlparser::{ElementEnd, Error as XmlError, StreamError, Token};
     let Ok(text) = std::str::from_utf8(xml) else {
-        return false;
+        return ForTheSdk::Damaged;
     };
     let mut open: Vec<(&str, &str)> = Vec::new();
     let mut started: Option<(&str, &str)> = None;
     let mut roots = 0;
     for token in xmlparser::Tokenizer::from(text) {
-        match token {
-            Err(_) => return false,
-            Ok(xmlparser::Token::ElementStart { prefix, local, .. }) => {
+        let whole = match token {
+            Err(XmlError::InvalidCharData(StreamError::NonXmlChar(..), _)) => {
+                return ForTheSdk::Unreadable
+            }
+            Err(_) | Ok(Token::Cdata { .. }) => false,
+            Ok(Token::Comment { .. } | Token::ProcessingInstruction { .. }) => open.is_empty(),
+            Ok(Token::Attribute { value, .. }) => unescape(value.as_str()).is_some(),
+            Ok(Token::ElementStart { prefix, local, .. }) => {
                 roots += usize::from(open.is_empty());
                 started = Some((prefix.as_str(), local.as_str()));
+                true
             }
-            Ok(xmlparser::Token::ElementEnd { end, .. }) => match (end, started.take()) {
-                (xmlparser::ElementEnd::Open, Some(name)) => open.push(name),
-                (xmlparser::ElementEnd::Empty, Some(_)) => {}
-                (xmlparser::ElementEnd::Close(prefix, local), None) => {
-                    if open.pop() != Some((prefix.as_str(), local.as_str())) {
-                        return false;
-                    }
+            Ok(Token::ElementEnd { end, .. }) => match (end, started.take()) {
+                (ElementEnd::Open, Some(name)) => {
+                    open.push(name);
+                    true
                 }
-                _ => return false,
+                (ElementEnd::Empty, Some(_)) => true,
+                (ElementEnd::Close(prefix, local), None) => {
+                    open.pop() == Some((prefix.as_str(), local.as_str()))
+                }
+                _ => false,
             },
-            Ok(_) => {}
+            Ok(_) => true,
+        };
+        if !whole {
+            return ForTheSdk::Damaged;
         }
     }
-    roots == 1 && open.is_empty()
+    match roots == 1 && open.is_empty() {
+        true => ForTheSdk::Whole,
+        false => ForTheSdk::Damaged,
+    }
 }
 
 /// What the page says so far.
@@ -166,6 +206,7 @@ struct Page<'a> {
     /// Inside a field this reader keeps: its text so far (one piece at most).
     field: Option<Option<&'a str>>,
     truncated: Option<bool>,
+    key_count: Option<i32>,
     token: Option<String>,
     encoding: Option<String>,
     seen_root: bool,
@@ -185,7 +226,10 @@ fn is_field(path: &[&str]) -> bool {
         path,
         [_, "Contents", "Key" | "Size" | "ETag" | "LastModified"]
             | [_, "CommonPrefixes", "Prefix"]
-            | [_, "IsTruncated" | "NextContinuationToken" | "EncodingType"]
+            | [
+                _,
+                "IsTruncated" | "KeyCount" | "NextContinuationToken" | "EncodingType"
+            ]
     )
 }
 
@@ -261,6 +305,7 @@ impl<'a> Page<'a> {
                     _ => return None,
                 })
             }
+            [_, "KeyCount"] => self.key_count = Some(text.parse().ok()?),
             [_, "NextContinuationToken"] => self.token = Some(unescape(text)?),
             _ => self.encoding = Some(unescape(text)?),
         }
@@ -276,6 +321,7 @@ impl<'a> Page<'a> {
                 .set_contents((!self.objects.is_empty()).then_some(self.objects))
                 .set_common_prefixes((!self.prefixes.is_empty()).then_some(self.prefixes))
                 .set_is_truncated(self.truncated)
+                .set_key_count(self.key_count)
                 .set_next_continuation_token(self.token)
                 .set_encoding_type(self.encoding.as_deref().map(EncodingType::from))
                 .build(),
@@ -361,6 +407,8 @@ fn tag_end(inner: &str) -> Option<usize> {
             (None, '"' | '\'') => quote = Some(c),
             (Some(q), c) if c == q => quote = None,
             (None, '>') => return Some(i),
+            // Never inside a start tag, quoted or not: it could hide elements.
+            (_, '<') => return None,
             _ => {}
         }
     }
@@ -447,8 +495,9 @@ mod tests {
             .collect();
         let prefixes: Vec<_> = p.common_prefixes().iter().map(|c| c.prefix()).collect();
         format!(
-            "{objects:?} {prefixes:?} {:?} {:?} {:?}",
+            "{objects:?} {prefixes:?} {:?} {:?} {:?} {:?}",
             p.is_truncated(),
+            p.key_count(),
             p.next_continuation_token(),
             p.encoding_type()
         )
@@ -522,12 +571,13 @@ mod tests {
         assert!(parse(&[0xff, 0xfe]).is_none());
     }
 
-    /// A 200 page through [`FastPage`], as the listing's requests read it.
-    fn through_fast_page(xml: &str) -> Result<ListObjectsV2Output, String> {
+    /// A page through [`FastPage`] with this status, as the listing's requests read it.
+    fn through_fast_page(xml: &str, status: u16) -> Result<ListObjectsV2Output, String> {
         let fast = FastPage {
             sdk: ListObjectsV2::new().config().unwrap(),
         };
-        let response = HttpResponse::new(StatusCode::try_from(200).unwrap(), SdkBody::from(xml));
+        let status = StatusCode::try_from(status).unwrap();
+        let response = HttpResponse::new(status, SdkBody::from(xml));
         fast.deserialize_nonstreaming_with_config(&response, &ConfigBag::base())
             .map(|o| o.downcast::<ListObjectsV2Output>().unwrap())
             .map_err(|e| format!("{e:?}"))
@@ -536,8 +586,8 @@ mod tests {
     #[test]
     fn pages_the_sdk_would_read_short_are_errors() {
         let second = AWS.find("day/żół").unwrap();
+        // Each read `Ok` by the SDK alone, with objects missing or a key cut short.
         let short = [
-            AWS[..AWS.len() - 10].to_string(),
             AWS[..second].to_string(),
             AWS.replace("</Size>", "</Sise>"),
             AWS.replace("day/żół", "day/<<żół"),
@@ -546,31 +596,58 @@ mod tests {
                 "<Contents><Key>day/żół",
                 "<Contents></Contents><Key>day/żół",
             ),
+            // The SDK keeps a field's first piece of text and skips CDATA.
+            AWS.replace("day/żół", "day/<![CDATA[żół]]>"),
+            AWS.replace("day/żół", "day/<!-- x -->żół"),
+            AWS.replace("day/żół", "day/<?x y?>żół"),
+            // An attribute the SDK cannot unescape ends its reading (the `s3:` prefix
+            // sends the page to the SDK).
+            AWS.replace(
+                "<Contents><Key>day/żół",
+                "<Contents a=\"&amp\"><s3:Key>day/żół",
+            )
+            .replace("💾.bin</Key>", "💾.bin</s3:Key>"),
+        ];
+        for xml in &short {
+            assert!(sdk_result(xml).is_ok(), "the SDK reads it leniently: {xml}");
+        }
+        let not_even_for_the_sdk = [
+            AWS[..AWS.len() - 10].to_string(),
             format!("{AWS}<ListBucketResult></ListBucketResult>"),
             String::new(),
         ];
-        for xml in &short {
-            // Each was read `Ok` by the SDK alone, most with objects missing.
-            if !xml.is_empty() && !xml.contains("<ListBucketResult></") {
-                assert!(sdk_result(xml).is_ok(), "the SDK reads it leniently: {xml}");
+        for xml in short.iter().chain(&not_even_for_the_sdk) {
+            for status in [200, 203, 206] {
+                let err = through_fast_page(xml, status).expect_err(xml);
+                assert!(err.contains("DamagedPage"), "{status} {err}");
             }
-            let err = through_fast_page(xml).expect_err(xml);
-            assert!(err.contains("not one whole XML document"), "{err}");
         }
-        // Well-formed pages our reader leaves to the SDK are read by it, as before.
+        // Well-formed pages our reader leaves to the SDK are read by it, as before: whole,
+        // or refused (`True` is not a boolean to it).
         let prefixed = AWS
             .replace("<Key>", "<s3:Key>")
             .replace("</Key>", "</s3:Key>");
-        let cdata = AWS.replace("&#233;", "<![CDATA[x]]>");
-        for xml in [&prefixed, &cdata, &AWS.replace(">true<", ">True<")] {
+        for xml in [&prefixed, &AWS.replace(">true<", ">True<")] {
             let sdk = sdk_result(xml).map(|o| fields(&o));
-            assert_eq!(through_fast_page(xml).map(|o| fields(&o)), sdk, "{xml}");
+            assert_eq!(
+                through_fast_page(xml, 200).map(|o| fields(&o)),
+                sdk,
+                "{xml}"
+            );
         }
-        // A page the SDK refuses too (a raw U+0001) is an error either way; the listing
-        // asks for it again with encoding-type=url (the store contract suite, on moto).
+        assert_eq!(sdk_result(&prefixed).unwrap().contents().len(), 2);
+        // A character XML cannot carry (a raw U+0001) is told apart: the listing asks
+        // again with encoding-type=url (the store contract suite, on moto).
         let raw_control = AWS.replace("&#233;", "\u{1}");
-        assert!(sdk_result(&raw_control).is_err());
-        assert!(through_fast_page(&raw_control).is_err());
+        let err = through_fast_page(&raw_control, 200).expect_err("refused");
+        assert!(err.contains("UnreadablePage"), "{err}");
+        // Markup hidden in a quoted attribute value is not read as one empty element.
+        let hidden = AWS.replace(
+            "<Contents><Key>day/żół",
+            "<Z a=\"><Contents><Key>day/x</Key></Contents><Z b=\"/><Contents><Key>day/żół",
+        );
+        assert!(parse(hidden.as_bytes()).is_none());
+        assert!(through_fast_page(&hidden, 200).is_err());
     }
 
     fn sdk_result(xml: &str) -> Result<ListObjectsV2Output, String> {
