@@ -286,6 +286,13 @@ async fn a_damaged_listing_page_is_read_again_or_stops_the_run_and_deletes_nothi
         &remove,
     );
     assert_eq!(proxy.edited(), 1, "one page was damaged");
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .all(|r| !r.target.contains("encoding-type")),
+        "asked again as it was: s3s-fs echoes encoding-type=url without encoding"
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(last_line(&out).contains("deleted=0"), "{}", text(&out));
     assert_eq!(output.keys("dst", "k").await.len(), 20, "nothing deleted");

@@ -9,7 +9,7 @@ use futures::StreamExt;
 
 use super::clean_etag;
 use super::error::{from_sdk, unreadable_xml, S3Context, Target};
-use super::page_xml::{DamagedPage, FastListing};
+use super::page_xml::{DamagedPage, FastListing, UnreadablePage};
 use crate::error::{ErrorKind, StoreError};
 use crate::{Entry, EntryStream, ObjectInfo, PageStream};
 
@@ -23,12 +23,13 @@ fn decode_key(key: &str) -> String {
         .into_owned()
 }
 
-/// True when the page came back damaged ([`DamagedPage`]): asked again as it was, since
-/// asking with `encoding-type=url` would trust servers that echo it without encoding.
-fn damaged<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> bool {
+/// True when `T` (the fast reader's verdict on a page) is among the causes of `err`.
+fn caused_by<T: std::error::Error + 'static, E: std::error::Error + 'static>(
+    err: &SdkError<E, HttpResponse>,
+) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cause {
-        if e.is::<DamagedPage>() {
+        if e.is::<T>() {
             return true;
         }
         cause = e.source();
@@ -55,19 +56,26 @@ pub(super) struct ListCtx {
 }
 
 impl ListCtx {
-    /// One page. Keys are listed raw; a page whose XML cannot be read (a key holding a
-    /// character XML cannot carry, such as U+0001) is asked again with `encoding-type=url`
-    /// and its keys decoded, as minio-go does. Asking for encoding only then keeps us safe
-    /// from servers that echo `EncodingType` without encoding (s3s-fs 0.14 does: measured).
+    /// One page, keys listed raw. A 2xx page that cannot be read (damaged in transit, or
+    /// refused by the SDK) is asked once more as it was; if that one holds a character XML
+    /// cannot carry (a key with U+0001), it is asked with `encoding-type=url` and its keys
+    /// decoded, as minio-go does. Asking for encoding only then keeps us safe from servers
+    /// that echo `EncodingType` without encoding (s3s-fs 0.14 does: measured), whose keys
+    /// decoding would rename (`a+b` as `a b`).
     async fn page(
         &self,
         token: Option<String>,
     ) -> Result<(Vec<Entry>, Option<String>), StoreError> {
-        let page = match self.request(token.clone(), false).await {
-            Err(e) if damaged(&e) => self.request(token, false).await,
-            Err(e) if unreadable_xml(&e) => self.request(token, true).await,
-            other => other,
-        };
+        let mut page = self.request(token.clone(), false).await;
+        if page
+            .as_ref()
+            .is_err_and(|e| unreadable_xml(e) || caused_by::<DamagedPage, _>(e))
+        {
+            page = self.request(token.clone(), false).await;
+            if page.as_ref().is_err_and(caused_by::<UnreadablePage, _>) {
+                page = self.request(token, true).await;
+            }
+        }
         let page = page.map_err(|e| {
             let ctx = S3Context {
                 bucket: &self.bucket,
@@ -163,7 +171,11 @@ impl ListCtx {
         }
         let mut entries = objects;
         for p in page.common_prefixes() {
-            let full = p.prefix().filter(|k| !k.is_empty()).map(decode);
+            // A folder is longer than the prefix asked for (or it would be listed again).
+            let full = p
+                .prefix()
+                .map(decode)
+                .filter(|k| k.len() > self.list_prefix.len());
             let Some(folder) = full.as_deref().and_then(|k| self.relative(k)) else {
                 return Err(self.broken(&format!(
                     "the store listed a folder without a name, or outside {} ({:?})",
@@ -296,6 +308,13 @@ mod tests {
         let nameless_folder = ListObjectsV2Output::builder()
             .common_prefixes(aws_sdk_s3::types::CommonPrefix::builder().build())
             .build();
+        let the_prefix_itself = ListObjectsV2Output::builder()
+            .common_prefixes(
+                aws_sdk_s3::types::CommonPrefix::builder()
+                    .prefix("day/")
+                    .build(),
+            )
+            .build();
         let broken = [
             page(vec![object(Some("day/a")), object(None)], false, None),
             page(vec![object(Some("day/a")), object(Some(""))], false, None),
@@ -304,6 +323,7 @@ mod tests {
             page(vec![object(Some("day/a"))], true, Some("")),
             miscounted,
             nameless_folder,
+            the_prefix_itself,
         ];
         for p in broken {
             let err = ctx().objects(p).expect_err("a shortened listing");

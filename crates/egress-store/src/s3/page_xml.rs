@@ -146,17 +146,25 @@ enum ForTheSdk {
     Damaged,
 }
 
+/// An element open in [`for_the_sdk`]'s reading, and what it holds so far.
+struct OpenElement<'a> {
+    name: (&'a str, &'a str),
+    text: bool,
+    child: bool,
+}
+
 /// Judges a page with the SDK's own tokenizer (`xmlparser`): it must read to its end as one
 /// root whose every element is closed by its own name. The SDK's decoder also keeps only a
-/// field's first piece of text and skips CDATA (a key `a<!--x-->b` reads as `a`, a CDATA
-/// key as empty), and stops at an attribute value it cannot unescape: pages with CDATA, a
-/// comment or processing instruction inside the root, or such an attribute go no further.
+/// field's first piece of text and skips CDATA (a key `a<!--x-->b` or `a<x/>b` reads as
+/// `a`, a CDATA key as empty), and stops at an attribute value it cannot unescape: pages
+/// with CDATA, a comment or processing instruction inside the root, an element holding both
+/// text and elements, or such an attribute go no further.
 fn for_the_sdk(xml: &[u8]) -> ForTheSdk {
     use xmlparser::{ElementEnd, Error as XmlError, StreamError, Token};
     let Ok(text) = std::str::from_utf8(xml) else {
         return ForTheSdk::Damaged;
     };
-    let mut open: Vec<(&str, &str)> = Vec::new();
+    let mut open: Vec<OpenElement> = Vec::new();
     let mut started: Option<(&str, &str)> = None;
     let mut roots = 0;
     for token in xmlparser::Tokenizer::from(text) {
@@ -167,20 +175,39 @@ fn for_the_sdk(xml: &[u8]) -> ForTheSdk {
             Err(_) | Ok(Token::Cdata { .. }) => false,
             Ok(Token::Comment { .. } | Token::ProcessingInstruction { .. }) => open.is_empty(),
             Ok(Token::Attribute { value, .. }) => unescape(value.as_str()).is_some(),
+            Ok(Token::Text { text }) => match open.last_mut() {
+                Some(parent) if !text.as_str().trim().is_empty() => {
+                    parent.text = true;
+                    !parent.child
+                }
+                _ => true,
+            },
             Ok(Token::ElementStart { prefix, local, .. }) => {
-                roots += usize::from(open.is_empty());
                 started = Some((prefix.as_str(), local.as_str()));
-                true
+                match open.last_mut() {
+                    Some(parent) => {
+                        parent.child = true;
+                        !parent.text
+                    }
+                    None => {
+                        roots += 1;
+                        true
+                    }
+                }
             }
             Ok(Token::ElementEnd { end, .. }) => match (end, started.take()) {
                 (ElementEnd::Open, Some(name)) => {
-                    open.push(name);
+                    open.push(OpenElement {
+                        name,
+                        text: false,
+                        child: false,
+                    });
                     true
                 }
                 (ElementEnd::Empty, Some(_)) => true,
-                (ElementEnd::Close(prefix, local), None) => {
-                    open.pop() == Some((prefix.as_str(), local.as_str()))
-                }
+                (ElementEnd::Close(prefix, local), None) => open
+                    .pop()
+                    .is_some_and(|e| e.name == (prefix.as_str(), local.as_str())),
                 _ => false,
             },
             Ok(_) => true,
@@ -600,6 +627,7 @@ mod tests {
             AWS.replace("day/żół", "day/<![CDATA[żół]]>"),
             AWS.replace("day/żół", "day/<!-- x -->żół"),
             AWS.replace("day/żół", "day/<?x y?>żół"),
+            AWS.replace("day/żół", "day/<x/>żół"),
             // An attribute the SDK cannot unescape ends its reading (the `s3:` prefix
             // sends the page to the SDK).
             AWS.replace(
