@@ -231,20 +231,26 @@ async fn a_byte_damaged_in_flight_is_refused_before_it_is_visible_and_the_retry_
     );
 }
 
+/// Two s3s-fs servers: the input's bucket `src` holding `objects`, the output's `dst` empty.
+async fn s3s_fs_pair(objects: Vec<(String, Vec<u8>)>) -> (S3Server, S3Server) {
+    let input = S3Server::start(S3Kind::S3sFs);
+    let output = S3Server::start(S3Kind::S3sFs);
+    input.create_bucket("src").await;
+    output.create_bucket("dst").await;
+    put_many(&input, "src", objects).await;
+    (input, output)
+}
+
 /// The SDK reads a listing page leniently: a tag its tokenizer cannot follow ends the
 /// document there, and the page comes back with the objects before it (measured on
 /// aws-sdk-s3 1.x: `<Kez>k05</Key>` left 5 of a page's 20 objects, and no `IsTruncated`).
 /// With `--remove`, the 15 unlisted objects would have been deleted from the output.
 #[tokio::test]
 async fn a_damaged_listing_page_is_read_again_or_stops_the_run_and_deletes_nothing() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
-    let objects: Vec<(String, Vec<u8>)> = (0..20)
+    let objects = (0..20)
         .map(|i| (format!("k{i:02}"), data(i, 100)))
         .collect();
-    put_many(&input, "src", objects).await;
+    let (input, output) = s3s_fs_pair(objects).await;
     let out = sync(&input, "src", &output, "dst", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let remove = ["--remove", "--max-delete", "100"];
@@ -300,14 +306,10 @@ async fn a_damaged_listing_page_is_read_again_or_stops_the_run_and_deletes_nothi
 
 #[tokio::test]
 async fn an_earlier_versions_records_file_is_removed_and_nothing_is_copied_again() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
-    let objects: Vec<(String, Vec<u8>)> = (0..30)
+    let objects = (0..30)
         .map(|i| (format!("d/{i}.bin"), data(i, 500)))
         .collect();
-    put_many(&input, "src", objects).await;
+    let (input, output) = s3s_fs_pair(objects).await;
     let legacy = data(99, 12 * MIB);
     put_parts(&input, "src", "d/legacy.bin", &legacy, &[6 * MIB, 6 * MIB]).await;
     let out = sync(&input, "src", &output, "dst", &[]);
