@@ -494,15 +494,29 @@ mod tests {
     use aws_smithy_runtime_api::http::StatusCode;
     use aws_smithy_types::body::SdkBody;
 
-    /// The SDK's own reading of a page, for comparison.
-    fn sdk(xml: &str) -> ListObjectsV2Output {
+    /// `xml` answered with `status`, read by `reader`.
+    fn read_with(
+        reader: &dyn DeserializeResponse,
+        xml: &str,
+        status: u16,
+    ) -> Result<ListObjectsV2Output, String> {
+        let status = StatusCode::try_from(status).unwrap();
+        let response = HttpResponse::new(status, SdkBody::from(xml));
+        reader
+            .deserialize_nonstreaming_with_config(&response, &ConfigBag::base())
+            .map(|o| o.downcast::<ListObjectsV2Output>().unwrap())
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    /// The SDK's own reading of a 200 page, for comparison.
+    fn sdk_result(xml: &str) -> Result<ListObjectsV2Output, String> {
         let layer = ListObjectsV2::new().config().unwrap();
         let sdk = layer.load::<SharedResponseDeserializer>().unwrap();
-        let response = HttpResponse::new(StatusCode::try_from(200).unwrap(), SdkBody::from(xml));
-        let output = sdk
-            .deserialize_nonstreaming_with_config(&response, &ConfigBag::base())
-            .unwrap();
-        output.downcast::<ListObjectsV2Output>().unwrap()
+        read_with(sdk, xml, 200)
+    }
+
+    fn sdk(xml: &str) -> ListObjectsV2Output {
+        sdk_result(xml).unwrap()
     }
 
     /// What a listing reads from a page.
@@ -603,11 +617,7 @@ mod tests {
         let fast = FastPage {
             sdk: ListObjectsV2::new().config().unwrap(),
         };
-        let status = StatusCode::try_from(status).unwrap();
-        let response = HttpResponse::new(status, SdkBody::from(xml));
-        fast.deserialize_nonstreaming_with_config(&response, &ConfigBag::base())
-            .map(|o| o.downcast::<ListObjectsV2Output>().unwrap())
-            .map_err(|e| format!("{e:?}"))
+        read_with(&fast, xml, status)
     }
 
     #[test]
@@ -676,14 +686,5 @@ mod tests {
         );
         assert!(parse(hidden.as_bytes()).is_none());
         assert!(through_fast_page(&hidden, 200).is_err());
-    }
-
-    fn sdk_result(xml: &str) -> Result<ListObjectsV2Output, String> {
-        let layer = ListObjectsV2::new().config().unwrap();
-        let sdk = layer.load::<SharedResponseDeserializer>().unwrap();
-        let response = HttpResponse::new(StatusCode::try_from(200).unwrap(), SdkBody::from(xml));
-        sdk.deserialize_nonstreaming_with_config(&response, &ConfigBag::base())
-            .map(|o| o.downcast::<ListObjectsV2Output>().unwrap())
-            .map_err(|e| format!("{e:?}"))
     }
 }
