@@ -98,8 +98,8 @@ fn certificate_refused<E: std::error::Error + 'static>(err: &SdkError<E, HttpRes
     chain(err).contains("invalid peer certificate")
 }
 
-/// True for a 2xx XML reply the SDK could not read: an S3 listing holding a key with a
-/// character XML cannot carry (U+0001).
+/// True for a 2xx XML reply that could not be read (a listing page damaged in transit, or
+/// holding a key with a character XML cannot carry, such as U+0001): the listing asks again.
 pub(super) fn unreadable_xml<E>(err: &SdkError<E, HttpResponse>) -> bool {
     err.raw_response().is_some_and(|r| {
         r.status().is_success()
