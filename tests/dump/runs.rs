@@ -86,6 +86,9 @@ impl Writer {
     }
 }
 
+/// The day's lease in the tests below.
+const LEASE: &str = "conc/2024-06-02/.egress-lease.json";
+
 #[tokio::test]
 async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
     let pg = PgServer::start();
@@ -96,7 +99,7 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
     let env = env_for(&pg, &s3, "c1 c2");
     let writer = Writer::start(&pg);
     // Without waiting: the second run finds the first one's lease and stops with exit 3.
-    let first = spawn(
+    let mut first = spawn(
         &env,
         &[
             "--jobs",
@@ -107,7 +110,7 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
             "5",
         ],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    s3.wait_for_key(BUCKET, LEASE, &mut first).await;
     let second = run(&env, &["--jobs", "4", "--part-size-mib", "5"]);
     let first = first.wait_with_output().unwrap();
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
@@ -131,8 +134,8 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
     );
 
     // Waiting for the lease: the second run dumps the day again after the first.
-    let first = spawn(&env, &["--jobs", "4", "--part-size-mib", "5"]);
-    std::thread::sleep(Duration::from_millis(500));
+    let mut first = spawn(&env, &["--jobs", "4", "--part-size-mib", "5"]);
+    s3.wait_for_key(BUCKET, LEASE, &mut first).await;
     let second = run(
         &env,
         &[

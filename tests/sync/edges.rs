@@ -477,12 +477,14 @@ async fn two_overlapping_syncs_never_abort_each_others_uploads() {
     }
     let args = ["--jobs", "2"];
     // The second run finds the first one's lease: exit 3, nothing touched.
-    let first = command(&input, "src", &output, "dst", &args)
+    let mut first = command(&input, "src", &output, "dst", &args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    output
+        .wait_for_key("dst", ".egress-sync-lease.json", &mut first)
+        .await;
     let second = sync(&input, "src", &output, "dst", &args);
     let first = first.wait_with_output().unwrap();
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
@@ -495,12 +497,14 @@ async fn two_overlapping_syncs_never_abort_each_others_uploads() {
     // Waiting instead: both succeed, one after the other.
     let expected = contents(&input, "src", "").await;
     put_many(&input, "src", vec![("late.txt".into(), b"late".to_vec())]).await;
-    let first = command(&input, "src", &output, "dst", &args)
+    let mut first = command(&input, "src", &output, "dst", &args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    output
+        .wait_for_key("dst", ".egress-sync-lease.json", &mut first)
+        .await;
     let second = sync(
         &input,
         "src",

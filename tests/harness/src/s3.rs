@@ -276,6 +276,23 @@ impl S3Endpoint {
             });
     }
 
+    /// Wait until `key` is in `bucket` while `run` is still running: the moment a second
+    /// run must find the first one's lease, on a machine of any speed (a fixed sleep raced
+    /// the first run's start on a loaded machine).
+    pub async fn wait_for_key(&self, bucket: &str, key: &str, run: &mut Child) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.keys(bucket, key).await.iter().any(|k| k == key) {
+            if let Ok(Some(status)) = run.try_wait() {
+                panic!("the run ended ({status}) before s3://{bucket}/{key} appeared");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s3://{bucket}/{key} did not appear within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Every key under `prefix`, sorted.
     pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let mut keys = Vec::new();
