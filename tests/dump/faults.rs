@@ -99,7 +99,7 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> Output {
 async fn data_keys(s3: &S3Server) -> Vec<String> {
     let keys = s3.keys(BUCKET, "").await;
     keys.into_iter()
-        .filter(|k| !k.ends_with(egress_common::lease::FILE_NAME))
+        .filter(|k| !k.ends_with(egress_common::day::lease::FILE_NAME))
         .collect()
 }
 

@@ -747,7 +747,7 @@ async fn sigterm_mid_sync_aborts_uploads_and_exits_143() {
     let objects = contents(&output, DST, "").await;
     let mirrored = objects
         .into_iter()
-        .filter(|(key, _)| !egress_common::lease::is_coordination(key));
+        .filter(|(key, _)| !egress_common::day::lease::is_coordination(key));
     for (key, body) in mirrored {
         assert!(
             expected.get(&key) == Some(&body),

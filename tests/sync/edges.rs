@@ -1002,7 +1002,7 @@ async fn an_unreadable_mirror_lease_is_one_line() {
 /// PUT (measured), so a renewal there is what this checks above all.
 #[tokio::test]
 async fn leases_renew_keep_out_and_lapse_on_ceph_moto_and_s3s_fs() {
-    use egress_common::lease::{self, Busy, Holder, Options};
+    use egress_common::day::lease::{self, Busy, Holder, Options};
     let ceph = CephRgw::start();
     let moto = S3Server::start(S3Kind::Moto);
     let s3s = S3Server::start(S3Kind::S3sFs);

@@ -40,7 +40,7 @@ async fn seed(input: &S3Server) {
 /// Every object of the mirror at `prefix` with its ETag, leases left out.
 async fn mirrored(ceph: &CephRgw, prefix: &str) -> HashMap<String, String> {
     let mut all = etags(ceph, DST, prefix).await;
-    all.retain(|k, _| !egress_common::lease::is_coordination(k));
+    all.retain(|k, _| !egress_common::day::lease::is_coordination(k));
     all
 }
 
@@ -143,10 +143,10 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
 
     // While a share of two holds its lease (a live process's), a whole-mirror run and a
     // share of three would overlap it: both refused with exit 3, naming it.
-    let holder = egress_common::lease::Holder {
+    let holder = egress_common::day::lease::Holder {
         run_id: "r-two".into(),
         program: "egress-sync".into(),
-        host: egress_common::lease::hostname(),
+        host: egress_common::day::lease::hostname(),
         pid: std::process::id(),
         since: 0,
         expires: 0,
@@ -154,7 +154,7 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
     };
     let key = format!(
         "shared/{}",
-        egress_common::lease::mirror_key(egress_common::cli::Slice { index: 0, count: 2 })
+        egress_common::day::lease::mirror_key(egress_common::cli::Slice { index: 0, count: 2 })
     );
     put_many(
         &ceph,

@@ -128,8 +128,8 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     /// How this run takes its lease.
-    pub fn lease(&self) -> crate::lease::Options {
-        crate::lease::Options {
+    pub fn lease(&self) -> crate::day::lease::Options {
+        crate::day::lease::Options {
             wait: self.wait_for_lease,
             ttl: self.lease_ttl,
         }
@@ -154,13 +154,13 @@ impl CommonArgs {
     }
 }
 
-/// A lease's time to live: a duration of at least [`crate::lease::MIN_TTL`].
+/// A lease's time to live: a duration of at least [`crate::day::lease::MIN_TTL`].
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     let ttl = crate::units::parse_duration(text)?;
-    if ttl < crate::lease::MIN_TTL {
+    if ttl < crate::day::lease::MIN_TTL {
         return Err(format!(
             "'{text}' is too short for a lease: use at least {}s",
-            crate::lease::MIN_TTL.as_secs()
+            crate::day::lease::MIN_TTL.as_secs()
         ));
     }
     Ok(ttl)

@@ -4,9 +4,9 @@
 
 pub mod check;
 pub mod cli;
+pub mod day;
 pub mod envlist;
 pub mod error;
-pub mod lease;
 pub mod location;
 pub mod logging;
 pub mod manifest;

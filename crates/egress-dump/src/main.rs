@@ -2,8 +2,8 @@
 
 use clap::{CommandFactory, Parser};
 use egress_common::cli::{self, Ending};
+use egress_common::day::lease::Busy;
 use egress_common::error::find;
-use egress_common::lease::Busy;
 use egress_common::{ConfigError, ExitCode};
 use egress_dump::config::{Args, EXTRA_ENV, REQUIRED_ENV};
 use egress_dump::pg::{DbError, DbErrorKind};

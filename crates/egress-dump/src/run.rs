@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use egress_common::lease::{self, Lease};
+use egress_common::day::lease::{self, Lease};
 use egress_common::manifest::{self, FileEntry, Manifest, TableEntry};
 use egress_common::{ConfigError, Location};
 use egress_store::{Body, PutOptions, Store};

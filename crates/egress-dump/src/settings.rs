@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use egress_common::lease;
+use egress_common::day::lease;
 use egress_common::{ConfigError, Location};
 use egress_store::{S3Settings, Secret};
 

@@ -15,9 +15,11 @@ mod guard;
 pub mod key;
 mod local;
 mod memory;
+pub mod mutant;
 mod s3;
 mod secret;
 pub mod stop;
+pub mod task;
 mod walk;
 mod writer;
 
@@ -31,7 +33,7 @@ pub use body::{Body, ByteStream};
 pub use error::{chain, ErrorKind, StoreError};
 pub use guard::{guarded, Guard, Guarded};
 pub use local::{Durability, LocalOptions, LocalStore};
-pub use memory::MemoryStore;
+pub use memory::{Clock, MemoryStore};
 pub use s3::{is_aws_host, S3Settings, S3Store};
 pub use secret::{redact_urls, Secret};
 pub use walk::list_parallel;
@@ -148,6 +150,9 @@ pub struct Upload {
     /// The store's id for it.
     pub id: String,
     modified: Option<i64>,
+    /// The condition of the write that makes it visible ([`Condition::IfAbsent`]: create
+    /// only), honoured at [`ObjectStore::complete`] where the store honours one.
+    condition: Condition,
     ticket: stop::Ticket,
 }
 

@@ -24,13 +24,29 @@ use crate::{
 /// S3's smallest part but the last.
 const MIN_PART: u64 = 5 * 1024 * 1024;
 
+/// The store's clock: seconds since the epoch.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 /// A store in memory; clones share the objects.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     page: usize,
     /// Whether PUT conditions are checked (a store that ignores them does not).
     conditions: bool,
+    /// The smallest part but the last (S3's 5 MiB unless a test lowers it).
+    min_part: u64,
+    /// The store's clock (the system's unless a test gives its own).
+    clock: Option<Clock>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("page", &self.page)
+            .field("conditions", &self.conditions)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +87,41 @@ impl MemoryStore {
             state: Arc::new(Mutex::new(State::default())),
             page: 1000,
             conditions: true,
+            min_part: MIN_PART,
+            clock: None,
+        }
+    }
+
+    /// The same store, its time told by `clock` (a simulation's virtual time).
+    pub fn with_clock(self, clock: Clock) -> MemoryStore {
+        MemoryStore {
+            clock: Some(clock),
+            ..self
+        }
+    }
+
+    /// The same store, accepting parts down to `bytes` (a simulation's small objects).
+    pub fn with_min_part(self, bytes: u64) -> MemoryStore {
+        MemoryStore {
+            min_part: bytes,
+            ..self
+        }
+    }
+
+    /// Every object: its key, bytes and ETag (for a simulation's checks).
+    pub fn objects(&self) -> Vec<(String, Bytes, String)> {
+        self.with_state(|s| {
+            s.objects
+                .iter()
+                .map(|(k, o)| (k.clone(), o.data.clone(), o.etag.clone()))
+                .collect()
+        })
+    }
+
+    fn now(&self) -> i64 {
+        match &self.clock {
+            Some(clock) => clock(),
+            None => chrono::Utc::now().timestamp(),
         }
     }
 
@@ -106,10 +157,6 @@ impl MemoryStore {
 
 fn not_found(key: &str) -> StoreError {
     StoreError::new(ErrorKind::NotFound, format!("memory:{key} does not exist"))
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 fn md5_hex(data: &[u8]) -> String {
@@ -201,7 +248,7 @@ impl ObjectStore for MemoryStore {
     }
 
     fn now(&self) -> i64 {
-        now()
+        MemoryStore::now(self)
     }
 
     async fn probe(&self, _write: bool) -> Result<(), StoreError> {
@@ -295,7 +342,7 @@ impl ObjectStore for MemoryStore {
         let object = Object {
             data,
             etag: etag.clone(),
-            modified: now(),
+            modified: self.now(),
             attributes: options.attributes.clone(),
             parts: None,
         };
@@ -318,7 +365,7 @@ impl ObjectStore for MemoryStore {
             let id = format!("upload-{}", s.next_id);
             let pending = Pending {
                 key: key.to_string(),
-                initiated: now(),
+                initiated: self.now(),
                 attributes: options.attributes.clone(),
                 parts: BTreeMap::new(),
             };
@@ -329,6 +376,7 @@ impl ObjectStore for MemoryStore {
             key: key.to_string(),
             id,
             modified: options.modified,
+            condition: options.condition.clone(),
             ticket: stop::Ticket::none(),
         })
     }
@@ -356,12 +404,18 @@ impl ObjectStore for MemoryStore {
         parts: &[CompletedPart],
         size: u64,
     ) -> Result<PutResult, StoreError> {
+        let (min_part, now) = (self.min_part, self.now());
         let assembled = self.with_state(|s| {
             let pending = s
                 .uploads
                 .get(&upload.id)
                 .ok_or_else(|| no_upload(&upload.key))?;
-            let assembled = assemble(pending, parts).and_then(|object| {
+            let refused = match self.conditions {
+                true => check_condition(s.objects.get(&upload.key), &upload.condition),
+                false => Ok(()),
+            };
+            let assembled = refused.and_then(|()| assemble(pending, parts, (min_part, now)));
+            let assembled = assembled.and_then(|object| {
                 if object.data.len() as u64 == size {
                     return Ok(object);
                 }
@@ -442,7 +496,11 @@ fn no_upload(key: &str) -> StoreError {
 
 /// The object `parts` make of `pending`, as S3 checks it: parts in ascending order, each
 /// with the ETag it was given, every one but the last at least 5 MiB.
-fn assemble(pending: &Pending, parts: &[CompletedPart]) -> Result<Object, StoreError> {
+fn assemble(
+    pending: &Pending,
+    parts: &[CompletedPart],
+    (min_part, modified): (u64, i64),
+) -> Result<Object, StoreError> {
     let invalid = |why: String| StoreError::new(ErrorKind::ChecksumMismatch, why);
     if parts.is_empty() || parts.windows(2).any(|w| w[0].number >= w[1].number) {
         return Err(invalid("InvalidPartOrder: parts must ascend".into()));
@@ -462,7 +520,7 @@ fn assemble(pending: &Pending, parts: &[CompletedPart]) -> Result<Object, StoreE
                 part.number
             )));
         }
-        if i + 1 < parts.len() && (bytes.len() as u64) < MIN_PART {
+        if i + 1 < parts.len() && (bytes.len() as u64) < min_part {
             return Err(StoreError::new(
                 ErrorKind::Other,
                 format!("EntityTooSmall: part {} is under 5 MiB", part.number),
@@ -475,7 +533,7 @@ fn assemble(pending: &Pending, parts: &[CompletedPart]) -> Result<Object, StoreE
     Ok(Object {
         data: data.freeze(),
         etag: multipart_etag(&md5s),
-        modified: now(),
+        modified,
         attributes: pending.attributes.clone(),
         parts: Some(sizes),
     })

@@ -167,7 +167,7 @@ impl Walk {
     fn spawn_listing(&self, folder: String) -> Running {
         let (tx, rx) = mpsc::channel(AHEAD);
         let mut pages = self.store.list(&folder);
-        let task = tokio::spawn(async move {
+        let task = crate::task::spawn(async move {
             while let Some(page) = pages.next().await {
                 let failed = page.is_err();
                 if tx.send(page).await.is_err() || failed {

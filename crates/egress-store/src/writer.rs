@@ -91,10 +91,10 @@ impl PartWriter {
         self.next += 1;
         self.offset += len;
         let (store, upload, check) = (self.store.clone(), self.upload.clone(), self.check);
-        self.running.spawn(async move {
+        self.running.spawn(crate::task::scoped(async move {
             let body = body.await?;
             upload_one(store, upload, slot, body, check).await
-        });
+        }));
         Ok(())
     }
 
@@ -245,9 +245,14 @@ impl Uploaded {
         self.hashed
     }
 
-    /// Make the object visible.
+    /// Make the object visible. A completion whose reply was lost may have taken effect
+    /// (its retry then meets 412, or 403, 404 or 500 for an upload the store no longer
+    /// has, measured on moto, s3s-fs and Ceph RGW 16): it is settled by reading the object
+    /// back, ours when it has our size and our parts' composite ETag.
     pub async fn complete(self) -> Result<PutResult, StoreError> {
         let size = self.size();
+        let ours = self.stored_etag();
+        let (store, key) = (self.store.clone(), self.upload.key.clone());
         let parts: Vec<CompletedPart> = self
             .parts
             .iter()
@@ -256,12 +261,45 @@ impl Uploaded {
                 etag: p.etag.clone(),
             })
             .collect();
-        self.store.complete(self.upload, &parts, size).await
+        match self.store.complete(self.upload, &parts, size).await {
+            Ok(done) => Ok(done),
+            Err(e) => settle(&store, &key, (size, ours), e).await,
+        }
+    }
+
+    /// The composite ETag of the parts as the store acknowledged them (their ETags are
+    /// their MD5s on every store we know): what the completed object must have.
+    fn stored_etag(&self) -> Option<String> {
+        let md5s: Option<Vec<[u8; 16]>> = self.parts.iter().map(|p| etag_md5(&p.etag)).collect();
+        md5s.map(|m| multipart_etag(&m))
     }
 
     /// Throw it away.
     pub async fn abort(self) {
         self.store.abort(self.upload).await;
+    }
+}
+
+/// `error`, unless the object at `key` is the one a lost reply was about: `size` bytes
+/// with the ETag `ours`.
+pub(crate) async fn settle(
+    store: &Store,
+    key: &str,
+    (size, ours): (u64, Option<String>),
+    error: StoreError,
+) -> Result<PutResult, StoreError> {
+    let Some(ours) = ours else {
+        return Err(error);
+    };
+    if crate::mutant::active("lost-reply-fails") {
+        return Err(error);
+    }
+    match store.head(key).await {
+        Ok(meta) if meta.size == size && meta.etag.as_deref() == Some(ours.as_str()) => {
+            tracing::info!(key, error = %error, "the write's reply was lost, but the object in the store is the one written: settled by reading it back");
+            Ok(PutResult { etag: meta.etag })
+        }
+        _ => Err(error),
     }
 }
 

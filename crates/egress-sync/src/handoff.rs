@@ -89,7 +89,7 @@ impl Withdrawals {
     /// first (once per run; every writer in the folder waits for it). A manifest itself
     /// needs nothing.
     pub async fn before_change(&self, key: &str) -> Result<(), StoreError> {
-        let ours = egress_common::lease::is_coordination(key) || key == OLD_RECORDS_KEY;
+        let ours = egress_common::day::lease::is_coordination(key) || key == OLD_RECORDS_KEY;
         if manifest::is_manifest(key) || ours {
             return Ok(());
         }

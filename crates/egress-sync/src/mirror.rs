@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use egress_common::lease;
+use egress_common::day::lease;
 use egress_common::manifest;
 use egress_store::{list_parallel, ObjectInfo, StoreError};
 use tokio::sync::mpsc;

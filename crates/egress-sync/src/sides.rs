@@ -215,7 +215,7 @@ impl Filter {
     /// never our own files).
     pub fn accepts_in_any_share(&self, key: &str) -> bool {
         key != OLD_RECORDS_KEY
-            && !egress_common::lease::is_coordination(key)
+            && !egress_common::day::lease::is_coordination(key)
             && self.include.as_ref().is_none_or(|g| g.is_match(key))
             && self.exclude.as_ref().is_none_or(|g| !g.is_match(key))
     }

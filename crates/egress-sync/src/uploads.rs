@@ -6,7 +6,7 @@
 //! lease, so every other run is gone: it aborts the pending uploads at keys other runs
 //! marked and leaves every unmarked upload alone, naming them.
 
-use egress_common::lease::UPLOAD_MARKERS;
+use egress_common::day::lease::UPLOAD_MARKERS;
 use egress_store::{Body, GetOptions, PendingUpload, PutOptions, Store, StoreError};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};

@@ -91,7 +91,7 @@ async fn folders(store: &Store) -> anyhow::Result<(BTreeSet<String>, BTreeSet<St
     while let Some(page) = pages.next().await {
         for o in page? {
             if o.key == crate::sides::OLD_RECORDS_KEY
-                || egress_common::lease::is_coordination(&o.key)
+                || egress_common::day::lease::is_coordination(&o.key)
             {
                 continue;
             }
@@ -170,7 +170,7 @@ async fn unlisted_in(
     while let Some(page) = pages.next().await {
         for o in page? {
             let ours = manifest::is_manifest(&o.key)
-                || egress_common::lease::is_coordination(&o.key)
+                || egress_common::day::lease::is_coordination(&o.key)
                 || o.key == crate::sides::OLD_RECORDS_KEY;
             if manifest::folder_of(&o.key) == folder && !ours && !listed.contains(&o.key) {
                 unlisted.push(o.key);

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use egress_common::lease;
+use egress_common::day::lease;
 use egress_common::manifest::{self, Manifest};
 use egress_common::ConfigError;
 use egress_store::{ErrorKind, Guard, Store, StoreError};

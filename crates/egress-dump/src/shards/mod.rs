@@ -89,7 +89,7 @@ impl Shared {
             coordinate::hear(store, date, &self.plan, settings.shards, self.published).await?;
         let folder = format!("{date}/");
         let aborted =
-            egress_common::lease::abort_dead_uploads(store, &folder, i64::MAX, |_| None).await;
+            egress_common::day::lease::abort_dead_uploads(store, &folder, i64::MAX, |_| None).await;
         if aborted > 0 {
             tracing::info!(
                 aborted,
@@ -122,20 +122,23 @@ pub fn clear_on_stop(store: egress_store::Store, date: &str) -> egress_store::st
 
 /// The key of the day's plan.
 pub fn plan_key(date: &str) -> String {
-    format!("{date}/{}/plan.json", egress_common::lease::SHARDS_FOLDER)
+    format!(
+        "{date}/{}/plan.json",
+        egress_common::day::lease::SHARDS_FOLDER
+    )
 }
 
 /// The key of shard `index`'s status.
 pub fn status_key(date: &str, index: u64) -> String {
     format!(
         "{date}/{}/shard-{index}.json",
-        egress_common::lease::SHARDS_FOLDER
+        egress_common::day::lease::SHARDS_FOLDER
     )
 }
 
 /// The folder of the day's coordination objects.
 pub fn folder(date: &str) -> String {
-    format!("{date}/{}/", egress_common::lease::SHARDS_FOLDER)
+    format!("{date}/{}/", egress_common::day::lease::SHARDS_FOLDER)
 }
 
 impl Plan {

@@ -582,6 +582,7 @@ impl ObjectStore for LocalStore {
             key: key.to_string(),
             id: temp.to_string_lossy().into_owned(),
             modified: options.modified,
+            condition: options.condition.clone(),
             ticket,
         })
     }
@@ -624,6 +625,7 @@ impl ObjectStore for LocalStore {
         let path = self.path(&upload.key)?;
         let temp = PathBuf::from(&upload.id);
         let modified = upload.modified;
+        let create_only = upload.condition == Condition::IfAbsent;
         let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|p| etag_md5(&p.etag)).collect();
         let opened = temp.clone();
         let file = blocking(move || {
@@ -647,7 +649,7 @@ impl ObjectStore for LocalStore {
         });
         let result = match file.await {
             Ok(file) => match self.flush_before_naming(Arc::new(file)).await {
-                Ok(()) => blocking(move || place(&temp, &path, false)).await,
+                Ok(()) => blocking(move || place(&temp, &path, create_only)).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),

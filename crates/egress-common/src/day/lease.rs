@@ -25,12 +25,16 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use egress_store::{Body, Condition, ErrorKind, GetOptions, Guard, PutOptions, Store, StoreError};
+use egress_store::{
+    task, Body, Condition, ErrorKind, GetOptions, Guard, PutOptions, Store, StoreError,
+};
 
 /// The lease of a date folder (egress-dump), inside the folder.
 pub const FILE_NAME: &str = ".egress-lease.json";
@@ -186,7 +190,7 @@ impl Found {
             return false;
         }
         match &self.holder {
-            Some(h) => h.host != hostname() || process_exists(h.pid),
+            Some(h) => h.host != task::host() || task::is_alive(h.pid),
             None => true,
         }
     }
@@ -270,7 +274,7 @@ pub async fn acquire(
 ) -> anyhow::Result<Lease> {
     let ttl = options.ttl.max(MIN_TTL);
     let started = Instant::now();
-    let run_id = format!("{:016x}", rand::random::<u64>());
+    let run_id = format!("{:016x}", task::random());
     let (mut refused, mut told) = (0, false);
     loop {
         let current = read(store, key, ttl).await?;
@@ -302,16 +306,16 @@ pub async fn acquire(
         // The expiry is computed now, when the lease is written, never before a wait.
         let ours = holder(&run_id, program, store.now(), store.now(), ttl);
         let began = Instant::now();
-        let etag = match write(store, key, &ours, condition.clone()).await {
-            Ok(etag) => etag,
-            Err(e) if e.kind() == ErrorKind::PreconditionFailed && refused < MAX_REFUSED => {
+        let etag = match write_settled(store, key, &ours, condition.clone(), ttl).await? {
+            Some(etag) => etag,
+            None if refused < MAX_REFUSED => {
                 // Another run wrote it first: look again after a short, random pause.
                 refused += 1;
-                let pause = 100 + rand::random::<u64>() % 400;
+                let pause = 100 + task::random() % 400;
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            None => return Err(busy_now(store, key, ttl).await.into()),
         };
         if is_ours(store, key, &ours, condition, ttl).await? {
             if let Some(old) = current {
@@ -340,7 +344,10 @@ async fn is_ours(
     if condition != Condition::None {
         match write(store, key, ours, condition).await {
             Err(e) if e.kind() == ErrorKind::PreconditionFailed => return Ok(true),
-            Err(e) => return Err(e),
+            // Written, or not: the lease read back decides.
+            Err(e) => {
+                tracing::debug!(error = %e, "the second write of the lease failed: reading it back")
+            }
             Ok(_) => tracing::debug!("the store ignored a write condition: reading the lease back"),
         }
     }
@@ -348,6 +355,52 @@ async fn is_ours(
     let back = read(store, key, ttl).await?;
     let holder = back.as_ref().and_then(|f| f.holder.as_ref());
     Ok(holder.is_some_and(|h| h.run_id == ours.run_id))
+}
+
+/// Write the lease `ours` under `condition`: its ETag once written, `None` when another
+/// run's write came first. A write whose reply was lost may have taken effect (the SDK's
+/// retry of a conditional write then meets 412, or the last retry's error is all we see):
+/// it is settled by reading the lease back, ours when it holds our run id.
+async fn write_settled(
+    store: &Store,
+    key: &str,
+    ours: &Holder,
+    condition: Condition,
+    ttl: Duration,
+) -> Result<Option<Option<String>>, StoreError> {
+    let error = match write(store, key, ours, condition).await {
+        Ok(etag) => return Ok(Some(etag)),
+        Err(e) => e,
+    };
+    let refused = error.kind() == ErrorKind::PreconditionFailed;
+    if egress_store::mutant::active("lost-reply-fails") {
+        return if refused { Ok(None) } else { Err(error) };
+    }
+    match read(store, key, ttl).await {
+        Ok(Some(found))
+            if found
+                .holder
+                .as_ref()
+                .is_some_and(|h| h.run_id == ours.run_id) =>
+        {
+            tracing::info!(error = %error, "the lease write's reply was lost, but the lease read back is this run's");
+            Ok(Some(found.etag))
+        }
+        _ if refused => Ok(None),
+        _ => Err(error),
+    }
+}
+
+/// [`Busy`] for whoever holds the lease at `key` now.
+async fn busy_now(store: &Store, key: &str, ttl: Duration) -> anyhow::Error {
+    match read(store, key, ttl).await {
+        Ok(Some(found)) => busy(store, key, &found, store.now()).into(),
+        Ok(None) => anyhow::anyhow!(
+            "the lease on {} kept changing hands: run again later",
+            store.describe(key)
+        ),
+        Err(e) => e.into(),
+    }
 }
 
 fn busy(store: &Store, key: &str, found: &Found, now: i64) -> Busy {
@@ -449,7 +502,7 @@ impl Lease {
             lost: AtomicBool::new(false),
             renewer: std::sync::Mutex::new(None),
         });
-        let renewer = tokio::spawn(renew_every(shared.clone(), ttl / 4));
+        let renewer = task::spawn(renew_every(shared.clone(), ttl / 4));
         if let Ok(mut slot) = shared.renewer.lock() {
             *slot = Some(renewer.abort_handle());
         }
@@ -490,9 +543,19 @@ impl Lease {
     }
 
     /// Stop renewing and delete the lease (if it is still ours).
-    pub async fn release(self) {
-        egress_store::stop::done(self.ticket);
+    pub async fn release(mut self) {
+        let ticket = std::mem::replace(&mut self.ticket, egress_store::stop::Ticket::none());
+        egress_store::stop::done(ticket);
         self.shared.release().await;
+    }
+}
+
+impl Drop for Lease {
+    /// A lease dropped without [`Lease::release`] stops renewing: it lapses.
+    fn drop(&mut self) {
+        if let Some(renewer) = self.shared.renewer.lock().ok().and_then(|mut r| r.take()) {
+            renewer.abort();
+        }
     }
 }
 
@@ -569,16 +632,37 @@ impl Shared {
         };
         let now = self.store.now();
         let again = holder(&self.run_id, &self.program, self.since, now, self.ttl);
-        match write(&self.store, &self.key, &again, condition).await {
-            Ok(written) => {
-                *etag = written;
-                self.confirmed.fetch_max(began, Ordering::SeqCst);
-                Ok(())
+        let written = match write(&self.store, &self.key, &again, condition).await {
+            Ok(written) => written,
+            Err(e) => match self.settle_renewal(&again, e).await? {
+                Some(written) => written,
+                None => return Err(self.lose("another run wrote it while this one renewed it")),
+            },
+        };
+        *etag = written;
+        self.confirmed.fetch_max(began, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A renewal whose reply was lost may have taken effect (its retry then meets 412):
+    /// the lease read back is this very renewal when it holds exactly what was written.
+    /// Its ETag then; `None` when another run's write came first.
+    async fn settle_renewal(
+        &self,
+        again: &Holder,
+        error: StoreError,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let refused = error.kind() == ErrorKind::PreconditionFailed;
+        if egress_store::mutant::active("lost-reply-fails") {
+            return if refused { Ok(None) } else { Err(error) };
+        }
+        match read(&self.store, &self.key, self.ttl).await {
+            Ok(Some(found)) if found.holder.as_ref() == Some(again) => {
+                tracing::info!(error = %error, "the lease renewal's reply was lost, but the lease read back is this renewal");
+                Ok(Some(found.etag))
             }
-            Err(e) if e.kind() == ErrorKind::PreconditionFailed => {
-                Err(self.lose("another run wrote it while this one renewed it"))
-            }
-            Err(e) => Err(e),
+            _ if refused => Ok(None),
+            _ => Err(error),
         }
     }
 
@@ -604,11 +688,11 @@ impl Shared {
             Ok(Some(found)) => found,
             _ => return false,
         };
-        if found
+        let theirs = found
             .holder
             .as_ref()
-            .is_none_or(|h| h.run_id != self.run_id)
-        {
+            .is_none_or(|h| h.run_id != self.run_id);
+        if theirs && !egress_store::mutant::active("release-any-lease") {
             return false;
         }
         let etag = found.etag.or(ours);
@@ -696,8 +780,8 @@ fn holder(run_id: &str, program: &str, since: i64, now: i64, ttl: Duration) -> H
     Holder {
         run_id: run_id.to_string(),
         program: program.to_string(),
-        host: hostname(),
-        pid: std::process::id(),
+        host: task::host(),
+        pid: task::pid(),
         since,
         expires: now + ttl.as_secs() as i64,
         ttl_seconds: Some(ttl.as_secs()),
@@ -708,19 +792,6 @@ fn rfc3339(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default()
-}
-
-/// This host's name (the pod's, in Kubernetes).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
-}
-
-fn process_exists(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks whether the process exists.
-    let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
-    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]
