@@ -315,7 +315,7 @@ pub async fn acquire(
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 continue;
             }
-            None => return Err(busy_now(store, key, ttl).await.into()),
+            None => return Err(busy_now(store, key, ttl).await),
         };
         if is_ours(store, key, &ours, condition, ttl).await? {
             if let Some(old) = current {
