@@ -146,7 +146,7 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
     let holder = egress_common::day::lease::Holder {
         run_id: "r-two".into(),
         program: "egress-sync".into(),
-        host: egress_common::day::lease::hostname(),
+        host: egress_store::task::host(),
         pid: std::process::id(),
         since: 0,
         expires: 0,

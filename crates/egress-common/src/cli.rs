@@ -56,6 +56,15 @@ impl ShardArgs {
     }
 }
 
+/// When a live progress line is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Progress {
+    /// When stderr is a terminal.
+    Auto,
+    /// Never.
+    Never,
+}
+
 /// Flags common to egress-dump and egress-sync.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
@@ -68,8 +77,8 @@ pub struct CommonArgs {
     pub verbose: u8,
 
     /// Show a live progress line on a terminal: auto (when stderr is a TTY) or never.
-    #[arg(long, env = "PROGRESS", default_value = "auto", value_parser = ["auto", "never"])]
-    pub progress: String,
+    #[arg(long, env = "PROGRESS", value_enum, default_value = "auto")]
+    pub progress: Progress,
 
     /// Connect and read timeout for the database and S3, in seconds.
     #[arg(long, env = "EGRESS_TIMEOUT", default_value_t = 30,
@@ -150,7 +159,7 @@ impl CommonArgs {
 
     /// Whether to draw a progress line (only ever on a terminal).
     pub fn progress(&self) -> bool {
-        self.progress == "auto"
+        self.progress == Progress::Auto
     }
 }
 

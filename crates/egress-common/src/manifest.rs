@@ -207,6 +207,9 @@ impl Manifest {
 
     /// Parse a manifest, checking its format version.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        if bytes.len() as u64 > MAX_BYTES {
+            return Err(too_large(bytes.len() as u64));
+        }
         let manifest: Manifest =
             serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
         if manifest.format_version != FORMAT_VERSION {
@@ -215,8 +218,30 @@ impl Manifest {
                 manifest.format_version
             ));
         }
-        Ok(manifest)
+        // Read last-wins, a second entry would decide what the first one's object must be.
+        let mut files: Vec<&str> = manifest.objects().iter().map(|o| o.file).collect();
+        files.sort_unstable();
+        let twice = files.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]);
+        match twice {
+            Some(file) if !egress_store::mutant::active("duplicates-last-wins") => {
+                Err(format!("it lists '{file}' more than once"))
+            }
+            _ => Ok(manifest),
+        }
     }
+}
+
+/// The largest manifest read (16 MiB): a day of about 10,000 objects of narrow tables, or
+/// 150 tables of 1,600 columns. What holds a manifest (the sync's check of a day, `--verify`)
+/// is bounded by it.
+pub const MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why a manifest of `bytes` bytes is refused.
+pub fn too_large(bytes: u64) -> String {
+    format!(
+        "it is {bytes} bytes, more than the {} MiB a manifest may have",
+        MAX_BYTES >> 20
+    )
 }
 
 /// The manifest's key in `folder` (`2024-01-01/_manifest.json`, or `_manifest.json`).
@@ -237,9 +262,9 @@ pub fn folder_of(key: &str) -> &str {
 
 /// Current UTC time as RFC 3339 with milliseconds.
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    let now = chrono::DateTime::from_timestamp_millis(egress_store::task::unix_millis())
+        .unwrap_or_default();
+    now.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 #[cfg(test)]

@@ -68,15 +68,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         dump_dir.display(),
         mirror_dir.display()
     );
-    exit_on_error(egress_sync::mirror::run(&sync(&[])).await);
+    let mirror = async {
+        let settings = egress_sync::Settings::from_args(&sync(&[]))?;
+        let sides = egress_sync::sides::Sides::open(&settings).await?;
+        egress_sync::mirror::run(&settings, sides).await
+    };
+    exit_on_error(mirror.await);
     println!("\n== egress-sync --verify output: the mirror against the day's manifest");
-    exit_on_error(
-        egress_sync::verify::run(
-            &sync(&["--verify", "output"]),
-            egress_sync::sides::Side::Output,
-        )
-        .await,
-    );
+    let verify = async {
+        let settings = egress_sync::Settings::from_args(&sync(&["--verify", "output"]))?;
+        egress_sync::verify::run(&settings, egress_sync::sides::Side::Output).await
+    };
+    exit_on_error(verify.await);
 
     println!("\nWritten under {}:", out.display());
     show(&out, &mirror_dir)?;

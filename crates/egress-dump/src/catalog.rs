@@ -30,18 +30,7 @@ pub struct ResolvedTable {
     pub piece: Option<Piece>,
 }
 
-/// One of the objects a table is written as when the pods of a shared day split it
-/// (`--shards` with `--split-larger-than`): which one, and the heap pages it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Piece {
-    /// Which object.
-    pub part: egress_common::manifest::PartOf,
-    /// First heap page.
-    pub first: u64,
-    /// One past its last page; `None` for the last piece.
-    pub end: Option<u64>,
-}
-
+pub use egress_common::day::shared::Piece;
 pub use egress_common::manifest::Column;
 
 /// Replace each table's size estimate with its size on disk (heap and TOAST,

@@ -9,7 +9,7 @@ use egress_common::{ConfigError, Location};
 use egress_store::{S3Settings, Secret};
 
 use crate::config::{Args, Format};
-use crate::shards::Shards;
+use egress_common::day::shared::Shards;
 use crate::tables::{self, TableRef};
 
 /// The variables that hold the dump's S3 keys, named when S3 rejects them.

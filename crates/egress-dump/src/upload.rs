@@ -39,18 +39,20 @@ pub struct Committed {
     pub part_sizes: Option<Vec<u64>>,
 }
 
+/// A table object's options: its content type; created only if absent (see
+/// [`egress_common::day::create_only`]).
 fn options(key: &str) -> PutOptions {
     let content_type = match key.ends_with(".parquet") {
         true => "application/vnd.apache.parquet",
         false => "application/gzip",
     };
-    PutOptions {
+    egress_common::day::create_only(PutOptions {
         attributes: Attributes {
             content_type: Some(content_type.into()),
             ..Default::default()
         },
         ..Default::default()
-    }
+    })
 }
 
 /// Receive every part from `parts` and upload it under `key`, at most `in_flight` at a
@@ -103,15 +105,31 @@ pub async fn receive(
     Ok(Pending::Parts(writer.finish().await?))
 }
 
-/// Make the object visible.
+/// Make the object visible, created where nothing is. The day's objects were removed
+/// before it was written again, so what is found there now is a stale writer's (a run
+/// paused past its lease, a pod whose claim was taken over): removed first, this run
+/// holding the day. A write whose reply was lost is settled by reading the object back.
 pub async fn commit(store: &Store, key: &str, pending: Pending) -> Result<Committed, StoreError> {
+    match store.head(key).await {
+        Ok(_) => {
+            tracing::warn!(key, "an object another writer left where this run writes is removed first");
+            store.delete(key).await?;
+        }
+        Err(e) if e.kind() == egress_store::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     match pending {
         Pending::Single(body) => {
+            let md5: [u8; 16] = Md5::digest(&body).into();
             let options = PutOptions {
-                content_md5: Some(Md5::digest(&body).into()),
+                content_md5: Some(md5),
                 ..options(key)
             };
-            let put = store.put(key, Body::from_bytes(body), &options).await?;
+            let size = body.len() as u64;
+            let put = match store.put(key, Body::from_bytes(body), &options).await {
+                Ok(put) => put,
+                Err(e) => egress_store::settle(store, key, (size, Some(hex::encode(md5))), e).await?,
+            };
             Ok(Committed {
                 etag: put.etag,
                 part_sizes: None,

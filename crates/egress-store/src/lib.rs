@@ -37,7 +37,7 @@ pub use memory::{Clock, MemoryStore};
 pub use s3::{is_aws_host, S3Settings, S3Store};
 pub use secret::{redact_urls, Secret};
 pub use walk::list_parallel;
-pub use writer::{PartCheck, PartWriter, Uploaded};
+pub use writer::{settle, PartCheck, PartWriter, Uploaded};
 
 /// One object as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -282,7 +282,7 @@ impl Uploaded {
 
 /// `error`, unless the object at `key` is the one a lost reply was about: `size` bytes
 /// with the ETag `ours`.
-pub(crate) async fn settle(
+pub async fn settle(
     store: &Store,
     key: &str,
     (size, ours): (u64, Option<String>),

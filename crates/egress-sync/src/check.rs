@@ -7,11 +7,15 @@ use egress_common::check::{self, Finding, Status, Use};
 use crate::config::Args;
 use crate::sides::{self, Side};
 
-/// Every finding for both sides.
+/// Every finding for both sides (a side whose flags are wrong is one finding).
 pub async fn run(args: &Args) -> Vec<Finding> {
     let mut lines = Vec::new();
     for (side, usage) in [(Side::Input, Use::Read), (Side::Output, Use::Write)] {
-        match sides::open_unchecked(side, args).await {
+        let opened = match sides::side_settings(side, args) {
+            Ok(settings) => sides::open_unchecked(&settings, args.common.local()).await,
+            Err(e) => Err(e.into()),
+        };
+        match opened {
             Ok(store) => lines.extend(check::check_store(&*store, side.label(), usage).await),
             Err(e) => lines.push(Finding {
                 side: side.label().to_string(),

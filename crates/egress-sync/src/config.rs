@@ -88,9 +88,8 @@ pub struct Args {
 
     /// Check the output (or the input) against its manifests instead of copying; exit 1 on
     /// any mismatch.
-    #[arg(long, env = "VERIFY", num_args = 0..=1, default_missing_value = "output",
-          value_parser = ["input", "output"])]
-    pub verify: Option<String>,
+    #[arg(long, env = "VERIFY", num_args = 0..=1, default_missing_value = "output", value_enum)]
+    pub verify: Option<VerifySide>,
 
     /// Objects without a known MD5 (a local file) up to this size (MiB) are read into memory
     /// and sent with their Content-MD5; larger ones are copied in verified parts.
@@ -120,6 +119,15 @@ pub struct Args {
     /// Shell completions or the man page instead of a run.
     #[command(subcommand)]
     pub tool: Option<egress_common::cli::Tool>,
+}
+
+/// Which side `--verify` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifySide {
+    /// The input.
+    Input,
+    /// The output.
+    Output,
 }
 
 /// Variables read outside clap (the AWS chain, used when no static keys are given).

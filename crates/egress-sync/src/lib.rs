@@ -9,15 +9,17 @@
 pub mod check;
 pub mod config;
 pub mod decide;
-pub mod gate;
-pub mod handoff;
+pub mod manifests;
 pub mod march;
 pub mod mirror;
+pub mod output;
 pub mod pool;
 pub mod report;
+pub mod settings;
 pub mod sides;
 pub mod transfer;
 pub mod uploads;
 pub mod verify;
 
 pub use config::Args;
+pub use settings::Settings;

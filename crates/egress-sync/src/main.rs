@@ -9,7 +9,8 @@ use egress_common::{ConfigError, ExitCode};
 use egress_store::ErrorKind;
 use egress_store::StoreError;
 use egress_sync::config::{Args, EXTRA_ENV, REQUIRED_ENV};
-use egress_sync::sides::Side;
+use egress_sync::settings::{Mode, Settings};
+use egress_sync::sides::Sides;
 
 fn main() {
     // Part buffers come and go all the time here; before the runtime starts its threads.
@@ -26,13 +27,12 @@ async fn run() -> ExitCode {
     if args.common.check {
         return egress_common::check::report(&egress_sync::check::run(&args).await);
     }
-    match args.verify.as_deref() {
-        Some(side) => {
-            let side = if side == "input" {
-                Side::Input
-            } else {
-                Side::Output
-            };
+    // The settings are built once, here; a wrong one ends the run like any other error.
+    let settings = Settings::from_args(&args);
+    let mode = settings.as_ref().map_or(Mode::Mirror, |s| s.mode);
+    let mut common = args.common.clone();
+    match mode {
+        Mode::Verify(side) => {
             let ending = Ending {
                 program: "egress-sync",
                 on_stop: "nothing was changed",
@@ -43,11 +43,11 @@ async fn run() -> ExitCode {
                 metrics: |_| Vec::new(),
             };
             // A check is not a mirror run: it must not replace the mirror's metrics.
-            let mut common = args.common.clone();
             common.metrics.off();
-            cli::run_to_exit(&common, egress_sync::verify::run(&args, side), ending).await
+            let work = async move { egress_sync::verify::run(&settings?, side).await };
+            cli::run_to_exit(&common, work, ending).await
         }
-        None => {
+        Mode::Mirror => {
             let ending = Ending {
                 program: "egress-sync",
                 on_stop: "the next run continues where this one stopped",
@@ -63,12 +63,16 @@ async fn run() -> ExitCode {
                 exit_code,
                 metrics: egress_sync::report::metrics,
             };
-            let mut common = args.common.clone();
             if args.dry_run {
                 // A dry run is no run the alerts watch.
                 common.metrics.off();
             }
-            cli::run_to_exit(&common, egress_sync::mirror::run(&args), ending).await
+            let work = async move {
+                let settings = settings?;
+                let sides = Sides::open(&settings).await?;
+                egress_sync::mirror::run(&settings, sides).await
+            };
+            cli::run_to_exit(&common, work, ending).await
         }
     }
 }

@@ -5,52 +5,51 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use egress_common::day::handoff::{self, DayFacts, HandOff, Withdrawals};
 use egress_common::day::lease;
 use egress_common::manifest;
 use egress_store::{list_parallel, ObjectInfo, StoreError};
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::config::Args;
 use crate::decide::{self, Decision};
-use crate::gate::{Folder, Gates};
-use crate::handoff::{self, DayFacts, HandOff, OutputGuard, Withdrawals};
+use crate::manifests::{Expected, Folder, InputManifests};
 use crate::march::{Listing, March, Pair};
+use crate::output::OutputGuard;
 use crate::pool::{Names, Pool, Publication, Task};
 use crate::report::{Failed, Report};
-use crate::sides::{Filter, Sides, OLD_RECORDS_KEY};
-use crate::transfer::{Job, Settings, Transfers};
+use crate::settings::Settings;
+use crate::sides::{Sides, OLD_RECORDS_KEY};
+use crate::transfer::{self, Job, Transfers};
 use crate::uploads::{self, Marks};
-
-const MIB: u64 = 1024 * 1024;
 
 /// A mirror run: the pool, and what the passes share.
 struct Mirror<'a> {
-    args: &'a Args,
-    filter: Filter,
+    settings: &'a Settings,
     pool: Pool,
-    gates: tokio::sync::Mutex<Gates>,
+    manifests: tokio::sync::Mutex<InputManifests>,
 }
 
-/// Mirror the input into the output as `args` say.
-pub async fn run(args: &Args) -> anyhow::Result<Report> {
-    let filter = Filter::new(args)?;
-    let mut sides = Sides::open(args).await?;
-    let withdrawals = Arc::new(Withdrawals::new(sides.dest.clone()));
+/// Keys of no day: the programs' own files.
+fn outside_days(key: &str) -> bool {
+    lease::is_coordination(key) || key == OLD_RECORDS_KEY
+}
+
+/// Mirror the input into the output of `sides` as `settings` say.
+pub async fn run(settings: &Settings, mut sides: Sides) -> anyhow::Result<Report> {
+    let withdrawals = Arc::new(Withdrawals::new(sides.dest.clone(), outside_days));
     // One writer per mirror: a dry run writes nothing and takes no lease.
-    if args.dry_run {
-        return Mirror::new(args, filter, sides, withdrawals)
-            .run(None)
-            .await;
+    if settings.dry_run {
+        return Mirror::new(settings, sides, withdrawals).run(None).await;
     }
     // A shared mirror: one lease per share, and none of another layout live (checked once
     // ours is taken, so that of two runs starting together at least one sees the other).
-    let slice = args.shards.slice()?;
+    let slice = settings.slice;
     let lease = lease::acquire(
         &sides.dest,
         &lease::mirror_key(slice),
         "egress-sync",
-        args.common.lease(),
+        settings.lease,
     )
     .await?;
     if let Err(e) = lease::check_mirror_layout(&sides.dest, slice).await {
@@ -63,7 +62,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let guard = OutputGuard::new(lease.fence(), withdrawals.clone(), marks);
     sides.dest = egress_store::guarded(sides.dest, Arc::new(guard));
     let output = sides.dest.clone();
-    let mut outcome = Mirror::new(args, filter, sides, withdrawals)
+    let mut outcome = Mirror::new(settings, sides, withdrawals)
         .run(Some(&lease))
         .await;
     // A local output is on disk, names included, before the run says it succeeded.
@@ -82,7 +81,7 @@ impl<'a> Mirror<'a> {
         if let Some(lease) = lease {
             self.clear_dead_uploads(lease).await;
         }
-        let deletions = match self.args.remove {
+        let deletions = match self.settings.remove {
             true => Some(self.count_deletions().await?),
             false => None,
         };
@@ -96,18 +95,10 @@ impl<'a> Mirror<'a> {
         self.summarise(old_records).await
     }
 
-    fn new(
-        args: &'a Args,
-        filter: Filter,
-        sides: Sides,
-        withdrawals: Arc<Withdrawals>,
-    ) -> Mirror<'a> {
-        let settings = Settings::new(
-            args.multipart_threshold_mib * MIB,
-            args.part_size_mib * MIB,
-            args.memory_budget_mib * MIB,
-        );
-        let gates = Gates::new(sides.source.clone());
+    fn new(settings: &'a Settings, sides: Sides, withdrawals: Arc<Withdrawals>) -> Mirror<'a> {
+        let t = settings.transfer;
+        let shape = transfer::Settings::new(t.buffer_threshold, t.part_size, t.memory_budget);
+        let manifests = InputManifests::new(sides.source.clone());
         let names = Names {
             input: sides.input_name,
             output: sides.output_name,
@@ -115,29 +106,29 @@ impl<'a> Mirror<'a> {
         let transfers = Transfers {
             source: sides.source,
             dest: sides.dest,
-            settings,
+            settings: shape,
         };
         Mirror {
-            args,
-            filter,
+            settings,
             pool: Pool::new(
                 transfers,
                 names,
-                args.jobs as usize,
-                args.dry_run,
+                settings.jobs,
+                settings.dry_run,
                 withdrawals,
             ),
-            gates: tokio::sync::Mutex::new(gates),
+            manifests: tokio::sync::Mutex::new(manifests),
         }
     }
 
     fn march(&self) -> March {
         let t = self.pool.transfers();
-        let width = self.args.list_jobs as usize;
+        let width = self.settings.list_jobs;
         let list = |store: &egress_store::Store| list_parallel(store.clone(), "", width);
+        let filter = &self.settings.filter;
         March::new(
-            Listing::new(list(&t.source), self.filter.clone(), "input"),
-            Listing::new(list(&t.dest), self.filter.clone(), "output"),
+            Listing::new(list(&t.source), filter.clone(), "input"),
+            Listing::new(list(&t.dest), filter.clone(), "output"),
         )
     }
 
@@ -145,7 +136,7 @@ impl<'a> Mirror<'a> {
     /// mirror's lease, so every other run is gone); nobody else's.
     async fn clear_dead_uploads(&self, lease: &lease::Lease) {
         let dest = &self.pool.transfers().dest;
-        let mine = |key: &str| self.filter.accepts(key);
+        let mine = |key: &str| self.settings.filter.accepts(key);
         let aborted = uploads::clear_dead(dest, lease.run_id(), lease.since(), mine).await;
         if aborted > 0 {
             info!(
@@ -174,7 +165,7 @@ impl<'a> Mirror<'a> {
                 "the input listing is empty; refusing to delete {deletes} output object(s) with --remove: check INPUT_URL and INPUT_PATH"
             ));
         }
-        let limit = self.args.max_delete.unwrap_or(dests / 10);
+        let limit = self.settings.max_delete.unwrap_or(dests / 10);
         if deletes > limit {
             return egress_common::error::config(format!(
                 "--remove would delete {deletes} of {dests} output objects, more than the limit of {limit}: check the paths, or pass --max-delete {deletes} if this is intended"
@@ -187,19 +178,19 @@ impl<'a> Mirror<'a> {
     /// day: its folder is still being written at the input (no manifest yet), or the
     /// input's manifest still lists it (the lifecycle rule expired it at the input first).
     async fn protected(&self, object: &ObjectInfo) -> Result<bool, StoreError> {
-        if !self.args.require_manifest {
+        if !self.settings.require_manifest {
             return Ok(false);
         }
-        let mut gates = self.gates.lock().await;
+        let mut manifests = self.manifests.lock().await;
         let folder = manifest::folder_of(&object.key);
-        Ok(gates.in_progress(folder).await? || gates.lists(&object.key).await?)
+        Ok(manifests.in_progress(folder).await? || manifests.lists(&object.key).await?)
     }
 
     /// March both listings and copy what differs, the manifests left for the hand-over.
     /// Returns them, and whether the output holds an earlier version's records file.
     async fn copy_objects(&self) -> anyhow::Result<(Vec<Pair>, bool)> {
         let march = self.march();
-        let line = progress_line(self.args.common.progress(), &self.pool);
+        let line = progress_line(self.settings.progress, &self.pool);
         let planned = self.pool.run(async |tx| self.plan(march, tx).await).await;
         line.finish().await;
         if let Some(fatal) = self.pool.fatal() {
@@ -210,10 +201,28 @@ impl<'a> Mirror<'a> {
 
     /// Each day's objects done: its manifest's turn (see [`crate::handoff`]).
     async fn hand_over_all(&self, deferred: Vec<Pair>) -> anyhow::Result<()> {
-        let manifests = self.hand_over(deferred).await;
+        let mut days = self.judge_days(deferred).await;
+        // Objects the output had already are read back and checked before their day's
+        // manifest vouches for them; those days are judged again once that is done.
+        let proofs: Vec<Task> = days.iter().flat_map(|d| d.proofs()).collect();
+        if !proofs.is_empty() {
+            self.run_tasks(proofs).await?;
+            for day in days.iter_mut().filter(|d| d.proving()) {
+                day.decision = self.judge(&day.pair, &day.folder).await;
+            }
+        }
+        let mut tasks = Vec::new();
+        for day in days {
+            tasks.extend(self.act(day).await);
+        }
+        self.run_tasks(tasks).await
+    }
+
+    /// Run `tasks` in the pool; the configuration error that stopped it, if one did.
+    async fn run_tasks(&self, tasks: Vec<Task>) -> anyhow::Result<()> {
         self.pool
             .run(async |tx| {
-                for task in manifests {
+                for task in tasks {
                     let _ = tx.send(task).await;
                 }
             })
@@ -253,7 +262,7 @@ impl<'a> Mirror<'a> {
                 Decision::Copy(reason) => Task::Copy(job, reason),
                 Decision::Check => Task::Check(job),
                 Decision::Skip(reason) => {
-                    if self.args.dry_run {
+                    if self.settings.dry_run {
                         println!("skip ({reason}) {}", job.object.key);
                     }
                     self.skipped(&job);
@@ -294,27 +303,27 @@ impl<'a> Mirror<'a> {
         announced: &mut HashSet<String>,
     ) -> anyhow::Result<Option<Job>> {
         let folder = manifest::folder_of(&source.key).to_string();
-        let mut gates = self.gates.lock().await;
-        if self.args.require_manifest {
+        let mut gates = self.manifests.lock().await;
+        if self.settings.require_manifest {
             let ready = self.folder_ready(&mut gates, &folder, announced).await?;
             if !ready {
                 return Ok(None);
             }
         }
         let needs_layout = source.etag.as_deref().is_none_or(|e| e.contains('-'));
-        let listed = if self.args.require_manifest || needs_layout {
+        let listed = if self.settings.require_manifest || needs_layout {
             gates.see(&source.key).await?
         } else {
             None
         };
-        if self.args.require_manifest && listed.is_none() {
+        if self.settings.require_manifest && listed.is_none() {
             let input = &self.pool.names().input;
             tracing::warn!(key = %source.key, "`input/{input}/{}` is not listed in its day's manifest: not copied into the day", source.key);
             self.pool.record(|r| r.unlisted += 1);
             return Ok(None);
         }
         let (expected, part_sizes) = match listed {
-            Some((expected, parts)) => (self.args.require_manifest.then_some(expected), parts),
+            Some((expected, parts)) => (self.settings.require_manifest.then_some(expected), parts),
             None => (None, None),
         };
         Ok(Some(Job {
@@ -329,7 +338,7 @@ impl<'a> Mirror<'a> {
     /// (WARN), or copied without its manifest because the filter leaves it out (WARN).
     async fn folder_ready(
         &self,
-        gates: &mut Gates,
+        gates: &mut InputManifests,
         folder: &str,
         announced: &mut HashSet<String>,
     ) -> anyhow::Result<bool> {
@@ -337,7 +346,7 @@ impl<'a> Mirror<'a> {
         let first = announced.insert(folder.to_string());
         match gates.folder(folder).await? {
             Folder::Complete(_) => {
-                if first && !self.filter.accepts(&manifest::key_in(folder)) {
+                if first && !self.settings.filter.accepts(&manifest::key_in(folder)) {
                     tracing::warn!(folder = %folder, "day `input/{input}/{folder}`: its _manifest.json is outside --include/--exclude: its objects are copied, each checked against it, but the day stays without its manifest at the output");
                     self.pool.record(|r| r.held_days += 1);
                 }
@@ -358,28 +367,50 @@ impl<'a> Mirror<'a> {
         }
     }
 
-    /// The manifests' turn, each day's objects done: what to write for each.
-    async fn hand_over(&self, deferred: Vec<Pair>) -> Vec<Task> {
-        let mut tasks = Vec::new();
+    /// The manifests' turn, each day's objects done: what becomes of each day.
+    async fn judge_days(&self, deferred: Vec<Pair>) -> Vec<Day> {
+        let mut days = Vec::new();
         for pair in deferred {
             let (Pair::SourceOnly(source) | Pair::Both(source, _)) = &pair else {
                 continue;
             };
             let folder = manifest::folder_of(&source.key).to_string();
-            if !self.args.require_manifest {
-                tasks.extend(self.plain_manifest(&pair, &folder));
-                continue;
-            }
-            match self.day_facts(&pair, &folder).await {
-                Ok(facts) => tasks.extend(self.act(&facts, &source.key, &folder).await),
-                Err(e) => {
-                    tracing::error!(key = %source.key, "manifest not copied: {e}");
-                    self.pool
-                        .record(|r| r.fail(&source.key, format!("manifest not copied: {e}")));
-                }
-            }
+            let decision = match self.settings.require_manifest {
+                true => self.judge(&pair, &folder).await,
+                false => Decided::Plain,
+            };
+            days.push(Day {
+                pair,
+                folder,
+                decision,
+            });
         }
-        tasks
+        days
+    }
+
+    /// What becomes of the day of the manifest `pair` in `folder`, from what the run knows.
+    async fn judge(&self, pair: &Pair, folder: &str) -> Decided {
+        match self.day_facts(pair, folder).await {
+            Ok(facts) => {
+                let handoff = handoff::decide(&facts);
+                let expected = match &handoff {
+                    HandOff::Prove(keys) => self.expected(folder, keys).await,
+                    _ => Vec::new(),
+                };
+                Decided::HandOff(facts, handoff, expected)
+            }
+            Err(e) => Decided::Unknown(e.to_string()),
+        }
+    }
+
+    /// What each of `keys` (objects of `folder`) must be, by its manifest.
+    async fn expected(&self, folder: &str, keys: &[String]) -> Vec<(String, Expected)> {
+        let manifests = self.manifests.lock().await;
+        manifests
+            .seen(folder)
+            .into_iter()
+            .filter(|(k, _)| keys.contains(k))
+            .collect()
     }
 
     /// Without `--require-manifest` a manifest is copied like any object, after its
@@ -414,7 +445,7 @@ impl<'a> Mirror<'a> {
 
     /// What the run knows of a gated day when its manifest's turn comes.
     async fn day_facts(&self, pair: &Pair, folder: &str) -> Result<DayFacts, StoreError> {
-        let mut gates = self.gates.lock().await;
+        let mut gates = self.manifests.lock().await;
         let unusable = match gates.folder(folder).await? {
             Folder::Unusable(why) => Some(why.clone()),
             _ => None,
@@ -422,9 +453,15 @@ impl<'a> Mirror<'a> {
         let (filtered, missing): (Vec<String>, Vec<String>) = gates
             .missing(folder)
             .into_iter()
-            .partition(|key| !self.filter.accepts(key));
+            .partition(|key| !self.settings.filter.accepts(key));
         let changed = unusable.is_none() && !gates.unchanged(folder).await?;
         let withdrawn = self.pool.withdrawals().withdrawn(folder);
+        let unproven = gates
+            .seen(folder)
+            .into_iter()
+            .filter(|(key, _)| !self.pool.proven(key))
+            .map(|(key, _)| key)
+            .collect();
         Ok(DayFacts {
             unusable,
             changed,
@@ -432,6 +469,7 @@ impl<'a> Mirror<'a> {
             missing,
             failed: self.pool.report().failed_folders.contains_key(folder),
             already_published: !withdrawn && self.at_output(pair).await?,
+            unproven,
         })
     }
 
@@ -454,10 +492,26 @@ impl<'a> Mirror<'a> {
 
     /// Carry out a day's hand-off: the task that writes its manifest, or the line that
     /// says why it is not written.
-    async fn act(&self, facts: &DayFacts, key: &str, folder: &str) -> Option<Task> {
+    async fn act(&self, day: Day) -> Option<Task> {
+        let Day {
+            pair,
+            folder,
+            decision,
+        } = day;
+        let key = pair_key(&pair);
         let input = &self.pool.names().input;
-        match handoff::decide(facts) {
-            HandOff::Publish => self.publication(key, folder).await,
+        let (facts, handoff) = match decision {
+            Decided::Plain => return self.plain_manifest(&pair, &folder),
+            Decided::Unknown(e) => {
+                tracing::error!(key = %key, "manifest not copied: {e}");
+                self.pool
+                    .record(|r| r.fail(&key, format!("manifest not copied: {e}")));
+                return None;
+            }
+            Decided::HandOff(facts, handoff, _) => (facts, handoff),
+        };
+        match handoff {
+            HandOff::Publish => self.publication(&key, &folder).await,
             HandOff::AlreadyThere { lost } => {
                 if !lost.is_empty() {
                     info!(folder = %folder, "day `input/{input}/{folder}` was mirrored already; the input has since lost {} of its objects (expired?): {}", lost.len(), lost.join(", "));
@@ -473,15 +527,21 @@ impl<'a> Mirror<'a> {
                 self.pool.record(|r| {
                     r.held_days += 1;
                     if forgive {
-                        r.forgive(folder);
+                        r.forgive(&folder);
                     }
                 });
+                None
+            }
+            HandOff::Prove(keys) => {
+                let why = format!("{} object(s) it lists could not be proven at the output: {}", keys.len(), keys.join(", "));
+                tracing::error!(key = %key, "manifest not copied: {why}");
+                self.pool.record(|r| r.fail(&key, format!("manifest not copied: {why}")));
                 None
             }
             HandOff::Fail(why) => {
                 tracing::error!(key = %key, "manifest not copied: {why}");
                 self.pool
-                    .record(|r| r.fail(key, format!("manifest not copied: {why}")));
+                    .record(|r| r.fail(&key, format!("manifest not copied: {why}")));
                 None
             }
         }
@@ -489,7 +549,7 @@ impl<'a> Mirror<'a> {
 
     /// The manifest as read, to be written with the record of the version it is.
     async fn publication(&self, key: &str, folder: &str) -> Option<Task> {
-        let mut gates = self.gates.lock().await;
+        let mut gates = self.manifests.lock().await;
         let Ok(Folder::Complete(listed)) = gates.folder(folder).await else {
             return None;
         };
@@ -545,7 +605,7 @@ impl<'a> Mirror<'a> {
     /// The closing lines; the run's error when anything failed.
     async fn summarise(&self, old_records: bool) -> anyhow::Result<Report> {
         let report = self.pool.report();
-        if self.args.dry_run {
+        if self.settings.dry_run {
             println!(
                 "Dry run: {} to copy ({}), {} to skip, {} to delete; nothing was changed.",
                 report.planned_copies,
@@ -603,6 +663,48 @@ impl<'a> Mirror<'a> {
                 .into())
             }
         }
+    }
+}
+
+/// One day's manifest, and what becomes of the day.
+struct Day {
+    pair: Pair,
+    folder: String,
+    decision: Decided,
+}
+
+/// What was decided for a day.
+enum Decided {
+    /// Without `--require-manifest`: copied like any object.
+    Plain,
+    /// What the run knows, what it decided, and what the objects to prove must be.
+    HandOff(DayFacts, HandOff, Vec<(String, Expected)>),
+    /// The facts could not be gathered: why.
+    Unknown(String),
+}
+
+impl Day {
+    /// True while the day waits for objects to be proven.
+    fn proving(&self) -> bool {
+        matches!(&self.decision, Decided::HandOff(_, HandOff::Prove(_), _))
+    }
+
+    /// The tasks that prove its objects.
+    fn proofs(&self) -> Vec<Task> {
+        match &self.decision {
+            Decided::HandOff(_, HandOff::Prove(_), expected) => expected
+                .iter()
+                .map(|(key, e)| Task::Prove(key.clone(), e.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The input key of a pair.
+fn pair_key(pair: &Pair) -> String {
+    match pair {
+        Pair::SourceOnly(o) | Pair::Both(o, _) | Pair::DestOnly(o) => o.key.clone(),
     }
 }
 

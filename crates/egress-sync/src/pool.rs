@@ -1,18 +1,20 @@
 //! Carrying out decisions: a bounded pool of transfers, each verified and retried, fed by
 //! the march as it goes.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use egress_store::{ErrorKind, StoreError};
 use futures::StreamExt;
-use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::decide::{self, CopyReason, Decision};
-use crate::handoff::Withdrawals;
+use egress_common::day::handoff::Withdrawals;
 use crate::report::Report;
 use crate::transfer::{self, CopyError, Job, Transfers};
 
@@ -30,6 +32,8 @@ pub enum Task {
     Delete(String),
     /// Write a day's manifest: exactly the bytes its objects were checked against.
     Publish(Publication),
+    /// Read back an object the output already had and check it against its manifest.
+    Prove(String, crate::manifests::Expected),
 }
 
 /// A day's manifest to write at the output.
@@ -71,6 +75,9 @@ pub struct Pool {
     withdrawals: Arc<Withdrawals>,
     stop: AtomicBool,
     fatal: Mutex<Option<StoreError>>,
+    /// Objects of days with a manifest that this run copied (checked against it as they
+    /// streamed) or proved (read back): what a manifest may vouch for.
+    proven: Mutex<HashSet<String>>,
     /// Counters for the status line.
     pub progress: Arc<Progress>,
 }
@@ -94,6 +101,7 @@ impl Pool {
             report: Mutex::new(Report::default()),
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
+            proven: Mutex::new(HashSet::new()),
             progress: Arc::new(Progress::default()),
         }
     }
@@ -130,6 +138,17 @@ impl Pool {
         }
     }
 
+    /// True when this run copied `key` checked against its manifest, or proved it.
+    pub fn proven(&self, key: &str) -> bool {
+        self.proven.lock().is_ok_and(|p| p.contains(key))
+    }
+
+    fn prove_done(&self, key: &str) {
+        if let Ok(mut p) = self.proven.lock() {
+            p.insert(key.to_string());
+        }
+    }
+
     /// The report so far.
     pub fn report(&self) -> Report {
         self.report.lock().map(|r| r.clone()).unwrap_or_default()
@@ -158,6 +177,22 @@ impl Pool {
             Task::Check(job) => self.check(job).await,
             Task::Delete(key) => self.delete(key).await,
             Task::Publish(manifest) => self.publish(manifest).await,
+            Task::Prove(key, expected) => self.prove(key, expected).await,
+        }
+    }
+
+    async fn prove(&self, key: String, expected: crate::manifests::Expected) {
+        let output = &self.names.output;
+        if self.dry_run {
+            println!("check (already there) `output/{output}/{key}` against its day's manifest");
+            return;
+        }
+        match transfer::prove(&self.transfers, &key, &expected).await {
+            Ok(()) => {
+                info!(key = %key, "`output/{output}/{key}` was there already and matches its day's manifest");
+                self.prove_done(&key);
+            }
+            Err(e) => self.failed(&key, e),
         }
     }
 
@@ -189,6 +224,9 @@ impl Pool {
         }
         match self.copy_with_retry(job).await {
             Ok(copied) => {
+                if gated {
+                    self.prove_done(&key);
+                }
                 info!(
                     size = copied.bytes,
                     verified = copied.verified,
@@ -252,7 +290,7 @@ impl Pool {
                 return Err(error);
             }
             let backoff = Duration::from_millis(
-                500 * (1 << (attempt - 1)) + rand::rng().random_range(0..250),
+                500 * (1 << (attempt - 1)) + egress_store::task::random() % 250,
             );
             warn!(key = %job.object.key, attempt, error = %error, "copy failed; retrying in {backoff:?}");
             tokio::time::sleep(backoff).await;

@@ -4,13 +4,13 @@
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use egress_common::cli::Slice;
-use egress_common::error::config;
 use egress_common::{ConfigError, Location};
 use egress_store::Secret;
-use egress_store::{S3Settings, Store};
+use egress_store::{LocalOptions, S3Settings, Store};
 use sha2::Digest;
 
 use crate::config::Args;
+use crate::settings::{Mode, SideSettings, Settings};
 
 /// Copy records kept at the output root by earlier versions; never mirrored, removed by
 /// the first run that no longer needs them.
@@ -63,15 +63,16 @@ pub struct Sides {
 
 impl Sides {
     /// Open both sides and check that each is there: the input readable, the output
-    /// writable (a local output directory is created).
-    pub async fn open(args: &Args) -> anyhow::Result<Sides> {
-        let source = open_side(Side::Input, args).await?;
-        let dest = open_side(Side::Output, args).await?;
+    /// writable (a local output directory is created) unless the run changes nothing.
+    pub async fn open(settings: &Settings) -> anyhow::Result<Sides> {
+        let writes = settings.mode == Mode::Mirror && !settings.dry_run;
+        let source = open(&settings.input, settings.local, false).await?;
+        let dest = open(&settings.output, settings.local, writes).await?;
         Ok(Sides {
             source,
             dest,
-            input_name: args.input_path.trim().trim_matches('/').to_string(),
-            output_name: args.output_path.trim().trim_matches('/').to_string(),
+            input_name: settings.input.name.clone(),
+            output_name: settings.output.name.clone(),
         })
     }
 
@@ -82,6 +83,17 @@ impl Sides {
             Side::Output => &self.dest,
         }
     }
+}
+
+async fn open(side: &SideSettings, local: LocalOptions, write: bool) -> anyhow::Result<Store> {
+    let store = open_unchecked(side, local).await?;
+    store.probe(write).await?;
+    Ok(store)
+}
+
+/// The store of `side`, not yet contacted (for `--check`).
+pub async fn open_unchecked(side: &SideSettings, local: LocalOptions) -> anyhow::Result<Store> {
+    Ok(side.location.open(&side.s3, local).await?)
 }
 
 struct SideArgs<'a> {
@@ -111,28 +123,23 @@ fn side_args(side: Side, args: &Args) -> SideArgs<'_> {
     }
 }
 
-async fn open_side(side: Side, args: &Args) -> anyhow::Result<Store> {
-    let store = open_unchecked(side, args).await?;
-    store.probe(side == Side::Output && !args.dry_run).await?;
-    Ok(store)
-}
-
-/// The store of `side` as its flags say, not yet contacted (for `--check`).
-pub async fn open_unchecked(side: Side, args: &Args) -> anyhow::Result<Store> {
-    let (location, settings) = side_location(side, args)?;
-    Ok(location.open(&settings, args.common.local()).await?)
-}
-
 /// Where a side is and how to reach it, from its flags.
-fn side_location(side: Side, args: &Args) -> anyhow::Result<(Location, S3Settings)> {
+pub(crate) fn side_settings(side: Side, args: &Args) -> Result<SideSettings, ConfigError> {
     let cfg = side_args(side, args);
     let path = cfg.path.trim();
+    let name = path.trim_matches('/').to_string();
+    let local = |location| SideSettings {
+        side,
+        location,
+        s3: S3Settings::default(),
+        name: name.clone(),
+    };
     if path.is_empty() {
-        return config(format!(
+        return Err(ConfigError::new(format!(
             "{} is empty: set it to a bucket or bucket/sub/path (or a directory when {} is empty)",
             side.var("PATH"),
             side.var("URL")
-        ));
+        )));
     }
     let url = cfg.url.trim();
     if url.is_empty() || url.starts_with("file://") {
@@ -142,14 +149,14 @@ fn side_location(side: Side, args: &Args) -> anyhow::Result<(Location, S3Setting
         } else {
             std::path::PathBuf::from(base).join(path)
         };
-        return Ok((Location::Local(root), S3Settings::default()));
+        return Ok(local(Location::Local(root)));
     }
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len()
     {
-        return config(format!(
+        return Err(ConfigError::new(format!(
             "{} '{url}' is not an http(s) URL: use e.g. https://s3.amazonaws.com or http://rgw.example:8080",
             side.var("URL")
-        ));
+        )));
     }
     let location = Location::parse_bucket_path(path)
         .map_err(|e| ConfigError::new(format!("{} is invalid: {e}", side.var("PATH"))))?;
@@ -157,14 +164,14 @@ fn side_location(side: Side, args: &Args) -> anyhow::Result<(Location, S3Setting
         (Some(k), Some(s)) if !k.is_empty() && !s.is_empty() => (Some(k.clone()), Some(s.clone())),
         (None, None) => (None, None),
         _ => {
-            return config(format!(
+            return Err(ConfigError::new(format!(
                 "set both {} and {} (or neither, to use the AWS credential chain)",
                 side.var("ACCESS_KEY_ID"),
                 side.var("SECRET_ACCESS_KEY")
-            ))
+            )))
         }
     };
-    let settings = S3Settings {
+    let s3 = S3Settings {
         endpoint_url: Some(url.to_string()),
         // AWS's own hosts (VPC, FIPS and regional endpoints alike) keep virtual-host
         // addressing; the URL given is always the URL used.
@@ -177,7 +184,12 @@ fn side_location(side: Side, args: &Args) -> anyhow::Result<(Location, S3Setting
         ca_bundle: args.common.ca_bundle.clone(),
         credentials_hint: side.credentials_hint(),
     };
-    Ok((location, settings))
+    Ok(SideSettings {
+        side,
+        location,
+        s3,
+        name,
+    })
 }
 
 /// Which keys a run considers: matching `--include` (when given), not `--exclude`, in
@@ -191,12 +203,11 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// From the flags.
-    pub fn new(args: &Args) -> anyhow::Result<Filter> {
-        let slice = args.shards.slice()?;
+    /// `--include` and `--exclude` globs, and this process's share.
+    pub fn new(include: &[String], exclude: &[String], slice: Slice) -> Result<Filter, ConfigError> {
         Ok(Filter {
-            include: globs(&args.include, "--include")?,
-            exclude: globs(&args.exclude, "--exclude")?,
+            include: globs(include, "--include")?,
+            exclude: globs(exclude, "--exclude")?,
             slice: (slice.count > 1).then_some(slice),
         })
     }
@@ -255,7 +266,7 @@ pub fn slice_of(key: &str, count: u64) -> u64 {
     u64::from_be_bytes(first) % count
 }
 
-fn globs(patterns: &[String], flag: &str) -> anyhow::Result<Option<GlobSet>> {
+fn globs(patterns: &[String], flag: &str) -> Result<Option<GlobSet>, ConfigError> {
     let patterns: Vec<&String> = patterns.iter().filter(|p| !p.trim().is_empty()).collect();
     if patterns.is_empty() {
         return Ok(None);

@@ -30,7 +30,7 @@ use sha2::Sha256;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::decide::Record;
-use crate::gate::Expected;
+use crate::manifests::Expected;
 
 /// S3's largest single PUT.
 const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
@@ -587,6 +587,20 @@ fn verify_parts(
             format!("the parts' composite ETag is {composite}, the source's is {source_etag}"),
         )),
     }
+}
+
+/// Prove that the output's object at `key` is the one its manifest lists (read back in one
+/// stream, hashed): an object the output already had, before a manifest vouches for it.
+pub async fn prove(t: &Transfers, key: &str, expected: &Expected) -> Result<(), CopyError> {
+    let _stream = t.settings.stream().await?;
+    let got = t.dest.get(key, GetOptions::default()).await?;
+    let size = got.meta.size;
+    let mut hash = Sha256::new();
+    let mut body = got.body.into_stream();
+    while let Some(chunk) = body.next().await {
+        hash.update(chunk?);
+    }
+    check_manifest(key, size, &hex::encode(hash.finalize()), expected)
 }
 
 fn mismatch(key: &str, what: String) -> CopyError {

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use crate::config::Args;
+use crate::settings::Settings;
 use crate::sides::{Side, Sides};
 
 /// What a verification found.
@@ -25,10 +25,10 @@ pub struct Verification {
     pub unlisted: Vec<String>,
 }
 
-/// Verify `side` as `args` configure it; prints one line per folder and fails when any
+/// Verify `side` as `settings` configure it; prints one line per folder and fails when any
 /// folder does not match its manifest.
-pub async fn run(args: &Args, side: Side) -> anyhow::Result<Verification> {
-    let sides = Sides::open(args).await?;
+pub async fn run(settings: &Settings, side: Side) -> anyhow::Result<Verification> {
+    let sides = Sides::open(settings).await?;
     let result = verify(sides.store(side), side.label()).await?;
     let bad: Vec<&str> = result
         .folders

@@ -5,66 +5,24 @@
 //! 1. **Withdraw.** Before the first object of a folder is replaced or deleted at the
 //!    output (the moment it would become visible: a copy checked and about to be
 //!    committed), the folder's manifest there is deleted ([`Withdrawals`], asked by the
-//!    output's [`OutputGuard`] before every write), as egress-dump does at the input before
+//!    output guard before every write), as egress-dump does at the input before
 //!    it rewrites a day.
 //! 2. **Copy.** The objects are copied, each checked against the manifest as it was read
 //!    (`--require-manifest`); objects the manifest does not list are not copied into the
 //!    day.
-//! 3. **Publish.** Last, the manifest is written: exactly the bytes the objects were checked
+//! 3. **Prove.** An object the output already had (skipped as unchanged) is read back and
+//!    checked against the manifest too, before the manifest can vouch for it.
+//! 4. **Publish.** Last, the manifest is written: exactly the bytes the objects were checked
 //!    against, and only if the input's manifest is still that version; [`decide`] says
 //!    what to do with each day, from facts gathered by the run.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use egress_common::manifest;
-use egress_store::{ErrorKind, Guard, Store, StoreError};
+use egress_store::{ErrorKind, Store, StoreError};
 use tokio::sync::OnceCell;
 
-use crate::sides::OLD_RECORDS_KEY;
-use crate::uploads::Marks;
-
-/// What every write into the output asks first: the lease (a run that lost it writes
-/// nothing more), then the hand-off (a day's manifest leaves before the day changes), and
-/// what an upload's start and end mean (its mark as this run's, see [`crate::uploads`]).
-#[derive(Debug)]
-pub struct OutputGuard {
-    lease: Arc<dyn Guard>,
-    withdrawals: Arc<Withdrawals>,
-    marks: Marks,
-}
-
-impl OutputGuard {
-    /// The guard of a run holding `lease`, withdrawing with `withdrawals`, marking with
-    /// `marks`.
-    pub fn new(lease: Arc<dyn Guard>, withdrawals: Arc<Withdrawals>, marks: Marks) -> Self {
-        OutputGuard {
-            lease,
-            withdrawals,
-            marks,
-        }
-    }
-}
-
-#[async_trait]
-impl Guard for OutputGuard {
-    async fn before_change(&self, key: &str) -> Result<(), StoreError> {
-        self.lease.before_change(key).await?;
-        self.withdrawals.before_change(key).await?;
-        // The withdrawal may have waited for another writer's: ask the lease again.
-        self.lease.before_change(key).await
-    }
-
-    async fn before_upload(&self, key: &str) -> Result<(), StoreError> {
-        self.lease.before_upload(key).await?;
-        self.marks.write(key).await
-    }
-
-    async fn upload_ended(&self, key: &str, _id: &str) {
-        self.marks.remove(key).await;
-    }
-}
+use crate::manifest;
 
 /// One folder's withdrawal, done once; every writer in the folder waits for it.
 type Withdrawal = OnceCell<()>;
@@ -74,14 +32,18 @@ type Withdrawal = OnceCell<()>;
 pub struct Withdrawals {
     dest: Store,
     folders: std::sync::Mutex<HashMap<String, Arc<Withdrawal>>>,
+    /// Keys that belong to no day (the programs' own files).
+    outside: fn(&str) -> bool,
 }
 
 impl Withdrawals {
-    /// Withdrawals at `dest` (the output unguarded: the guard asked the lease already).
-    pub fn new(dest: Store) -> Withdrawals {
+    /// Withdrawals at `dest` (the output unguarded: the guard asked the lease already);
+    /// keys `outside` says are no day's change nothing.
+    pub fn new(dest: Store, outside: fn(&str) -> bool) -> Withdrawals {
         Withdrawals {
             dest,
             folders: std::sync::Mutex::new(HashMap::new()),
+            outside,
         }
     }
 
@@ -89,8 +51,7 @@ impl Withdrawals {
     /// first (once per run; every writer in the folder waits for it). A manifest itself
     /// needs nothing.
     pub async fn before_change(&self, key: &str) -> Result<(), StoreError> {
-        let ours = egress_common::day::lease::is_coordination(key) || key == OLD_RECORDS_KEY;
-        if manifest::is_manifest(key) || ours {
+        if manifest::is_manifest(key) || (self.outside)(key) {
             return Ok(());
         }
         let folder = manifest::folder_of(key).to_string();
@@ -153,6 +114,9 @@ pub struct DayFacts {
     pub failed: bool,
     /// The output already holds this very manifest, and this run withdrew nothing there.
     pub already_published: bool,
+    /// Objects the output already had (skipped, not copied) that nothing has yet proven
+    /// to be the ones the manifest lists.
+    pub unproven: Vec<String>,
 }
 
 /// What becomes of a day's manifest.
@@ -160,6 +124,9 @@ pub struct DayFacts {
 pub enum HandOff {
     /// Write the manifest the objects were checked against.
     Publish,
+    /// Prove these objects first (the output had them already: read each back and
+    /// check it against the manifest), then decide again.
+    Prove(Vec<String>),
     /// The output has it already (`lost`: objects the input no longer has since).
     AlreadyThere {
         /// Objects the input lost after the day was mirrored (expired).
@@ -200,6 +167,10 @@ pub fn decide(facts: &DayFacts) -> HandOff {
             facts.missing.join(", ")
         ));
     }
+    let trusted = egress_store::mutant::active("trust-unchanged");
+    if !facts.unproven.is_empty() && !trusted {
+        return HandOff::Prove(facts.unproven.clone());
+    }
     if !facts.filtered.is_empty() {
         return HandOff::Hold(format!(
             "--include/--exclude leave out {} it lists ({}): its other objects are copied, and the day stays without its manifest at the output",
@@ -226,8 +197,13 @@ mod tests {
     }
 
     #[test]
-    fn a_complete_day_is_published_once() {
+    fn a_complete_day_is_published_once_its_skipped_objects_are_proven() {
         assert_eq!(decide(&facts()), HandOff::Publish);
+        let skipped = DayFacts {
+            unproven: vec!["d/a.csv.gz".into()],
+            ..facts()
+        };
+        assert_eq!(decide(&skipped), HandOff::Prove(vec!["d/a.csv.gz".into()]));
         let there = DayFacts {
             already_published: true,
             ..facts()

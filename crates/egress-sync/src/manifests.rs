@@ -1,8 +1,9 @@
-//! Date folders and their manifests: with `--require-manifest`, a folder is copied only
-//! once its `_manifest.json` exists at the input, and each object must match the size and
-//! SHA-256 it records. Without it, a manifest still tells the part sizes of the objects
-//! egress-dump wrote, so their copies keep their ETags. Each folder's manifest is read
-//! once, when the march first reaches the folder.
+//! The input's manifests, one per date folder: with `--require-manifest`, a folder is
+//! copied only once its `_manifest.json` exists at the input, and each object must match
+//! the size and SHA-256 it records. Without it, a manifest still tells the part sizes of
+//! the objects egress-dump wrote, so their copies keep their ETags. Each folder's manifest
+//! is read once, when the march first reaches the folder; one larger than
+//! [`manifest::MAX_BYTES`] is refused unread.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -49,16 +50,16 @@ struct Entry {
 }
 
 /// Every folder met so far.
-pub struct Gates {
+pub struct InputManifests {
     source: Store,
     folders: HashMap<String, Folder>,
     has_objects: HashMap<String, bool>,
 }
 
-impl Gates {
-    /// Gates reading manifests from `source`.
-    pub fn new(source: Store) -> Gates {
-        Gates {
+impl InputManifests {
+    /// Manifests read from `source`.
+    pub fn new(source: Store) -> InputManifests {
+        InputManifests {
             source,
             folders: HashMap::new(),
             has_objects: HashMap::new(),
@@ -79,6 +80,9 @@ impl Gates {
     async fn read(&self, folder: &str) -> Result<Folder, StoreError> {
         let manifest_key = manifest::key_in(folder);
         let (body, meta) = match self.source.get(&manifest_key, GetOptions::default()).await {
+            Ok(got) if got.meta.size > manifest::MAX_BYTES => {
+                return Ok(Folder::Unusable(manifest::too_large(got.meta.size)))
+            }
             Ok(got) => (got.body.collect().await?, got.meta),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Folder::NoManifest),
             Err(e) => return Err(e),
@@ -130,6 +134,25 @@ impl Gates {
             Folder::Complete(listed) => listed.objects.contains_key(object_key),
             _ => false,
         })
+    }
+
+    /// Objects the manifest of `folder` lists that the input listing had, with what each
+    /// must be.
+    pub fn seen(&self, folder: &str) -> Vec<(String, Expected)> {
+        match self.folders.get(folder) {
+            Some(Folder::Complete(listed)) => {
+                let seen: std::collections::BTreeMap<&String, &Expected> = listed
+                    .objects
+                    .iter()
+                    .filter(|(_, e)| e.seen)
+                    .map(|(k, e)| (k, &e.expected))
+                    .collect();
+                seen.into_iter()
+                    .map(|(k, e)| (k.clone(), e.clone()))
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Objects the manifest of `folder` lists that the input listing did not have.
@@ -244,7 +267,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let mut gates = Gates::new(store);
+        let mut gates = InputManifests::new(store);
         let (expected, parts) = gates.see("d1/a.csv.gz").await.unwrap().unwrap();
         assert_eq!(expected.size, 10);
         assert_eq!(parts, Some(vec![6, 4]));

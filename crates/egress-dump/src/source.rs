@@ -1,0 +1,51 @@
+//! Where a day's tables come from: PostgreSQL ([`crate::database`]) in a real run, a
+//! stand-in in the simulation of the day protocol (`tests/sim`). The day's steps
+//! ([`crate::run`], [`crate::shard`]) see only these two traits.
+
+use async_trait::async_trait;
+use egress_common::day::shared::{Piece, Plan};
+use egress_common::manifest::SnapshotInfo;
+use egress_store::Store;
+
+use crate::catalog::ResolvedTable;
+use crate::failure::AttemptError;
+use crate::report::TableReport;
+use crate::typed::TablePlan;
+
+/// Opens the day's snapshot.
+#[async_trait]
+pub trait TableSource: Send + Sync {
+    /// Lock the listed tables and take one snapshot of them (`export`: one other sessions
+    /// and processes can import).
+    async fn open(&self, export: bool) -> Result<Box<dyn OpenSnapshot>, AttemptError>;
+
+    /// Import `plan`'s snapshot and lock the tables index `index` dumps.
+    async fn join(&self, plan: &Plan, index: u64) -> anyhow::Result<Box<dyn OpenSnapshot>>;
+
+    /// True when `error` was a recovery conflict on a standby: the day is then started
+    /// again from a fresh snapshot.
+    async fn conflicted(&self, error: &AttemptError) -> bool;
+}
+
+/// A snapshot held open: what the day holds in it, and the dump of its tables.
+#[async_trait]
+pub trait OpenSnapshot: Send + Sync {
+    /// The snapshot.
+    fn info(&self) -> &SnapshotInfo;
+
+    /// Its tables (all of the day's; a shard's own share once joined), as listed.
+    fn tables(&self) -> &[ResolvedTable];
+
+    /// Each table's columns and primary key, in the order of [`OpenSnapshot::tables`].
+    fn plans(&self) -> &[TablePlan];
+
+    /// How a table over `--split-larger-than` is shared between `of` pods, one page
+    /// range each; `None` for a table one pod dumps whole.
+    async fn pieces(&self, table: &ResolvedTable, of: u64) -> Result<Option<Vec<Piece>>, AttemptError>;
+
+    /// Dump `tables` into `store` (each object created, never replaced).
+    async fn dump(&self, store: &Store, tables: &[ResolvedTable]) -> Result<Vec<TableReport>, AttemptError>;
+
+    /// Let the snapshot go (the transaction ends).
+    async fn close(self: Box<Self>);
+}
