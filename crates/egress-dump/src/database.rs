@@ -132,11 +132,19 @@ impl OpenSnapshot for Held {
         &self.plans
     }
 
-    async fn pieces(&self, table: &ResolvedTable, of: u64) -> Result<Option<Vec<Piece>>, AttemptError> {
+    async fn pieces(
+        &self,
+        table: &ResolvedTable,
+        of: u64,
+    ) -> Result<Option<Vec<Piece>>, AttemptError> {
         split_between_pods(&self.settings, &self.db, table, of).await
     }
 
-    async fn dump(&self, store: &Store, tables: &[ResolvedTable]) -> Result<Vec<TableReport>, AttemptError> {
+    async fn dump(
+        &self,
+        store: &Store,
+        tables: &[ResolvedTable],
+    ) -> Result<Vec<TableReport>, AttemptError> {
         let settings = &*self.settings;
         let plans = read_plans(&self.db.holder, tables).await?;
         let chunks = plan_splits(settings, &self.db, tables).await?;
@@ -150,7 +158,8 @@ impl OpenSnapshot for Held {
         let concurrent = workers::worker_count(settings.jobs, &which, &self.info).max(1);
         let job = workers::job_for(settings, store, &settings.date, &counters, concurrent);
         let outcomes =
-            workers::dump_tables(&job, &self.db.target, &self.db.holder, &self.info, &which).await?;
+            workers::dump_tables(&job, &self.db.target, &self.db.holder, &self.info, &which)
+                .await?;
         Ok(all_succeeded(tables, outcomes)?)
     }
 
@@ -313,7 +322,7 @@ async fn tables_of(
 
 /// What index `index` dumps of `tables` (the day's, as listed): whole tables, and pieces
 /// of shared ones.
-pub(crate) fn share(plan: &Plan, index: u64, tables: &[ResolvedTable]) -> Vec<ResolvedTable> {
+pub fn share(plan: &Plan, index: u64, tables: &[ResolvedTable]) -> Vec<ResolvedTable> {
     plan.tables
         .iter()
         .filter(|a| a.shard == index)

@@ -138,4 +138,3 @@ pub(crate) fn in_listed_order(
     }
     Ok(ordered)
 }
-

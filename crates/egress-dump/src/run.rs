@@ -196,7 +196,9 @@ impl Attempt<'_> {
                 piece,
             };
             match &pieces[i] {
-                Some(ranges) => assigned.extend(ranges.iter().map(|&p| entry(p.part.index, Some(p)))),
+                Some(ranges) => {
+                    assigned.extend(ranges.iter().map(|&p| entry(p.part.index, Some(p))))
+                }
                 None => assigned.push(entry(shard_of[i], None)),
             }
         }
@@ -286,9 +288,15 @@ async fn publish(
     lease.check().await?;
     // A local day's objects are on disk before its manifest is named, and all of it
     // before the run says it succeeded.
-    store.persist().await.context("cannot flush the day to disk")?;
+    store
+        .persist()
+        .await
+        .context("cannot flush the day to disk")?;
     day::publish(store, &manifest).await?;
-    store.persist().await.context("cannot flush the day to disk")?;
+    store
+        .persist()
+        .await
+        .context("cannot flush the day to disk")?;
     Ok(())
 }
 

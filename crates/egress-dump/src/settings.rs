@@ -9,8 +9,8 @@ use egress_common::{ConfigError, Location};
 use egress_store::{S3Settings, Secret};
 
 use crate::config::{Args, Format};
-use egress_common::day::shared::Shards;
 use crate::tables::{self, TableRef};
+use egress_common::day::shared::Shards;
 
 /// The variables that hold the dump's S3 keys, named when S3 rejects them.
 const CREDENTIALS_HINT: &str = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS profile)";

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use egress_common::day::shared::{self, Claim, Claimed, Ended, Plan, State};
 use egress_common::day;
+use egress_common::day::shared::{self, Claim, Claimed, Ended, Plan, State};
 use egress_common::ConfigError;
 use egress_store::Store;
 use tokio::sync::Notify;
@@ -49,16 +49,25 @@ pub async fn run(
         ..settings.clone()
     };
     let snapshot = source.join(&plan, index).await?;
-    let claim = match shared::claim::<TableReport>(&store, (&settings.date, &plan), settings.shards).await {
+    let claim = match shared::claim::<TableReport>(&store, (&settings.date, &plan), settings.shards)
+        .await
+    {
         Ok(Claimed::Mine(claim)) => Arc::new(claim),
         Ok(Claimed::Done(status)) => {
             snapshot.close().await;
-            info!(shard = index, "This index already reported its share for this plan; waiting for the day's end.");
-            return end(&store, settings, &plan, None).await.map(|()| status.tables);
+            info!(
+                shard = index,
+                "This index already reported its share for this plan; waiting for the day's end."
+            );
+            return end(&store, settings, &plan, None)
+                .await
+                .map(|()| status.tables);
         }
         Ok(Claimed::Ended) => {
             snapshot.close().await;
-            return end(&store, settings, &plan, None).await.map(|()| Vec::new());
+            return end(&store, settings, &plan, None)
+                .await
+                .map(|()| Vec::new());
         }
         Err(e) => {
             snapshot.close().await;

@@ -41,10 +41,18 @@ pub trait OpenSnapshot: Send + Sync {
 
     /// How a table over `--split-larger-than` is shared between `of` pods, one page
     /// range each; `None` for a table one pod dumps whole.
-    async fn pieces(&self, table: &ResolvedTable, of: u64) -> Result<Option<Vec<Piece>>, AttemptError>;
+    async fn pieces(
+        &self,
+        table: &ResolvedTable,
+        of: u64,
+    ) -> Result<Option<Vec<Piece>>, AttemptError>;
 
     /// Dump `tables` into `store` (each object created, never replaced).
-    async fn dump(&self, store: &Store, tables: &[ResolvedTable]) -> Result<Vec<TableReport>, AttemptError>;
+    async fn dump(
+        &self,
+        store: &Store,
+        tables: &[ResolvedTable],
+    ) -> Result<Vec<TableReport>, AttemptError>;
 
     /// Let the snapshot go (the transaction ends).
     async fn close(self: Box<Self>);

@@ -112,7 +112,10 @@ pub async fn receive(
 pub async fn commit(store: &Store, key: &str, pending: Pending) -> Result<Committed, StoreError> {
     match store.head(key).await {
         Ok(_) => {
-            tracing::warn!(key, "an object another writer left where this run writes is removed first");
+            tracing::warn!(
+                key,
+                "an object another writer left where this run writes is removed first"
+            );
             store.delete(key).await?;
         }
         Err(e) if e.kind() == egress_store::ErrorKind::NotFound => {}
@@ -128,7 +131,9 @@ pub async fn commit(store: &Store, key: &str, pending: Pending) -> Result<Commit
             let size = body.len() as u64;
             let put = match store.put(key, Body::from_bytes(body), &options).await {
                 Ok(put) => put,
-                Err(e) => egress_store::settle(store, key, (size, Some(hex::encode(md5))), e).await?,
+                Err(e) => {
+                    egress_store::settle(store, key, (size, Some(hex::encode(md5))), e).await?
+                }
             };
             Ok(Committed {
                 etag: put.etag,

@@ -54,6 +54,8 @@ pub struct InputManifests {
     source: Store,
     folders: HashMap<String, Folder>,
     has_objects: HashMap<String, bool>,
+    /// Objects the output holds in a day folder whose manifest does not list them.
+    unlisted_at_output: HashMap<String, BTreeSet<String>>,
 }
 
 impl InputManifests {
@@ -63,6 +65,7 @@ impl InputManifests {
             source,
             folders: HashMap::new(),
             has_objects: HashMap::new(),
+            unlisted_at_output: HashMap::new(),
         }
     }
 
@@ -153,6 +156,31 @@ impl InputManifests {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// The output holds `key`: remember it when its day has a manifest that does not list
+    /// it (it must go before that manifest is published there).
+    pub async fn at_output(&mut self, key: &str) -> Result<(), StoreError> {
+        let folder = manifest::folder_of(key).to_string();
+        let unlisted = match self.folder(&folder).await? {
+            Folder::Complete(listed) => !listed.objects.contains_key(key),
+            _ => false,
+        };
+        if unlisted && !manifest::is_manifest(key) {
+            self.unlisted_at_output
+                .entry(folder)
+                .or_default()
+                .insert(key.to_string());
+        }
+        Ok(())
+    }
+
+    /// Objects the output holds in `folder` that its manifest does not list.
+    pub fn unlisted_at_output(&self, folder: &str) -> Vec<String> {
+        self.unlisted_at_output
+            .get(folder)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Objects the manifest of `folder` lists that the input listing did not have.

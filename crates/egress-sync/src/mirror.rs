@@ -247,6 +247,11 @@ impl<'a> Mirror<'a> {
             if self.pool.stopped() {
                 break;
             }
+            if let (Pair::DestOnly(d) | Pair::Both(_, d), true) =
+                (&pair, self.settings.require_manifest)
+            {
+                self.manifests.lock().await.at_output(&d.key).await?;
+            }
             let source = match &pair {
                 Pair::DestOnly(_) => continue,
                 Pair::SourceOnly(s) | Pair::Both(s, _) => s.clone(),
@@ -394,7 +399,7 @@ impl<'a> Mirror<'a> {
             Ok(facts) => {
                 let handoff = handoff::decide(&facts);
                 let expected = match &handoff {
-                    HandOff::Prove(keys) => self.expected(folder, keys).await,
+                    HandOff::Prepare { prove, .. } => self.expected(folder, prove).await,
                     _ => Vec::new(),
                 };
                 Decided::HandOff(facts, handoff, expected)
@@ -462,6 +467,11 @@ impl<'a> Mirror<'a> {
             .filter(|(key, _)| !self.pool.proven(key))
             .map(|(key, _)| key)
             .collect();
+        let unlisted = gates
+            .unlisted_at_output(folder)
+            .into_iter()
+            .filter(|key| !self.pool.removed(key))
+            .collect();
         Ok(DayFacts {
             unusable,
             changed,
@@ -470,6 +480,7 @@ impl<'a> Mirror<'a> {
             failed: self.pool.report().failed_folders.contains_key(folder),
             already_published: !withdrawn && self.at_output(pair).await?,
             unproven,
+            unlisted,
         })
     }
 
@@ -532,10 +543,16 @@ impl<'a> Mirror<'a> {
                 });
                 None
             }
-            HandOff::Prove(keys) => {
-                let why = format!("{} object(s) it lists could not be proven at the output: {}", keys.len(), keys.join(", "));
+            HandOff::Prepare { prove, remove } => {
+                let keys: Vec<String> = prove.into_iter().chain(remove).collect();
+                let why = format!(
+                    "{} object(s) at the output could not be proven or removed: {}",
+                    keys.len(),
+                    keys.join(", ")
+                );
                 tracing::error!(key = %key, "manifest not copied: {why}");
-                self.pool.record(|r| r.fail(&key, format!("manifest not copied: {why}")));
+                self.pool
+                    .record(|r| r.fail(&key, format!("manifest not copied: {why}")));
                 None
             }
             HandOff::Fail(why) => {
@@ -684,17 +701,22 @@ enum Decided {
 }
 
 impl Day {
-    /// True while the day waits for objects to be proven.
+    /// True while the day waits for its output to be made ready.
     fn proving(&self) -> bool {
-        matches!(&self.decision, Decided::HandOff(_, HandOff::Prove(_), _))
+        matches!(
+            &self.decision,
+            Decided::HandOff(_, HandOff::Prepare { .. }, _)
+        )
     }
 
-    /// The tasks that prove its objects.
+    /// The tasks that make it ready: prove the objects the output had, remove the ones
+    /// the day no longer has.
     fn proofs(&self) -> Vec<Task> {
         match &self.decision {
-            Decided::HandOff(_, HandOff::Prove(_), expected) => expected
+            Decided::HandOff(_, HandOff::Prepare { remove, .. }, expected) => expected
                 .iter()
                 .map(|(key, e)| Task::Prove(key.clone(), e.clone()))
+                .chain(remove.iter().map(|key| Task::Delete(key.clone())))
                 .collect(),
             _ => Vec::new(),
         }

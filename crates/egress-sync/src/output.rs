@@ -49,4 +49,3 @@ impl Guard for OutputGuard {
         self.marks.remove(key).await;
     }
 }
-

@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::decide::{self, CopyReason, Decision};
-use egress_common::day::handoff::Withdrawals;
 use crate::report::Report;
 use crate::transfer::{self, CopyError, Job, Transfers};
+use egress_common::day::handoff::Withdrawals;
 
 /// Attempts per object (first try included).
 const ATTEMPTS: u32 = 3;
@@ -78,6 +78,8 @@ pub struct Pool {
     /// Objects of days with a manifest that this run copied (checked against it as they
     /// streamed) or proved (read back): what a manifest may vouch for.
     proven: Mutex<HashSet<String>>,
+    /// Objects this run deleted from the output.
+    removed: Mutex<HashSet<String>>,
     /// Counters for the status line.
     pub progress: Arc<Progress>,
 }
@@ -102,6 +104,7 @@ impl Pool {
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
             proven: Mutex::new(HashSet::new()),
+            removed: Mutex::new(HashSet::new()),
             progress: Arc::new(Progress::default()),
         }
     }
@@ -141,6 +144,11 @@ impl Pool {
     /// True when this run copied `key` checked against its manifest, or proved it.
     pub fn proven(&self, key: &str) -> bool {
         self.proven.lock().is_ok_and(|p| p.contains(key))
+    }
+
+    /// True when this run deleted `key` from the output.
+    pub fn removed(&self, key: &str) -> bool {
+        self.removed.lock().is_ok_and(|r| r.contains(key))
     }
 
     fn prove_done(&self, key: &str) {
@@ -185,6 +193,7 @@ impl Pool {
         let output = &self.names.output;
         if self.dry_run {
             println!("check (already there) `output/{output}/{key}` against its day's manifest");
+            self.prove_done(&key);
             return;
         }
         match transfer::prove(&self.transfers, &key, &expected).await {
@@ -220,6 +229,9 @@ impl Pool {
         let (input, output) = (&self.names.input, &self.names.output);
         if self.dry_run {
             println!("copy ({reason}) `input/{input}/{key}` -> `output/{output}/{key}`");
+            if gated {
+                self.prove_done(&key);
+            }
             return;
         }
         match self.copy_with_retry(job).await {
@@ -315,6 +327,9 @@ impl Pool {
         match self.transfers.dest.delete(&key).await {
             Ok(()) => {
                 info!(key = %key, "deleted `output/{output}/{key}`");
+                if let Ok(mut removed) = self.removed.lock() {
+                    removed.insert(key);
+                }
                 self.record(|r| r.deleted += 1);
             }
             Err(e) => self.failed(&key, CopyError::Store(e)),

@@ -10,7 +10,7 @@ use egress_store::{LocalOptions, S3Settings, Store};
 use sha2::Digest;
 
 use crate::config::Args;
-use crate::settings::{Mode, SideSettings, Settings};
+use crate::settings::{Mode, Settings, SideSettings};
 
 /// Copy records kept at the output root by earlier versions; never mirrored, removed by
 /// the first run that no longer needs them.
@@ -204,7 +204,11 @@ pub struct Filter {
 
 impl Filter {
     /// `--include` and `--exclude` globs, and this process's share.
-    pub fn new(include: &[String], exclude: &[String], slice: Slice) -> Result<Filter, ConfigError> {
+    pub fn new(
+        include: &[String],
+        exclude: &[String],
+        slice: Slice,
+    ) -> Result<Filter, ConfigError> {
         Ok(Filter {
             include: globs(include, "--include")?,
             exclude: globs(exclude, "--exclude")?,

@@ -117,6 +117,9 @@ pub struct DayFacts {
     /// Objects the output already had (skipped, not copied) that nothing has yet proven
     /// to be the ones the manifest lists.
     pub unproven: Vec<String>,
+    /// Objects the output holds in the day's folder that the manifest does not list (an
+    /// earlier layout of the day): they go before the manifest is published.
+    pub unlisted: Vec<String>,
 }
 
 /// What becomes of a day's manifest.
@@ -124,9 +127,15 @@ pub struct DayFacts {
 pub enum HandOff {
     /// Write the manifest the objects were checked against.
     Publish,
-    /// Prove these objects first (the output had them already: read each back and
-    /// check it against the manifest), then decide again.
-    Prove(Vec<String>),
+    /// Make the output ready first, then decide again: prove the objects it had already
+    /// (read each back and check it against the manifest), remove the ones the day no
+    /// longer lists.
+    Prepare {
+        /// Objects to read back and check.
+        prove: Vec<String>,
+        /// Objects to delete.
+        remove: Vec<String>,
+    },
     /// The output has it already (`lost`: objects the input no longer has since).
     AlreadyThere {
         /// Objects the input lost after the day was mirrored (expired).
@@ -167,9 +176,15 @@ pub fn decide(facts: &DayFacts) -> HandOff {
             facts.missing.join(", ")
         ));
     }
-    let trusted = egress_store::mutant::active("trust-unchanged");
-    if !facts.unproven.is_empty() && !trusted {
-        return HandOff::Prove(facts.unproven.clone());
+    let prove = match egress_store::mutant::active("trust-unchanged") {
+        true => Vec::new(),
+        false => facts.unproven.clone(),
+    };
+    if !prove.is_empty() || !facts.unlisted.is_empty() {
+        return HandOff::Prepare {
+            prove,
+            remove: facts.unlisted.clone(),
+        };
     }
     if !facts.filtered.is_empty() {
         return HandOff::Hold(format!(
@@ -203,7 +218,13 @@ mod tests {
             unproven: vec!["d/a.csv.gz".into()],
             ..facts()
         };
-        assert_eq!(decide(&skipped), HandOff::Prove(vec!["d/a.csv.gz".into()]));
+        assert_eq!(
+            decide(&skipped),
+            HandOff::Prepare {
+                prove: vec!["d/a.csv.gz".into()],
+                remove: vec![]
+            }
+        );
         let there = DayFacts {
             already_published: true,
             ..facts()

@@ -276,9 +276,32 @@ pub async fn acquire(
     let started = Instant::now();
     let run_id = format!("{:016x}", task::random());
     let (mut refused, mut told) = (0, false);
+    // When this run last wrote the lease (a lost reply may have made it ours).
+    let mut written_at = None;
     loop {
         let current = read(store, key, ttl).await?;
         let now = store.now();
+        // A lease that holds our run id is ours: a write whose reply was lost took effect.
+        let mine = current
+            .as_ref()
+            .filter(|f| f.holder.as_ref().is_some_and(|h| h.run_id == run_id));
+        if let Some(found) = mine.filter(|_| !egress_store::mutant::active("lost-reply-fails")) {
+            let (Some(ours), Some(began)) = (found.holder.clone(), written_at) else {
+                return Err(anyhow::anyhow!(
+                    "internal: a lease of this run that it never wrote"
+                ));
+            };
+            tracing::info!(
+                "the lease write's reply was lost, but the lease read back is this run's"
+            );
+            return Ok(Lease::start(
+                store.clone(),
+                key,
+                ours,
+                ttl,
+                (found.etag.clone(), began),
+            ));
+        }
         if let Some(found) = current.as_ref().filter(|f| f.is_live(now)) {
             if found.holder.is_none() && !told {
                 told = true;
@@ -306,6 +329,7 @@ pub async fn acquire(
         // The expiry is computed now, when the lease is written, never before a wait.
         let ours = holder(&run_id, program, store.now(), store.now(), ttl);
         let began = Instant::now();
+        written_at = Some(began);
         let etag = match write_settled(store, key, &ours, condition.clone(), ttl).await? {
             Some(etag) => etag,
             None if refused < MAX_REFUSED => {

@@ -33,7 +33,9 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 
 use crate::manifest::{self, Manifest};
-use egress_store::{Attributes, Body, Condition, ErrorKind, GetOptions, PutOptions, Store, StoreError};
+use egress_store::{
+    Attributes, Body, Condition, ErrorKind, GetOptions, PutOptions, Store, StoreError,
+};
 
 /// How a small JSON object is written: its type, and its Content-MD5.
 pub(crate) fn json_options(body: &[u8]) -> PutOptions {
@@ -69,7 +71,10 @@ pub fn create_only(options: PutOptions) -> PutOptions {
 
 /// The manifest of the day `date` at `store`, as written, when it has one.
 pub async fn manifest_bytes(store: &Store, date: &str) -> Result<Option<bytes::Bytes>, StoreError> {
-    match store.get(&manifest::key_in(date), GetOptions::default()).await {
+    match store
+        .get(&manifest::key_in(date), GetOptions::default())
+        .await
+    {
         Ok(got) if got.meta.size > manifest::MAX_BYTES => Ok(None),
         Ok(got) => Ok(Some(got.body.collect().await?)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),

@@ -308,7 +308,12 @@ pub enum Verdict<R> {
 /// Judge what was heard from indexes 1.. at `now`: there when every index is in `wanted`
 /// (joined, or done), failed when one has been silent (not joined, or not rewritten its
 /// status) for longer than `wait`.
-pub fn judge<R: Clone>(heard: &[Heard<R>], wanted: &[State], now: Instant, wait: Duration) -> Verdict<R> {
+pub fn judge<R: Clone>(
+    heard: &[Heard<R>],
+    wanted: &[State],
+    now: Instant,
+    wait: Duration,
+) -> Verdict<R> {
     let mut tables = Vec::new();
     let mut waiting = false;
     for (offset, h) in heard.iter().enumerate() {
@@ -370,7 +375,9 @@ impl Coordinator {
         clear(store, date).await;
         objects::write(store, &plan_key(date), &plan, Condition::None)
             .await
-            .map_err(|e| anyhow::Error::new(e).context("cannot publish the plan for the other shards"))?;
+            .map_err(|e| {
+                anyhow::Error::new(e).context("cannot publish the plan for the other shards")
+            })?;
         let here = plan.tables.iter().filter(|t| t.shard == 0).count();
         info!(
             run_id = %plan.run_id,
@@ -404,7 +411,10 @@ impl Coordinator {
         if egress_store::mutant::active("late-coordinator-withdraws") {
             return Ok(None);
         }
-        match self.listen::<R>(&[State::Joined, State::Done], self.published).await? {
+        match self
+            .listen::<R>(&[State::Joined, State::Done], self.published)
+            .await?
+        {
             Verdict::Fail(line) => Ok(Some(line)),
             _ => Ok(None),
         }
@@ -413,9 +423,14 @@ impl Coordinator {
     /// Tell every index to write: the plan again, marked go.
     pub async fn go(&mut self) -> anyhow::Result<()> {
         self.plan.go = true;
-        objects::write(&self.store, &plan_key(&self.date), &self.plan, Condition::None)
-            .await
-            .map_err(|e| anyhow::Error::new(e).context("cannot tell the shards to write"))?;
+        objects::write(
+            &self.store,
+            &plan_key(&self.date),
+            &self.plan,
+            Condition::None,
+        )
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("cannot tell the shards to write"))?;
         Ok(())
     }
 
@@ -695,7 +710,11 @@ impl Claim {
 
     /// Write `status` under `condition`: true when written. A write whose reply was lost
     /// is settled by reading the status back: this pod's when it holds this very beat.
-    async fn write<R: Serialize>(&self, status: &Status<R>, condition: Condition) -> anyhow::Result<bool> {
+    async fn write<R: Serialize>(
+        &self,
+        status: &Status<R>,
+        condition: Condition,
+    ) -> anyhow::Result<bool> {
         let mut etag = self.etag.lock().await;
         let error = match objects::write(&self.store, &self.key, status, condition).await {
             Ok(written) => {
@@ -745,9 +764,9 @@ impl Claim {
             )));
         }
         let found = objects::read::<serde_json::Value>(&self.store, &self.key).await?;
-        let ours = found
-            .as_ref()
-            .is_some_and(|f| f.value.get("pod").and_then(|p| p.as_str()) == Some(self.pod.as_str()));
+        let ours = found.as_ref().is_some_and(|f| {
+            f.value.get("pod").and_then(|p| p.as_str()) == Some(self.pod.as_str())
+        });
         if !ours && !egress_store::mutant::active("pieces-overwrite") {
             self.lost.store(true, Ordering::SeqCst);
             return Err(self.refusal("another pod of this index took its claim over"));
@@ -812,9 +831,12 @@ pub async fn wait_for_end(store: &Store, date: &str, plan: &Plan) -> anyhow::Res
     {
         tokio::time::sleep(POLL).await;
     }
-    let written = objects::read::<crate::manifest::Manifest>(store, &crate::manifest::key_in(date)).await?;
+    let written =
+        objects::read::<crate::manifest::Manifest>(store, &crate::manifest::key_in(date)).await?;
     match written {
-        Some(m) if m.value.snapshot.txid_snapshot == plan.snapshot.txid_snapshot => Ok(Ended::Complete),
+        Some(m) if m.value.snapshot.txid_snapshot == plan.snapshot.txid_snapshot => {
+            Ok(Ended::Complete)
+        }
         _ => Ok(Ended::Abandoned),
     }
 }
@@ -886,29 +908,57 @@ mod tests {
             Verdict::Done(vec![7, 7])
         );
         assert_eq!(
-            judge(&[done.clone(), heard(None, t0)], &[State::Done], at(5), wait),
+            judge(
+                &[done.clone(), heard(None, t0)],
+                &[State::Done],
+                at(5),
+                wait
+            ),
             Verdict::Wait
         );
         let line = |v| match v {
             Verdict::Fail(line) => line,
             other => panic!("{other:?}"),
         };
-        assert!(line(judge(&[done.clone(), heard(None, t0)], &[State::Done], at(11), wait))
-            .starts_with("shard 2 has not joined the day within --shard-wait 10s"));
-        assert!(
-            line(judge(&[heard(Some(State::Joined), at(1))], &[State::Done], at(12), wait))
-                .starts_with("shard 1 stopped reporting 11s ago")
-        );
-        assert!(line(judge(&[heard(Some(State::Failed), t0)], &[State::Done], at(10), wait))
-            .starts_with("shard 1 failed (boom)"));
+        assert!(line(judge(
+            &[done.clone(), heard(None, t0)],
+            &[State::Done],
+            at(11),
+            wait
+        ))
+        .starts_with("shard 2 has not joined the day within --shard-wait 10s"));
+        assert!(line(judge(
+            &[heard(Some(State::Joined), at(1))],
+            &[State::Done],
+            at(12),
+            wait
+        ))
+        .starts_with("shard 1 stopped reporting 11s ago"));
+        assert!(line(judge(
+            &[heard(Some(State::Failed), t0)],
+            &[State::Done],
+            at(10),
+            wait
+        ))
+        .starts_with("shard 1 failed (boom)"));
         // A joined shard that keeps rewriting its status is waited for however long.
         assert_eq!(
-            judge(&[heard(Some(State::Joined), at(995))], &[State::Done], at(1000), wait),
+            judge(
+                &[heard(Some(State::Joined), at(995))],
+                &[State::Done],
+                at(1000),
+                wait
+            ),
             Verdict::Wait
         );
         // Gathering: joined is enough.
         assert!(matches!(
-            judge(&[heard(Some(State::Joined), t0)], &[State::Joined, State::Done], at(1), wait),
+            judge(
+                &[heard(Some(State::Joined), t0)],
+                &[State::Joined, State::Done],
+                at(1),
+                wait
+            ),
             Verdict::Done(_)
         ));
     }
