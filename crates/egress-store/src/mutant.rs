@@ -11,7 +11,7 @@ compile_error!(
 
 /// Every mutant, by name: what it breaks.
 pub const ALL: &[(&str, &str)] = &[
-    ("publish-unconfirmed", "the dump publishes its manifest without confirming that every object is still the one written"),
+    ("publish-unconfirmed", "the mirror publishes a day's manifest when it reaches it, before the day's objects are copied and confirmed"),
     ("trust-unchanged", "the mirror publishes a day whose skipped objects were never checked against its manifest"),
     ("release-any-lease", "a run gives back the lease without checking that it is still its own"),
     ("lost-reply-fails", "a conditional write whose reply was lost is taken as refused, never read back"),

@@ -257,6 +257,13 @@ impl<'a> Mirror<'a> {
                 Pair::SourceOnly(s) | Pair::Both(s, _) => s.clone(),
             };
             if manifest::is_manifest(&source.key) {
+                if egress_store::mutant::active("publish-unconfirmed") {
+                    let folder = manifest::folder_of(&source.key).to_string();
+                    if let Some(task) = self.publication(&source.key, &folder).await {
+                        let _ = tx.send(task).await;
+                    }
+                    continue;
+                }
                 deferred.push(pair);
                 continue;
             }

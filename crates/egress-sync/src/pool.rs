@@ -268,6 +268,8 @@ impl Pool {
     }
 
     fn failed(&self, key: &str, e: CopyError) {
+        self.withdrawals
+            .fail(egress_common::manifest::folder_of(key));
         let line = e.to_string();
         error!(key = %key, error = %line, "copy failed");
         if let CopyError::Store(s) = &e {

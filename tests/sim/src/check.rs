@@ -36,7 +36,8 @@ pub fn before_write(world: &World, proc: usize, side: Side, key: &str, body: Opt
     }
     if manifest::is_manifest(key) && body.is_some() {
         let date = manifest::folder_of(key).to_string();
-        world.with_proc(proc, |p| p.published.insert((side, date)));
+        let at = world.now_ms();
+        world.with_proc(proc, |p| p.published.push((side, date, at)));
     }
 }
 
@@ -66,6 +67,9 @@ fn withdrawing(world: &World, proc: usize, side: Side, key: &str) {
         ));
     }
     let at = world.now_ms();
+    if side == Side::Input {
+        lock(&world.input_changed).insert(date.clone(), at);
+    }
     world.with_proc(proc, |p| p.withdrew.push((side, date, at)));
 }
 
@@ -255,14 +259,19 @@ pub fn withdrawals_justified(world: &World, proc: usize, code: i32) {
         (p.name.clone(), p.withdrew.clone(), p.published.clone())
     });
     for (side, date, at) in withdrew {
-        if published.contains(&(side, date.clone())) && code == 0 {
+        let completed = published
+            .iter()
+            .any(|(s, d, t)| *s == side && *d == date && *t >= at);
+        if completed {
             continue;
         }
         let input_changed = side == Side::Output
             && lock(&world.input_changed)
                 .get(&date)
                 .is_some_and(|t| *t >= at);
-        if (code != 0 && world.faulted_since(at)) || input_changed {
+        // Another tool broke the day: a run may find out only after it withdrew it.
+        let broken = lock(&world.tampered).iter().any(|(_, d, _)| *d == date);
+        if (code != 0 && (world.faulted_since(at, side, &date) || broken)) || input_changed {
             continue;
         }
         world.violate(format!(

@@ -77,6 +77,7 @@ async fn play(schedule: &Schedule, world: Arc<World>) {
                 world.note("DB", format!("a writer changes table {table}"));
             }
             Event::Tamper(side) => tamper(&world, *side),
+            Event::Duplicate => duplicate(&world),
         }
     }
     let deadline =
@@ -120,6 +121,7 @@ async fn heal(schedule: &Schedule, world: &Arc<World>) {
         skew: (0, 0),
         faults: Default::default(),
         db_fails: 0,
+        wait_for_lease: 60,
     };
     let mut specs: Vec<Spec> = schedule
         .dates
@@ -158,7 +160,7 @@ fn register(world: &World, spec: &Spec) -> usize {
         alive: false,
         ended: None,
         lease_runs: Default::default(),
-        published: Default::default(),
+        published: Vec::new(),
         withdrew: Vec::new(),
         date: spec.date.clone(),
     });
@@ -224,15 +226,13 @@ async fn body(
                 Kind::Shard { index, count } => (index, count),
                 _ => (0, 1),
             };
-            let settings = dump_settings(
-                &spec.date,
-                ttl,
-                Shards {
-                    count,
-                    index,
-                    wait: Duration::from_secs(wait),
-                },
-            )?;
+            let shards = Shards {
+                count,
+                index,
+                wait: Duration::from_secs(wait),
+            };
+            let mut settings = dump_settings(&spec.date, ttl, shards)?;
+            settings.lease.wait = Duration::from_secs(spec.wait_for_lease);
             let source = SimSource::new(world.clone(), id, spec.db_fails);
             let store = view(Side::Input);
             match index {
@@ -245,7 +245,8 @@ async fn body(
             }
         }
         Kind::Mirror => {
-            let settings = egress_sync::Settings::for_stores(true, Duration::from_secs(ttl));
+            let mut settings = egress_sync::Settings::for_stores(true, Duration::from_secs(ttl));
+            settings.lease.wait = Duration::from_secs(spec.wait_for_lease);
             let sides = egress_sync::sides::Sides {
                 source: view(Side::Input),
                 dest: view(Side::Output),
@@ -319,7 +320,7 @@ fn kill(world: &World, id: usize) {
         alive
     });
     if alive {
-        world.fault();
+        world.fault(Some(id));
         world.note(&world.name(id), "KILLED (SIGKILL)");
         lock(&world.db).gone(id);
         check::withdrawals_justified(world, id, -9);
@@ -329,7 +330,7 @@ fn kill(world: &World, id: usize) {
 fn pause(world: &Arc<World>, id: usize, ms: u64) {
     let gate = world.with_proc(id, |p| p.alive.then(|| p.gate.clone()));
     let Some(gate) = gate else { return };
-    world.fault();
+    world.fault(Some(id));
     world.note(
         &world.name(id),
         format!("PAUSED for {}.{:03}s", ms / 1000, ms % 1000),
@@ -346,6 +347,11 @@ fn pause(world: &Arc<World>, id: usize, ms: u64) {
 /// Another tool replaces a table object of a day on `side` with other bytes of the same
 /// size. Until that day's manifest changes, the day is not ours to judge.
 fn tamper(world: &World, side: Side) {
+    // While no run writes: a tool racing a run's publication is beyond any protocol (no
+    // condition spans two objects).
+    if lock(&world.procs).iter().any(|p| p.alive) {
+        return;
+    }
     let store = world.store(side);
     let objects = store.objects();
     let Some((key, bytes, _)) = objects.iter().find(|(k, _, _)| k.ends_with(".csv.gz")) else {
@@ -369,12 +375,54 @@ fn tamper(world: &World, side: Side) {
         body,
         &Default::default(),
     ));
-    world.fault();
+    world.fault(None);
     world.note(
         "TOOL",
         format!(
             "another tool replaced {}:{key} with other bytes of the same size",
             side.label()
         ),
+    );
+}
+
+/// Another tool rewrites the manifest of an input day so that it lists one object twice:
+/// first with a wrong hash, then as it is. Until that manifest changes, the input day is
+/// not ours to judge; the mirror must never publish it.
+fn duplicate(world: &World) {
+    if lock(&world.procs).iter().any(|p| p.alive) {
+        return;
+    }
+    let objects = world.input.objects();
+    let Some((key, body, _)) = objects
+        .iter()
+        .find(|(k, _, _)| egress_common::manifest::is_manifest(k))
+    else {
+        return;
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    let Some(tables) = value.get_mut("tables").and_then(|t| t.as_array_mut()) else {
+        return;
+    };
+    let Some(first) = tables.first().cloned() else {
+        return;
+    };
+    let mut wrong = first;
+    wrong["sha256"] = serde_json::Value::String("0".repeat(64));
+    tables.insert(0, wrong);
+    let Ok(text) = serde_json::to_vec_pretty(&value) else {
+        return;
+    };
+    let date = egress_common::manifest::folder_of(key).to_string();
+    lock(&world.tampered).insert((Side::Input, date, text.clone()));
+    let body = egress_store::Body::from_bytes(text);
+    let options = egress_store::PutOptions::default();
+    let put = egress_store::ObjectStore::put(&world.input, key, body, &options);
+    let _ = futures::executor::block_on(put);
+    world.fault(None);
+    world.note(
+        "TOOL",
+        format!("another tool rewrote in:{key}, listing an object twice"),
     );
 }

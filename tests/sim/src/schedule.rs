@@ -38,6 +38,8 @@ pub struct Spec {
     pub faults: Faults,
     /// Its database reads' failures, per thousand objects' parts.
     pub db_fails: u32,
+    /// `--wait-for-lease`, seconds.
+    pub wait_for_lease: u64,
 }
 
 /// Something that happens at a moment (milliseconds after the start).
@@ -53,6 +55,9 @@ pub enum Event {
     Write(&'static str),
     /// Another tool replaces an object of a day with other bytes of the same size.
     Tamper(Side),
+    /// Another tool rewrites an input manifest, listing an object twice (first with a
+    /// wrong hash).
+    Duplicate,
 }
 
 /// A whole schedule.
@@ -119,6 +124,10 @@ impl Draw {
             self.between(0, 600_000) as i64 - 300_000,
         );
         let id = self.schedule.procs.len();
+        let wait_for_lease = match self.chance(0.3) {
+            true => self.between(5, 40),
+            false => 0,
+        };
         self.schedule.procs.push(Spec {
             kind,
             date: date.to_string(),
@@ -126,14 +135,16 @@ impl Draw {
             skew,
             faults,
             db_fails,
+            wait_for_lease,
         });
         self.schedule.events.push((at, Event::Start(id)));
         let ttl_ms = self.schedule.lease_ttl * 1000;
         if self.chance(0.12) {
             let when = at + self.between(100, 20_000);
             self.schedule.events.push((when, Event::Kill(id)));
-        } else if self.chance(0.12) {
-            let when = at + self.between(100, 15_000);
+        } else if self.chance(0.2) {
+            // Mostly while it works: a day takes a few seconds.
+            let when = at + self.between(300, 8_000);
             let length = self.between(ttl_ms, 3 * ttl_ms);
             self.schedule.events.push((when, Event::Pause(id, length)));
         }
@@ -240,6 +251,10 @@ impl Schedule {
                 Side::Output
             };
             draw.schedule.events.push((at, Event::Tamper(side)));
+        }
+        if draw.chance(0.1) {
+            let at = draw.between(20_000, 150_000);
+            draw.schedule.events.push((at, Event::Duplicate));
         }
         // Stable: events at one moment keep the order they were drawn in.
         draw.schedule.events.sort_by_key(|(t, _)| *t);

@@ -299,8 +299,10 @@ impl SimSnapshot {
         let receive = egress_store::task::spawn(async move {
             egress_dump::upload::receive(&store2, &key2, rx, 2).await
         });
+        // Reading a table takes its time: a day takes seconds, time for pauses to land mid-day.
+        let pace = lock(&self.world.db).rng.random_range(30..300);
         for part in bytes.chunks(PART) {
-            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(pace)).await;
             if self.fail() {
                 drop(tx);
                 if let Ok(Ok(pending)) = receive.await {
@@ -345,7 +347,7 @@ impl SimSnapshot {
     fn fail(&self) -> bool {
         let fails = self.fails > 0 && lock(&self.world.db).rng.random_range(0..1000) < self.fails;
         if fails {
-            self.world.fault();
+            self.world.fault(Some(self.proc));
         }
         fails
     }

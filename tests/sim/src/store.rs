@@ -55,11 +55,52 @@ impl View {
         format!("{}:{key}", self.side.label())
     }
 
-    /// The request's time on the wire; then whether it is refused before it takes effect.
+    /// Send a request: once sent it goes on, whatever becomes of its process (a frozen or
+    /// killed process's request already on the wire still lands), so it runs outside the
+    /// process's gate; the process sees the reply when it runs again.
+    async fn send<T, F>(&self, request: F) -> T
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        self.request(false, request).await
+    }
+
+    /// [`View::send`] a request that changes the store: the invariants are checked the
+    /// moment it lands.
+    async fn change<T, F>(&self, request: F) -> T
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        self.request(true, request).await
+    }
+
+    async fn request<T, F>(&self, writes: bool, request: F) -> T
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let delay = self.dice.delay(self.faults.max_delay_ms);
+        let (world, proc, side) = (self.world.clone(), self.proc, self.side);
+        let wire = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let reply = request.await;
+            if writes {
+                check::after_write(&world, proc, side, "");
+            }
+            reply
+        });
+        match wire.await {
+            Ok(reply) => reply,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Whether a request is refused before it takes effect.
     async fn arrive(&self, what: &str, key: &str) -> Result<(), StoreError> {
-        tokio::time::sleep(self.dice.delay(self.faults.max_delay_ms)).await;
         if self.dice.chance(self.faults.refused) {
-            self.world.fault();
+            self.world.fault(Some(self.proc));
             self.world.note(
                 &self.name,
                 format!("{what} {} -> 503 (injected, no effect)", self.key(key)),
@@ -86,9 +127,8 @@ impl View {
             Err(e) => format!("{what} {} -> {:?}", self.key(key), e.kind()),
         };
         self.world.note(&self.name, line);
-        check::after_write(&self.world, self.proc, self.side, key);
         if done.is_ok() && self.dice.chance(self.faults.lost_reply) {
-            self.world.fault();
+            self.world.fault(Some(self.proc));
             self.world.note(
                 &self.name,
                 format!("  reply lost: the caller sees {lost:?}"),
@@ -130,17 +170,22 @@ impl ObjectStore for View {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         self.arrive("HEAD", key).await?;
-        self.inner().head(key).await
+        let (store, key) = (self.inner().clone(), key.to_string());
+        self.send(async move { store.head(&key).await }).await
     }
 
     async fn part_size(&self, key: &str, number: u32) -> Result<Option<u64>, StoreError> {
         self.arrive("HEAD part", key).await?;
-        self.inner().part_size(key, number).await
+        let (store, key) = (self.inner().clone(), key.to_string());
+        self.send(async move { store.part_size(&key, number).await })
+            .await
     }
 
     async fn get(&self, key: &str, options: GetOptions) -> Result<GetResult, StoreError> {
         self.arrive("GET", key).await?;
-        self.inner().get(key, options).await
+        let (store, key) = (self.inner().clone(), key.to_string());
+        self.send(async move { store.get(&key, options).await })
+            .await
     }
 
     async fn put(
@@ -152,9 +197,9 @@ impl ObjectStore for View {
         self.arrive("PUT", key).await?;
         let bytes = body.collect().await?;
         check::before_write(&self.world, self.proc, self.side, key, Some(&bytes));
+        let (store, owned, opts) = (self.inner().clone(), key.to_string(), options.clone());
         let done = self
-            .inner()
-            .put(key, Body::from_bytes(bytes), options)
+            .change(async move { store.put(&owned, Body::from_bytes(bytes), &opts).await })
             .await;
         // A conditional write whose reply is lost is retried by the SDK, which meets 412.
         let lost = match options.condition {
@@ -175,7 +220,9 @@ impl ObjectStore for View {
         options: &PutOptions,
     ) -> Result<Upload, StoreError> {
         self.arrive("CREATE-UPLOAD", key).await?;
-        self.inner().create_multipart(key, options).await
+        let (store, key, options) = (self.inner().clone(), key.to_string(), options.clone());
+        self.send(async move { store.create_multipart(&key, &options).await })
+            .await
     }
 
     async fn upload_part(&self, upload: &Upload, part: PartData) -> Result<String, StoreError> {
@@ -196,7 +243,10 @@ impl ObjectStore for View {
             return Err(e);
         }
         check::before_write(&self.world, self.proc, self.side, &key, None);
-        let done = self.inner().complete(upload, parts, size).await;
+        let (store, parts) = (self.inner().clone(), parts.to_vec());
+        let done = self
+            .change(async move { store.complete(upload, &parts, size).await })
+            .await;
         // The SDK's retry of a completed upload meets NoSuchUpload (or 403, 500).
         self.landed("COMPLETE", &key, done, ErrorKind::NotFound)
     }
@@ -212,20 +262,26 @@ impl ObjectStore for View {
 
     async fn abort_pending(&self, upload: &PendingUpload) -> Result<(), StoreError> {
         self.arrive("ABORT", &upload.key).await?;
-        self.inner().abort_pending(upload).await
+        let (store, upload) = (self.inner().clone(), upload.clone());
+        self.change(async move { store.abort_pending(&upload).await })
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.arrive("DELETE", key).await?;
         check::before_write(&self.world, self.proc, self.side, key, None);
-        let done = self.inner().delete(key).await;
+        let (store, owned) = (self.inner().clone(), key.to_string());
+        let done = self.change(async move { store.delete(&owned).await }).await;
         self.landed("DELETE", key, done, ErrorKind::Unreachable)
     }
 
     async fn delete_if_match(&self, key: &str, etag: &str) -> Result<(), StoreError> {
         self.arrive("DELETE if-match", key).await?;
         check::before_write(&self.world, self.proc, self.side, key, None);
-        let done = self.inner().delete_if_match(key, etag).await;
+        let (store, owned, etag) = (self.inner().clone(), key.to_string(), etag.to_string());
+        let done = self
+            .change(async move { store.delete_if_match(&owned, &etag).await })
+            .await;
         self.landed("DELETE if-match", key, done, ErrorKind::PreconditionFailed)
     }
 }

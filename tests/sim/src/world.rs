@@ -73,8 +73,8 @@ pub struct Proc {
     pub ended: Option<(i32, String)>,
     /// The run ids it wrote into leases.
     pub lease_runs: BTreeSet<String>,
-    /// The dates of the days it published (input or output).
-    pub published: BTreeSet<(Side, String)>,
+    /// The days it published (input or output), and when (ms).
+    pub published: Vec<(Side, String, u64)>,
     /// Complete days it withdrew: side, date, when (ms).
     pub withdrew: Vec<(Side, String, u64)>,
     /// Its day.
@@ -86,6 +86,8 @@ pub struct Proc {
 pub struct FaultEvent {
     /// When (ms since the start).
     pub at: u64,
+    /// The process it was injected into (none: another tool's change).
+    pub proc: Option<usize>,
 }
 
 /// Everything of one schedule's world.
@@ -181,14 +183,31 @@ impl World {
     }
 
     /// Record a fault injected now.
-    pub fn fault(&self) {
+    pub fn fault(&self, proc: Option<usize>) {
         let at = self.now_ms();
-        lock(&self.faults).push(FaultEvent { at });
+        lock(&self.faults).push(FaultEvent { at, proc });
     }
 
-    /// A fault injected after `ms`.
-    pub fn faulted_since(&self, ms: u64) -> bool {
-        lock(&self.faults).iter().any(|f| f.at >= ms)
+    /// A fault that bears on the day `date` at `side`, injected after `ms` or shortly
+    /// before (its effect may take a moment to be seen): into a dump of that day (input),
+    /// a mirror (output), or another tool's.
+    pub fn faulted_since(&self, ms: u64, side: Side, date: &str) -> bool {
+        let since = ms.saturating_sub(2_000);
+        let procs = lock(&self.procs);
+        let bears = |proc: Option<usize>| match proc {
+            None => true,
+            Some(id) => {
+                let p = &procs[id];
+                let mirror = p.what == "mirror";
+                match side {
+                    Side::Input => !mirror && p.date == date,
+                    Side::Output => mirror,
+                }
+            }
+        };
+        lock(&self.faults)
+            .iter()
+            .any(|f| f.at >= since && bears(f.proc))
     }
 
     /// With the process `id`'s record.

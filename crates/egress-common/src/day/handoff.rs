@@ -32,6 +32,8 @@ type Withdrawal = OnceCell<()>;
 pub struct Withdrawals {
     dest: Store,
     folders: std::sync::Mutex<HashMap<String, Arc<Withdrawal>>>,
+    /// Folders this run already failed: a complete day there is left as it is.
+    failed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Keys that belong to no day (the programs' own files).
     outside: fn(&str) -> bool,
 }
@@ -43,6 +45,7 @@ impl Withdrawals {
         Withdrawals {
             dest,
             folders: std::sync::Mutex::new(HashMap::new()),
+            failed: std::sync::Mutex::new(std::collections::HashSet::new()),
             outside,
         }
     }
@@ -55,6 +58,15 @@ impl Withdrawals {
             return Ok(());
         }
         let folder = manifest::folder_of(key).to_string();
+        let failed = self.failed.lock().is_ok_and(|f| f.contains(&folder));
+        if failed && !self.withdrawn(&folder) {
+            return Err(StoreError::new(
+                ErrorKind::Other,
+                format!(
+                    "day {folder} already failed in this run: its manifest at the output stays, and so does the day"
+                ),
+            ));
+        }
         let cell = match self.folders.lock() {
             Ok(mut map) => map.entry(folder.clone()).or_default().clone(),
             Err(_) => Arc::new(OnceCell::new()),
@@ -86,6 +98,14 @@ impl Withdrawals {
             // None there, or no manifest can be there (a key no output can hold).
             Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidKey) => Ok(()),
             Err(e) => Err(failed(e)),
+        }
+    }
+
+    /// This run cannot complete `folder` (one of its objects failed): a complete day
+    /// there is not withdrawn from now on.
+    pub fn fail(&self, folder: &str) {
+        if let Ok(mut failed) = self.failed.lock() {
+            failed.insert(folder.to_string());
         }
     }
 

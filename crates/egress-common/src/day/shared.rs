@@ -77,11 +77,13 @@ impl Shards {
     }
 
     /// How old (on the store's clock) a claim must be, unrewritten, before another pod of
-    /// its index takes it over: half of `--shard-wait`, so that a takeover comes before
-    /// the coordinator gives the index up, and never under 3 s (whole-second times, and
-    /// another host's estimate of the store's clock).
+    /// its index takes it over: half of `--shard-wait` (two beats), so that a takeover comes
+    /// before the coordinator gives the index up, and 5 s more: a pod estimates another
+    /// host's write age up to 3 s high (whole-second times, its estimate of the store's
+    /// clock), and trusts its own claim for 2 s between reads ([`TRUST`]), so a claim is
+    /// taken over only from a pod that cannot write any more without reading it again.
     fn stale_after(&self) -> Duration {
-        (self.wait / 2).max(Duration::from_secs(3))
+        self.wait / 2 + Duration::from_secs(5)
     }
 }
 
@@ -875,7 +877,7 @@ mod tests {
         let s = from_args(3, Some(2), wait).unwrap();
         assert_eq!((s.count, s.index, s.sharded()), (3, 2, true));
         assert_eq!(s.beat(), Duration::from_secs(15));
-        assert_eq!(s.stale_after(), Duration::from_secs(30));
+        assert_eq!(s.stale_after(), Duration::from_secs(35));
     }
 
     fn status(state: State) -> Status<u32> {
