@@ -153,8 +153,8 @@ impl Draw {
 
     /// One day dumped by single runs (overlapping, some killed, a rerun).
     fn single_day(&mut self, date: &str, t0: u64) {
-        for _ in 0..self.between(1, 3) {
-            let at = t0 + self.between(0, 30_000);
+        for _ in 0..self.between(1, 4) {
+            let at = t0 + self.between(0, 15_000);
             let id = self.start(Kind::Dump, date, at);
             if self.killed(id) && self.chance(0.7) {
                 let again = self.kill_time(id) + self.between(500, 5_000);
@@ -174,7 +174,7 @@ impl Draw {
                 let again = self.kill_time(id) + self.between(500, 5_000);
                 self.start(Kind::Shard { index, count }, date, again);
             }
-            if self.chance(0.25) {
+            if self.chance(0.4) {
                 let twin = at + self.between(0, 8_000);
                 self.start(Kind::Shard { index, count }, date, twin);
             }
@@ -237,6 +237,13 @@ impl Schedule {
         for _ in 0..draw.between(1, 4) {
             let at = draw.between(5_000, 150_000);
             draw.start(Kind::Mirror, &first, at);
+            // Another tool changing the output just before a mirror: an object it may skip.
+            if draw.chance(0.2) {
+                let before = at.saturating_sub(draw.between(100, 3_000));
+                draw.schedule
+                    .events
+                    .push((before, Event::Tamper(Side::Output)));
+            }
         }
         for _ in 0..draw.between(0, 3) {
             let at = draw.between(0, 120_000);

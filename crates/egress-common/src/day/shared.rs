@@ -746,18 +746,31 @@ impl Claim {
     /// Confirm that this pod may still write: the coordinator's run holds the day, and the
     /// claim is still this pod's (at most one read of each every [`TRUST`]).
     async fn confirm(&self) -> Result<(), StoreError> {
-        if self.lost.load(Ordering::SeqCst) {
-            return Err(self.refusal("another pod of this index took its claim over"));
+        loop {
+            if self.lost.load(Ordering::SeqCst) {
+                return Err(self.refusal("another pod of this index took its claim over"));
+            }
+            let recent = self
+                .confirmed
+                .lock()
+                .ok()
+                .and_then(|c| *c)
+                .is_some_and(|at| at.elapsed() < TRUST);
+            if recent || egress_store::mutant::active("unfenced-writes") {
+                return Ok(());
+            }
+            // A confirmation holds from when its reads began: one that took longer than
+            // the trust window (a pause while they were answered) is read again.
+            let began = Instant::now();
+            self.read_and_confirm().await?;
+            if let Ok(mut c) = self.confirmed.lock() {
+                *c = Some(began);
+            }
         }
-        let recent = self
-            .confirmed
-            .lock()
-            .ok()
-            .and_then(|c| *c)
-            .is_some_and(|at| at.elapsed() < TRUST);
-        if recent && !egress_store::mutant::active("unfenced-writes") {
-            return Ok(());
-        }
+    }
+
+    /// Read the day's lease and the claim: both still this pod's plan's and this pod's.
+    async fn read_and_confirm(&self) -> Result<(), StoreError> {
         if !holds_the_day(&self.store, &self.date, &self.run_id).await? {
             return Err(self.refusal(&format!(
                 "the coordinator's run {} no longer holds the day's lease ({})",
@@ -772,9 +785,6 @@ impl Claim {
         if !ours && !egress_store::mutant::active("pieces-overwrite") {
             self.lost.store(true, Ordering::SeqCst);
             return Err(self.refusal("another pod of this index took its claim over"));
-        }
-        if let Ok(mut c) = self.confirmed.lock() {
-            *c = Some(Instant::now());
         }
         Ok(())
     }
