@@ -8,6 +8,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # The deployment checks ask the binaries which variables they read.
 cargo build --workspace --locked
 cargo nextest run --workspace --locked --no-fail-fast
+# The day protocol under the deterministic simulation, then each deliberate fault in it.
+bash scripts/simulate.sh
+SIM_MUTANTS=all bash scripts/simulate.sh
 /opt/egress-py/bin/python -m pytest tests/deploy -q
 # Both images built from the Dockerfiles and run as OpenShift runs them, with the
 # image-test profile (unoptimised: release takes ~13 min more; IMAGES_PROFILE=release).

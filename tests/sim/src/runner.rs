@@ -25,6 +25,8 @@ pub struct Outcome {
     pub violations: Vec<String>,
     /// What happened, line by line.
     pub trace: Vec<String>,
+    /// Each process: what it was, and its exit code (`-9` killed, `None` never ended).
+    pub exits: Vec<(String, Option<i32>)>,
 }
 
 /// Run `schedule` on a fresh paused runtime; `echo` prints the trace as it goes.
@@ -40,6 +42,7 @@ pub fn run(schedule: &Schedule, echo: bool, mutant: Option<&'static str>) -> Out
                 seed: schedule.seed,
                 violations: vec![format!("cannot start a runtime: {e}")],
                 trace: Vec::new(),
+                exits: Vec::new(),
             }
         }
     };
@@ -50,10 +53,15 @@ pub fn run(schedule: &Schedule, echo: bool, mutant: Option<&'static str>) -> Out
     local.block_on(&runtime, play(schedule, world.clone()));
     let violations = lock(&world.violations).clone();
     let trace = lock(&world.trace).clone();
+    let exits = lock(&world.procs)
+        .iter()
+        .map(|p| (p.what.clone(), p.ended.as_ref().map(|(code, _)| *code)))
+        .collect();
     Outcome {
         seed: schedule.seed,
         violations,
         trace,
+        exits,
     }
 }
 

@@ -8,9 +8,10 @@ use rand::{Rng, SeedableRng};
 use crate::world::{Faults, Side};
 
 /// What a process is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Kind {
     /// egress-dump of one day, alone.
+    #[default]
     Dump,
     /// A pod of a day shared by `count` (index 0 coordinates).
     Shard {
@@ -24,7 +25,7 @@ pub enum Kind {
 }
 
 /// One process to start.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Spec {
     /// What it is.
     pub kind: Kind,
@@ -107,6 +108,7 @@ impl Draw {
             refused: self.between(0, 40) as u32,
             lost_reply: self.between(0, 60) as u32,
             max_delay_ms: self.between(10, 400),
+            lose_first: None,
         };
         (faults, self.between(0, 15) as u32)
     }
@@ -208,6 +210,30 @@ impl Draw {
 }
 
 impl Schedule {
+    /// A scripted schedule: `procs` started at their times, with `events` besides (a
+    /// regression case written out by hand).
+    pub fn scripted(
+        dates: &[&str],
+        procs: Vec<(u64, Spec)>,
+        mut events: Vec<(u64, Event)>,
+    ) -> Schedule {
+        let mut schedule = Schedule {
+            seed: 0,
+            dates: dates.iter().map(|d| d.to_string()).collect(),
+            procs: Vec::new(),
+            events: Vec::new(),
+            lease_ttl: 6,
+            shard_wait: 8,
+        };
+        for (at, spec) in procs {
+            events.push((at, Event::Start(schedule.procs.len())));
+            schedule.procs.push(spec);
+        }
+        events.sort_by_key(|(t, _)| *t);
+        schedule.events = events;
+        schedule
+    }
+
     /// The schedule of `seed`.
     pub fn draw(seed: u64) -> Schedule {
         let mut rng = StdRng::seed_from_u64(seed);

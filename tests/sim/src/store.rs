@@ -24,6 +24,7 @@ pub struct View {
     faults: Faults,
     skew: i64,
     dice: Arc<Dice>,
+    lost_once: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for View {
@@ -44,6 +45,7 @@ impl View {
             faults,
             skew,
             dice,
+            lost_once: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -127,7 +129,11 @@ impl View {
             Err(e) => format!("{what} {} -> {:?}", self.key(key), e.kind()),
         };
         self.world.note(&self.name, line);
-        if done.is_ok() && self.dice.chance(self.faults.lost_reply) {
+        let scripted = self.faults.lose_first.is_some_and(|end| key.ends_with(end))
+            && !self
+                .lost_once
+                .swap(true, std::sync::atomic::Ordering::SeqCst);
+        if done.is_ok() && (scripted || self.dice.chance(self.faults.lost_reply)) {
             self.world.fault(Some(self.proc));
             self.world.note(
                 &self.name,

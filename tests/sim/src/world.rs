@@ -44,6 +44,8 @@ pub struct Faults {
     pub lost_reply: u32,
     /// The longest a request takes, in milliseconds (each takes a random share).
     pub max_delay_ms: u64,
+    /// Lose the reply of the first write to a key ending so (a scripted schedule's fault).
+    pub lose_first: Option<&'static str>,
 }
 
 /// What the world knows of one simulated process.

@@ -98,8 +98,8 @@ pub async fn withdraw(store: &Store, date: &str) -> Result<bool, StoreError> {
         Err(e) if e.kind() == ErrorKind::NotFound => false,
         Err(e) => return Err(e),
     };
-    store.delete(&key).await?;
     if had {
+        store.delete(&key).await?;
         tracing::info!(
             "withdrew {}: the day is written again; its new manifest comes last",
             store.describe(&key)
