@@ -528,6 +528,8 @@ def test_cronjob_scheduling_and_retries(side):
     assert job["completionMode"] == "Indexed"
     assert job["completions"] == job["parallelism"] == 1
     assert job["backoffLimitPerIndex"] == 2 and "backoffLimit" not in job
+    # A pod is replaced once failed, never while terminating (fewer pods of one index).
+    assert job["podReplacementPolicy"] == "Failed"
     assert job["activeDeadlineSeconds"] == 21600
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     # Exit code 2 (usage/configuration) is not worth retrying.

@@ -150,9 +150,22 @@ impl LocalStore {
         let mut current = self.root.clone();
         for part in rel.components() {
             current.push(part);
+            // A file where a folder must go, below the root, is another key's: this key
+            // cannot be written beside it (`d/a` and `d/a/b`), the others can.
+            if current.is_file() && !current.is_symlink() {
+                return Err(key_conflict(&self.root, &current, "is a file"));
+            }
             create_dir(&current, self.dir_mode)?;
         }
         Ok(())
+    }
+
+    /// Refuse to name a file where a folder of other keys is (`d/a` beside `d/a/b`).
+    fn no_folder_at(&self, path: &Path) -> Result<(), StoreError> {
+        match path.is_dir() && !path.is_symlink() {
+            true => Err(key_conflict(&self.root, path, "is a folder of other keys")),
+            false => Ok(()),
+        }
     }
 
     /// A new, empty temporary file next to `path`.
@@ -296,6 +309,19 @@ fn place_staged(
     place(&temp, path, false).inspect_err(|_| {
         let _ = std::fs::remove_file(&temp);
     })
+}
+
+/// Two keys that one directory cannot hold: `at` (below `root`) is already the other kind
+/// of thing. Failed one by one (the other keys are written), never the whole output.
+fn key_conflict(root: &Path, at: &Path, what: &str) -> StoreError {
+    let name = at.strip_prefix(root).unwrap_or(at).display();
+    StoreError::new(
+        ErrorKind::InvalidKey,
+        format!(
+            "'{name}' under {} {what}: a directory cannot hold both a key and keys below it of the same name (as S3 can); this key is not written",
+            root.display()
+        ),
+    )
 }
 
 fn create_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
@@ -563,6 +589,7 @@ impl ObjectStore for LocalStore {
         options: &PutOptions,
     ) -> Result<PutResult, StoreError> {
         let path = self.path(key)?;
+        self.no_folder_at(&path)?;
         let (staged, file, md5) = self.write_staged(&path, body).await?;
         let (result, staged) = self.put_staged(file, staged, &path, md5, options).await;
         discard(staged, result.is_err());
@@ -575,6 +602,7 @@ impl ObjectStore for LocalStore {
         options: &PutOptions,
     ) -> Result<Upload, StoreError> {
         let path = self.path(key)?;
+        self.no_folder_at(&path)?;
         let store = self.clone();
         let (temp, _file) = blocking(move || store.create_temp(&path)).await?;
         let ticket = LocalStore::register_temp(&temp);
