@@ -4,6 +4,7 @@
 mod basics;
 mod faults;
 mod operations;
+mod protocol;
 mod runs;
 mod shards;
 mod split;

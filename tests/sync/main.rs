@@ -5,6 +5,7 @@ mod basics;
 mod edges;
 mod mirror;
 mod operations;
+mod protocol;
 mod shards;
 
 use std::process::{Command, Output};
