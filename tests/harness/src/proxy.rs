@@ -1,7 +1,8 @@
 //! A fault-injecting HTTP proxy in front of a test server: it records every request
 //! (method and path), can run a hook before forwarding one (delete an object, remove a
-//! bucket), can flip one byte of one request body in flight, and can rewrite replies (a
-//! damaged listing page). Each proxied request
+//! bucket), can flip one byte of one request body in flight, can rewrite replies (a
+//! damaged listing page), and can lose replies (the request took effect, the client gets a
+//! 500). Each proxied request
 //! gets its own upstream connection (`Connection: close`), so requests never need to be
 //! told apart inside a connection. It runs on its own thread and runtime, so a test may
 //! block on a child process while the proxy serves it.
@@ -61,6 +62,19 @@ pub struct EditReply {
     pub times: usize,
 }
 
+/// Which replies to lose: the request reaches the server and takes effect, but the client
+/// gets a 500 instead of the server's reply (the reply lost on the way back), for the first
+/// `times` requests with this method whose target contains `target`.
+#[derive(Debug, Clone)]
+pub struct LoseReply {
+    /// Method of the requests (`PUT`, `POST`).
+    pub method: String,
+    /// Part of the request target that picks them (`.egress-lease.json`, `uploadId=`).
+    pub target: String,
+    /// How many replies to lose.
+    pub times: usize,
+}
+
 /// A running proxy; stops when dropped.
 pub struct Proxy {
     /// `http://127.0.0.1:<port>`
@@ -79,9 +93,16 @@ struct Shared {
     corrupted: Arc<AtomicBool>,
     edit: Option<EditReply>,
     edited: Arc<AtomicUsize>,
+    lose: Option<LoseReply>,
 }
 
 impl Proxy {
+    /// Proxy to `upstream` that loses the replies `lose` picks; [`Proxy::edited`] counts
+    /// them.
+    pub fn losing_replies(upstream: &str, lose: LoseReply) -> Proxy {
+        Proxy::launch_with(upstream, None, None, None, Some(lose))
+    }
+
     /// Proxy to `upstream` that rewrites replies as `edit` says; [`Proxy::edited`] counts them.
     pub fn editing_replies(upstream: &str, edit: EditReply) -> Proxy {
         assert_eq!(
@@ -103,6 +124,16 @@ impl Proxy {
         corrupt: Option<Corrupt>,
         edit: Option<EditReply>,
     ) -> Proxy {
+        Proxy::launch_with(upstream, hook, corrupt, edit, None)
+    }
+
+    fn launch_with(
+        upstream: &str,
+        hook: Option<Hook>,
+        corrupt: Option<Corrupt>,
+        edit: Option<EditReply>,
+        lose: Option<LoseReply>,
+    ) -> Proxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         listener
             .set_nonblocking(true)
@@ -122,6 +153,7 @@ impl Proxy {
             corrupted: corrupted.clone(),
             edit,
             edited: edited.clone(),
+            lose,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {
@@ -244,8 +276,18 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         .edit
         .clone()
         .filter(|e| seen.target.contains(&e.target));
+    let lose = shared.lose.as_ref().is_some_and(|l| {
+        let wanted = l.method == seen.method && seen.target.contains(&l.target);
+        let due = |n: usize| (n < l.times).then_some(n + 1);
+        wanted
+            && shared
+                .edited
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, due)
+                .is_ok()
+    });
     let to_client = async move {
         match edit {
+            _ if lose => reply_lost(&mut up_read, &mut client_write).await,
             Some(edit) => reply_edited(&mut up_read, &mut client_write, &edit, &shared).await,
             None => tokio::io::copy(&mut up_read, &mut client_write)
                 .await
@@ -254,6 +296,22 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
     };
     let (a, b) = tokio::join!(to_server, to_client);
     a.and(b)
+}
+
+/// The server's whole reply read (the request took effect), and a 500 sent instead.
+async fn reply_lost(
+    upstream: &mut tokio::net::tcp::OwnedReadHalf,
+    client: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let mut reply = Vec::new();
+    upstream.read_to_end(&mut reply).await?;
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code><Message>reply lost (test proxy)</Message></Error>";
+    let head = format!(
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await?;
+    client.write_all(body.as_bytes()).await
 }
 
 /// The whole reply (the server closes after it), with `edit` made if it is still due.
