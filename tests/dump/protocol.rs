@@ -66,8 +66,16 @@ async fn lost_replies_to_the_lease_and_to_a_completion_are_settled_by_reading_ba
     let date = "2024-08-01";
     let parts = ["--part-size-mib", "5"];
     for (target, method, settled) in [
-        (".egress-lease.json", "PUT", "the lease read back is this run's"),
-        ("uploadId=", "POST", "the object in the store is the one written"),
+        (
+            ".egress-lease.json",
+            "PUT",
+            "the lease read back is this run's",
+        ),
+        (
+            "uploadId=",
+            "POST",
+            "the object in the store is the one written",
+        ),
     ] {
         let lose = LoseReply {
             method: method.into(),
@@ -80,7 +88,11 @@ async fn lost_replies_to_the_lease_and_to_a_completion_are_settled_by_reading_ba
         assert_eq!(out.status.code(), Some(0), "{target}: {}", text(&out));
         assert_eq!(proxy.edited(), 1, "{target}: the reply was lost once");
         assert!(text(&out).contains(settled), "{target}: {}", text(&out));
-        assert_eq!(verify(&s3, date).await, Some(Vec::new()), "{target}: the day is whole");
+        assert_eq!(
+            verify(&s3, date).await,
+            Some(Vec::new()),
+            "{target}: the day is whole"
+        );
     }
 }
 
@@ -113,10 +125,17 @@ async fn two_pods_of_one_index_write_its_objects_once_and_the_day_is_true() {
             .iter()
             .filter(|o| text(o).contains("holds this index for this plan: this one writes nothing"))
             .count();
-        assert_eq!((claimed, waited), (1, 1), "{kind:?}: one pod wrote index 1, the other waited");
+        assert_eq!(
+            (claimed, waited),
+            (1, 1),
+            "{kind:?}: one pod wrote index 1, the other waited"
+        );
         assert_eq!(verify(&s3, date).await, Some(Vec::new()), "{kind:?}");
         let keys = s3.keys(BUCKET, &format!("day/{date}/")).await;
-        assert!(!keys.iter().any(|k| k.contains(".egress-")), "{kind:?}: {keys:?}");
+        assert!(
+            !keys.iter().any(|k| k.contains(".egress-")),
+            "{kind:?}: {keys:?}"
+        );
     }
 }
 
@@ -139,18 +158,34 @@ async fn a_late_index_0_and_a_late_shard_leave_a_complete_day_alone_and_exit_0()
     // day is left as it is, and that is a success.
     let late = finished(pod(&env, 2, 0, &flags));
     assert_eq!(late.status.code(), Some(0), "{}", text(&late));
-    assert!(text(&late).contains("is complete already"), "{}", text(&late));
+    assert!(
+        text(&late).contains("is complete already"),
+        "{}",
+        text(&late)
+    );
     assert!(!text(&late).contains("withdrew"), "{}", text(&late));
     // A pod of index 1 started again after the day was done: no plan to join, the day is
     // complete for its tables: nothing to do, exit 0 (not a failed Job).
     let again = finished(pod(&env, 2, 1, &flags));
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     assert!(text(&again).contains("nothing to do"), "{}", text(&again));
-    assert_eq!(s3.get(BUCKET, &manifest_key).await, manifest, "the same manifest, untouched");
+    assert_eq!(
+        s3.get(BUCKET, &manifest_key).await,
+        manifest,
+        "the same manifest, untouched"
+    );
     assert_eq!(verify(&s3, date).await, Some(Vec::new()));
     // Without a complete day, a lone index 0 still fails, naming the index that is missing.
     let lonely = finished(pod(&env_for(&pg, &s3.env(), "2024-08-04"), 2, 0, &flags));
     assert_eq!(lonely.status.code(), Some(1), "{}", text(&lonely));
-    assert!(text(&lonely).contains("shard 1 has not joined"), "{}", text(&lonely));
-    assert!(text(&lonely).contains("the day was left as it was"), "{}", text(&lonely));
+    assert!(
+        text(&lonely).contains("shard 1 has not joined"),
+        "{}",
+        text(&lonely)
+    );
+    assert!(
+        text(&lonely).contains("the day was left as it was"),
+        "{}",
+        text(&lonely)
+    );
 }
