@@ -4,12 +4,14 @@
 //! written, an endpoint that is not an S3 server, odd local file names.
 
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use egress_testkit::fixtures::{self, contents, data, manifest_json, put_many, MIB};
+use egress_testkit::process;
 use egress_testkit::proxy::{Hook, Proxy};
 use egress_testkit::{
     last_line, stderr, stdout, text, CephRgw, Endpoint, S3Endpoint, S3Kind, S3Server,
@@ -379,6 +381,8 @@ async fn odd_local_names_are_reported_and_symlinks_not_followed() {
 /// A local copy killed (SIGKILL) mid-run leaves only whole objects: every name in the
 /// output holds exactly its input's bytes (temporary files aside: never listed, and left
 /// alone by the next run, which cannot tell whose they are); the re-run completes the copy.
+/// The kill lands while the process provably has objects mid-write (a staged file open,
+/// its object not yet named), and those objects are then nowhere in the output.
 #[tokio::test]
 async fn a_local_copy_killed_mid_run_leaves_no_partial_object() {
     killed_mid_run_then_rerun("machine").await;
@@ -391,6 +395,94 @@ async fn a_local_copy_without_flushes_killed_mid_run_leaves_no_partial_object() 
     killed_mid_run_then_rerun("process").await;
 }
 
+/// An object the process was writing when it was stopped: its name, the bytes its staged
+/// file held, and how the file was staged.
+#[derive(Debug)]
+struct InFlight {
+    name: String,
+    staged_bytes: u64,
+    whole_bytes: u64,
+    how: &'static str,
+}
+
+/// The input objects `pid` (stopped) is writing into `output`: a file open under a
+/// temporary name (`.<name>.egress-tmp-<random>`, a multipart copy) or unnamed
+/// (`O_TMPFILE`: `/proc` shows `<dir>/#<inode> (deleted)`, and its first bytes tell which
+/// input it holds), whose object has no name in the output yet.
+fn in_flight_writes(pid: u32, input: &Path, output: &Path) -> Vec<InFlight> {
+    let mut found = Vec::new();
+    for (fd, target) in process::open_files(pid) {
+        let Ok(rel) = target.strip_prefix(output) else {
+            continue;
+        };
+        let (Some(dir), Some(file)) = (rel.parent(), rel.file_name()) else {
+            continue;
+        };
+        let file = file.to_string_lossy();
+        let staged = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
+        let (name, how) = if let Some(temp) = file.strip_prefix('.') {
+            match temp.split_once(".egress-tmp-") {
+                Some((name, random)) if !random.ends_with(" (deleted)") => {
+                    (dir.join(name), "under a temporary name")
+                }
+                _ => continue,
+            }
+        } else if file.starts_with('#') && file.ends_with(" (deleted)") {
+            match input_starting_with(&input.join(dir), &staged) {
+                Some(name) => (dir.join(name), "unnamed"),
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        let (Ok(whole), Ok(held)) = (
+            std::fs::metadata(input.join(&name)),
+            std::fs::metadata(&staged),
+        ) else {
+            continue;
+        };
+        let name = name.to_string_lossy().into_owned();
+        // One object's parts are written through descriptors of their own.
+        if output.join(&name).exists() || found.iter().any(|w: &InFlight| w.name == name) {
+            continue;
+        }
+        found.push(InFlight {
+            name,
+            staged_bytes: held.len(),
+            whole_bytes: whole.len(),
+            how,
+        });
+    }
+    found
+}
+
+/// The one file in `dir` whose bytes start as `staged`'s do (test data differs from the
+/// first bytes on); `None` for an empty staged file or a staged file of no input (the lease).
+fn input_starting_with(dir: &Path, staged: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(staged)
+        .ok()?
+        .take(4096)
+        .read_to_end(&mut head)
+        .ok()?;
+    if head.is_empty() {
+        return None;
+    }
+    let mut matches = std::fs::read_dir(dir).ok()?.flatten().filter(|e| {
+        let mut start = Vec::new();
+        std::fs::File::open(e.path())
+            .and_then(|f| f.take(head.len() as u64).read_to_end(&mut start))
+            .is_ok()
+            && start == head
+    });
+    let found = matches.next()?;
+    matches
+        .next()
+        .is_none()
+        .then(|| found.file_name().to_string_lossy().into_owned())
+}
+
 async fn killed_mid_run_then_rerun(durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (dir.path().join("in"), dir.path().join("out"));
@@ -399,9 +491,13 @@ async fn killed_mid_run_then_rerun(durability: &str) {
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, data(i as u64, (512 + (i * 37) % 4096) as usize)).unwrap();
     }
-    for i in 0..4 {
-        std::fs::write(input.join(format!("big{i}.bin")), data(i, 24 * MIB)).unwrap();
+    // Large objects among the small ones, copied in 5 MiB parts into a temporary file
+    // that takes a while to fill: writes in flight whenever the copy is looked at.
+    for i in 0..8u64 {
+        let folder = input.join(format!("d{:02}", 5 * i + 2));
+        std::fs::write(folder.join("big.bin"), data(1000 + i, 24 * MIB)).unwrap();
     }
+    let objects = walk(&input).len();
     let copy = || {
         let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-sync"));
         cmd.env("INPUT_PATH", &input).env("OUTPUT_PATH", &output);
@@ -414,20 +510,53 @@ async fn killed_mid_run_then_rerun(durability: &str) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let pid = child.id();
+    // Look at the copy, stopped, until it is mid-run (some objects whole) with an object
+    // partly written: then kill it as it stands.
     let started = std::time::Instant::now();
-    while !output.exists() || walk(&output).len() < 500 {
+    let in_flight = loop {
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "nothing copied"
+            started.elapsed() < Duration::from_secs(120),
+            "no partly written object seen while the copy ran"
         );
         assert!(
             child.try_wait().unwrap().is_none(),
             "the copy ended before it was killed"
         );
+        if output.exists() && walk(&output).len() >= 100 {
+            process::pause(pid);
+            let writing = in_flight_writes(pid, &input, &output);
+            // Some of its bytes written, not all: a partial object, on disk, unnamed.
+            if writing
+                .iter()
+                .any(|w| (1..w.whole_bytes).contains(&w.staged_bytes))
+            {
+                break writing;
+            }
+            process::signal(pid, libc::SIGCONT);
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
     child.kill().unwrap();
     child.wait().unwrap();
+    let partial: Vec<&InFlight> = in_flight
+        .iter()
+        .filter(|w| w.staged_bytes < w.whole_bytes)
+        .collect();
+    println!(
+        "killed while writing {} objects, partly: {partial:?}",
+        in_flight.len()
+    );
+    for w in &in_flight {
+        assert!(
+            !output.join(&w.name).exists(),
+            "{} was being written ({} of {} bytes, {}) when the copy was killed, yet it has a name",
+            w.name,
+            w.staged_bytes,
+            w.whole_bytes,
+            w.how
+        );
+    }
     let (mut whole, mut temporary) = (0, 0);
     for name in walk(&output) {
         if name.contains(".egress-tmp-") || name.starts_with(".egress") {
@@ -442,14 +571,14 @@ async fn killed_mid_run_then_rerun(durability: &str) {
         whole += 1;
     }
     assert!(
-        (100..4004).contains(&whole),
+        (100..objects).contains(&whole),
         "killed mid-run: {whole} objects, {temporary} temporary"
     );
     let out = egress_testkit::run(&mut copy());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let mut copied = walk(&output);
     copied.retain(|n| !n.starts_with(".egress") && !n.contains(".egress-tmp-"));
-    assert_eq!(copied.len(), 4004, "every object once");
+    assert_eq!(copied.len(), objects, "every object once");
     for name in copied {
         assert!(
             std::fs::read(output.join(&name)).unwrap() == std::fs::read(input.join(&name)).unwrap(),

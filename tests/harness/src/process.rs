@@ -86,3 +86,51 @@ pub fn wait_for_port(port: u16, timeout: std::time::Duration, what: &str, log: &
         "{what} did not start listening on 127.0.0.1:{port} within {timeout:?}; its log:\n{tail}"
     );
 }
+
+/// Send `signal` to the process `pid` (a child of the test).
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory preconditions; the pid is the test's own child.
+    unsafe { libc::kill(pid as i32, signal) };
+}
+
+/// SIGSTOP the process `pid` and wait until every one of its threads has stopped: what it
+/// has open and written stays as it is until SIGCONT or SIGKILL (`kill` only asks; a
+/// thread on a CPU stops a moment later).
+pub fn pause(pid: u32) {
+    signal(pid, libc::SIGSTOP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !all_threads_stopped(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop within 30 s of SIGSTOP"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// True when every thread of `pid` is stopped (state `T`), or the process is gone.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // `pid (comm) S ...`: the state follows the last ')' (comm may hold one).
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        state.is_none_or(|s| s.starts_with('T') || s.starts_with('t') || s.starts_with('Z'))
+    })
+}
+
+/// The files the process `pid` has open: each descriptor with what `/proc/<pid>/fd` links
+/// it to (`<dir>/#<inode> (deleted)` for an unnamed `O_TMPFILE` file).
+pub fn open_files(pid: u32) -> Vec<(u32, PathBuf)> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| {
+            let number = fd.file_name().to_str()?.parse().ok()?;
+            Some((number, std::fs::read_link(fd.path()).ok()?))
+        })
+        .collect()
+}
