@@ -22,7 +22,7 @@ use crate::progress::Counters;
 use crate::report::TableReport;
 use crate::settings::Settings;
 use crate::snapshot;
-use crate::source::{OpenSnapshot, TableSource};
+use crate::source::{OpenSnapshot, Opened, TableSource};
 use crate::split::{self, Chunk};
 use crate::tables::TableRef;
 use crate::typed::{self, TablePlan};
@@ -68,14 +68,7 @@ impl TableSource for Postgres {
         let mut tables = look_again(&db.holder, &found).await?;
         locks::confirm(&db.holder, &tables).await?;
         measure(&db.holder, &mut tables).await?;
-        let plans = read_plans(&db.holder, &tables).await?;
-        Ok(Box::new(Held {
-            settings: self.settings.clone(),
-            db,
-            info,
-            tables,
-            plans,
-        }))
+        self.held(db, info, tables).await
     }
 
     async fn join(&self, plan: &Plan, index: u64) -> anyhow::Result<Box<dyn OpenSnapshot>> {
@@ -93,14 +86,7 @@ impl TableSource for Postgres {
                 .filter(|_| settings.jobs > 1),
             ..plan.snapshot.clone()
         };
-        let plans = read_plans(&db.holder, &tables).await?;
-        Ok(Box::new(Held {
-            settings: self.settings.clone(),
-            db,
-            info,
-            tables,
-            plans,
-        }))
+        Ok(self.held(db, info, tables).await?)
     }
 
     async fn conflicted(&self, error: &AttemptError) -> bool {
@@ -109,27 +95,38 @@ impl TableSource for Postgres {
     }
 }
 
+impl Postgres {
+    /// The snapshot `db` holds, with `tables` in it and their columns.
+    async fn held(
+        &self,
+        db: Database,
+        info: SnapshotInfo,
+        tables: Vec<ResolvedTable>,
+    ) -> Result<Box<dyn OpenSnapshot>, AttemptError> {
+        let plans = read_plans(&db.holder, &tables).await?;
+        Ok(Box::new(Held {
+            settings: self.settings.clone(),
+            db,
+            opened: Opened {
+                info,
+                tables,
+                plans,
+            },
+        }))
+    }
+}
+
 /// A snapshot held in PostgreSQL.
 struct Held {
     settings: Arc<Settings>,
     db: Database,
-    info: SnapshotInfo,
-    tables: Vec<ResolvedTable>,
-    plans: Vec<TablePlan>,
+    opened: Opened,
 }
 
 #[async_trait]
 impl OpenSnapshot for Held {
-    fn info(&self) -> &SnapshotInfo {
-        &self.info
-    }
-
-    fn tables(&self) -> &[ResolvedTable] {
-        &self.tables
-    }
-
-    fn plans(&self) -> &[TablePlan] {
-        &self.plans
+    fn opened(&self) -> &Opened {
+        &self.opened
     }
 
     async fn pieces(
@@ -155,10 +152,10 @@ impl OpenSnapshot for Held {
             selects: &selects,
         };
         let counters = Arc::new(Counters::default());
-        let concurrent = workers::worker_count(settings.jobs, &which, &self.info).max(1);
+        let concurrent = workers::worker_count(settings.jobs, &which, self.info()).max(1);
         let job = workers::job_for(settings, store, &settings.date, &counters, concurrent);
         let outcomes =
-            workers::dump_tables(&job, &self.db.target, &self.db.holder, &self.info, &which)
+            workers::dump_tables(&job, &self.db.target, &self.db.holder, self.info(), &which)
                 .await?;
         Ok(all_succeeded(tables, outcomes)?)
     }

@@ -27,17 +27,38 @@ pub trait TableSource: Send + Sync {
     async fn conflicted(&self, error: &AttemptError) -> bool;
 }
 
+/// What a snapshot holds: the snapshot, its tables (all of the day's; a shard's own share
+/// once joined) as listed, and each table's columns and primary key in that order.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The snapshot.
+    pub info: SnapshotInfo,
+    /// Its tables.
+    pub tables: Vec<ResolvedTable>,
+    /// Each table's columns and primary key.
+    pub plans: Vec<TablePlan>,
+}
+
 /// A snapshot held open: what the day holds in it, and the dump of its tables.
 #[async_trait]
 pub trait OpenSnapshot: Send + Sync {
-    /// The snapshot.
-    fn info(&self) -> &SnapshotInfo;
+    /// What it holds.
+    fn opened(&self) -> &Opened;
 
-    /// Its tables (all of the day's; a shard's own share once joined), as listed.
-    fn tables(&self) -> &[ResolvedTable];
+    /// The snapshot.
+    fn info(&self) -> &SnapshotInfo {
+        &self.opened().info
+    }
+
+    /// Its tables, as listed.
+    fn tables(&self) -> &[ResolvedTable] {
+        &self.opened().tables
+    }
 
     /// Each table's columns and primary key, in the order of [`OpenSnapshot::tables`].
-    fn plans(&self) -> &[TablePlan];
+    fn plans(&self) -> &[TablePlan] {
+        &self.opened().plans
+    }
 
     /// How a table over `--split-larger-than` is shared between `of` pods, one page
     /// range each; `None` for a table one pod dumps whole.

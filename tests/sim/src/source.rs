@@ -15,7 +15,7 @@ use egress_dump::catalog::ResolvedTable;
 use egress_dump::failure::AttemptError;
 use egress_dump::gzip::CompressStats;
 use egress_dump::report::TableReport;
-use egress_dump::source::{OpenSnapshot, TableSource};
+use egress_dump::source::{OpenSnapshot, Opened, TableSource};
 use egress_dump::typed::TablePlan;
 use egress_store::Store;
 use rand::rngs::StdRng;
@@ -130,20 +130,23 @@ impl SimSource {
                 primary_key: Vec::new(),
             })
             .collect();
+        let info = SnapshotInfo {
+            taken_at: String::new(),
+            txid_snapshot: txid,
+            wal_lsn: None,
+            server_version: "sim".into(),
+            exported_id: exported.then(|| id.clone()),
+        };
         Box::new(SimSnapshot {
             world: self.world.clone(),
             proc: self.proc,
-            info: SnapshotInfo {
-                taken_at: String::new(),
-                txid_snapshot: txid,
-                wal_lsn: None,
-                server_version: "sim".into(),
-                exported_id: exported.then(|| id.clone()),
+            opened: Opened {
+                info,
+                tables,
+                plans,
             },
             id,
             versions,
-            tables,
-            plans,
             session: seed,
             fails: self.fails,
         })
@@ -194,26 +197,16 @@ struct SimSnapshot {
     world: Arc<World>,
     proc: usize,
     id: String,
-    info: SnapshotInfo,
+    opened: Opened,
     versions: BTreeMap<String, u64>,
-    tables: Vec<ResolvedTable>,
-    plans: Vec<TablePlan>,
     session: u64,
     fails: u32,
 }
 
 #[async_trait]
 impl OpenSnapshot for SimSnapshot {
-    fn info(&self) -> &SnapshotInfo {
-        &self.info
-    }
-
-    fn tables(&self) -> &[ResolvedTable] {
-        &self.tables
-    }
-
-    fn plans(&self) -> &[TablePlan] {
-        &self.plans
+    fn opened(&self) -> &Opened {
+        &self.opened
     }
 
     async fn pieces(

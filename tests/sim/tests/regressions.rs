@@ -40,6 +40,75 @@ fn exits(outcome: &Outcome, what: &str) -> Vec<Option<i32>> {
         .collect()
 }
 
+/// Index 1 runs twice at once (an Indexed Job may).
+fn two_pods() -> Schedule {
+    Schedule::scripted(
+        &[DAY],
+        vec![
+            (0, shard(0, 2, "pod-0")),
+            (100, shard(1, 2, "pod-1a")),
+            (150, shard(1, 2, "pod-1b")),
+            (30_000, spec(Kind::Mirror, "mirror")),
+        ],
+        Vec::new(),
+    )
+}
+
+/// The day done by its Job, then a lone index 0 long after (a duplicate, a manual retry).
+fn late_index_0() -> Schedule {
+    Schedule::scripted(
+        &[DAY],
+        vec![
+            (0, shard(0, 2, "pod-0")),
+            (100, shard(1, 2, "pod-1")),
+            (40_000, shard(0, 2, "pod-0-late")),
+        ],
+        Vec::new(),
+    )
+}
+
+/// A dump whose lease write's reply is lost, then a mirror whose lease write's is.
+fn lost_lease_replies() -> Schedule {
+    let mut dump = spec(Kind::Dump, "pod-0");
+    dump.faults = Faults {
+        lose_first: Some(".egress-lease.json"),
+        ..Faults::default()
+    };
+    let mut mirror = spec(Kind::Mirror, "mirror");
+    mirror.faults = Faults {
+        lose_first: Some(".egress-sync-lease.json"),
+        ..Faults::default()
+    };
+    Schedule::scripted(&[DAY], vec![(0, dump), (20_000, mirror)], Vec::new())
+}
+
+/// Mirrored, dumped again, then another tool changes an output object of the same size
+/// before the next mirror: the mirror skips it by size and time.
+fn changed_output() -> Schedule {
+    Schedule::scripted(
+        &[DAY],
+        vec![
+            (0, spec(Kind::Dump, "pod-0")),
+            (20_000, spec(Kind::Mirror, "mirror-1")),
+            (40_000, spec(Kind::Dump, "pod-1")),
+            (70_000, spec(Kind::Mirror, "mirror-2")),
+        ],
+        vec![(60_000, Event::Tamper(Side::Output))],
+    )
+}
+
+/// A manifest rewritten by another tool to list an object twice, then a mirror.
+fn listed_twice() -> Schedule {
+    Schedule::scripted(
+        &[DAY],
+        vec![
+            (0, spec(Kind::Dump, "pod-0")),
+            (40_000, spec(Kind::Mirror, "mirror")),
+        ],
+        vec![(30_000, Event::Duplicate)],
+    )
+}
+
 /// The processes that made a change whose trace line contains `change`, before the runs
 /// repeated at the end.
 fn writers(outcome: &Outcome, change: &str) -> Vec<String> {
@@ -56,18 +125,8 @@ fn writers(outcome: &Outcome, change: &str) -> Vec<String> {
 
 #[test]
 fn two_pods_of_one_index_leave_one_objects_bytes_and_a_true_manifest() {
-    // Index 1 runs twice at once (an Indexed Job may): the second pod finds the claim and
-    // writes nothing; the day's manifest describes the bytes in the store.
-    let schedule = Schedule::scripted(
-        &[DAY],
-        vec![
-            (0, shard(0, 2, "pod-0")),
-            (100, shard(1, 2, "pod-1a")),
-            (150, shard(1, 2, "pod-1b")),
-            (30_000, spec(Kind::Mirror, "mirror")),
-        ],
-        Vec::new(),
-    );
+    // The second pod finds the claim and writes nothing; the manifest is the store's bytes.
+    let schedule = two_pods();
     let outcome = run(&schedule, false, None);
     clean(&outcome);
     assert_eq!(exits(&outcome, "shard 1/2 2024-06-01"), [Some(0), Some(0)]);
@@ -81,17 +140,8 @@ fn two_pods_of_one_index_leave_one_objects_bytes_and_a_true_manifest() {
 
 #[test]
 fn a_late_index_0_leaves_a_complete_day_alone_and_succeeds() {
-    // The day is done by its Job; an index 0 started long after (a duplicate, a manual
-    // retry) cannot gather its shards: it withdraws nothing and exits 0.
-    let schedule = Schedule::scripted(
-        &[DAY],
-        vec![
-            (0, shard(0, 2, "pod-0")),
-            (100, shard(1, 2, "pod-1")),
-            (40_000, shard(0, 2, "pod-0-late")),
-        ],
-        Vec::new(),
-    );
+    // The late index 0 cannot gather its shards: it withdraws nothing and exits 0.
+    let schedule = late_index_0();
     let outcome = run(&schedule, false, None);
     clean(&outcome);
     assert_eq!(exits(&outcome, "shard 0/2 2024-06-01"), [Some(0), Some(0)]);
@@ -124,17 +174,7 @@ fn a_replacement_of_a_finished_shard_exits_0() {
 fn a_lost_reply_to_the_lease_write_is_settled_as_ours() {
     // The lease's creation reaches the store but its reply is lost (the SDK's retry meets
     // 412): the run reads the lease back, finds its own run id, and dumps the day.
-    let mut dump = spec(Kind::Dump, "pod-0");
-    dump.faults = Faults {
-        lose_first: Some(".egress-lease.json"),
-        ..Faults::default()
-    };
-    let mut mirror = spec(Kind::Mirror, "mirror");
-    mirror.faults = Faults {
-        lose_first: Some(".egress-sync-lease.json"),
-        ..Faults::default()
-    };
-    let schedule = Schedule::scripted(&[DAY], vec![(0, dump), (20_000, mirror)], Vec::new());
+    let schedule = lost_lease_replies();
     let outcome = run(&schedule, false, None);
     clean(&outcome);
     assert_eq!(exits(&outcome, "dump 2024-06-01"), [Some(0), Some(0)]);
@@ -162,19 +202,9 @@ fn a_lost_reply_to_a_completion_is_settled_by_reading_the_object_back() {
 
 #[test]
 fn a_skipped_object_another_tool_changed_is_never_published() {
-    // Mirrored, dumped again (same sizes), then another tool changes an output object;
-    // the next mirror skips it by size and time, so it must read it back before the new
-    // manifest can vouch for it: it does not match, the day is not published (exit 1).
-    let schedule = Schedule::scripted(
-        &[DAY],
-        vec![
-            (0, spec(Kind::Dump, "pod-0")),
-            (20_000, spec(Kind::Mirror, "mirror-1")),
-            (40_000, spec(Kind::Dump, "pod-1")),
-            (70_000, spec(Kind::Mirror, "mirror-2")),
-        ],
-        vec![(60_000, Event::Tamper(Side::Output))],
-    );
+    // The mirror must read the skipped object back before the new manifest can vouch for
+    // it: it does not match, the day is not published.
+    let schedule = changed_output();
     let outcome = run(&schedule, false, None);
     clean(&outcome);
     assert!(outcome
@@ -185,14 +215,7 @@ fn a_skipped_object_another_tool_changed_is_never_published() {
 
 #[test]
 fn a_manifest_listing_an_object_twice_is_refused() {
-    let schedule = Schedule::scripted(
-        &[DAY],
-        vec![
-            (0, spec(Kind::Dump, "pod-0")),
-            (40_000, spec(Kind::Mirror, "mirror")),
-        ],
-        vec![(30_000, Event::Duplicate)],
-    );
+    let schedule = listed_twice();
     let outcome = run(&schedule, false, None);
     clean(&outcome);
     assert_eq!(
@@ -235,15 +258,7 @@ mod with_the_old_behaviour {
 
     #[test]
     fn mutant_two_pods_of_one_index_overwrite_each_other() {
-        let schedule = Schedule::scripted(
-            &[DAY],
-            vec![
-                (0, shard(0, 2, "pod-0")),
-                (100, shard(1, 2, "pod-1a")),
-                (150, shard(1, 2, "pod-1b")),
-            ],
-            Vec::new(),
-        );
+        let schedule = two_pods();
         let outcome = broken("pieces-overwrite", schedule);
         let writers = writers(&outcome, "COMPLETE in:2024-06-01/big.part-00001.csv.gz");
         assert_eq!(
@@ -255,15 +270,7 @@ mod with_the_old_behaviour {
 
     #[test]
     fn mutant_a_late_index_0_withdraws_the_day() {
-        let schedule = Schedule::scripted(
-            &[DAY],
-            vec![
-                (0, shard(0, 2, "pod-0")),
-                (100, shard(1, 2, "pod-1")),
-                (40_000, shard(0, 2, "pod-0-late")),
-            ],
-            Vec::new(),
-        );
+        let schedule = late_index_0();
         let outcome = broken("late-coordinator-withdraws", schedule);
         assert!(
             outcome.violations.iter().any(|v| v.starts_with("I3")),
@@ -274,12 +281,7 @@ mod with_the_old_behaviour {
 
     #[test]
     fn mutant_a_lost_lease_reply_makes_the_run_exit_3_naming_itself() {
-        let mut dump = spec(Kind::Dump, "pod-0");
-        dump.faults = Faults {
-            lose_first: Some(".egress-lease.json"),
-            ..Faults::default()
-        };
-        let schedule = Schedule::scripted(&[DAY], vec![(0, dump)], Vec::new());
+        let schedule = lost_lease_replies();
         let outcome = broken("lost-reply-fails", schedule);
         assert!(
             outcome.violations.iter().any(|v| v.starts_with("I4")),
@@ -291,16 +293,7 @@ mod with_the_old_behaviour {
 
     #[test]
     fn mutant_a_skipped_object_is_trusted() {
-        let schedule = Schedule::scripted(
-            &[DAY],
-            vec![
-                (0, spec(Kind::Dump, "pod-0")),
-                (20_000, spec(Kind::Mirror, "mirror-1")),
-                (40_000, spec(Kind::Dump, "pod-1")),
-                (70_000, spec(Kind::Mirror, "mirror-2")),
-            ],
-            vec![(60_000, Event::Tamper(Side::Output))],
-        );
+        let schedule = changed_output();
         let outcome = broken("trust-unchanged", schedule);
         assert!(
             outcome.violations.iter().any(|v| v.starts_with("I1: out")),
@@ -311,14 +304,7 @@ mod with_the_old_behaviour {
 
     #[test]
     fn mutant_a_manifest_listing_an_object_twice_is_read_last_wins() {
-        let schedule = Schedule::scripted(
-            &[DAY],
-            vec![
-                (0, spec(Kind::Dump, "pod-0")),
-                (40_000, spec(Kind::Mirror, "mirror")),
-            ],
-            vec![(30_000, Event::Duplicate)],
-        );
+        let schedule = listed_twice();
         let outcome = broken("duplicates-last-wins", schedule);
         assert!(
             outcome.violations.iter().any(|v| v.starts_with("I1: out")),
