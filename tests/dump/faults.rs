@@ -5,9 +5,10 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use egress_testkit::proxy::Proxy;
+use egress_testkit::proxy::{Hook, Proxy};
 use egress_testkit::{
     assert_secrets_kept, gunzip, stderr, text, PgServer, S3Kind, S3Server, SecretCase,
 };
@@ -266,6 +267,68 @@ async fn s3_server_killed_mid_upload_fails_then_rerun_succeeds() {
         "no visible object after the failure (its lease may stay: it could not be deleted)"
     );
     assert_clean_rerun(&pg, &s3, &env_for(&pg, &s3, "big"), "big").await;
+}
+
+/// The dump's last check before its manifest: an object of the day that another writer
+/// replaced after the dump wrote it (here with as many bytes, one changed: only its ETag
+/// tells) fails the run, exit 1, naming it, and no manifest vouches for the day. The
+/// replacement lands while the descriptor, written just before the objects are confirmed,
+/// is on its way: after every object was uploaded, before the check.
+#[tokio::test]
+async fn an_object_replaced_before_the_manifest_fails_the_run_without_a_manifest() {
+    let pg = PgServer::start();
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket(BUCKET).await;
+    super::sql(
+        &pg,
+        "CREATE TABLE first AS SELECT i, md5(i::text) a FROM generate_series(1, 5000) i; \
+         CREATE TABLE second AS SELECT i, md5((i*3)::text) b FROM generate_series(1, 5000) i;",
+    )
+    .await;
+    let victim = format!("out/{DATE}/first.csv.gz");
+    let replaced = Arc::new(Mutex::new(None::<Vec<u8>>));
+    let (server, key, done) = (s3.s3(), victim.clone(), replaced.clone());
+    let hook: Hook = Arc::new(move |seen| {
+        let due = seen.method == "PUT" && seen.target.contains("/datapackage.json");
+        let (server, key, done) = (server.clone(), key.clone(), done.clone());
+        Box::pin(async move {
+            if !due || done.lock().unwrap().is_some() {
+                return;
+            }
+            let mut other = server.get(BUCKET, &key).await;
+            other[0] ^= 0x01;
+            server.put(BUCKET, &key, other.clone()).await;
+            *done.lock().unwrap() = Some(other);
+        })
+    });
+    let proxy = Proxy::start(&s3.endpoint, Some(hook), None);
+    let mut env = env_for(&pg, &s3, "first second");
+    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL".into(), proxy.endpoint.clone()));
+    let out = run(&env, &[]);
+    let other = replaced
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| panic!("the descriptor was never written: {}", text(&out)));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let line = stderr(&out);
+    assert!(
+        line.contains(&format!("{victim} is no longer the object this run wrote")),
+        "{line}"
+    );
+    assert!(line.contains("no manifest written"), "{line}");
+    assert_eq!(line.trim().lines().count(), 1, "one line: {line}");
+    let keys = s3.keys(BUCKET, "").await;
+    assert!(
+        !keys.iter().any(|k| k.ends_with("_manifest.json")),
+        "no manifest vouches for the replaced object: {keys:?}"
+    );
+    assert!(
+        s3.get(BUCKET, &victim).await == other,
+        "the other writer's object is left as it is"
+    );
+    assert_clean_rerun(&pg, &s3, &env_for(&pg, &s3, "first second"), "first").await;
 }
 
 // ---------------------------------------------------------------------------------------
