@@ -680,6 +680,11 @@ async fn a_run_paused_past_its_lease_writes_nothing_when_it_resumes() {
     assert!(day_lease(&s3).await.is_none(), "no lease left behind");
 }
 
+/// SIGTERM reaches a run after another run took its lease over: its stop releases only a
+/// lease that is still its own, so the new holder's is left alone. The first run is kept
+/// stopped (SIGSTOP) through the takeover and gets SIGTERM before SIGCONT; its part is held
+/// meanwhile, so nothing but the signal can end it (not the lost lease's exit 3). Each run
+/// has a proxy of its own, so the first one's requests can be told apart.
 #[tokio::test]
 async fn a_run_whose_lease_was_taken_leaves_the_new_holders_lease_on_sigterm() {
     let pg = PgServer::start();
@@ -687,26 +692,50 @@ async fn a_run_whose_lease_was_taken_leaves_the_new_holders_lease_on_sigterm() {
     s3.create_bucket(BUCKET).await;
     sql(&pg, BIG).await;
     let (proxy, gate) = gated_proxy(&s3);
-    let env = through(&env_for(&pg, &s3, "big"), &proxy);
-    let first = spawn(&env, &SHORT_LEASE);
-    let first_part = proxy.wait_for("an UploadPart", |s| s.is_upload_part());
-    signal(&first, libc::SIGSTOP);
-    std::thread::sleep(Duration::from_secs(6));
-    let second = spawn(&env, &SHORT_LEASE);
-    proxy.wait_for("the second run's UploadPart", |s| {
-        s.is_upload_part() && upload_id(&s.target) != upload_id(&first_part.target)
-    });
+    let (other_proxy, other_gate) = gated_proxy(&s3);
+    let env = env_for(&pg, &s3, "big");
+    // Held parts must not time out (and fail the run) while the test arranges the rest.
+    let mut args = SHORT_LEASE.to_vec();
+    args.extend(["--timeout", "300"]);
+    let first = spawn(&through(&env, &proxy), &args);
+    proxy.wait_for("an UploadPart", |s| s.is_upload_part());
+    // A frozen node: the first run stops renewing its lease; the second waits for the lease
+    // to lapse and takes it over.
+    egress_testkit::process::pause(first.id());
+    let mut waiting = args.clone();
+    waiting.extend(["--wait-for-lease", "2m"]);
+    let second = spawn(&through(&env, &other_proxy), &waiting);
+    other_proxy.wait_for("the second run's UploadPart", |s| s.is_upload_part());
     let holder = day_lease(&s3)
         .await
         .expect("the second run holds the lease");
     assert_eq!(holder["pid"], second.id(), "{holder}");
-    signal(&first, libc::SIGCONT);
+    proxy.clear();
     signal(&first, libc::SIGTERM);
+    signal(&first, libc::SIGCONT);
     let first = wait_for_exit(first, Duration::from_secs(60));
+    assert_eq!(first.status.code(), Some(143), "{}", text(&first));
     assert!(
-        matches!(first.status.code(), Some(143) | Some(3)),
+        stderr(&first).contains("stopped by SIGTERM"),
         "{}",
         text(&first)
+    );
+    // The stop's work ran (it aborted the run's upload) and, in the same round, its
+    // release of the lease, which found another run's lease and left it.
+    let stopped: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .collect();
+    assert!(
+        stopped.iter().any(|r| upload_id(&r.target).is_some()),
+        "the SIGTERM aborted the stopped run's upload: {stopped:?}"
+    );
+    assert!(
+        !stopped
+            .iter()
+            .any(|r| r.target.contains(".egress-lease.json")),
+        "the stopped run never deleted the lease: {stopped:?}"
     );
     let after = day_lease(&s3).await.expect("the lease is still there");
     assert_eq!(
@@ -715,8 +744,14 @@ async fn a_run_whose_lease_was_taken_leaves_the_new_holders_lease_on_sigterm() {
         "the stopped run left the new holder's lease alone: {after}"
     );
     gate.set(true);
+    other_gate.set(true);
     let second = wait_for_exit(second, Duration::from_secs(120));
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert!(
+        stdout(&second).contains("took over the lease of a run that is gone"),
+        "{}",
+        text(&second)
+    );
     assert_eq!(verify_day(&s3).await, Some(vec![]));
     assert!(day_lease(&s3).await.is_none(), "released at the end");
 }
