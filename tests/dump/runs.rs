@@ -796,6 +796,10 @@ async fn a_lease_taken_after_waiting_lasts_its_whole_time_to_live() {
     assert_eq!(verify_day(&s3).await, Some(vec![]));
 }
 
+/// A pod whose clock is five minutes slow holds its lease all the same: the lease is
+/// stamped and judged on the store's clock. The skew is shown to have taken effect (the
+/// manifest's `run_started` and the log's times come from the process's own clock, five
+/// minutes behind), while the lease it wrote carries the store's time and binds.
 #[tokio::test]
 async fn a_run_with_a_slow_clock_still_holds_its_lease() {
     let pg = PgServer::start();
@@ -818,8 +822,18 @@ async fn a_run_with_a_slow_clock_still_holds_its_lease() {
         .args(["--part-size-mib", "5", "--compression-level", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let started = chrono::Utc::now().timestamp();
     let slow = slow.spawn().expect("spawn egress-dump under faketime");
     proxy.wait_for("an UploadPart", |s| s.is_upload_part());
+    // The lease it wrote: taken and expiring on the store's time, not five minutes back.
+    let lease = day_lease(&s3).await.expect("the slow run's lease");
+    let since = lease["since"].as_i64().expect("since");
+    let expires = lease["expires"].as_i64().expect("expires");
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        (started - 5..=now + 5).contains(&since) && expires > now,
+        "the lease is stamped on the store's clock (now {now}): {lease}"
+    );
     let second = run(&env, &["--part-size-mib", "5"]);
     assert_eq!(
         second.status.code(),
@@ -829,8 +843,33 @@ async fn a_run_with_a_slow_clock_still_holds_its_lease() {
     );
     gate.set(true);
     let slow = wait_for_exit(slow, Duration::from_secs(120));
+    let finished = chrono::Utc::now().timestamp();
     assert_eq!(slow.status.code(), Some(0), "{}", text(&slow));
     assert_eq!(verify_day(&s3).await, Some(vec![]));
+    // Its own clock was five minutes slow the whole time: when the manifest says it
+    // started, and when its log lines say they were written.
+    let manifest = egress_testkit::checked_manifest(
+        &s3.get(BUCKET, &format!("conc/{DATE}/_manifest.json")).await,
+    );
+    let own_clock = |stamp: &str| {
+        chrono::DateTime::parse_from_rfc3339(stamp)
+            .unwrap_or_else(|e| panic!("{stamp}: {e}"))
+            .timestamp()
+    };
+    let run_started = own_clock(manifest["run_started"].as_str().expect("run_started"));
+    let logged = stdout(&slow);
+    let first_line = logged.lines().next().expect("a log line");
+    let log_time = own_clock(first_line.split_whitespace().next().unwrap_or(""));
+    for (what, stamp) in [
+        ("run_started", run_started),
+        ("the first log line", log_time),
+    ] {
+        assert!(
+            (started - 300 - 5..=finished - 300 + 5).contains(&stamp),
+            "{what} is five minutes behind the run's real time ({started}..{finished}): {stamp}\n{}",
+            text(&slow)
+        );
+    }
 }
 
 #[tokio::test]
