@@ -6,6 +6,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use egress_testkit::fixtures::{gated_proxy, upload_id};
 use egress_testkit::{gunzip, stderr, stdout, text, PgServer, S3Kind, S3Server};
 
 use super::{run, spawn, sql, wait_for_exit};
@@ -86,9 +87,10 @@ impl Writer {
     }
 }
 
-/// The day's lease in the tests below.
-const LEASE: &str = "conc/2024-06-02/.egress-lease.json";
-
+/// Two dumps of one day at once: the second finds the first's lease (and stops, or waits
+/// for it), never aborts the first's uploads, and no manifest disagrees with the day. The
+/// second starts only once the first has an upload pending, held at a proxy until the
+/// second has stopped (or is seen waiting): the upload is still pending then.
 #[tokio::test]
 async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
     let pg = PgServer::start();
@@ -99,8 +101,9 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
     let env = env_for(&pg, &s3, "c1 c2");
     let writer = Writer::start(&pg);
     // Without waiting: the second run finds the first one's lease and stops with exit 3.
+    let (proxy, gate) = gated_proxy(&s3);
     let mut first = spawn(
-        &env,
+        &through(&env, &proxy),
         &[
             "--jobs",
             "1",
@@ -110,10 +113,8 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
             "5",
         ],
     );
-    s3.wait_for_key(BUCKET, LEASE, &mut first).await;
+    let pending = s3.wait_for_pending_upload(BUCKET, &mut first).await;
     let second = run(&env, &["--jobs", "4", "--part-size-mib", "5"]);
-    let first = first.wait_with_output().unwrap();
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     assert_eq!(second.status.code(), Some(3), "{}", text(&second));
     assert!(
         stderr(&second).contains(
@@ -122,22 +123,35 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
         "{}",
         text(&second)
     );
-    assert!(
-        !stdout(&first).contains("aborted"),
-        "nobody aborted the first run's uploads: {}",
-        text(&first)
-    );
+    assert_still_pending(&s3, &pending).await;
+    gate.set(true);
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    for out in [&first, &second] {
+        assert!(
+            !stdout(out).contains("aborted"),
+            "nobody aborted an upload: {}",
+            text(out)
+        );
+    }
     assert_eq!(
         verify_day(&s3).await,
         Some(vec![]),
         "the day matches its manifest"
     );
 
-    // Waiting for the lease: the second run dumps the day again after the first.
-    let mut first = spawn(&env, &["--jobs", "4", "--part-size-mib", "5"]);
-    s3.wait_for_key(BUCKET, LEASE, &mut first).await;
-    let second = run(
-        &env,
+    // Waiting for the lease: the second run dumps the day again after the first. It reads
+    // the lease through a proxy of its own: two reads of it mean it found the lease live
+    // and is waiting.
+    let (proxy, gate) = gated_proxy(&s3);
+    let mut first = spawn(
+        &through(&env, &proxy),
+        &["--jobs", "4", "--part-size-mib", "5"],
+    );
+    let pending = s3.wait_for_pending_upload(BUCKET, &mut first).await;
+    let watch = egress_testkit::proxy::Proxy::start(&s3.endpoint, None, None);
+    let mut second = spawn(
+        &through(&env, &watch),
         &[
             "--jobs",
             "1",
@@ -149,7 +163,29 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
             "2m",
         ],
     );
+    let started = Instant::now();
+    let lease_reads = || {
+        watch
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.target.contains(".egress-lease.json"))
+            .count()
+    };
+    while lease_reads() < 2 {
+        assert!(
+            second.try_wait().unwrap().is_none(),
+            "the second run ended before it waited"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the second run never looked at the lease twice"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_still_pending(&s3, &pending).await;
+    gate.set(true);
     let first = first.wait_with_output().unwrap();
+    let second = wait_for_exit(second, Duration::from_secs(180));
     let commits = writer.stop();
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
@@ -158,6 +194,13 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
         "{}",
         text(&second)
     );
+    for out in [&first, &second] {
+        assert!(
+            !stdout(out).contains("aborted"),
+            "nobody aborted an upload: {}",
+            text(out)
+        );
+    }
     assert!(commits > 10, "the writer kept committing ({commits})");
     assert_eq!(
         verify_day(&s3).await,
@@ -170,6 +213,17 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
         !keys.iter().any(|k| k.contains("egress-lease")),
         "leases are released: {keys:?}"
     );
+}
+
+/// Every one of `uploads` (key, id) is still pending: nobody aborted them meanwhile.
+async fn assert_still_pending(s3: &S3Server, uploads: &[(String, String)]) {
+    let now = s3.pending_upload_ids(BUCKET).await;
+    for upload in uploads {
+        assert!(
+            now.contains(upload),
+            "the first run's upload {upload:?} is no longer pending: {now:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -295,58 +349,6 @@ async fn a_cleartext_password_request_is_refused_unless_chosen() {
         "chosen explicitly: {}",
         text(&out)
     );
-}
-
-/// Which held UploadParts may pass: all of them once opened, else those of the uploads
-/// let through one by one.
-#[derive(Default)]
-struct Gate {
-    open: std::sync::atomic::AtomicBool,
-    let_through: std::sync::Mutex<Vec<String>>,
-}
-
-impl Gate {
-    fn set(&self, open: bool) {
-        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn passes(&self, target: &str) -> bool {
-        self.open.load(std::sync::atomic::Ordering::SeqCst)
-            || upload_id(target).is_some_and(|id| self.let_through.lock().unwrap().contains(&id))
-    }
-
-    /// Let the parts of the upload `target` belongs to through.
-    fn let_through(&self, target: &str) {
-        let id = upload_id(target).expect("an upload id");
-        self.let_through.lock().unwrap().push(id);
-    }
-}
-
-fn upload_id(target: &str) -> Option<String> {
-    let query = target.split_once('?')?.1;
-    query
-        .split('&')
-        .find_map(|p| p.strip_prefix("uploadId="))
-        .map(str::to_string)
-}
-
-/// A proxy in front of `s3` that holds every UploadPart its [`Gate`] does not let pass:
-/// the dump's big tables cannot finish before the test says so.
-fn gated_proxy(s3: &S3Server) -> (egress_testkit::proxy::Proxy, Arc<Gate>) {
-    let gate = Arc::new(Gate::default());
-    let held = gate.clone();
-    let hook: egress_testkit::proxy::Hook = Arc::new(move |seen| {
-        let (gate, part, target) = (held.clone(), seen.is_upload_part(), seen.target.clone());
-        Box::pin(async move {
-            while part && !gate.passes(&target) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    });
-    (
-        egress_testkit::proxy::Proxy::start(&s3.endpoint, Some(hook), None),
-        gate,
-    )
 }
 
 /// `env` with S3 reached through `proxy`.

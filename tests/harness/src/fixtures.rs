@@ -1,5 +1,6 @@
 //! Data and objects for tests: deterministic bytes, objects put one by one or in parts of
-//! chosen sizes, and the egress-sync command line for two endpoints.
+//! chosen sizes, the egress-sync command line for two endpoints, and a proxy that holds a
+//! run's uploads until the test lets them through.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -8,6 +9,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures::StreamExt;
 
+use crate::proxy::{Hook, Proxy};
 use crate::s3::Endpoint;
 
 /// One MiB.
@@ -243,4 +245,63 @@ pub fn manifest_with_parts(date: &str, files: &[Listed<'_>]) -> Vec<u8> {
         "compression_level": 6, "header": false, "tables": tables
     }))
     .expect("manifest JSON")
+}
+
+/// Which UploadParts a [`gated_proxy`] lets pass: all of them once opened, else those of
+/// the uploads let through one by one.
+#[derive(Default)]
+pub struct Gate {
+    open: std::sync::atomic::AtomicBool,
+    let_through: std::sync::Mutex<Vec<String>>,
+}
+
+impl Gate {
+    /// Open (every held part goes on) or close the gate.
+    pub fn set(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn passes(&self, target: &str) -> bool {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+            || upload_id(target).is_some_and(|id| {
+                self.let_through
+                    .lock()
+                    .map(|ids| ids.contains(&id))
+                    .unwrap_or(true)
+            })
+    }
+
+    /// Let the parts of the upload `target` belongs to through.
+    pub fn let_through(&self, target: &str) {
+        let id = upload_id(target).expect("an upload id");
+        if let Ok(mut ids) = self.let_through.lock() {
+            ids.push(id);
+        }
+    }
+}
+
+/// The upload id in a request target (`...?partNumber=1&uploadId=...`).
+pub fn upload_id(target: &str) -> Option<String> {
+    let query = target.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("uploadId="))
+        .map(str::to_string)
+}
+
+/// A proxy in front of `server` that holds every UploadPart its [`Gate`] does not let
+/// pass: a run's multipart uploads stay pending, and the run unfinished, until the test
+/// says so (everything else, leases included, goes through).
+pub fn gated_proxy(server: &dyn Endpoint) -> (Proxy, std::sync::Arc<Gate>) {
+    let gate = std::sync::Arc::new(Gate::default());
+    let held = gate.clone();
+    let hook: Hook = std::sync::Arc::new(move |seen| {
+        let (gate, part, target) = (held.clone(), seen.is_upload_part(), seen.target.clone());
+        Box::pin(async move {
+            while part && !gate.passes(&target) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    });
+    (Proxy::start(&server.s3().endpoint, Some(hook), None), gate)
 }

@@ -394,6 +394,53 @@ impl S3Endpoint {
         out.upload_id().expect("an upload id").to_string()
     }
 
+    /// Wait until a multipart upload is pending in `bucket` while `run` is still running
+    /// (60 s at most), and return the uploads pending then as (key, upload id): the moment
+    /// another run must meet an upload in flight (the server must implement
+    /// ListMultipartUploads).
+    pub async fn wait_for_pending_upload(
+        &self,
+        bucket: &str,
+        run: &mut Child,
+    ) -> Vec<(String, String)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let pending = self.pending_upload_ids(bucket).await;
+            if !pending.is_empty() {
+                return pending;
+            }
+            if let Ok(Some(status)) = run.try_wait() {
+                panic!("the run ended ({status}) before an upload was pending in {bucket}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no upload was pending in {bucket} within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Multipart uploads not yet completed or aborted, as (key, upload id) (the server must
+    /// implement ListMultipartUploads).
+    pub async fn pending_upload_ids(&self, bucket: &str) -> Vec<(String, String)> {
+        let out = self
+            .client()
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "list uploads {bucket}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
+        out.uploads()
+            .iter()
+            .filter_map(|u| Some((u.key()?.to_string(), u.upload_id()?.to_string())))
+            .collect()
+    }
+
     /// Keys of multipart uploads not yet completed or aborted (the server must implement
     /// ListMultipartUploads).
     pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
