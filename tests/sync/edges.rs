@@ -587,63 +587,110 @@ async fn killed_mid_run_then_rerun(durability: &str) {
     }
 }
 
+/// Two syncs into one output at once: the second finds the first's lease (and stops, or
+/// waits for it) and never aborts the first's uploads. The second starts only once the
+/// first has an upload pending at the output, held at a proxy until the second has stopped
+/// (or is seen waiting): the upload is still pending then.
 #[tokio::test]
 async fn two_overlapping_syncs_never_abort_each_others_uploads() {
     let input = S3Server::start(S3Kind::S3sFs);
     let output = S3Server::start(S3Kind::Moto);
     input.create_bucket("src").await;
     output.create_bucket("dst").await;
-    for i in 0..6u64 {
-        let body = data(i, 12 * 1024 * 1024);
-        fixtures::put_multipart(
-            &input,
-            "src",
-            &format!("big/{i}.bin"),
-            &body,
-            6 * 1024 * 1024,
-        )
-        .await;
-    }
+    let seed_big = |folder: &'static str, seed: u64| {
+        let input = &input;
+        async move {
+            for i in 0..3u64 {
+                let body = data(seed + i, 12 * MIB);
+                let key = format!("{folder}/{i}.bin");
+                fixtures::put_multipart(input, "src", &key, &body, 6 * MIB).await;
+            }
+        }
+    };
+    seed_big("big", 0).await;
     let args = ["--jobs", "2"];
     // The second run finds the first one's lease: exit 3, nothing touched.
-    let mut first = command(&input, "src", &output, "dst", &args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+    let (proxy, gate) = fixtures::gated_proxy(&output);
+    let via = output.s3().via(&proxy.endpoint);
+    let mut first = command(&input, "src", &via, "dst", &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    output
-        .wait_for_key("dst", ".egress-sync-lease.json", &mut first)
-        .await;
+    let pending = output.wait_for_pending_upload("dst", &mut first).await;
     let second = sync(&input, "src", &output, "dst", &args);
-    let first = first.wait_with_output().unwrap();
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     assert_eq!(second.status.code(), Some(3), "{}", text(&second));
     assert!(
         stderr(&second).contains("another run holds the lease on s3://dst/.egress-sync-lease.json"),
         "{}",
         text(&second)
     );
-    // Waiting instead: both succeed, one after the other.
-    let expected = contents(&input, "src", "").await;
-    put_many(&input, "src", vec![("late.txt".into(), b"late".to_vec())]).await;
-    let mut first = command(&input, "src", &output, "dst", &args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    output
-        .wait_for_key("dst", ".egress-sync-lease.json", &mut first)
-        .await;
-    let second = sync(
-        &input,
-        "src",
-        &output,
-        "dst",
-        &["--jobs", "2", "--wait-for-lease", "2m"],
-    );
+    assert_still_pending(&output, &pending).await;
+    gate.set(true);
     let first = first.wait_with_output().unwrap();
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    for out in [&first, &second] {
+        assert!(
+            !stdout(out).contains("aborted"),
+            "no upload was aborted: {}",
+            text(out)
+        );
+    }
+    // Waiting instead: both succeed, one after the other. The second reads the lease
+    // through a proxy of its own: two reads of it mean it found the lease live and waits.
+    seed_big("late", 10).await;
+    put_many(&input, "src", vec![("late.txt".into(), b"late".to_vec())]).await;
+    let expected = contents(&input, "src", "").await;
+    let (proxy, gate) = fixtures::gated_proxy(&output);
+    let via = output.s3().via(&proxy.endpoint);
+    let mut first = command(&input, "src", &via, "dst", &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pending = output.wait_for_pending_upload("dst", &mut first).await;
+    let watch = Proxy::start(&output.endpoint, None, None);
+    let mut second = command(
+        &input,
+        "src",
+        &output.s3().via(&watch.endpoint),
+        "dst",
+        &["--jobs", "2", "--wait-for-lease", "2m"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let started = std::time::Instant::now();
+    let lease_reads = || {
+        watch
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.target.contains(".egress-sync-lease.json"))
+            .count()
+    };
+    while lease_reads() < 2 {
+        assert!(
+            second.try_wait().unwrap().is_none(),
+            "the second run ended before it waited"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the second run never looked at the lease twice"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_still_pending(&output, &pending).await;
+    gate.set(true);
+    let first = first.wait_with_output().unwrap();
+    let second = egress_testkit::wait_for_exit(second, Duration::from_secs(180));
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert!(
+        stdout(&second).contains("waiting for another run's lease"),
+        "{}",
+        text(&second)
+    );
     for out in [&first, &second] {
         assert!(
             !stdout(out).contains("aborted"),
@@ -654,7 +701,7 @@ async fn two_overlapping_syncs_never_abort_each_others_uploads() {
     let mirror = contents(&output, "dst", "").await;
     assert_eq!(
         mirror.len(),
-        expected.len() + 1,
+        expected.len(),
         "exactly the input's keys, no lease left: {:?}",
         mirror.keys().collect::<Vec<_>>()
     );
@@ -662,6 +709,18 @@ async fn two_overlapping_syncs_never_abort_each_others_uploads() {
         assert!(mirror.get(key) == Some(body), "{key}");
     }
     assert!(output.pending_uploads("dst").await.is_empty());
+}
+
+/// Every one of `uploads` (key, id) is still pending at `server`'s `dst`: nobody aborted
+/// them meanwhile.
+async fn assert_still_pending(server: &S3Server, uploads: &[(String, String)]) {
+    let now = server.pending_upload_ids("dst").await;
+    for upload in uploads {
+        assert!(
+            now.contains(upload),
+            "the first run's upload {upload:?} is no longer pending: {now:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
