@@ -539,3 +539,177 @@ async fn a_parquet_day_in_s3_is_mirrored_and_verified_with_its_descriptor() {
         text(&out)
     );
 }
+
+/// A table without columns has rows Parquet cannot count: refused in one line naming it
+/// (nothing of it left); as CSV it is exact (one empty line per row); with no rows it is an
+/// honest empty file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_without_columns_is_refused_as_parquet_and_exact_as_csv() {
+    let pg = PgServer::start();
+    super::sql(
+        &pg,
+        "CREATE TABLE hollow (); INSERT INTO hollow DEFAULT VALUES; INSERT INTO hollow DEFAULT VALUES; \
+         INSERT INTO hollow DEFAULT VALUES; CREATE TABLE nothing ();",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dump_parquet(&pg, dir.path(), "hollow", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let line = egress_testkit::stderr(&out);
+    assert!(
+        line.contains("table 'hollow'") && line.contains("has no columns but has rows"),
+        "{line}"
+    );
+    assert!(line.contains("--format csv"), "{line}");
+    let day = dir.path().join(DATE);
+    assert!(!day.join("hollow.parquet").exists() && !day.join("_manifest.json").exists());
+    let out = dump_parquet(&pg, dir.path(), "nothing", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        pyarrow_prints(
+            &day.join("nothing.parquet"),
+            "print(pq.ParquetFile(sys.argv[1]).metadata.num_rows)"
+        ),
+        "0"
+    );
+    let mut env = pg.env();
+    env.push(("DUMP_DATE".into(), DATE.into()));
+    let output = format!("file://{}", dir.path().display());
+    let out = dump(&env, &["--tables", "hollow", "--output", &output]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let csv = egress_testkit::gunzip(&std::fs::read(day.join("hollow.csv.gz")).unwrap());
+    assert_eq!(csv, b"\n\n\n");
+    let manifest: Value =
+        egress_testkit::checked_manifest(&std::fs::read(day.join("_manifest.json")).unwrap());
+    assert_eq!(manifest["tables"][0]["rows"], 3);
+}
+
+/// Values kept as PostgreSQL text (ranges, composites) are written under pinned settings,
+/// whatever the database's: PostgreSQL itself, under the database's own settings, reads
+/// each back as the same value; the manifest records what they were written with. The CSV
+/// day keeps the database's settings, as `psql` does.
+#[tokio::test(flavor = "multi_thread")]
+async fn text_forms_are_written_under_pinned_settings_and_read_back_as_the_same_values() {
+    let pg = PgServer::start();
+    super::sql(
+        &pg,
+        "ALTER DATABASE postgres SET DateStyle = 'SQL, DMY'; \
+         ALTER DATABASE postgres SET TimeZone = 'Asia/Kolkata'; \
+         ALTER DATABASE postgres SET IntervalStyle = 'sql_standard'; \
+         ALTER DATABASE postgres SET bytea_output = 'escape'; \
+         CREATE TYPE moment AS (at timestamptz, span interval, raw bytea, ratio float8); \
+         CREATE TABLE stamped (id int PRIMARY KEY, r tstzrange, d daterange, m moment); \
+         INSERT INTO stamped VALUES \
+           (1, tstzrange('2024-07-01 13:00:00+01', '2024-07-02 08:30:00.25+05:30'), \
+               daterange('2024-01-02', '2024-02-01'), \
+               ROW('2024-07-01 13:00:00+01', interval '-1 day +2 hours 3 months', '\\x00ff41', 0.1 + 0.2)), \
+           (2, tstzrange('1900-01-01 00:00:00+00', NULL), daterange('0100-03-04 BC', '0100-03-05 BC'), \
+               ROW('infinity', interval '1 year -1 second', '', -0.0));",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dump_parquet(&pg, dir.path(), "stamped", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let day = dir.path().join(DATE);
+    let texts = pyarrow_prints(
+        &day.join("stamped.parquet"),
+        "import json; t = pq.read_table(sys.argv[1]).to_pydict(); \
+         print(json.dumps([t['id'], t['r'], t['d'], t['m']]))",
+    );
+    let texts: Value = serde_json::from_str(&texts).unwrap();
+    let client = pg.client().await; // the database's own settings: SQL, DMY; Asia/Kolkata
+    for (i, id) in texts[0].as_array().unwrap().iter().enumerate() {
+        for (column, cast) in [(1, "tstzrange"), (2, "daterange"), (3, "moment")] {
+            let written = texts[column][i].as_str().unwrap();
+            let name = ["", "r", "d", "m"][column];
+            let same: bool = client
+                .query_one(
+                    &format!("SELECT $1::text::{cast} IS NOT DISTINCT FROM {name} FROM stamped WHERE id = $2"),
+                    &[&written, &(id.as_i64().unwrap() as i32)],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(
+                same,
+                "row {id}, {name}: {written:?} is read back as another value"
+            );
+        }
+    }
+    // ISO dates with a numeric offset: an instant, whatever the reader's TimeZone.
+    assert!(
+        texts[1][0]
+            .as_str()
+            .unwrap()
+            .starts_with("[\"2024-07-01 17:30:00+05:30\""),
+        "{texts}"
+    );
+    let manifest: Value =
+        egress_testkit::checked_manifest(&std::fs::read(day.join("_manifest.json")).unwrap());
+    let settings = &manifest["text_settings"];
+    assert_eq!(settings["DateStyle"], "ISO, DMY", "{settings}");
+    assert_eq!(settings["IntervalStyle"], "postgres");
+    assert_eq!(settings["bytea_output"], "hex");
+    assert_eq!(settings["TimeZone"], "Asia/Kolkata");
+    assert_eq!(settings["extra_float_digits"], "3");
+    // CSV: the database's own settings, as psql prints them.
+    let mut env = pg.env();
+    env.push(("DUMP_DATE".into(), DATE.into()));
+    let output = format!("file://{}", dir.path().display());
+    let out = dump(&env, &["--tables", "stamped", "--output", &output]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let csv = String::from_utf8(egress_testkit::gunzip(
+        &std::fs::read(day.join("stamped.csv.gz")).unwrap(),
+    ))
+    .unwrap();
+    assert!(csv.contains("01/07/2024 17:30:00 IST"), "{csv}");
+    let manifest: Value =
+        egress_testkit::checked_manifest(&std::fs::read(day.join("_manifest.json")).unwrap());
+    assert!(
+        manifest.get("text_settings").is_none(),
+        "a CSV day's settings are the database's"
+    );
+}
+
+/// Rows of 48 MiB (24 MiB of text and 24 MiB of random bytes each) as Parquet stay within
+/// the documented bound for large rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_of_48_mib_as_parquet_stay_within_the_documented_memory_bound() {
+    let pg = PgServer::start_with(&["wal_level = minimal", "max_wal_senders = 0"]);
+    super::sql(
+        &pg,
+        "CREATE TABLE heavy (id int PRIMARY KEY, t text, b bytea); \
+         INSERT INTO heavy SELECT r, \
+           (SELECT string_agg(md5((r * 1000000 + i)::text), '') FROM generate_series(1, 786432) i), \
+           (SELECT decode(string_agg(md5((r * 2000000 + i)::text || random()::text), ''), 'hex') \
+              FROM generate_series(1, 1572864) i) \
+         FROM generate_series(1, 3) r;",
+    )
+    .await;
+    let row: i64 = pg
+        .value("SELECT max(octet_length(t) + octet_length(b))::bigint FROM heavy")
+        .parse()
+        .unwrap();
+    assert_eq!(row, 48 << 20, "rows of 48 MiB");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dump_parquet(&pg, dir.path(), "heavy", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let peak = egress_testkit::peak_rss_mib(&out);
+    let bound = PARQUET_BOUND_MIB + LARGE_ROW_FACTOR * 48.0;
+    println!("peak RSS {peak} MiB for rows of 48 MiB as Parquet (bound {bound} MiB)");
+    assert!(
+        peak <= bound,
+        "peak RSS {peak} MiB, the documented bound {bound} MiB"
+    );
+    assert_eq!(
+        pyarrow_prints(
+            &dir.path().join(DATE).join("heavy.parquet"),
+            "t = pq.read_table(sys.argv[1]); print(t.num_rows, sum(len(v) for v in t['t'].to_pylist()), sum(len(v) for v in t['b'].to_pylist()))"
+        ),
+        format!("3 {} {}", 3 * (24 << 20), 3 * (24 << 20))
+    );
+}
+
+/// How many times its largest row a Parquet dump holds at most, beyond
+/// [`PARQUET_BOUND_MIB`] (the README's bound).
+const LARGE_ROW_FACTOR: f64 = 4.0;

@@ -36,6 +36,11 @@ pub struct Manifest {
     /// the manifest (absent in manifests of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub descriptor: Option<FileEntry>,
+    /// The session settings that shaped the text of values a typed day keeps as PostgreSQL
+    /// text (ranges, composites, money, ...): `DateStyle`, `IntervalStyle`, `TimeZone`, ...,
+    /// so a reader can parse them back (typed days only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_settings: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A file of the day besides the tables'.

@@ -223,6 +223,11 @@ impl Select {
         }
     }
 
+    /// True for a binary COPY (a typed day).
+    pub fn is_binary(&self) -> bool {
+        !matches!(self.wire, Wire::Csv { .. })
+    }
+
     /// True when the `first` chunk's first line is a header, not a row.
     pub fn header(&self, first: bool) -> bool {
         matches!(self.wire, Wire::Csv { header: true }) && first

@@ -102,7 +102,9 @@ async fn read_chunks(
         }
         let sql = (shared.sql)(chunk);
         let header = shared.header && index == 0;
-        let copied = copy_stream::copy_out(session, &sql, header, data_tx, shared.progress).await;
+        // In slices: the reorder window counts the bytes of the chunks it holds.
+        let shape = (header, false);
+        let copied = copy_stream::copy_out(session, &sql, shape, data_tx, shared.progress).await;
         let failed = copied.is_err();
         let _ = ended_tx.send(copied);
         if failed {

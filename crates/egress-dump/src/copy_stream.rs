@@ -1,8 +1,8 @@
 //! Reading a table with `COPY ... TO STDOUT (FORMAT csv)`, untouched, in batched chunks.
 
 use crate::pg::DbError;
-use crate::pg::Flow;
 use crate::pg::Session;
+use crate::pg::{Flow, TakenOnDrop};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -42,10 +42,15 @@ pub enum CopyError {
 /// of that size, so every chunk in the channel is at most `2 x BATCH_BYTES` and the channel
 /// is bounded in bytes, not only in chunks; the connection's read-ahead is bounded in bytes
 /// too ([`Flow`]).
+///
+/// With `whole_rows` (a binary COPY, read by the Parquet writer) a large row goes on whole,
+/// not copied into slices: the reader takes a tuple from one chunk without reassembling it
+/// (a 48 MiB row was held three times). It counts as taken, and the next large row is read,
+/// only once the reader drops it.
 pub async fn copy_out(
     client: &Session,
     sql: &str,
-    header: bool,
+    (header, whole_rows): (bool, bool),
     output: mpsc::Sender<Bytes>,
     progress: &Counters,
 ) -> Result<CopyStats, CopyError> {
@@ -57,6 +62,7 @@ pub async fn copy_out(
         output,
         progress,
         batch: BytesMut::with_capacity(BATCH_BYTES * 2),
+        whole_rows,
         rows: 0,
         bytes: 0,
     };
@@ -77,11 +83,25 @@ pub async fn copy_out(
     })
 }
 
+/// A row handed on whole, and its place in the read-ahead until it is dropped.
+struct Owned {
+    row: Bytes,
+    _taken: TakenOnDrop,
+}
+
+impl AsRef<[u8]> for Owned {
+    fn as_ref(&self) -> &[u8] {
+        &self.row
+    }
+}
+
 /// Rows in, chunks of bounded size out.
 struct Batcher<'a> {
     output: mpsc::Sender<Bytes>,
     progress: &'a Counters,
     batch: BytesMut,
+    /// Large rows go on whole (see [`copy_out`]).
+    whole_rows: bool,
     rows: u64,
     bytes: u64,
 }
@@ -90,7 +110,7 @@ impl Batcher<'_> {
     /// Batch a small row; send a large one in copied slices, and tell `flow` it was taken
     /// only once it is gone: the connection reads the next large row only then, so a dump
     /// holds one large row at a time (a slice of it would keep all of it alive).
-    async fn push(&mut self, row: Bytes, flow: &Flow) -> Result<(), CopyError> {
+    async fn push(&mut self, row: Bytes, flow: &std::sync::Arc<Flow>) -> Result<(), CopyError> {
         self.rows += 1;
         let len = row.len();
         if len < BATCH_BYTES {
@@ -102,6 +122,12 @@ impl Batcher<'_> {
             return Ok(());
         }
         self.flush().await?;
+        if self.whole_rows {
+            let taken = flow.taken_on_drop(len);
+            return self
+                .send(Bytes::from_owner(Owned { row, _taken: taken }))
+                .await;
+        }
         for slice in row.chunks(BATCH_BYTES) {
             self.send(Bytes::copy_from_slice(slice)).await?;
         }

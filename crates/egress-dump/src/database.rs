@@ -104,6 +104,10 @@ impl Postgres {
         tables: Vec<ResolvedTable>,
     ) -> Result<Box<dyn OpenSnapshot>, AttemptError> {
         let plans = read_plans(&db.holder, &tables).await?;
+        let text_settings = match self.settings.format {
+            Format::Parquet => Some(pg::text_settings(&db.holder).await?),
+            Format::Csv => None,
+        };
         Ok(Box::new(Held {
             settings: self.settings.clone(),
             db,
@@ -111,6 +115,7 @@ impl Postgres {
                 info,
                 tables,
                 plans,
+                text_settings,
             },
         }))
     }
@@ -196,7 +201,8 @@ pub(crate) async fn connect(
     let params = Params::resolve(conninfo, &pg::env_from_process())?;
     let target = pg::resolve(&params, settings.timeout)?;
     let holder = target.connect_with_retry(5).await?;
-    pg::prepare_session(&holder, settings.lock_timeout).await?;
+    let typed = settings.format == Format::Parquet;
+    pg::prepare_session(&holder, settings.lock_timeout, typed).await?;
     let server = pg::server_facts(&holder).await?;
     if server.standby {
         let _ = standby.set((target.clone(), server.conflicts));

@@ -18,6 +18,8 @@ pub(crate) struct ManifestParts<'a> {
     pub(crate) settings: &'a Settings,
     pub(crate) run_started: String,
     pub(crate) snapshot: SnapshotInfo,
+    /// What shaped the values kept as PostgreSQL text (typed days).
+    pub(crate) text_settings: Option<std::collections::BTreeMap<String, String>>,
 }
 
 pub(crate) fn build_manifest(
@@ -77,6 +79,7 @@ pub(crate) fn build_manifest(
         header: run.settings.header,
         tables: entries,
         descriptor: None,
+        text_settings: run.text_settings,
     }
 }
 

@@ -76,8 +76,8 @@ async fn read(
     match source {
         Source::Whole { session, select } => {
             let sql = table.copy_sql(select);
-            let header = select.header(true);
-            copy_stream::copy_out(session, &sql, header, output, counters).await
+            let shape = (select.header(true), select.is_binary());
+            copy_stream::copy_out(session, &sql, shape, output, counters).await
         }
         Source::Chunks {
             sessions,

@@ -152,20 +152,18 @@ impl Attempt<'_> {
             reports.extend(c.hear::<TableReport>().await?);
             abort_shards_uploads(store, &settings.date).await;
         }
-        let (info, tables, plans) = (
-            snapshot.info().clone(),
-            snapshot.tables().to_vec(),
-            snapshot.plans().to_vec(),
-        );
+        let opened = snapshot.opened().clone();
         snapshot.close().await;
-        let reports = day_manifest::in_listed_order(&tables, reports)?;
+        let reports = day_manifest::in_listed_order(&opened.tables, reports)?;
         let parts = ManifestParts {
             settings,
             run_started: self.run_started,
-            snapshot: info,
+            snapshot: opened.info,
+            text_settings: opened.text_settings,
         };
-        let manifest = day_manifest::build_manifest(parts, &tables, &reports, &plans);
-        publish(settings, store, self.lease, manifest, (&reports, &plans)).await?;
+        let (tables, plans) = (&opened.tables, &opened.plans);
+        let manifest = day_manifest::build_manifest(parts, tables, &reports, plans);
+        publish(settings, store, self.lease, manifest, (&reports, plans)).await?;
         success(&reports, self.retries);
         Ok(reports)
     }

@@ -37,6 +37,8 @@ pub struct Opened {
     pub tables: Vec<ResolvedTable>,
     /// Each table's columns and primary key.
     pub plans: Vec<TablePlan>,
+    /// The session settings that shape the text of values kept as text (typed days).
+    pub text_settings: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A snapshot held open: what the day holds in it, and the dump of its tables.

@@ -70,6 +70,7 @@ pub async fn dump_tables(
                 snapshot_id: id,
                 count: workers,
                 lock_timeout: job.settings.lock_timeout,
+                typed: job.settings.format == crate::config::Format::Parquet,
             };
             let sessions = open.open(tables.tables).await?;
             let outcomes = dump_with_workers(&sessions, tables, job).await;
@@ -108,6 +109,8 @@ struct Workers<'a> {
     snapshot_id: &'a str,
     count: usize,
     lock_timeout: std::time::Duration,
+    /// A typed day: the sessions pin what shapes values' text, as the first one does.
+    typed: bool,
 }
 
 impl Workers<'_> {
@@ -116,7 +119,7 @@ impl Workers<'_> {
         let mut sessions = Vec::with_capacity(self.count);
         for _ in 0..self.count {
             let session = self.target.connect_with_retry(5).await?;
-            pg::prepare_session(&session, self.lock_timeout).await?;
+            pg::prepare_session(&session, self.lock_timeout, self.typed).await?;
             snapshot::import(&session, self.snapshot_id).await?;
             locks::in_worker(&session, tables, self.lock_timeout).await?;
             sessions.push(session);

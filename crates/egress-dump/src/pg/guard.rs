@@ -53,6 +53,24 @@ pub struct Flow {
     /// The reader is paused (its waker registered).
     waiting: AtomicBool,
     waker: AtomicWaker,
+    /// Which COPY is metered (a row taken after its COPY ended counts for nothing).
+    generation: AtomicU64,
+}
+
+/// A row handed on whole, taken (its bytes counted off the read-ahead) when dropped.
+#[derive(Debug)]
+pub struct TakenOnDrop {
+    flow: Arc<Flow>,
+    generation: u64,
+    len: usize,
+}
+
+impl Drop for TakenOnDrop {
+    fn drop(&mut self) {
+        if self.flow.generation.load(SeqCst) == self.generation {
+            self.flow.took(self.len);
+        }
+    }
 }
 
 /// Metering for one COPY; reading never pauses once it is dropped.
@@ -68,10 +86,21 @@ impl Drop for Metered<'_> {
 impl Flow {
     /// Start metering a COPY (until the returned value is dropped).
     pub fn meter(&self) -> Metered<'_> {
+        self.generation.fetch_add(1, SeqCst);
         self.read.store(0, SeqCst);
         self.taken.store(0, SeqCst);
         self.active.store(true, SeqCst);
         Metered(self)
+    }
+
+    /// A row of `len` bytes handed on whole: taken when the returned value is dropped (by
+    /// whoever finishes with the row), if this COPY is still the one metered.
+    pub fn taken_on_drop(self: &Arc<Self>, len: usize) -> TakenOnDrop {
+        TakenOnDrop {
+            flow: self.clone(),
+            generation: self.generation.load(SeqCst),
+            len,
+        }
     }
 
     /// The dump took a row whose CopyData body was `len` bytes.

@@ -22,6 +22,8 @@ mod tls;
 
 pub use conninfo::Params;
 pub use error::{DbError, DbErrorKind};
-pub use guard::Flow;
-pub use session::{conflicts_counted, prepare_session, server_facts, ServerFacts, Session};
+pub use guard::{Flow, TakenOnDrop};
+pub use session::{
+    conflicts_counted, prepare_session, server_facts, text_settings, ServerFacts, Session,
+};
 pub use target::{env_from_process, resolve, Target};

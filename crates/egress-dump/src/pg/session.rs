@@ -99,14 +99,63 @@ pub async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts
 /// `extra_float_digits = 3`: floats print exactly (the shortest text that reads back the
 /// same, PostgreSQL's default since 12) even where a role or database lowered it; it
 /// reaches the CSV and the text of points, composites and arrays in a typed day.
-pub async fn prepare_session(client: &Client, lock_timeout: Duration) -> Result<(), DbError> {
+///
+/// A typed day (`typed`) also pins what shapes the text PostgreSQL prints of the values it
+/// keeps as text (ranges, composites, arrays of those): dates in ISO (`2024-07-01
+/// 13:00:00+01`, an instant under any TimeZone, read back the same under any DateStyle:
+/// `SQL, DMY` printed `01/07/2024 13:00:00 IST`, which PostgreSQL read back 3 h 30 off),
+/// intervals in the `postgres` style (`sql_standard` text reads back otherwise under
+/// another style), bytea in hex, identifiers quoted only where needed. Only the style of
+/// DateStyle is set: the day/month order for reading stays the database's. TimeZone,
+/// lc_monetary and search_path are left as they are (pinning them would change what views
+/// compute, or what a money amount means) and recorded in the manifest
+/// ([`text_settings`]). A CSV day keeps the database's own settings, as `psql` does.
+pub async fn prepare_session(
+    client: &Client,
+    lock_timeout: Duration,
+    typed: bool,
+) -> Result<(), DbError> {
     let millis = lock_timeout.as_millis();
+    let pins = match typed {
+        true => {
+            "; SET DateStyle = 'ISO'; SET IntervalStyle = 'postgres'; \
+                 SET bytea_output = 'hex'; SET quote_all_identifiers = off"
+        }
+        false => "",
+    };
     client
         .batch_execute(&format!(
             "SET statement_timeout = 0; SET lock_timeout = '{millis}ms'; \
              SET idle_in_transaction_session_timeout = 0; SET client_encoding = 'UTF8'; \
-             SET extra_float_digits = 3"
+             SET extra_float_digits = 3{pins}"
         ))
         .await
         .map_err(|e| DbError::new("cannot prepare the database session", &e))
+}
+
+/// The settings that shape the text of values a typed day keeps as PostgreSQL text, as
+/// this session has them (the manifest records them, so a reader can parse them back).
+pub async fn text_settings(
+    client: &Client,
+) -> Result<std::collections::BTreeMap<String, String>, DbError> {
+    const NAMES: &[&str] = &[
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "bytea_output",
+        "extra_float_digits",
+        "lc_monetary",
+        "search_path",
+        "quote_all_identifiers",
+        "client_encoding",
+    ];
+    let mut settings = std::collections::BTreeMap::new();
+    for name in NAMES {
+        let row = client
+            .query_one("SELECT current_setting($1)", &[name])
+            .await
+            .map_err(|e| DbError::new("cannot read the session's settings", &e))?;
+        settings.insert(name.to_string(), row.get::<_, String>(0));
+    }
+    Ok(settings)
 }

@@ -99,6 +99,7 @@ impl Reader {
             rest = &rest[take..];
             let used = self.cursor.parse(&self.buffer, &mut self.spans, each)?;
             self.buffer.drain(..used);
+            self.release();
             if rest.is_empty() {
                 return Ok(());
             }
@@ -106,6 +107,15 @@ impl Reader {
         let used = self.cursor.parse(rest, &mut self.spans, each)?;
         self.buffer.extend_from_slice(&rest[used..]);
         Ok(())
+    }
+
+    /// Give back what a large tuple made the buffer hold, once it is read: otherwise a
+    /// table's largest row stays resident until the table ends.
+    fn release(&mut self) {
+        const KEEP: usize = 1 << 20;
+        if self.buffer.capacity() > KEEP && self.buffer.len() < KEEP {
+            self.buffer.shrink_to(self.buffer.len().max(KEEP / 4));
+        }
     }
 
     /// Check the stream ended at a trailer with nothing after it.

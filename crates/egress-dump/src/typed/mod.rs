@@ -21,7 +21,7 @@ use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -62,6 +62,9 @@ pub enum EncodeError {
     /// The upload stage went away (it reports why).
     #[error("the upload stage stopped")]
     Closed,
+    /// A table without columns has rows: Parquet counts a file's rows by its columns.
+    #[error("it has no columns but has rows, and a Parquet file counts its rows by its columns (it would hold none): dump it with --format csv")]
+    NoColumns,
 }
 
 /// What an encoding needs besides its input and output.
@@ -96,11 +99,16 @@ pub fn encode<F: Fn(u32) -> usize + Send>(
         plan.columns.iter().map(decode::field).collect::<Vec<_>>(),
     ));
     let sink = PartSink::new(output, encoding.part_size, progress);
-    let (batches, handed) = std::sync::mpsc::sync_channel(1);
+    // A rendezvous: the writer's batch and the one the decoder finished, never a third
+    // (a large row is a batch of its own: three of them were a 48 MiB row's 144 MiB). After
+    // a large batch the decoder waits until it is written.
+    let (batches, handed) = std::sync::mpsc::sync_channel(0);
+    let (written_tx, written_rx) = std::sync::mpsc::sync_channel(1);
     std::thread::scope(|scope| {
         let (writer_schema, writer_plan) = (schema.clone(), &plan);
-        let writer = scope.spawn(move || write_batches(sink, writer_schema, writer_plan, handed));
-        let decoded = decode_stream(&mut input, &plan, schema, batches);
+        let writer = scope
+            .spawn(move || write_batches(sink, writer_schema, writer_plan, (handed, written_tx)));
+        let decoded = decode_stream(&mut input, &plan, schema, (batches, written_rx));
         let written = writer
             .join()
             .unwrap_or_else(|_| Err(EncodeError::Parquet("the Parquet writer panicked".into())));
@@ -130,8 +138,9 @@ pub fn encode<F: Fn(u32) -> usize + Send>(
 
 /// What the decoder hands the writer.
 enum Handed {
-    /// Rows to write.
-    Batch(RecordBatch),
+    /// Rows to write; `true` for a large batch (its values over [`BATCH_BYTES`]), which the
+    /// writer closes its row group after and says it wrote.
+    Batch(RecordBatch, bool),
     /// The last batch was handed over: write the footer.
     End,
 }
@@ -141,15 +150,25 @@ fn decode_stream(
     input: &mut mpsc::Receiver<Bytes>,
     plan: &TablePlan,
     schema: SchemaRef,
-    batches: std::sync::mpsc::SyncSender<Handed>,
+    (batches, written): (
+        std::sync::mpsc::SyncSender<Handed>,
+        std::sync::mpsc::Receiver<()>,
+    ),
 ) -> Result<(u64, u64), EncodeError> {
     let mut batch = Batch::new(plan, schema);
     let mut reader = binary::Reader::new(plan.columns.len());
     let mut raw_bytes = 0u64;
     let hand = |batch: &mut Batch<'_>| -> Result<(), EncodeError> {
-        match batch.take()? {
-            Some(b) => batches.send(Handed::Batch(b)).map_err(|_| WRITER_STOPPED),
-            None => Ok(()),
+        let large = batch.bytes >= BATCH_BYTES;
+        let Some(b) = batch.take()? else {
+            return Ok(());
+        };
+        batches
+            .send(Handed::Batch(b, large))
+            .map_err(|_| WRITER_STOPPED)?;
+        match large {
+            true => written.recv().map_err(|_| WRITER_STOPPED),
+            false => Ok(()),
         }
     };
     while let Some(chunk) = input.blocking_recv() {
@@ -179,16 +198,24 @@ fn write_batches<F: Fn(u32) -> usize + Send>(
     sink: PartSink<'_, F>,
     schema: SchemaRef,
     plan: &TablePlan,
-    handed: std::sync::mpsc::Receiver<Handed>,
+    (handed, written): (
+        std::sync::mpsc::Receiver<Handed>,
+        std::sync::mpsc::SyncSender<()>,
+    ),
 ) -> Result<(u64, String), EncodeError> {
     let mut writer =
         ArrowWriter::try_new(sink, schema, Some(properties(plan))).map_err(parquet_error)?;
     for message in handed {
         match message {
-            Handed::Batch(batch) => {
+            Handed::Batch(batch, large) => {
                 writer.write(&batch).map_err(parquet_error)?;
-                if writer.memory_size() >= ROW_GROUP_BYTES {
+                drop(batch);
+                // A large batch's pages go out at once rather than wait for the row group.
+                if large || writer.memory_size() >= ROW_GROUP_BYTES {
                     writer.flush().map_err(parquet_error)?;
+                }
+                if large {
+                    let _ = written.send(());
                 }
             }
             Handed::End => return writer.into_inner().map_err(parquet_error)?.finish(),
@@ -203,17 +230,47 @@ fn write_batches<F: Fn(u32) -> usize + Send>(
 /// A column whose values mostly differ gets no dictionary: the writer would intern every
 /// value of each row group, outgrow the dictionary page and start over plain (interning
 /// was 4% of the bench table's samples, `perf record`; the file is the same size).
+///
+/// Min/max statistics only where values are small: the writer keeps two whole copies of a
+/// byte array's smallest and largest values until its row group closes (truncating them
+/// only as it writes them), so a 24 MiB text or bytea cost 48 MiB more (439 MiB peak for
+/// three rows of 48 MiB, measured). Kept for fixed-width columns and strings of at most
+/// [`STATISTICS_CHARS`] declared characters.
 fn properties(plan: &TablePlan) -> WriterProperties {
-    plan.columns
+    let path = |c: &types::ColumnPlan| ColumnPath::new(vec![c.name.clone()]);
+    let props = plan
+        .columns
         .iter()
         .filter(|c| c.mostly_distinct)
         .fold(WriterProperties::builder(), |props, c| {
-            props.set_column_dictionary_enabled(ColumnPath::new(vec![c.name.clone()]), false)
+            props.set_column_dictionary_enabled(path(c), false)
+        });
+    plan.columns
+        .iter()
+        .filter(|c| !small_values(c))
+        .fold(props, |props, c| {
+            props.set_column_statistics_enabled(path(c), EnabledStatistics::None)
         })
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("egress-dump {}", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+/// Strings declared at most this long keep their min/max statistics.
+pub const STATISTICS_CHARS: u32 = 1024;
+
+/// True when a column's values are small enough to keep min/max statistics of.
+fn small_values(column: &types::ColumnPlan) -> bool {
+    let mut kind = &column.kind;
+    while let types::Kind::List(element) = kind {
+        kind = element;
+    }
+    match kind {
+        types::Kind::Text => column.max_chars.is_some_and(|n| n <= STATISTICS_CHARS),
+        types::Kind::PgText | types::Kind::Bytes | types::Kind::Json | types::Kind::Jsonb => false,
+        _ => true,
+    }
 }
 
 fn parquet_error(e: parquet::errors::ParquetError) -> EncodeError {
@@ -252,6 +309,9 @@ impl<'a> Batch<'a> {
     }
 
     fn push(&mut self, tuple: &binary::Tuple<'_>) -> Result<(), EncodeError> {
+        if self.columns.is_empty() {
+            return Err(EncodeError::NoColumns);
+        }
         self.rows += 1;
         for (i, column) in self.columns.iter_mut().enumerate() {
             let value = tuple.field(i);
@@ -377,5 +437,35 @@ mod tests {
             props.compression(&path("kind")),
             Compression::ZSTD(ZstdLevel::default())
         );
+        // Unbounded text keeps no min/max (its values may be megabytes).
+        assert_eq!(
+            props.statistics_enabled(&path("kind")),
+            EnabledStatistics::None
+        );
+    }
+
+    #[test]
+    fn only_small_values_keep_min_max_statistics() {
+        let pg = |oid, typmod| PgType {
+            oid,
+            typmod,
+            is_enum: false,
+            element: None,
+        };
+        let short = types::plan("code", &pg(1043, 4 + 16), false);
+        let long = types::plan("note", &pg(1043, 4 + 100_000), false);
+        let blob = types::plan("blob", &pg(17, -1), false);
+        let count = types::plan("n", &pg(20, -1), false);
+        assert_eq!(short.max_chars, Some(16));
+        let plan = TablePlan {
+            columns: vec![short, long, blob, count],
+            primary_key: Vec::new(),
+        };
+        let props = properties(&plan);
+        let stats = |name: &str| props.statistics_enabled(&ColumnPath::new(vec![name.into()]));
+        assert_ne!(stats("code"), EnabledStatistics::None);
+        assert_ne!(stats("n"), EnabledStatistics::None);
+        assert_eq!(stats("note"), EnabledStatistics::None);
+        assert_eq!(stats("blob"), EnabledStatistics::None);
     }
 }

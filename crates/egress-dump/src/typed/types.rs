@@ -124,6 +124,8 @@ pub struct ColumnPlan {
     /// statistics say over half the rows): written without a dictionary, which could
     /// not pay.
     pub mostly_distinct: bool,
+    /// The most characters a value can have (`varchar(n)`, `char(n)`), when declared.
+    pub max_chars: Option<u32>,
 }
 
 /// The plan of a column of type `pg`.
@@ -141,6 +143,8 @@ pub fn plan(name: &str, pg: &PgType, not_null: bool) -> ColumnPlan {
             None => (Read::Text, Kind::PgText),
         },
     };
+    // varchar(n) and char(n) keep n + 4 in their modifier.
+    let bounded = matches!(pg.oid, oid::VARCHAR | oid::BPCHAR) && pg.typmod >= 4;
     ColumnPlan {
         name: name.to_string(),
         type_name: String::new(),
@@ -148,6 +152,7 @@ pub fn plan(name: &str, pg: &PgType, not_null: bool) -> ColumnPlan {
         kind,
         not_null,
         mostly_distinct: false,
+        max_chars: bounded.then(|| (pg.typmod - 4) as u32),
     }
 }
 
@@ -206,9 +211,10 @@ impl ColumnPlan {
         match self.read {
             Read::Binary => ident.to_string(),
             // `num_nulls`, not `IS NULL`: a composite of NULL fields IS NULL but is a value.
-            Read::Text => {
-                format!("CASE WHEN num_nulls({ident}) = 0 THEN format('%s', {ident}) END")
-            }
+            // Schema-qualified: a user function named like them cannot stand in.
+            Read::Text => format!(
+                "CASE WHEN pg_catalog.num_nulls({ident}) = 0 THEN pg_catalog.format('%s', {ident}) END"
+            ),
             Read::LabelArray => format!("{ident}::text[]"),
         }
     }
