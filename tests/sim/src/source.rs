@@ -144,6 +144,7 @@ impl SimSource {
                 info,
                 tables,
                 plans,
+                text_settings: None,
             },
             id,
             versions,
