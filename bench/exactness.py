@@ -22,7 +22,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 def columns():
     path = os.path.join(ROOT, "tests", "dump", "torture_columns.tsv")
-    return [l.rstrip("\n").split("\t") for l in open(path) if not l.startswith("#")]
+    return [l.rstrip("\n").split("\t")[:3] for l in open(path) if not l.startswith("#")]
 
 
 def expected_sql(c, kind):

@@ -53,14 +53,25 @@ fn expected_sql(column: &str, kind: &str) -> String {
 
 /// The torture table's columns: name, expected form, and the type written.
 fn columns() -> Vec<(&'static str, &'static str, &'static str)> {
+    fields().into_iter().map(|f| (f[0], f[1], f[2])).collect()
+}
+
+/// Each column's Arrow type as `reader` (pyarrow or duckdb) reads it, by name.
+fn reader_types(reader: &str) -> BTreeMap<&'static str, &'static str> {
+    let at = match reader {
+        "pyarrow" => 3,
+        _ => 4,
+    };
+    fields().into_iter().map(|f| (f[0], f[at])).collect()
+}
+
+/// The rows of `torture_columns.tsv`, five fields each.
+fn fields() -> Vec<Vec<&'static str>> {
     include_str!("torture_columns.tsv")
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .map(|l| {
-            let mut f = l.split('\t');
-            let mut next = || f.next().expect("three fields");
-            (next(), next(), next())
-        })
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .inspect(|f| assert_eq!(f.len(), 5, "{f:?}"))
         .collect()
 }
 
@@ -176,7 +187,15 @@ fn dump_parquet(
 fn assert_read_back_exactly(file: &Path, want: &BTreeMap<String, BTreeMap<String, Value>>) {
     let mut wrong = Vec::new();
     for reader in ["pyarrow", "duckdb"] {
-        let (_, got) = read_back(reader, file);
+        let (schema, got) = read_back(reader, file);
+        // The types themselves, as each reader sees them: a decimal stored as a string, or
+        // an int16 widened to int64, would read back equal values but fail here.
+        for (column, expected) in reader_types(reader) {
+            let read = schema["schema"][column].as_str().unwrap_or("(absent)");
+            if read != expected {
+                wrong.push(format!("{reader}: column {column} reads as {read}, expected {expected}"));
+            }
+        }
         assert_eq!(got.len(), want.len(), "{reader}: rows");
         for (id, row) in want {
             for (column, cell) in row {
