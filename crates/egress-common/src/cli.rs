@@ -203,6 +203,8 @@ pub enum Tool {
     },
     /// Print the man page (roff), e.g. `egress-dump man > egress-dump.1`.
     Man,
+    /// Print the flags as a Markdown table (what docs/configuration.md holds).
+    Flags,
 }
 
 /// Run `tool` for the command `cmd` (the binary's clap definition), printing to stdout.
@@ -217,6 +219,7 @@ fn run_tool(tool: &Tool, mut cmd: clap::Command) -> ExitCode {
             Ok(())
         }
         Tool::Man => clap_mangen::Man::new(cmd).render(&mut text),
+        Tool::Flags => std::io::Write::write_all(&mut text, flags_markdown(&cmd).as_bytes()),
     }
     .and_then(|()| std::io::Write::write_all(&mut std::io::stdout().lock(), &text));
     match written {
@@ -226,6 +229,43 @@ fn run_tool(tool: &Tool, mut cmd: clap::Command) -> ExitCode {
             ExitCode::Runtime
         }
     }
+}
+
+/// The flags of `cmd` as a Markdown table: flag, environment variable, default, and the
+/// first sentence of its help (hidden flags left out). docs/configuration.md holds each
+/// binary's, checked against this by the deployment tests, so the two cannot drift.
+pub fn flags_markdown(cmd: &clap::Command) -> String {
+    let mut out = String::from("| Flag | Environment | Default | Meaning |\n| --- | --- | --- | --- |\n");
+    for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+        let id = arg.get_id().as_str();
+        if matches!(id, "help" | "version") {
+            continue;
+        }
+        let flag = match (arg.get_long(), arg.get_short()) {
+            (Some(long), Some(short)) => format!("`-{short}`, `--{long}`"),
+            (Some(long), None) => format!("`--{long}`"),
+            (None, Some(short)) => format!("`-{short}`"),
+            (None, None) => continue,
+        };
+        let env = arg
+            .get_env()
+            .map(|e| format!("`{}`", e.to_string_lossy()))
+            .unwrap_or_default();
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let default = match defaults.is_empty() {
+            true => String::new(),
+            false => format!("`{}`", defaults.join(",")),
+        };
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let meaning = help.replace('\n', " ").replace('|', "\\|");
+        out.push_str(&format!("| {flag} | {env} | {default} | {meaning} |\n"));
+    }
+    out
 }
 
 /// With the hidden `--list-env`, print the variables `cmd` reads (see
