@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use egress_common::check::{self, Status, Use};
+use egress_common::preflight::{self, Status, Use};
 use egress_store::{
     list_parallel, Attributes, Body, CompletedPart, Condition, Entry, ErrorKind, GetOptions,
     LocalStore, MemoryStore, PartData, PartSlot, PutOptions, Store,
@@ -412,7 +412,7 @@ async fn vanished(f: &Fixture) {
 
 /// What `--check` reports of the store is what the store does.
 async fn capabilities(f: &Fixture) {
-    let findings = check::check_store(&*f.store, "output", Use::Write).await;
+    let findings = preflight::check_store(&*f.store, "output", Use::Write).await;
     let status = |capability: &str| {
         findings
             .iter()

@@ -235,7 +235,8 @@ fn run_tool(tool: &Tool, mut cmd: clap::Command) -> ExitCode {
 /// first sentence of its help (hidden flags left out). docs/configuration.md holds each
 /// binary's, checked against this by the deployment tests, so the two cannot drift.
 pub fn flags_markdown(cmd: &clap::Command) -> String {
-    let mut out = String::from("| Flag | Environment | Default | Meaning |\n| --- | --- | --- | --- |\n");
+    let mut out =
+        String::from("| Flag | Environment | Default | Meaning |\n| --- | --- | --- | --- |\n");
     for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
         let id = arg.get_id().as_str();
         if matches!(id, "help" | "version") {

@@ -2,7 +2,6 @@
 //! where data goes (locations), the formats of a day (manifest, leases), how a run is
 //! configured, logged, measured and ended, and the errors `main` turns into exit codes.
 
-pub mod check;
 pub mod cli;
 pub mod day;
 pub mod envlist;
@@ -12,6 +11,7 @@ pub mod logging;
 pub mod manifest;
 pub mod memory;
 pub mod metrics;
+pub mod preflight;
 pub mod progress;
 pub(crate) mod signals;
 pub mod termination;

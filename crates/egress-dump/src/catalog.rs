@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use crate::tables::{quote_ident, Ident, TableRef};
-use crate::typed::types::Read;
-use crate::typed::TablePlan;
+use crate::parquet::types::Read;
+use crate::parquet::TablePlan;
+use crate::table_list::{quote_ident, Ident, TableRef};
 
 /// A table that exists and can be read.
 #[derive(Debug, Clone)]
@@ -134,7 +134,7 @@ impl ResolvedTable {
     #[cfg(test)]
     pub(crate) fn plain(schema: &str, name: &str) -> ResolvedTable {
         ResolvedTable {
-            requested: crate::tables::parse_list("x").unwrap().remove(0),
+            requested: crate::table_list::parse_list("x").unwrap().remove(0),
             schema: schema.into(),
             name: name.into(),
             kind: 'r',
@@ -326,7 +326,7 @@ fn candidates(table: &TableRef) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tables::parse_list;
+    use crate::table_list::parse_list;
 
     #[test]
     fn candidates_try_exact_then_folded() {
@@ -346,7 +346,7 @@ mod tests {
 
     #[test]
     fn copy_sql_quotes_everything_and_casts_what_is_read_as_text() {
-        use crate::typed::types::{plan, PgType};
+        use crate::parquet::types::{plan, PgType};
         let t = ResolvedTable::plain("s", "a\"b");
         let columns = ["id".to_string(), "x\"y".to_string()];
         assert_eq!(

@@ -17,6 +17,7 @@ use crate::catalog::{self, Problem, ResolvedTable, Select};
 use crate::config::Format;
 use crate::failure::{all_succeeded, AttemptError};
 use crate::locks;
+use crate::parquet::{self, TablePlan};
 use crate::pg::{self, DbError, DbErrorKind, Params, Session, Target};
 use crate::progress::Counters;
 use crate::report::TableReport;
@@ -24,8 +25,7 @@ use crate::settings::Settings;
 use crate::snapshot;
 use crate::source::{OpenSnapshot, Opened, TableSource};
 use crate::split::{self, Chunk};
-use crate::tables::TableRef;
-use crate::typed::{self, TablePlan};
+use crate::table_list::TableRef;
 use crate::workers;
 
 /// The database a run reads, as its settings say.
@@ -349,7 +349,7 @@ pub(crate) async fn measure(client: &Client, tables: &mut [ResolvedTable]) -> Re
 async fn read_plans(client: &Client, tables: &[ResolvedTable]) -> Result<Vec<TablePlan>, DbError> {
     let mut plans = Vec::with_capacity(tables.len());
     for table in tables {
-        let plan = typed::catalog::table_plan(client, table.oid)
+        let plan = parquet::columns::table_plan(client, table.oid)
             .await
             .map_err(|e| {
                 DbError::new(

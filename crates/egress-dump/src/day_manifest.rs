@@ -7,11 +7,11 @@ use sha2::Digest;
 
 use crate::catalog::{self, ResolvedTable};
 use crate::config::Format;
-use crate::describe;
+use crate::descriptor;
 use crate::failure::AttemptError;
+use crate::parquet::TablePlan;
 use crate::report::TableReport;
 use crate::settings::Settings;
-use crate::typed::TablePlan;
 
 /// What the manifest records about the run as a whole.
 pub(crate) struct ManifestParts<'a> {
@@ -106,14 +106,14 @@ pub(crate) async fn write_descriptor(
     plans: &[TablePlan],
     format: Format,
 ) -> anyhow::Result<FileEntry> {
-    let value = describe::descriptor(manifest, plans, format);
+    let value = descriptor::descriptor(manifest, plans, format);
     let body = serde_json::to_vec_pretty(&value).context("cannot encode the descriptor")?;
     let entry = FileEntry {
-        file: describe::FILE_NAME.to_string(),
+        file: descriptor::FILE_NAME.to_string(),
         bytes: body.len() as u64,
         sha256: hex::encode(sha2::Sha256::digest(&body)),
     };
-    let key = egress_store::key::join(&manifest.date, describe::FILE_NAME);
+    let key = egress_store::key::join(&manifest.date, descriptor::FILE_NAME);
     egress_common::day::put_json(store, &key, body).await?;
     Ok(entry)
 }

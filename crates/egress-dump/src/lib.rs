@@ -7,18 +7,19 @@
 //! all three stages succeeded.
 
 pub mod catalog;
-pub mod check;
 pub mod chunked;
 pub mod config;
 pub mod copy_stream;
 pub mod database;
 pub mod day_manifest;
-pub mod describe;
+pub mod descriptor;
 pub mod failure;
 pub mod gzip;
 pub mod locks;
+pub mod parquet;
 pub mod pg;
 pub mod pipeline;
+pub mod preflight;
 pub mod progress;
 pub mod report;
 pub mod run;
@@ -27,8 +28,7 @@ pub mod shard;
 pub mod snapshot;
 pub mod source;
 pub mod split;
-pub mod tables;
-pub mod typed;
+pub mod table_list;
 pub mod upload;
 pub mod workers;
 

@@ -24,7 +24,7 @@ use tokio_postgres::Client;
 
 use crate::catalog::ResolvedTable;
 use crate::pg::{DbError, DbErrorKind, Session};
-use crate::tables::quote_ident;
+use crate::table_list::quote_ident;
 
 /// SQLSTATE `lock_not_available`: a lock timeout or a `NOWAIT` lock that would wait.
 const LOCK_NOT_AVAILABLE: &str = "55P03";

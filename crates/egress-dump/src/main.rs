@@ -24,7 +24,11 @@ async fn run() -> ExitCode {
         return code;
     }
     if args.common.check {
-        return egress_common::check::report(&egress_dump::check::run(&args).await);
+        let findings = match Settings::from_args(&args) {
+            Ok(settings) => egress_dump::preflight::run(&settings).await,
+            Err(e) => egress_dump::preflight::unusable(&e),
+        };
+        return egress_common::preflight::report(&findings);
     }
     let ending = Ending {
         program: "egress-dump",

@@ -17,11 +17,11 @@ use crate::catalog::{ResolvedTable, Select, Wire};
 use crate::chunked;
 use crate::copy_stream::{self, CopyError, CopyStats};
 use crate::gzip::{self, CompressError, CompressStats};
+use crate::parquet;
 use crate::progress::Counters;
 use crate::report::TableReport;
 use crate::settings::Settings;
 use crate::split::{self, Chunk};
-use crate::typed;
 use crate::upload;
 use bytes::Bytes;
 
@@ -194,7 +194,7 @@ async fn settle(
     upload::abort(pending).await;
     Err(match (copied, compressed) {
         (Err(CopyError::Database(source)), _) => TableError::Read { table, source },
-        (_, Ok(Err(EncodeError::Typed(e)))) if !matches!(e, typed::EncodeError::Closed) => {
+        (_, Ok(Err(EncodeError::Parquet(e)))) if !matches!(e, parquet::EncodeError::Closed) => {
             TableError::Encode {
                 table,
                 why: e.to_string(),
@@ -226,7 +226,7 @@ enum EncodeError {
     #[error(transparent)]
     Gzip(#[from] CompressError),
     #[error(transparent)]
-    Typed(#[from] typed::EncodeError),
+    Parquet(#[from] parquet::EncodeError),
 }
 
 impl EncodeError {
@@ -235,7 +235,7 @@ impl EncodeError {
         matches!(
             self,
             EncodeError::Gzip(CompressError::Closed)
-                | EncodeError::Typed(typed::EncodeError::Closed)
+                | EncodeError::Parquet(parquet::EncodeError::Closed)
         )
     }
 }
@@ -253,12 +253,12 @@ fn encode(
     let part_size = move |n| upload::part_size(n, base);
     let counters = job.counters.clone();
     if let Wire::Binary(plan) = &select.wire {
-        let encoding = typed::Encoding {
+        let encoding = parquet::Encoding {
             plan: plan.clone(),
             part_size,
         };
         return tokio::task::spawn_blocking(move || {
-            let done = typed::encode(input, output, encoding, &counters)?;
+            let done = parquet::encode(input, output, encoding, &counters)?;
             Ok(Encoded {
                 rows: Some(done.rows),
                 stats: done.stats,

@@ -254,7 +254,8 @@ async fn clear_objects(
 ) -> Result<(), AttemptError> {
     let stems: Vec<String> = tables.iter().map(|t| t.requested.file_stem()).collect();
     let ours = |file: &str| {
-        file == crate::describe::FILE_NAME || stems.iter().any(|s| manifest::is_object_of(file, s))
+        file == crate::descriptor::FILE_NAME
+            || stems.iter().any(|s| manifest::is_object_of(file, s))
     };
     day::clear_objects(store, &settings.date, ours).await?;
     Ok(())
@@ -267,7 +268,7 @@ async fn publish(
     store: &Store,
     lease: &Lease,
     mut manifest: manifest::Manifest,
-    (reports, plans): (&[TableReport], &[crate::typed::TablePlan]),
+    (reports, plans): (&[TableReport], &[crate::parquet::TablePlan]),
 ) -> anyhow::Result<()> {
     let descriptor =
         day_manifest::write_descriptor(store, &manifest, plans, settings.format).await?;

@@ -9,7 +9,7 @@ use egress_common::{ConfigError, Location};
 use egress_store::{S3Settings, Secret};
 
 use crate::config::{Args, Format};
-use crate::tables::{self, TableRef};
+use crate::table_list::{self, TableRef};
 use egress_common::day::shared::Shards;
 
 /// The variables that hold the dump's S3 keys, named when S3 rejects them.
@@ -71,7 +71,7 @@ impl Settings {
     pub fn from_args(args: &Args) -> Result<Settings, ConfigError> {
         let fix = |e: &dyn std::fmt::Display| ConfigError::new(e.to_string());
         Ok(Settings {
-            tables: tables::parse_list(&args.tables).map_err(|e| fix(&e))?,
+            tables: table_list::parse_list(&args.tables).map_err(|e| fix(&e))?,
             date: run_date(args.date.as_deref())?,
             date_given: args.date.is_some(),
             output: Location::parse(&args.output).map_err(|e| fix(&e))?,
@@ -117,7 +117,7 @@ fn header(args: &Args) -> Result<bool, ConfigError> {
 
 /// How to reach an S3 output: a custom endpoint (Ceph RGW, MinIO) path-style; AWS's own
 /// hosts (VPC or FIPS endpoints) keep virtual-host addressing.
-pub fn s3_settings(args: &Args) -> Result<S3Settings, ConfigError> {
+fn s3_settings(args: &Args) -> Result<S3Settings, ConfigError> {
     if let Some(url) = &args.endpoint_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ConfigError::new(format!(

@@ -9,8 +9,8 @@ use egress_store::Store;
 
 use crate::catalog::ResolvedTable;
 use crate::failure::AttemptError;
+use crate::parquet::TablePlan;
 use crate::report::TableReport;
-use crate::typed::TablePlan;
 
 /// Opens the day's snapshot.
 #[async_trait]

@@ -6,7 +6,6 @@
 //! ([`transfer`]) as the march goes; [`mirror`] is the run as named steps, [`verify`] the
 //! other mode.
 
-pub mod check;
 pub mod config;
 pub mod decide;
 pub mod manifests;
@@ -14,6 +13,7 @@ pub mod march;
 pub mod mirror;
 pub mod output;
 pub mod pool;
+pub mod preflight;
 pub mod report;
 pub mod settings;
 pub mod sides;

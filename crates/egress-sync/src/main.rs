@@ -25,7 +25,7 @@ async fn run() -> ExitCode {
         return code;
     }
     if args.common.check {
-        return egress_common::check::report(&egress_sync::check::run(&args).await);
+        return egress_common::preflight::report(&egress_sync::preflight::run(&args).await);
     }
     // The settings are built once, here; a wrong one ends the run like any other error.
     let settings = Settings::from_args(&args);

@@ -273,7 +273,7 @@ fn dump_settings(
     shards: Shards,
 ) -> anyhow::Result<egress_dump::settings::Settings> {
     Ok(egress_dump::settings::Settings {
-        tables: egress_dump::tables::parse_list(&crate::source::TABLES.join(" "))?,
+        tables: egress_dump::table_list::parse_list(&crate::source::TABLES.join(" "))?,
         date: date.to_string(),
         date_given: true,
         output: egress_common::Location::Local("/sim".into()),

@@ -14,9 +14,9 @@ use egress_common::manifest::{PartOf, SnapshotInfo};
 use egress_dump::catalog::ResolvedTable;
 use egress_dump::failure::AttemptError;
 use egress_dump::gzip::CompressStats;
+use egress_dump::parquet::TablePlan;
 use egress_dump::report::TableReport;
 use egress_dump::source::{OpenSnapshot, Opened, TableSource};
-use egress_dump::typed::TablePlan;
 use egress_store::Store;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -91,7 +91,7 @@ impl SimSource {
     }
 
     fn tables() -> Vec<ResolvedTable> {
-        let refs = egress_dump::tables::parse_list(&TABLES.join(" ")).unwrap_or_default();
+        let refs = egress_dump::table_list::parse_list(&TABLES.join(" ")).unwrap_or_default();
         refs.into_iter()
             .enumerate()
             .map(|(i, requested)| ResolvedTable {

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use egress_common::manifest::{Manifest, TableEntry};
 
 use crate::config::Format;
-use crate::typed::types::Kind;
-use crate::typed::TablePlan;
+use crate::parquet::types::Kind;
+use crate::parquet::TablePlan;
 
 /// The descriptor's file name inside the date folder.
 pub const FILE_NAME: &str = "datapackage.json";
@@ -97,7 +97,7 @@ fn resource_name(file: &str) -> String {
         .collect()
 }
 
-fn field(column: &crate::typed::types::ColumnPlan, format: Format) -> Value {
+fn field(column: &crate::parquet::types::ColumnPlan, format: Format) -> Value {
     let (kind, format_hint) = table_schema_type(&column.kind, format);
     let mut field = json!({
         "name": column.name,

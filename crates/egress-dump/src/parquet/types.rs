@@ -1,6 +1,6 @@
 //! Which Arrow type each PostgreSQL column becomes, and how it is read: in PostgreSQL's
 //! binary form where a type maps exactly, else as PostgreSQL's own text of the value.
-//! Pure: the catalog lookup is in [`super::catalog`].
+//! Pure: the catalog lookup is in [`super::columns`].
 
 use std::fmt;
 

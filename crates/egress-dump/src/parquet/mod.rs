@@ -1,5 +1,5 @@
 //! Typed days: a table read with `COPY ... (FORMAT binary)` ([`binary`]), its columns
-//! planned from the catalog ([`catalog`], [`types`]), each value decoded exactly into Arrow
+//! planned from the catalog ([`columns`], [`types`]), each value decoded exactly into Arrow
 //! arrays ([`decode`]) and written as one Parquet file, uploaded in parts as it is
 //! written, the footer last.
 //!
@@ -9,26 +9,26 @@
 //! parts as for CSV.
 
 pub mod binary;
-pub mod catalog;
+pub mod columns;
 pub mod decode;
 pub mod types;
 
 use std::io::Write;
 use std::sync::Arc;
 
+use ::parquet::arrow::ArrowWriter;
+use ::parquet::basic::{Compression, ZstdLevel};
+use ::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use ::parquet::schema::types::ColumnPath;
 use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::gzip::CompressStats;
 use crate::progress::Counters;
-pub use catalog::TablePlan;
+pub use columns::TablePlan;
 use decode::Column;
 
 /// Rows decoded before they are handed to the writer as one batch.
@@ -273,7 +273,7 @@ fn small_values(column: &types::ColumnPlan) -> bool {
     }
 }
 
-fn parquet_error(e: parquet::errors::ParquetError) -> EncodeError {
+fn parquet_error(e: ::parquet::errors::ParquetError) -> EncodeError {
     // The sink reports a stopped upload as an I/O error of its own.
     if e.to_string().contains(SINK_CLOSED) {
         return EncodeError::Closed;
@@ -413,7 +413,7 @@ impl<F: Fn(u32) -> usize> Write for PartSink<'_, F> {
 mod tests {
     use super::types::{self, PgType};
     use super::*;
-    use parquet::schema::types::ColumnPath;
+    use ::parquet::schema::types::ColumnPath;
 
     #[test]
     fn mostly_distinct_columns_are_written_without_a_dictionary() {

@@ -3,47 +3,46 @@
 //! and role (primary or standby), and `SELECT` on each listed table. Nothing else is
 //! changed.
 
-use egress_common::check::{self, Finding, Findings, Status, Use};
-use egress_common::Location;
+use egress_common::preflight::{self, Finding, Findings, Status, Use};
 
 use crate::catalog::{self, Problem};
-use crate::config::Args;
 use crate::pg::Params;
 use crate::pg::{self, Session};
-use crate::settings::s3_settings;
-use crate::tables;
+use crate::settings::Settings;
 
 /// Every finding for the output and the database.
-pub async fn run(args: &Args) -> Vec<Finding> {
+pub async fn run(settings: &Settings) -> Vec<Finding> {
     let mut lines = Vec::new();
-    let store = match (Location::parse(&args.output), s3_settings(args)) {
-        (Ok(location), Ok(s3)) => location
-            .open(&s3, args.common.local())
-            .await
-            .map_err(anyhow::Error::from),
-        (Err(e), _) => Err(anyhow::anyhow!(e.to_string())),
-        (_, Err(e)) => Err(e.into()),
-    };
-    match store {
-        Ok(store) => lines.extend(check::check_store(&*store, "output", Use::Write).await),
+    match settings.output.open(&settings.s3, settings.local).await {
+        Ok(store) => lines.extend(preflight::check_store(&*store, "output", Use::Write).await),
         Err(e) => lines.push(Finding {
             side: "output".into(),
             capability: "configuration",
             status: Status::Fail,
-            detail: egress_common::error::one_line(&e),
+            detail: egress_common::error::one_line(&anyhow::Error::from(e)),
         }),
     }
     let mut found = Findings::new("database");
-    check_database(args, &mut found).await;
+    check_database(settings, &mut found).await;
     lines.extend(found.lines);
     lines
 }
 
-async fn check_database(args: &Args, found: &mut Findings) {
-    let conninfo = args.database_url.as_ref().map(|u| u.expose());
+/// The findings of settings that cannot be built: one line naming the problem.
+pub fn unusable(error: &egress_common::ConfigError) -> Vec<Finding> {
+    vec![Finding {
+        side: "flags".into(),
+        capability: "configuration",
+        status: Status::Fail,
+        detail: error.to_string(),
+    }]
+}
+
+async fn check_database(settings: &Settings, found: &mut Findings) {
+    let conninfo = settings.database_url.as_ref().map(|u| u.expose());
     let target = Params::resolve(conninfo, &pg::env_from_process())
         .map_err(anyhow::Error::from)
-        .and_then(|params| Ok(pg::resolve(&params, args.common.timeout())?));
+        .and_then(|params| Ok(pg::resolve(&params, settings.timeout)?));
     let session = match target {
         Ok(target) => target
             .connect()
@@ -60,7 +59,7 @@ async fn check_database(args: &Args, found: &mut Findings) {
     };
     found.add("login", Status::Ok, format!("logged in to {display}"));
     server(&session, found).await;
-    readable_tables(args, &session, found).await;
+    readable_tables(settings, &session, found).await;
 }
 
 /// The server's version, and whether it is a standby (whose long reads recovery may cancel).
@@ -89,13 +88,9 @@ async fn server(session: &Session, found: &mut Findings) {
 }
 
 /// `SELECT` on each listed table.
-async fn readable_tables(args: &Args, session: &Session, found: &mut Findings) {
-    let list = match tables::parse_list(&args.tables) {
-        Ok(list) => list,
-        Err(e) => return found.add("tables", Status::Fail, e.to_string()),
-    };
-    for table in list {
-        let line = match catalog::resolve(session, &table).await {
+async fn readable_tables(settings: &Settings, session: &Session, found: &mut Findings) {
+    for table in &settings.tables {
+        let line = match catalog::resolve(session, table).await {
             Ok(Ok(t)) => (
                 Status::Ok,
                 format!("'{table}': SELECT on {}.{}", t.schema, t.name),

@@ -2,7 +2,7 @@
 //! a ranged GET, `HEAD ?partNumber`), the output as a writer (everything a mirror does
 //! there, under a temporary key it removes).
 
-use egress_common::check::{self, Finding, Status, Use};
+use egress_common::preflight::{self, Finding, Status, Use};
 
 use crate::config::Args;
 use crate::sides::{self, Side};
@@ -16,7 +16,7 @@ pub async fn run(args: &Args) -> Vec<Finding> {
             Err(e) => Err(e.into()),
         };
         match opened {
-            Ok(store) => lines.extend(check::check_store(&*store, side.label(), usage).await),
+            Ok(store) => lines.extend(preflight::check_store(&*store, side.label(), usage).await),
             Err(e) => lines.push(Finding {
                 side: side.label().to_string(),
                 capability: "configuration",
