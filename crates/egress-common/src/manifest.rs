@@ -99,23 +99,25 @@ pub struct TableEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_sizes: Option<Vec<u64>>,
     /// For a table written as several objects by the pods of a shared day (`--shards` with
-    /// `--split-larger-than`): which one this entry is. The table's rows are its entries'
-    /// objects in `index` order. Absent for a table written as one object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub part: Option<PartOf>,
+    /// `--split-larger-than`): which **piece** this entry is. The table's rows are its
+    /// entries' objects in `index` order. Absent for a table written as one object. The
+    /// JSON field is `part`, as the object names say `part-NNNNN`: the format's words since
+    /// its first version (in the code a part is an upload part only).
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "part")]
+    pub piece: Option<PieceOf>,
 }
 
-/// Which of a table's objects an entry is.
+/// Which piece of a table's objects an entry is.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PartOf {
+pub struct PieceOf {
     /// Its position, from 0.
     pub index: u64,
     /// How many objects the table was written as.
     pub of: u64,
 }
 
-impl PartOf {
-    /// The object name of part `self` of a table whose whole object would be
+impl PieceOf {
+    /// The object name of piece `self` of a table whose whole object would be
     /// `<stem>.<extension>`: `<stem>.part-00001.<extension>`.
     pub fn file(&self, stem: &str, extension: &str) -> String {
         format!("{stem}.part-{:05}.{extension}", self.index)
@@ -298,7 +300,7 @@ mod layout_tests {
         }
         assert!(is_object_of("s.t.part-00001.csv.gz", "s.t"));
         assert_eq!(
-            PartOf { index: 3, of: 4 }.file("t", "parquet"),
+            PieceOf { index: 3, of: 4 }.file("t", "parquet"),
             "t.part-00003.parquet"
         );
     }

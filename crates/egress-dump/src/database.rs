@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use egress_common::day::shared::{Piece, Plan};
-use egress_common::manifest::{PartOf, SnapshotInfo};
+use egress_common::manifest::{PieceOf, SnapshotInfo};
 use egress_common::{ConfigError, Location};
 use egress_store::Store;
 use tokio_postgres::Client;
@@ -158,10 +158,15 @@ impl OpenSnapshot for Held {
         };
         let counters = Arc::new(Counters::default());
         let concurrent = workers::worker_count(settings.jobs, &which, self.info()).max(1);
-        let job = workers::job_for(settings, store, &settings.date, &counters, concurrent);
-        let outcomes =
-            workers::dump_tables(&job, &self.db.target, &self.db.holder, self.info(), &which)
-                .await?;
+        let context = workers::context_for(settings, store, &settings.date, &counters, concurrent);
+        let outcomes = workers::dump_tables(
+            &context,
+            &self.db.target,
+            &self.db.holder,
+            self.info(),
+            &which,
+        )
+        .await?;
         Ok(all_succeeded(tables, outcomes)?)
     }
 
@@ -400,7 +405,7 @@ async fn split_between_pods(
         ranges
             .into_iter()
             .map(|c| Piece {
-                part: PartOf {
+                of: PieceOf {
                     index: c.index as u64,
                     of,
                 },
@@ -424,7 +429,7 @@ async fn plan_splits(
         // this pod's own --split-larger-than says.
         if let Some(piece) = table.piece {
             let (first, end) = (piece.first, piece.end);
-            let index = piece.part.index as usize;
+            let index = piece.of.index as usize;
             plans.push(Some(vec![Chunk { index, first, end }]));
             continue;
         }

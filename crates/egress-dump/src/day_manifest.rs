@@ -39,7 +39,7 @@ pub(crate) fn build_manifest(
                 .position(|t| t.requested.file_stem() == report.table)?;
             let (table, plan) = (&tables[at], &plans[at]);
             let stem = table.requested.file_stem();
-            let file = match report.part {
+            let file = match report.piece {
                 Some(part) => part.file(&stem, format.extension()),
                 None => format!("{stem}.{}", format.extension()),
             };
@@ -60,7 +60,7 @@ pub(crate) fn build_manifest(
                 gzip_members: (format == Format::Csv).then_some(report.stats.gzip_members),
                 chunks: Some(report.chunks as u64),
                 part_sizes: report.committed.part_sizes.clone(),
-                part: report.part,
+                piece: report.piece,
             })
         })
         .collect();
@@ -128,8 +128,8 @@ pub(crate) fn in_listed_order(
     for table in tables {
         let name = table.requested.file_stem();
         let mut mine: Vec<&TableReport> = reports.iter().filter(|r| r.table == name).collect();
-        mine.sort_by_key(|r| r.part.map(|p| p.index));
-        let expected = mine.first().and_then(|r| r.part).map_or(1, |p| p.of) as usize;
+        mine.sort_by_key(|r| r.piece.map(|p| p.index));
+        let expected = mine.first().and_then(|r| r.piece).map_or(1, |p| p.of) as usize;
         if mine.len() != expected {
             return Err(anyhow::anyhow!(
                 "{} of the {expected} object(s) of table '{name}' were reported: run the Job again",

@@ -93,7 +93,7 @@ async fn read(
 
 /// Everything a table's dump needs besides its connection.
 #[derive(Clone, Copy)]
-pub struct Job<'a> {
+pub struct Context<'a> {
     /// The run's settings.
     pub settings: &'a Settings,
     /// Compression threads per table (the machine's CPUs shared among the workers).
@@ -106,13 +106,13 @@ pub struct Job<'a> {
     pub counters: &'a Arc<Counters>,
 }
 
-impl Job<'_> {
+impl Context<'_> {
     /// The key of `table`'s object (of its piece's, in a shared day).
     pub fn key(&self, table: &ResolvedTable) -> String {
         let extension = self.settings.format.extension();
         let stem = table.requested.file_stem();
         match table.piece {
-            Some(piece) => format!("{}/{}", self.date, piece.part.file(&stem, extension)),
+            Some(piece) => format!("{}/{}", self.date, piece.of.file(&stem, extension)),
             None => format!("{}/{stem}.{extension}", self.date),
         }
     }
@@ -246,12 +246,12 @@ fn encode(
     select: &Select,
     input: mpsc::Receiver<Bytes>,
     output: mpsc::Sender<Bytes>,
-    job: &Job<'_>,
+    context: &Context<'_>,
 ) -> tokio::task::JoinHandle<Result<Encoded, EncodeError>> {
-    let settings = job.settings;
+    let settings = context.settings;
     let base = settings.part_size;
     let part_size = move |n| upload::part_size(n, base);
-    let counters = job.counters.clone();
+    let counters = context.counters.clone();
     if let Wire::Binary(plan) = &select.wire {
         let encoding = parquet::Encoding {
             plan: plan.clone(),
@@ -271,7 +271,7 @@ fn encode(
             true => gzip::Engine::Zlib,
             false => gzip::Engine::Libdeflate,
         },
-        threads: job.compress_threads,
+        threads: context.compress_threads,
         part_size,
     };
     tokio::task::spawn_blocking(move || {
@@ -284,21 +284,21 @@ fn encode(
 pub async fn dump_table(
     source: Source<'_>,
     table: &ResolvedTable,
-    job: &Job<'_>,
+    context: &Context<'_>,
 ) -> Result<TableReport, TableError> {
-    let settings = job.settings;
+    let settings = context.settings;
     let name = table.requested.file_stem();
-    let key = job.key(table);
-    let target = job.store.describe(&key);
+    let key = context.key(table);
+    let target = context.store.describe(&key);
     info!(table = %name, target = %target, "Table '{name}': Data collection started.");
     let started = Instant::now();
 
     let (raw_tx, raw_rx) = mpsc::channel(8);
     let (part_tx, part_rx) = mpsc::channel(1);
-    let encoder = encode(source.select(), raw_rx, part_tx, job);
+    let encoder = encode(source.select(), raw_rx, part_tx, context);
     let chunks = source.chunks();
-    let copy = read(source, table, raw_tx, job.counters);
-    let receive = upload::receive(job.store, &key, part_rx, settings.upload_concurrency);
+    let copy = read(source, table, raw_tx, context.counters);
+    let receive = upload::receive(context.store, &key, part_rx, settings.upload_concurrency);
     let (copied, encoded, received) = tokio::join!(copy, encoder, receive);
 
     // Only when all three stages succeeded may the object become visible.
@@ -306,7 +306,7 @@ pub async fn dump_table(
     // A binary COPY's rows are counted by its decoder (its trailer is a message too).
     let rows = encoded.rows.unwrap_or(copy.rows);
     let stats = encoded.stats;
-    let committed = match upload::commit(job.store, &key, pending).await {
+    let committed = match upload::commit(context.store, &key, pending).await {
         Ok(committed) => committed,
         Err(source) => {
             return Err(TableError::Store {
@@ -335,6 +335,6 @@ pub async fn dump_table(
         committed,
         seconds,
         chunks,
-        part: table.piece.map(|p| p.part),
+        piece: table.piece.map(|p| p.of),
     })
 }

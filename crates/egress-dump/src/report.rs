@@ -25,7 +25,7 @@ pub struct TableReport {
     pub chunks: usize,
     /// Which of the table's objects, when pods shared it.
     #[serde(default)]
-    pub part: Option<egress_common::manifest::PartOf>,
+    pub piece: Option<egress_common::manifest::PieceOf>,
 }
 
 /// The per-table metrics of a successful run (figures equal to the manifest's); a failed

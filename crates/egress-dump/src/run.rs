@@ -194,9 +194,7 @@ impl Attempt<'_> {
                 piece,
             };
             match &pieces[i] {
-                Some(ranges) => {
-                    assigned.extend(ranges.iter().map(|&p| entry(p.part.index, Some(p))))
-                }
+                Some(ranges) => assigned.extend(ranges.iter().map(|&p| entry(p.of.index, Some(p)))),
                 None => assigned.push(entry(shard_of[i], None)),
             }
         }

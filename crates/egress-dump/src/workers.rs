@@ -12,7 +12,7 @@ use crate::catalog::{ResolvedTable, Select};
 use crate::gzip;
 use crate::locks;
 use crate::pg::{self, DbError, Session, Target};
-use crate::pipeline::{self, Job, Source, TableError};
+use crate::pipeline::{self, Context, Source, TableError};
 use crate::progress::{self, Counters};
 use crate::report::TableReport;
 use crate::settings::Settings;
@@ -51,17 +51,17 @@ pub fn worker_count(jobs: usize, tables: &Tables<'_>, snapshot: &SnapshotInfo) -
 
 /// Dump every table, each outcome in the order listed.
 pub async fn dump_tables(
-    job: &Job<'_>,
+    context: &Context<'_>,
     target: &Target,
     coordinator: &Session,
     snapshot: &SnapshotInfo,
     tables: &Tables<'_>,
 ) -> Result<Vec<Outcome>, DbError> {
-    let workers = worker_count(job.settings.jobs, tables, snapshot);
+    let workers = worker_count(context.settings.jobs, tables, snapshot);
     let display = progress::display(
         "dump".to_string(),
-        job.counters.clone(),
-        job.settings.progress,
+        context.counters.clone(),
+        context.settings.progress,
     );
     let outcomes = match &snapshot.exported_id {
         Some(id) => {
@@ -69,32 +69,32 @@ pub async fn dump_tables(
                 target,
                 snapshot_id: id,
                 count: workers,
-                lock_timeout: job.settings.lock_timeout,
-                typed: job.settings.format == crate::config::Format::Parquet,
+                lock_timeout: context.settings.lock_timeout,
+                typed: context.settings.format == crate::config::Format::Parquet,
             };
             let sessions = open.open(tables.tables).await?;
-            let outcomes = dump_with_workers(&sessions, tables, job).await;
+            let outcomes = dump_with_workers(&sessions, tables, context).await;
             for session in &sessions {
                 let _ = session.batch_execute("COMMIT").await;
             }
             outcomes
         }
-        None => dump_serial(coordinator, tables, job).await,
+        None => dump_serial(coordinator, tables, context).await,
     };
     display.finish().await;
     Ok(outcomes)
 }
 
-/// The job of a run with `workers` tables dumped at once: the machine's compression
+/// The context of a run with `workers` tables dumped at once: the machine's compression
 /// threads shared among them.
-pub fn job_for<'a>(
+pub fn context_for<'a>(
     settings: &'a Settings,
     store: &'a egress_store::Store,
     date: &'a str,
     counters: &'a Arc<Counters>,
     concurrent_tables: usize,
-) -> Job<'a> {
-    Job {
+) -> Context<'a> {
+    Context {
         settings,
         compress_threads: (gzip::default_threads() / concurrent_tables.max(1)).max(1),
         store,
@@ -133,16 +133,16 @@ impl Workers<'_> {
 async fn dump_with_workers(
     sessions: &[Session],
     tables: &Tables<'_>,
-    job: &Job<'_>,
+    context: &Context<'_>,
 ) -> Vec<Outcome> {
     let mut outcomes: Vec<Outcome> = tables
         .tables
         .iter()
         .map(|_| Outcome::NotAttempted)
         .collect();
-    let whole_job = Job {
+    let whole_job = Context {
         compress_threads: gzip::default_threads(),
-        ..*job
+        ..*context
     };
     let mut stop = false;
     for (index, chunks) in tables.chunks.iter().enumerate() {
@@ -156,7 +156,7 @@ async fn dump_with_workers(
             select: &tables.selects[index],
         };
         let outcome = dump_in_savepoint(sessions, source, &tables.tables[index], &whole_job).await;
-        stop = matches!(outcome, Outcome::Failed(_)) && !job.settings.keep_going;
+        stop = matches!(outcome, Outcome::Failed(_)) && !context.settings.keep_going;
         outcomes[index] = outcome;
     }
     if stop {
@@ -165,7 +165,7 @@ async fn dump_with_workers(
     let rest: Vec<usize> = (0..tables.tables.len())
         .filter(|&i| tables.chunks[i].is_none())
         .collect();
-    for (index, outcome) in dump_parallel(sessions, tables, rest, job).await {
+    for (index, outcome) in dump_parallel(sessions, tables, rest, context).await {
         outcomes[index] = outcome;
     }
     outcomes
@@ -177,13 +177,13 @@ async fn dump_in_savepoint(
     sessions: &[Session],
     source: Source<'_>,
     table: &ResolvedTable,
-    job: &Job<'_>,
+    context: &Context<'_>,
 ) -> Outcome {
     let name = table.requested.file_stem();
     for session in sessions {
         let _ = session.batch_execute("SAVEPOINT egress_table").await;
     }
-    let outcome = pipeline::dump_table(source, table, job).await;
+    let outcome = pipeline::dump_table(source, table, context).await;
     let end = match outcome {
         Ok(_) => "RELEASE SAVEPOINT egress_table",
         Err(_) => "ROLLBACK TO SAVEPOINT egress_table",
@@ -201,7 +201,11 @@ async fn dump_in_savepoint(
     }
 }
 
-async fn dump_serial(session: &Session, tables: &Tables<'_>, job: &Job<'_>) -> Vec<Outcome> {
+async fn dump_serial(
+    session: &Session,
+    tables: &Tables<'_>,
+    context: &Context<'_>,
+) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(tables.tables.len());
     let mut stop = false;
     for ((table, select), chunks) in tables.tables.iter().zip(tables.selects).zip(tables.chunks) {
@@ -219,8 +223,8 @@ async fn dump_serial(session: &Session, tables: &Tables<'_>, job: &Job<'_>) -> V
             },
             None => Source::Whole { session, select },
         };
-        let outcome = dump_in_savepoint(sessions, source, table, job).await;
-        stop = matches!(outcome, Outcome::Failed(_)) && !job.settings.keep_going;
+        let outcome = dump_in_savepoint(sessions, source, table, context).await;
+        stop = matches!(outcome, Outcome::Failed(_)) && !context.settings.keep_going;
         outcomes.push(outcome);
     }
     outcomes
@@ -232,7 +236,7 @@ async fn dump_parallel(
     sessions: &[Session],
     tables: &Tables<'_>,
     mut which: Vec<usize>,
-    job: &Job<'_>,
+    context: &Context<'_>,
 ) -> Vec<(usize, Outcome)> {
     which.sort_by_key(|&i| std::cmp::Reverse(tables.tables[i].estimated_bytes));
     let queue = Mutex::new(std::collections::VecDeque::from(which));
@@ -245,8 +249,8 @@ async fn dump_parallel(
             let one = std::slice::from_ref(session);
             let select = &tables.selects[index];
             let source = Source::Whole { session, select };
-            let outcome = dump_in_savepoint(one, source, &tables.tables[index], job).await;
-            if matches!(outcome, Outcome::Failed(_)) && !job.settings.keep_going {
+            let outcome = dump_in_savepoint(one, source, &tables.tables[index], context).await;
+            if matches!(outcome, Outcome::Failed(_)) && !context.settings.keep_going {
                 stop.store(true, Ordering::SeqCst);
             }
             if let Ok(mut r) = results.lock() {

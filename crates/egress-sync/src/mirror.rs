@@ -20,7 +20,7 @@ use crate::pool::{Names, Pool, Publication, Task};
 use crate::report::{Failed, Report};
 use crate::settings::Settings;
 use crate::sides::{Sides, OLD_RECORDS_KEY};
-use crate::transfer::{self, Job, Transfers};
+use crate::transfer::{self, Item, Stores};
 use crate::uploads::{self, Marks};
 
 /// A mirror run: the pool, and what the passes share.
@@ -103,7 +103,7 @@ impl<'a> Mirror<'a> {
             input: sides.input_name,
             output: sides.output_name,
         };
-        let transfers = Transfers {
+        let transfers = Stores {
             source: sides.source,
             dest: sides.dest,
             settings: shape,
@@ -267,17 +267,17 @@ impl<'a> Mirror<'a> {
                 deferred.push(pair);
                 continue;
             }
-            let Some(job) = self.job(source, &mut announced).await? else {
+            let Some(item) = self.item(source, &mut announced).await? else {
                 continue;
             };
             let task = match decide::decide(&pair, dest_traits) {
-                Decision::Copy(reason) => Task::Copy(job, reason),
-                Decision::Check => Task::Check(job),
+                Decision::Copy(reason) => Task::Copy(item, reason),
+                Decision::Check => Task::Check(item),
                 Decision::Skip(reason) => {
                     if self.settings.dry_run {
-                        println!("skip ({reason}) {}", job.object.key);
+                        println!("skip ({reason}) {}", item.object.key);
                     }
-                    self.skipped(&job);
+                    self.skipped(&item);
                     continue;
                 }
                 Decision::Delete => continue,
@@ -292,28 +292,28 @@ impl<'a> Mirror<'a> {
     /// An object the output already has: skipped, unless its size is not its manifest's
     /// (a day whose objects do not match its manifest is never handed over; the bytes are
     /// checked when copied, and by `--verify`).
-    fn skipped(&self, job: &Job) {
-        match &job.expected {
-            Some(e) if e.size != job.object.size => {
+    fn skipped(&self, item: &Item) {
+        match &item.expected {
+            Some(e) if e.size != item.object.size => {
                 let why = format!(
                     "{} does not match its manifest: {} bytes, the manifest says {}",
-                    job.object.key, job.object.size, e.size
+                    item.object.key, item.object.size, e.size
                 );
-                tracing::error!(key = %job.object.key, "{why}");
-                self.pool.record(|r| r.fail(&job.object.key, why));
+                tracing::error!(key = %item.object.key, "{why}");
+                self.pool.record(|r| r.fail(&item.object.key, why));
             }
             _ => self.pool.record(|r| r.skipped += 1),
         }
     }
 
-    /// The copy job for `source`, with what its folder's manifest says; `None` when it is
+    /// The copy item for `source`, with what its folder's manifest says; `None` when it is
     /// not to be copied: its folder is not ready, or (`--require-manifest`) its day's
     /// manifest does not list it.
-    async fn job(
+    async fn item(
         &self,
         source: ObjectInfo,
         announced: &mut HashSet<String>,
-    ) -> anyhow::Result<Option<Job>> {
+    ) -> anyhow::Result<Option<Item>> {
         let folder = manifest::folder_of(&source.key).to_string();
         let mut gates = self.manifests.lock().await;
         if self.settings.require_manifest {
@@ -338,7 +338,7 @@ impl<'a> Mirror<'a> {
             Some((expected, parts)) => (self.settings.require_manifest.then_some(expected), parts),
             None => (None, None),
         };
-        Ok(Some(Job {
+        Ok(Some(Item {
             object: source,
             expected,
             part_sizes,
@@ -431,7 +431,7 @@ impl<'a> Mirror<'a> {
         let (Pair::SourceOnly(source) | Pair::Both(source, _)) = pair else {
             return None;
         };
-        let job = Job {
+        let item = Item {
             object: source.clone(),
             expected: None,
             part_sizes: None,
@@ -443,11 +443,11 @@ impl<'a> Mirror<'a> {
             return None;
         }
         if self.pool.withdrawals().withdrawn(folder) {
-            return Some(Task::Copy(job, decide::CopyReason::New));
+            return Some(Task::Copy(item, decide::CopyReason::New));
         }
         match decide::decide(pair, self.pool.transfers().dest.traits()) {
-            Decision::Copy(reason) => Some(Task::Copy(job, reason)),
-            Decision::Check => Some(Task::Check(job)),
+            Decision::Copy(reason) => Some(Task::Copy(item, reason)),
+            Decision::Check => Some(Task::Check(item)),
             _ => {
                 self.pool.record(|r| r.skipped += 1);
                 None

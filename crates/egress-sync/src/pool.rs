@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::decide::{self, CopyReason, Decision};
 use crate::report::Report;
-use crate::transfer::{self, CopyError, Job, Transfers};
+use crate::transfer::{self, CopyError, Item, Stores};
 use egress_common::day::handoff::Withdrawals;
 
 /// Attempts per object (first try included).
@@ -25,9 +25,9 @@ const ATTEMPTS: u32 = 3;
 #[derive(Debug)]
 pub enum Task {
     /// Copy this object.
-    Copy(Job, CopyReason),
+    Copy(Item, CopyReason),
     /// Read the output object's metadata, then copy or skip.
-    Check(Job),
+    Check(Item),
     /// Delete this output object.
     Delete(String),
     /// Write a day's manifest: exactly the bytes its objects were checked against.
@@ -67,7 +67,7 @@ pub struct Names {
 
 /// The transfers of a run and what they have done.
 pub struct Pool {
-    transfers: Transfers,
+    transfers: Stores,
     names: Names,
     jobs: usize,
     dry_run: bool,
@@ -88,7 +88,7 @@ impl Pool {
     /// A pool running `jobs` tasks at once (the output's manifests withdrawn by
     /// `withdrawals`); with `dry_run` it only says what it would do.
     pub fn new(
-        transfers: Transfers,
+        transfers: Stores,
         names: Names,
         jobs: usize,
         dry_run: bool,
@@ -110,7 +110,7 @@ impl Pool {
     }
 
     /// The transfers' stores and settings.
-    pub fn transfers(&self) -> &Transfers {
+    pub fn transfers(&self) -> &Stores {
         &self.transfers
     }
 
@@ -181,8 +181,8 @@ impl Pool {
             return;
         }
         match task {
-            Task::Copy(job, reason) => self.copy(job, reason).await,
-            Task::Check(job) => self.check(job).await,
+            Task::Copy(item, reason) => self.copy(item, reason).await,
+            Task::Check(item) => self.check(item).await,
             Task::Delete(key) => self.delete(key).await,
             Task::Publish(manifest) => self.publish(manifest).await,
             Task::Prove(key, expected) => self.prove(key, expected).await,
@@ -205,23 +205,23 @@ impl Pool {
         }
     }
 
-    async fn check(&self, job: Job) {
+    async fn check(&self, item: Item) {
         self.record(|r| r.checked += 1);
-        match self.transfers.dest.head(&job.object.key).await {
-            Ok(meta) => match decide::after_head(&job.object, &meta) {
-                Decision::Copy(reason) => self.copy(job, reason).await,
+        match self.transfers.dest.head(&item.object.key).await {
+            Ok(meta) => match decide::after_head(&item.object, &meta) {
+                Decision::Copy(reason) => self.copy(item, reason).await,
                 _ => self.record(|r| r.skipped += 1),
             },
             // Gone from the output since it was listed: copy it again.
-            Err(e) if e.kind() == ErrorKind::NotFound => self.copy(job, CopyReason::New).await,
-            Err(e) => self.failed(&job.object.key, CopyError::Store(e)),
+            Err(e) if e.kind() == ErrorKind::NotFound => self.copy(item, CopyReason::New).await,
+            Err(e) => self.failed(&item.object.key, CopyError::Store(e)),
         }
     }
 
-    async fn copy(&self, job: Job, reason: CopyReason) {
-        let key = job.object.key.clone();
-        let size = job.object.size;
-        let gated = job.expected.is_some();
+    async fn copy(&self, item: Item, reason: CopyReason) {
+        let key = item.object.key.clone();
+        let size = item.object.size;
+        let gated = item.expected.is_some();
         self.record(|r| {
             r.planned_bytes += size;
             r.planned_copies += 1;
@@ -234,7 +234,7 @@ impl Pool {
             }
             return;
         }
-        match self.copy_with_retry(job).await {
+        match self.copy_with_retry(item).await {
             Ok(copied) => {
                 if gated {
                     self.prove_done(&key);
@@ -283,10 +283,10 @@ impl Pool {
         self.record(|r| r.fail(key, line));
     }
 
-    async fn copy_with_retry(&self, mut job: Job) -> Result<transfer::Copied, CopyError> {
+    async fn copy_with_retry(&self, mut item: Item) -> Result<transfer::Copied, CopyError> {
         let mut attempt = 1;
         loop {
-            let error = match transfer::copy(&self.transfers, &job).await {
+            let error = match transfer::copy(&self.transfers, &item).await {
                 Ok(copied) => return Ok(copied),
                 Err(e) => e,
             };
@@ -306,14 +306,14 @@ impl Pool {
             let backoff = Duration::from_millis(
                 500 * (1 << (attempt - 1)) + egress_store::task::random() % 250,
             );
-            warn!(key = %job.object.key, attempt, error = %error, "copy failed; retrying in {backoff:?}");
+            warn!(key = %item.object.key, attempt, error = %error, "copy failed; retrying in {backoff:?}");
             tokio::time::sleep(backoff).await;
             if matches!(&error, CopyError::Store(s) if s.kind() == ErrorKind::PreconditionFailed) {
                 // The source changed while being read: copy what it is now.
-                let meta = self.transfers.source.head(&job.object.key).await?;
-                job.object.size = meta.size;
-                job.object.etag = meta.etag;
-                job.object.modified = meta.modified;
+                let meta = self.transfers.source.head(&item.object.key).await?;
+                item.object.size = meta.size;
+                item.object.etag = meta.etag;
+                item.object.modified = meta.modified;
             }
             attempt += 1;
         }

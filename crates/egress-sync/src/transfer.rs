@@ -100,7 +100,7 @@ fn closed() -> CopyError {
 }
 
 /// Both stores and the settings.
-pub struct Transfers {
+pub struct Stores {
     /// Where objects are read.
     pub source: Store,
     /// Where they are written.
@@ -111,7 +111,7 @@ pub struct Transfers {
 
 /// One object to copy.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub struct Item {
     /// The object as listed.
     pub object: ObjectInfo,
     /// What its manifest says it must be (`--require-manifest`).
@@ -140,25 +140,25 @@ pub enum CopyError {
     Manifest(String),
 }
 
-/// Copy `job`'s object.
-pub async fn copy(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
-    let key = &job.object.key;
-    let etag = match &job.object.etag {
+/// Copy `item`'s object.
+pub async fn copy(t: &Stores, item: &Item) -> Result<Copied, CopyError> {
+    let key = &item.object.key;
+    let etag = match &item.object.etag {
         Some(e) => Some(e.clone()),
         None => t.source.head(key).await?.etag,
     };
     let single_part = etag.as_deref().and_then(etag_md5).is_some();
     let multipart = etag.as_deref().and_then(etag_parts).is_some();
-    let size = job.object.size;
+    let size = item.object.size;
     if single_part && size <= MAX_SINGLE_PUT {
-        return streamed_put(t, job).await;
+        return streamed_put(t, item).await;
     }
     // No usable ETag, and small enough to hold: read it, then PUT it with its MD5.
     if !multipart && size <= t.settings.buffer_threshold {
-        return buffered_put(t, job).await;
+        return buffered_put(t, item).await;
     }
-    let layout = source_layout(t, job, etag.as_deref()).await?;
-    in_parts(t, job, layout).await
+    let layout = source_layout(t, item, etag.as_deref()).await?;
+    in_parts(t, item, layout).await
 }
 
 /// The version actually copied: the listed one, unless the read shows that the source
@@ -195,10 +195,14 @@ pub(crate) fn dest_options(
 /// One PUT whose body streams from the GET. Checked against a manifest, the body holds
 /// back its last bytes until their SHA-256 matches: a wrong object fails its PUT before
 /// it can become visible, and nothing is held in memory.
-async fn streamed_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
-    let key = &job.object.key;
-    if let Some(expected) = job.expected.as_ref().filter(|e| e.size != job.object.size) {
-        return Err(manifest_mismatch(key, job.object.size, None, expected));
+async fn streamed_put(t: &Stores, item: &Item) -> Result<Copied, CopyError> {
+    let key = &item.object.key;
+    if let Some(expected) = item
+        .expected
+        .as_ref()
+        .filter(|e| e.size != item.object.size)
+    {
+        return Err(manifest_mismatch(key, item.object.size, None, expected));
     }
     let _stream = t.settings.stream().await?;
     let got = t.source.get(key, GetOptions::default()).await?;
@@ -209,12 +213,12 @@ async fn streamed_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
         .as_deref()
         .and_then(etag_md5)
         .filter(|_| !meta.etag_not_md5);
-    let version = copied_version(&job.object, &meta);
-    if let Some(expected) = job.expected.as_ref().filter(|_| job.object.size == 0) {
+    let version = copied_version(&item.object, &meta);
+    if let Some(expected) = item.expected.as_ref().filter(|_| item.object.size == 0) {
         check_manifest(key, 0, &hex::encode(Sha256::digest(b"")), expected)?;
     }
     let refused = Arc::new(Mutex::new(None));
-    let body = match &job.expected {
+    let body = match &item.expected {
         Some(expected) => checked_body(key, got.body, expected.clone(), refused.clone()),
         None => got.body,
     };
@@ -226,7 +230,7 @@ async fn streamed_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
         return Err(CopyError::Manifest(why));
     }
     put?;
-    let verified = match (md5.is_some(), job.expected.is_some()) {
+    let verified = match (md5.is_some(), item.expected.is_some()) {
         (true, true) => "size+md5+manifest-sha256",
         (true, false) => "size+md5",
         (false, true) => "size+manifest-sha256",
@@ -269,9 +273,12 @@ fn checked_body(
     Body::from_stream(len, stream.boxed())
 }
 
-async fn buffered_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
-    let _memory = t.settings.memory(job.object.size).await?;
-    let got = t.source.get(&job.object.key, GetOptions::default()).await?;
+async fn buffered_put(t: &Stores, item: &Item) -> Result<Copied, CopyError> {
+    let _memory = t.settings.memory(item.object.size).await?;
+    let got = t
+        .source
+        .get(&item.object.key, GetOptions::default())
+        .await?;
     let meta = got.meta;
     let bytes = got.body.collect().await?;
     let md5: [u8; 16] = Md5::digest(&bytes).into();
@@ -284,7 +291,7 @@ async fn buffered_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
     {
         if source != md5 {
             return Err(mismatch(
-                &job.object.key,
+                &item.object.key,
                 format!(
                     "read MD5 {}, the source's ETag is {}",
                     hex::encode(md5),
@@ -293,19 +300,19 @@ async fn buffered_put(t: &Transfers, job: &Job) -> Result<Copied, CopyError> {
             ));
         }
     }
-    if let Some(expected) = &job.expected {
+    if let Some(expected) = &item.expected {
         check_manifest(
-            &job.object.key,
+            &item.object.key,
             bytes.len() as u64,
             &hex::encode(Sha256::digest(&bytes)),
             expected,
         )?;
         verified = "size+md5+manifest-sha256";
     }
-    let version = copied_version(&job.object, &meta);
+    let version = copied_version(&item.object, &meta);
     t.dest
         .put(
-            &job.object.key,
+            &item.object.key,
             Body::from_bytes(bytes),
             &dest_options(&meta, &version, Some(md5)),
         )
@@ -331,20 +338,20 @@ const MIB: u64 = 1024 * 1024;
 /// when a store hides an object's boundaries.
 const COMMON_PART_MIB: [u64; 12] = [8, 5, 16, 10, 15, 32, 64, 100, 128, 256, 512, 1024];
 
-async fn source_layout(t: &Transfers, job: &Job, etag: Option<&str>) -> Result<Layout, StoreError> {
-    let size = job.object.size;
+async fn source_layout(t: &Stores, item: &Item, etag: Option<&str>) -> Result<Layout, StoreError> {
+    let size = item.object.size;
     if let Some(parts) = etag
         .and_then(etag_parts)
         .filter(|n| (1..=10_000).contains(n))
     {
         let source_etag = etag.map(str::to_string);
-        let from_manifest = job
+        let from_manifest = item
             .part_sizes
             .clone()
             .filter(|s| s.len() == parts as usize && s.iter().sum::<u64>() == size);
         let known = match from_manifest {
             Some(sizes) => Some(sizes),
-            None => probe_parts(&t.source, &job.object.key, parts, size).await?,
+            None => probe_parts(&t.source, &item.object.key, parts, size).await?,
         };
         if let Some(sizes) = known {
             return Ok(Layout {
@@ -362,7 +369,7 @@ async fn source_layout(t: &Transfers, job: &Job, etag: Option<&str>) -> Result<L
         }
     }
     Ok(Layout {
-        sizes: own_parts(&job.object.key, size, t.settings.part_size)?,
+        sizes: own_parts(&item.object.key, size, t.settings.part_size)?,
         source_etag: None,
         guessed: false,
     })
@@ -438,35 +445,35 @@ async fn probe_parts(
 /// and nothing is hashed here ([`PartCheck::StoreEtags`]). Where the boundaries were
 /// guessed wrong, that proof is missing: the object is copied once more with each part
 /// hashed as it streams and checked against the ETag the store returns.
-async fn in_parts(t: &Transfers, job: &Job, layout: Layout) -> Result<Copied, CopyError> {
+async fn in_parts(t: &Stores, item: &Item, layout: Layout) -> Result<Copied, CopyError> {
     let first = match layout.source_etag {
         Some(_) => PartCheck::StoreEtags,
         None => PartCheck::Md5,
     };
-    match copy_parts(t, job, &layout, first).await? {
+    match copy_parts(t, item, &layout, first).await? {
         Some(copied) => Ok(copied),
         None => {
             // Nothing was made visible; say so, as for any failed copy.
-            tracing::warn!(key = %job.object.key, "the copy's parts do not add up to the source's ETag (its part boundaries were guessed wrong, or a byte was damaged in flight): retrying with each part hashed");
-            copy_parts(t, job, &layout, PartCheck::Md5)
+            tracing::warn!(key = %item.object.key, "the copy's parts do not add up to the source's ETag (its part boundaries were guessed wrong, or a byte was damaged in flight): retrying with each part hashed");
+            copy_parts(t, item, &layout, PartCheck::Md5)
                 .await?
-                .ok_or_else(|| mismatch(&job.object.key, "its parts could not be checked".into()))
+                .ok_or_else(|| mismatch(&item.object.key, "its parts could not be checked".into()))
         }
     }
 }
 
 /// One copy in parts; `None` when it could not be proved (nothing was made visible).
 async fn copy_parts(
-    t: &Transfers,
-    job: &Job,
+    t: &Stores,
+    item: &Item,
     layout: &Layout,
     check: PartCheck,
 ) -> Result<Option<Copied>, CopyError> {
-    let key = &job.object.key;
+    let key = &item.object.key;
     let meta = t.source.head(key).await?;
-    let version = copied_version(&job.object, &meta);
+    let version = copied_version(&item.object, &meta);
     // Hashing the whole object for a manifest needs its parts in order: one at a time.
-    let in_flight = if job.expected.is_some() {
+    let in_flight = if item.expected.is_some() {
         1
     } else {
         t.settings.parts_in_flight
@@ -481,7 +488,7 @@ async fn copy_parts(
             key,
             (offset, len),
             meta.etag.clone(),
-            job.expected.is_some().then(|| sha.clone()),
+            item.expected.is_some().then(|| sha.clone()),
         );
         if let Err(e) = writer.put(len, read).await {
             writer.abort().await;
@@ -491,7 +498,7 @@ async fn copy_parts(
     }
     let uploaded = writer.finish().await?;
     let checked = verify_parts(key, &uploaded, &meta, layout).and_then(|verified| {
-        let (Some(_), Some(expected)) = (verified, &job.expected) else {
+        let (Some(_), Some(expected)) = (verified, &item.expected) else {
             return Ok(verified);
         };
         let digest = sha
@@ -523,7 +530,7 @@ async fn copy_parts(
 /// Read one part of the source, holding a stream slot while its bytes flow (and feeding
 /// the whole-object hash when one is kept).
 fn read_part(
-    t: &Transfers,
+    t: &Stores,
     key: &str,
     range: (u64, u64),
     etag: Option<String>,
@@ -591,7 +598,7 @@ fn verify_parts(
 
 /// Prove that the output's object at `key` is the one its manifest lists (read back in one
 /// stream, hashed): an object the output already had, before a manifest vouches for it.
-pub async fn prove(t: &Transfers, key: &str, expected: &Expected) -> Result<(), CopyError> {
+pub async fn prove(t: &Stores, key: &str, expected: &Expected) -> Result<(), CopyError> {
     let _stream = t.settings.stream().await?;
     let got = t.dest.get(key, GetOptions::default()).await?;
     let size = got.meta.size;
@@ -667,7 +674,7 @@ mod tests {
         assert!(own_parts("k", five_tib * 10, 8 * MIB).is_err(), "50 TiB");
     }
 
-    // Transfers on the in-memory store, which follows S3's ETag and multipart rules.
+    // Stores on the in-memory store, which follows S3's ETag and multipart rules.
     mod on_memory {
         use super::super::*;
         use egress_store::{MemoryStore, ObjectStore};
@@ -679,9 +686,9 @@ mod tests {
                 .collect()
         }
 
-        fn transfers() -> (Transfers, Arc<MemoryStore>, Arc<MemoryStore>) {
+        fn transfers() -> (Stores, Arc<MemoryStore>, Arc<MemoryStore>) {
             let (source, dest) = (Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new()));
-            let t = Transfers {
+            let t = Stores {
                 source: source.clone(),
                 dest: dest.clone(),
                 settings: Settings::new(8 * MIB, 8 * MIB, 40 * MIB),
@@ -738,7 +745,7 @@ mod tests {
             let (t, source, dest) = transfers();
             let body = data(13 * MIB as usize + 1, 7);
             let object = multipart(&source, "d/big", &body, &[5 * MIB, 8 * MIB, 1]).await;
-            let job = Job {
+            let item = Item {
                 object: object.clone(),
                 expected: None,
                 part_sizes: None,
@@ -752,7 +759,7 @@ mod tests {
                     source_etag: object.etag.clone(),
                     guessed: true,
                 };
-                let copied = in_parts(&t, &job, layout).await.unwrap();
+                let copied = in_parts(&t, &item, layout).await.unwrap();
                 assert_eq!(copied.verified, verified);
                 assert_eq!(bytes(&dest, "d/big").await, body);
                 assert!(dest.pending_uploads("").await.unwrap().is_empty());
@@ -766,12 +773,12 @@ mod tests {
             multipart(&source, "d/big", &body, &[5 * MIB, 8 * MIB, 1]).await;
             let object = listed(&source, "d/big").await;
             // The in-memory store answers ?partNumber, as AWS does: the layout is learnt.
-            let job = Job {
+            let item = Item {
                 object: object.clone(),
                 expected: Some(expected(&body)),
                 part_sizes: None,
             };
-            let copied = copy(&t, &job).await.unwrap();
+            let copied = copy(&t, &item).await.unwrap();
             assert_eq!(copied.verified, "size+manifest-sha256");
             assert_eq!(
                 dest.head("d/big").await.unwrap().etag,
@@ -795,20 +802,20 @@ mod tests {
                 .unwrap();
             let mut wrong = expected(&body);
             wrong.sha256 = "0".repeat(64);
-            let job = Job {
+            let item = Item {
                 object: listed(&source, "d/a").await,
                 expected: Some(wrong),
                 part_sizes: None,
             };
-            let err = copy(&t, &job).await.expect_err("refused");
+            let err = copy(&t, &item).await.expect_err("refused");
             assert!(matches!(err, CopyError::Manifest(_)), "{err}");
             assert!(dest.head("d/a").await.is_err(), "nothing visible");
-            let job = Job {
+            let item = Item {
                 expected: Some(expected(&body)),
-                ..job
+                ..item
             };
             assert_eq!(
-                copy(&t, &job).await.unwrap().verified,
+                copy(&t, &item).await.unwrap().verified,
                 "size+md5+manifest-sha256"
             );
             assert_eq!(bytes(&dest, "d/a").await, body);
@@ -829,7 +836,7 @@ mod tests {
                 .unwrap();
             copy(
                 &t,
-                &Job {
+                &Item {
                     object: old,
                     expected: None,
                     part_sizes: None,

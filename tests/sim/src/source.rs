@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use egress_common::day::shared::{Piece, Plan};
-use egress_common::manifest::{PartOf, SnapshotInfo};
+use egress_common::manifest::{PieceOf, SnapshotInfo};
 use egress_dump::catalog::ResolvedTable;
 use egress_dump::failure::AttemptError;
 use egress_dump::gzip::CompressStats;
@@ -221,7 +221,7 @@ impl OpenSnapshot for SimSnapshot {
         Ok(Some(
             (0..of)
                 .map(|index| Piece {
-                    part: PartOf { index, of },
+                    of: PieceOf { index, of },
                     first: index * 10,
                     end: (index + 1 < of).then_some((index + 1) * 10),
                 })
@@ -259,7 +259,7 @@ impl SimSnapshot {
         let version = self.versions.get(&table.name).copied().unwrap_or(0);
         let piece = table
             .piece
-            .map(|p| format!("{}/{}", p.part.index, p.part.of))
+            .map(|p| format!("{}/{}", p.of.index, p.of.of))
             .unwrap_or_else(|| "whole".into());
         let rows = 6 + (version % 3) as usize;
         let mut order: Vec<usize> = (0..rows).collect();
@@ -282,7 +282,7 @@ impl SimSnapshot {
     ) -> Result<TableReport, AttemptError> {
         let stem = table.requested.file_stem();
         let file = match table.piece {
-            Some(p) => p.part.file(&stem, "csv.gz"),
+            Some(p) => p.of.file(&stem, "csv.gz"),
             None => format!("{stem}.csv.gz"),
         };
         let date = self.date();
@@ -334,7 +334,7 @@ impl SimSnapshot {
             committed,
             seconds: 0.0,
             chunks: 1,
-            part: table.piece.map(|p| p.part),
+            piece: table.piece.map(|p| p.of),
         })
     }
 

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use super::lease;
 use super::objects;
 use crate::cli::Slice;
-use crate::manifest::{PartOf, SnapshotInfo};
+use crate::manifest::{PieceOf, SnapshotInfo};
 use crate::ConfigError;
 use egress_store::{task, Condition, ErrorKind, Guard, Store, StoreError};
 
@@ -92,7 +92,7 @@ impl Shards {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Piece {
     /// Which object.
-    pub part: PartOf,
+    pub of: PieceOf,
     /// First heap page.
     pub first: u64,
     /// One past its last page; `None` for the last piece.
@@ -147,7 +147,7 @@ impl Plan {
             .iter()
             .filter(|a| a.shard == index)
             .map(|a| match a.piece {
-                Some(piece) => piece.part.file(&a.table, extension),
+                Some(piece) => piece.of.file(&a.table, extension),
                 None => format!("{}.{extension}", a.table),
             })
             .collect()

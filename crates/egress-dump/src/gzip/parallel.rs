@@ -22,7 +22,7 @@ pub struct Deflated {
     pub last: bool,
 }
 
-struct Job {
+struct Block {
     index: u64,
     data: Vec<u8>,
     dictionary: Vec<u8>,
@@ -31,7 +31,7 @@ struct Job {
 
 /// Where blocks go in.
 pub struct Submit {
-    jobs: SyncSender<Job>,
+    jobs: SyncSender<Block>,
     tokens: Receiver<()>,
     next: u64,
     dictionary: Vec<u8>,
@@ -48,7 +48,7 @@ impl Submit {
             true => data[data.len().saturating_sub(WINDOW)..].to_vec(),
             false => Vec::new(),
         };
-        let job = Job {
+        let job = Block {
             index: self.next,
             data,
             dictionary: std::mem::replace(&mut self.dictionary, next_dictionary),
@@ -99,7 +99,7 @@ pub struct Workers {
 /// Start the deflate workers in `scope`.
 pub fn start<'scope>(scope: &'scope Scope<'scope, '_>, workers: Workers) -> (Submit, InOrder) {
     let in_flight = workers.in_flight.max(1);
-    let (job_tx, job_rx) = sync_channel::<Job>(in_flight);
+    let (job_tx, job_rx) = sync_channel::<Block>(in_flight);
     let (done_tx, done_rx) = sync_channel(in_flight);
     let (token_tx, token_rx) = sync_channel::<()>(in_flight);
     for _ in 0..in_flight {
@@ -128,7 +128,7 @@ pub fn start<'scope>(scope: &'scope Scope<'scope, '_>, workers: Workers) -> (Sub
 
 type Done = SyncSender<(u64, Result<Deflated, DeflateError>)>;
 
-fn worker(jobs: Arc<Mutex<Receiver<Job>>>, done: Done, workers: Workers) {
+fn worker(jobs: Arc<Mutex<Receiver<Block>>>, done: Done, workers: Workers) {
     let mut encoder = Encoder::new(workers.engine, workers.level);
     let single_member = !workers.engine.member_per_block();
     loop {
