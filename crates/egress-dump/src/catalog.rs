@@ -381,7 +381,7 @@ mod tests {
         };
         assert_eq!(
             t.copy_sql(&Select::binary(Arc::new(plan))),
-            r#"COPY (SELECT "id", CASE WHEN num_nulls("ip") = 0 THEN format('%s', "ip") END FROM "s"."a""b") TO STDOUT (FORMAT binary)"#
+            r#"COPY (SELECT "id", CASE WHEN pg_catalog.num_nulls("ip") = 0 THEN pg_catalog.format('%s', "ip") END FROM "s"."a""b") TO STDOUT (FORMAT binary)"#
         );
     }
 }
