@@ -325,7 +325,7 @@ mod tests {
         let inet = plan("i", &base(869, -1), false);
         assert_eq!(
             inet.select("\"i\""),
-            "CASE WHEN num_nulls(\"i\") = 0 THEN format('%s', \"i\") END"
+            "CASE WHEN pg_catalog.num_nulls(\"i\") = 0 THEN pg_catalog.format('%s', \"i\") END"
         );
         assert_eq!(plan("t", &base(oid::TEXT, -1), false).select("t"), "t");
     }
