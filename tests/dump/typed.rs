@@ -193,7 +193,9 @@ fn assert_read_back_exactly(file: &Path, want: &BTreeMap<String, BTreeMap<String
         for (column, expected) in reader_types(reader) {
             let read = schema["schema"][column].as_str().unwrap_or("(absent)");
             if read != expected {
-                wrong.push(format!("{reader}: column {column} reads as {read}, expected {expected}"));
+                wrong.push(format!(
+                    "{reader}: column {column} reads as {read}, expected {expected}"
+                ));
             }
         }
         assert_eq!(got.len(), want.len(), "{reader}: rows");
