@@ -102,8 +102,14 @@ fn show(out: &Path, mirror: &Path) -> Result<(), Box<dyn std::error::Error>> {
         for file in files {
             let file = file.path();
             let shown = file.strip_prefix(out)?.display();
-            if !file.to_string_lossy().ends_with(".csv.gz") {
-                println!("  {shown} (the manifest: written last, marks the day complete)");
+            let name = file.file_name().map(|n| n.to_string_lossy().to_string());
+            let what = match name.as_deref() {
+                Some("_manifest.json") => Some("the day's manifest: every object of the day with its size and SHA-256, written last, so its presence means the day is complete"),
+                Some("datapackage.json") => Some("the day's Frictionless descriptor: each table's fields, types, NOT NULLs and primary key, for generic readers"),
+                _ => None,
+            };
+            if let Some(what) = what {
+                println!("  {shown} ({what})");
                 continue;
             }
             let bytes = std::fs::read(&file)?;

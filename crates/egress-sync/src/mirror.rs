@@ -330,7 +330,7 @@ impl<'a> Mirror<'a> {
         };
         if self.settings.require_manifest && listed.is_none() {
             let input = &self.pool.names().input;
-            tracing::warn!(key = %source.key, "`input/{input}/{}` is not listed in its day's manifest: not copied into the day", source.key);
+            tracing::warn!(key = %source.key, "`{input}/{}` is not listed in its day's manifest: not copied into the day", source.key);
             self.pool.record(|r| r.unlisted += 1);
             return Ok(None);
         }
@@ -359,20 +359,20 @@ impl<'a> Mirror<'a> {
         match gates.folder(folder).await? {
             Folder::Complete(_) => {
                 if first && !self.settings.filter.accepts(&manifest::key_in(folder)) {
-                    tracing::warn!(folder = %folder, "day `input/{input}/{folder}`: its _manifest.json is outside --include/--exclude: its objects are copied, each checked against it, but the day stays without its manifest at the output");
+                    tracing::warn!(folder = %folder, "day `{input}/{folder}`: its _manifest.json is outside --include/--exclude: its objects are copied, each checked against it, but the day stays without its manifest at the output");
                     self.pool.record(|r| r.held_days += 1);
                 }
                 Ok(true)
             }
             Folder::NoManifest => {
                 if first {
-                    info!(folder = %folder, "folder `input/{input}/{folder}` has no _manifest.json; skipped (it may still be in progress)");
+                    info!(folder = %folder, "folder `{input}/{folder}` has no _manifest.json; skipped (it may still be in progress)");
                 }
                 Ok(false)
             }
             Folder::Unusable(why) => {
                 if first {
-                    tracing::warn!(folder = %folder, "folder `input/{input}/{folder}` has an unusable _manifest.json ({why}); skipped");
+                    tracing::warn!(folder = %folder, "folder `{input}/{folder}` has an unusable _manifest.json ({why}); skipped");
                 }
                 Ok(false)
             }
@@ -532,13 +532,13 @@ impl<'a> Mirror<'a> {
             HandOff::Publish => self.publication(&key, &folder).await,
             HandOff::AlreadyThere { lost } => {
                 if !lost.is_empty() {
-                    info!(folder = %folder, "day `input/{input}/{folder}` was mirrored already; the input has since lost {} of its objects (expired?): {}", lost.len(), lost.join(", "));
+                    info!(folder = %folder, "day `{input}/{folder}` was mirrored already; the input has since lost {} of its objects (expired?): {}", lost.len(), lost.join(", "));
                 }
                 self.pool.record(|r| r.skipped += 1);
                 None
             }
             HandOff::Hold(why) => {
-                tracing::warn!(folder = %folder, "day `input/{input}/{folder}` left without its manifest at the output: {why}");
+                tracing::warn!(folder = %folder, "day `{input}/{folder}` left without its manifest at the output: {why}");
                 // A day being written again at the input: its objects' mismatches are that,
                 // not failures of this run.
                 let forgive = facts.changed;

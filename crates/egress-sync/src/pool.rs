@@ -56,12 +56,13 @@ pub struct Progress {
     pub bytes: AtomicU64,
 }
 
-/// How the two sides are named in log lines (`input/<path>/<key>`).
+/// How the two sides are named in log lines: `input/<bucket/path>` for an S3 side (then
+/// `/<key>`), a local directory's path for a local one.
 #[derive(Debug, Clone)]
 pub struct Names {
-    /// INPUT_PATH as configured.
+    /// The input's.
     pub input: String,
-    /// OUTPUT_PATH as configured.
+    /// The output's.
     pub output: String,
 }
 
@@ -192,13 +193,13 @@ impl Pool {
     async fn prove(&self, key: String, expected: crate::manifests::Expected) {
         let output = &self.names.output;
         if self.dry_run {
-            println!("check (already there) `output/{output}/{key}` against its day's manifest");
+            println!("check (already there) `{output}/{key}` against its day's manifest");
             self.prove_done(&key);
             return;
         }
         match transfer::prove(&self.transfers, &key, &expected).await {
             Ok(()) => {
-                info!(key = %key, "`output/{output}/{key}` was there already and matches its day's manifest");
+                info!(key = %key, "`{output}/{key}` was there already and matches its day's manifest");
                 self.prove_done(&key);
             }
             Err(e) => self.failed(&key, e),
@@ -228,7 +229,7 @@ impl Pool {
         });
         let (input, output) = (&self.names.input, &self.names.output);
         if self.dry_run {
-            println!("copy ({reason}) `input/{input}/{key}` -> `output/{output}/{key}`");
+            println!("copy ({reason}) `{input}/{key}` -> `{output}/{key}`");
             if gated {
                 self.prove_done(&key);
             }
@@ -242,7 +243,7 @@ impl Pool {
                 info!(
                     size = copied.bytes,
                     verified = copied.verified,
-                    "`input/{input}/{key}` -> `output/{output}/{key}`"
+                    "`{input}/{key}` -> `{output}/{key}`"
                 );
                 self.progress.objects.fetch_add(1, Ordering::Relaxed);
                 self.progress
@@ -254,7 +255,7 @@ impl Pool {
                 });
             }
             Err(CopyError::Store(e)) if e.kind() == ErrorKind::NotFound && !gated => {
-                warn!(key = %key, "`input/{input}/{key}` vanished: it was deleted after the listing; not copied");
+                warn!(key = %key, "`{input}/{key}` vanished: it was deleted after the listing; not copied");
                 self.record(|r| r.vanished += 1);
             }
             Err(CopyError::Store(e)) if e.kind() == ErrorKind::NotFound => self.failed(
@@ -322,13 +323,13 @@ impl Pool {
     async fn delete(&self, key: String) {
         let output = &self.names.output;
         if self.dry_run {
-            println!("delete (not in input) `output/{output}/{key}`");
+            println!("delete (not in input) `{output}/{key}`");
             self.record(|r| r.planned_deletes += 1);
             return;
         }
         match self.transfers.dest.delete(&key).await {
             Ok(()) => {
-                info!(key = %key, "deleted `output/{output}/{key}`");
+                info!(key = %key, "deleted `{output}/{key}`");
                 if let Ok(mut removed) = self.removed.lock() {
                     removed.insert(key);
                 }
@@ -346,9 +347,7 @@ impl Pool {
             r.planned_copies += 1;
         });
         if self.dry_run {
-            println!(
-                "copy (the day's manifest, last) `input/{input}/{key}` -> `output/{output}/{key}`"
-            );
+            println!("copy (the day's manifest, last) `{input}/{key}` -> `{output}/{key}`");
             return;
         }
         // The day's objects are on disk before its manifest is named (a local output
@@ -362,7 +361,7 @@ impl Pool {
                 info!(
                     size,
                     verified = "size+md5+checked-version",
-                    "`input/{input}/{key}` -> `output/{output}/{key}`"
+                    "`{input}/{key}` -> `{output}/{key}`"
                 );
                 self.record(|r| {
                     r.copied += 1;

@@ -31,7 +31,7 @@ pub struct SideSettings {
     pub location: egress_common::Location,
     /// How to reach an S3 side.
     pub s3: S3Settings,
-    /// Its path as configured (how log lines name it: `input/<name>/<key>`).
+    /// How log lines name it: `input/<bucket/path>` (then `/<key>`), or a local path.
     pub name: String,
 }
 

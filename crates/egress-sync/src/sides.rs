@@ -49,15 +49,15 @@ impl Side {
     }
 }
 
-/// Both stores, and how they are named in log lines (`input/<path>/<key>`).
+/// Both stores, and how log lines name them ([`crate::pool::Names`]).
 pub struct Sides {
     /// Where objects are read.
     pub source: Store,
     /// Where they are written.
     pub dest: Store,
-    /// INPUT_PATH as configured.
+    /// The input's name in log lines.
     pub input_name: String,
-    /// OUTPUT_PATH as configured.
+    /// The output's.
     pub output_name: String,
 }
 
@@ -127,7 +127,15 @@ fn side_args(side: Side, args: &Args) -> SideArgs<'_> {
 pub(crate) fn side_settings(side: Side, args: &Args) -> Result<SideSettings, ConfigError> {
     let cfg = side_args(side, args);
     let path = cfg.path.trim();
-    let name = path.trim_matches('/').to_string();
+    // How log lines name the side's objects: `input/<bucket/path>/<key>` as the original
+    // jobs printed them, or a local directory's own path.
+    let name = match cfg.url.trim() {
+        url if url.is_empty() || url.starts_with("file://") => {
+            let base = url.trim_start_matches("file://");
+            std::path::Path::new(base).join(path).display().to_string()
+        }
+        _ => format!("{}/{}", side.label(), path.trim_matches('/')),
+    };
     let local = |location| SideSettings {
         side,
         location,
