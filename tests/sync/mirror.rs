@@ -371,16 +371,32 @@ async fn an_earlier_versions_records_file_is_removed_and_nothing_is_copied_again
 #[tokio::test]
 async fn memory_stays_bounded_whatever_the_objects_and_the_jobs() {
     const LIMIT_MIB: f64 = 64.0;
+    // Enough keys, long enough, that a listing held whole would break the bound: 151,200
+    // keys of 316 bytes. Each listed object is its key (316 B; 336 with the allocator's
+    // header and rounding) and its ObjectInfo (72 B): ~408 B, so one side's listing is
+    // ~62 MB (59 MiB), and the two a no-op run walks ~123 MB (118 MiB). On top of the
+    // process's own ~25 MiB, holding even the input's listing alone would pass 64 MiB.
+    // Days of many table folders of 270 objects, as a mirror of dumps has them.
+    const DAYS: usize = 7;
+    const TABLES: usize = 80;
+    const PER_TABLE: usize = 270;
     let dir = tempfile::tempdir().unwrap();
     let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
-    let body = data(5, 512);
-    for i in 0..10_000 {
-        let folder = src.join(format!("2024-01-{:02}", i % 28 + 1));
-        if i < 28 {
-            std::fs::create_dir_all(&folder).unwrap();
+    let body = data(5, 16);
+    let (mut keys, mut longest) = (0, 0);
+    for day in 1..=DAYS {
+        for table in 0..TABLES {
+            let folder = format!("2024-01-{day:02}/table-{table:02}-{}", "t".repeat(100));
+            std::fs::create_dir_all(src.join(&folder)).unwrap();
+            for _ in 0..PER_TABLE {
+                let name = format!("obj-{keys:06}-{}.bin", "n".repeat(180));
+                std::fs::write(src.join(&folder).join(&name), &body).unwrap();
+                longest = longest.max(folder.len() + 1 + name.len());
+                keys += 1;
+            }
         }
-        std::fs::write(folder.join(format!("obj-{i:06}.bin")), &body).unwrap();
     }
+    assert_eq!((keys, longest), (151_200, 316), "the keys counted above");
     for run in ["cold", "no-op"] {
         let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-sync"));
         cmd.env("INPUT_PATH", &src)
@@ -388,8 +404,18 @@ async fn memory_stays_bounded_whatever_the_objects_and_the_jobs() {
             .args(["--jobs", "256"]);
         let out = egress_testkit::run(&mut cmd);
         assert_eq!(out.status.code(), Some(0), "{run}: {}", text(&out));
+        let counted = match run {
+            "cold" => format!("copied={keys} "),
+            _ => format!("copied=0 skipped={keys} "),
+        };
+        assert!(
+            last_line(&out).contains(&counted),
+            "{run}: {}",
+            last_line(&out)
+        );
         let rss = peak_rss_mib(&out);
-        assert!(rss < LIMIT_MIB, "{run}: 10,000 objects took {rss} MiB");
+        println!("{run} run over {keys} keys of 316 bytes: peak RSS {rss} MiB");
+        assert!(rss < LIMIT_MIB, "{run}: {keys} objects took {rss} MiB");
     }
 
     let input = S3Server::start(S3Kind::S3sFs);
