@@ -3,10 +3,14 @@
 
 use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use egress_testkit::fixtures::{contents, data, manifest_json, put_many, put_multipart, MIB};
-use egress_testkit::proxy::Proxy;
+use egress_testkit::fixtures::{
+    contents, data, manifest_json, put_many, put_multipart, upload_id, MIB,
+};
+use egress_testkit::proxy::{Hook, Proxy};
 use egress_testkit::{
     assert_secrets_kept, last_line, stderr, stdout, text, CephRgw, S3Kind, S3Server, SecretCase,
 };
@@ -678,6 +682,10 @@ async fn ceph_rgw_as_destination_and_as_source() {
 // ---------------------------------------------------------------------------------------
 // Faults and secrets.
 
+/// The output's server goes down while parts are on their way and comes back: retries
+/// carry the run through. The proxy holds the first parts until the server is down, so
+/// they provably meet it down and fail; the server is started again once the copy has
+/// given that upload up (its abort is on its way), and the copy is retried as a new upload.
 #[tokio::test]
 async fn destination_restarted_mid_sync_then_rerun_is_identical() {
     let input = S3Server::start(S3Kind::S3sFs);
@@ -685,20 +693,49 @@ async fn destination_restarted_mid_sync_then_rerun_is_identical() {
     input.create_bucket(SRC).await;
     output.create_bucket(DST).await;
     let expected = seed_large(&input, "big", 300, 20 * MIB, 5 * MIB).await;
-    // Through a recording proxy, to restart the output only once parts are on their way.
-    let proxy = Proxy::start(&output.endpoint, None, None);
+    let holding = Arc::new(AtomicBool::new(true));
+    let held = holding.clone();
+    let hook: Hook = Arc::new(move |seen| {
+        let (held, part) = (held.clone(), seen.is_upload_part());
+        Box::pin(async move {
+            while part && held.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    });
+    let proxy = Proxy::start(&output.endpoint, Some(hook), None);
     let via = output.s3().via(&proxy.endpoint);
     let child = sync_command(&input, SRC, &via, DST, &["--jobs", "2"])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn egress-sync");
-    proxy.wait_for("UploadPart", |r| r.is_upload_part());
+    let part = proxy.wait_for("UploadPart", |r| r.is_upload_part());
+    output.kill();
+    holding.store(false, Ordering::SeqCst);
+    let upload = upload_id(&part.target);
+    let abort = proxy.wait_for("the abort of the failed part's upload", |r| {
+        r.method == "DELETE" && upload_id(&r.target) == upload
+    });
     output.restart();
-    let out = child.wait_with_output().expect("wait");
-    // The restart takes milliseconds: retries (of the request, then of the object) carry
-    // the run through it.
+    let out = egress_testkit::wait_for_exit(child, Duration::from_secs(300));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The object was copied again, as a new upload after the failed one's abort.
+    let key = part.target.split('?').next().unwrap_or("");
+    let seen = proxy.requests();
+    let after_abort = seen.iter().skip_while(|r| **r != abort);
+    let again = after_abort
+        .filter(|r| r.method == "POST" && r.target.split('?').next() == Some(key))
+        .count();
+    assert!(again > 0, "{key} was never uploaded again: {seen:?}");
+    let object = key.trim_start_matches(&format!("/{DST}/"));
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l.contains("copy failed; retrying") && l.contains(&format!("key={object}"))),
+        "the run says it retried {object}: {}",
+        text(&out)
+    );
     assert!(
         contents(&output, DST, "").await == expected,
         "identical after the restart"
