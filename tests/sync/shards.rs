@@ -44,8 +44,42 @@ async fn mirrored(ceph: &CephRgw, prefix: &str) -> HashMap<String, String> {
     all
 }
 
-/// The three shares run at once; their copy lines.
-fn shared_run(input: &S3Server, ceph: &CephRgw, args: &[&str]) -> Vec<String> {
+/// The keys a run says it copied into the mirror at `mirror` (its `... -> \`output/...\``
+/// lines), with the count its closing line gives.
+fn copied(out: &std::process::Output, mirror: &str) -> (Vec<String>, String) {
+    let keys = keys_after(out, &format!("-> `output/{DST}/{mirror}/"));
+    let closing = stdout(out).lines().last().unwrap_or("").to_string();
+    let count = closing
+        .split_whitespace()
+        .find(|f| f.starts_with("copied="))
+        .unwrap_or("")
+        .to_string();
+    (keys, count)
+}
+
+/// The keys a run says it deleted from the mirror at `mirror` (`--remove`).
+fn deleted(out: &std::process::Output, mirror: &str) -> Vec<String> {
+    keys_after(out, &format!("deleted `output/{DST}/{mirror}/"))
+}
+
+/// The keys that follow `marker` up to the closing backquote, line by line.
+fn keys_after(out: &std::process::Output, marker: &str) -> Vec<String> {
+    stdout(out)
+        .lines()
+        .filter_map(|l| l.split_once(marker))
+        .filter_map(|(_, rest)| rest.split_once('`'))
+        .map(|(key, _)| key.to_string())
+        .collect()
+}
+
+/// What one share did: the keys it copied and those it deleted.
+struct Share {
+    copied: Vec<String>,
+    deleted: Vec<String>,
+}
+
+/// The three shares run at once; what each did.
+fn shared_run(input: &S3Server, ceph: &CephRgw, args: &[&str]) -> Vec<Share> {
     let children: Vec<_> = (0..3)
         .map(|i| {
             command(input, SRC, ceph, &format!("{DST}/shared"), args)
@@ -57,25 +91,57 @@ fn shared_run(input: &S3Server, ceph: &CephRgw, args: &[&str]) -> Vec<String> {
                 .unwrap()
         })
         .collect();
-    let mut copies = Vec::new();
+    let mut shares = Vec::new();
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(0), "index {i}: {}", text(&out));
-        let mine: Vec<String> = stdout(&out)
-            .lines()
-            .filter(|l| l.contains("-> `output/"))
-            .map(str::to_string)
-            .collect();
-        copies.extend(mine);
+        let (keys, count) = copied(&out, "shared");
+        assert_eq!(
+            count,
+            format!("copied={}", keys.len()),
+            "index {i} counts what it says it copied: {}",
+            text(&out)
+        );
+        let deleted = deleted(&out, "shared");
+        shares.push(Share {
+            copied: keys,
+            deleted,
+        });
     }
-    copies
+    shares
 }
 
-fn copy_lines(out: &std::process::Output) -> usize {
-    stdout(out)
-        .lines()
-        .filter(|l| l.contains("-> `output/"))
-        .count()
+/// Each share copied only its own days, every share some, and together exactly what the
+/// whole mirror copied: no index did another's work, none was left out.
+fn assert_shared_out(shares: &[Share], whole: &std::process::Output) {
+    let (all, _) = copied(whole, "whole");
+    let day = |key: &str| key.split('/').next().unwrap_or("").to_string();
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    let copies: Vec<&Vec<String>> = shares.iter().map(|s| &s.copied).collect();
+    for (i, keys) in copies.iter().enumerate() {
+        assert!(!keys.is_empty(), "index {i} copied nothing: {copies:?}");
+        for key in keys.iter() {
+            let first = *owner.entry(day(key)).or_insert(i);
+            assert_eq!(
+                first,
+                i,
+                "day {} copied by index {first} and index {i}: {copies:?}",
+                day(key)
+            );
+        }
+    }
+    let mut together: Vec<&String> = copies.iter().copied().flatten().collect();
+    let mut expected: Vec<&String> = all.iter().collect();
+    together.sort();
+    expected.sort();
+    assert!(
+        together.windows(2).all(|w| w[0] != w[1]),
+        "a key copied twice: {together:?}"
+    );
+    assert_eq!(
+        together, expected,
+        "the shares together are the whole mirror"
+    );
 }
 
 #[tokio::test]
@@ -89,12 +155,8 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
 
     let whole = sync(&input, SRC, &ceph, &format!("{DST}/whole"), &gated);
     assert_eq!(whole.status.code(), Some(0), "{}", text(&whole));
-    let copies = shared_run(&input, &ceph, &gated);
-    assert_eq!(
-        copies.len(),
-        copy_lines(&whole),
-        "each object copied by exactly one share"
-    );
+    let shares = shared_run(&input, &ceph, &gated);
+    assert_shared_out(&shares, &whole);
     let (a, b) = (
         mirrored(&ceph, "whole/").await,
         mirrored(&ceph, "shared/").await,
@@ -106,16 +168,14 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
         "the shares together equal the whole mirror, ETag for ETag"
     );
 
-    // A second pass copies nothing; with --remove each share deletes only in its own
-    // days, and the result is again the whole mirror's.
+    // A second pass does in the shares what it does in the whole mirror (with this input,
+    // which lists no ETags, each day's manifest is published again), each in its own days;
+    // with --remove each share deletes only in its own days, and the result is again the
+    // whole mirror's.
     let whole = sync(&input, SRC, &ceph, &format!("{DST}/whole"), &gated);
+    assert_eq!(whole.status.code(), Some(0), "{}", text(&whole));
     let again = shared_run(&input, &ceph, &gated);
-    assert_eq!(
-        again.len(),
-        copy_lines(&whole),
-        "{again:?}\n{}",
-        text(&whole)
-    );
+    assert_shared_out(&again, &whole);
     let client = input.client();
     for key in [
         "2024-03-02/a.csv.gz",
@@ -133,7 +193,24 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
     let remove = ["--require-manifest", "--remove", "--max-delete", "10"];
     let whole = sync(&input, SRC, &ceph, &format!("{DST}/whole"), &remove);
     assert_eq!(whole.status.code(), Some(0), "{}", text(&whole));
-    shared_run(&input, &ceph, &remove);
+    let removed = shared_run(&input, &ceph, &remove);
+    // The removed day's objects went from the share that copied that day, and only there.
+    let mut gone = deleted(&whole, "whole");
+    gone.sort();
+    assert_eq!(gone.len(), 3, "{}", text(&whole));
+    let owner = shares
+        .iter()
+        .position(|s| s.copied.iter().any(|k| k.starts_with("2024-03-02/")))
+        .expect("a share copied 2024-03-02");
+    for (i, share) in removed.iter().enumerate() {
+        let mut deleted = share.deleted.clone();
+        deleted.sort();
+        let expected = if i == owner { gone.clone() } else { Vec::new() };
+        assert_eq!(
+            deleted, expected,
+            "index {i} deleted (2024-03-02 is index {owner}'s)"
+        );
+    }
     let (a, b) = (
         mirrored(&ceph, "whole/").await,
         mirrored(&ceph, "shared/").await,
