@@ -3,6 +3,7 @@
 
 mod basics;
 mod edges;
+mod iceberg;
 mod mirror;
 mod operations;
 mod protocol;

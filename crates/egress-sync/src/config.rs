@@ -108,6 +108,29 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(16..=4096))]
     pub memory_budget_mib: u64,
 
+    /// Commit each mirrored Parquet day to Apache Iceberg tables beside the output: one
+    /// table per source table, partitioned by day, the mirrored files its data files.
+    #[arg(long, env = "ICEBERG")]
+    pub iceberg: bool,
+
+    /// Where the Iceberg tables are: s3://bucket/path on the output's endpoint, or a
+    /// directory (default: `_iceberg` in the output, which the mirror then leaves alone).
+    #[arg(long, env = "ICEBERG_WAREHOUSE", default_value = "")]
+    pub iceberg_warehouse: String,
+
+    /// The Iceberg tables' namespace: a table is `<warehouse>/<namespace>/<table>`.
+    #[arg(long, env = "ICEBERG_NAMESPACE", default_value = "egress")]
+    pub iceberg_namespace: String,
+
+    /// An Iceberg SQL catalog in PostgreSQL (postgresql://user:password@host/db); empty:
+    /// no catalog server, each table's folder records its versions.
+    #[arg(long, env = "ICEBERG_CATALOG", hide_env_values = true)]
+    pub iceberg_catalog: Option<Secret>,
+
+    /// The catalog's name in the SQL catalog (the name readers give their catalog).
+    #[arg(long, env = "ICEBERG_CATALOG_NAME", default_value = "egress")]
+    pub iceberg_catalog_name: String,
+
     /// The mirror shared by several processes, each a disjoint set of day folders.
     #[command(flatten)]
     pub shards: egress_common::cli::ShardArgs,

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod decide;
+pub mod iceberg;
 pub mod manifests;
 pub mod march;
 pub mod mirror;

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use egress_common::day::handoff::{self, DayFacts, HandOff, Withdrawals};
+use egress_common::day::handoff::{self, DayFacts, Departure, HandOff, Withdrawals};
 use egress_common::day::lease;
 use egress_common::manifest;
 use egress_store::{list_parallel, ObjectInfo, StoreError};
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::decide::{self, Decision};
+use crate::iceberg::Tables;
 use crate::manifests::{Expected, Folder, InputManifests};
 use crate::march::{Listing, March, Pair};
 use crate::output::OutputGuard;
@@ -28,6 +29,10 @@ struct Mirror<'a> {
     settings: &'a Settings,
     pool: Pool,
     manifests: tokio::sync::Mutex<InputManifests>,
+    /// The Iceberg tables days are committed to (`--iceberg`).
+    tables: Option<Arc<Tables>>,
+    /// Folders whose manifest is, or may be after the hand-over, at the output.
+    days: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Keys of no day: the programs' own files.
@@ -37,10 +42,12 @@ fn outside_days(key: &str) -> bool {
 
 /// Mirror the input into the output of `sides` as `settings` say.
 pub async fn run(settings: &Settings, mut sides: Sides) -> anyhow::Result<Report> {
-    let withdrawals = Arc::new(Withdrawals::new(sides.dest.clone(), outside_days));
     // One writer per mirror: a dry run writes nothing and takes no lease.
     if settings.dry_run {
-        return Mirror::new(settings, sides, withdrawals).run(None).await;
+        let withdrawals = Arc::new(Withdrawals::new(sides.dest.clone(), outside_days));
+        return Mirror::new(settings, sides, withdrawals, None)
+            .run(None)
+            .await;
     }
     // A shared mirror: one lease per share, and none of another layout live (checked once
     // ours is taken, so that of two runs starting together at least one sees the other).
@@ -52,17 +59,28 @@ pub async fn run(settings: &Settings, mut sides: Sides) -> anyhow::Result<Report
         settings.lease,
     )
     .await?;
-    if let Err(e) = lease::check_mirror_layout(&sides.dest, slice).await {
-        lease.release().await;
-        return Err(e);
-    }
+    let tables = match lease::check_mirror_layout(&sides.dest, slice).await {
+        Ok(()) => open_tables(settings, &sides, &lease).await,
+        Err(e) => Err(e),
+    };
+    let tables = match tables {
+        Ok(tables) => tables,
+        Err(e) => {
+            lease.release().await;
+            return Err(e);
+        }
+    };
+    // A day leaves its tables before it leaves the output.
+    let departure = tables.clone().map(|t| t as Arc<dyn Departure>);
+    let withdrawals =
+        Arc::new(Withdrawals::new(sides.dest.clone(), outside_days).telling(departure));
     // Every write into the output asks the lease first (a run that lost it writes nothing
     // more) and withdraws its day's manifest; every upload it starts is marked as its own.
     let marks = Marks::new(sides.dest.clone(), lease.run_id(), lease.since());
     let guard = OutputGuard::new(lease.fence(), withdrawals.clone(), marks);
     sides.dest = egress_store::guarded(sides.dest, Arc::new(guard));
     let output = sides.dest.clone();
-    let mut outcome = Mirror::new(settings, sides, withdrawals)
+    let mut outcome = Mirror::new(settings, sides, withdrawals, tables)
         .run(Some(&lease))
         .await;
     // A local output is on disk, names included, before the run says it succeeded.
@@ -74,6 +92,23 @@ pub async fn run(settings: &Settings, mut sides: Sides) -> anyhow::Result<Report
     let outcome = lease::explain_failure(outcome, &lease).await;
     lease.release().await;
     outcome
+}
+
+/// The Iceberg tables of `--iceberg`: their warehouse written only while the run holds
+/// `lease`.
+async fn open_tables(
+    settings: &Settings,
+    sides: &Sides,
+    lease: &lease::Lease,
+) -> anyhow::Result<Option<Arc<Tables>>> {
+    let Some(iceberg) = &settings.iceberg else {
+        return Ok(None);
+    };
+    let output = &settings.output;
+    let warehouse = iceberg.warehouse.open(&output.s3, settings.local).await?;
+    let warehouse = egress_store::guarded(warehouse, lease.fence());
+    let tables = Tables::open(iceberg, sides.dest.clone(), &output.location, warehouse).await?;
+    Ok(Some(Arc::new(tables)))
 }
 
 impl<'a> Mirror<'a> {
@@ -92,10 +127,16 @@ impl<'a> Mirror<'a> {
             self.delete_extra(allowed).await?;
         }
         self.hand_over_all(manifests).await?;
+        self.commit_tables().await;
         self.summarise(old_records).await
     }
 
-    fn new(settings: &'a Settings, sides: Sides, withdrawals: Arc<Withdrawals>) -> Mirror<'a> {
+    fn new(
+        settings: &'a Settings,
+        sides: Sides,
+        withdrawals: Arc<Withdrawals>,
+        tables: Option<Arc<Tables>>,
+    ) -> Mirror<'a> {
         let t = settings.transfer;
         let shape = transfer::Settings::new(t.buffer_threshold, t.part_size, t.memory_budget);
         let manifests = InputManifests::new(sides.source.clone());
@@ -118,6 +159,8 @@ impl<'a> Mirror<'a> {
                 withdrawals,
             ),
             manifests: tokio::sync::Mutex::new(manifests),
+            tables,
+            days: tokio::sync::Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -252,6 +295,7 @@ impl<'a> Mirror<'a> {
             {
                 self.manifests.lock().await.at_output(&d.key).await?;
             }
+            self.note_day(&pair).await;
             let source = match &pair {
                 Pair::DestOnly(_) => continue,
                 Pair::SourceOnly(s) | Pair::Both(s, _) => s.clone(),
@@ -287,6 +331,52 @@ impl<'a> Mirror<'a> {
             }
         }
         Ok((deferred, march.saw_old_records()))
+    }
+
+    /// Remember the folder of a manifest at either side: its day may be at the output
+    /// after the hand-over, to be committed to its tables (`--iceberg`).
+    async fn note_day(&self, pair: &Pair) {
+        if self.tables.is_none() {
+            return;
+        }
+        let key = pair_key(pair);
+        if manifest::is_manifest(&key) {
+            let folder = manifest::folder_of(&key).to_string();
+            self.days.lock().await.insert(folder);
+        }
+    }
+
+    /// Commit every day the output holds to its Iceberg tables (`--iceberg`), in date
+    /// order; a table that cannot take a day fails the run, the others go on.
+    async fn commit_tables(&self) {
+        let Some(tables) = &self.tables else {
+            return;
+        };
+        let days = std::mem::take(&mut *self.days.lock().await);
+        let mut csv = Vec::new();
+        for folder in days {
+            let published = self.pool.published(&folder);
+            match tables.commit_day(&folder, published).await {
+                Ok(outcome) => {
+                    if outcome.csv {
+                        csv.push(folder.clone());
+                    }
+                    for (table, line) in outcome.failures {
+                        tracing::error!(folder = %folder, table = %table, "day {folder} not committed to Iceberg table {table}: {line}");
+                        self.pool
+                            .record(|r| r.fail(&format!("{folder} (Iceberg table {table})"), line));
+                    }
+                }
+                Err(e) => {
+                    let line = format!("day {folder} not committed to its Iceberg tables: {e}");
+                    tracing::error!(folder = %folder, "{line}");
+                    self.pool.record(|r| r.fail(&folder, line));
+                }
+            }
+        }
+        if let (Some(first), Some(last)) = (csv.first(), csv.last()) {
+            info!("{} CSV day(s) ({first} to {last}) mirrored, not committed to Iceberg tables: Iceberg has no CSV data files", csv.len());
+        }
     }
 
     /// An object the output already has: skipped, unless its size is not its manifest's

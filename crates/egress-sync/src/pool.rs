@@ -81,6 +81,8 @@ pub struct Pool {
     proven: Mutex<HashSet<String>>,
     /// Objects this run deleted from the output.
     removed: Mutex<HashSet<String>>,
+    /// Folders whose manifest this run published at the output.
+    published: Mutex<HashSet<String>>,
     /// Counters for the status line.
     pub progress: Arc<Progress>,
 }
@@ -106,6 +108,7 @@ impl Pool {
             fatal: Mutex::new(None),
             proven: Mutex::new(HashSet::new()),
             removed: Mutex::new(HashSet::new()),
+            published: Mutex::new(HashSet::new()),
             progress: Arc::new(Progress::default()),
         }
     }
@@ -150,6 +153,11 @@ impl Pool {
     /// True when this run deleted `key` from the output.
     pub fn removed(&self, key: &str) -> bool {
         self.removed.lock().is_ok_and(|r| r.contains(key))
+    }
+
+    /// True when this run published `folder`'s manifest at the output.
+    pub fn published(&self, folder: &str) -> bool {
+        self.published.lock().is_ok_and(|p| p.contains(folder))
     }
 
     fn prove_done(&self, key: &str) {
@@ -367,6 +375,9 @@ impl Pool {
                     r.copied += 1;
                     r.bytes_copied += size;
                 });
+                if let Ok(mut published) = self.published.lock() {
+                    published.insert(egress_common::manifest::folder_of(&key).to_string());
+                }
             }
             Err(e) => self.failed(&key, CopyError::Store(e)),
         }

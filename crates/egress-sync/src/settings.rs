@@ -9,6 +9,7 @@ use egress_common::ConfigError;
 use egress_store::{LocalOptions, S3Settings};
 
 use crate::config::{Args, VerifySide};
+use crate::iceberg::IcebergSettings;
 use crate::sides::{self, Filter, Side};
 
 const MIB: u64 = 1024 * 1024;
@@ -79,12 +80,20 @@ pub struct Settings {
     pub lease: lease::Options,
     /// A live progress line on a terminal.
     pub progress: bool,
+    /// Days committed to Iceberg tables (`--iceberg`).
+    pub iceberg: Option<IcebergSettings>,
 }
 
 impl Settings {
     /// The settings `args` ask for; a wrong one is a [`ConfigError`] naming the fix.
     pub fn from_args(args: &Args) -> Result<Settings, ConfigError> {
         let slice = args.shards.slice()?;
+        let output = sides::side_settings(Side::Output, args)?;
+        let iceberg = iceberg_settings(args, &output.location)?;
+        let mut filter = Filter::new(&args.include, &args.exclude, slice)?;
+        if let Some(inside) = iceberg.as_ref().and_then(|i| i.inside_output.as_deref()) {
+            filter = filter.without(inside);
+        }
         let mode = match args.verify {
             None => Mode::Mirror,
             Some(VerifySide::Input) => Mode::Verify(Side::Input),
@@ -93,9 +102,9 @@ impl Settings {
         Ok(Settings {
             mode,
             input: sides::side_settings(Side::Input, args)?,
-            output: sides::side_settings(Side::Output, args)?,
+            output,
             local: args.common.local(),
-            filter: Filter::new(&args.include, &args.exclude, slice)?,
+            filter,
             slice,
             jobs: args.jobs as usize,
             list_jobs: args.list_jobs as usize,
@@ -110,6 +119,7 @@ impl Settings {
             },
             lease: args.common.lease(),
             progress: args.common.progress(),
+            iceberg,
         })
     }
 
@@ -145,6 +155,7 @@ impl Settings {
                 ttl: lease_ttl,
             },
             progress: false,
+            iceberg: None,
         }
     }
 
@@ -155,4 +166,104 @@ impl Settings {
             Side::Output => &self.output,
         }
     }
+}
+
+/// The Iceberg settings `args` ask for (`None` without `--iceberg`).
+fn iceberg_settings(
+    args: &Args,
+    output: &egress_common::Location,
+) -> Result<Option<IcebergSettings>, ConfigError> {
+    let catalog = args.iceberg_catalog.clone().filter(|c| !c.is_empty());
+    if !args.iceberg {
+        if catalog.is_some() || !args.iceberg_warehouse.trim().is_empty() {
+            return Err(ConfigError::new(
+                "ICEBERG_WAREHOUSE or ICEBERG_CATALOG is set but --iceberg is not: set ICEBERG=true to commit days to Iceberg tables, or unset them",
+            ));
+        }
+        return Ok(None);
+    }
+    if !args.require_manifest {
+        return Err(ConfigError::new(
+            "--iceberg needs --require-manifest (REQUIRE_MANIFEST=true): a table takes only days the mirror checked whole",
+        ));
+    }
+    let namespace = args.iceberg_namespace.trim();
+    if namespace.is_empty()
+        || !namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(ConfigError::new(format!(
+            "ICEBERG_NAMESPACE '{namespace}' is not a namespace: use letters, digits and '_'"
+        )));
+    }
+    if let Some(url) = &catalog {
+        let text = url.expose();
+        if text.starts_with("http://") || text.starts_with("https://") {
+            return Err(ConfigError::new(
+                "ICEBERG_CATALOG is an http(s) URL: Iceberg REST catalogs are not supported; use a postgresql:// SQL catalog, or leave it empty for the file-system layout",
+            ));
+        }
+        if !(text.starts_with("postgresql://") || text.starts_with("postgres://")) {
+            return Err(ConfigError::new(
+                "ICEBERG_CATALOG is not a postgresql:// URL: write postgresql://user:password@host:5432/database, or leave it empty",
+            ));
+        }
+    }
+    let (warehouse, inside_output) = warehouse(args.iceberg_warehouse.trim(), output)?;
+    Ok(Some(IcebergSettings {
+        warehouse,
+        inside_output,
+        namespace: namespace.to_string(),
+        catalog,
+        catalog_name: args.iceberg_catalog_name.trim().to_string(),
+    }))
+}
+
+/// The warehouse's location, and its key prefix in the output when it lies inside it.
+fn warehouse(
+    text: &str,
+    output: &egress_common::Location,
+) -> Result<(egress_common::Location, Option<String>), ConfigError> {
+    use egress_common::Location;
+    const DEFAULT: &str = "_iceberg";
+    if text.is_empty() {
+        let location = match output {
+            Location::S3 { bucket, prefix } => Location::S3 {
+                bucket: bucket.clone(),
+                prefix: egress_store::key::join(prefix, DEFAULT),
+            },
+            Location::Local(dir) => Location::Local(dir.join(DEFAULT)),
+        };
+        return Ok((location, Some(DEFAULT.to_string())));
+    }
+    let location = Location::parse(text)
+        .map_err(|e| ConfigError::new(format!("ICEBERG_WAREHOUSE is invalid: {e}")))?;
+    let inside = match (&location, output) {
+        (Location::S3 { bucket, prefix }, Location::S3 { bucket: ob, prefix: op }) if bucket == ob => {
+            match op.is_empty() {
+                true => Some(prefix.clone()),
+                false => prefix.strip_prefix(&format!("{op}/")).map(str::to_string),
+            }
+        }
+        (Location::S3 { .. }, Location::S3 { .. }) => None,
+        (Location::Local(dir), Location::Local(out)) => {
+            let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            abs(dir)
+                .strip_prefix(abs(out))
+                .ok()
+                .map(|rest| rest.display().to_string())
+        }
+        _ => {
+            return Err(ConfigError::new(
+                "ICEBERG_WAREHOUSE must be where the output is: s3://bucket/path on the output's endpoint for an S3 output, a directory for a local one",
+            ))
+        }
+    };
+    if inside.as_deref() == Some("") {
+        return Err(ConfigError::new(
+            "ICEBERG_WAREHOUSE is the output itself: give a folder inside it (the default is _iceberg) or elsewhere",
+        ));
+    }
+    Ok((location, inside))
 }

@@ -208,6 +208,9 @@ pub struct Filter {
     exclude: Option<GlobSet>,
     /// This process's share, when the mirror is shared.
     slice: Option<Slice>,
+    /// A key prefix (ending in `/`) no side's listing includes: the Iceberg warehouse
+    /// inside the output.
+    outside: Option<String>,
 }
 
 impl Filter {
@@ -221,7 +224,16 @@ impl Filter {
             include: globs(include, "--include")?,
             exclude: globs(exclude, "--exclude")?,
             slice: (slice.count > 1).then_some(slice),
+            outside: None,
         })
+    }
+
+    /// The same filter, keeping every key under `prefix` out of the run.
+    pub fn without(self, prefix: &str) -> Filter {
+        Filter {
+            outside: Some(format!("{}/", prefix.trim_end_matches('/'))),
+            ..self
+        }
     }
 
     /// True when `key` takes part in the run.
@@ -239,6 +251,10 @@ impl Filter {
     pub fn accepts_in_any_share(&self, key: &str) -> bool {
         key != OLD_RECORDS_KEY
             && !egress_common::day::lease::is_coordination(key)
+            && self
+                .outside
+                .as_ref()
+                .is_none_or(|p| !key.starts_with(p.as_str()))
             && self.include.as_ref().is_none_or(|g| g.is_match(key))
             && self.exclude.as_ref().is_none_or(|g| !g.is_match(key))
     }

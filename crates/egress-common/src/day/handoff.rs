@@ -24,6 +24,14 @@ use tokio::sync::OnceCell;
 
 use crate::manifest;
 
+/// What must let go of a day before it leaves the output (its manifest withdrawn): a
+/// reader that refers to the day's objects (egress-sync's Iceberg tables).
+#[async_trait::async_trait]
+pub trait Departure: Send + Sync + std::fmt::Debug {
+    /// Before `folder`'s manifest is withdrawn from the output: an error keeps it there.
+    async fn before_leaving(&self, folder: &str) -> Result<(), StoreError>;
+}
+
 /// One folder's withdrawal, done once; every writer in the folder waits for it.
 type Withdrawal = OnceCell<()>;
 
@@ -36,6 +44,8 @@ pub struct Withdrawals {
     failed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Keys that belong to no day (the programs' own files).
     outside: fn(&str) -> bool,
+    /// Told before a day's manifest is withdrawn.
+    departure: Option<Arc<dyn Departure>>,
 }
 
 impl Withdrawals {
@@ -47,7 +57,13 @@ impl Withdrawals {
             folders: std::sync::Mutex::new(HashMap::new()),
             failed: std::sync::Mutex::new(std::collections::HashSet::new()),
             outside,
+            departure: None,
         }
+    }
+
+    /// The same withdrawals, telling `departure` first each time a day leaves.
+    pub fn telling(self, departure: Option<Arc<dyn Departure>>) -> Withdrawals {
+        Withdrawals { departure, ..self }
     }
 
     /// Before `key` is written or deleted at the output: its folder's manifest is removed
@@ -88,6 +104,9 @@ impl Withdrawals {
         };
         match self.dest.head(&key).await {
             Ok(_) => {
+                if let Some(departure) = &self.departure {
+                    departure.before_leaving(folder).await.map_err(failed)?;
+                }
                 self.dest.delete(&key).await.map_err(failed)?;
                 tracing::info!(
                     "withdrew {}: its day changes at the input; the new manifest is written once the day is copied",
