@@ -54,7 +54,8 @@ if [ ! -x /opt/egress-moto/bin/moto_server ]; then
 fi
 
 # Offline deployment checks: pytest, PyYAML, kubernetes-validate, hadolint.
-if ! /opt/egress-py/bin/python -c 'import pytest, yaml, kubernetes_validate, jsonschema, pyarrow, duckdb, frictionless' 2>/dev/null \
+if ! { /opt/egress-py/bin/python -c 'import pytest, yaml, kubernetes_validate, jsonschema, pyarrow, duckdb, frictionless, pyiceberg, sqlalchemy, psycopg2' \
+       && test -f /opt/egress-py/lib/python3.11/site-packages/duckdb_ext/extensions/v1.4.4/linux_amd64/iceberg.duckdb_extension; } 2>/dev/null \
    || [ ! -x /opt/egress-py/bin/hadolint ]; then
   log "pip install -r tests/deploy/requirements.txt into /opt/egress-py"
   python3 -m venv /opt/egress-py

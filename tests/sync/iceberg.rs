@@ -269,3 +269,181 @@ async fn a_mirrored_week_is_one_table_read_alike_by_pyiceberg_and_duckdb() {
         );
     }
 }
+
+/// The schema follows the source: a column added upstream is a new optional field that
+/// earlier days read as NULL, a widening Iceberg allows is taken, and a change it cannot
+/// express fails the run with one line naming the table, the column and both types, the
+/// day mirrored all the same and the table left at its last good version.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_schema_follows_the_source_and_refuses_what_iceberg_cannot_express() {
+    let days =
+        Days::new("CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, label text);").await;
+    let add = |from: u32| {
+        format!(
+            "INSERT INTO items SELECT i, i, 'x' || i FROM generate_series({from}, {}) i;",
+            from + 4
+        )
+    };
+    days.sql(&add(1)).await;
+    days.dump("2024-04-01", "items", "parquet");
+    days.sql(&format!(
+        "ALTER TABLE items ADD COLUMN discount numeric(5,2); ALTER TABLE items ALTER COLUMN qty TYPE bigint; {}",
+        add(6)
+    ))
+    .await;
+    days.sql("UPDATE items SET discount = 0.5 WHERE id > 5;")
+        .await;
+    days.dump("2024-04-02", "items", "parquet");
+    let out = days.sync(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let got = days.read("items", Some("2024-04-01"), None);
+    let py = &got["pyiceberg"];
+    let field = |name: &str| {
+        py["schema"]
+            .as_array()
+            .expect("schema")
+            .iter()
+            .find(|f| f[0] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {py}"))
+    };
+    assert_eq!(
+        field("qty"),
+        json!(["qty", "long", true]),
+        "int widened to long"
+    );
+    assert_eq!(
+        field("discount"),
+        json!(["discount", "decimal(5, 2)", false]),
+        "an added column is optional"
+    );
+    let mut first_day = days.parquet_rows("2024-04-01", "items");
+    for row in first_day.as_array_mut().expect("rows") {
+        row["discount"] = Value::Null;
+    }
+    for reader in ["pyiceberg", "duckdb"] {
+        assert_eq!(
+            got[reader]["counts"],
+            json!({"2024-04-01": 5, "2024-04-02": 10}),
+            "{reader}: {got}"
+        );
+        assert_eq!(
+            got[reader]["rows"], first_day,
+            "{reader} reads the earlier day's new column as NULL"
+        );
+    }
+
+    // A column retyped: refused, named, the day mirrored, the table as it was.
+    days.sql("ALTER TABLE items ALTER COLUMN label TYPE int USING length(label);")
+        .await;
+    days.dump("2024-04-03", "items", "parquet");
+    let before = days.metadata("items");
+    let out = days.sync(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let line = egress_testkit::stderr(&out);
+    assert!(
+        text(&out).contains(
+            "Iceberg table egress.items: column `label` is string in the table but int in this day"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(line.contains("Iceberg table egress.items"), "{line}");
+    assert!(
+        days.output
+            .path()
+            .join("2024-04-03/_manifest.json")
+            .exists(),
+        "the day is mirrored"
+    );
+    assert_eq!(
+        days.metadata("items"),
+        before,
+        "the table keeps its last good version"
+    );
+}
+
+/// A day dumped again at the input replaces its rows in the table (never doubled); a day
+/// removed with `--remove` leaves the table in the same run, before its files go (the
+/// readers never meet a missing file); a CSV day is mirrored and named once as not
+/// committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redumped_day_replaces_its_rows_and_a_removed_day_leaves_the_table() {
+    let days = Days::new(ORDERS).await;
+    for n in 1..=3 {
+        days.sql(&orders_of_day(n)).await;
+        days.dump(&format!("2024-03-0{n}"), "orders", "parquet");
+    }
+    let out = days.sync(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    days.sql("DELETE FROM orders WHERE id % 2 = 0;").await;
+    days.dump("2024-03-02", "orders", "parquet");
+    let out = days.sync(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got = days.read("orders", Some("2024-03-02"), None);
+    for reader in ["pyiceberg", "duckdb"] {
+        assert_eq!(
+            got[reader]["counts"],
+            json!({"2024-03-01": 10, "2024-03-02": 15, "2024-03-03": 30}),
+            "{reader}: {got}"
+        );
+        assert_eq!(
+            got[reader]["rows"],
+            days.parquet_rows("2024-03-02", "orders"),
+            "{reader}"
+        );
+    }
+
+    std::fs::remove_dir_all(days.input.path().join("2024-03-01")).expect("remove a day");
+    let out = days.sync(&["--remove", "--max-delete", "10"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !days.output.path().join("2024-03-01").exists(),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        days.table_dir("orders").join("metadata").exists(),
+        "--remove leaves the warehouse alone"
+    );
+    let got = days.read("orders", None, None);
+    for reader in ["pyiceberg", "duckdb"] {
+        assert_eq!(
+            got[reader]["counts"],
+            json!({"2024-03-02": 15, "2024-03-03": 30}),
+            "{reader}: {got}"
+        );
+    }
+    let ops: Vec<Value> = got["pyiceberg"]["snapshots"]
+        .as_array()
+        .expect("snapshots")
+        .iter()
+        .map(|s| json!([s[1], s[2]]))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            json!(["append", "2024-03-01"]),
+            json!(["append", "2024-03-02"]),
+            json!(["append", "2024-03-03"]),
+            json!(["delete", "2024-03-02"]),
+            json!(["append", "2024-03-02"]),
+            json!(["delete", "2024-03-01"]),
+        ],
+        "a day leaves its table before its objects change"
+    );
+
+    days.dump("2024-03-04", "orders", "csv");
+    let out = days.sync(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(days.output.path().join("2024-03-04/orders.csv.gz").exists());
+    assert!(
+        text(&out).contains(
+            "1 CSV day(s) (2024-03-04 to 2024-03-04) mirrored, not committed to Iceberg tables"
+        ),
+        "{}",
+        text(&out)
+    );
+}

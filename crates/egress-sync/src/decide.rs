@@ -27,6 +27,9 @@ pub enum CopyReason {
     SourceChanged,
     /// No record (copied by another tool); same size, but the source is newer.
     SourceNewer,
+    /// It looked unchanged, but its bytes are not what its day's manifest lists (read
+    /// back before the manifest could vouch for it).
+    ContentDiffers,
 }
 
 /// Why an object is left alone.
@@ -180,6 +183,7 @@ impl fmt::Display for CopyReason {
             CopyReason::TimeDiffers => "changed: modification time differs",
             CopyReason::SourceChanged => "changed: source ETag or size differs from the last copy",
             CopyReason::SourceNewer => "changed: source is newer",
+            CopyReason::ContentDiffers => "changed: its bytes are not its day's manifest's",
         })
     }
 }

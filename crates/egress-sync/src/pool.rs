@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use egress_store::{ErrorKind, StoreError};
+use egress_store::{ErrorKind, ObjectInfo, StoreError};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -210,6 +210,34 @@ impl Pool {
                 info!(key = %key, "`{output}/{key}` was there already and matches its day's manifest");
                 self.prove_done(&key);
             }
+            // Same size and time, other bytes (a day written again within the second its
+            // first version was): the input's object is copied, if it is the manifest's
+            // (else the manifest is wrong, and the day at the output is left as it is).
+            Err(CopyError::Manifest(why)) => {
+                let source = &self.transfers.source;
+                if let Err(e) = transfer::prove_in(&self.transfers, source, &key, &expected).await {
+                    return self.failed(&key, e);
+                }
+                info!(key = %key, "`{output}/{key}` looked unchanged but is not its day's manifest's ({why}): copying it again");
+                match self.transfers.source.head(&key).await {
+                    Ok(meta) => {
+                        let object = ObjectInfo {
+                            key: key.clone(),
+                            size: meta.size,
+                            etag: meta.etag,
+                            modified: meta.modified,
+                            modified_nanos: 0,
+                        };
+                        let item = Item {
+                            object,
+                            expected: Some(expected),
+                            part_sizes: None,
+                        };
+                        Box::pin(self.copy(item, CopyReason::ContentDiffers)).await;
+                    }
+                    Err(e) => self.failed(&key, CopyError::Store(e)),
+                }
+            }
             Err(e) => self.failed(&key, e),
         }
     }
@@ -334,6 +362,10 @@ impl Pool {
             println!("delete (not in input) `{output}/{key}`");
             self.record(|r| r.planned_deletes += 1);
             return;
+        }
+        // A manifest's deletion is its day's withdrawal (readers of the day let go first).
+        if let Err(e) = self.withdrawals.before_delete(&key).await {
+            return self.failed(&key, CopyError::Store(e));
         }
         match self.transfers.dest.delete(&key).await {
             Ok(()) => {

@@ -599,8 +599,19 @@ fn verify_parts(
 /// Prove that the output's object at `key` is the one its manifest lists (read back in one
 /// stream, hashed): an object the output already had, before a manifest vouches for it.
 pub async fn prove(t: &Stores, key: &str, expected: &Expected) -> Result<(), CopyError> {
+    prove_in(t, &t.dest, key, expected).await
+}
+
+/// Prove that `store`'s object at `key` (the input's or the output's) is the one its
+/// manifest lists.
+pub async fn prove_in(
+    t: &Stores,
+    store: &egress_store::Store,
+    key: &str,
+    expected: &Expected,
+) -> Result<(), CopyError> {
     let _stream = t.settings.stream().await?;
-    let got = t.dest.get(key, GetOptions::default()).await?;
+    let got = store.get(key, GetOptions::default()).await?;
     let size = got.meta.size;
     let mut hash = Sha256::new();
     let mut body = got.body.into_stream();

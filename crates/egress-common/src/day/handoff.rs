@@ -73,7 +73,21 @@ impl Withdrawals {
         if manifest::is_manifest(key) || (self.outside)(key) {
             return Ok(());
         }
-        let folder = manifest::folder_of(key).to_string();
+        self.withdraw_once(manifest::folder_of(key)).await
+    }
+
+    /// Before the manifest `key` is deleted from the output (`--remove`): that is its
+    /// day's withdrawal, done as any other (what refers to the day lets go first).
+    pub async fn before_delete(&self, key: &str) -> Result<(), StoreError> {
+        match manifest::is_manifest(key) {
+            true => self.withdraw_once(manifest::folder_of(key)).await,
+            false => Ok(()),
+        }
+    }
+
+    /// Withdraw `folder`'s manifest, once per run; every writer in the folder waits.
+    async fn withdraw_once(&self, folder: &str) -> Result<(), StoreError> {
+        let folder = folder.to_string();
         let failed = self.failed.lock().is_ok_and(|f| f.contains(&folder));
         if failed && !self.withdrawn(&folder) {
             return Err(StoreError::new(
