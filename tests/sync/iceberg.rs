@@ -447,3 +447,257 @@ async fn a_redumped_day_replaces_its_rows_and_a_removed_day_leaves_the_table() {
         text(&out)
     );
 }
+
+/// Days dumped into S3 (s3s-fs) for [`S3Days`]: `count` days of `orders`.
+struct S3Days {
+    pg: PgServer,
+    input: egress_testkit::S3Server,
+    output: egress_testkit::S3Server,
+}
+
+impl S3Days {
+    async fn new(count: u32) -> S3Days {
+        use egress_testkit::{S3Kind, S3Server};
+        let pg = PgServer::start();
+        pg.client()
+            .await
+            .batch_execute(ORDERS)
+            .await
+            .expect("schema");
+        let (input, output) = (
+            S3Server::start(S3Kind::S3sFs),
+            S3Server::start(S3Kind::S3sFs),
+        );
+        input.create_bucket("days").await;
+        output.create_bucket("mirror").await;
+        let days = S3Days { pg, input, output };
+        for n in 1..=count {
+            days.pg
+                .client()
+                .await
+                .batch_execute(&orders_of_day(n))
+                .await
+                .expect("rows");
+            let bin = Path::new(env!("CARGO_BIN_EXE_egress-sync")).with_file_name("egress-dump");
+            let mut cmd = egress_testkit::clean_command(bin.to_str().expect("utf-8"));
+            cmd.envs(days.pg.env())
+                .envs(days.input.env())
+                .env("DUMP_DATE", format!("2024-03-{n:02}"))
+                .args([
+                    "--tables",
+                    "orders",
+                    "--format",
+                    "parquet",
+                    "--output",
+                    "s3://days/pg",
+                ]);
+            let out = egress_testkit::run(&mut cmd);
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        }
+        days
+    }
+
+    /// egress-sync into the output (reached at `endpoint`), committing to Iceberg tables.
+    fn sync_command(&self, endpoint: &str, extra: &[&str]) -> Command {
+        let output = self.output.s3().via(endpoint);
+        let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-sync"));
+        let input = self.input.s3();
+        cmd.env("INPUT_URL", &input.endpoint)
+            .env("INPUT_PATH", "days/pg")
+            .env("INPUT_ACCESS_KEY_ID", &input.access_key)
+            .env("INPUT_SECRET_ACCESS_KEY", &input.secret_key)
+            .env("OUTPUT_URL", &output.endpoint)
+            .env("OUTPUT_PATH", "mirror")
+            .env("OUTPUT_ACCESS_KEY_ID", &output.access_key)
+            .env("OUTPUT_SECRET_ACCESS_KEY", &output.secret_key)
+            .args(["--require-manifest", "--iceberg"])
+            .args(extra);
+        cmd
+    }
+
+    /// The readers' S3 settings for the output.
+    fn s3_spec(&self) -> Value {
+        let s3 = self.output.s3();
+        json!({"endpoint": s3.endpoint, "key": s3.access_key, "secret": s3.secret_key})
+    }
+
+    /// Read the table whose current metadata file is `metadata`.
+    fn read(&self, metadata: &str, date: Option<&str>) -> Value {
+        let mut spec = json!({"metadata": metadata, "duckdb": metadata, "s3": self.s3_spec()});
+        if let Some(date) = date {
+            spec["date"] = json!(date);
+        }
+        read(&spec)
+    }
+
+    /// The newest metadata file of a file-system table in the output.
+    async fn metadata(&self, table: &str) -> String {
+        let dir = format!("_iceberg/egress/{table}/metadata");
+        let hint = self
+            .output
+            .get("mirror", &format!("{dir}/version-hint.text"))
+            .await;
+        let n = String::from_utf8(hint).expect("utf-8");
+        format!("s3://mirror/{dir}/v{n}.metadata.json")
+    }
+}
+
+/// S3 on both sides, the tables' versions in a PostgreSQL SQL catalog, and the mirror
+/// shared by two processes running at once, each committing its own days to the same
+/// table: every day is there once, and pyiceberg's SqlCatalog and DuckDB read it alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_shares_commit_s3_days_through_a_sql_catalog_at_once() {
+    let days = S3Days::new(6).await;
+    let url = format!(
+        "postgresql://{}:{}@127.0.0.1:{}/postgres",
+        egress_testkit::postgres::USER,
+        egress_testkit::postgres::PASSWORD,
+        days.pg.port
+    );
+    let endpoint = days.output.s3().endpoint.clone();
+    let shares: Vec<std::process::Child> = (0..2)
+        .map(|i| {
+            let index = i.to_string();
+            days.sync_command(
+                &endpoint,
+                &[
+                    "--shards",
+                    "2",
+                    "--shard-index",
+                    &index,
+                    "--iceberg-catalog",
+                    &url,
+                ],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+        })
+        .collect();
+    for share in shares {
+        let out = share.wait_with_output().expect("share");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            !text(&out).contains(&url),
+            "the catalog's URL (its password) is never printed"
+        );
+    }
+    let location = days
+        .pg
+        .value("SELECT metadata_location FROM iceberg_tables WHERE catalog_name = 'egress' AND table_namespace = 'egress' AND table_name = 'orders'");
+    let location = location.trim().to_string();
+    assert!(
+        location.starts_with("s3://mirror/_iceberg/egress/orders/metadata/"),
+        "{location}"
+    );
+    let spec = json!({
+        "sql": {
+            "uri": url.replace("postgresql://", "postgresql+psycopg2://"),
+            "name": "egress",
+            "table": "egress.orders",
+        },
+        "duckdb": location,
+        "s3": days.s3_spec(),
+        "date": "2024-03-05",
+    });
+    let got = read(&spec);
+    let want = json!({"2024-03-01": 10, "2024-03-02": 20, "2024-03-03": 30, "2024-03-04": 40, "2024-03-05": 50, "2024-03-06": 60});
+    for reader in ["pyiceberg", "duckdb"] {
+        assert_eq!(got[reader]["counts"], want, "{reader}: {got}");
+        assert_eq!(
+            got[reader]["rows"].as_array().map(Vec::len),
+            Some(50),
+            "{reader}"
+        );
+    }
+    assert_eq!(
+        got["pyiceberg"]["snapshots"].as_array().map(Vec::len),
+        Some(6),
+        "one snapshot per day: {got}"
+    );
+    assert_eq!(got["pyiceberg"]["rows"], got["duckdb"]["rows"]);
+}
+
+/// A sync killed in the middle of a commit (before its version is published, then after
+/// but before the hint names it) leaves the previous version readable; the next run
+/// completes the commit, and the day is in the table once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_killed_mid_commit_leaves_the_last_version_and_the_next_run_finishes() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let days = S3Days::new(2).await;
+    let upstream = days.output.s3().endpoint.clone();
+    // A first run commits the first day only.
+    let out =
+        egress_testkit::run(&mut days.sync_command(&upstream, &["--include", "2024-03-01/*"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let first = days.metadata("orders").await;
+
+    for (moment, kill_at) in [
+        (
+            "before its version is published",
+            "/metadata/v2.metadata.json",
+        ),
+        (
+            "after its version, before the hint",
+            "/metadata/version-hint.text",
+        ),
+    ] {
+        let pid = Arc::new(AtomicU32::new(0));
+        let armed = pid.clone();
+        let at = kill_at.to_string();
+        let hook: egress_testkit::proxy::Hook = Arc::new(move |seen| {
+            let hit = seen.method == "PUT" && seen.target.contains(&at);
+            let pid = armed.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if hit && pid != 0 {
+                    egress_testkit::process::signal(pid, libc::SIGKILL);
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                }
+            })
+        });
+        let proxy = egress_testkit::proxy::Proxy::start(&upstream, Some(hook), None);
+        let child = days
+            .sync_command(&proxy.endpoint, &["--lease-ttl", "5s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        pid.store(child.id(), Ordering::SeqCst);
+        let out = child.wait_with_output().expect("killed run");
+        assert_eq!(out.status.code(), None, "killed {moment}: {}", text(&out));
+        // The hint still names the first version: readers see it, whole.
+        assert_eq!(days.metadata("orders").await, first, "{moment}");
+        let got = days.read(&first, None);
+        for reader in ["pyiceberg", "duckdb"] {
+            assert_eq!(
+                got[reader]["counts"],
+                json!({"2024-03-01": 10}),
+                "{moment}: {reader}: {got}"
+            );
+        }
+        drop(proxy);
+        std::thread::sleep(std::time::Duration::from_secs(6));
+    }
+    let out = egress_testkit::run(&mut days.sync_command(&upstream, &[]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let now = days.metadata("orders").await;
+    assert!(
+        now.ends_with("/v2.metadata.json"),
+        "the published version is found and named: {now}"
+    );
+    let got = days.read(&now, None);
+    for reader in ["pyiceberg", "duckdb"] {
+        assert_eq!(
+            got[reader]["counts"],
+            json!({"2024-03-01": 10, "2024-03-02": 20}),
+            "{reader}: {got}"
+        );
+    }
+    assert_eq!(
+        got["pyiceberg"]["snapshots"].as_array().map(Vec::len),
+        Some(2),
+        "{got}"
+    );
+}

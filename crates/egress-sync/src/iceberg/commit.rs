@@ -83,13 +83,25 @@ pub enum CommitError {
         refusal: Refusal,
     },
     /// Reading or writing the table's metadata failed.
-    #[error("Iceberg table {table}: {source}")]
+    #[error("Iceberg table {table}: {}", describe(source))]
     Metadata {
         /// The table.
         table: String,
         /// What failed.
         source: iceberg::Error,
     },
+}
+
+/// An iceberg error as one line: its message, then its causes.
+pub fn describe(e: &iceberg::Error) -> String {
+    let mut line = e.message().to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
 }
 
 /// The next snapshot's id and file names: random, from the task's source.

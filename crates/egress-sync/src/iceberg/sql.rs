@@ -9,7 +9,12 @@ use super::commit::TableRef;
 
 /// The catalog's tables, as pyiceberg creates them (Java's JDBC catalog adds
 /// `iceberg_type`, NULL meaning a table: created here too, so both read the same rows).
+/// Under a transaction-scoped advisory lock: two committers starting together would
+/// otherwise race in `CREATE TABLE IF NOT EXISTS` (measured: one failed on
+/// `pg_type_typname_nsp_index`).
 const SCHEMA: &str = "
+BEGIN;
+SELECT pg_advisory_xact_lock(7361620155);
 CREATE TABLE IF NOT EXISTS iceberg_tables (
     catalog_name VARCHAR(255) NOT NULL,
     table_namespace VARCHAR(255) NOT NULL,
@@ -25,7 +30,8 @@ CREATE TABLE IF NOT EXISTS iceberg_namespace_properties (
     property_key VARCHAR(255) NOT NULL,
     property_value VARCHAR(1000),
     PRIMARY KEY (catalog_name, namespace, property_key)
-);";
+);
+COMMIT;";
 
 /// A connection to the catalog's database, and the catalog's name in it.
 pub struct SqlCatalog {
