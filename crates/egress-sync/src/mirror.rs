@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::decide::{self, Decision};
+use crate::iceberg::storage::{Root, Warehouse};
 use crate::iceberg::Tables;
 use crate::manifests::{Expected, Folder, InputManifests};
 use crate::march::{Listing, March, Pair};
@@ -105,8 +106,23 @@ async fn open_tables(
         return Ok(None);
     };
     let output = &settings.output;
-    let warehouse = iceberg.warehouse.open(&output.s3, settings.local).await?;
-    let warehouse = egress_store::guarded(warehouse, lease.fence());
+    // Inside the output (the default), the tables are keys of the output's own store,
+    // written past the hand-over's withdrawals (they are no day's objects).
+    let warehouse = match &iceberg.inside_output {
+        Some(prefix) => Warehouse {
+            store: egress_store::guarded(sides.dest.clone(), lease.fence()),
+            root: Root::of(&output.location),
+            prefix: prefix.clone(),
+        },
+        None => Warehouse {
+            store: egress_store::guarded(
+                iceberg.warehouse.open(&output.s3, settings.local).await?,
+                lease.fence(),
+            ),
+            root: Root::of(&iceberg.warehouse),
+            prefix: String::new(),
+        },
+    };
     let tables = Tables::open(iceberg, sides.dest.clone(), &output.location, warehouse).await?;
     Ok(Some(Arc::new(tables)))
 }

@@ -217,6 +217,7 @@ fn iceberg_settings(
         namespace: namespace.to_string(),
         catalog,
         catalog_name: args.iceberg_catalog_name.trim().to_string(),
+        given_columns: None,
     }))
 }
 

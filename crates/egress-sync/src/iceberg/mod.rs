@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 use self::catalog::{Catalog, Published};
 use self::commit::{CommitError, DayUpdate, Prepared, TableRef};
 use self::plan::FileFacts;
-use self::storage::{Root, TableStorage};
+use self::storage::{Root, TableStorage, Warehouse};
 
 /// How often a commit that lost to another committer is prepared again.
 const ATTEMPTS: u32 = 20;
@@ -46,6 +46,9 @@ pub struct IcebergSettings {
     pub catalog: Option<egress_store::Secret>,
     /// The catalog's name in it (what readers configure).
     pub catalog_name: String,
+    /// Every day's columns, given: the simulation's objects are not Parquet (`None`: read
+    /// from each day's first file's footer).
+    pub given_columns: Option<arrow_schema::Schema>,
 }
 
 /// The tables of a run: where they are, how they are committed, and what the run knows of
@@ -54,7 +57,10 @@ pub struct Tables {
     io: TableStorage,
     catalog: Catalog,
     namespace: String,
-    warehouse: Root,
+    warehouse: Warehouse,
+    /// The columns of every day (the simulation's objects are not Parquet); `None`: read
+    /// from each day's first file's footer.
+    given_columns: Option<arrow_schema::Schema>,
     /// The output, where the days' manifests and data files are.
     output: Store,
     output_root: Root,
@@ -81,20 +87,19 @@ pub struct DayOutcome {
 
 impl std::fmt::Debug for Tables {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tables({})", self.warehouse.as_str())
+        write!(f, "Tables({})", self.warehouse.root.as_str())
     }
 }
 
 impl Tables {
-    /// The tables `settings` describe, beside the output `output` at `output_location`;
-    /// `warehouse` is the store the warehouse is in.
+    /// The tables `settings` describe in `warehouse`, beside the output `output` at
+    /// `output_location`.
     pub async fn open(
         settings: &IcebergSettings,
         output: Store,
         output_location: &egress_common::Location,
-        warehouse: Store,
+        warehouse: Warehouse,
     ) -> anyhow::Result<Tables> {
-        let root = Root::of(&settings.warehouse);
         let catalog = match &settings.catalog {
             None => Catalog::Files,
             Some(url) => Catalog::Sql(
@@ -102,10 +107,11 @@ impl Tables {
             ),
         };
         Ok(Tables {
-            io: TableStorage::new(warehouse, root.clone()),
+            io: TableStorage::new(warehouse.store.clone(), warehouse.root.clone()),
             catalog,
             namespace: settings.namespace.clone(),
-            warehouse: root,
+            warehouse,
+            given_columns: settings.given_columns.clone(),
             output,
             output_root: Root::of(output_location),
             known: Mutex::new(HashMap::new()),
@@ -116,7 +122,7 @@ impl Tables {
     fn table(&self, entry: &TableEntry) -> TableRef {
         let name = table_name(entry);
         TableRef {
-            location: self.warehouse.uri(&format!("{}/{name}", self.namespace)),
+            location: self.warehouse.table_uri(&self.namespace, &name),
             namespace: self.namespace.clone(),
             name,
         }
@@ -253,9 +259,12 @@ impl Tables {
             })
             .collect();
         let key = format!("{folder}/{}", first.file);
-        let columns = footer::columns(&self.output, &key, first.compressed_bytes)
-            .await
-            .map_err(failed)?;
+        let columns = match &self.given_columns {
+            Some(columns) => columns.clone(),
+            None => footer::columns(&self.output, &key, first.compressed_bytes)
+                .await
+                .map_err(failed)?,
+        };
         let update = DayUpdate {
             date: date.to_string(),
             files,

@@ -49,6 +49,26 @@ impl Root {
     }
 }
 
+/// Where the tables are: a store, its root's URI, and the key prefix of the tables in it
+/// (`_iceberg` for the default warehouse inside the output).
+#[derive(Debug, Clone)]
+pub struct Warehouse {
+    /// The store (writes asked of the run's lease).
+    pub store: Store,
+    /// Its root's URI.
+    pub root: Root,
+    /// The tables' key prefix in it.
+    pub prefix: String,
+}
+
+impl Warehouse {
+    /// The URI of the folder of table `name` in `namespace`.
+    pub fn table_uri(&self, namespace: &str, name: &str) -> String {
+        let key = egress_store::key::join(&self.prefix, &format!("{namespace}/{name}"));
+        self.root.uri(&key)
+    }
+}
+
 /// A store as iceberg-rust's [`Storage`]. Serialised (iceberg's storages are), the store
 /// itself is not: a deserialised one only names its root.
 #[derive(Debug, Clone, Serialize, Deserialize)]
