@@ -19,6 +19,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("late-coordinator-withdraws", "a coordinator withdraws a complete day before every shard has joined its plan"),
     ("pieces-overwrite", "a shard writes its objects without create-only, and without claiming its index"),
     ("duplicates-last-wins", "a manifest listing one object twice is read, the last entry winning"),
+    ("iceberg-late-departure", "a day leaves its Iceberg tables only after its manifest is withdrawn from the output"),
+    ("iceberg-hint-trusted", "a table's current version is taken from its hint alone, never probed past it"),
 ];
 
 #[cfg(feature = "mutants")]

@@ -84,6 +84,9 @@ pub fn after_write(world: &World, _proc: usize, _side: Side, _key: &str) {
     for problem in output_versions(world) {
         world.violate(problem);
     }
+    for problem in crate::tables::problems(world) {
+        world.violate(problem);
+    }
 }
 
 fn exists(store: &MemoryStore, key: &str) -> bool {
@@ -312,5 +315,8 @@ pub async fn at_rest(world: &World, dates: &[String]) {
                 "liveness: day {date} at the output is not the input's after the last mirror"
             )),
         }
+    }
+    for problem in crate::tables::at_rest(world, dates) {
+        world.violate(problem);
     }
 }

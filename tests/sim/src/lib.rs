@@ -7,13 +7,15 @@
 //! process's store requests slowed, refused, or their replies lost after they took effect,
 //! and its clock skewed. The [`runner`] runs the programs' real day steps against
 //! in-memory stores on one virtual-time runtime, so a seed replays exactly; after every
-//! change to a store, and once every run ended, [`check`] holds the invariants.
+//! change to a store, and once every run ended, [`check`] holds the invariants (the
+//! Iceberg tables' in [`tables`]).
 
 pub mod check;
 pub mod runner;
 pub mod schedule;
 pub mod source;
 pub mod store;
+pub mod tables;
 pub mod world;
 
 pub use runner::{run, Outcome};

@@ -255,6 +255,8 @@ async fn body(
         Kind::Mirror => {
             let mut settings = egress_sync::Settings::for_stores(true, Duration::from_secs(ttl));
             settings.lease.wait = Duration::from_secs(spec.wait_for_lease);
+            settings.iceberg = Some(iceberg_settings());
+            settings.filter = settings.filter.without("_iceberg");
             let sides = egress_sync::sides::Sides {
                 source: view(Side::Input),
                 dest: view(Side::Output),
@@ -263,6 +265,24 @@ async fn body(
             };
             egress_sync::mirror::run(&settings, sides).await.map(|_| ())
         }
+    }
+}
+
+/// The mirror commits every day to Iceberg tables in `_iceberg` of the output, each day's
+/// columns given (the simulation's objects are not Parquet files).
+fn iceberg_settings() -> egress_sync::iceberg::IcebergSettings {
+    let columns = arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+        "row",
+        arrow_schema::DataType::Utf8,
+        false,
+    )]);
+    egress_sync::iceberg::IcebergSettings {
+        warehouse: egress_common::Location::Local("out/_iceberg".into()),
+        inside_output: Some("_iceberg".into()),
+        namespace: "egress".into(),
+        catalog: None,
+        catalog_name: "egress".into(),
+        given_columns: Some(columns),
     }
 }
 
@@ -287,7 +307,8 @@ fn dump_settings(
         conflict_retries: 0,
         keep_going: false,
         header: false,
-        format: egress_dump::config::Format::Csv,
+        // Parquet days, so that the mirror commits them to its Iceberg tables.
+        format: egress_dump::config::Format::Parquet,
         compression_level: 6,
         single_gzip_member: false,
         part_size: 8 << 20,
@@ -362,7 +383,7 @@ fn tamper(world: &World, side: Side) {
     }
     let store = world.store(side);
     let objects = store.objects();
-    let Some((key, bytes, _)) = objects.iter().find(|(k, _, _)| k.ends_with(".csv.gz")) else {
+    let Some((key, bytes, _)) = objects.iter().find(|(k, _, _)| k.ends_with(".parquet")) else {
         return;
     };
     let date = egress_common::manifest::folder_of(key).to_string();

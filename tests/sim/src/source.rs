@@ -282,8 +282,8 @@ impl SimSnapshot {
     ) -> Result<TableReport, AttemptError> {
         let stem = table.requested.file_stem();
         let file = match table.piece {
-            Some(p) => p.of.file(&stem, "csv.gz"),
-            None => format!("{stem}.csv.gz"),
+            Some(p) => p.of.file(&stem, "parquet"),
+            None => format!("{stem}.parquet"),
         };
         let date = self.date();
         let key = format!("{date}/{file}");

@@ -116,6 +116,9 @@ pub struct World {
     /// Days another tool changed, with the manifest they had then: not judged on that
     /// side until their manifest changes.
     pub tampered: Mutex<BTreeSet<(Side, String, Vec<u8>)>>,
+    /// The Iceberg tables' versions read so far (a version's files never change), by the
+    /// bytes of its metadata file.
+    pub table_versions: Mutex<std::collections::HashMap<Vec<u8>, crate::tables::Days>>,
     /// Whether to print the trace as it goes (a replay).
     pub echo: bool,
     /// The mutant this world runs, if any (for the trace's first line).
@@ -145,6 +148,7 @@ impl World {
             input_changed: Mutex::new(BTreeMap::new()),
             db: Mutex::new(crate::source::Db::new(seed)),
             tampered: Mutex::new(BTreeSet::new()),
+            table_versions: Mutex::new(std::collections::HashMap::new()),
             echo,
             mutant,
         })

@@ -118,10 +118,14 @@ impl Withdrawals {
         };
         match self.dest.head(&key).await {
             Ok(_) => {
-                if let Some(departure) = &self.departure {
+                let late = egress_store::mutant::active("iceberg-late-departure");
+                if let Some(departure) = self.departure.as_ref().filter(|_| !late) {
                     departure.before_leaving(folder).await.map_err(failed)?;
                 }
                 self.dest.delete(&key).await.map_err(failed)?;
+                if let Some(departure) = self.departure.as_ref().filter(|_| late) {
+                    departure.before_leaving(folder).await.map_err(failed)?;
+                }
                 tracing::info!(
                     "withdrew {}: its day changes at the input; the new manifest is written once the day is copied",
                     self.dest.describe(&key)
