@@ -561,9 +561,9 @@ async fn two_shares_commit_s3_days_through_a_sql_catalog_at_once() {
             days.sync_command(
                 &endpoint,
                 &[
-                    "--shards",
+                    "--shares",
                     "2",
-                    "--shard-index",
+                    "--share-index",
                     &index,
                     "--iceberg-catalog",
                     &url,
@@ -700,4 +700,146 @@ async fn a_sync_killed_mid_commit_leaves_the_last_version_and_the_next_run_finis
         Some(2),
         "{got}"
     );
+}
+
+/// Lay a local day out again as `date` (its manifest's date and keys rewritten; the
+/// objects the same bytes).
+fn copy_day(input: &Path, from: &str, date: &str) {
+    let (src, dst) = (input.join(from), input.join(date));
+    std::fs::create_dir_all(&dst).expect("day folder");
+    for entry in std::fs::read_dir(&src).expect("day") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("name").to_owned();
+        let bytes = std::fs::read(&path).expect("read");
+        let bytes = match name == "_manifest.json" {
+            true => String::from_utf8(bytes)
+                .expect("utf-8")
+                .replace(from, date)
+                .into_bytes(),
+            false => bytes,
+        };
+        std::fs::write(dst.join(name), bytes).expect("write");
+    }
+}
+
+/// The cost of the commit that brings a table to 365 days, on S3: its requests, and the
+/// bytes of metadata it reads and writes. It is bounded: a constant number of requests,
+/// the metadata file bounded by the snapshots kept, and the manifest list growing by one
+/// entry a day.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_at_365_days_reads_and_writes_a_bounded_amount_of_metadata() {
+    use egress_testkit::{S3Kind, S3Server};
+    let days = Days::new(ORDERS).await;
+    days.sql(&orders_of_day(1)).await;
+    days.dump("2024-01-01", "orders", "parquet");
+    let date = |n: i64| {
+        let first = 19723; // 2024-01-01 as days since 1970-01-01
+        iceberg_date(first + n)
+    };
+    for n in 1..364 {
+        copy_day(days.input.path(), "2024-01-01", &date(n));
+    }
+    let output = S3Server::start(S3Kind::S3sFs);
+    output.create_bucket("mirror").await;
+    let sync = |endpoint: &str| {
+        let s3 = output.s3().via(endpoint);
+        let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-sync"));
+        cmd.env("INPUT_PATH", days.input.path())
+            .env("OUTPUT_URL", &s3.endpoint)
+            .env("OUTPUT_PATH", "mirror")
+            .env("OUTPUT_ACCESS_KEY_ID", &s3.access_key)
+            .env("OUTPUT_SECRET_ACCESS_KEY", &s3.secret_key)
+            .args(["--require-manifest", "--iceberg"]);
+        egress_testkit::run(&mut cmd)
+    };
+    let out = sync(&output.s3().endpoint);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    copy_day(days.input.path(), "2024-01-01", &date(364));
+    let proxy = egress_testkit::proxy::Proxy::start(&output.s3().endpoint, None, None);
+    let started = std::time::Instant::now();
+    let out = sync(&proxy.endpoint);
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut count: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut read, mut written) = (0usize, 0usize);
+    for seen in proxy
+        .requests()
+        .iter()
+        .filter(|s| s.target.contains("/_iceberg/"))
+    {
+        *count.entry(seen.method.clone()).or_default() += 1;
+        let key = seen
+            .target
+            .trim_start_matches("/mirror/")
+            .split('?')
+            .next()
+            .unwrap_or_default();
+        let size = output.get("mirror", key).await.len();
+        match seen.method.as_str() {
+            "GET" => read += size,
+            "PUT" => written += size,
+            _ => {}
+        }
+    }
+    let metadata = output
+        .keys("mirror", "_iceberg/egress/orders/metadata/")
+        .await;
+    let got = days_read_s3(&output, &metadata);
+    eprintln!(
+        "ICEBERG COST at 365 days: requests {count:?}, metadata read {read} bytes, written {written} bytes, run {seconds:.2} s; snapshots kept {}",
+        got["pyiceberg"]["snapshots"].as_array().map_or(0, Vec::len)
+    );
+    assert_eq!(
+        got["pyiceberg"]["counts"].as_object().map(|c| c.len()),
+        Some(365),
+        "{got}"
+    );
+    assert_eq!(
+        got["duckdb"]["counts"].as_object().map(|c| c.len()),
+        Some(365)
+    );
+    assert!(count.get("GET").copied().unwrap_or(0) <= 3, "{count:?}");
+    assert!(count.get("PUT").copied().unwrap_or(0) <= 4, "{count:?}");
+    assert!(count.get("HEAD").copied().unwrap_or(0) <= 2, "{count:?}");
+    assert!(
+        read < 256 * 1024,
+        "a commit at 365 days read {read} bytes of metadata"
+    );
+}
+
+/// `YYYY-MM-DD` of a day number.
+fn iceberg_date(days: i64) -> String {
+    let secs = days * 86_400;
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d"])
+        .output()
+        .expect("date");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+/// Both readers on the newest version of the output's table.
+fn days_read_s3(output: &egress_testkit::S3Server, metadata: &[String]) -> Value {
+    let newest = metadata
+        .iter()
+        .filter_map(|k| {
+            k.rsplit('/')
+                .next()?
+                .strip_prefix('v')?
+                .strip_suffix(".metadata.json")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .expect("a version");
+    let file = format!("s3://mirror/_iceberg/egress/orders/metadata/v{newest}.metadata.json");
+    let s3 = output.s3();
+    read(&json!({
+        "metadata": file,
+        "duckdb": file,
+        "s3": {"endpoint": s3.endpoint, "key": s3.access_key, "secret": s3.secret_key},
+    }))
 }

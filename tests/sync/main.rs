@@ -7,7 +7,7 @@ mod iceberg;
 mod mirror;
 mod operations;
 mod protocol;
-mod shards;
+mod shares;
 
 use std::process::{Command, Output};
 

@@ -37,17 +37,32 @@ pub struct Slice {
 impl ShardArgs {
     /// The share the flags ask for, checked.
     pub fn slice(&self) -> Result<Slice, crate::ConfigError> {
-        let count = self.shards;
-        let index = match self.shard_index {
+        Slice::checked(
+            self.shards,
+            self.shard_index,
+            ["--shards", "SHARDS", "--shard-index"],
+        )
+    }
+}
+
+impl Slice {
+    /// Index `index` of `count`, checked; `flags` names the count's flag, its variable and
+    /// the index's flag in the lines that refuse it.
+    pub fn checked(
+        count: u64,
+        index: Option<u64>,
+        [flag, var, index_flag]: [&str; 3],
+    ) -> Result<Slice, crate::ConfigError> {
+        let index = match index {
             Some(i) if i >= count => {
                 return Err(crate::ConfigError::new(format!(
-                    "--shard-index (JOB_COMPLETION_INDEX) {i} is not below --shards (SHARDS) {count}: set SHARDS to the Job's completions"
+                    "{index_flag} (JOB_COMPLETION_INDEX) {i} is not below {flag} ({var}) {count}: set {var} to the Job's completions"
                 )))
             }
             Some(i) => i,
             None if count > 1 => {
                 return Err(crate::ConfigError::new(format!(
-                    "--shards {count} needs this process's index: run it in an Indexed Job (JOB_COMPLETION_INDEX) or pass --shard-index"
+                    "{flag} {count} needs this process's index: run it in an Indexed Job (JOB_COMPLETION_INDEX) or pass {index_flag}"
                 )))
             }
             None => 0,

@@ -4,6 +4,32 @@ use clap::Parser;
 use egress_common::cli::CommonArgs;
 use egress_store::Secret;
 
+/// The mirror shared by several processes (`--shares`): each mirrors the days of its
+/// share, a hash of the day folder's name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShareArgs {
+    /// Processes (pods of an Indexed Job) that share the mirror, each the days of its share
+    /// (1 = this process alone).
+    #[arg(long, env = "SHARES", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub shares: u64,
+
+    /// This process's share among `--shares`; an Indexed Job sets it.
+    #[arg(long, env = "JOB_COMPLETION_INDEX")]
+    pub share_index: Option<u64>,
+}
+
+impl ShareArgs {
+    /// The share the flags ask for, checked.
+    pub fn slice(&self) -> Result<egress_common::cli::Slice, egress_common::ConfigError> {
+        egress_common::cli::Slice::checked(
+            self.shares,
+            self.share_index,
+            ["--shares", "SHARES", "--share-index"],
+        )
+    }
+}
+
 /// Mirror new and changed objects from an input S3 endpoint/path to an output one
 /// (AWS S3, Ceph RGW, MinIO, or a local directory), verified.
 ///
@@ -133,7 +159,7 @@ pub struct Args {
 
     /// The mirror shared by several processes, each a disjoint set of day folders.
     #[command(flatten)]
-    pub shards: egress_common::cli::ShardArgs,
+    pub shares: ShareArgs,
 
     /// Logging, timeouts, TLS and the termination log.
     #[command(flatten)]

@@ -21,7 +21,7 @@ pub struct Listing {
     pub saw_old_records: bool,
     /// Objects listed (after filtering).
     pub count: u64,
-    /// Objects the filter accepts in any share of a shared mirror (`--shards`).
+    /// Objects the filter accepts in any share of a shared mirror (`--shares`).
     pub in_any_share: u64,
 }
 

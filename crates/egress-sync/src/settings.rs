@@ -60,7 +60,7 @@ pub struct Settings {
     pub local: LocalOptions,
     /// Which keys the run considers.
     pub filter: Filter,
-    /// This process's share of the mirror (`--shards`).
+    /// This process's share of the mirror (`--shares`).
     pub slice: Slice,
     /// Objects transferred at once.
     pub jobs: usize,
@@ -87,7 +87,7 @@ pub struct Settings {
 impl Settings {
     /// The settings `args` ask for; a wrong one is a [`ConfigError`] naming the fix.
     pub fn from_args(args: &Args) -> Result<Settings, ConfigError> {
-        let slice = args.shards.slice()?;
+        let slice = args.shares.slice()?;
         let output = sides::side_settings(Side::Output, args)?;
         let iceberg = iceberg_settings(args, &output.location)?;
         let mut filter = Filter::new(&args.include, &args.exclude, slice)?;

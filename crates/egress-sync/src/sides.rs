@@ -201,7 +201,7 @@ pub(crate) fn side_settings(side: Side, args: &Args) -> Result<SideSettings, Con
 }
 
 /// Which keys a run considers: matching `--include` (when given), not `--exclude`, in
-/// this process's share (`--shards`), and never our own files.
+/// this process's share (`--shares`), and never our own files.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     include: Option<GlobSet>,

@@ -46,7 +46,9 @@ pub fn key_in(folder: &str) -> String {
     egress_store::key::join(folder, FILE_NAME)
 }
 
-/// The start of the key of a sharded mirror's lease, one per index (`--shards`).
+/// The start of the key of a shared mirror's lease, one per share (`--shares`); the key
+/// keeps the word it had when the flag was `--shards`, so that runs of either version
+/// see each other's leases.
 const SHARD_MIRROR_PREFIX: &str = ".egress-sync-lease.shard-";
 
 /// The lease of a mirror written by `slice` (the whole mirror's when it is not shared).
@@ -80,7 +82,7 @@ pub fn is_lease(key: &str) -> bool {
 
 /// Refuse ([`Busy`]) when a live lease on the mirror covers keys of `slice` under another
 /// layout: the whole mirror's lease while a share runs, a share's while the whole mirror
-/// runs, or a share of another `--shards` count (their slices overlap). Shares of one
+/// runs, or a share of another `--shares` count (their slices overlap). Shares of one
 /// count never overlap, so they run side by side.
 pub async fn check_mirror_layout(
     store: &Store,

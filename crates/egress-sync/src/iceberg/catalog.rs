@@ -56,7 +56,11 @@ impl Catalog {
         let metadata: TableMetadata = serde_json::from_slice(&bytes).map_err(|e| {
             iceberg::Error::new(iceberg::ErrorKind::DataInvalid, format!("{file}: {e}"))
         })?;
-        Ok(Some(Current { metadata, file }))
+        Ok(Some(Current {
+            metadata,
+            file,
+            manifests: None,
+        }))
     }
 
     /// Make `next` the table's version after `current`, unless another committer's came

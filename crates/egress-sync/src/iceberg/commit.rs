@@ -23,6 +23,10 @@ use super::plan::{self, Change, FileFacts};
 use super::schema::{self, Refusal, DATE_COLUMN};
 use super::storage::TableStorage;
 
+/// Snapshots a table keeps (time travel's reach, in commits): one per table per day, so a
+/// season of days; older ones leave the metadata (their files stay: egress owns them).
+pub const KEPT_SNAPSHOTS: usize = 100;
+
 /// A table of the warehouse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableRef {
@@ -60,6 +64,18 @@ pub struct Current {
     pub metadata: TableMetadata,
     /// The URI of the metadata file it was read from.
     pub file: String,
+    /// Its snapshot's manifests, once read (or written).
+    pub manifests: Option<Vec<ManifestFile>>,
+}
+
+impl Current {
+    /// The current snapshot's manifests, read once.
+    pub async fn manifests(&mut self, io: &TableStorage) -> iceberg::Result<&[ManifestFile]> {
+        if self.manifests.is_none() {
+            self.manifests = Some(read_parent(io, &self.metadata).await?);
+        }
+        Ok(self.manifests.as_deref().unwrap_or_default())
+    }
 }
 
 /// What preparing a commit came to.
@@ -67,8 +83,8 @@ pub struct Current {
 pub enum Prepared {
     /// The table already says what the day says.
     Unchanged,
-    /// The next version, to be published.
-    Next(Box<TableMetadata>, Change),
+    /// The next version, to be published, with its snapshot's manifests.
+    Next(Box<TableMetadata>, Change, Vec<ManifestFile>),
 }
 
 /// Why a day cannot be committed to a table.
@@ -151,7 +167,10 @@ pub async fn prepare(
         (None, Some(columns)) => new_table(table, columns, &day.primary_key)?,
     };
     let date = date_days(&day.date).map_err(failed)?;
-    let parent = read_parent(io, &base).await.map_err(failed)?;
+    let parent = match current.and_then(|c| c.manifests.clone()) {
+        Some(manifests) => manifests,
+        None => read_parent(io, &base).await.map_err(failed)?,
+    };
     let found = day_files(io, &parent, date).await.map_err(failed)?;
     let change = plan::decide(&found.live_facts(), &day.files);
     if change == Change::Nothing {
@@ -179,18 +198,12 @@ pub async fn prepare(
         names: Names::draw(),
         date,
     };
-    let next = step
-        .write(
-            &parent,
-            found,
-            day,
-            change,
-            evolved.filter(|e| e.changed).map(|e| e.schema),
-            now_ms,
-        )
+    let new_schema = evolved.filter(|e| e.changed).map(|e| e.schema);
+    let (next, manifests) = step
+        .write(&parent, found, day, change, new_schema, now_ms)
         .await
         .map_err(failed)?;
-    Ok(Prepared::Next(Box::new(next), change))
+    Ok(Prepared::Next(Box::new(next), change, manifests))
 }
 
 /// A new table's metadata, without a snapshot: the day's schema, partitioned by the day.
@@ -247,21 +260,17 @@ pub fn date_days(date: &str) -> iceberg::Result<i32> {
     }
 }
 
-/// The days the table's current snapshot holds, by its manifests' partition bounds (a
+/// The days a table's current snapshot holds, by its manifests' partition bounds (a
 /// manifest spanning several days, written by another engine, is not counted).
-pub async fn dates_held(
-    io: &TableStorage,
-    metadata: &TableMetadata,
-) -> iceberg::Result<std::collections::BTreeSet<i32>> {
-    let manifests = read_parent(io, metadata).await?;
-    Ok(manifests
+pub fn dates_held(manifests: &[ManifestFile]) -> std::collections::BTreeSet<i32> {
+    manifests
         .iter()
         .filter(|m| m.has_added_files() || m.has_existing_files())
         .filter_map(|m| match bounds(m) {
             Some((lo, hi)) if lo == hi => Some(lo),
             _ => None,
         })
-        .collect())
+        .collect()
 }
 
 /// The manifests of the table's current snapshot.
@@ -392,7 +401,7 @@ impl Step<'_> {
         change: Change,
         new_schema: Option<Schema>,
         now_ms: i64,
-    ) -> iceberg::Result<TableMetadata> {
+    ) -> iceberg::Result<(TableMetadata, Vec<ManifestFile>)> {
         let schema = Arc::new(match &new_schema {
             Some(s) => s.clone(),
             None => (**self.base.current_schema()).clone(),
@@ -411,7 +420,7 @@ impl Step<'_> {
             .cloned()
             .collect();
         manifests.extend(manifest);
-        let list = self.list(manifests, sequence).await?;
+        let list = self.list(manifests.clone(), sequence).await?;
         let summary = summary(self.base, &found, day, change);
         let snapshot = Snapshot::builder()
             .with_snapshot_id(self.names.snapshot_id)
@@ -422,7 +431,19 @@ impl Step<'_> {
             .with_summary(summary)
             .with_schema_id(schema.schema_id())
             .build();
-        self.next_metadata(new_schema, snapshot)
+        let next = self.next_metadata(new_schema, snapshot)?;
+        // The list writer gave the new manifest its sequence number: as written, then.
+        let written = manifests
+            .into_iter()
+            .map(|mut m| {
+                if m.sequence_number < 0 {
+                    m.sequence_number = sequence;
+                    m.min_sequence_number = sequence;
+                }
+                m
+            })
+            .collect();
+        Ok((next, written))
     }
 
     /// The new manifest: the day's files added, and any other day's files that shared a
@@ -515,11 +536,28 @@ impl Step<'_> {
                 "false".to_string(),
             ),
         ]);
-        Ok(builder
+        let builder = builder
             .set_properties(properties)?
-            .set_branch_snapshot(snapshot, iceberg::spec::MAIN_BRANCH)?
-            .build()?
-            .metadata)
+            .set_branch_snapshot(snapshot, iceberg::spec::MAIN_BRANCH)?;
+        Ok(builder.remove_snapshots(&self.expired()).build()?.metadata)
+    }
+
+    /// The snapshots the next version no longer keeps: all but the newest
+    /// [`KEPT_SNAPSHOTS`] (with the new one). The metadata file then stays bounded whatever
+    /// the days the table holds; time travel reaches that many commits back.
+    fn expired(&self) -> Vec<i64> {
+        let mut snapshots: Vec<(i64, i64)> = self
+            .base
+            .snapshots()
+            .map(|s| (s.sequence_number(), s.snapshot_id()))
+            .collect();
+        snapshots.sort_unstable();
+        let excess = (snapshots.len() + 1).saturating_sub(KEPT_SNAPSHOTS);
+        snapshots
+            .into_iter()
+            .take(excess)
+            .map(|(_, id)| id)
+            .collect()
     }
 }
 

@@ -25,7 +25,7 @@ use egress_store::{GetOptions, Store, StoreError};
 use tokio::sync::Mutex;
 
 use self::catalog::{Catalog, Published};
-use self::commit::{CommitError, DayUpdate, Prepared, TableRef};
+use self::commit::{CommitError, Current, DayUpdate, Prepared, TableRef};
 use self::plan::FileFacts;
 use self::storage::{Root, TableStorage, Warehouse};
 
@@ -68,9 +68,11 @@ pub struct Tables {
     known: Mutex<HashMap<String, Known>>,
 }
 
-/// What the run knows of a table.
+/// What the run knows of a table: its version as last loaded or published, and the days
+/// that holds.
 #[derive(Default)]
 struct Known {
+    current: Option<Current>,
     dates: std::collections::BTreeSet<i32>,
 }
 
@@ -277,18 +279,27 @@ impl Tables {
     /// Whether the table holds the day, by its manifest list's partition bounds (loaded
     /// once a run per table).
     async fn holds(&self, table: &TableRef, days: i32) -> iceberg::Result<bool> {
+        let known = self.known(table).await?;
+        Ok(known.dates.contains(&days))
+    }
+
+    /// What the run knows of `table`, loaded the first time.
+    async fn known(
+        &self,
+        table: &TableRef,
+    ) -> iceberg::Result<tokio::sync::MappedMutexGuard<'_, Known>> {
         let mut known = self.known.lock().await;
         if !known.contains_key(&table.name) {
-            let current = self.catalog.load(&self.io, table).await?;
-            let dates = match &current {
-                Some(c) => commit::dates_held(&self.io, &c.metadata).await?,
+            let mut current = self.catalog.load(&self.io, table).await?;
+            let dates = match current.as_mut() {
+                Some(c) => commit::dates_held(c.manifests(&self.io).await?),
                 None => Default::default(),
             };
-            known.insert(table.name.clone(), Known { dates });
+            known.insert(table.name.clone(), Known { current, dates });
         }
-        Ok(known
-            .get(&table.name)
-            .is_some_and(|k| k.dates.contains(&days)))
+        Ok(tokio::sync::MutexGuard::map(known, |k| {
+            k.entry(table.name.clone()).or_default()
+        }))
     }
 
     /// Make `update` the table's: prepared on its current version and published, again
@@ -298,13 +309,16 @@ impl Tables {
             table: table.to_string(),
             source,
         };
-        for _ in 0..ATTEMPTS {
-            let current = self.catalog.load(&self.io, table).await.map_err(failed)?;
+        let mut current = self.known(table).await.map_err(failed)?.current.clone();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                current = self.catalog.load(&self.io, table).await.map_err(failed)?;
+            }
             let now = egress_store::task::unix_millis();
             let prepared = commit::prepare(&self.io, table, current.as_ref(), update, now).await?;
-            let (next, change) = match prepared {
+            let (next, change, manifests) = match prepared {
                 Prepared::Unchanged => return Ok(false),
-                Prepared::Next(next, change) => (next, change),
+                Prepared::Next(next, change, manifests) => (next, change, manifests),
             };
             let published = self
                 .catalog
@@ -313,12 +327,17 @@ impl Tables {
                 .map_err(failed)?;
             match published {
                 Published::Won(file) => {
-                    self.remember(table, update, change).await;
+                    let now = Current {
+                        metadata: *next,
+                        file: file.clone(),
+                        manifests: Some(manifests),
+                    };
+                    self.remember(table, update, change, now).await;
                     tracing::info!(table = %table, date = %update.date, "day {} {} Iceberg table {table} ({}, {file})", update.date, change.verb(), change.operation().as_str());
                     return Ok(true);
                 }
                 Published::Lost => {
-                    tracing::debug!(table = %table, "another committer published first; preparing again")
+                    tracing::info!(table = %table, "Iceberg table {table}: another committer published a version first; preparing the commit again on it")
                 }
             }
         }
@@ -328,13 +347,20 @@ impl Tables {
         )))
     }
 
-    /// What the run knows of the table after a commit of `change`.
-    async fn remember(&self, table: &TableRef, update: &DayUpdate, change: plan::Change) {
+    /// What the run knows of the table after a commit of `change`: `now` its version.
+    async fn remember(
+        &self,
+        table: &TableRef,
+        update: &DayUpdate,
+        change: plan::Change,
+        now: Current,
+    ) {
         let Ok(days) = commit::date_days(&update.date) else {
             return;
         };
         let mut known = self.known.lock().await;
         let entry = known.entry(table.name.clone()).or_default();
+        entry.current = Some(now);
         match change {
             plan::Change::Remove => entry.dates.remove(&days),
             _ => entry.dates.insert(days),

@@ -1,5 +1,5 @@
-//! A mirror shared by several processes (`--shards`, the pods of an Indexed Job): each
-//! mirrors a disjoint, stable set of day folders; together they equal the unsharded
+//! A mirror shared by several processes (`--shares`, the pods of an Indexed Job): each
+//! mirrors a disjoint, stable set of day folders; together they equal the unshared
 //! mirror, key for key and ETag for ETag, into Ceph RGW, `--remove` included.
 
 use std::collections::HashMap;
@@ -10,8 +10,8 @@ use egress_testkit::{stderr, stdout, text, CephRgw, S3Kind, S3Server};
 
 use super::{command, sync};
 
-const SRC: &str = "shards-source";
-const DST: &str = "shards-mirror";
+const SRC: &str = "shares-source";
+const DST: &str = "shares-mirror";
 
 /// Twelve days of three objects and a manifest each (one with a multipart object).
 async fn seed(input: &S3Server) {
@@ -83,7 +83,7 @@ fn shared_run(input: &S3Server, ceph: &CephRgw, args: &[&str]) -> Vec<Share> {
     let children: Vec<_> = (0..3)
         .map(|i| {
             command(input, SRC, ceph, &format!("{DST}/shared"), args)
-                .env("SHARDS", "3")
+                .env("SHARES", "3")
                 .env("JOB_COMPLETION_INDEX", i.to_string())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -239,9 +239,9 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
         vec![(key, serde_json::to_vec(&holder).unwrap())],
     )
     .await;
-    for (shards, index) in [("1", "0"), ("3", "1")] {
+    for (shares, index) in [("1", "0"), ("3", "1")] {
         let out = command(&input, SRC, &ceph, &format!("{DST}/shared"), &[])
-            .env("SHARDS", shards)
+            .env("SHARES", shares)
             .env("JOB_COMPLETION_INDEX", index)
             .output()
             .unwrap();
@@ -253,12 +253,12 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
         );
     }
     let out = command(&input, SRC, &ceph, &format!("{DST}/shared"), &[])
-        .env("SHARDS", "3")
+        .env("SHARES", "3")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
-        stderr(&out).contains("--shards 3 needs this process's index"),
+        stderr(&out).contains("--shares 3 needs this process's index"),
         "{}",
         text(&out)
     );
