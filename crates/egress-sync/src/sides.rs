@@ -347,7 +347,11 @@ mod tests {
             include: globs(&["2024-*/**".into()], "--include").unwrap(),
             exclude: globs(&["*.tmp".into()], "--exclude").unwrap(),
             slice: None,
+            outside: None,
         };
+        assert!(filter.accepts("2024-01-01/a.csv.gz"));
+        let filter = filter.without("2024-01-01/_iceberg");
+        assert!(!filter.accepts("2024-01-01/_iceberg/egress/t/metadata/v1.metadata.json"));
         assert!(filter.accepts("2024-01-01/a.csv.gz"));
         assert!(!filter.accepts("2024-01-01/b.tmp"));
         assert!(!filter.accepts("x/y"));

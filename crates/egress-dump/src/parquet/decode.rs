@@ -189,7 +189,7 @@ fn digits_fit(precision: u8, scale: i8) -> impl Fn(&[u8]) -> Result<i256, Refusa
 /// A binary `numeric` as an integer scaled by `10^scale`: exact, or refused (NaN and
 /// ±Infinity, which a decimal cannot hold).
 fn numeric(v: &[u8], scale: i8) -> Result<i256, Refusal> {
-    if v.len() < 8 || (v.len() - 8) % 2 != 0 {
+    if v.len() < 8 || !(v.len() - 8).is_multiple_of(2) {
         return Err(format!("a numeric value arrived as {} bytes", v.len()));
     }
     let word = |i: usize| u16::from_be_bytes([v[2 * i], v[2 * i + 1]]);

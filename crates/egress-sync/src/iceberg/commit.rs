@@ -104,8 +104,18 @@ pub enum CommitError {
         /// The table.
         table: String,
         /// What failed.
-        source: iceberg::Error,
+        source: Box<iceberg::Error>,
     },
+}
+
+impl CommitError {
+    /// Reading or writing `table`'s metadata failed with `source`.
+    pub fn metadata(table: &TableRef, source: iceberg::Error) -> CommitError {
+        CommitError::Metadata {
+            table: table.to_string(),
+            source: Box::new(source),
+        }
+    }
 }
 
 /// An iceberg error as one line: its message, then its causes.
@@ -157,10 +167,7 @@ pub async fn prepare(
     day: &DayUpdate,
     now_ms: i64,
 ) -> Result<Prepared, CommitError> {
-    let failed = |source| CommitError::Metadata {
-        table: table.to_string(),
-        source,
-    };
+    let failed = |source| CommitError::metadata(table, source);
     let base = match (current, &day.columns) {
         (Some(c), _) => c.metadata.clone(),
         (None, None) => return Ok(Prepared::Unchanged),
@@ -221,10 +228,7 @@ fn new_table(
         .schema
         .field_id_by_name(DATE_COLUMN)
         .unwrap_or_default();
-    let failed = |source| CommitError::Metadata {
-        table: table.to_string(),
-        source,
-    };
+    let failed = |source| CommitError::metadata(table, source);
     let spec = UnboundPartitionSpec::builder()
         .add_partition_field(date_id, DATE_COLUMN, Transform::Identity)
         .map_err(failed)?

@@ -241,10 +241,7 @@ impl Tables {
         entries: &[&TableEntry],
         published: bool,
     ) -> Result<bool, CommitError> {
-        let failed = |source| CommitError::Metadata {
-            table: table.to_string(),
-            source,
-        };
+        let failed = |source| CommitError::metadata(table, source);
         let days = commit::date_days(date).map_err(failed)?;
         if !published && self.holds(table, days).await.map_err(failed)? {
             return Ok(false);
@@ -305,10 +302,7 @@ impl Tables {
     /// Make `update` the table's: prepared on its current version and published, again
     /// on the newer version when another committer came first.
     async fn commit(&self, table: &TableRef, update: &DayUpdate) -> Result<bool, CommitError> {
-        let failed = |source| CommitError::Metadata {
-            table: table.to_string(),
-            source,
-        };
+        let failed = |source| CommitError::metadata(table, source);
         let mut current = self.known(table).await.map_err(failed)?.current.clone();
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {

@@ -84,12 +84,15 @@ mod tests {
             decide(&[a.clone(), b.clone()], &[b.clone(), a.clone()]),
             Change::Nothing
         );
-        assert_eq!(decide(&[], &[a.clone()]), Change::Add);
-        assert_eq!(decide(&[a.clone()], &[]), Change::Remove);
+        assert_eq!(decide(&[], std::slice::from_ref(&a)), Change::Add);
+        assert_eq!(decide(std::slice::from_ref(&a), &[]), Change::Remove);
         assert_eq!(
-            decide(&[a.clone()], &[file("s3://b/d/a.parquet", 101)]),
+            decide(std::slice::from_ref(&a), &[file("s3://b/d/a.parquet", 101)]),
             Change::Replace
         );
-        assert_eq!(decide(&[a.clone()], &[a, b]), Change::Replace);
+        assert_eq!(
+            decide(std::slice::from_ref(&a), &[a.clone(), b]),
+            Change::Replace
+        );
     }
 }
