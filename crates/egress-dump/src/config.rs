@@ -4,7 +4,8 @@ use clap::Parser;
 use egress_common::cli::CommonArgs;
 use egress_store::Secret;
 
-/// Stream PostgreSQL tables as gzip CSV into S3 (or a local folder), one folder per day.
+/// Stream PostgreSQL tables as gzip CSV or typed Parquet into S3 (or a local folder), one
+/// folder per day.
 ///
 /// The database is configured like libpq: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE,
 /// PGSSLMODE, PGSSLROOTCERT, PGAPPNAME (or --database-url). S3 credentials and region come

@@ -547,12 +547,6 @@ impl Lease {
         self.shared.since
     }
 
-    /// True once this run is known to have lost the lease: what it wrote must not be
-    /// declared complete.
-    pub fn lost(&self) -> bool {
-        self.shared.lost.load(Ordering::SeqCst)
-    }
-
     /// This run's id.
     pub fn run_id(&self) -> &str {
         &self.shared.run_id
