@@ -1,5 +1,5 @@
 //! An index other than 0 of a shared day, as named steps: wait for the coordinator's plan,
-//! import its snapshot, claim the index, wait for the go, dump this index's share, report
+//! import its snapshot, claim the index, wait for the go, dump this index's tables and pieces, report
 //! it, and stay until the coordinator has ended the day (exiting 0 only when the day's
 //! manifest is written), so a pod's success means the day's.
 //!
@@ -22,7 +22,7 @@ use crate::report::TableReport;
 use crate::settings::Settings;
 use crate::source::TableSource;
 
-/// Dump this index's share of the day.
+/// Dump this index's tables and pieces of the day.
 pub async fn run(
     settings: &Settings,
     store: Store,
@@ -57,7 +57,7 @@ pub async fn run(
             snapshot.close().await;
             info!(
                 shard = index,
-                "This index already reported its share for this plan; waiting for the day's end."
+                "This index already reported its tables for this plan; waiting for the day's end."
             );
             return end(&store, settings, &plan, None)
                 .await
@@ -109,7 +109,7 @@ pub async fn run(
     Ok(reports)
 }
 
-/// Report the share done (or failed) on the claim.
+/// Report this index's tables done (or failed) on the claim.
 async fn report(
     claim: &Claim,
     dumped: anyhow::Result<Vec<TableReport>>,

@@ -1,5 +1,5 @@
-//! Who reads which table: the coordinator alone, or `--jobs` worker connections that
-//! import its snapshot. With workers, a table split into chunks ([`crate::split`]) is read
+//! Who reads which table: the holder (the session holding the snapshot) alone, or `--jobs`
+//! worker connections that import its snapshot. With workers, a table split into chunks ([`crate::split`]) is read
 //! by all of them at once, one such table after another, before the remaining tables are
 //! shared out, largest first, one table per worker.
 
@@ -40,7 +40,7 @@ pub struct Tables<'a> {
 }
 
 /// The worker connections for a run: `--jobs` of them when a table is split, else one per
-/// table at most; none (the coordinator reads) without an exported snapshot.
+/// table at most; none (the holder reads) without an exported snapshot.
 pub fn worker_count(jobs: usize, tables: &Tables<'_>, snapshot: &SnapshotInfo) -> usize {
     match snapshot.exported_id {
         None => 0,
@@ -53,7 +53,7 @@ pub fn worker_count(jobs: usize, tables: &Tables<'_>, snapshot: &SnapshotInfo) -
 pub async fn dump_tables(
     context: &Context<'_>,
     target: &Target,
-    coordinator: &Session,
+    holder: &Session,
     snapshot: &SnapshotInfo,
     tables: &Tables<'_>,
 ) -> Result<Vec<Outcome>, DbError> {
@@ -79,7 +79,7 @@ pub async fn dump_tables(
             }
             outcomes
         }
-        None => dump_serial(coordinator, tables, context).await,
+        None => dump_serial(holder, tables, context).await,
     };
     display.finish().await;
     Ok(outcomes)
