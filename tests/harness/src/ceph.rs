@@ -150,15 +150,15 @@ impl CephRgw {
     }
 }
 
+impl Drop for CephRgw {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 impl std::ops::Deref for CephRgw {
     type Target = S3Endpoint;
     fn deref(&self) -> &S3Endpoint {
         &self.api
-    }
-}
-
-impl Drop for CephRgw {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

@@ -151,23 +151,16 @@ pub async fn put_multipart(
 
 /// The ETag of every object under `prefix` (key without the prefix -> ETag).
 pub async fn etags(server: &dyn Endpoint, bucket: &str, prefix: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let mut pages = server
-        .s3()
-        .client()
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        for o in page.expect("list").contents() {
+    let objects = server.s3().list(bucket, prefix).await;
+    let etag =
+        |o: &aws_sdk_s3::types::Object| o.e_tag().unwrap_or("").trim_matches('"').to_string();
+    objects
+        .iter()
+        .map(|o| {
             let key = o.key().unwrap_or("");
-            let rel = key.strip_prefix(prefix).unwrap_or(key).to_string();
-            out.insert(rel, o.e_tag().unwrap_or("").trim_matches('"').to_string());
-        }
-    }
-    out
+            (key.strip_prefix(prefix).unwrap_or(key).to_string(), etag(o))
+        })
+        .collect()
 }
 
 /// Every object under `prefix` as key (without the prefix) -> bytes.

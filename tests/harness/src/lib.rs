@@ -35,14 +35,61 @@ pub fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// Assert that a run printed `needle` on stdout or stderr (its whole output in the message).
+#[track_caller]
+pub fn assert_text_has(out: &std::process::Output, needle: &str) {
+    assert!(text(out).contains(needle), "{}", text(out));
+}
+
 /// Run `cmd` to the end, capturing its exit code, stdout and stderr.
 pub fn run(cmd: &mut std::process::Command) -> std::process::Output {
     cmd.output().expect("run the command")
 }
 
+/// Run `cmd` to the end and return its stdout; the test fails naming `what`, with its
+/// stderr, unless it succeeds.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Assert that a run ended with exit code `code` (its whole output in the message).
+#[track_caller]
+pub fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+}
+
+/// Assert that a run ended with `code` and said why in one line of stderr holding
+/// `needle`; returns that line.
+#[track_caller]
+pub fn assert_one_line(out: &std::process::Output, code: i32, needle: &str) -> String {
+    assert_exit(out, code);
+    let line = stderr(out);
+    assert!(line.contains(needle), "{line}");
+    assert_eq!(line.trim().lines().count(), 1, "one line: {line}");
+    line
+}
+
+/// Assert that a run printed `needle` on stderr (its whole output in the message).
+#[track_caller]
+pub fn assert_stderr_has(out: &std::process::Output, needle: &str) {
+    assert!(stderr(out).contains(needle), "{}", text(out));
+}
+
 /// A run's stdout.
 pub fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Assert that a run printed `needle` on stdout (its whole output in the message).
+#[track_caller]
+pub fn assert_stdout_has(out: &std::process::Output, needle: &str) {
+    assert!(stdout(out).contains(needle), "{}", text(out));
 }
 
 /// A run's stderr.
@@ -53,6 +100,12 @@ pub fn stderr(out: &std::process::Output) -> String {
 /// The last line a run printed on stdout (our binaries' summary line).
 pub fn last_line(out: &std::process::Output) -> String {
     stdout(out).lines().last().unwrap_or("").to_string()
+}
+
+/// Assert that a run's last line holds `needle` (its whole output in the message).
+#[track_caller]
+pub fn assert_last_line_has(out: &std::process::Output, needle: &str) {
+    assert!(last_line(out).contains(needle), "{}", text(out));
 }
 
 /// The peak resident set a run reports on its last line (`peak_rss_mib=`).

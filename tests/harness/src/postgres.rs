@@ -70,12 +70,7 @@ impl PgServer {
         ]);
         cmd.arg(format!("--pwfile={}", pwfile.display()));
         run_as.apply(&mut cmd);
-        let out = cmd.output().expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::run_ok(&mut cmd, "initdb failed");
         launch(bin, data, run_as, dir, extra_conf)
     }
 
@@ -106,12 +101,7 @@ impl PgServer {
             .arg(self.port.to_string())
             .env("PGPASSWORD", PASSWORD);
         self.run_as.apply(&mut cmd);
-        let out = cmd.output().expect("run pg_basebackup");
-        assert!(
-            out.status.success(),
-            "pg_basebackup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::run_ok(&mut cmd, "pg_basebackup failed");
         let mut conf = vec!["hot_standby = on"];
         conf.extend_from_slice(extra_conf);
         launch(self.bin.clone(), data, self.run_as, dir, &conf)
@@ -278,18 +268,11 @@ impl PgServer {
     }
 
     fn psql_with(&self, extra: &[&str], sql: &str) -> Vec<u8> {
-        let out = self
-            .psql_command(sql)
-            .args(extra)
-            .env("PGCLIENTENCODING", "UTF8")
-            .output()
-            .expect("run psql");
-        assert!(
-            out.status.success(),
-            "psql failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
+        let mut cmd = self.psql_command(sql);
+        crate::run_ok(
+            cmd.args(extra).env("PGCLIENTENCODING", "UTF8"),
+            "psql failed",
+        )
     }
 }
 

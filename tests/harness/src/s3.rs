@@ -8,6 +8,7 @@ use std::time::Duration;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
+use aws_sdk_s3::types::Object;
 
 use crate::process::{find_binary, wait_for_port};
 
@@ -263,135 +264,60 @@ impl S3Endpoint {
 
     /// Create a bucket.
     pub async fn create_bucket(&self, bucket: &str) {
-        self.client()
-            .create_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "create bucket {bucket}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                )
-            });
+        let call = self.client().create_bucket().bucket(bucket).send().await;
+        sent(call, || format!("create bucket {bucket}"));
     }
 
-    /// Wait until `key` is in `bucket` while `run` is still running: the moment a second
-    /// run must find the first one's lease, on a machine of any speed (a fixed sleep raced
-    /// the first run's start on a loaded machine).
-    pub async fn wait_for_key(&self, bucket: &str, key: &str, run: &mut Child) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !self.keys(bucket, key).await.iter().any(|k| k == key) {
-            if let Ok(Some(status)) = run.try_wait() {
-                panic!("the run ended ({status}) before s3://{bucket}/{key} appeared");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "s3://{bucket}/{key} did not appear within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    /// Every object under `prefix`, as listed, in key order.
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Vec<Object> {
+        let request = self.client().list_objects_v2().bucket(bucket);
+        let mut pages = request.prefix(prefix).into_paginator().send();
+        let mut objects = Vec::new();
+        while let Some(page) = pages.next().await {
+            objects.extend_from_slice(sent(page, || format!("list {bucket}")).contents());
         }
+        objects.sort_by(|a, b| a.key().cmp(&b.key()));
+        objects
     }
 
     /// Every key under `prefix`, sorted.
     pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        let mut keys = Vec::new();
-        let mut pages = self
-            .client()
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.unwrap_or_else(|e| {
-                panic!(
-                    "list {bucket}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                )
-            });
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_string)),
-            );
-        }
-        keys.sort();
-        keys
+        let objects = self.list(bucket, prefix).await;
+        objects
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect()
     }
 
     /// An object's bytes.
     pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
-        let out = self
-            .client()
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "get {bucket}/{key}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                )
-            });
-        out.body
-            .collect()
-            .await
-            .expect("read body")
-            .into_bytes()
-            .to_vec()
+        let request = self.client().get_object().bucket(bucket).key(key);
+        let got = sent(request.send().await, || format!("get {bucket}/{key}"));
+        let body = got.body.collect().await.expect("read body");
+        body.into_bytes().to_vec()
     }
 
     /// Put an object.
     pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
-        self.client()
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(body.into())
-            .send()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "put {bucket}/{key}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                )
-            });
+        let request = self.client().put_object().bucket(bucket).key(key);
+        sent(request.body(body.into()).send().await, || {
+            format!("put {bucket}/{key}")
+        });
     }
 
     /// Delete an object.
     pub async fn delete(&self, bucket: &str, key: &str) {
-        self.client()
-            .delete_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "delete {bucket}/{key}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                )
-            });
+        let request = self.client().delete_object().bucket(bucket).key(key);
+        sent(request.send().await, || format!("delete {bucket}/{key}"));
     }
 
     /// Start a multipart upload and leave it pending (another writer's upload).
     pub async fn start_upload(&self, bucket: &str, key: &str) -> String {
-        let out = self
-            .client()
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "start upload {bucket}/{key}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                )
-            });
-        out.upload_id().expect("an upload id").to_string()
+        let request = self.client().create_multipart_upload().bucket(bucket);
+        let started = sent(request.key(key).send().await, || {
+            format!("start upload {bucket}/{key}")
+        });
+        started.upload_id().expect("an upload id").to_string()
     }
 
     /// Wait until a multipart upload is pending in `bucket` while `run` is still running
@@ -423,20 +349,10 @@ impl S3Endpoint {
     /// Multipart uploads not yet completed or aborted, as (key, upload id) (the server must
     /// implement ListMultipartUploads).
     pub async fn pending_upload_ids(&self, bucket: &str) -> Vec<(String, String)> {
-        let out = self
-            .client()
-            .list_multipart_uploads()
-            .bucket(bucket)
-            .send()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "list uploads {bucket}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                )
-            });
-        out.uploads()
-            .iter()
+        let call = self.client().list_multipart_uploads().bucket(bucket);
+        let listed = sent(call.send().await, || format!("list uploads {bucket}"));
+        let pending = listed.uploads().iter();
+        pending
             .filter_map(|u| Some((u.key()?.to_string(), u.upload_id()?.to_string())))
             .collect()
     }
@@ -444,21 +360,28 @@ impl S3Endpoint {
     /// Keys of multipart uploads not yet completed or aborted (the server must implement
     /// ListMultipartUploads).
     pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
-        let out = self
-            .client()
-            .list_multipart_uploads()
-            .bucket(bucket)
-            .send()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "list uploads {bucket}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                )
-            });
-        out.uploads()
-            .iter()
-            .filter_map(|u| u.key().map(str::to_string))
-            .collect()
+        let pending = self.pending_upload_ids(bucket).await;
+        pending.into_iter().map(|(key, _)| key).collect()
     }
+
+    /// Assert that every one of `uploads` (key, upload id) is still pending in `bucket`:
+    /// nobody aborted them meanwhile.
+    pub async fn assert_still_pending(&self, bucket: &str, uploads: &[(String, String)]) {
+        let now = self.pending_upload_ids(bucket).await;
+        for upload in uploads {
+            assert!(
+                now.contains(upload),
+                "the first run's upload {upload:?} is no longer pending: {now:?}"
+            );
+        }
+    }
+}
+
+/// The output of an S3 call; the test fails with the error's whole chain, naming the call
+/// (`what`).
+fn sent<T, E: std::error::Error>(result: Result<T, E>, what: impl FnOnce() -> String) -> T {
+    result.unwrap_or_else(|e| {
+        let chain = aws_sdk_s3::error::DisplayErrorContext(e);
+        panic!("{}: {chain}", what())
+    })
 }

@@ -25,6 +25,9 @@ use sha2::{Digest, Sha256};
 
 use crate::world::{lock, World};
 
+/// A table's pieces for the pods (`None`: it is not split), or why not.
+type Pieces = Result<Option<Vec<Piece>>, AttemptError>;
+
 /// The tables of every simulated day; `big` is shared between the pods of a sharded day.
 pub const TABLES: &[&str] = &["a", "b", "big"];
 
@@ -210,11 +213,7 @@ impl OpenSnapshot for SimSnapshot {
         &self.opened
     }
 
-    async fn pieces(
-        &self,
-        table: &ResolvedTable,
-        of: u64,
-    ) -> Result<Option<Vec<Piece>>, AttemptError> {
+    async fn pieces(&self, table: &ResolvedTable, of: u64) -> Pieces {
         if table.name != "big" {
             return Ok(None);
         }

@@ -15,6 +15,9 @@ use egress_store::{
 use crate::check;
 use crate::world::{Dice, Faults, Side, World};
 
+/// The end of a write: the object written, or why not.
+type Written = Result<PutResult, StoreError>;
+
 /// One process's view of one store.
 pub struct View {
     world: Arc<World>,
@@ -194,12 +197,7 @@ impl ObjectStore for View {
             .await
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: Body,
-        options: &PutOptions,
-    ) -> Result<PutResult, StoreError> {
+    async fn put(&self, key: &str, body: Body, options: &PutOptions) -> Written {
         self.arrive("PUT", key).await?;
         let bytes = body.collect().await?;
         check::before_write(&self.world, self.proc, self.side, key, Some(&bytes));
@@ -236,12 +234,7 @@ impl ObjectStore for View {
         self.inner().upload_part(upload, part).await
     }
 
-    async fn complete(
-        &self,
-        upload: Upload,
-        parts: &[CompletedPart],
-        size: u64,
-    ) -> Result<PutResult, StoreError> {
+    async fn complete(&self, upload: Upload, parts: &[CompletedPart], size: u64) -> Written {
         let key = upload.key.clone();
         if let Err(e) = self.arrive("COMPLETE", &key).await {
             // As S3Store does with a failed completion: the upload is aborted.

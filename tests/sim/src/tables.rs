@@ -25,14 +25,15 @@ pub fn root() -> Root {
 /// One table's files, by day: (object key, size).
 pub type Days = BTreeMap<i32, BTreeSet<(String, u64)>>;
 
+/// The output's objects as they are now: key -> bytes.
+fn output_objects(world: &World) -> BTreeMap<String, Bytes> {
+    let objects = world.output.objects().into_iter();
+    objects.map(|(key, bytes, _)| (key, bytes)).collect()
+}
+
 /// Invariant 5's problems in the output as it is now.
 pub fn problems(world: &World) -> Vec<String> {
-    let objects: BTreeMap<String, Bytes> = world
-        .output
-        .objects()
-        .into_iter()
-        .map(|(k, b, _)| (k, b))
-        .collect();
+    let objects = output_objects(world);
     let mut problems = Vec::new();
     for (table, versions) in versions(&objects) {
         for version in versions {
@@ -188,12 +189,7 @@ fn date_of(day: i32) -> String {
 /// Liveness: once every run ended, every complete day at the output is in each of its
 /// tables, exactly.
 pub fn at_rest(world: &World, dates: &[String]) -> Vec<String> {
-    let objects: BTreeMap<String, Bytes> = world
-        .output
-        .objects()
-        .into_iter()
-        .map(|(k, b, _)| (k, b))
-        .collect();
+    let objects = output_objects(world);
     let tables = versions(&objects);
     let mut problems = Vec::new();
     for date in dates {

@@ -21,6 +21,23 @@ fn shard(index: u64, count: u64, host: &str) -> Spec {
     spec(Kind::Shard { index, count }, host)
 }
 
+/// A run of `kind` on `host` whose first write to a key containing `key` loses its reply.
+fn losing_first(kind: Kind, host: &str, key: &'static str) -> Spec {
+    let faults = Faults {
+        lose_first: Some(key),
+        ..Faults::default()
+    };
+    Spec {
+        faults,
+        ..spec(kind, host)
+    }
+}
+
+/// The runs started at their times (ms), and the events, on the one day.
+fn scripted(runs: Vec<(u64, Spec)>, events: Vec<(u64, Event)>) -> Schedule {
+    Schedule::scripted(&[DAY], runs, events)
+}
+
 fn clean(outcome: &Outcome) {
     assert!(
         outcome.violations.is_empty(),
@@ -28,6 +45,21 @@ fn clean(outcome: &Outcome) {
         outcome.violations,
         outcome.trace.join("\n")
     );
+}
+
+/// `schedule` run as written, every invariant held.
+fn run_clean(schedule: &Schedule) -> Outcome {
+    let outcome = run(schedule, false, None);
+    clean(&outcome);
+    outcome
+}
+
+/// `schedule` run as written, every invariant held, and both processes that are `what`
+/// ending with exit 0.
+fn run_both_exit_0(schedule: &Schedule, what: &str) -> Outcome {
+    let outcome = run_clean(schedule);
+    assert_eq!(exits(&outcome, what), [Some(0), Some(0)]);
+    outcome
 }
 
 /// Exit codes of the processes that are `what`.
@@ -42,8 +74,7 @@ fn exits(outcome: &Outcome, what: &str) -> Vec<Option<i32>> {
 
 /// Index 1 runs twice at once (an Indexed Job may).
 fn two_pods() -> Schedule {
-    Schedule::scripted(
-        &[DAY],
+    scripted(
         vec![
             (0, shard(0, 2, "pod-0")),
             (100, shard(1, 2, "pod-1a")),
@@ -56,12 +87,12 @@ fn two_pods() -> Schedule {
 
 /// The day done by its Job, then a lone index 0 long after (a duplicate, a manual retry).
 fn late_index_0() -> Schedule {
-    Schedule::scripted(
-        &[DAY],
+    let late = shard(0, 2, "pod-0-late");
+    scripted(
         vec![
             (0, shard(0, 2, "pod-0")),
             (100, shard(1, 2, "pod-1")),
-            (40_000, shard(0, 2, "pod-0-late")),
+            (40_000, late),
         ],
         Vec::new(),
     )
@@ -69,24 +100,15 @@ fn late_index_0() -> Schedule {
 
 /// A dump whose lease write's reply is lost, then a mirror whose lease write's is.
 fn lost_lease_replies() -> Schedule {
-    let mut dump = spec(Kind::Dump, "pod-0");
-    dump.faults = Faults {
-        lose_first: Some(".egress-lease.json"),
-        ..Faults::default()
-    };
-    let mut mirror = spec(Kind::Mirror, "mirror");
-    mirror.faults = Faults {
-        lose_first: Some(".egress-sync-lease.json"),
-        ..Faults::default()
-    };
-    Schedule::scripted(&[DAY], vec![(0, dump), (20_000, mirror)], Vec::new())
+    let dump = losing_first(Kind::Dump, "pod-0", ".egress-lease.json");
+    let mirror = losing_first(Kind::Mirror, "mirror", ".egress-sync-lease.json");
+    scripted(vec![(0, dump), (20_000, mirror)], Vec::new())
 }
 
 /// Mirrored, dumped again, then another tool changes an output object of the same size
 /// before the next mirror: the mirror skips it by size and time.
 fn changed_output() -> Schedule {
-    Schedule::scripted(
-        &[DAY],
+    scripted(
         vec![
             (0, spec(Kind::Dump, "pod-0")),
             (20_000, spec(Kind::Mirror, "mirror-1")),
@@ -99,12 +121,9 @@ fn changed_output() -> Schedule {
 
 /// A manifest rewritten by another tool to list an object twice, then a mirror.
 fn listed_twice() -> Schedule {
-    Schedule::scripted(
-        &[DAY],
-        vec![
-            (0, spec(Kind::Dump, "pod-0")),
-            (40_000, spec(Kind::Mirror, "mirror")),
-        ],
+    let (dump, mirror) = (spec(Kind::Dump, "pod-0"), spec(Kind::Mirror, "mirror"));
+    scripted(
+        vec![(0, dump), (40_000, mirror)],
         vec![(30_000, Event::Duplicate)],
     )
 }
@@ -126,10 +145,7 @@ fn writers(outcome: &Outcome, change: &str) -> Vec<String> {
 #[test]
 fn two_pods_of_one_index_leave_one_objects_bytes_and_a_true_manifest() {
     // The second pod finds the claim and writes nothing; the manifest is the store's bytes.
-    let schedule = two_pods();
-    let outcome = run(&schedule, false, None);
-    clean(&outcome);
-    assert_eq!(exits(&outcome, "shard 1/2 2024-06-01"), [Some(0), Some(0)]);
+    let outcome = run_both_exit_0(&two_pods(), "shard 1/2 2024-06-01");
     let writers = writers(&outcome, "COMPLETE in:2024-06-01/big.part-00001.csv.gz");
     assert_eq!(
         writers.len(),
@@ -141,14 +157,12 @@ fn two_pods_of_one_index_leave_one_objects_bytes_and_a_true_manifest() {
 #[test]
 fn a_late_index_0_leaves_a_complete_day_alone_and_succeeds() {
     // The late index 0 cannot gather its shards: it withdraws nothing and exits 0.
-    let schedule = late_index_0();
-    let outcome = run(&schedule, false, None);
-    clean(&outcome);
-    assert_eq!(exits(&outcome, "shard 0/2 2024-06-01"), [Some(0), Some(0)]);
+    let outcome = run_both_exit_0(&late_index_0(), "shard 0/2 2024-06-01");
     let withdrew = writers(&outcome, "DELETE in:2024-06-01/_manifest.json");
-    assert!(
-        withdrew.is_empty(),
-        "nobody withdrew the complete day: {withdrew:?}"
+    assert_eq!(
+        withdrew,
+        Vec::<String>::new(),
+        "nobody withdrew the complete day"
     );
 }
 
@@ -156,57 +170,37 @@ fn a_late_index_0_leaves_a_complete_day_alone_and_succeeds() {
 fn a_replacement_of_a_finished_shard_exits_0() {
     // A pod of index 1 started after the day is complete (its status said done, then the
     // pod was killed): no plan comes; the day is complete for its tables: exit 0.
-    let schedule = Schedule::scripted(
-        &[DAY],
-        vec![
-            (0, shard(0, 2, "pod-0")),
-            (100, shard(1, 2, "pod-1")),
-            (40_000, shard(1, 2, "pod-1-again")),
-        ],
-        Vec::new(),
-    );
-    let outcome = run(&schedule, false, None);
-    clean(&outcome);
-    assert_eq!(exits(&outcome, "shard 1/2 2024-06-01"), [Some(0), Some(0)]);
+    let again = shard(1, 2, "pod-1-again");
+    let runs = vec![
+        (0, shard(0, 2, "pod-0")),
+        (100, shard(1, 2, "pod-1")),
+        (40_000, again),
+    ];
+    run_both_exit_0(&scripted(runs, Vec::new()), "shard 1/2 2024-06-01");
 }
 
 #[test]
 fn a_lost_reply_to_the_lease_write_is_settled_as_ours() {
     // The lease's creation reaches the store but its reply is lost (the SDK's retry meets
     // 412): the run reads the lease back, finds its own run id, and dumps the day.
-    let schedule = lost_lease_replies();
-    let outcome = run(&schedule, false, None);
-    clean(&outcome);
-    assert_eq!(exits(&outcome, "dump 2024-06-01"), [Some(0), Some(0)]);
+    let outcome = run_both_exit_0(&lost_lease_replies(), "dump 2024-06-01");
     assert_eq!(exits(&outcome, "mirror"), [Some(0), Some(0)]);
     assert!(outcome.trace.iter().any(|l| l.contains("reply lost")));
 }
 
 #[test]
 fn a_lost_reply_to_a_completion_is_settled_by_reading_the_object_back() {
-    let mut dump = spec(Kind::Dump, "pod-0");
-    dump.faults = Faults {
-        lose_first: Some("big.csv.gz"),
-        ..Faults::default()
-    };
-    let schedule = Schedule::scripted(&[DAY], vec![(0, dump)], Vec::new());
-    let outcome = run(&schedule, false, None);
-    clean(&outcome);
-    assert_eq!(
-        exits(&outcome, "dump 2024-06-01")[0],
-        Some(0),
-        "{}",
-        outcome.trace.join("\n")
-    );
+    let dump = losing_first(Kind::Dump, "pod-0", "big.csv.gz");
+    let outcome = run_clean(&scripted(vec![(0, dump)], Vec::new()));
+    let trace = outcome.trace.join("\n");
+    assert_eq!(exits(&outcome, "dump 2024-06-01")[0], Some(0), "{trace}");
 }
 
 #[test]
 fn a_skipped_object_another_tool_changed_is_never_published() {
     // The mirror must read the skipped object back before the new manifest can vouch for
     // it: it does not match, the day is not published.
-    let schedule = changed_output();
-    let outcome = run(&schedule, false, None);
-    clean(&outcome);
+    let outcome = run_clean(&changed_output());
     assert!(outcome
         .trace
         .iter()
@@ -215,14 +209,12 @@ fn a_skipped_object_another_tool_changed_is_never_published() {
 
 #[test]
 fn a_manifest_listing_an_object_twice_is_refused() {
-    let schedule = listed_twice();
-    let outcome = run(&schedule, false, None);
-    clean(&outcome);
+    let outcome = run_clean(&listed_twice());
+    let trace = outcome.trace.join("\n");
     assert_eq!(
         exits(&outcome, "mirror")[0],
         Some(1),
-        "the day is refused: {}",
-        outcome.trace.join("\n")
+        "the day is refused: {trace}"
     );
 }
 
@@ -256,10 +248,19 @@ mod with_the_old_behaviour {
         outcome
     }
 
+    /// `schedule` under `mutant`, which must break the invariant whose violations start
+    /// with `invariant`.
+    fn breaks(mutant: &'static str, schedule: Schedule, invariant: &str) -> Outcome {
+        let outcome = broken(mutant, schedule);
+        let violations = &outcome.violations;
+        let found = violations.iter().any(|v| v.starts_with(invariant));
+        assert!(found, "{violations:?}");
+        outcome
+    }
+
     #[test]
     fn mutant_two_pods_of_one_index_overwrite_each_other() {
-        let schedule = two_pods();
-        let outcome = broken("pieces-overwrite", schedule);
+        let outcome = broken("pieces-overwrite", two_pods());
         let writers = writers(&outcome, "COMPLETE in:2024-06-01/big.part-00001.csv.gz");
         assert_eq!(
             writers.len(),
@@ -270,46 +271,22 @@ mod with_the_old_behaviour {
 
     #[test]
     fn mutant_a_late_index_0_withdraws_the_day() {
-        let schedule = late_index_0();
-        let outcome = broken("late-coordinator-withdraws", schedule);
-        assert!(
-            outcome.violations.iter().any(|v| v.starts_with("I3")),
-            "{:?}",
-            outcome.violations
-        );
+        breaks("late-coordinator-withdraws", late_index_0(), "I3");
     }
 
     #[test]
     fn mutant_a_lost_lease_reply_makes_the_run_exit_3_naming_itself() {
-        let schedule = lost_lease_replies();
-        let outcome = broken("lost-reply-fails", schedule);
-        assert!(
-            outcome.violations.iter().any(|v| v.starts_with("I4")),
-            "{:?}",
-            outcome.violations
-        );
+        let outcome = breaks("lost-reply-fails", lost_lease_replies(), "I4");
         assert_eq!(exits(&outcome, "dump 2024-06-01")[0], Some(3));
     }
 
     #[test]
     fn mutant_a_skipped_object_is_trusted() {
-        let schedule = changed_output();
-        let outcome = broken("trust-unchanged", schedule);
-        assert!(
-            outcome.violations.iter().any(|v| v.starts_with("I1: out")),
-            "{:?}",
-            outcome.violations
-        );
+        breaks("trust-unchanged", changed_output(), "I1: out");
     }
 
     #[test]
     fn mutant_a_manifest_listing_an_object_twice_is_read_last_wins() {
-        let schedule = listed_twice();
-        let outcome = broken("duplicates-last-wins", schedule);
-        assert!(
-            outcome.violations.iter().any(|v| v.starts_with("I1: out")),
-            "{:?}",
-            outcome.violations
-        );
+        breaks("duplicates-last-wins", listed_twice(), "I1: out");
     }
 }
