@@ -779,12 +779,11 @@ def test_bucket_encryption():
 # README.md's Deployment section: the commands match the templates
 
 
-def doc_commands():
+def shell_commands(text, where, prompt=""):
+    """Every line of the shell code blocks of `text` (`where` names it), continuations
+    joined, each stripped of a leading `prompt`."""
     blocks, block, lang = [], None, None
-    readme = (REPO / "README.md").read_text()
-    assert "\n## Deployment\n" in readme, "README.md has no Deployment section"
-    section = readme.split("\n## Deployment\n", 1)[1].split("\n## ", 1)[0]
-    for line in section.splitlines(keepends=True):
+    for line in text.splitlines(keepends=True):
         if line.startswith("```"):
             if block is None:
                 block, lang = [], line[3:].strip()
@@ -794,46 +793,63 @@ def doc_commands():
                 block = None
         elif block is not None:
             block.append(line)
-    assert block is None, "README.md Deployment section: unclosed code block"
+    assert block is None, f"{where}: unclosed code block"
     commands = []
     for block in blocks:
         joined = re.sub(r"\\\n\s*", " ", block)
-        commands += [line.strip().lstrip("$ ").strip() for line in joined.splitlines() if line.strip()]
+        commands += [line.strip().lstrip(prompt).strip() for line in joined.splitlines() if line.strip()]
     return commands
 
 
-def test_docs_oc_process_commands_match_templates():
+def doc_commands():
+    readme = (REPO / "README.md").read_text()
+    assert "\n## Deployment\n" in readme, "README.md has no Deployment section"
+    section = readme.split("\n## Deployment\n", 1)[1].split("\n## ", 1)[0]
+    return shell_commands(section, "README.md Deployment section", prompt="$ ")
+
+
+def check_processed_templates(commands, where):
+    """Every `oc process -f` of `commands` (from `where`) processes a template that exists
+    with parameters it has, and the deploy template of each side is processed."""
     seen = set()
-    for cmd in doc_commands():
+    for cmd in commands:
         m = re.match(r"oc process -f (\S+)(.*?)(\||$)", cmd)
         if not m:
             continue
         path, args = m.group(1), m.group(2)
-        assert (REPO / path).is_file(), f"docs process {path}, which does not exist"
-        t = load(path)
+        assert (REPO / path).is_file(), f"{where} processes {path}, which does not exist"
         given = {name: "x" for name in re.findall(r"-p ([A-Za-z0-9_]+)=", args)}
-        process(t, given)  # unknown or missing required parameters raise
+        process(load(path), given)  # unknown or missing required parameters raise
         seen.add(path)
-    expected = {f"{s['dir']}/{w}.yaml" for s in SIDES.values() for w in ("deploy",)}
-    assert expected <= seen, f"docs never process {sorted(expected - seen)}"
+    expected = {f"{s['dir']}/deploy.yaml" for s in SIDES.values()}
+    assert expected <= seen, f"{where} never processes {sorted(expected - seen)}"
 
 
-def test_docs_secrets_match_templates():
+def check_created_secrets(commands, where):
+    """`commands` (from `where`) create every secret, with every key, the CronJobs read."""
     created = {}
-    for cmd in doc_commands():
+    for cmd in commands:
         m = re.match(r"oc create secret generic (\S+)(.*)", cmd)
         if m:
             created[m.group(1)] = set(re.findall(r"--from-literal=([a-z0-9-]+)=", m.group(2)))
     for side in SIDE_NAMES:
-        (c,) = pod_spec(cronjob(side))["containers"]
-        for e in c["env"]:
+        (container,) = pod_spec(cronjob(side))["containers"]
+        for e in container["env"]:
             ref = e.get("valueFrom", {}).get("secretKeyRef")
             # An optional secret (egress-iceberg, for --iceberg's SQL catalog) need not exist.
             if not ref or (ref.get("optional") and ref["name"] not in created):
                 continue
-            assert ref["name"] in created, f"docs never create secret {ref['name']}"
+            assert ref["name"] in created, f"{where} never creates secret {ref['name']}"
             if not ref.get("optional"):
-                assert ref["key"] in created[ref["name"]], f"docs create {ref['name']} without {ref['key']}"
+                assert ref["key"] in created[ref["name"]], f"{where} creates {ref['name']} without {ref['key']}"
+
+
+def test_docs_oc_process_commands_match_templates():
+    check_processed_templates(doc_commands(), "README.md")
+
+
+def test_docs_secrets_match_templates():
+    check_created_secrets(doc_commands(), "README.md")
 
 
 def test_docs_mention_policies_and_manual_run():
@@ -849,19 +865,19 @@ def test_docs_mention_policies_and_manual_run():
 MONITORING = REPO / "monitoring"
 
 
-def test_alert_rules_are_valid():
-    promtool = find_tool("promtool")
-    proc = subprocess.run([promtool, "check", "rules", "egress.rules.yml"], cwd=MONITORING,
+def promtool(*args):
+    """`promtool <args>` run in monitoring/, which must succeed; its stdout."""
+    proc = subprocess.run([find_tool("promtool"), *args], cwd=MONITORING,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 5 rules found" in proc.stdout
+    return proc.stdout
+
+
+def test_alert_rules_are_valid():
+    assert "SUCCESS: 5 rules found" in promtool("check", "rules", "egress.rules.yml")
 
 
 def test_alert_rules_fire_when_they_should():
     # The unit tests replay series a Pushgateway holds after good days, a failed run, a
     # missed night and a halved table, and name the alerts expected at each instant.
-    promtool = find_tool("promtool")
-    proc = subprocess.run([promtool, "test", "rules", "egress.rules.test.yml"], cwd=MONITORING,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS" in proc.stdout
+    assert "SUCCESS" in promtool("test", "rules", "egress.rules.test.yml")

@@ -106,8 +106,8 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
 
-def prose_lines(text):
-    """(line number, line) outside fenced code blocks, inline code spans removed."""
+def outside_fences(text):
+    """(line number, line) of the lines outside fenced code blocks."""
     fence = None
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.lstrip()
@@ -118,6 +118,12 @@ def prose_lines(text):
             if stripped.startswith(fence):
                 fence = None
             continue
+        yield number, line
+
+
+def prose_lines(text):
+    """(line number, line) outside fenced code blocks, inline code spans removed."""
+    for number, line in outside_fences(text):
         yield number, re.sub(r"`+[^`]*`+", "", line)
 
 
@@ -130,16 +136,7 @@ def slug(heading):
 
 def anchors(path):
     seen, found = {}, set()
-    fence = None
-    for line in path.read_text().splitlines():
-        stripped = line.lstrip()
-        if fence is None and (stripped.startswith("```") or stripped.startswith("~~~")):
-            fence = stripped[:3]
-            continue
-        if fence is not None:
-            if stripped.startswith(fence):
-                fence = None
-            continue
+    for _, line in outside_fences(path.read_text()):
         m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
         if m:
             base = slug(m.group(1))
@@ -178,58 +175,16 @@ def test_relative_links_point_at_existing_files_and_headings(doc):
 
 def deployment_commands():
     """Every line of the shell code blocks of docs/deployment.md, continuations joined."""
-    blocks, block, lang = [], None, None
-    for line in (REPO / "docs" / "deployment.md").read_text().splitlines(keepends=True):
-        if line.startswith("```"):
-            if block is None:
-                block, lang = [], line[3:].strip()
-            else:
-                if lang in ("sh", "bash", "shell", ""):
-                    blocks.append("".join(block))
-                block = None
-        elif block is not None:
-            block.append(line)
-    assert block is None, "docs/deployment.md: unclosed code block"
-    commands = []
-    for text in blocks:
-        joined = re.sub(r"\\\n\s*", " ", text)
-        commands += [line.strip() for line in joined.splitlines() if line.strip()]
-    return commands
+    text = (REPO / "docs" / "deployment.md").read_text()
+    return deploy.shell_commands(text, "docs/deployment.md")
 
 
 def test_deployment_doc_processes_the_templates_with_their_parameters():
-    seen = set()
-    for cmd in deployment_commands():
-        m = re.match(r"oc process -f (\S+)(.*?)(\||$)", cmd)
-        if not m:
-            continue
-        path, args = m.group(1), m.group(2)
-        assert (REPO / path).is_file(), f"docs/deployment.md processes {path}, which does not exist"
-        given = {name: "x" for name in re.findall(r"-p ([A-Za-z0-9_]+)=", args)}
-        deploy.process(deploy.load(path), given)  # unknown or missing required parameters raise
-        seen.add(path)
-    expected = {f"{s['dir']}/deploy.yaml" for s in deploy.SIDES.values()}
-    assert expected <= seen, f"docs/deployment.md never processes {sorted(expected - seen)}"
+    deploy.check_processed_templates(deployment_commands(), "docs/deployment.md")
 
 
 def test_deployment_doc_creates_every_secret_the_cronjobs_read():
-    created = {}
-    for cmd in deployment_commands():
-        m = re.match(r"oc create secret generic (\S+)(.*)", cmd)
-        if m:
-            created[m.group(1)] = set(re.findall(r"--from-literal=([a-z0-9-]+)=", m.group(2)))
-    for side in deploy.SIDE_NAMES:
-        (container,) = deploy.pod_spec(deploy.cronjob(side))["containers"]
-        for e in container["env"]:
-            ref = e.get("valueFrom", {}).get("secretKeyRef")
-            # An optional secret (egress-iceberg, for --iceberg's SQL catalog) need not exist.
-            if not ref or (ref.get("optional") and ref["name"] not in created):
-                continue
-            assert ref["name"] in created, f"docs/deployment.md never creates secret {ref['name']}"
-            if not ref.get("optional"):
-                assert ref["key"] in created[ref["name"]], (
-                    f"docs/deployment.md creates {ref['name']} without {ref['key']}"
-                )
+    deploy.check_created_secrets(deployment_commands(), "docs/deployment.md")
 
 
 if __name__ == "__main__":
