@@ -6,85 +6,35 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use egress_testkit::fixtures::{gated_proxy, upload_id};
-use egress_testkit::{gunzip, stderr, stdout, text, PgServer, S3Kind, S3Server};
+use egress_testkit::fixtures::{gated_proxy, upload_id, Gate};
+use egress_testkit::overlap::first_run;
+use egress_testkit::proxy::{Proxy, Seen};
+use egress_testkit::{
+    assert_exit, assert_one_line, assert_stderr_has, assert_stdout_has, gunzip, stderr, stdout,
+    text, PgServer, S3Kind, S3Server,
+};
 
-use super::{run, spawn, sql, wait_for_exit};
+use super::{
+    dump_to_dir, local_env, pg_and_bucket, run, spawn, sql, through, wait_for_exit, with_var, Env,
+    SMALL_PARTS,
+};
 
 const BUCKET: &str = "runs";
 const DATE: &str = "2024-06-02";
 
-fn env_for(pg: &PgServer, s3: &S3Server, tables: &str) -> Vec<(String, String)> {
-    let mut env = pg.env();
-    env.extend(s3.env());
-    env.push(("TABLES".into(), tables.into()));
-    env.push(("S3_OUTPUT".into(), format!("s3://{BUCKET}/conc")));
-    env.push(("DUMP_DATE".into(), DATE.into()));
-    env
+fn env_for(pg: &PgServer, s3: &S3Server, tables: &str) -> Env {
+    super::s3_env(pg, s3, tables, &format!("s3://{BUCKET}/conc"), DATE)
 }
 
-/// The day's folder checked against its manifest, as `egress-sync --verify input` does:
-/// `Some(problems)` when it has a manifest, `None` when it has none.
+/// The day's folder checked against its manifest (itself checked against the schema), as
+/// `egress-sync --verify input` does: `Some(problems)` when it has a manifest, `None` when
+/// it has none.
 async fn verify_day(s3: &S3Server) -> Option<Vec<String>> {
-    let store = s3.s3().store(BUCKET, "conc").await;
     let manifest_key = format!("conc/{DATE}/_manifest.json");
     if s3.keys(BUCKET, "").await.contains(&manifest_key) {
         egress_testkit::checked_manifest(&s3.get(BUCKET, &manifest_key).await);
     }
-    let checked = egress_sync::verify::verify(&store, "input").await.unwrap();
-    checked
-        .folders
-        .into_iter()
-        .find(|(f, _)| f == DATE)
-        .map(|(_, problems)| problems)
-}
-
-/// A writer that keeps changing the tables on its own thread while the dumps run.
-struct Writer {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl Writer {
-    fn start(pg: &PgServer) -> Writer {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let conn = format!(
-            "host=127.0.0.1 port={} user=postgres password={} dbname=postgres",
-            pg.port,
-            egress_testkit::postgres::PASSWORD
-        );
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(connection);
-                let mut commits = 0;
-                while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                    client
-                        .batch_execute("UPDATE c1 SET v = v + 1 WHERE id % 1000 = 7")
-                        .await
-                        .unwrap();
-                    commits += 1;
-                }
-                commits
-            })
-        });
-        Writer {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.thread.take().map(|t| t.join().unwrap()).unwrap_or(0)
-    }
+    super::verify_day(s3, BUCKET, "conc", DATE).await
 }
 
 /// Two dumps of one day at once: the second finds the first's lease (and stops, or waits
@@ -93,47 +43,23 @@ impl Writer {
 /// second has stopped (or is seen waiting): the upload is still pending then.
 #[tokio::test]
 async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
     sql(&pg, "CREATE TABLE c1 AS SELECT i AS id, 0 AS v, md5(i::text) || md5((i*3)::text) AS pad FROM generate_series(1, 300000) i; \
               CREATE TABLE c2 AS SELECT i AS id, md5(i::text) AS pad FROM generate_series(1, 50000) i;").await;
     let env = env_for(&pg, &s3, "c1 c2");
-    let writer = Writer::start(&pg);
+    // A writer that keeps changing the tables on its own thread while the dumps run.
+    let writer = pg.writer(|_| "UPDATE c1 SET v = v + 1 WHERE id % 1000 = 7".into());
+    let (one_job, four_jobs) = (
+        [&["--jobs", "1"], &SMALL_PARTS[..]].concat(),
+        ["--jobs", "4", "--part-size-mib", "5"],
+    );
     // Without waiting: the second run finds the first one's lease and stops with exit 3.
-    let (proxy, gate) = gated_proxy(&s3);
-    let mut first = spawn(
-        &through(&env, &proxy),
-        &[
-            "--jobs",
-            "1",
-            "--compression-level",
-            "1",
-            "--part-size-mib",
-            "5",
-        ],
-    );
-    let pending = s3.wait_for_pending_upload(BUCKET, &mut first).await;
-    let second = run(&env, &["--jobs", "4", "--part-size-mib", "5"]);
-    assert_eq!(second.status.code(), Some(3), "{}", text(&second));
-    assert!(
-        stderr(&second).contains(
-            "another run holds the lease on s3://runs/conc/2024-06-02/.egress-lease.json"
-        ),
-        "{}",
-        text(&second)
-    );
-    assert_still_pending(&s3, &pending).await;
-    gate.set(true);
-    let first = first.wait_with_output().unwrap();
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
-    for out in [&first, &second] {
-        assert!(
-            !stdout(out).contains("aborted"),
-            "nobody aborted an upload: {}",
-            text(out)
-        );
-    }
+    let first = first_run(&s3, BUCKET, |s3| {
+        spawn(&through(&env, &s3.endpoint), &one_job)
+    })
+    .await;
+    let held = "another run holds the lease on s3://runs/conc/2024-06-02/.egress-lease.json";
+    first.kept_out(&run(&env, &four_jobs), held).await;
     assert_eq!(
         verify_day(&s3).await,
         Some(vec![]),
@@ -143,64 +69,17 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
     // Waiting for the lease: the second run dumps the day again after the first. It reads
     // the lease through a proxy of its own: two reads of it mean it found the lease live
     // and is waiting.
-    let (proxy, gate) = gated_proxy(&s3);
-    let mut first = spawn(
-        &through(&env, &proxy),
-        &["--jobs", "4", "--part-size-mib", "5"],
-    );
-    let pending = s3.wait_for_pending_upload(BUCKET, &mut first).await;
-    let watch = egress_testkit::proxy::Proxy::start(&s3.endpoint, None, None);
-    let mut second = spawn(
-        &through(&env, &watch),
-        &[
-            "--jobs",
-            "1",
-            "--compression-level",
-            "1",
-            "--part-size-mib",
-            "5",
-            "--wait-for-lease",
-            "2m",
-        ],
-    );
-    let started = Instant::now();
-    let lease_reads = || {
-        watch
-            .requests()
-            .iter()
-            .filter(|r| r.method == "GET" && r.target.contains(".egress-lease.json"))
-            .count()
-    };
-    while lease_reads() < 2 {
-        assert!(
-            second.try_wait().unwrap().is_none(),
-            "the second run ended before it waited"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the second run never looked at the lease twice"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_still_pending(&s3, &pending).await;
-    gate.set(true);
-    let first = first.wait_with_output().unwrap();
-    let second = wait_for_exit(second, Duration::from_secs(180));
+    let first = first_run(&s3, BUCKET, |s3| {
+        spawn(&through(&env, &s3.endpoint), &four_jobs)
+    })
+    .await;
+    let waiting = [&one_job[..], &["--wait-for-lease", "2m"]].concat();
+    first
+        .waited_for(".egress-lease.json", |s3| {
+            spawn(&through(&env, &s3.endpoint), &waiting)
+        })
+        .await;
     let commits = writer.stop();
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
-    assert!(
-        stdout(&second).contains("waiting for another run's lease"),
-        "{}",
-        text(&second)
-    );
-    for out in [&first, &second] {
-        assert!(
-            !stdout(out).contains("aborted"),
-            "nobody aborted an upload: {}",
-            text(out)
-        );
-    }
     assert!(commits > 10, "the writer kept committing ({commits})");
     assert_eq!(
         verify_day(&s3).await,
@@ -215,27 +94,14 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
     );
 }
 
-/// Every one of `uploads` (key, id) is still pending: nobody aborted them meanwhile.
-async fn assert_still_pending(s3: &S3Server, uploads: &[(String, String)]) {
-    let now = s3.pending_upload_ids(BUCKET).await;
-    for upload in uploads {
-        assert!(
-            now.contains(upload),
-            "the first run's upload {upload:?} is no longer pending: {now:?}"
-        );
-    }
-}
-
 #[tokio::test]
 async fn rows_of_50_mb_stay_within_the_documented_memory_bound() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::S3sFs, BUCKET).await;
     // Four rows of 50 MB each (poorly compressible, so the gzip side carries weight too).
     sql(&pg, "CREATE TABLE wide (id int, blob text); \
               INSERT INTO wide SELECT i, (SELECT string_agg(md5((i * 100000 + j)::text), '') FROM generate_series(1, 1638400) j) FROM generate_series(1, 4) i;").await;
     let out = run(&env_for(&pg, &s3, "wide"), &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let object = s3.get(BUCKET, &format!("conc/{DATE}/wide.csv.gz")).await;
     assert!(
         gunzip(&object) == pg.psql("COPY wide TO STDOUT (FORMAT csv)"),
@@ -255,43 +121,31 @@ async fn libpq_connection_strings_work_as_in_libpq() {
     let pg = PgServer::start();
     sql(&pg, "CREATE TABLE t AS SELECT 1 AS v").await;
     let dir = tempfile::tempdir().unwrap();
-    let out_dir = dir.path().to_str().unwrap().to_string();
     let pw = egress_testkit::postgres::PASSWORD;
     let with_url = |url: String, extra: &[(&str, &str)]| {
-        let mut env: Vec<(String, String)> = vec![
+        let mut env: Env = vec![
             ("DATABASE_URL".into(), url),
             ("DUMP_DATE".into(), DATE.into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        run(&env, &["--tables", "t", "--output", &out_dir])
+        dump_to_dir(&env, "t", dir.path(), &[])
     };
     // Keyword form, options, application_name, connect_timeout.
     let out = with_url(
         format!("host=127.0.0.1 port={} user=postgres password={pw} dbname=postgres application_name=nightly connect_timeout=5 options='-c statement_timeout=0'", pg.port),
         &[],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     // A Unix socket, given as a percent-encoded URL host.
     let socket = pg.socket_dir().display().to_string().replace('/', "%2F");
-    let out = with_url(
-        format!("postgresql://postgres@{socket}:{}/postgres", pg.port),
-        &[],
-    );
+    let url = format!("postgresql://postgres@{socket}:{}/postgres", pg.port);
+    let out = with_url(url, &[]);
     assert_eq!(out.status.code(), Some(0), "Unix socket: {}", text(&out));
     // Unsupported and unknown parameters are refused by name, the URL never echoed.
-    let out = with_url(
-        format!(
-            "postgresql://postgres:{pw}@127.0.0.1:{}/postgres?sslcert=/c.pem",
-            pg.port
-        ),
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        stderr(&out).contains("'sslcert' (client certificates) is not supported"),
-        "{}",
-        text(&out)
-    );
+    let url = format!("postgresql://postgres:{pw}@127.0.0.1:{}/postgres", pg.port);
+    let out = with_url(format!("{url}?sslcert=/c.pem"), &[]);
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "'sslcert' (client certificates) is not supported");
     assert!(!text(&out).contains(pw));
     // sslmode=disable in the URL wins over PGSSLMODE: a server that requires TLS refuses it.
     pg.set_hba(
@@ -299,22 +153,18 @@ async fn libpq_connection_strings_work_as_in_libpq() {
 host all all 127.0.0.1/32 reject",
     );
     let out = with_url(
-        format!(
-            "postgresql://postgres:{pw}@127.0.0.1:{}/postgres?sslmode=disable",
-            pg.port
-        ),
+        format!("{url}?sslmode=disable"),
         &[("PGSSLMODE", "require")],
     );
+    let said = text(&out);
     assert_eq!(
         out.status.code(),
         Some(2),
-        "sslmode=disable honoured: {}",
-        text(&out)
+        "sslmode=disable honoured: {said}"
     );
     assert!(
         stderr(&out).contains("no encryption") || stderr(&out).contains("rejects connection"),
-        "{}",
-        text(&out)
+        "{said}"
     );
 }
 
@@ -324,12 +174,10 @@ async fn a_cleartext_password_request_is_refused_unless_chosen() {
     sql(&pg, "CREATE TABLE t AS SELECT 1 AS v").await;
     pg.set_hba("host all all 127.0.0.1/32 password");
     let dir = tempfile::tempdir().unwrap();
-    let out_dir = dir.path().to_str().unwrap().to_string();
-    let mut env = pg.env();
-    env.push(("DUMP_DATE".into(), DATE.into()));
+    let env = local_env(&pg, DATE);
     let started = Instant::now();
-    let out = run(&env, &["--tables", "t", "--output", &out_dir]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = dump_to_dir(&env, "t", dir.path(), &[]);
+    assert_exit(&out, 2);
     let err = stderr(&out);
     assert!(
         err.contains("asked for the password in clear text") && err.contains("it was not sent"),
@@ -341,28 +189,18 @@ async fn a_cleartext_password_request_is_refused_unless_chosen() {
     );
     assert!(started.elapsed() < Duration::from_secs(10), "not retried");
     println!("refused: {}", err.trim());
-    env.push(("PGSSLMODE".into(), "disable".into()));
-    let out = run(&env, &["--tables", "t", "--output", &out_dir]);
+    let out = dump_to_dir(
+        &with_var(&env, "PGSSLMODE", "disable"),
+        "t",
+        dir.path(),
+        &[],
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
         "chosen explicitly: {}",
         text(&out)
     );
-}
-
-/// `env` with S3 reached through `proxy`.
-fn through(
-    env: &[(String, String)],
-    proxy: &egress_testkit::proxy::Proxy,
-) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = env
-        .iter()
-        .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
-        .cloned()
-        .collect();
-    env.push(("AWS_ENDPOINT_URL".into(), proxy.endpoint.clone()));
-    env
 }
 
 /// Wait until every one of `apps` is waiting for a lock, while `dump` still runs.
@@ -387,9 +225,7 @@ fn wait_until_blocked(pg: &PgServer, dump: &mut Child, apps: &[&str]) {
 
 #[tokio::test]
 async fn listed_tables_are_locked_with_the_snapshot_so_ddl_waits_for_the_day() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
     let (proxy, open) = gated_proxy(&s3);
     for jobs in ["1", "2"] {
         sql(&pg, "DROP TABLE IF EXISTS first, second, later, later_old, later_new, parted CASCADE; \
@@ -414,18 +250,9 @@ async fn listed_tables_are_locked_with_the_snapshot_so_ddl_waits_for_the_day() {
         ];
         open.set(false);
         proxy.clear();
-        let env = through(&env_for(&pg, &s3, "first second later mv parted"), &proxy);
-        let mut dump = spawn(
-            &env,
-            &[
-                "--jobs",
-                jobs,
-                "--part-size-mib",
-                "5",
-                "--compression-level",
-                "1",
-            ],
-        );
+        let env = env_for(&pg, &s3, "first second later mv parted");
+        let args = [&["--jobs", jobs], &SMALL_PARTS[..]].concat();
+        let mut dump = spawn(&through(&env, &proxy.endpoint), &args);
         proxy.wait_for("an UploadPart", |s| s.is_upload_part());
         // While the first table is being uploaded: empty and refill a table not read yet,
         // add a column to another, refresh the materialized view, swap a table by renaming.
@@ -493,9 +320,7 @@ async fn listed_tables_are_locked_with_the_snapshot_so_ddl_waits_for_the_day() {
 
 #[tokio::test]
 async fn a_table_another_session_holds_fails_the_run_naming_that_session() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
     sql(
         &pg,
         "CREATE TABLE free AS SELECT 1 AS v; CREATE TABLE held AS SELECT 1 AS v",
@@ -518,9 +343,7 @@ async fn a_table_another_session_holds_fails_the_run_naming_that_session() {
             &["--lock-timeout", "2s", "--jobs", jobs],
         );
         println!("{}", stderr(&out));
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-        let line = stderr(&out);
-        assert_eq!(line.trim().lines().count(), 1, "one line: {line}");
+        let line = assert_one_line(&out, 1, "cannot lock table 'held'");
         for wanted in [
             "cannot lock table 'held' (\"public\".\"held\") for reading within 2s".to_string(),
             format!("session {pid} (user 'postgres', application 'migration', active"),
@@ -547,9 +370,7 @@ async fn a_table_another_session_holds_fails_the_run_naming_that_session() {
 /// the REINDEX only where it reads the values, and completes).
 #[tokio::test]
 async fn a_reindex_of_the_toast_index_never_stalls_or_breaks_the_measure() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
     sql(
         &pg,
         "CREATE TABLE toasty AS SELECT i, (SELECT string_agg(md5((i * 1000 + j)::text), '') \
@@ -576,7 +397,7 @@ async fn a_reindex_of_the_toast_index_never_stalls_or_breaks_the_measure() {
     let mut reindex = hold(60);
     let started = Instant::now();
     let out = run(&env, &["--dry-run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "the dry run waited for the REINDEX: {:?}",
@@ -591,12 +412,13 @@ async fn a_reindex_of_the_toast_index_never_stalls_or_breaks_the_measure() {
     let mut reindex = hold(3);
     let out = run(&env, &["--lock-timeout", "60s"]);
     let _ = reindex.wait();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let csv = gunzip(&s3.get(BUCKET, &format!("conc/{DATE}/toasty.csv.gz")).await);
     assert_eq!(String::from_utf8_lossy(&csv).lines().count(), 300);
 }
 
 const BIG: &str = "CREATE TABLE big AS SELECT i, md5(i::text) a, md5((i*3)::text) b, md5((i*7)::text) c FROM generate_series(1, 200000) i";
+/// A lease of 4 s over a dump of `big` in small parts.
 const SHORT_LEASE: [&str; 8] = [
     "--lease-ttl",
     "4s",
@@ -633,53 +455,69 @@ async fn day_objects(s3: &S3Server) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-#[tokio::test]
-async fn a_run_paused_past_its_lease_writes_nothing_when_it_resumes() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
+/// A dump of `big` under way: PostgreSQL holding `big`, moto, the dump's environment
+/// through a gated proxy, and the first run, seen sending its first part (held there).
+struct BigDay {
+    _pg: PgServer,
+    s3: S3Server,
+    env: Env,
+    proxy: Proxy,
+    gate: Arc<Gate>,
+    first: Child,
+    first_part: Seen,
+}
+
+/// [`BigDay`], its first run started by `start` with the environment through the proxy.
+async fn big_day_under_way(start: impl FnOnce(&Env) -> Child) -> BigDay {
+    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
     sql(&pg, BIG).await;
     let (proxy, gate) = gated_proxy(&s3);
-    let env = through(&env_for(&pg, &s3, "big"), &proxy);
-    let paused = spawn(&env, &SHORT_LEASE);
-    proxy.wait_for("an UploadPart", |s| s.is_upload_part());
+    let env = through(&env_for(&pg, &s3, "big"), &proxy.endpoint);
+    let first = start(&env);
+    let first_part = proxy.wait_for("an UploadPart", |s| s.is_upload_part());
+    BigDay {
+        _pg: pg,
+        s3,
+        env,
+        proxy,
+        gate,
+        first,
+        first_part,
+    }
+}
+
+#[tokio::test]
+async fn a_run_paused_past_its_lease_writes_nothing_when_it_resumes() {
+    let day = big_day_under_way(|env| spawn(env, &SHORT_LEASE)).await;
+    let (s3, paused) = (&day.s3, day.first);
     // A frozen node: the run stops renewing its lease while its first part is on its way.
     signal(&paused, libc::SIGSTOP);
-    gate.set(true);
+    day.gate.set(true);
     std::thread::sleep(Duration::from_secs(6));
-    let second = run(&env, &SHORT_LEASE);
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
-    assert!(
-        stdout(&second).contains("took over the lease of a run that is gone"),
-        "{}",
-        text(&second)
-    );
-    let day = day_objects(&s3).await;
+    let second = run(&day.env, &SHORT_LEASE);
+    assert_exit(&second, 0);
+    assert_stdout_has(&second, "took over the lease of a run that is gone");
+    let objects = day_objects(s3).await;
     assert_eq!(
-        verify_day(&s3).await,
+        verify_day(s3).await,
         Some(vec![]),
         "the second run's day is complete"
     );
     signal(&paused, libc::SIGCONT);
     let resumed = wait_for_exit(paused, Duration::from_secs(60));
     println!("the resumed run: {}", stderr(&resumed));
-    assert_eq!(resumed.status.code(), Some(3), "{}", text(&resumed));
-    let line = stderr(&resumed);
+    let lost = "no longer holds the lease on s3://runs/conc/2024-06-02/.egress-lease.json";
+    assert_one_line(&resumed, 3, lost);
     assert!(
-        line.contains("no longer holds the lease on s3://runs/conc/2024-06-02/.egress-lease.json"),
-        "{line}"
-    );
-    assert_eq!(line.trim().lines().count(), 1, "one line: {line}");
-    assert!(
-        day == day_objects(&s3).await,
+        objects == day_objects(s3).await,
         "the resumed run changed nothing of the day"
     );
-    assert_eq!(verify_day(&s3).await, Some(vec![]));
+    assert_eq!(verify_day(s3).await, Some(vec![]));
     assert!(
         s3.pending_uploads(BUCKET).await.is_empty(),
         "no upload left behind"
     );
-    assert!(day_lease(&s3).await.is_none(), "no lease left behind");
+    assert!(day_lease(s3).await.is_none(), "no lease left behind");
 }
 
 /// SIGTERM reaches a run after another run took its lease over: its stop releases only a
@@ -689,39 +527,25 @@ async fn a_run_paused_past_its_lease_writes_nothing_when_it_resumes() {
 /// has a proxy of its own, so the first one's requests can be told apart.
 #[tokio::test]
 async fn a_run_whose_lease_was_taken_leaves_the_new_holders_lease_on_sigterm() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
-    sql(&pg, BIG).await;
-    let (proxy, gate) = gated_proxy(&s3);
-    let (other_proxy, other_gate) = gated_proxy(&s3);
-    let env = env_for(&pg, &s3, "big");
     // Held parts must not time out (and fail the run) while the test arranges the rest.
-    let mut args = SHORT_LEASE.to_vec();
-    args.extend(["--timeout", "300"]);
-    let first = spawn(&through(&env, &proxy), &args);
-    proxy.wait_for("an UploadPart", |s| s.is_upload_part());
+    let args = [&SHORT_LEASE[..], &["--timeout", "300"]].concat();
+    let day = big_day_under_way(|env| spawn(env, &args)).await;
+    let (s3, proxy, first) = (&day.s3, &day.proxy, day.first);
     // A frozen node: the first run stops renewing its lease; the second waits for the lease
     // to lapse and takes it over.
     egress_testkit::process::pause(first.id());
-    let mut waiting = args.clone();
-    waiting.extend(["--wait-for-lease", "2m"]);
-    let second = spawn(&through(&env, &other_proxy), &waiting);
+    let waiting = [&args[..], &["--wait-for-lease", "2m"]].concat();
+    let (other_proxy, other_gate) = gated_proxy(s3);
+    let second = spawn(&through(&day.env, &other_proxy.endpoint), &waiting);
     other_proxy.wait_for("the second run's UploadPart", |s| s.is_upload_part());
-    let holder = day_lease(&s3)
-        .await
-        .expect("the second run holds the lease");
+    let holder = day_lease(s3).await.expect("the second run holds the lease");
     assert_eq!(holder["pid"], second.id(), "{holder}");
     proxy.clear();
     signal(&first, libc::SIGTERM);
     signal(&first, libc::SIGCONT);
     let first = wait_for_exit(first, Duration::from_secs(60));
-    assert_eq!(first.status.code(), Some(143), "{}", text(&first));
-    assert!(
-        stderr(&first).contains("stopped by SIGTERM"),
-        "{}",
-        text(&first)
-    );
+    assert_exit(&first, 143);
+    assert_stderr_has(&first, "stopped by SIGTERM");
     // The stop's work ran (it aborted the run's upload) and, in the same round, its
     // release of the lease, which found another run's lease and left it.
     let stopped: Vec<_> = proxy
@@ -739,63 +563,48 @@ async fn a_run_whose_lease_was_taken_leaves_the_new_holders_lease_on_sigterm() {
             .any(|r| r.target.contains(".egress-lease.json")),
         "the stopped run never deleted the lease: {stopped:?}"
     );
-    let after = day_lease(&s3).await.expect("the lease is still there");
+    let after = day_lease(s3).await.expect("the lease is still there");
     assert_eq!(
         after["pid"],
         second.id(),
         "the stopped run left the new holder's lease alone: {after}"
     );
-    gate.set(true);
+    day.gate.set(true);
     other_gate.set(true);
     let second = wait_for_exit(second, Duration::from_secs(120));
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
-    assert!(
-        stdout(&second).contains("took over the lease of a run that is gone"),
-        "{}",
-        text(&second)
-    );
-    assert_eq!(verify_day(&s3).await, Some(vec![]));
-    assert!(day_lease(&s3).await.is_none(), "released at the end");
+    assert_exit(&second, 0);
+    assert_stdout_has(&second, "took over the lease of a run that is gone");
+    assert_eq!(verify_day(s3).await, Some(vec![]));
+    assert!(day_lease(s3).await.is_none(), "released at the end");
 }
 
 #[tokio::test]
 async fn a_lease_taken_after_waiting_lasts_its_whole_time_to_live() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
-    sql(&pg, BIG).await;
-    let (proxy, gate) = gated_proxy(&s3);
-    let env = through(&env_for(&pg, &s3, "big"), &proxy);
-    let first = spawn(&env, &SHORT_LEASE);
-    let first_part = proxy.wait_for("an UploadPart", |s| s.is_upload_part());
-    let mut waiting = SHORT_LEASE.to_vec();
-    waiting.extend(["--wait-for-lease", "2m"]);
-    let second = spawn(&env, &waiting);
+    let day = big_day_under_way(|env| spawn(env, &SHORT_LEASE)).await;
+    let (proxy, first_part) = (&day.proxy, &day.first_part);
+    let waiting = [&SHORT_LEASE[..], &["--wait-for-lease", "2m"]].concat();
+    let second = spawn(&day.env, &waiting);
     // Longer than a lease lasts: an expiry computed before the wait would be past already.
     std::thread::sleep(Duration::from_secs(6));
-    gate.let_through(&first_part.target);
-    let first = wait_for_exit(first, Duration::from_secs(120));
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    day.gate.let_through(&first_part.target);
+    let first = wait_for_exit(day.first, Duration::from_secs(120));
+    assert_exit(&first, 0);
     proxy.wait_for("the waiting run's UploadPart", |s| {
         s.is_upload_part() && upload_id(&s.target) != upload_id(&first_part.target)
     });
     std::thread::sleep(Duration::from_secs(2));
-    let third = run(&env, &SHORT_LEASE);
+    let third = run(&day.env, &SHORT_LEASE);
     assert_eq!(
         third.status.code(),
         Some(3),
         "the waiting run's lease is live: {}",
         text(&third)
     );
-    assert!(
-        stderr(&third).contains(&format!("pid {}", second.id())),
-        "{}",
-        text(&third)
-    );
-    gate.set(true);
+    assert_stderr_has(&third, &format!("pid {}", second.id()));
+    day.gate.set(true);
     let second = wait_for_exit(second, Duration::from_secs(120));
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
-    assert_eq!(verify_day(&s3).await, Some(vec![]));
+    assert_exit(&second, 0);
+    assert_eq!(verify_day(&day.s3).await, Some(vec![]));
 }
 
 /// A pod whose clock is five minutes slow holds its lease all the same: the lease is
@@ -804,12 +613,6 @@ async fn a_lease_taken_after_waiting_lasts_its_whole_time_to_live() {
 /// minutes behind), while the lease it wrote carries the store's time and binds.
 #[tokio::test]
 async fn a_run_with_a_slow_clock_still_holds_its_lease() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
-    sql(&pg, BIG).await;
-    let (proxy, gate) = gated_proxy(&s3);
-    let env = through(&env_for(&pg, &s3, "big"), &proxy);
     let faketime = egress_testkit::process::find_binary(
         "faketime",
         "EGRESS_FAKETIME",
@@ -817,18 +620,22 @@ async fn a_run_with_a_slow_clock_still_holds_its_lease() {
         "apt-get install faketime",
     );
     // A pod whose clock is five minutes behind: its own idea of "expires" is long past.
-    let mut slow = egress_testkit::clean_command(faketime.to_str().unwrap());
-    slow.env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(["-f", "-5m", env!("CARGO_BIN_EXE_egress-dump")])
-        .args(["--part-size-mib", "5", "--compression-level", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = chrono::Utc::now().timestamp();
-    let slow = slow.spawn().expect("spawn egress-dump under faketime");
-    proxy.wait_for("an UploadPart", |s| s.is_upload_part());
+    let mut started = 0;
+    let day = big_day_under_way(|env| {
+        let mut slow = egress_testkit::clean_command(faketime.to_str().unwrap());
+        slow.env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(["-f", "-5m", env!("CARGO_BIN_EXE_egress-dump")])
+            .args(["--part-size-mib", "5", "--compression-level", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        started = chrono::Utc::now().timestamp();
+        slow.spawn().expect("spawn egress-dump under faketime")
+    })
+    .await;
+    let s3 = &day.s3;
     // The lease it wrote: taken and expiring on the store's time, not five minutes back.
-    let lease = day_lease(&s3).await.expect("the slow run's lease");
+    let lease = day_lease(s3).await.expect("the slow run's lease");
     let since = lease["since"].as_i64().expect("since");
     let expires = lease["expires"].as_i64().expect("expires");
     let now = chrono::Utc::now().timestamp();
@@ -836,18 +643,18 @@ async fn a_run_with_a_slow_clock_still_holds_its_lease() {
         (started - 5..=now + 5).contains(&since) && expires > now,
         "the lease is stamped on the store's clock (now {now}): {lease}"
     );
-    let second = run(&env, &["--part-size-mib", "5"]);
+    let second = run(&day.env, &["--part-size-mib", "5"]);
     assert_eq!(
         second.status.code(),
         Some(3),
         "the slow run's lease is live on the store's clock: {}",
         text(&second)
     );
-    gate.set(true);
-    let slow = wait_for_exit(slow, Duration::from_secs(120));
+    day.gate.set(true);
+    let slow = wait_for_exit(day.first, Duration::from_secs(120));
     let finished = chrono::Utc::now().timestamp();
-    assert_eq!(slow.status.code(), Some(0), "{}", text(&slow));
-    assert_eq!(verify_day(&s3).await, Some(vec![]));
+    assert_exit(&slow, 0);
+    assert_eq!(verify_day(s3).await, Some(vec![]));
     // Its own clock was five minutes slow the whole time: when the manifest says it
     // started, and when its log lines say they were written.
     let manifest = egress_testkit::checked_manifest(
@@ -876,12 +683,10 @@ async fn a_run_with_a_slow_clock_still_holds_its_lease() {
 
 #[tokio::test]
 async fn an_unreadable_lease_is_one_line_and_is_taken_over_once_it_is_old() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
     sql(&pg, "CREATE TABLE small AS SELECT 1 AS v").await;
-    let proxy = egress_testkit::proxy::Proxy::start(&s3.endpoint, None, None);
-    let env = through(&env_for(&pg, &s3, "small"), &proxy);
+    let proxy = Proxy::start(&s3.endpoint, None, None);
+    let env = through(&env_for(&pg, &s3, "small"), &proxy.endpoint);
     let key = format!("conc/{DATE}/.egress-lease.json");
     for body in [
         &b"{}"[..],
@@ -890,33 +695,20 @@ async fn an_unreadable_lease_is_one_line_and_is_taken_over_once_it_is_old() {
     ] {
         s3.put(BUCKET, &key, body.to_vec()).await;
         let out = wait_for_exit(spawn(&env, &["--lease-ttl", "4s"]), Duration::from_secs(30));
-        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-        let line = stderr(&out);
-        assert!(
-            line.contains("a lease object this version cannot read"),
-            "{line}"
-        );
-        assert_eq!(line.trim().lines().count(), 1, "{line}");
+        assert_one_line(&out, 3, "a lease object this version cannot read");
     }
     proxy.clear();
     let out = wait_for_exit(
         spawn(&env, &["--lease-ttl", "4s", "--wait-for-lease", "30s"]),
         Duration::from_secs(60),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(stdout(&out).contains("cannot be read"), "{}", text(&out));
-    assert!(
-        stdout(&out).contains(
-            "took over the lease of a run that is gone: a lease object this version cannot read"
-        ),
-        "{}",
-        text(&out)
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "cannot be read");
+    assert_stdout_has(
+        &out,
+        "took over the lease of a run that is gone: a lease object this version cannot read",
     );
-    let writes = proxy
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PUT" && r.target.contains("egress-lease"))
-        .count();
+    let writes = proxy.count("PUT", "egress-lease");
     assert!(writes <= 3, "the lease was written {writes} times");
     assert_eq!(verify_day(&s3).await, Some(vec![]));
 }
@@ -926,27 +718,21 @@ async fn a_host_list_refuses_cleartext_on_every_tcp_host_and_stops_at_a_refused_
     let pg = PgServer::start();
     sql(&pg, "CREATE TABLE t AS SELECT 1 AS v").await;
     let dir = tempfile::tempdir().unwrap();
-    let out_dir = dir.path().to_str().unwrap().to_string();
     let no_socket = dir.path().join("no-socket-here");
-    let env_with = |hosts: String, password: &str| {
-        let mut env: Vec<(String, String)> = pg
-            .env()
-            .into_iter()
-            .filter(|(k, _)| k != "PGHOST" && k != "PGPASSWORD")
-            .collect();
-        env.push(("PGHOST".into(), hosts));
-        env.push(("PGPASSWORD".into(), password.into()));
-        env.push(("DUMP_DATE".into(), DATE.into()));
-        env
+    let dump_with = |hosts: String, password: &str| {
+        let env = with_var(&local_env(&pg, DATE), "PGHOST", &hosts);
+        dump_to_dir(
+            &with_var(&env, "PGPASSWORD", password),
+            "t",
+            dir.path(),
+            &[],
+        )
     };
     // A socket directory first, then a TCP host that asks for the password in clear text.
     pg.set_hba("host all all 127.0.0.1/32 password");
     let hosts = format!("{},127.0.0.1", no_socket.display());
-    let out = run(
-        &env_with(hosts, egress_testkit::postgres::PASSWORD),
-        &["--tables", "t", "--output", &out_dir],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = dump_with(hosts, egress_testkit::postgres::PASSWORD);
+    assert_exit(&out, 2);
     assert!(
         stderr(&out).contains("asked for the password in clear text")
             && stderr(&out).contains("it was not sent"),
@@ -958,11 +744,8 @@ async fn a_host_list_refuses_cleartext_on_every_tcp_host_and_stops_at_a_refused_
     let before = pg.log().matches("password authentication failed").count();
     let hosts = format!("127.0.0.1,{}", no_socket.display());
     let started = Instant::now();
-    let out = run(
-        &env_with(hosts, "wrong-password"),
-        &["--tables", "t", "--output", &out_dir],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = dump_with(hosts, "wrong-password");
+    assert_exit(&out, 2);
     let line = stderr(&out);
     assert!(
         line.contains("cannot log in to PostgreSQL at 127.0.0.1:")

@@ -57,6 +57,13 @@ fn log_tail(dir: &Path) -> String {
 }
 
 impl CephRgw {
+    /// [`CephRgw::start`], holding an empty `bucket`.
+    pub async fn with_bucket(bucket: &str) -> CephRgw {
+        let ceph = Self::start();
+        ceph.create_bucket(bucket).await;
+        ceph
+    }
+
     /// Start a cluster and gateway (a few seconds) with a fresh S3 user.
     pub fn start() -> CephRgw {
         let missing = missing_binaries();

@@ -4,6 +4,7 @@
 
 pub mod ceph;
 pub mod fixtures;
+pub mod overlap;
 pub mod postgres;
 pub mod process;
 pub mod proxy;

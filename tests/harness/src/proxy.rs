@@ -192,6 +192,12 @@ impl Proxy {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// How many requests so far had `method` and a target holding `target`.
+    pub fn count(&self, method: &str, target: &str) -> usize {
+        let matching = |r: &&Seen| r.method == method && r.target.contains(target);
+        self.requests().iter().filter(matching).count()
+    }
+
     /// Block until a request matching `wanted` has been seen (60 s at most; `what` names it
     /// in the failure), so a fault is injected only once the condition it needs holds.
     pub fn wait_for(&self, what: &str, wanted: impl Fn(&Seen) -> bool) -> Seen {

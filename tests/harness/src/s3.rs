@@ -40,6 +40,13 @@ impl S3Server {
         Self::start_with_secret(kind, None)
     }
 
+    /// Start a server of `kind` holding an empty `bucket`.
+    pub async fn with_bucket(kind: S3Kind, bucket: &str) -> S3Server {
+        let server = Self::start(kind);
+        server.create_bucket(bucket).await;
+        server
+    }
+
     /// Start a server whose secret key is `secret` (e.g. a sentinel value for leak tests).
     pub fn start_with_secret(kind: S3Kind, secret: Option<&str>) -> S3Server {
         let dir = tempfile::Builder::new()
