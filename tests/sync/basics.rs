@@ -2,7 +2,7 @@
 //! separate process with its own credentials.
 
 use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +12,26 @@ use egress_testkit::fixtures::{
 };
 use egress_testkit::proxy::{Hook, Proxy};
 use egress_testkit::{
-    assert_secrets_kept, last_line, stderr, stdout, text, CephRgw, S3Kind, S3Server, SecretCase,
+    assert_cases_keep_secrets, assert_exit, assert_last_line_has, assert_stderr_has,
+    assert_stdout_has, last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server,
 };
 
 use super::{command as sync_command, sync};
 
 const SRC: &str = "source-bucket";
 const DST: &str = "mirror-bucket";
+
+/// An input server of kind `input` holding an empty `SRC`, and an output server of kind
+/// `output` holding an empty `DST`.
+async fn source_and_mirror(input: S3Kind, output: S3Kind) -> (S3Server, S3Server) {
+    let input = S3Server::with_bucket(input, SRC).await;
+    (input, S3Server::with_bucket(output, DST).await)
+}
+
+/// [`sync`] of `input`'s `SRC` into `output`'s `DST`, with `args`.
+fn mirror(input: &S3Server, output: &S3Server, args: &[&str]) -> Output {
+    sync(input, SRC, output, DST, args)
+}
 
 /// Four multipart objects `<prefix>/<i>.bin` of `size` bytes in the source bucket; returns
 /// key -> bytes.
@@ -48,12 +61,35 @@ const ODD_KEYS: &[&str] = &[
     "odd/double//slash.csv",
 ];
 
+/// `key` in the source bucket: gzip JSON with its content type and encoding, and the user
+/// metadata `meta` (name, value).
+async fn put_typed(input: &S3Server, key: &str, meta: (&str, &str)) {
+    let request = input.client().put_object().bucket(SRC).key(key);
+    let typed = request
+        .content_type("application/json")
+        .content_encoding("gzip");
+    let body = b"{}".to_vec().into();
+    typed
+        .metadata(meta.0, meta.1)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The user metadata of `bucket`/`key` at `server`, which must be gzip JSON as
+/// [`put_typed`] puts it.
+async fn typed_metadata(server: &dyn Endpoint, bucket: &str, key: &str) -> HashMap<String, String> {
+    let request = server.s3().client().head_object().bucket(bucket).key(key);
+    let head = request.send().await.unwrap();
+    assert_eq!(head.content_type(), Some("application/json"));
+    assert_eq!(head.content_encoding(), Some("gzip"));
+    head.metadata().cloned().unwrap_or_default()
+}
+
 #[tokio::test]
 async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket(SRC).await;
-    output.create_bucket(DST).await;
+    let (input, output) = source_and_mirror(S3Kind::S3sFs, S3Kind::S3sFs).await;
 
     // More than one listing page of small objects, odd keys, and large objects.
     let mut objects: Vec<(String, Vec<u8>)> = (0..1050)
@@ -83,27 +119,16 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
     input
         .put(SRC, "data/big/single-put.bin", data(9002, 12 * MIB + 1))
         .await;
-    input
-        .client()
-        .put_object()
-        .bucket(SRC)
-        .key("data/meta/with-metadata.json.gz")
-        .content_type("application/json")
-        .content_encoding("gzip")
-        .metadata("Owner", "team-a")
-        .body(b"{}".to_vec().into())
-        .send()
-        .await
-        .unwrap();
-
-    let out = sync(
+    put_typed(
         &input,
-        &format!("{SRC}/data"),
-        &output,
-        &format!("{DST}/mirror"),
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        "data/meta/with-metadata.json.gz",
+        ("Owner", "team-a"),
+    )
+    .await;
+
+    let (in_path, out_path) = (format!("{SRC}/data"), format!("{DST}/mirror"));
+    let out = sync(&input, &in_path, &output, &out_path, &[]);
+    assert_exit(&out, 0);
     let printed = stdout(&out);
     assert!(
         printed.contains(&format!(
@@ -128,17 +153,7 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
     for (key, bytes) in &source {
         assert!(mirror[key] == *bytes, "{key} differs");
     }
-    let head = output
-        .client()
-        .head_object()
-        .bucket(DST)
-        .key("mirror/meta/with-metadata.json.gz")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(head.content_type(), Some("application/json"));
-    assert_eq!(head.content_encoding(), Some("gzip"));
-    let meta = head.metadata().cloned().unwrap_or_default();
+    let meta = typed_metadata(&output, DST, "mirror/meta/with-metadata.json.gz").await;
     let owner = meta
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("owner"))
@@ -146,14 +161,8 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
     assert_eq!(owner, Some("team-a"), "{meta:?}");
 
     // Nothing changed: nothing is copied.
-    let out = sync(
-        &input,
-        &format!("{SRC}/data"),
-        &output,
-        &format!("{DST}/mirror"),
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = sync(&input, &in_path, &output, &out_path, &[]);
+    assert_exit(&out, 0);
     let last = last_line(&out);
     assert!(
         last.contains("copied=0") && last.contains("Transferred: 0 B"),
@@ -167,14 +176,8 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
     let mut changed = old.clone();
     changed[0] ^= 0xff;
     input.put(SRC, key, changed.clone()).await;
-    let out = sync(
-        &input,
-        &format!("{SRC}/data"),
-        &output,
-        &format!("{DST}/mirror"),
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = sync(&input, &in_path, &output, &out_path, &[]);
+    assert_exit(&out, 0);
     let last = last_line(&out);
     assert!(last.contains("copied=1 "), "{last}");
     assert!(stdout(&out).contains("obj-0004.csv.gz"));
@@ -186,10 +189,7 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
 
 #[tokio::test]
 async fn dry_run_changes_nothing_and_remove_is_guarded() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket(SRC).await;
-    output.create_bucket(DST).await;
+    let (input, output) = source_and_mirror(S3Kind::S3sFs, S3Kind::S3sFs).await;
     input.create_bucket("empty-bucket").await;
     put_many(
         &input,
@@ -198,8 +198,8 @@ async fn dry_run_changes_nothing_and_remove_is_guarded() {
     )
     .await;
 
-    let out = sync(&input, SRC, &output, DST, &["--dry-run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = mirror(&input, &output, &["--dry-run"]);
+    assert_exit(&out, 0);
     assert!(
         stdout(&out).contains("copy (new) `input/source-bucket/k00` -> `output/mirror-bucket/k00`")
     );
@@ -208,162 +208,122 @@ async fn dry_run_changes_nothing_and_remove_is_guarded() {
         "dry run wrote nothing"
     );
 
-    let out = sync(&input, SRC, &output, DST, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&mirror(&input, &output, &[]), 0);
     // Extra objects at the destination: 3 of 23 is over the default 10% limit.
-    put_many(
-        &output,
-        DST,
-        (0..3)
-            .map(|i| (format!("extra{i}"), vec![1u8; 10]))
-            .collect(),
-    )
-    .await;
-    let out = sync(&input, SRC, &output, DST, &["--remove"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(stderr(&out).contains("--max-delete 3"), "{}", text(&out));
-    let out = sync(
-        &input,
-        SRC,
-        &output,
-        DST,
-        &["--remove", "--max-delete", "2"],
+    let extra = (0..3).map(|i| (format!("extra{i}"), vec![1u8; 10]));
+    put_many(&output, DST, extra.collect()).await;
+    let out = mirror(&input, &output, &["--remove"]);
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "--max-delete 3");
+    assert_exit(
+        &mirror(&input, &output, &["--remove", "--max-delete", "2"]),
+        2,
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert_eq!(output.keys(DST, "extra").await.len(), 3, "nothing deleted");
     // An empty source never deletes, whatever the limit.
-    let out = sync(
-        &input,
-        "empty-bucket",
-        &output,
-        DST,
-        &["--remove", "--max-delete", "1000"],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        stderr(&out).contains("input listing is empty"),
-        "{}",
-        text(&out)
-    );
+    let everything = ["--remove", "--max-delete", "1000"];
+    let out = sync(&input, "empty-bucket", &output, DST, &everything);
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "input listing is empty");
     assert_eq!(
         output.keys(DST, "").await.len(),
         23,
         "20 mirrored + 3 extra, and nothing of our own"
     );
-    let out = sync(
-        &input,
-        SRC,
-        &output,
-        DST,
-        &["--remove", "--max-delete", "3"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = mirror(&input, &output, &["--remove", "--max-delete", "3"]);
+    assert_exit(&out, 0);
     assert!(output.keys(DST, "extra").await.is_empty());
-    assert!(last_line(&out).contains("deleted=3"), "{}", text(&out));
+    assert_last_line_has(&out, "deleted=3");
+}
+
+/// How a case of a bad configuration changes the command.
+enum Tweak<'a> {
+    /// Set a variable.
+    Set(&'a str, String),
+    /// Remove a variable.
+    Unset(&'a str),
+    /// Add arguments.
+    Args(&'a [&'a str]),
 }
 
 #[tokio::test]
 async fn bad_configuration_fails_cleanly() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket(SRC).await;
-    output.create_bucket(DST).await;
+    let (input, output) = source_and_mirror(S3Kind::S3sFs, S3Kind::S3sFs).await;
     input.put(SRC, "a", b"x".to_vec()).await;
 
     let sentinel = "WRONG-secret-sentinel-4h8d";
-    let run = |f: &dyn Fn(&mut Command)| {
-        let mut cmd = sync_command(&input, SRC, &output, DST, &[]);
-        f(&mut cmd);
-        cmd.output().expect("run")
-    };
-    type Case<'a> = (&'a str, Box<dyn Fn(&mut Command) + 'a>, i32, &'a str);
-    let cases: Vec<Case> = vec![
+    let closed = format!("http://127.0.0.1:{}", egress_testkit::free_port());
+    let set = |name, value: &str| Tweak::Set(name, value.to_string());
+    let cases = [
         (
             "wrong input secret",
-            Box::new(|c| {
-                c.env("INPUT_SECRET_ACCESS_KEY", sentinel);
-            }),
+            set("INPUT_SECRET_ACCESS_KEY", sentinel),
             2,
             "INPUT_ACCESS_KEY_ID",
         ),
         (
             "wrong output secret",
-            Box::new(|c| {
-                c.env("OUTPUT_SECRET_ACCESS_KEY", sentinel);
-            }),
+            set("OUTPUT_SECRET_ACCESS_KEY", sentinel),
             2,
             "OUTPUT_ACCESS_KEY_ID",
         ),
         (
             "missing bucket",
-            Box::new(|c| {
-                c.env("OUTPUT_PATH", "no-such-bucket/x");
-            }),
+            set("OUTPUT_PATH", "no-such-bucket/x"),
             2,
             "does not exist",
         ),
         (
             "unreachable endpoint",
-            Box::new(|c| {
-                c.env(
-                    "INPUT_URL",
-                    format!("http://127.0.0.1:{}", egress_testkit::free_port()),
-                );
-            }),
+            set("INPUT_URL", &closed),
             1,
             "unreachable",
         ),
         (
             "malformed url",
-            Box::new(|c| {
-                c.env("OUTPUT_URL", "rgw.example:8080");
-            }),
+            set("OUTPUT_URL", "rgw.example:8080"),
             2,
             "OUTPUT_URL",
         ),
         (
             "empty path",
-            Box::new(|c| {
-                c.env("INPUT_PATH", "");
-            }),
+            set("INPUT_PATH", ""),
             2,
             "INPUT_PATH is empty",
         ),
         (
             "half credentials",
-            Box::new(|c| {
-                c.env_remove("OUTPUT_SECRET_ACCESS_KEY");
-            }),
+            Tweak::Unset("OUTPUT_SECRET_ACCESS_KEY"),
             2,
             "OUTPUT_SECRET_ACCESS_KEY",
         ),
         (
             "unknown flag",
-            Box::new(|c| {
-                c.arg("--frobnicate");
-            }),
+            Tweak::Args(&["--frobnicate"]),
             2,
             "--frobnicate",
         ),
         (
             "bad glob",
-            Box::new(|c| {
-                c.args(["--include", "[abc"]);
-            }),
+            Tweak::Args(&["--include", "[abc"]),
             2,
             "not a valid glob",
         ),
         (
             "unreadable CA bundle",
-            Box::new(|c| {
-                c.env("AWS_CA_BUNDLE", "/nonexistent/ca.pem");
-            }),
+            set("AWS_CA_BUNDLE", "/nonexistent/ca.pem"),
             2,
             "cannot read AWS_CA_BUNDLE",
         ),
     ];
-    for (name, f, code, needle) in cases {
-        let out = run(&*f);
+    for (name, tweak, code, needle) in cases {
+        let mut cmd = sync_command(&input, SRC, &output, DST, &[]);
+        match tweak {
+            Tweak::Set(key, value) => cmd.env(key, value),
+            Tweak::Unset(key) => cmd.env_remove(key),
+            Tweak::Args(args) => cmd.args(args),
+        };
+        let out = cmd.output().expect("run");
         let all = text(&out);
         assert_eq!(out.status.code(), Some(code), "{name}: {all}");
         assert!(
@@ -386,10 +346,7 @@ async fn bad_configuration_fails_cleanly() {
 
 #[tokio::test]
 async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::Moto);
-    input.create_bucket(SRC).await;
-    output.create_bucket(DST).await;
+    let (input, output) = source_and_mirror(S3Kind::S3sFs, S3Kind::Moto).await;
     let expected = seed_large(&input, "large", 100, 24 * MIB, 8 * MIB).await;
     let mut child = sync_command(&input, SRC, &output, DST, &["--jobs", "2"])
         .stdout(Stdio::null())
@@ -397,36 +354,22 @@ async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() 
         .spawn()
         .expect("spawn egress-sync");
     // Kill it once uploads are under way.
-    let started = std::time::Instant::now();
-    loop {
-        if !output.pending_uploads(DST).await.is_empty() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no multipart upload started"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the sync ended before any upload was in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    output.wait_for_pending_upload(DST, &mut child).await;
     child.kill().expect("kill");
     child.wait().unwrap();
 
-    let out = sync(&input, SRC, &output, DST, &["--jobs", "2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = mirror(&input, &output, &["--jobs", "2"]);
+    assert_exit(&out, 0);
     assert!(
         stdout(&out).contains("aborted an upload left by egress-sync run"),
         "the killed run's uploads are known as its own: {}",
         text(&out)
     );
-    let mirror = contents(&output, DST, "").await;
-    assert_eq!(mirror.len(), expected.len());
+    let mirrored = contents(&output, DST, "").await;
+    assert_eq!(mirrored.len(), expected.len());
     for (key, body) in &expected {
         assert!(
-            mirror.get(key) == Some(body),
+            mirrored.get(key) == Some(body),
             "{key} differs after the re-run"
         );
     }
@@ -439,6 +382,12 @@ async fn killed_mid_transfer_then_rerun_ends_identical_with_no_pending_upload() 
 // ---------------------------------------------------------------------------------------
 // --require-manifest and --verify.
 
+/// The manifest of the source's `data/<day>`, listing `files` (name and bytes).
+async fn put_manifest(input: &S3Server, day: &str, files: &[(&str, &[u8])]) {
+    let key = format!("data/{day}/_manifest.json");
+    input.put(SRC, &key, manifest_json(day, files)).await;
+}
+
 fn copied_keys(out: &Output) -> Vec<String> {
     stdout(out)
         .lines()
@@ -450,31 +399,18 @@ fn copied_keys(out: &Output) -> Vec<String> {
 #[tokio::test]
 async fn require_manifest_copies_complete_days_manifest_last_and_catches_corruption() {
     // moto lists ETags, so a same-size rewrite within the same second is still seen.
-    let input = S3Server::start(S3Kind::Moto);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket(SRC).await;
-    output.create_bucket(DST).await;
+    let (input, output) = source_and_mirror(S3Kind::Moto, S3Kind::S3sFs).await;
     let (a, b, c) = (data(1, 5000), data(2, 7000), data(3, 9000));
     input.put(SRC, "data/2024-01-01/a.csv.gz", a.clone()).await;
     input.put(SRC, "data/2024-01-01/b.csv.gz", b.clone()).await;
-    input
-        .put(
-            SRC,
-            "data/2024-01-01/_manifest.json",
-            manifest_json("2024-01-01", &[("a.csv.gz", &a), ("b.csv.gz", &b)]),
-        )
-        .await;
+    put_manifest(&input, "2024-01-01", &[("a.csv.gz", &a), ("b.csv.gz", &b)]).await;
     input.put(SRC, "data/2024-01-02/c.csv.gz", c.clone()).await;
     let args = ["--require-manifest", "--jobs", "4"];
     let in_path = format!("{SRC}/data");
 
     let out = sync(&input, &in_path, &output, DST, &args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        stdout(&out).contains("2024-01-02` has no _manifest.json; skipped"),
-        "{}",
-        text(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "2024-01-02` has no _manifest.json; skipped");
     let copied = copied_keys(&out);
     assert_eq!(copied.len(), 3, "{copied:?}");
     assert_eq!(
@@ -492,15 +428,9 @@ async fn require_manifest_copies_complete_days_manifest_last_and_catches_corrupt
     );
 
     // The day's manifest appears: the next run copies it, the manifest last.
-    input
-        .put(
-            SRC,
-            "data/2024-01-02/_manifest.json",
-            manifest_json("2024-01-02", &[("c.csv.gz", &c)]),
-        )
-        .await;
+    put_manifest(&input, "2024-01-02", &[("c.csv.gz", &c)]).await;
     let out = sync(&input, &in_path, &output, DST, &args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         copied_keys(&out),
         [
@@ -517,24 +447,14 @@ async fn require_manifest_copies_complete_days_manifest_last_and_catches_corrupt
     let mut d_bad = d.clone();
     d_bad[0] ^= 1;
     input.put(SRC, "data/2024-01-03/d.csv.gz", d_bad).await;
-    input
-        .put(
-            SRC,
-            "data/2024-01-03/_manifest.json",
-            manifest_json("2024-01-03", &[("d.csv.gz", &d)]),
-        )
-        .await;
+    put_manifest(&input, "2024-01-03", &[("d.csv.gz", &d)]).await;
     let out = sync(&input, &in_path, &output, DST, &args);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     let stderr = stderr(&out);
-    assert!(
-        stderr.contains("2024-01-01/b.csv.gz does not match its manifest"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("2024-01-03/d.csv.gz does not match its manifest"),
-        "{stderr}"
-    );
+    for object in ["2024-01-01/b.csv.gz", "2024-01-03/d.csv.gz"] {
+        let refused = format!("{object} does not match its manifest");
+        assert!(stderr.contains(&refused), "{stderr}");
+    }
     assert_eq!(
         output.get(DST, "2024-01-01/b.csv.gz").await,
         b,
@@ -548,14 +468,10 @@ async fn require_manifest_copies_complete_days_manifest_last_and_catches_corrupt
 
     // --verify: the output matches its manifests; the input does not.
     let out = sync(&input, &in_path, &output, DST, &["--verify"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        stdout(&out).contains("output 2024-01-01: OK (2 objects"),
-        "{}",
-        text(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "output 2024-01-01: OK (2 objects");
     let out = sync(&input, &in_path, &output, DST, &["--verify", "input"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     let printed = stdout(&out);
     assert!(
         printed.contains("input 2024-01-01: MISMATCH 2024-01-01/b.csv.gz: SHA-256"),
@@ -565,7 +481,7 @@ async fn require_manifest_copies_complete_days_manifest_last_and_catches_corrupt
     // Damage at the output is found too.
     output.put(DST, "2024-01-02/c.csv.gz", vec![0u8; 10]).await;
     let out = sync(&input, &in_path, &output, DST, &["--verify"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     assert!(stdout(&out).contains("output 2024-01-02: MISMATCH 2024-01-02/c.csv.gz: 10 bytes"));
 }
 
@@ -574,10 +490,8 @@ async fn require_manifest_copies_complete_days_manifest_last_and_catches_corrupt
 
 #[tokio::test]
 async fn ceph_rgw_as_destination_and_as_source() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let ceph = CephRgw::start();
-    input.create_bucket(SRC).await;
-    ceph.create_bucket(DST).await;
+    let input = S3Server::with_bucket(S3Kind::S3sFs, SRC).await;
+    let ceph = CephRgw::with_bucket(DST).await;
     let mut objects: Vec<(String, Vec<u8>)> = (0..40)
         .map(|i| {
             (
@@ -593,37 +507,15 @@ async fn ceph_rgw_as_destination_and_as_source() {
             .map(|(i, k)| (k.to_string(), data(500 + i as u64, 64))),
     );
     put_many(&input, SRC, objects).await;
-    put_multipart(
-        &input,
-        SRC,
-        "2024-02-01/large.bin",
-        &data(77, 13 * MIB + 5),
-        5 * MIB,
-    )
-    .await;
-    input
-        .client()
-        .put_object()
-        .bucket(SRC)
-        .key("2024-02-01/typed.json.gz")
-        .content_type("application/json")
-        .content_encoding("gzip")
-        .metadata("team", "data-hub")
-        .body(b"{}".to_vec().into())
-        .send()
-        .await
-        .unwrap();
+    let large = data(77, 13 * MIB + 5);
+    put_multipart(&input, SRC, "2024-02-01/large.bin", &large, 5 * MIB).await;
+    put_typed(&input, "2024-02-01/typed.json.gz", ("team", "data-hub")).await;
 
     // Into Ceph.
     let out = sync(&input, SRC, &ceph, &format!("{DST}/mirror"), &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out),
-        ceph.log_tail()
-    );
-    assert!(last_line(&out).contains("failed=0"), "{}", text(&out));
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}\n{}", ceph.log_tail());
+    assert_last_line_has(&out, "failed=0");
     // Every copy was checked against the bytes Ceph stored: Content-MD5 on single PUTs,
     // each part's MD5 and the composite ETag on multipart ones (never size alone).
     let copies: Vec<String> = stdout(&out)
@@ -646,37 +538,25 @@ async fn ceph_rgw_as_destination_and_as_source() {
         "the multipart copy's composite ETag matched the source's: {copies:?}"
     );
     let source = contents(&input, SRC, "").await;
-    let mirror = contents(&ceph, DST, "mirror/").await;
+    let mirrored = contents(&ceph, DST, "mirror/").await;
     assert_eq!(source.len(), 48);
-    assert!(source == mirror, "Ceph holds exactly the source's bytes");
-    let head = ceph
-        .client()
-        .head_object()
-        .bucket(DST)
-        .key("mirror/2024-02-01/typed.json.gz")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(head.content_type(), Some("application/json"));
-    assert_eq!(head.content_encoding(), Some("gzip"));
-    assert!(head
-        .metadata()
-        .unwrap()
+    assert!(source == mirrored, "Ceph holds exactly the source's bytes");
+    let meta = typed_metadata(&ceph, DST, "mirror/2024-02-01/typed.json.gz").await;
+    assert!(meta
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("team") && v == "data-hub"));
     assert!(ceph.pending_uploads(DST).await.is_empty());
     let out = sync(&input, SRC, &ceph, &format!("{DST}/mirror"), &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(last_line(&out).contains("copied=0"), "{}", text(&out));
+    assert_exit(&out, 0);
+    assert_last_line_has(&out, "copied=0");
 
     // Out of Ceph (its listings carry ETags; multipart ones in Ceph's own form).
-    let back = S3Server::start(S3Kind::S3sFs);
-    back.create_bucket("back").await;
+    let back = S3Server::with_bucket(S3Kind::S3sFs, "back").await;
     let out = sync(&ceph, &format!("{DST}/mirror"), &back, "back", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert!(contents(&back, "back", "").await == source);
     let out = sync(&ceph, &format!("{DST}/mirror"), &back, "back", &[]);
-    assert!(last_line(&out).contains("copied=0"), "{}", text(&out));
+    assert_last_line_has(&out, "copied=0");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -688,10 +568,7 @@ async fn ceph_rgw_as_destination_and_as_source() {
 /// given that upload up (its abort is on its way), and the copy is retried as a new upload.
 #[tokio::test]
 async fn destination_restarted_mid_sync_then_rerun_is_identical() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let mut output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket(SRC).await;
-    output.create_bucket(DST).await;
+    let (input, mut output) = source_and_mirror(S3Kind::S3sFs, S3Kind::S3sFs).await;
     let expected = seed_large(&input, "big", 300, 20 * MIB, 5 * MIB).await;
     let holding = Arc::new(AtomicBool::new(true));
     let held = holding.clone();
@@ -719,7 +596,7 @@ async fn destination_restarted_mid_sync_then_rerun_is_identical() {
     });
     output.restart();
     let out = egress_testkit::wait_for_exit(child, Duration::from_secs(300));
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     // The object was copied again, as a new upload after the failed one's abort.
     let key = part.target.split('?').next().unwrap_or("");
     let seen = proxy.requests();
@@ -740,40 +617,26 @@ async fn destination_restarted_mid_sync_then_rerun_is_identical() {
         contents(&output, DST, "").await == expected,
         "identical after the restart"
     );
-    let out = sync(&input, SRC, &output, DST, &["--jobs", "2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(last_line(&out).contains("copied=0"), "{}", text(&out));
+    let out = mirror(&input, &output, &["--jobs", "2"]);
+    assert_exit(&out, 0);
+    assert_last_line_has(&out, "copied=0");
 }
 
 #[tokio::test]
 async fn sigterm_mid_sync_aborts_uploads_and_exits_143() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::Moto);
-    input.create_bucket(SRC).await;
-    output.create_bucket(DST).await;
+    let (input, output) = source_and_mirror(S3Kind::S3sFs, S3Kind::Moto).await;
     let expected = seed_large(&input, "big", 400, 24 * MIB, 8 * MIB).await;
-    let child = sync_command(&input, SRC, &output, DST, &["--jobs", "2", "-v"])
+    let mut child = sync_command(&input, SRC, &output, DST, &["--jobs", "2", "-v"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn egress-sync");
-    let started = std::time::Instant::now();
-    while output.pending_uploads(DST).await.is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no upload started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    output.wait_for_pending_upload(DST, &mut child).await;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
-    assert!(
-        stderr(&out).contains("stopped by SIGTERM"),
-        "{}",
-        text(&out)
-    );
+    assert_exit(&out, 143);
+    assert_stderr_has(&out, "stopped by SIGTERM");
     let pending = output.pending_uploads(DST).await;
     assert!(
         pending.is_empty(),
@@ -791,8 +654,7 @@ async fn sigterm_mid_sync_aborts_uploads_and_exits_143() {
             "{key}: no truncated object"
         );
     }
-    let out = sync(&input, SRC, &output, DST, &["--jobs", "2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&mirror(&input, &output, &["--jobs", "2"]), 0);
     assert!(contents(&output, DST, "").await == expected);
 }
 
@@ -805,13 +667,8 @@ async fn sync_secrets_never_appear_in_any_output() {
     input.create_bucket(SRC).await;
     output.create_bucket(DST).await;
     input.put(SRC, "2024-01-01/a.csv.gz", data(1, 1000)).await;
-    input
-        .put(
-            SRC,
-            "2024-01-01/_manifest.json",
-            manifest_json("2024-01-01", &[("a.csv.gz", &data(1, 1000))]),
-        )
-        .await;
+    let manifest = manifest_json("2024-01-01", &[("a.csv.gz", &data(1, 1000))]);
+    input.put(SRC, "2024-01-01/_manifest.json", manifest).await;
     // Each run: its name, extra environment, arguments, the exit code it must end with and
     // a line it must print (so a case that silently did something else fails).
     type Run<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>, i32, &'a str);
@@ -882,23 +739,17 @@ async fn sync_secrets_never_appear_in_any_output() {
             "PUSHGATEWAY_URL",
         ),
     ];
-    let dir = tempfile::tempdir().unwrap();
-    for (i, (name, env, args, code, marker)) in runs.into_iter().enumerate() {
-        let log = dir.path().join(format!("termination-{i}"));
-        let mut cmd = sync_command(&input, SRC, &output, DST, &args);
-        cmd.env("TERMINATION_LOG", &log);
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("run");
-        let case = SecretCase {
-            name,
-            program: "egress-sync",
-            code,
-            marker,
-            log: &log,
-            secrets: &[IN_SECRET, OUT_SECRET],
-        };
-        assert_secrets_kept(&case, &out);
-    }
+    let cases = runs
+        .into_iter()
+        .map(|(name, env, args, code, marker)| (name, code, marker, (env, args)));
+    assert_cases_keep_secrets(
+        "egress-sync",
+        &[IN_SECRET, OUT_SECRET],
+        cases,
+        |_, (env, args), log| {
+            let mut cmd = sync_command(&input, SRC, &output, DST, &args);
+            cmd.env("TERMINATION_LOG", log).envs(env);
+            cmd.output().expect("run")
+        },
+    );
 }

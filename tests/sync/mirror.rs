@@ -9,7 +9,10 @@ use egress_testkit::fixtures::{
     contents, data, etags, manifest_with_parts, put_many, put_parts, MIB,
 };
 use egress_testkit::proxy::{Corrupt, EditReply, Proxy};
-use egress_testkit::{last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
+use egress_testkit::{
+    assert_exit, assert_exit_why, assert_last_line_has, assert_stderr_has, assert_stdout_has,
+    last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server,
+};
 
 use super::sync;
 use egress_testkit::peak_rss_mib;
@@ -121,8 +124,8 @@ async fn mirror_keeps_the_source_form(
 
     proxy.clear();
     let out = sync(source, "src", &output, out_bucket, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(last_line(&out).contains("copied=0"), "{}", text(&out));
+    assert_exit(&out, 0);
+    assert_last_line_has(&out, "copied=0");
     // The run's own lease (outside the mirrored keys) is taken and released; nothing else
     // but the listings is asked or written.
     let (lease, mirrored): (Vec<_>, Vec<_>) = proxy
@@ -148,7 +151,7 @@ async fn mirror_keeps_the_source_form(
     changed[10] ^= 0xff;
     put_many(source, "src", vec![(key.into(), changed.clone())]).await;
     let out = sync(source, "src", &output, out_bucket, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     // The changed object, and its day's manifest (when it has one): withdrawn before the
     // object is replaced, written again last.
     let copied = if with_manifest {
@@ -203,7 +206,7 @@ async fn a_byte_damaged_in_flight_is_refused_before_it_is_visible_and_the_retry_
             "dst",
             &["--include", key],
         );
-        assert_eq!(out.status.code(), Some(0), "{key}: {}", text(&out));
+        assert_exit_why(&out, 0, key);
         assert!(proxy.corrupted(), "{key}: a byte was flipped");
         let printed = stdout(&out);
         assert!(
@@ -252,7 +255,7 @@ async fn a_damaged_listing_page_is_read_again_or_stops_the_run_and_deletes_nothi
         .collect();
     let (input, output) = s3s_fs_pair(objects).await;
     let out = sync(&input, "src", &output, "dst", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let remove = ["--remove", "--max-delete", "100"];
     let damage = |times| EditReply {
         target: "list-type=2".into(),
@@ -271,7 +274,7 @@ async fn a_damaged_listing_page_is_read_again_or_stops_the_run_and_deletes_nothi
         &remove,
     );
     assert!(proxy.edited() >= 1, "a page was damaged");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     let said = stderr(&out);
     assert!(
         said.lines().count() == 1
@@ -299,8 +302,8 @@ async fn a_damaged_listing_page_is_read_again_or_stops_the_run_and_deletes_nothi
             .all(|r| !r.target.contains("encoding-type")),
         "asked again as it was: s3s-fs echoes encoding-type=url without encoding"
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(last_line(&out).contains("deleted=0"), "{}", text(&out));
+    assert_exit(&out, 0);
+    assert_last_line_has(&out, "deleted=0");
     assert_eq!(output.keys("dst", "k").await.len(), 20, "nothing deleted");
 }
 
@@ -313,7 +316,7 @@ async fn an_earlier_versions_records_file_is_removed_and_nothing_is_copied_again
     let legacy = data(99, 12 * MIB);
     put_parts(&input, "src", "d/legacy.bin", &legacy, &[6 * MIB, 6 * MIB]).await;
     let out = sync(&input, "src", &output, "dst", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     // What an earlier version left: its records file, and a copy in its own part layout
     // (another ETag) whose metadata records the source, under the names it used.
     let listed = input
@@ -346,17 +349,13 @@ async fn an_earlier_versions_records_file_is_removed_and_nothing_is_copied_again
         )
         .await;
     let out = sync(&input, "src", &output, "dst", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert!(
         last_line(&out).contains("copied=0"),
         "nothing copied again: {}",
         text(&out)
     );
-    assert!(
-        stdout(&out).contains("removed `.egress-sync-state.json`"),
-        "{}",
-        text(&out)
-    );
+    assert_stdout_has(&out, "removed `.egress-sync-state.json`");
     let keys = output.keys("dst", "").await;
     assert!(
         !keys.iter().any(|k| k.contains("egress-sync-state")),
@@ -403,7 +402,7 @@ async fn memory_stays_bounded_whatever_the_objects_and_the_jobs() {
             .env("OUTPUT_PATH", &dst)
             .args(["--jobs", "256"]);
         let out = egress_testkit::run(&mut cmd);
-        assert_eq!(out.status.code(), Some(0), "{run}: {}", text(&out));
+        assert_exit_why(&out, 0, run);
         let counted = match run {
             "cold" => format!("copied={keys} "),
             _ => format!("copied=0 skipped={keys} "),
@@ -440,7 +439,7 @@ async fn memory_stays_bounded_whatever_the_objects_and_the_jobs() {
     )
     .await;
     let out = sync(&input, "src", &output, "dst", &["--jobs", "256"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let rss = peak_rss_mib(&out);
     assert!(
         rss < LIMIT_MIB,
@@ -470,12 +469,8 @@ async fn a_checked_single_part_object_is_streamed_not_held() {
     .await;
     let args = ["--require-manifest", "--memory-budget-mib", "16"];
     let out = sync(&input, "src", &output, "dst", &args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        stdout(&out).contains("verified=\"size+md5+manifest-sha256\""),
-        "{}",
-        text(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "verified=\"size+md5+manifest-sha256\"");
     let rss = peak_rss_mib(&out);
     println!("a 96 MiB single-part object checked against its manifest: peak RSS {rss} MiB");
     assert!(rss < 64.0, "96 MiB in one object took {rss} MiB");
@@ -487,12 +482,8 @@ async fn a_checked_single_part_object_is_streamed_not_held() {
     output.delete("dst", "2024-02-01/one.csv.gz").await;
     output.delete("dst", "2024-02-01/_manifest.json").await;
     let out = sync(&input, "src", &output, "dst", &args);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        stderr(&out).contains("does not match its manifest"),
-        "{}",
-        text(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "does not match its manifest");
     assert!(
         output.keys("dst", "2024-02-01/").await.is_empty(),
         "nothing of the day is visible"

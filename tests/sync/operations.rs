@@ -7,7 +7,10 @@ use std::process::Output;
 
 use egress_testkit::fixtures::{self, data, manifest_json, put_many};
 use egress_testkit::pushgateway::{Pushgateway, Sample};
-use egress_testkit::{stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server};
+use egress_testkit::{
+    assert_exit, assert_exit_why, assert_stderr_has, assert_stdout_has, stdout, text, CephRgw,
+    Endpoint, S3Kind, S3Server,
+};
 
 use super::sync;
 
@@ -51,7 +54,7 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
         file.to_str().unwrap(),
     ];
     let out = sync(&input, "in-bucket", &output, "out-bucket", &args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let pushed = gateway.samples("egress-sync");
     // What Prometheus scrapes from the Pushgateway for this job (shown with --no-capture).
     for line in gateway
@@ -103,7 +106,7 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
     let mut gated = args.to_vec();
     gated.push("--require-manifest");
     let out = sync(&input, "in-bucket", &output, "out-bucket", &gated);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     let after = gateway.samples("egress-sync");
     assert_eq!(one(&after, "egress_last_run_exit_code"), 1.0);
     assert_eq!(
@@ -126,7 +129,7 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
     let mut dry = gated.clone();
     dry.push("--dry-run");
     let out = sync(&input, "in-bucket", &output, "out-bucket", &dry);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert!(
         gateway.samples("egress-sync") == after,
         "a dry run pushed nothing"
@@ -175,7 +178,7 @@ async fn check_reads_the_input_and_exercises_the_output_on_each_store() {
             "out-bucket/mirror",
             &["--check"],
         );
-        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+        assert_exit_why(&out, 0, name);
         let found = lines(&out);
         println!("--- {name}\n{}", stdout(&out));
         for wanted in [
@@ -198,7 +201,7 @@ async fn check_reads_the_input_and_exercises_the_output_on_each_store() {
     }
     // The input is only read: a check against a missing input bucket fails, exit 2.
     let out = sync(&input, "no-such-bucket", &s3s, "out-bucket", &["--check"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(stdout(&out).contains("FAIL   input"), "{}", text(&out));
-    assert!(stderr(&out).contains("check failed"), "{}", text(&out));
+    assert_exit(&out, 2);
+    assert_stdout_has(&out, "FAIL   input");
+    assert_stderr_has(&out, "check failed");
 }

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::process::Stdio;
 
 use egress_testkit::fixtures::{data, etags, manifest_json, put_many, put_multipart, MIB};
-use egress_testkit::{stderr, stdout, text, CephRgw, S3Kind, S3Server};
+use egress_testkit::{
+    assert_exit, assert_exit_why, assert_stderr_has, stdout, text, CephRgw, S3Kind, S3Server,
+};
 
 use super::{command, sync};
 
@@ -94,7 +96,7 @@ fn shared_run(input: &S3Server, ceph: &CephRgw, args: &[&str]) -> Vec<Share> {
     let mut shares = Vec::new();
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "index {i}: {}", text(&out));
+        assert_exit_why(&out, 0, &format!("index {i}"));
         let (keys, count) = copied(&out, "shared");
         assert_eq!(
             count,
@@ -154,7 +156,7 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
     let gated = ["--require-manifest"];
 
     let whole = sync(&input, SRC, &ceph, &format!("{DST}/whole"), &gated);
-    assert_eq!(whole.status.code(), Some(0), "{}", text(&whole));
+    assert_exit(&whole, 0);
     let shares = shared_run(&input, &ceph, &gated);
     assert_shared_out(&shares, &whole);
     let (a, b) = (
@@ -173,7 +175,7 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
     // with --remove each share deletes only in its own days, and the result is again the
     // whole mirror's.
     let whole = sync(&input, SRC, &ceph, &format!("{DST}/whole"), &gated);
-    assert_eq!(whole.status.code(), Some(0), "{}", text(&whole));
+    assert_exit(&whole, 0);
     let again = shared_run(&input, &ceph, &gated);
     assert_shared_out(&again, &whole);
     let client = input.client();
@@ -192,7 +194,7 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
     }
     let remove = ["--require-manifest", "--remove", "--max-delete", "10"];
     let whole = sync(&input, SRC, &ceph, &format!("{DST}/whole"), &remove);
-    assert_eq!(whole.status.code(), Some(0), "{}", text(&whole));
+    assert_exit(&whole, 0);
     let removed = shared_run(&input, &ceph, &remove);
     // The removed day's objects went from the share that copied that day, and only there.
     let mut gone = deleted(&whole, "whole");
@@ -245,21 +247,13 @@ async fn three_shares_of_a_mirror_equal_the_whole_one_in_ceph() {
             .env("JOB_COMPLETION_INDEX", index)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-        assert!(
-            stderr(&out).contains(".egress-sync-lease.shard-0-of-2.json"),
-            "{}",
-            text(&out)
-        );
+        assert_exit(&out, 3);
+        assert_stderr_has(&out, ".egress-sync-lease.shard-0-of-2.json");
     }
     let out = command(&input, SRC, &ceph, &format!("{DST}/shared"), &[])
         .env("SHARES", "3")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        stderr(&out).contains("--shares 3 needs this process's index"),
-        "{}",
-        text(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "--shares 3 needs this process's index");
 }

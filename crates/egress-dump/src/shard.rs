@@ -81,16 +81,34 @@ pub async fn run(
     let fenced = egress_store::guarded(store.clone(), claim.clone());
     let beating = Beating::start(claim.clone(), settings.shards.beat());
     let dumped = async {
-        shared::wait_for_go(&store, &settings.date, &plan).await?;
+        if !shared::wait_for_go(&store, &settings.date, &plan).await? {
+            return Ok(None);
+        }
         let tables = snapshot.tables().to_vec();
-        snapshot.dump(&fenced, &tables).await.map_err(|e| {
-            e.log_tables();
-            e.into_anyhow()
-        })
+        snapshot
+            .dump(&fenced, &tables)
+            .await
+            .map(Some)
+            .map_err(|e| {
+                e.log_tables();
+                e.into_anyhow()
+            })
     }
     .await;
     beating.stop().await;
     snapshot.close().await;
+    let dumped = match dumped {
+        // The day ended without this pod (another pod of this index did its share, or the
+        // attempt was abandoned): it wrote nothing, and the day's end says how it went.
+        Ok(None) => {
+            claim.withdraw().await;
+            return end(&store, settings, &plan, None)
+                .await
+                .map(|()| Vec::new());
+        }
+        Ok(Some(reports)) => Ok(reports),
+        Err(e) => Err(e),
+    };
     let reports = match report(&claim, dumped).await {
         Ok(reports) => reports,
         Err(e) => {

@@ -65,6 +65,12 @@ pub fn assert_exit(out: &std::process::Output, code: i32) {
     assert_eq!(out.status.code(), Some(code), "{}", text(out));
 }
 
+/// Assert that a run ended with exit code `code`: `why` and its whole output in the message.
+#[track_caller]
+pub fn assert_exit_why(out: &std::process::Output, code: i32, why: &str) {
+    assert_eq!(out.status.code(), Some(code), "{why}: {}", text(out));
+}
+
 /// Assert that a run ended with `code` and said why in one line of stderr holding
 /// `needle`; returns that line.
 #[track_caller]
@@ -133,6 +139,35 @@ pub fn wait_for_exit(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     child.wait_with_output().expect("wait for the child")
+}
+
+/// Assert that `run` has not ended yet (`why` it must not have, in the message).
+#[track_caller]
+pub fn assert_running(run: &mut std::process::Child, why: &str) {
+    assert!(run.try_wait().expect("poll the child").is_none(), "{why}");
+}
+
+/// The end of a wait: the test fails once it is past.
+pub struct Deadline(std::time::Instant);
+
+impl Deadline {
+    /// `limit` from now.
+    pub fn after(limit: std::time::Duration) -> Deadline {
+        Deadline(std::time::Instant::now() + limit)
+    }
+
+    /// Fail the test with `what` (what did not happen in time) if the deadline is past.
+    #[track_caller]
+    pub fn check(&self, what: &str) {
+        assert!(std::time::Instant::now() < self.0, "{what}");
+    }
+}
+
+/// Assert that none of `keys` is one `unwanted` picks: `what` (what must not be there)
+/// and the keys in the message.
+#[track_caller]
+pub fn assert_none(keys: &[String], what: &str, unwanted: impl Fn(&str) -> bool) {
+    assert!(!keys.iter().any(|k| unwanted(k)), "{what}: {keys:?}");
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
@@ -243,5 +278,30 @@ pub fn assert_secrets_kept(case: &SecretCase<'_>, out: &std::process::Output) {
             !summary.contains(secret),
             "{name}: a secret leaked into the termination log:\n{summary}"
         );
+    }
+}
+
+/// Run each case, `(name, exit code, marker, how)`: `run` is given its name, `how` and the
+/// path of a termination log of its own; then assert of it what [`assert_secrets_kept`]
+/// asserts, for `program` and its `secrets`.
+pub fn assert_cases_keep_secrets<'a, T>(
+    program: &str,
+    secrets: &[&str],
+    cases: impl IntoIterator<Item = (&'a str, i32, &'a str, T)>,
+    mut run: impl FnMut(&str, T, &std::path::Path) -> std::process::Output,
+) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (i, (name, code, marker, how)) in cases.into_iter().enumerate() {
+        let log = dir.path().join(format!("termination-{i}"));
+        let out = run(name, how, &log);
+        let case = SecretCase {
+            name,
+            program,
+            code,
+            marker,
+            log: &log,
+            secrets,
+        };
+        assert_secrets_kept(&case, &out);
     }
 }

@@ -75,6 +75,25 @@ pub struct LoseReply {
     pub times: usize,
 }
 
+/// The two replies whose loss a run settles by reading back, each lost once, with what the
+/// run then says: the reply to the creation of its lease (a PUT of a key holding `lease`;
+/// the lease read back is the run's) and the reply to a multipart completion (the object
+/// read back is the one written).
+pub fn settled_losses(lease: &str) -> [(LoseReply, &'static str); 2] {
+    let once = |method: &str, target: &str| LoseReply {
+        method: method.into(),
+        target: target.into(),
+        times: 1,
+    };
+    [
+        (once("PUT", lease), "the lease read back is this run's"),
+        (
+            once("POST", "uploadId="),
+            "the object in the store is the one written",
+        ),
+    ]
+}
+
 /// A running proxy; stops when dropped.
 pub struct Proxy {
     /// `http://127.0.0.1:<port>`

@@ -89,7 +89,9 @@ impl Withdrawals {
     async fn withdraw_once(&self, folder: &str) -> Result<(), StoreError> {
         let folder = folder.to_string();
         let failed = self.failed.lock().is_ok_and(|f| f.contains(&folder));
-        if failed && !self.withdrawn(&folder) {
+        // A failed day keeps a manifest the output has; one it lacks protects nothing,
+        // and the day's other objects are still copied.
+        if failed && !self.withdrawn(&folder) && self.has_manifest(&folder).await? {
             return Err(StoreError::new(
                 ErrorKind::Other,
                 format!(
@@ -106,6 +108,15 @@ impl Withdrawals {
         Ok(())
     }
 
+    /// True when the output holds `folder`'s manifest.
+    async fn has_manifest(&self, folder: &str) -> Result<bool, StoreError> {
+        match self.dest.head(&manifest::key_in(folder)).await {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidKey) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Delete `folder`'s manifest at the output, if it has one (a HEAD first: a new day
     /// needs no DELETE, nor the permission for one).
     async fn withdraw(&self, folder: &str) -> Result<(), StoreError> {
@@ -116,26 +127,24 @@ impl Withdrawals {
                 self.dest.describe(&key)
             ))
         };
-        match self.dest.head(&key).await {
-            Ok(_) => {
-                let late = egress_store::mutant::active("iceberg-late-departure");
-                if let Some(departure) = self.departure.as_ref().filter(|_| !late) {
-                    departure.before_leaving(folder).await.map_err(failed)?;
-                }
-                self.dest.delete(&key).await.map_err(failed)?;
-                if let Some(departure) = self.departure.as_ref().filter(|_| late) {
-                    departure.before_leaving(folder).await.map_err(failed)?;
-                }
-                tracing::info!(
-                    "withdrew {}: its day changes at the input; the new manifest is written once the day is copied",
-                    self.dest.describe(&key)
-                );
-                Ok(())
-            }
-            // None there, or no manifest can be there (a key no output can hold).
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidKey) => Ok(()),
-            Err(e) => Err(failed(e)),
+        // None there, or no manifest can be there (a key no output can hold): a new day
+        // needs no DELETE, nor the permission for one.
+        if !self.has_manifest(folder).await.map_err(failed)? {
+            return Ok(());
         }
+        let late = egress_store::mutant::active("iceberg-late-departure");
+        if let Some(departure) = self.departure.as_ref().filter(|_| !late) {
+            departure.before_leaving(folder).await.map_err(failed)?;
+        }
+        self.dest.delete(&key).await.map_err(failed)?;
+        if let Some(departure) = self.departure.as_ref().filter(|_| late) {
+            departure.before_leaving(folder).await.map_err(failed)?;
+        }
+        tracing::info!(
+            "withdrew {}: its day changes at the input; the new manifest is written once the day is copied",
+            self.dest.describe(&key)
+        );
+        Ok(())
     }
 
     /// This run cannot complete `folder` (one of its objects failed): a complete day
@@ -356,5 +365,23 @@ mod tests {
             ..facts()
         };
         assert!(matches!(decide(&failed), HandOff::Fail(_)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_day_keeps_its_manifest_and_a_day_without_one_goes_on() {
+        let store: Store = Arc::new(egress_store::MemoryStore::new());
+        let body = || egress_store::Body::from_bytes(bytes::Bytes::from_static(b"{}"));
+        let put = egress_store::PutOptions::default();
+        store.put("d/_manifest.json", body(), &put).await.unwrap();
+        let withdrawals = Withdrawals::new(store.clone(), |_| false);
+        withdrawals.fail("d");
+        withdrawals.fail("e");
+        let refused = withdrawals.before_change("d/a.csv.gz").await.unwrap_err();
+        assert!(refused.to_string().contains("already failed"), "{refused}");
+        assert!(
+            store.head("d/_manifest.json").await.is_ok(),
+            "the complete day stays"
+        );
+        withdrawals.before_change("e/a.csv.gz").await.unwrap();
     }
 }

@@ -544,20 +544,18 @@ pub async fn wait_for_plan(
     }
 }
 
-/// Wait for the coordinator's go (its plan again, marked go); an error when its run no
-/// longer holds the day.
-pub async fn wait_for_go(store: &Store, date: &str, plan: &Plan) -> anyhow::Result<()> {
+/// Wait for the coordinator's go (its plan again, marked go): true once it is said; false
+/// when the coordinator's run no longer holds the day (it ended, well or not, without this
+/// pod: [`wait_for_end`] tells which).
+pub async fn wait_for_go(store: &Store, date: &str, plan: &Plan) -> anyhow::Result<bool> {
     loop {
         if let Some(found) = objects::read::<Plan>(store, &plan_key(date)).await? {
             if found.value.same(plan) && found.value.go {
-                return Ok(());
+                return Ok(true);
             }
         }
         if !holds_the_day(store, date, &plan.run_id).await? {
-            anyhow::bail!(
-                "the coordinator's run {} no longer holds the day before it said go: this shard wrote nothing",
-                plan.run_id
-            );
+            return Ok(false);
         }
         tokio::time::sleep(POLL).await;
     }
@@ -570,8 +568,8 @@ pub enum Claimed<R> {
     /// The index was done already for this plan (this pod was started again after
     /// reporting): its report.
     Done(Status<R>),
-    /// Another pod of this index held it, alive, until the coordinator's run ended: this
-    /// one wrote nothing.
+    /// The day ended without this pod (another pod of its index did the index, or the
+    /// attempt was abandoned): this one wrote nothing.
     Ended,
 }
 
@@ -617,6 +615,11 @@ pub async fn claim<R: DeserializeOwned>(
     let mut told = false;
     loop {
         let found = objects::read::<Status<R>>(store, &key).await?;
+        // No status and no plan: the coordinator cleared the day's coordination objects (the
+        // plan first), so the day ended without this pod.
+        if found.is_none() && !planned(store, date, plan).await? {
+            return Ok(Claimed::Ended);
+        }
         let condition = match found {
             _ if egress_store::mutant::active("pieces-overwrite") => Condition::None,
             None => Condition::IfAbsent,
@@ -645,6 +648,12 @@ pub async fn claim<R: DeserializeOwned>(
             false => tokio::time::sleep(POLL).await,
         }
     }
+}
+
+/// True while the day's plan is still `plan`.
+async fn planned(store: &Store, date: &str, plan: &Plan) -> Result<bool, StoreError> {
+    let found = objects::read::<Plan>(store, &plan_key(date)).await?;
+    Ok(found.is_some_and(|f| f.value.same(plan)))
 }
 
 /// True while a claim binds the other pods of its index: rewritten within
