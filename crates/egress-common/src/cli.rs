@@ -293,10 +293,78 @@ fn list_env(common: &CommonArgs, cmd: &clap::Command, extra: &[&str], required: 
     common.list_env
 }
 
+/// What the steps every binary takes first read of its flags.
+pub trait BinaryArgs: clap::Parser {
+    /// The variables read beyond the flags: [extra, required] (for `--list-env`).
+    const ENV: [&'static [&'static str]; 2];
+    /// The flags both binaries share.
+    fn common(&self) -> &CommonArgs;
+    /// What was asked for instead of a run (completions, man page), if anything.
+    fn tool(&self) -> Option<&Tool>;
+}
+
+/// Implements [`BinaryArgs`] for a binary's flags `$args`, whose fields `common` and `tool`
+/// hold what it reads (the same two fields in both binaries), and which reads the
+/// variables `$env` beyond its flags.
+#[macro_export]
+macro_rules! binary_args {
+    ($args:ty, $env:expr) => {
+        impl $crate::cli::BinaryArgs for $args {
+            const ENV: [&'static [&'static str]; 2] = $env;
+
+            fn common(&self) -> &$crate::cli::CommonArgs {
+                &self.common
+            }
+
+            fn tool(&self) -> Option<&$crate::cli::Tool> {
+                self.tool.as_ref()
+            }
+        }
+    };
+}
+
+/// A binary's `main`: buffers of at least `map_buffers_from` bytes mapped on their own
+/// (see [`crate::memory::map_buffers_from`]; before the runtime starts its threads), the
+/// runtime started, the flags parsed, and the steps before a run taken; then `run` with
+/// the flags. The process exits with the code that returns.
+pub fn start<A: BinaryArgs, F: Future<Output = ExitCode>>(
+    program: &str,
+    map_buffers_from: usize,
+    run: impl FnOnce(A) -> F,
+) -> ! {
+    crate::memory::map_buffers_from(map_buffers_from);
+    run_main(program, || async move {
+        let args = A::parse();
+        if let Some(code) = before_run(args.common(), args.tool(), A::command(), A::ENV) {
+            return code;
+        }
+        run(args).await
+    })
+}
+
+/// The exit code an error of the store, the lease or the configuration means, the same
+/// in both binaries: 3 when another run holds the output (or this one lost it), 2 when
+/// the configuration must change. `None` for an error of none of these.
+pub fn shared_exit_code(error: &anyhow::Error) -> Option<ExitCode> {
+    use crate::error::find;
+    use egress_store::{ErrorKind, StoreError};
+    let lost = find::<StoreError>(error).is_some_and(|e| e.kind() == ErrorKind::LeaseLost);
+    if lost || find::<crate::day::lease::Busy>(error).is_some() {
+        return Some(ExitCode::Busy);
+    }
+    if find::<crate::ConfigError>(error).is_some() {
+        return Some(ExitCode::Usage);
+    }
+    find::<StoreError>(error).map(|e| match e.kind().is_configuration() {
+        true => ExitCode::Usage,
+        false => ExitCode::Runtime,
+    })
+}
+
 /// The steps before a binary's run, the same in both: `--list-env` (with the variables
 /// `env` = [extra, required] names beyond the flags), a `tool` (completions, man page),
 /// then logging. Returns the exit code when the binary ends there.
-pub fn before_run(
+fn before_run(
     common: &CommonArgs,
     tool: Option<&Tool>,
     cmd: clap::Command,
@@ -379,7 +447,7 @@ pub async fn run_to_exit<T>(
 }
 
 /// Start the runtime and run `main` on it; the process's exit code is what `main` returns.
-pub fn run_main<F: Future<Output = ExitCode>>(program: &str, main: impl FnOnce() -> F) -> ! {
+fn run_main<F: Future<Output = ExitCode>>(program: &str, main: impl FnOnce() -> F) -> ! {
     let code = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

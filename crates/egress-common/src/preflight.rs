@@ -81,22 +81,28 @@ impl Findings {
         });
     }
 
+    /// Record what a probe's answer says (`Ok((status, detail))`), or its error as a
+    /// failure.
+    pub fn judge(
+        &mut self,
+        capability: &'static str,
+        judged: Result<(Status, String), StoreError>,
+    ) {
+        match judged {
+            Ok((status, detail)) => self.add(capability, status, detail),
+            Err(e) => self.add(capability, Status::Fail, e.to_string()),
+        }
+    }
+
     /// Record `Ok(detail)` as ok and an error as a failure; true when it worked.
     pub fn expect(
         &mut self,
         capability: &'static str,
         outcome: Result<String, StoreError>,
     ) -> bool {
-        match outcome {
-            Ok(detail) => {
-                self.add(capability, Status::Ok, detail);
-                true
-            }
-            Err(e) => {
-                self.add(capability, Status::Fail, e.to_string());
-                false
-            }
-        }
+        let worked = outcome.is_ok();
+        self.judge(capability, outcome.map(|detail| (Status::Ok, detail)));
+        worked
     }
 }
 
@@ -269,24 +275,17 @@ async fn check_writes(store: &dyn ObjectStore, scratch: &str, found: &mut Findin
 }
 
 async fn metadata_round_trip(store: &dyn ObjectStore, key: &str, found: &mut Findings) {
-    match store.head(key).await {
-        Ok(meta)
-            if meta
-                .attributes
-                .metadata
-                .get("egress-check")
-                .map(String::as_str)
-                == Some("round-trip") =>
-        {
-            found.add("user metadata", Status::Ok, "x-amz-meta-* kept")
+    let judged = store.head(key).await.map(|meta| {
+        let kept = meta.attributes.metadata.get("egress-check");
+        match kept.map(String::as_str) == Some("round-trip") {
+            true => (Status::Ok, "x-amz-meta-* kept".into()),
+            false => (
+                Status::Absent,
+                "not kept: the sync then decides by size and ETag alone".into(),
+            ),
         }
-        Ok(_) => found.add(
-            "user metadata",
-            Status::Absent,
-            "not kept: the sync then decides by size and ETag alone",
-        ),
-        Err(e) => found.add("user metadata", Status::Fail, e.to_string()),
-    }
+    });
+    found.judge("user metadata", judged);
 }
 
 async fn conditional_put(store: &dyn ObjectStore, key: &str, found: &mut Findings) {
@@ -294,45 +293,37 @@ async fn conditional_put(store: &dyn ObjectStore, key: &str, found: &mut Finding
         condition: egress_store::Condition::IfAbsent,
         ..Default::default()
     };
-    match store
-        .put(key, Body::from_bytes(Bytes::from_static(b"x")), &options)
-        .await
-    {
-        Err(e) if e.kind() == ErrorKind::PreconditionFailed => found.add(
-            "conditional PUT",
+    let body = Body::from_bytes(Bytes::from_static(b"x"));
+    let judged = match store.put(key, body, &options).await {
+        Err(e) if e.kind() == ErrorKind::PreconditionFailed => Ok((
             Status::Ok,
-            "If-None-Match honoured: leases are taken atomically",
-        ),
-        Ok(_) => found.add(
-            "conditional PUT",
+            "If-None-Match honoured: leases are taken atomically".into(),
+        )),
+        Ok(_) => Ok((
             Status::Absent,
-            "If-None-Match ignored: leases are read back after half a second instead",
-        ),
-        Err(e) => found.add("conditional PUT", Status::Fail, e.to_string()),
-    }
+            "If-None-Match ignored: leases are read back after half a second instead".into(),
+        )),
+        Err(e) => Err(e),
+    };
+    found.judge("conditional PUT", judged);
 }
 
 async fn modified_precision(store: &dyn ObjectStore, scratch: &str, found: &mut Findings) {
     use futures::StreamExt;
     let listed = store.list(scratch).next().await.transpose();
-    match listed.map(|page| page.unwrap_or_default().into_iter().next()) {
-        Ok(Some(o)) if o.modified_nanos > 0 => found.add(
-            "Last-Modified precision",
-            Status::Ok,
-            "listings carry sub-second times",
-        ),
-        Ok(Some(_)) => found.add(
-            "Last-Modified precision",
+    let first = listed.map(|page| page.unwrap_or_default().into_iter().next());
+    let judged = first.map(|object| match object {
+        Some(o) if o.modified_nanos > 0 => (Status::Ok, "listings carry sub-second times"),
+        Some(_) => (
             Status::Ok,
             "whole seconds: a same-size rewrite within a second is told apart by its ETag",
         ),
-        Ok(None) => found.add(
-            "Last-Modified precision",
-            Status::Fail,
-            "the object just written is not listed",
-        ),
-        Err(e) => found.add("Last-Modified precision", Status::Fail, e.to_string()),
-    }
+        None => (Status::Fail, "the object just written is not listed"),
+    });
+    found.judge(
+        "Last-Modified precision",
+        judged.map(|(s, d)| (s, d.into())),
+    );
 }
 
 /// Create, upload two parts, complete; then whether `HEAD ?partNumber=1` tells the part.
@@ -403,19 +394,18 @@ async fn part_number(
 ) {
     const CAP: &str = "HEAD ?partNumber";
     let whole = store.head(key).await.map(|m| m.size).ok();
-    match store.part_size(key, 1).await {
-        Ok(Some(n)) if Some(n) != whole && expected.is_none_or(|e| e == n) => found.add(
-            CAP,
+    let judged = store.part_size(key, 1).await.map(|size| match size {
+        Some(n) if Some(n) != whole && expected.is_none_or(|e| e == n) => (
             Status::Ok,
             format!("part 1 is {n} bytes: copies keep the source's parts"),
         ),
-        Ok(_) => found.add(
-            CAP,
+        _ => (
             Status::Absent,
-            "answered for the whole object: copies take part sizes from the manifest, else guess",
+            "answered for the whole object: copies take part sizes from the manifest, else guess"
+                .into(),
         ),
-        Err(e) => found.add(CAP, Status::Fail, e.to_string()),
-    }
+    });
+    found.judge(CAP, judged);
 }
 
 /// Whether uploads nobody finished can be listed (and so cleaned up after a killed run).

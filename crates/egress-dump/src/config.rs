@@ -124,6 +124,8 @@ pub struct Args {
     pub tool: Option<egress_common::cli::Tool>,
 }
 
+egress_common::binary_args!(Args, [EXTRA_ENV, REQUIRED_ENV]);
+
 /// Variables read outside clap: libpq's (see `pg::conninfo::ENV`) and the AWS SDK's.
 pub const EXTRA_ENV: &[&str] = &[
     "PGHOST",

@@ -1,28 +1,18 @@
 //! The `egress-dump` binary: parse flags, set up logging, run, choose the exit code.
 
-use clap::{CommandFactory, Parser};
 use egress_common::cli::{self, Ending};
-use egress_common::day::lease::Busy;
 use egress_common::error::find;
-use egress_common::{ConfigError, ExitCode};
-use egress_dump::config::{Args, EXTRA_ENV, REQUIRED_ENV};
+use egress_common::ExitCode;
+use egress_dump::config::Args;
 use egress_dump::pg::{DbError, DbErrorKind};
 use egress_dump::settings::Settings;
-use egress_store::ErrorKind;
-use egress_store::StoreError;
 
 fn main() {
-    // Part buffers (MiBs each) get mappings of their own; before the runtime starts threads.
-    egress_common::memory::map_buffers_from(1024 * 1024);
-    cli::run_main("egress-dump", run)
+    // Part buffers (MiBs each) get mappings of their own.
+    cli::start("egress-dump", 1024 * 1024, run)
 }
 
-async fn run() -> ExitCode {
-    let args = Args::parse();
-    let env = [EXTRA_ENV, REQUIRED_ENV];
-    if let Some(code) = cli::before_run(&args.common, args.tool.as_ref(), Args::command(), env) {
-        return code;
-    }
+async fn run(args: Args) -> ExitCode {
     if args.common.check {
         let findings = match Settings::from_args(&args) {
             Ok(settings) => egress_dump::preflight::run(&settings).await,
@@ -68,19 +58,8 @@ async fn run() -> ExitCode {
 /// The one place errors become exit codes: 2 when the input (flags, variables, names,
 /// credentials, certificates) must change, 1 for anything a later run may not meet.
 fn exit_code(error: &anyhow::Error) -> ExitCode {
-    let lost = find::<StoreError>(error).is_some_and(|e| e.kind() == ErrorKind::LeaseLost);
-    if lost || find::<Busy>(error).is_some() {
-        return ExitCode::Busy;
-    }
-    if find::<ConfigError>(error).is_some() {
-        return ExitCode::Usage;
-    }
-    if let Some(e) = find::<StoreError>(error) {
-        return if e.kind().is_configuration() {
-            ExitCode::Usage
-        } else {
-            ExitCode::Runtime
-        };
+    if let Some(code) = cli::shared_exit_code(error) {
+        return code;
     }
     match find::<DbError>(error).map(|e| e.kind) {
         Some(DbErrorKind::Tls | DbErrorKind::Authentication) => ExitCode::Usage,

@@ -11,7 +11,7 @@ use futures::StreamExt;
 
 use super::{
     Body, CompletedPart, EntryStream, GetOptions, GetResult, ObjectMeta, ObjectStore, PageStream,
-    PartData, PendingUpload, PutOptions, PutResult, Store, StoreError, StoreTraits, Upload,
+    PartData, PendingUpload, PutOptions, Store, StoreError, StoreTraits, Stored, Upload,
 };
 
 /// What a [`Guarded`] store consults.
@@ -22,8 +22,11 @@ pub trait Guard: Send + Sync + std::fmt::Debug {
     async fn before_change(&self, key: &str) -> Result<(), StoreError>;
 
     /// Before a multipart upload to `key` is started (nothing visible yet): an error stops
-    /// it.
-    async fn before_upload(&self, key: &str) -> Result<(), StoreError>;
+    /// it. By default the same check as [`Guard::before_change`]: a lease or a claim
+    /// fences both alike.
+    async fn before_upload(&self, key: &str) -> Result<(), StoreError> {
+        self.before_change(key).await
+    }
 
     /// A multipart upload was completed or aborted.
     async fn upload_ended(&self, _key: &str, _id: &str) {}
@@ -79,12 +82,7 @@ impl ObjectStore for Guarded {
         self.inner.get(key, options).await
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: Body,
-        options: &PutOptions,
-    ) -> Result<PutResult, StoreError> {
+    async fn put(&self, key: &str, body: Body, options: &PutOptions) -> Stored {
         // A body in memory goes at once: ask first. A streamed one is asked just before
         // its last bytes go, the moment the object can become visible: a run paused midway
         // is still fenced, and a body refused on its way (a failed check) changes nothing.
@@ -114,12 +112,7 @@ impl ObjectStore for Guarded {
         self.inner.upload_part(upload, part).await
     }
 
-    async fn complete(
-        &self,
-        upload: Upload,
-        parts: &[CompletedPart],
-        size: u64,
-    ) -> Result<PutResult, StoreError> {
+    async fn complete(&self, upload: Upload, parts: &[CompletedPart], size: u64) -> Stored {
         let (key, id) = (upload.key.clone(), upload.id.clone());
         let done = match self.guard.before_change(&key).await {
             Ok(()) => self.inner.complete(upload, parts, size).await,

@@ -156,6 +156,20 @@ pub struct Upload {
     ticket: stop::Ticket,
 }
 
+impl Upload {
+    /// The upload `id` of `key`, to be made visible as `options` ask; `ticket` is what a
+    /// stop aborts it by. One constructor, so that every store carries the options alike.
+    pub(crate) fn new(key: &str, id: String, options: &PutOptions, ticket: stop::Ticket) -> Self {
+        Upload {
+            key: key.to_string(),
+            id,
+            modified: options.modified,
+            condition: options.condition.clone(),
+            ticket,
+        }
+    }
+}
+
 /// One uploaded part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletedPart {
@@ -233,6 +247,10 @@ impl Entry {
 /// where every key below it sorts).
 pub type EntryStream = BoxStream<'static, Result<Vec<Entry>, StoreError>>;
 
+/// What a write that makes an object visible (a put, a completed upload) returns: named,
+/// because every store's signatures of both say it.
+pub type Stored = Result<PutResult, StoreError>;
+
 /// An S3 bucket and prefix, or a local directory.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
@@ -272,12 +290,7 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn get(&self, key: &str, options: GetOptions) -> Result<GetResult, StoreError>;
 
     /// Write a whole object in one request; it appears whole or not at all.
-    async fn put(
-        &self,
-        key: &str,
-        body: Body,
-        options: &PutOptions,
-    ) -> Result<PutResult, StoreError>;
+    async fn put(&self, key: &str, body: Body, options: &PutOptions) -> Stored;
 
     /// Start a multipart upload; nothing is visible until [`ObjectStore::complete`].
     async fn create_multipart(&self, key: &str, options: &PutOptions)
@@ -288,12 +301,7 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn upload_part(&self, upload: &Upload, part: PartData) -> Result<String, StoreError>;
 
     /// Make the upload visible as one object of `size` bytes.
-    async fn complete(
-        &self,
-        upload: Upload,
-        parts: &[CompletedPart],
-        size: u64,
-    ) -> Result<PutResult, StoreError>;
+    async fn complete(&self, upload: Upload, parts: &[CompletedPart], size: u64) -> Stored;
 
     /// Throw the upload away (logged, never fails: the bucket's lifecycle rule is the
     /// last resort).

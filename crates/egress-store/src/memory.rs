@@ -18,7 +18,7 @@ use crate::error::{ErrorKind, StoreError};
 use crate::{
     multipart_etag, stop, Attributes, Body, CompletedPart, Condition, Entry, EntryStream,
     GetOptions, GetResult, ObjectInfo, ObjectMeta, ObjectStore, PageStream, PartData,
-    PendingUpload, PutOptions, PutResult, StoreTraits, Upload,
+    PendingUpload, PutOptions, PutResult, StoreTraits, Stored, Upload,
 };
 
 /// S3's smallest part but the last.
@@ -331,12 +331,7 @@ impl ObjectStore for MemoryStore {
         })
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: Body,
-        options: &PutOptions,
-    ) -> Result<PutResult, StoreError> {
+    async fn put(&self, key: &str, body: Body, options: &PutOptions) -> Stored {
         let data = read_body(body, options.content_md5).await?;
         let etag = md5_hex(&data);
         let object = Object {
@@ -372,38 +367,22 @@ impl ObjectStore for MemoryStore {
             s.uploads.insert(id.clone(), pending);
             id
         });
-        Ok(Upload {
-            key: key.to_string(),
-            id,
-            modified: options.modified,
-            condition: options.condition.clone(),
-            ticket: stop::Ticket::none(),
-        })
+        Ok(Upload::new(key, id, options, stop::Ticket::none()))
     }
 
     async fn upload_part(&self, upload: &Upload, part: PartData) -> Result<String, StoreError> {
-        let PartData {
-            slot,
-            body,
-            content_md5,
-        } = part;
-        let data = read_body(body, content_md5).await?;
+        let data = read_body(part.body, part.content_md5).await?;
         let etag = md5_hex(&data);
         self.with_state(|s| match s.uploads.get_mut(&upload.id) {
             Some(p) => {
-                p.parts.insert(slot.number, (data, etag.clone()));
+                p.parts.insert(part.slot.number, (data, etag.clone()));
                 Ok(etag)
             }
             None => Err(no_upload(&upload.key)),
         })
     }
 
-    async fn complete(
-        &self,
-        upload: Upload,
-        parts: &[CompletedPart],
-        size: u64,
-    ) -> Result<PutResult, StoreError> {
+    async fn complete(&self, upload: Upload, parts: &[CompletedPart], size: u64) -> Stored {
         let (min_part, now) = (self.min_part, self.now());
         let assembled = self.with_state(|s| {
             let pending = s

@@ -155,62 +155,51 @@ async fn upload_one(
     check: PartCheck,
 ) -> Result<PartDone, StoreError> {
     let size = body.len();
-    if check != PartCheck::Md5 {
-        let etag = store
-            .upload_part(
-                &upload,
-                PartData {
-                    slot,
-                    body,
-                    content_md5: None,
-                },
-            )
-            .await?;
-        let md5 = match check {
-            PartCheck::StoreEtags => etag_md5(&etag),
-            _ => None,
-        };
-        return Ok(PartDone {
-            number: slot.number,
-            etag,
-            size,
-            md5,
-        });
-    }
-    // In memory: send Content-MD5 so the store itself refuses damaged bytes.
-    let content_md5 = body.as_bytes().map(|b| {
-        use md5::{Digest, Md5};
-        <[u8; 16]>::from(Md5::digest(b))
-    });
-    let (body, tap) = body.tap_md5();
-    let etag = store
-        .upload_part(
-            &upload,
-            PartData {
-                slot,
-                body,
-                content_md5,
-            },
-        )
-        .await?;
-    let md5 = tap.digest();
-    if etag_md5(&etag).is_some_and(|stored| stored != md5) {
-        return Err(StoreError::new(
-            ErrorKind::ChecksumMismatch,
-            format!(
-                "part {} of {}: the store's ETag {etag} is not the MD5 {} of the bytes sent",
-                slot.number,
-                upload.key,
-                hex::encode(md5)
-            ),
-        ));
-    }
+    // With Md5, in memory: send Content-MD5 so the store itself refuses damaged bytes, and
+    // hash what streams past to compare with the ETag the store returns.
+    let (body, content_md5, tap) = match check {
+        PartCheck::Md5 => {
+            let content_md5 = body.as_bytes().map(|b| {
+                use md5::{Digest, Md5};
+                <[u8; 16]>::from(Md5::digest(b))
+            });
+            let (body, tap) = body.tap_md5();
+            (body, content_md5, Some(tap))
+        }
+        _ => (body, None, None),
+    };
+    let part = PartData {
+        slot,
+        body,
+        content_md5,
+    };
+    let etag = store.upload_part(&upload, part).await?;
+    let md5 = match tap {
+        Some(tap) => Some(sent_md5(tap.digest(), &etag, slot.number, &upload.key)?),
+        None if check == PartCheck::StoreEtags => etag_md5(&etag),
+        None => None,
+    };
     Ok(PartDone {
         number: slot.number,
         etag,
         size,
-        md5: Some(md5),
+        md5,
     })
+}
+
+/// The MD5 `md5` of part `number`'s bytes as sent, when the store's `etag` does not say
+/// otherwise (an ETag that is no MD5 says nothing).
+fn sent_md5(md5: [u8; 16], etag: &str, number: u32, key: &str) -> Result<[u8; 16], StoreError> {
+    if etag_md5(etag).is_some_and(|stored| stored != md5) {
+        return Err(StoreError::new(
+            ErrorKind::ChecksumMismatch,
+            format!(
+                "part {number} of {key}: the store's ETag {etag} is not the MD5 {} of the bytes sent",
+                hex::encode(md5)
+            ),
+        ));
+    }
+    Ok(md5)
 }
 
 /// Every part uploaded; the object is not visible yet.

@@ -170,6 +170,8 @@ pub struct Args {
     pub tool: Option<egress_common::cli::Tool>,
 }
 
+egress_common::binary_args!(Args, [EXTRA_ENV, REQUIRED_ENV]);
+
 /// Which side `--verify` checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum VerifySide {

@@ -1,29 +1,18 @@
 //! The `egress-sync` binary: parse flags, set up logging, run the chosen mode (mirror, or
 //! `--verify`), choose the exit code.
 
-use clap::{CommandFactory, Parser};
 use egress_common::cli::{self, Ending};
-use egress_common::day::lease::Busy;
-use egress_common::error::find;
-use egress_common::{ConfigError, ExitCode};
-use egress_store::ErrorKind;
-use egress_store::StoreError;
-use egress_sync::config::{Args, EXTRA_ENV, REQUIRED_ENV};
+use egress_common::ExitCode;
+use egress_sync::config::Args;
 use egress_sync::settings::{Mode, Settings};
 use egress_sync::sides::Sides;
 
 fn main() {
-    // Part buffers come and go all the time here; before the runtime starts its threads.
-    egress_common::memory::map_buffers_from(128 * 1024);
-    cli::run_main("egress-sync", run)
+    // Part buffers come and go all the time here.
+    cli::start("egress-sync", 128 * 1024, run)
 }
 
-async fn run() -> ExitCode {
-    let args = Args::parse();
-    let env = [EXTRA_ENV, REQUIRED_ENV];
-    if let Some(code) = cli::before_run(&args.common, args.tool.as_ref(), Args::command(), env) {
-        return code;
-    }
+async fn run(args: Args) -> ExitCode {
     if args.common.check {
         return egress_common::preflight::report(&egress_sync::preflight::run(&args).await);
     }
@@ -80,15 +69,5 @@ async fn run() -> ExitCode {
 /// The one place errors become exit codes: 2 when the configuration (paths, credentials,
 /// buckets, guards) must change, 1 for anything a later run may not meet.
 fn exit_code(error: &anyhow::Error) -> ExitCode {
-    let lost = find::<StoreError>(error).is_some_and(|e| e.kind() == ErrorKind::LeaseLost);
-    if lost || find::<Busy>(error).is_some() {
-        return ExitCode::Busy;
-    }
-    if find::<ConfigError>(error).is_some() {
-        return ExitCode::Usage;
-    }
-    match find::<StoreError>(error) {
-        Some(e) if e.kind().is_configuration() => ExitCode::Usage,
-        _ => ExitCode::Runtime,
-    }
+    cli::shared_exit_code(error).unwrap_or(ExitCode::Runtime)
 }

@@ -32,9 +32,7 @@ use tokio::time::Instant;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use egress_store::{
-    task, Body, Condition, ErrorKind, GetOptions, Guard, PutOptions, Store, StoreError,
-};
+use egress_store::{task, Body, Condition, ErrorKind, Guard, PutOptions, Store, StoreError};
 
 /// The lease of a date folder (egress-dump), inside the folder.
 pub const FILE_NAME: &str = ".egress-lease.json";
@@ -584,10 +582,6 @@ impl Guard for Shared {
     async fn before_change(&self, _key: &str) -> Result<(), StoreError> {
         self.confirm().await
     }
-
-    async fn before_upload(&self, _key: &str) -> Result<(), StoreError> {
-        self.confirm().await
-    }
 }
 
 impl Shared {
@@ -770,13 +764,10 @@ async fn read(
     key: &str,
     fallback_ttl: Duration,
 ) -> Result<Option<Found>, StoreError> {
-    let got = match store.get(key, GetOptions::default()).await {
-        Ok(got) => got,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(raw) = super::objects::read_bytes(store, key).await? else {
+        return Ok(None);
     };
-    let (etag, modified) = (got.meta.etag.clone(), got.meta.modified);
-    let body = got.body.collect().await?;
+    let (body, etag, modified) = (raw.value, raw.etag, raw.modified);
     let (holder, problem) = match serde_json::from_slice::<Holder>(&body) {
         Ok(h) => (Some(h), None),
         Err(e) => (None, Some(format!("{} bytes: {e}", body.len()))),

@@ -1,6 +1,7 @@
 //! Reading, writing and removing the small JSON objects the protocol coordinates through
 //! (plans, statuses).
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -23,14 +24,30 @@ pub(crate) async fn read<T: DeserializeOwned>(
     store: &Store,
     key: &str,
 ) -> Result<Option<Found<T>>, StoreError> {
+    let Some(raw) = read_bytes(store, key).await? else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice(&raw.value).ok().map(|value| Found {
+        value,
+        etag: raw.etag,
+        modified: raw.modified,
+    }))
+}
+
+/// The bytes of the object at `key`, whatever they hold; `None` when there is none. The
+/// one read of a coordination object, parsed by each reader its own way.
+pub(crate) async fn read_bytes(
+    store: &Store,
+    key: &str,
+) -> Result<Option<Found<Bytes>>, StoreError> {
     let got = match store.get(key, GetOptions::default()).await {
         Ok(got) => got,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let (etag, modified) = (got.meta.etag.clone(), got.meta.modified);
-    let body = got.body.collect().await?;
-    Ok(serde_json::from_slice(&body).ok().map(|value| Found {
+    let value = got.body.collect().await?;
+    Ok(Some(Found {
         value,
         etag,
         modified,

@@ -822,10 +822,6 @@ impl Guard for Claim {
     async fn before_change(&self, _key: &str) -> Result<(), StoreError> {
         self.confirm().await
     }
-
-    async fn before_upload(&self, _key: &str) -> Result<(), StoreError> {
-        self.confirm().await
-    }
 }
 
 impl std::fmt::Debug for Claim {

@@ -30,7 +30,7 @@ use crate::stop::{self, Phase};
 use crate::{
     etag_md5, multipart_etag, Body, CompletedPart, Condition, EntryStream, GetOptions, GetResult,
     ObjectInfo, ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions,
-    PutResult, StoreTraits, Upload,
+    PutResult, StoreTraits, Stored, Upload,
 };
 
 /// What temporary files are called: `.<name>.egress-tmp-<random>`.
@@ -582,12 +582,7 @@ impl ObjectStore for LocalStore {
         Ok(GetResult { meta, offset, body })
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: Body,
-        options: &PutOptions,
-    ) -> Result<PutResult, StoreError> {
+    async fn put(&self, key: &str, body: Body, options: &PutOptions) -> Stored {
         let path = self.path(key)?;
         self.no_folder_at(&path)?;
         let (staged, file, md5) = self.write_staged(&path, body).await?;
@@ -606,21 +601,12 @@ impl ObjectStore for LocalStore {
         let store = self.clone();
         let (temp, _file) = blocking(move || store.create_temp(&path)).await?;
         let ticket = LocalStore::register_temp(&temp);
-        Ok(Upload {
-            key: key.to_string(),
-            id: temp.to_string_lossy().into_owned(),
-            modified: options.modified,
-            condition: options.condition.clone(),
-            ticket,
-        })
+        let id = temp.to_string_lossy().into_owned();
+        Ok(Upload::new(key, id, options, ticket))
     }
 
     async fn upload_part(&self, upload: &Upload, part: PartData) -> Result<String, StoreError> {
-        let PartData {
-            slot,
-            body,
-            content_md5,
-        } = part;
+        let slot = part.slot;
         let temp = PathBuf::from(&upload.id);
         let opened = temp.clone();
         let file = blocking(move || {
@@ -631,8 +617,8 @@ impl ObjectStore for LocalStore {
                 .map_err(|e| StoreError::io("writing", &opened, &e))
         })
         .await?;
-        let (_, md5) = write_body(file, temp, slot.offset, body).await?;
-        if content_md5.is_some_and(|expected| expected != md5) {
+        let (_, md5) = write_body(file, temp, slot.offset, part.body).await?;
+        if part.content_md5.is_some_and(|expected| expected != md5) {
             return Err(StoreError::new(
                 ErrorKind::ChecksumMismatch,
                 format!(
@@ -644,12 +630,7 @@ impl ObjectStore for LocalStore {
         Ok(hex::encode(md5))
     }
 
-    async fn complete(
-        &self,
-        upload: Upload,
-        parts: &[CompletedPart],
-        size: u64,
-    ) -> Result<PutResult, StoreError> {
+    async fn complete(&self, upload: Upload, parts: &[CompletedPart], size: u64) -> Stored {
         let path = self.path(&upload.key)?;
         let temp = PathBuf::from(&upload.id);
         let modified = upload.modified;
@@ -1008,34 +989,17 @@ mod tests {
             )
             .await
             .unwrap();
-        let second = store
-            .upload_part(
-                &upload,
-                PartData {
-                    slot: PartSlot {
-                        number: 2,
-                        offset: 3,
-                    },
-                    body: Body::from_bytes(&b"def"[..]),
-                    content_md5: None,
-                },
-            )
-            .await
-            .unwrap();
-        let first = store
-            .upload_part(
-                &upload,
-                PartData {
-                    slot: PartSlot {
-                        number: 1,
-                        offset: 0,
-                    },
-                    body: Body::from_bytes(&b"abc"[..]),
-                    content_md5: None,
-                },
-            )
-            .await
-            .unwrap();
+        // The second part first: each lands at its own offset whatever the order.
+        let mut etags = Vec::new();
+        for (number, offset, bytes) in [(2, 3, &b"def"[..]), (1, 0, &b"abc"[..])] {
+            let part = PartData {
+                slot: PartSlot { number, offset },
+                body: Body::from_bytes(bytes),
+                content_md5: None,
+            };
+            etags.push(store.upload_part(&upload, part).await.unwrap());
+        }
+        let [second, first] = <[String; 2]>::try_from(etags).unwrap();
         assert!(keys(&store).await.is_empty(), "invisible until complete");
         let parts = [
             CompletedPart {

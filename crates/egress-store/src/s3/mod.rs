@@ -31,7 +31,7 @@ use crate::stop::{self, Phase};
 use crate::{
     clean_etag, Attributes, Body, CompletedPart, Condition, EntryStream, GetOptions, GetResult,
     ObjectMeta, ObjectStore, PageStream, PartData, PendingUpload, PutOptions, PutResult,
-    StoreTraits, Upload,
+    StoreTraits, Stored, Upload,
 };
 
 /// Whether the store honours `?partNumber` on HEAD/GET: not yet known, yes, no.
@@ -263,12 +263,7 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: Body,
-        options: &PutOptions,
-    ) -> Result<PutResult, StoreError> {
+    async fn put(&self, key: &str, body: Body, options: &PutOptions) -> Stored {
         let retry = match (&options.condition, body.as_bytes()) {
             (Condition::IfMatch(_), Some(bytes)) => Some(bytes.clone()),
             _ => None,
@@ -336,23 +331,12 @@ impl ObjectStore for S3Store {
             ));
         };
         let ticket = stop::replace(sweep, Phase::Known, self.abort_action(&full, &id));
-        Ok(Upload {
-            key: key.to_string(),
-            id,
-            modified: options.modified,
-            condition: options.condition.clone(),
-            ticket,
-        })
+        Ok(Upload::new(key, id, options, ticket))
     }
 
     async fn upload_part(&self, upload: &Upload, part: PartData) -> Result<String, StoreError> {
-        let PartData {
-            slot,
-            body,
-            content_md5,
-        } = part;
         let full = self.full(&upload.key);
-        let number = slot.number;
+        let number = part.slot.number;
         let reply = self
             .client
             .upload_part()
@@ -360,9 +344,9 @@ impl ObjectStore for S3Store {
             .key(&full)
             .upload_id(&upload.id)
             .part_number(number as i32)
-            .content_length(body.len() as i64)
-            .set_content_md5(content_md5.map(aws_smithy_types::base64::encode))
-            .body(sdk_body(body))
+            .content_length(part.body.len() as i64)
+            .set_content_md5(part.content_md5.map(aws_smithy_types::base64::encode))
+            .body(sdk_body(part.body))
             .send()
             .await
             .map_err(|e| {
@@ -375,12 +359,7 @@ impl ObjectStore for S3Store {
         Ok(clean_etag(reply.e_tag()).unwrap_or_default())
     }
 
-    async fn complete(
-        &self,
-        upload: Upload,
-        parts: &[CompletedPart],
-        size: u64,
-    ) -> Result<PutResult, StoreError> {
+    async fn complete(&self, upload: Upload, parts: &[CompletedPart], size: u64) -> Stored {
         let full = self.full(&upload.key);
         let completed: Vec<aws_sdk_s3::types::CompletedPart> = parts
             .iter()
@@ -512,12 +491,7 @@ impl ObjectStore for S3Store {
 
 impl S3Store {
     /// PutObject, as `options` say.
-    async fn put_object(
-        &self,
-        key: &str,
-        body: Body,
-        options: &PutOptions,
-    ) -> Result<PutResult, StoreError> {
+    async fn put_object(&self, key: &str, body: Body, options: &PutOptions) -> Stored {
         let full = self.full(key);
         let mut request = self
             .client
