@@ -17,10 +17,17 @@ sizes = dict(l.rstrip("\n").split("\t") for l in open(sizes_file))
 if not any(g == "dump" for g, _ in best):
     csv_bytes = 0
 
+
+def table(title, columns, left=1):
+    """A section's title and its Markdown table's header: the first `left` columns are
+    names (left-aligned), the rest numbers (right-aligned)."""
+    print(f"\n## {title}")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join(["---"] * left + ["---:"] * (len(columns) - left)) + "|")
+
+
 if csv_bytes:
-    print(f"\n## Dump: {csv_bytes / MIB:.0f} MiB of CSV, best round; server CPU = PostgreSQL + S3 server during the run")
-    print("| contender | wall s | CPU s | server CPU s | peak RSS MiB | CSV MiB/s | output bytes | speed vs (b) | size vs (b) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    table(f"Dump: {csv_bytes / MIB:.0f} MiB of CSV, best round; server CPU = PostgreSQL + S3 server during the run", ["contender", "wall s", "CPU s", "server CPU s", "peak RSS MiB", "CSV MiB/s", "output bytes", "speed vs (b)", "size vs (b)"])
     anchor = best[("dump", "(b) psql | gzip -9 | aws s3 cp")][0]
     anchor_size = int(sizes.get("(b) psql | gzip -9 | aws s3 cp", 0)) or 1
     floor = best[("dump", "(a) psql COPY > /dev/null")][0]
@@ -35,16 +42,12 @@ if csv_bytes:
     print(f"\nlevel 1 wall / floor (a) wall = {lvl1 / floor:.2f}")
     jobs = [(n, v) for (g, n), v in best.items() if g == "dump 4 tables"]
     if jobs:
-        print(f"\n## Dump of 4 tables (the same {csv_bytes / MIB:.0f} MiB split by time), one snapshot")
-        print("| contender | wall s | CPU s | server CPU s | peak RSS MiB |")
-        print("|---|---:|---:|---:|---:|")
+        table(f"Dump of 4 tables (the same {csv_bytes / MIB:.0f} MiB split by time), one snapshot", ["contender", "wall s", "CPU s", "server CPU s", "peak RSS MiB"])
         for name, (wall, cpu, rss, server) in jobs:
             print(f"| {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} |")
     split = [(g, n, v) for (g, n), v in best.items() if g.startswith("dump split")]
     if split:
-        print(f"\n## One {csv_bytes / MIB:.0f} MiB table: split in ctid chunks vs one stream")
-        print("| group | contender | wall s | CPU s | server CPU s | peak RSS MiB | CSV MiB/s |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+        table(f"One {csv_bytes / MIB:.0f} MiB table: split in ctid chunks vs one stream", ["group", "contender", "wall s", "CPU s", "server CPU s", "peak RSS MiB", "CSV MiB/s"], left=2)
         for group, name, (wall, cpu, rss, server) in split:
             print(f"| {group[5:]} | {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} | {csv_bytes / MIB / wall:.1f} |")
         for level in (1, 6):
@@ -55,9 +58,7 @@ if csv_bytes:
 
 shards = [(n, v) for (g, n), v in best.items() if g == "shards"]
 if shards:
-    print("\n## One day of four tables shared by N processes (--shards), one snapshot; best round")
-    print("| contender | wall s | CPU s | server CPU s | peak RSS MiB (largest process) | speed vs 1 process |")
-    print("|---|---:|---:|---:|---:|---:|")
+    table("One day of four tables shared by N processes (--shards), one snapshot; best round", ["contender", "wall s", "CPU s", "server CPU s", "peak RSS MiB (largest process)", "speed vs 1 process"])
     one = shards[0][1][0]
     for name, (wall, cpu, rss, server) in shards:
         print(f"| {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} | {one / wall:.2f}x |")
@@ -68,9 +69,7 @@ for (group, name), v in best.items():
         dest, phase = group[5:].split(": ", 1)
         dests.setdefault(dest, collections.OrderedDict()).setdefault(phase, []).append((name, v))
 for dest, groups in dests.items():
-    print(f"\n## Sync into {dest}: {small} small objects (4-64 KiB), {large} x {large_mib} MiB; best of rounds; best rclone = faster of its two settings")
-    print("| phase | contender | wall s | CPU s | server CPU s | peak RSS MiB | objects/s | MiB/s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    table(f"Sync into {dest}: {small} small objects (4-64 KiB), {large} x {large_mib} MiB; best of rounds; best rclone = faster of its two settings", ["phase", "contender", "wall s", "CPU s", "server CPU s", "peak RSS MiB", "objects/s", "MiB/s"], left=2)
     summary = []
     for phase, entries in groups.items():
         if phase.startswith("small"):
@@ -90,17 +89,13 @@ for dest, groups in dests.items():
 
 many = [(g, n, v) for (g, n), v in best.items() if g.startswith("many")]
 if many:
-    print("\n## Many small objects, local directories")
-    print("| run | contender | wall s | CPU s | peak RSS MiB |")
-    print("|---|---|---:|---:|---:|")
+    table("Many small objects, local directories", ["run", "contender", "wall s", "CPU s", "peak RSS MiB"], left=2)
     for group, name, (wall, cpu, rss, server) in many:
         print(f"| {group[6:]} | {name} | {wall:.2f} | {cpu:.2f} | {rss:.0f} |")
 
 listing = [(g, n, v) for (g, n), v in best.items() if g.startswith("listing")]
 if listing:
-    print("\n## Listings in Ceph RGW (input and output in one RGW); time / rclone's, time / one stream's")
-    print("| run | contender | wall s | CPU s | peak RSS MiB | / rclone | / one stream |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    table("Listings in Ceph RGW (input and output in one RGW); time / rclone's, time / one stream's", ["run", "contender", "wall s", "CPU s", "peak RSS MiB", "/ rclone", "/ one stream"], left=2)
     for group, name, (wall, cpu, rss, server) in listing:
         entries = [(n, v) for (g, n), v in best.items() if g == group]
         rc = min((v[0] for n, v in entries if n.startswith("rclone")), default=0)
@@ -113,9 +108,7 @@ parquet = [(n, v) for (g, n), v in best.items() if g == "parquet"]
 if parquet:
     duck = next(v for n, v in parquet if n.startswith("DuckDB"))
     duck_size = int(next((s for n, s in sizes.items() if n.startswith("DuckDB")), 0)) or 1
-    print("\n## Parquet from PostgreSQL, the bench table to a local file; ratios to DuckDB's")
-    print("| contender | wall s | CPU s | server CPU s | peak RSS MiB | file bytes | speed vs DuckDB | RSS vs DuckDB | size vs DuckDB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    table("Parquet from PostgreSQL, the bench table to a local file; ratios to DuckDB's", ["contender", "wall s", "CPU s", "server CPU s", "peak RSS MiB", "file bytes", "speed vs DuckDB", "RSS vs DuckDB", "size vs DuckDB"])
     for name, (wall, cpu, rss, server) in parquet:
         size = int(sizes.get(name, 0))
         print(f"| {name} | {wall:.2f} | {cpu:.2f} | {server:.2f} | {rss:.0f} | {size} | "

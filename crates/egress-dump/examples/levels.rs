@@ -45,7 +45,10 @@ fn measure(data: &Bytes, engine: Engine, level: u32) -> (u64, u64, f64) {
         threads: 1,
         part_size: |_| 8 << 20,
     };
-    let stats = gzip::compress(in_rx, out_tx, settings, &Counters::default());
+    let stats = gzip::compress(
+        gzip::Stage::new(in_rx, out_tx, &Counters::default()),
+        settings,
+    );
     let cpu = cpu_seconds() - before;
     let _ = feeder.join();
     let _ = drain.join();

@@ -258,7 +258,7 @@ fn encode(
             part_size,
         };
         return tokio::task::spawn_blocking(move || {
-            let done = parquet::encode(input, output, encoding, &counters)?;
+            let done = parquet::encode(gzip::Stage::new(input, output, &counters), encoding)?;
             Ok(Encoded {
                 rows: Some(done.rows),
                 stats: done.stats,
@@ -275,7 +275,7 @@ fn encode(
         part_size,
     };
     tokio::task::spawn_blocking(move || {
-        let stats = gzip::compress(input, output, compression, &counters)?;
+        let stats = gzip::compress(gzip::Stage::new(input, output, &counters), compression)?;
         Ok(Encoded { rows: None, stats })
     })
 }

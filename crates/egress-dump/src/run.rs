@@ -56,9 +56,7 @@ pub async fn day(
         egress_store::stop::done(ticket);
         shared::clear(&fenced, &settings.date).await;
     }
-    let outcome = lease::explain_failure(outcome, &lease).await;
-    lease.release().await;
-    outcome
+    lease.end(outcome).await
 }
 
 /// The day's attempts. A standby may cancel a read for a recovery conflict: the day then

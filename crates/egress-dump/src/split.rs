@@ -180,43 +180,37 @@ mod tests {
         let three = pieces('r', big, Some(MIB), 3, 150_000).unwrap();
         let ranges: Vec<(u64, Option<u64>)> = three.iter().map(|c| (c.first, c.end)).collect();
         assert_eq!(ranges, [(0, Some(4267)), (4267, Some(8534)), (8534, None)]);
-        assert_eq!(pieces('r', big, None, 3, 150_000), Err(Whole::Small));
-        assert_eq!(
-            pieces('v', big, Some(MIB), 3, 150_000),
-            Err(Whole::NotATable)
-        );
-        assert_eq!(
-            pieces('r', big, Some(MIB), 3, 130_000),
-            Err(Whole::OldServer)
-        );
+        let whole = [
+            ('r', None, 150_000, Whole::Small),
+            ('v', Some(MIB), 150_000, Whole::NotATable),
+            ('r', Some(MIB), 130_000, Whole::OldServer),
+        ];
+        for (kind, threshold, version, why) in whole {
+            assert_eq!(pieces(kind, big, threshold, 3, version), Err(why), "{kind}");
+        }
     }
 
     #[test]
     fn only_large_plain_tables_on_new_servers_with_workers_are_split() {
         let big = size(100 * MIB);
         assert!(decide('r', big, Some(10 * MIB), 2, 150_000).is_ok());
-        assert_eq!(decide('r', big, None, 2, 150_000), Err(Whole::Small));
-        assert_eq!(
-            decide('r', big, Some(200 * MIB), 2, 150_000),
-            Err(Whole::Small)
-        );
-        assert_eq!(
-            decide('v', big, Some(MIB), 2, 150_000),
-            Err(Whole::NotATable)
-        );
-        assert_eq!(
-            decide('p', big, Some(MIB), 2, 150_000),
-            Err(Whole::NotATable)
-        );
-        assert_eq!(
-            decide('r', big, Some(MIB), 1, 150_000),
-            Err(Whole::OneWorker)
-        );
-        // PostgreSQL 13 has no TID range scan: the fallback reads the table whole.
-        assert_eq!(
-            decide('r', big, Some(MIB), 4, 130_011),
-            Err(Whole::OldServer)
-        );
+        let whole = [
+            ('r', None, 2, 150_000, Whole::Small),
+            ('r', Some(200 * MIB), 2, 150_000, Whole::Small),
+            ('v', Some(MIB), 2, 150_000, Whole::NotATable),
+            ('p', Some(MIB), 2, 150_000, Whole::NotATable),
+            ('r', Some(MIB), 1, 150_000, Whole::OneWorker),
+            // PostgreSQL 13 has no TID range scan: the fallback reads the table whole.
+            ('r', Some(MIB), 4, 130_011, Whole::OldServer),
+        ];
+        for (kind, threshold, workers, version, why) in whole {
+            let decided = decide(kind, big, threshold, workers, version);
+            assert_eq!(
+                decided,
+                Err(why),
+                "{kind} {threshold:?} {workers} {version}"
+            );
+        }
     }
 
     #[test]

@@ -261,21 +261,12 @@ mod tests {
                 "a.b.csv.gz".into()
             ))
         );
-        assert!(matches!(
-            parse_list("a.b.c"),
-            Err(TableListError::Invalid(..))
-        ));
-        assert!(matches!(
-            parse_list("a..b"),
-            Err(TableListError::Invalid(..))
-        ));
-        assert!(matches!(
-            parse_list("\"abc"),
-            Err(TableListError::Invalid(..))
-        ));
-        assert!(matches!(
-            parse_list("a/b"),
-            Err(TableListError::Invalid(..))
-        ));
+        for invalid in ["a.b.c", "a..b", "\"abc", "a/b"] {
+            let refused = parse_list(invalid);
+            assert!(
+                matches!(refused, Err(TableListError::Invalid(..))),
+                "{invalid}: {refused:?}"
+            );
+        }
     }
 }

@@ -271,30 +271,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(LocalStore::new(dir.path()));
         let json = manifest_json(&[("a.csv.gz", 10, Some(vec![6, 4])), ("b.csv.gz", 3, None)]);
-        store
-            .put(
-                "d1/_manifest.json",
-                Body::from_bytes(json),
-                &PutOptions::default(),
-            )
-            .await
-            .unwrap();
-        store
-            .put(
-                "d2/x.csv.gz",
-                Body::from_bytes(&b"x"[..]),
-                &PutOptions::default(),
-            )
-            .await
-            .unwrap();
-        store
-            .put(
-                "d3/broken/_manifest.json",
-                Body::from_bytes(&b"{"[..]),
-                &PutOptions::default(),
-            )
-            .await
-            .unwrap();
+        let objects = [
+            ("d1/_manifest.json", json),
+            ("d2/x.csv.gz", b"x".to_vec()),
+            ("d3/broken/_manifest.json", b"{".to_vec()),
+        ];
+        for (key, body) in objects {
+            let body = Body::from_bytes(body);
+            store.put(key, body, &PutOptions::default()).await.unwrap();
+        }
         let mut gates = InputManifests::new(store);
         let (expected, parts) = gates.see("d1/a.csv.gz").await.unwrap().unwrap();
         assert_eq!(expected.size, 10);

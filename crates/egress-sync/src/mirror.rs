@@ -90,9 +90,7 @@ pub async fn run(settings: &Settings, mut sides: Sides) -> anyhow::Result<Report
             outcome = Err(anyhow::Error::new(e).context("cannot flush the output to disk"));
         }
     }
-    let outcome = lease::explain_failure(outcome, &lease).await;
-    lease.release().await;
-    outcome
+    lease.end(outcome).await
 }
 
 /// The Iceberg tables of `--iceberg`: their warehouse written only while the run holds
@@ -759,9 +757,10 @@ impl<'a> Mirror<'a> {
         let (copied, skipped, deleted) = (report.copied, report.skipped, report.deleted);
         let (failed, vanished) = (report.failed, report.vanished);
         let (unlisted, held) = (report.unlisted, report.held_days);
-        match report.failure_line() {
-            None => {
-                info!(
+        // The same total line whatever the outcome, at the level the outcome calls for.
+        macro_rules! total_line {
+            ($level:ident) => {
+                tracing::$level!(
                     copied,
                     skipped,
                     deleted,
@@ -771,21 +770,16 @@ impl<'a> Mirror<'a> {
                     held,
                     peak_rss_mib = peak,
                     "{line}"
-                );
+                )
+            };
+        }
+        match report.failure_line() {
+            None => {
+                total_line!(info);
                 Ok(report)
             }
             Some(failure) => {
-                tracing::error!(
-                    copied,
-                    skipped,
-                    deleted,
-                    failed,
-                    vanished,
-                    unlisted,
-                    held,
-                    peak_rss_mib = peak,
-                    "{line}"
-                );
+                total_line!(error);
                 Err(Failed {
                     report,
                     line: failure,

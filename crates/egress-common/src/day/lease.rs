@@ -560,6 +560,14 @@ impl Lease {
         self.shared.confirm().await
     }
 
+    /// End a run under this lease: its `outcome` explained (see [`explain_failure`]), then
+    /// the lease released.
+    pub async fn end<T>(self, outcome: anyhow::Result<T>) -> anyhow::Result<T> {
+        let outcome = explain_failure(outcome, &self).await;
+        self.release().await;
+        outcome
+    }
+
     /// Stop renewing and delete the lease (if it is still ours).
     pub async fn release(mut self) {
         let ticket = std::mem::replace(&mut self.ticket, egress_store::stop::Ticket::none());

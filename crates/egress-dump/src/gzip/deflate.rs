@@ -132,15 +132,11 @@ fn deflate_primed(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::read_all;
     use super::*;
-    use std::io::Read;
 
     fn inflate(data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        flate2::read::DeflateDecoder::new(data)
-            .read_to_end(&mut out)
-            .unwrap();
-        out
+        read_all(flate2::read::DeflateDecoder::new(data))
     }
 
     fn text() -> Vec<u8> {
@@ -170,10 +166,7 @@ mod tests {
                 c.block(b, &[], true).unwrap(),
             ]
             .concat();
-            let mut out = Vec::new();
-            flate2::read::MultiGzDecoder::new(joined.as_slice())
-                .read_to_end(&mut out)
-                .unwrap();
+            let out = read_all(flate2::read::MultiGzDecoder::new(joined.as_slice()));
             assert_eq!(out, text, "level {level}");
         }
     }

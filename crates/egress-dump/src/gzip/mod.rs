@@ -81,14 +81,40 @@ pub fn default_threads() -> usize {
         .clamp(1, 8)
 }
 
-/// Compress everything from `input` into parts sent on `output`. Ends when `input` closes;
-/// the caller decides whether that was the end of the data or a failure upstream.
+/// The ends of the dump's middle stage (gzip, or the Parquet writer): the bytes it reads,
+/// the parts it sends, and the counters its output is counted in.
+pub struct Stage<'a> {
+    /// The bytes in (CSV, or a binary `COPY` stream); closed at their end.
+    pub input: mpsc::Receiver<Bytes>,
+    /// The parts out, in order.
+    pub output: mpsc::Sender<Bytes>,
+    /// Where the bytes sent are counted.
+    pub progress: &'a Counters,
+}
+
+impl<'a> Stage<'a> {
+    /// The stage between `input` and `output`, counted in `progress`.
+    pub fn new(
+        input: mpsc::Receiver<Bytes>,
+        output: mpsc::Sender<Bytes>,
+        progress: &'a Counters,
+    ) -> Self {
+        Stage {
+            input,
+            output,
+            progress,
+        }
+    }
+}
+
+/// Compress everything from the stage's input into parts sent on its output. Ends when
+/// the input closes; the caller decides whether that was the end of the data or a failure
+/// upstream.
 pub fn compress<F: Fn(u32) -> usize + Send>(
-    mut input: mpsc::Receiver<Bytes>,
-    output: mpsc::Sender<Bytes>,
+    stage: Stage<'_>,
     settings: Settings<F>,
-    progress: &Counters,
 ) -> Result<CompressStats, CompressError> {
+    let (mut input, output, progress) = (stage.input, stage.output, stage.progress);
     let threads = settings.threads.max(1);
     let engine = settings.engine;
     let block_len = block_size(engine);
@@ -247,7 +273,7 @@ mod tests {
             threads,
             part_size: |_| part,
         };
-        let stats = compress(in_rx, out_tx, settings, &Counters::default()).unwrap();
+        let stats = compress(Stage::new(in_rx, out_tx, &Counters::default()), settings).unwrap();
         let mut parts = Vec::new();
         while let Ok(p) = out_rx.try_recv() {
             parts.push(p);
@@ -267,21 +293,20 @@ mod tests {
             .collect()
     }
 
-    fn gunzip(data: &[u8]) -> Vec<u8> {
+    /// Everything `reader` gives (the decoders of these tests).
+    pub(super) fn read_all(mut reader: impl Read) -> Vec<u8> {
         let mut back = Vec::new();
-        flate2::read::MultiGzDecoder::new(data)
-            .read_to_end(&mut back)
-            .unwrap();
+        reader.read_to_end(&mut back).unwrap();
         back
+    }
+
+    fn gunzip(data: &[u8]) -> Vec<u8> {
+        read_all(flate2::read::MultiGzDecoder::new(data))
     }
 
     /// What a reader that stops after the first member sees.
     fn first_member(data: &[u8]) -> Vec<u8> {
-        let mut back = Vec::new();
-        flate2::read::GzDecoder::new(data)
-            .read_to_end(&mut back)
-            .unwrap();
-        back
+        read_all(flate2::read::GzDecoder::new(data))
     }
 
     #[test]
@@ -378,7 +403,7 @@ mod tests {
             part_size: |_| 1000,
         };
         assert!(matches!(
-            compress(in_rx, out_tx, settings, &Counters::default()),
+            compress(Stage::new(in_rx, out_tx, &Counters::default()), settings),
             Err(CompressError::Closed)
         ));
     }

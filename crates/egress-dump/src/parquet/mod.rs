@@ -26,7 +26,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::gzip::CompressStats;
+use crate::gzip::{CompressStats, Stage};
 use crate::progress::Counters;
 pub use columns::TablePlan;
 use decode::Column;
@@ -89,11 +89,10 @@ pub struct Encoded {
 /// compressing the columns), one batch handed over at a time. On the bench table they take
 /// about the same time each, so the split nearly halves the wall time on two cores.
 pub fn encode<F: Fn(u32) -> usize + Send>(
-    mut input: mpsc::Receiver<Bytes>,
-    output: mpsc::Sender<Bytes>,
+    stage: Stage<'_>,
     encoding: Encoding<F>,
-    progress: &Counters,
 ) -> Result<Encoded, EncodeError> {
+    let (mut input, output, progress) = (stage.input, stage.output, stage.progress);
     let plan = encoding.plan;
     let schema: SchemaRef = Arc::new(Schema::new(
         plan.columns.iter().map(decode::field).collect::<Vec<_>>(),

@@ -340,38 +340,29 @@ mod tests {
 
     #[test]
     fn bad_values_are_named_by_their_source() {
-        let err = resolve(&params(None, &[("PGPORT", "x")]), Duration::from_secs(1)).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("PGPORT 'x' is not a port number"),
-            "{err}"
-        );
-        let err = resolve(
-            &params(None, &[("PGSSLMODE", "sometimes")]),
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("PGSSLMODE 'sometimes' is not valid"),
-            "{err}"
-        );
-        let err = resolve(
-            &params(Some("postgresql://h/d?sslmode=maybe"), &[]),
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("sslmode in DATABASE_URL 'maybe'"),
-            "{err}"
-        );
-        let err = resolve(
-            &params(Some("postgresql://h/d?target_session_attrs=standby"), &[]),
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("not supported"), "{err}");
+        type Env<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Option<&str>, Env, &str); 4] = [
+            (None, &[("PGPORT", "x")], "PGPORT 'x' is not a port number"),
+            (
+                None,
+                &[("PGSSLMODE", "sometimes")],
+                "PGSSLMODE 'sometimes' is not valid",
+            ),
+            (
+                Some("postgresql://h/d?sslmode=maybe"),
+                &[],
+                "sslmode in DATABASE_URL 'maybe'",
+            ),
+            (
+                Some("postgresql://h/d?target_session_attrs=standby"),
+                &[],
+                "target_session_attrs in DATABASE_URL 'standby' is not supported",
+            ),
+        ];
+        for (url, env, says) in cases {
+            let err = resolve(&params(url, env), Duration::from_secs(1)).unwrap_err();
+            assert!(err.to_string().starts_with(says), "{err}");
+        }
     }
 
     #[test]
