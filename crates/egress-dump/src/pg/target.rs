@@ -247,21 +247,23 @@ fn session_settings(
             ));
         }
     }
-    if let Some(v) = params
-        .get("gssencmode")
-        .filter(|v| !matches!(*v, "disable" | "prefer"))
-    {
-        return Err(refuse(
+    // Parameters with nothing to set: only the values that mean what we do anyway.
+    let only = [
+        (
             "gssencmode",
-            v,
+            ["disable", "prefer"],
             "GSSAPI encryption is not implemented; use disable or prefer",
-        ));
-    }
-    if let Some(v) = params
-        .get("load_balance_hosts")
-        .filter(|v| !matches!(*v, "disable" | "random"))
-    {
-        return Err(refuse("load_balance_hosts", v, "use disable or random"));
+        ),
+        (
+            "load_balance_hosts",
+            ["disable", "random"],
+            "use disable or random",
+        ),
+    ];
+    for (name, accepted, why) in only {
+        if let Some(v) = params.get(name).filter(|v| !accepted.contains(v)) {
+            return Err(refuse(name, v, why));
+        }
     }
     Ok(())
 }
@@ -341,7 +343,7 @@ mod tests {
     #[test]
     fn bad_values_are_named_by_their_source() {
         type Env<'a> = &'a [(&'a str, &'a str)];
-        let cases: [(Option<&str>, Env, &str); 4] = [
+        let cases: [(Option<&str>, Env, &str); 6] = [
             (None, &[("PGPORT", "x")], "PGPORT 'x' is not a port number"),
             (
                 None,
@@ -357,6 +359,16 @@ mod tests {
                 Some("postgresql://h/d?target_session_attrs=standby"),
                 &[],
                 "target_session_attrs in DATABASE_URL 'standby' is not supported",
+            ),
+            (
+                None,
+                &[("PGGSSENCMODE", "require")],
+                "PGGSSENCMODE 'require' is not supported by egress-dump: GSSAPI",
+            ),
+            (
+                Some("postgresql://h/d?load_balance_hosts=any"),
+                &[],
+                "load_balance_hosts in DATABASE_URL 'any' is not supported by egress-dump: use disable or random",
             ),
         ];
         for (url, env, says) in cases {
