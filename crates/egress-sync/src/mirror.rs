@@ -8,7 +8,8 @@ use std::sync::Arc;
 use egress_common::day::handoff::{self, DayFacts, Departure, HandOff, Withdrawals};
 use egress_common::day::lease;
 use egress_common::manifest;
-use egress_store::{list_parallel, ObjectInfo, StoreError};
+use egress_store::{list_parallel, ObjectInfo, Store, StoreError};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -101,6 +102,7 @@ async fn open_tables(
     lease: &lease::Lease,
 ) -> anyhow::Result<Option<Arc<Tables>>> {
     let Some(iceberg) = &settings.iceberg else {
+        refuse_untended_tables(&sides.dest).await?;
         return Ok(None);
     };
     let output = &settings.output;
@@ -123,6 +125,23 @@ async fn open_tables(
     };
     let tables = Tables::open(iceberg, sides.dest.clone(), &output.location, warehouse).await?;
     Ok(Some(Arc::new(tables)))
+}
+
+/// Without `--iceberg`, an output whose default warehouse holds tables is refused: this
+/// run would change or remove days under them (the tables then name files that are gone
+/// or other bytes), and no later run could tell which.
+async fn refuse_untended_tables(output: &Store) -> anyhow::Result<()> {
+    let folder = format!("{}/", crate::settings::DEFAULT_WAREHOUSE);
+    let Some(page) = output.list(&folder).next().await else {
+        return Ok(());
+    };
+    if page?.is_empty() {
+        return Ok(());
+    }
+    Err(egress_common::ConfigError::new(format!(
+        "the output holds Iceberg tables in {folder} but this run has no --iceberg: it would change days under them; run with --iceberg (ICEBERG=true) as before, or delete {folder} to stop keeping tables"
+    ))
+    .into())
 }
 
 impl<'a> Mirror<'a> {

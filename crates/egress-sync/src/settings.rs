@@ -221,22 +221,24 @@ fn iceberg_settings(
     }))
 }
 
+/// The warehouse's folder in the output unless `--iceberg-warehouse` says otherwise.
+pub const DEFAULT_WAREHOUSE: &str = "_iceberg";
+
 /// The warehouse's location, and its key prefix in the output when it lies inside it.
 fn warehouse(
     text: &str,
     output: &egress_common::Location,
 ) -> Result<(egress_common::Location, Option<String>), ConfigError> {
     use egress_common::Location;
-    const DEFAULT: &str = "_iceberg";
     if text.is_empty() {
         let location = match output {
             Location::S3 { bucket, prefix } => Location::S3 {
                 bucket: bucket.clone(),
-                prefix: egress_store::key::join(prefix, DEFAULT),
+                prefix: egress_store::key::join(prefix, DEFAULT_WAREHOUSE),
             },
-            Location::Local(dir) => Location::Local(dir.join(DEFAULT)),
+            Location::Local(dir) => Location::Local(dir.join(DEFAULT_WAREHOUSE)),
         };
-        return Ok((location, Some(DEFAULT.to_string())));
+        return Ok((location, Some(DEFAULT_WAREHOUSE.to_string())));
     }
     let location = Location::parse(text)
         .map_err(|e| ConfigError::new(format!("ICEBERG_WAREHOUSE is invalid: {e}")))?;

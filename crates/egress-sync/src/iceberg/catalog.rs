@@ -151,9 +151,28 @@ async fn latest_version(io: &TableStorage, table: &TableRef) -> iceberg::Result<
 /// Not best effort: a reader of the hint (DuckDB) sees the version it names, so a day may
 /// leave the output only once the hint no longer names a version holding it. A commit
 /// whose hint was not written fails; the next load (which probes past the hint) writes it.
+///
+/// The hint only goes forward: a write of an older number that lands after a newer one
+/// (another share's commit, another day's commit of this run) is followed by a look for
+/// the next version, and the newest is written again. Whoever writes last looks last.
 async fn write_hint(io: &TableStorage, table: &TableRef, n: u64) -> iceberg::Result<()> {
     let file = format!("{}/metadata/{VERSION_HINT}", table.location);
-    io.write_bytes(&file, Bytes::from(n.to_string())).await
+    let mut n = n;
+    loop {
+        io.write_bytes(&file, Bytes::from(n.to_string())).await?;
+        let mut newest = n;
+        while io
+            .new_input(&version_file(table, newest + 1))?
+            .exists()
+            .await?
+        {
+            newest += 1;
+        }
+        if newest == n {
+            return Ok(());
+        }
+        n = newest;
+    }
 }
 
 /// Create `file` only if it is absent; false when it was there. A reply lost after the

@@ -202,10 +202,14 @@ pub async fn prepare(
         io,
         table,
         base: &base,
+        previous: current.map(|c| c.file.clone()),
         names: Names::draw(),
         date,
     };
-    let new_schema = evolved.filter(|e| e.changed).map(|e| e.schema);
+    let new_schema = match evolved.filter(|e| e.changed) {
+        Some(e) => Some(schema::with_final_id(&base, e.schema).map_err(failed)?),
+        None => None,
+    };
     let (next, manifests) = step
         .write(&parent, found, day, change, new_schema, now_ms)
         .await
@@ -391,6 +395,8 @@ struct Step<'a> {
     io: &'a TableStorage,
     table: &'a TableRef,
     base: &'a TableMetadata,
+    /// The base's own file, for the metadata log (none for a new table).
+    previous: Option<String>,
     names: Names,
     date: i32,
 }
@@ -523,7 +529,8 @@ impl Step<'_> {
         snapshot: Snapshot,
     ) -> iceberg::Result<TableMetadata> {
         let mut schemas: Vec<Schema> = self.base.schemas_iter().map(|s| (**s).clone()).collect();
-        let mut builder = TableMetadataBuilder::new_from_metadata(self.base.clone(), None);
+        let mut builder =
+            TableMetadataBuilder::new_from_metadata(self.base.clone(), self.previous.clone());
         if let Some(schema) = new_schema {
             schemas.push(schema.clone());
             builder = builder.add_current_schema(schema)?;

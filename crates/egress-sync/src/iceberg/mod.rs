@@ -147,6 +147,10 @@ impl Tables {
         }
         let date = day.date.clone();
         for (_, (table, entries)) in self.by_table(&day) {
+            if let Some(why) = Self::refused(&entries) {
+                outcome.failures.push((table.to_string(), why));
+                continue;
+            }
             match self
                 .commit_table(&table, folder, &date, &entries, published)
                 .await
@@ -193,6 +197,30 @@ impl Tables {
         tables
     }
 
+    /// Why a table's entries cannot be one Iceberg table: two source tables whose names
+    /// fold to the same Iceberg name (`"Orders"` and `orders`), or a name a reader cuts at
+    /// `#` or `?` when it parses the data file's path as a URI.
+    fn refused(entries: &[&TableEntry]) -> Option<String> {
+        let sources: std::collections::BTreeSet<&str> =
+            entries.iter().map(|e| source_stem(e)).collect();
+        if sources.len() > 1 {
+            let names: Vec<&str> = sources.into_iter().collect();
+            return Some(format!(
+                "the source tables {} map to this one Iceberg table: dump one of them under another name",
+                names.join(" and ")
+            ));
+        }
+        entries
+            .iter()
+            .find(|e| e.file.contains(['#', '?']))
+            .map(|e| {
+                format!(
+                    "object `{}` has a `#` or `?` in its name, which readers cut its path at: dump the table under another name",
+                    e.file
+                )
+            })
+    }
+
     /// The day's manifest at the output, if it has one.
     async fn manifest_at_output(&self, folder: &str) -> Result<Option<Manifest>, StoreError> {
         let key = manifest::key_in(folder);
@@ -212,12 +240,8 @@ impl Tables {
 /// or `table`), lower case, `.` as `__`, any other character outside `[a-z0-9_]` as `_`
 /// (engines such as Trino fold names to lower case and read a `.` as a namespace).
 pub fn table_name(entry: &TableEntry) -> String {
-    let stem = entry.file.strip_suffix(".parquet").unwrap_or(&entry.file);
-    let stem = match entry.piece {
-        Some(_) => stem.rsplit_once(".part-").map_or(stem, |(s, _)| s),
-        None => stem,
-    };
-    stem.to_lowercase()
+    source_stem(entry)
+        .to_lowercase()
         .replace('.', "__")
         .chars()
         .map(|c| match c.is_ascii_alphanumeric() || c == '_' {
@@ -225,6 +249,16 @@ pub fn table_name(entry: &TableEntry) -> String {
             false => '_',
         })
         .collect()
+}
+
+/// The source table's part of a manifest entry's object name (`schema.table` or `table`;
+/// a piece's `.part-NNNNN` left out).
+fn source_stem(entry: &TableEntry) -> &str {
+    let stem = entry.file.strip_suffix(".parquet").unwrap_or(&entry.file);
+    match entry.piece {
+        Some(_) => stem.rsplit_once(".part-").map_or(stem, |(s, _)| s),
+        None => stem,
+    }
 }
 
 fn is_parquet(entry: &TableEntry) -> bool {
@@ -366,5 +400,44 @@ impl Tables {
 impl egress_common::day::handoff::Departure for Tables {
     async fn before_leaving(&self, folder: &str) -> Result<(), StoreError> {
         self.withdraw_day(folder).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(file: &str, piece: Option<u64>) -> TableEntry {
+        let json = serde_json::json!({
+            "table": "t", "schema": "public", "name": "t", "file": file, "format": "parquet",
+            "key": file, "rows": 1, "uncompressed_bytes": 1, "compressed_bytes": 1,
+            "sha256": "", "uncompressed_sha256": "", "columns": [],
+            "part": piece.map(|index| serde_json::json!({"index": index, "of": 2})),
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn tables_whose_names_fold_together_or_cut_a_path_are_refused() {
+        let (pieces, one) = (
+            [
+                entry("s.t.part-00000.parquet", Some(0)),
+                entry("s.t.part-00001.parquet", Some(1)),
+            ],
+            entry("s.t.parquet", None),
+        );
+        assert_eq!(table_name(&pieces[1]), "s__t");
+        assert_eq!(
+            Tables::refused(&[&pieces[0], &pieces[1]]),
+            None,
+            "pieces are one table"
+        );
+        let (upper, lower) = (entry("Orders.parquet", None), entry("orders.parquet", None));
+        assert_eq!(table_name(&upper), table_name(&lower));
+        let why = Tables::refused(&[&upper, &lower]).unwrap();
+        assert!(why.contains("Orders and orders map to this one"), "{why}");
+        assert_eq!(Tables::refused(&[&one]), None);
+        let cut = entry("a#b.parquet", None);
+        assert!(Tables::refused(&[&cut]).unwrap().contains("`a#b.parquet`"));
     }
 }

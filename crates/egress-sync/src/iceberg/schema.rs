@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field, TimeUnit};
 use iceberg::spec::{
     ListType, MappedField, NameMapping, NestedField, NestedFieldRef, PrimitiveType, Schema,
-    StructType, Type,
+    StructType, TableMetadata, Type,
 };
 
 /// The partition column every table has: the day, from the metadata (the data files do
@@ -123,6 +123,24 @@ pub fn evolve(
         })?;
     let changed = current.is_none_or(|c| !same_schema(c, &schema));
     Ok(Evolved { schema, changed })
+}
+
+/// `schema` under the id the table gives it: an identical earlier schema's, else one past
+/// the highest. The snapshot written with it names it by this id (time travel reads a
+/// snapshot through its own schema).
+pub fn with_final_id(base: &TableMetadata, schema: Schema) -> iceberg::Result<Schema> {
+    let id = base
+        .schemas_iter()
+        .find(|s| same_schema(s, &schema))
+        .map(|s| s.schema_id())
+        .unwrap_or_else(|| {
+            base.schemas_iter()
+                .map(|s| s.schema_id())
+                .max()
+                .unwrap_or(-1)
+                + 1
+        });
+    schema.into_builder().with_schema_id(id).build()
 }
 
 /// Same fields and identifier fields (schema ids aside).

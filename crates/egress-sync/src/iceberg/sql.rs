@@ -24,6 +24,9 @@ CREATE TABLE IF NOT EXISTS iceberg_tables (
     iceberg_type VARCHAR(5),
     PRIMARY KEY (catalog_name, table_namespace, table_name)
 );
+-- A catalog pyiceberg (or Java's JDBC catalog, schema V0) created has no iceberg_type:
+-- added as Java's own V0 to V1 upgrade adds it.
+ALTER TABLE iceberg_tables ADD COLUMN IF NOT EXISTS iceberg_type VARCHAR(5);
 CREATE TABLE IF NOT EXISTS iceberg_namespace_properties (
     catalog_name VARCHAR(255) NOT NULL,
     namespace VARCHAR(255) NOT NULL,
@@ -58,8 +61,9 @@ fn sql_error(what: &str, e: tokio_postgres::Error) -> iceberg::Error {
 }
 
 impl SqlCatalog {
-    /// Connect to the catalog at `url` (a `postgresql://` connection string, whose
-    /// `sslmode` is libpq's) and open catalog `name` there.
+    /// Connect to the catalog at `url` (a `postgresql://` connection string) and open
+    /// catalog `name` there. The connection is not encrypted: `sslmode=require` is
+    /// refused in one line, and a catalog reached otherwise is warned of.
     pub async fn connect(
         url: &egress_store::Secret,
         name: &str,
@@ -68,6 +72,14 @@ impl SqlCatalog {
         let config: tokio_postgres::Config = url.expose().parse().map_err(|e| {
             anyhow::anyhow!("--iceberg-catalog is not a PostgreSQL connection string ({e}): write postgresql://user:password@host:5432/database")
         })?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            anyhow::bail!(egress_common::ConfigError::new(
+                "--iceberg-catalog asks for sslmode=require, but egress-sync talks to its catalog without TLS: reach the catalog inside the cluster with sslmode=disable"
+            ));
+        }
+        tracing::warn!(
+            "the Iceberg SQL catalog's connection is not encrypted (no TLS): keep the catalog's database inside a trusted network"
+        );
         let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot connect to the Iceberg SQL catalog: {}",
