@@ -5,28 +5,20 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use egress_testkit::{gunzip, stderr, stdout, text, PgServer, S3Kind, S3Server};
+use egress_testkit::{assert_exit, assert_one_line, assert_stderr_has, assert_stdout_has};
+use egress_testkit::{gunzip, run_ok, stderr, stdout, text, PgServer, S3Kind, S3Server};
 
-use super::run as dump;
+use super::{
+    dump_while_writing, local_env, pg_and_bucket, pg_and_bucket_with, pg_with, run as dump, s3_env,
+    sql, Env,
+};
 
 const BUCKET: &str = "egress-test";
 const DATE: &str = "2024-03-01";
 
-fn env_for(pg: &PgServer, s3: &S3Server, tables: &str, output: &str) -> Vec<(String, String)> {
-    let mut env = pg.env();
-    env.extend(s3.env());
-    env.push(("TABLES".into(), tables.into()));
-    env.push(("S3_OUTPUT".into(), output.into()));
-    env.push(("DUMP_DATE".into(), DATE.into()));
-    env
-}
-
-async fn setup(pg: &PgServer, sql: &str) {
-    pg.client()
-        .await
-        .batch_execute(sql)
-        .await
-        .expect("set up tables");
+/// The environment of a dump of `tables` from `pg` for [`DATE`] into `output` on `s3`.
+fn env_for(pg: &PgServer, s3: &S3Server, tables: &str, output: &str) -> Env {
+    s3_env(pg, &s3.s3(), tables, output, DATE)
 }
 
 const TRICKY: &str = r#"
@@ -45,33 +37,34 @@ INSERT INTO tricky VALUES
  (8, '\N', NULL, NULL, NULL, NULL, NULL, NULL, NULL);
 "#;
 
+/// [`TRICKY`]'s rows repeated, with new ids, up to id 30000 (~6 MB of CSV).
+const TRICKY_GROWN: &str =
+    "INSERT INTO tricky SELECT i, t, b, arr, j, ts, n, f, u FROM tricky, generate_series(9, 30000) i;";
+
+/// Two tables to list beside missing ones: `y` (one row) and `real_one` (empty).
+const Y_AND_REAL_ONE: &str =
+    "CREATE TABLE y (v int); INSERT INTO y VALUES (1); CREATE TABLE real_one (v int);";
+
+/// A table `t` of 1000 rows, analyzed (its row estimate known).
+const THOUSAND_ROWS: &str =
+    "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i; ANALYZE t;";
+
+/// A table `t` of one row.
+const ONE_ROW: &str = "CREATE TABLE t (v int); INSERT INTO t VALUES (1);";
+
 fn assert_valid_gzip_everywhere(path: &Path) {
-    let gzip_t = Command::new("gzip")
-        .arg("-t")
-        .arg(path)
-        .output()
-        .expect("run gzip -t");
-    assert!(
-        gzip_t.status.success(),
-        "gzip -t: {}",
-        String::from_utf8_lossy(&gzip_t.stderr)
+    run_ok(Command::new("gzip").arg("-t").arg(path), "gzip -t");
+    let zcat = run_ok(Command::new("zcat").arg(path), "zcat");
+    let py = run_ok(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import gzip,sys; sys.stdout.buffer.write(gzip.open(sys.argv[1]).read())",
+            ])
+            .arg(path),
+        "python gzip",
     );
-    let zcat = Command::new("zcat").arg(path).output().expect("run zcat");
-    assert!(zcat.status.success());
-    let py = Command::new("python3")
-        .args([
-            "-c",
-            "import gzip,sys; sys.stdout.buffer.write(gzip.open(sys.argv[1]).read())",
-        ])
-        .arg(path)
-        .output()
-        .expect("run python3");
-    assert!(
-        py.status.success(),
-        "python gzip: {}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    assert_eq!(py.stdout, zcat.stdout);
+    assert_eq!(py, zcat);
     let java_src = path.with_file_name("Gunzip.java");
     std::fs::write(
         &java_src,
@@ -80,30 +73,18 @@ fn assert_valid_gzip_everywhere(path: &Path) {
            try (InputStream in = new GZIPInputStream(new FileInputStream(a[0]))) { in.transferTo(System.out); } } }\n",
     )
     .expect("write java source");
-    let java = Command::new("java")
-        .arg(&java_src)
-        .arg(path)
-        .output()
-        .expect("run java (install default-jre-headless)");
-    assert!(
-        java.status.success(),
-        "java GZIPInputStream: {}",
-        String::from_utf8_lossy(&java.stderr)
+    let java = run_ok(
+        Command::new("java").arg(&java_src).arg(path),
+        "java GZIPInputStream (install default-jre-headless)",
     );
-    assert_eq!(
-        java.stdout, zcat.stdout,
-        "Java's GZIPInputStream reads the same bytes"
-    );
+    assert_eq!(java, zcat, "Java's GZIPInputStream reads the same bytes");
     let mut multi = Vec::new();
     std::io::Read::read_to_end(
         &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()),
         &mut multi,
     )
     .expect("flate2's MultiGzDecoder");
-    assert_eq!(
-        multi, zcat.stdout,
-        "flate2's MultiGzDecoder reads the same bytes"
-    );
+    assert_eq!(multi, zcat, "flate2's MultiGzDecoder reads the same bytes");
 }
 
 /// The whole CSV of a local dump, as every reader sees it; returns what each of gzip,
@@ -115,19 +96,12 @@ fn read_everywhere(path: &Path) -> Vec<u8> {
 
 #[tokio::test]
 async fn multi_member_and_single_member_objects_read_the_same_everywhere() {
-    let pg = PgServer::start();
     // ~6 MB of CSV with every awkward value: a dozen 512 KiB blocks.
-    setup(&pg, TRICKY).await;
-    setup(
-        &pg,
-        "INSERT INTO tricky SELECT i, t, b, arr, j, ts, n, f, u FROM tricky, generate_series(9, 30000) i;",
-    )
-    .await;
+    let pg = pg_with(&[TRICKY, TRICKY_GROWN]).await;
     let expected = pg.psql("COPY tricky TO STDOUT (FORMAT csv)");
     assert!(expected.len() > 5_000_000, "{} bytes", expected.len());
     let dir = tempfile::tempdir().unwrap();
-    let mut env = pg.env();
-    env.push(("DUMP_DATE".into(), DATE.into()));
+    let env = local_env(&pg, DATE);
     for (flag, level) in [
         (None, "6"),
         (None, "1"),
@@ -147,7 +121,7 @@ async fn multi_member_and_single_member_objects_read_the_same_everywhere() {
         ];
         args.extend(flag);
         let out = dump(&env, &args);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_exit(&out, 0);
         let day = out_dir.join(DATE);
         let object = day.join("tricky.csv.gz");
         assert!(
@@ -183,16 +157,13 @@ async fn multi_member_and_single_member_objects_read_the_same_everywhere() {
 
 #[tokio::test]
 async fn object_is_byte_identical_to_psql_copy_and_valid_gzip() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
-    setup(&pg, TRICKY).await;
+    let (pg, s3) = pg_and_bucket_with(S3Kind::S3sFs, BUCKET, TRICKY).await;
 
     let out = dump(
         &env_for(&pg, &s3, "tricky", &format!("s3://{BUCKET}/nightly")),
         &[],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let log = stdout(&out);
     assert!(
         log.contains("Table 'tricky': Data collection started."),
@@ -238,11 +209,9 @@ async fn object_is_byte_identical_to_psql_copy_and_valid_gzip() {
 
 #[tokio::test]
 async fn large_table_uses_several_parts_and_leaves_no_pending_upload() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
     // ~40 MB of poorly compressible CSV: at level 1 it is several 5 MiB parts.
-    setup(
+    sql(
         &pg,
         "CREATE TABLE big AS SELECT i, md5(i::text) AS a, md5((i * 7)::text) AS b, \
          md5((i * 13)::text) || ',' || md5((i * 17)::text) AS c, now() AS ts \
@@ -253,7 +222,7 @@ async fn large_table_uses_several_parts_and_leaves_no_pending_upload() {
         &env_for(&pg, &s3, "big", &format!("s3://{BUCKET}")),
         &["--compression-level", "1", "--part-size-mib", "5"],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let key = format!("{DATE}/big.csv.gz");
     let object = s3.get(BUCKET, &key).await;
     assert!(
@@ -281,11 +250,9 @@ async fn large_table_uses_several_parts_and_leaves_no_pending_upload() {
 
 #[tokio::test]
 async fn failure_mid_stream_aborts_the_upload_and_keep_going_dumps_the_rest() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
     // A view that fails after ~20 MB: the upload is well under way when it does.
-    setup(
+    sql(
         &pg,
         "CREATE TABLE good AS SELECT i FROM generate_series(1, 10) i; \
          CREATE TABLE good2 AS SELECT i FROM generate_series(1, 5) i; \
@@ -297,7 +264,7 @@ async fn failure_mid_stream_aborts_the_upload_and_keep_going_dumps_the_rest() {
 
     // Default: stop at the first failure.
     let out = dump(&env, &["--compression-level", "1", "--part-size-mib", "5"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     let printed = stdout(&out);
     let last = printed.lines().last().unwrap_or("");
     assert!(
@@ -309,7 +276,7 @@ async fn failure_mid_stream_aborts_the_upload_and_keep_going_dumps_the_rest() {
         last.contains("not_attempted=good2") || last.contains("not_attempted=\"good2\""),
         "{last}"
     );
-    assert!(stderr(&out).contains("division by zero"), "{}", text(&out));
+    assert_stderr_has(&out, "division by zero");
     assert_eq!(
         s3.keys(BUCKET, "").await,
         vec![format!("p/{DATE}/good.csv.gz")]
@@ -330,7 +297,7 @@ async fn failure_mid_stream_aborts_the_upload_and_keep_going_dumps_the_rest() {
             "5",
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     assert_eq!(
         s3.keys(BUCKET, "").await,
         vec![
@@ -348,7 +315,7 @@ async fn failure_mid_stream_aborts_the_upload_and_keep_going_dumps_the_rest() {
 #[tokio::test]
 async fn schema_qualified_mixed_case_empty_tables_to_a_local_folder() {
     let pg = PgServer::start();
-    setup(
+    sql(
         &pg,
         r#"CREATE SCHEMA "Sales";
            CREATE TABLE "Sales"."Orders" (id int, "Amount" numeric);
@@ -361,8 +328,7 @@ async fn schema_qualified_mixed_case_empty_tables_to_a_local_folder() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("out");
-    let mut env = pg.env();
-    env.push(("DUMP_DATE".into(), DATE.into()));
+    let env = local_env(&pg, DATE);
     let out = dump(
         &env,
         &[
@@ -373,7 +339,7 @@ async fn schema_qualified_mixed_case_empty_tables_to_a_local_folder() {
             "--header",
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let day = out_dir.join(DATE);
     let mut names: Vec<String> = std::fs::read_dir(&day)
         .unwrap()
@@ -411,21 +377,14 @@ async fn schema_qualified_mixed_case_empty_tables_to_a_local_folder() {
             out_dir.to_str().unwrap(),
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert_eq!(read("empty_one.csv.gz"), b"");
     assert_valid_gzip_everywhere(&day.join("empty_one.csv.gz"));
 }
 
 #[tokio::test]
 async fn missing_tables_are_all_reported_and_injection_is_just_a_missing_name() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
-    setup(
-        &pg,
-        "CREATE TABLE y (v int); INSERT INTO y VALUES (1); CREATE TABLE real_one (v int);",
-    )
-    .await;
+    let (pg, s3) = pg_and_bucket_with(S3Kind::S3sFs, BUCKET, Y_AND_REAL_ONE).await;
     let out = dump(
         &env_for(
             &pg,
@@ -435,13 +394,10 @@ async fn missing_tables_are_all_reported_and_injection_is_just_a_missing_name() 
         ),
         &[],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let err = stderr(&out);
-    assert!(err.contains("3 of 4 tables cannot be dumped"), "{err}");
-    assert!(err.contains("'nope' does not exist"), "{err}");
-    assert!(err.contains("'x; drop table y' does not exist"), "{err}");
-    assert!(err.contains("'also_missing' does not exist"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let err = assert_one_line(&out, 2, "3 of 4 tables cannot be dumped");
+    for missing in ["'nope'", "'x; drop table y'", "'also_missing'"] {
+        assert!(err.contains(&format!("{missing} does not exist")), "{err}");
+    }
     assert!(s3.keys(BUCKET, "").await.is_empty(), "nothing written");
     let still_there = pg
         .client()
@@ -454,24 +410,14 @@ async fn missing_tables_are_all_reported_and_injection_is_just_a_missing_name() 
 
 #[tokio::test]
 async fn dry_run_prints_the_plan_and_writes_nothing() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
-    setup(
-        &pg,
-        "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i; ANALYZE t;",
-    )
-    .await;
+    let (pg, s3) = pg_and_bucket_with(S3Kind::S3sFs, BUCKET, THOUSAND_ROWS).await;
     let out = dump(
         &env_for(&pg, &s3, "t", &format!("s3://{BUCKET}/x")),
         &["--dry-run"],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, &format!("s3://{BUCKET}/x/{DATE}/t.csv.gz"));
     let printed = stdout(&out);
-    assert!(
-        printed.contains(&format!("s3://{BUCKET}/x/{DATE}/t.csv.gz")),
-        "{printed}"
-    );
     assert!(printed.contains("1000"), "row estimate shown: {printed}");
     assert!(s3.keys(BUCKET, "").await.is_empty());
 }
@@ -480,10 +426,7 @@ async fn dry_run_prints_the_plan_and_writes_nothing() {
 /// and no secret in any output.
 #[tokio::test]
 async fn bad_inputs_fail_cleanly_with_their_exit_codes() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
-    setup(&pg, "CREATE TABLE t (v int); INSERT INTO t VALUES (1);").await;
+    let (pg, s3) = pg_and_bucket_with(S3Kind::S3sFs, BUCKET, ONE_ROW).await;
     let good = env_for(&pg, &s3, "t", &format!("s3://{BUCKET}/p"));
     let with = |key: &str, value: &str| -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> =
@@ -494,102 +437,93 @@ async fn bad_inputs_fail_cleanly_with_their_exit_codes() {
     let closed_port = egress_testkit::free_port().to_string();
     let wrong_secret = "WRONG-secret-sentinel-9f3k";
     let wrong_password = "WRONG-password-sentinel-7x2q";
-    type Case<'a> = (&'a str, Vec<(String, String)>, Vec<&'a str>, i32, &'a str);
-    let cases: Vec<Case> = vec![
-        (
-            "no tables",
-            with("TABLES", " "),
-            vec![],
-            2,
-            "no tables given",
-        ),
+    // (name, the variable set wrong, its value, exit code, what stderr names)
+    let wrong_env = [
+        ("no tables", "TABLES", " ", 2, "no tables given"),
         (
             "duplicate table",
-            with("TABLES", "t t"),
-            vec![],
+            "TABLES",
+            "t t",
             2,
             "listed more than once",
         ),
         (
             "malformed S3_OUTPUT",
-            with("S3_OUTPUT", "s3:/egress-test"),
-            vec![],
+            "S3_OUTPUT",
+            "s3:/egress-test",
             2,
             "unsupported location",
         ),
         (
             "S3_OUTPUT without bucket",
-            with("S3_OUTPUT", "s3://"),
-            vec![],
+            "S3_OUTPUT",
+            "s3://",
             2,
             "names no bucket",
         ),
         (
             "invalid date",
-            with("DUMP_DATE", "2024-13-01"),
-            vec![],
+            "DUMP_DATE",
+            "2024-13-01",
             2,
             "not a valid date",
         ),
         (
-            "compression level",
-            good.clone(),
-            vec!["--compression-level", "10"],
-            2,
-            "compression-level",
-        ),
-        (
-            "unknown flag",
-            good.clone(),
-            vec!["--frobnicate"],
-            2,
-            "--frobnicate",
-        ),
-        (
             "missing bucket",
-            with("S3_OUTPUT", "s3://no-such-bucket/p"),
-            vec![],
+            "S3_OUTPUT",
+            "s3://no-such-bucket/p",
             2,
             "does not exist",
         ),
         (
             "wrong S3 secret",
-            with("AWS_SECRET_ACCESS_KEY", wrong_secret),
-            vec![],
+            "AWS_SECRET_ACCESS_KEY",
+            wrong_secret,
             2,
             "rejected the credentials",
         ),
         (
             "wrong password",
-            with("PGPASSWORD", wrong_password),
-            vec![],
+            "PGPASSWORD",
+            wrong_password,
             2,
             "PGPASSWORD",
         ),
         (
             "unreachable database",
-            with("PGPORT", &closed_port),
-            vec![],
+            "PGPORT",
+            &closed_port,
             1,
             "cannot connect to PostgreSQL",
         ),
-        (
-            "bad PGSSLMODE",
-            with("PGSSLMODE", "sometimes"),
-            vec![],
-            2,
-            "PGSSLMODE",
-        ),
+        ("bad PGSSLMODE", "PGSSLMODE", "sometimes", 2, "PGSSLMODE"),
         (
             "bad endpoint",
-            with("AWS_ENDPOINT_URL", "ftp://x"),
-            vec![],
+            "AWS_ENDPOINT_URL",
+            "ftp://x",
             2,
             "AWS_ENDPOINT_URL",
         ),
     ];
+    // (name, the flags, what stderr names): exit 2
+    let wrong_flags: [(&str, &[&str], &str); 2] = [
+        (
+            "compression level",
+            &["--compression-level", "10"],
+            "compression-level",
+        ),
+        ("unknown flag", &["--frobnicate"], "--frobnicate"),
+    ];
+    let cases = wrong_env
+        .into_iter()
+        .map(|(name, key, value, code, needle)| (name, with(key, value), &[][..], code, needle))
+        .chain(
+            wrong_flags
+                .into_iter()
+                .map(|(name, args, needle)| (name, good.clone(), args, 2, needle)),
+        );
     for (name, env, args, code, needle) in cases {
-        let out = dump(&env, &args);
+        let out = dump(&env, args);
         let all = text(&out);
         assert_eq!(out.status.code(), Some(code), "{name}: {all}");
         let stderr = stderr(&out);
@@ -636,7 +570,7 @@ fn sum_column(csv_bytes: &[u8], column: usize) -> i64 {
 #[tokio::test]
 async fn parallel_workers_share_one_snapshot_under_concurrent_transfers() {
     let pg = PgServer::start();
-    setup(
+    sql(
         &pg,
         "CREATE TABLE acct_a AS SELECT i AS id, 1000::bigint AS amount, md5(i::text) AS pad FROM generate_series(1, 400000) i; \
          CREATE TABLE acct_b AS SELECT i AS id, 1000::bigint AS amount, md5(i::text) AS pad FROM generate_series(1, 400000) i; \
@@ -661,29 +595,9 @@ async fn parallel_workers_share_one_snapshot_under_concurrent_transfers() {
         )
     });
     let dir = tempfile::tempdir().unwrap();
-    let mut env = pg.env();
-    env.push(("DUMP_DATE".into(), DATE.into()));
-    let before = writer.commits();
-    let out = dump(
-        &env,
-        &[
-            "--tables",
-            "acct_a acct_b",
-            "--jobs",
-            "2",
-            "--compression-level",
-            "1",
-            "--output",
-            dir.path().to_str().unwrap(),
-        ],
-    );
-    let during = writer.commits() - before;
-    writer.stop();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        during > 50,
-        "only {during} transfers committed while the dump ran"
-    );
+    let env = local_env(&pg, DATE);
+    let flags = ["--jobs", "2", "--compression-level", "1"];
+    dump_while_writing(&env, "acct_a acct_b", dir.path(), &flags, writer);
     let day = dir.path().join(DATE);
     let a = gunzip(&std::fs::read(day.join("acct_a.csv.gz")).unwrap());
     let b = gunzip(&std::fs::read(day.join("acct_b.csv.gz")).unwrap());
@@ -701,11 +615,8 @@ async fn parallel_workers_share_one_snapshot_under_concurrent_transfers() {
 
 #[tokio::test]
 async fn manifest_numbers_match_an_independent_count_and_hash() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
-    setup(&pg, TRICKY).await;
-    setup(
+    let (pg, s3) = pg_and_bucket_with(S3Kind::S3sFs, BUCKET, TRICKY).await;
+    sql(
         &pg,
         "CREATE TABLE nums (id bigint, v numeric(10,2), note text); \
          INSERT INTO nums SELECT i, i / 3.0, CASE WHEN i % 10 = 0 THEN E'multi\\nline, \"q\"' END FROM generate_series(1, 5000) i;",
@@ -715,7 +626,7 @@ async fn manifest_numbers_match_an_independent_count_and_hash() {
         &env_for(&pg, &s3, "tricky nums", &format!("s3://{BUCKET}/m")),
         &["--jobs", "2"],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let keys = s3.keys(BUCKET, "").await;
     assert_eq!(
         keys,
@@ -785,11 +696,9 @@ async fn manifest_numbers_match_an_independent_count_and_hash() {
 
 #[tokio::test]
 async fn a_failed_table_means_no_manifest_and_a_rerun_completes_the_day() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
-    setup(
-        &pg,
+    let (pg, s3) = pg_and_bucket_with(
+        S3Kind::S3sFs,
+        BUCKET,
         "CREATE TABLE t1 AS SELECT i FROM generate_series(1, 100) i; \
          CREATE TABLE flaky_src AS SELECT i FROM generate_series(1, 100) i;",
     )
@@ -797,31 +706,30 @@ async fn a_failed_table_means_no_manifest_and_a_rerun_completes_the_day() {
     let env = env_for(&pg, &s3, "t1 flaky", &format!("s3://{BUCKET}"));
     let manifest_key = format!("{DATE}/_manifest.json");
 
+    // The day dumped once the view `flaky` reads `select` of flaky_src.
+    let dump_with_view = |select: &'static str| {
+        let (pg, env) = (&pg, &env);
+        async move {
+            let view = format!("CREATE OR REPLACE VIEW flaky AS SELECT {select} FROM flaky_src;");
+            sql(pg, &view).await;
+            dump(env, &["--jobs", "2"])
+        }
+    };
+
     // A good day first, then a re-run of the same day in which one table fails.
-    setup(&pg, "CREATE VIEW flaky AS SELECT i FROM flaky_src;").await;
-    let out = dump(&env, &["--jobs", "2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = dump_with_view("i").await;
+    assert_exit(&out, 0);
     assert!(s3.keys(BUCKET, "").await.contains(&manifest_key));
-    setup(
-        &pg,
-        "CREATE OR REPLACE VIEW flaky AS SELECT 1 / (i - i) AS i FROM flaky_src;",
-    )
-    .await;
-    let out = dump(&env, &["--jobs", "2"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = dump_with_view("1 / (i - i) AS i").await;
+    assert_exit(&out, 1);
     assert!(
         !s3.keys(BUCKET, "").await.contains(&manifest_key),
         "the re-run withdrew the old manifest and wrote none"
     );
 
     // Fixed: the re-run completes the folder and writes the manifest.
-    setup(
-        &pg,
-        "CREATE OR REPLACE VIEW flaky AS SELECT i FROM flaky_src;",
-    )
-    .await;
-    let out = dump(&env, &["--jobs", "2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = dump_with_view("i").await;
+    assert_exit(&out, 0);
     assert_eq!(
         s3.keys(BUCKET, "").await,
         [
@@ -838,7 +746,7 @@ async fn a_failed_table_means_no_manifest_and_a_rerun_completes_the_day() {
 #[tokio::test]
 async fn parallel_dump_gives_the_same_bytes_as_a_serial_one() {
     let pg = PgServer::start();
-    setup(
+    sql(
         &pg,
         "CREATE TABLE p1 AS SELECT i, md5(i::text) FROM generate_series(1, 60000) i; \
          CREATE TABLE p2 AS SELECT i, now() AS ts FROM generate_series(1, 20000) i; \
@@ -847,8 +755,7 @@ async fn parallel_dump_gives_the_same_bytes_as_a_serial_one() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut env = pg.env();
-    env.push(("DUMP_DATE".into(), DATE.into()));
+    let env = local_env(&pg, DATE);
     for (jobs, sub) in [("1", "serial"), ("4", "parallel")] {
         let out_dir = dir.path().join(sub);
         let out = dump(
@@ -862,7 +769,7 @@ async fn parallel_dump_gives_the_same_bytes_as_a_serial_one() {
                 out_dir.to_str().unwrap(),
             ],
         );
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_exit(&out, 0);
     }
     for table in ["p1", "p2", "p3", "p4"] {
         let file = format!("{DATE}/{table}.csv.gz");
@@ -881,7 +788,7 @@ async fn parallel_dump_gives_the_same_bytes_as_a_serial_one() {
 async fn imported_snapshot_hides_commits_made_after_the_export() {
     use egress_dump::{pg, snapshot};
     let pg = PgServer::start();
-    setup(&pg, "CREATE TABLE marks (v int);").await;
+    sql(&pg, "CREATE TABLE marks (v int);").await;
     let params = egress_dump::pg::Params::resolve(None, &pg.env()).unwrap();
     let target = pg::resolve(&params, Duration::from_secs(10)).unwrap();
     let coordinator = target.connect().await.unwrap();
@@ -934,7 +841,7 @@ fn the_readme_demo_dumps_its_sample_tables() {
         .current_dir(dir.path())
         .output()
         .expect("run the demo");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let printed = stdout(&out);
     assert!(
         printed.contains("tally_snapshots.csv.gz") && printed.contains("_manifest.json"),

@@ -8,23 +8,21 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use egress_testkit::assert_none;
 use egress_testkit::proxy::{Hook, Proxy};
+use egress_testkit::{assert_exit, assert_exit_why, assert_one_line, assert_stderr_has};
 use egress_testkit::{
     assert_secrets_kept, gunzip, stderr, text, PgServer, S3Kind, S3Server, SecretCase,
 };
 
-use super::{command, run};
+use super::{command, pg_and_bucket, pg_and_bucket_with, run, s3_env, through, Env};
 
 const BUCKET: &str = "faults";
 const DATE: &str = "2024-05-01";
 
-fn env_for(pg: &PgServer, s3: &S3Server, tables: &str) -> Vec<(String, String)> {
-    let mut env = pg.env();
-    env.extend(s3.env());
-    env.push(("TABLES".into(), tables.into()));
-    env.push(("S3_OUTPUT".into(), format!("s3://{BUCKET}/out")));
-    env.push(("DUMP_DATE".into(), DATE.into()));
-    env
+/// The environment of a dump of `tables` from `pg` for [`DATE`] into `s3://{BUCKET}/out`.
+fn env_for(pg: &PgServer, s3: &S3Server, tables: &str) -> Env {
+    s3_env(pg, &s3.s3(), tables, &format!("s3://{BUCKET}/out"), DATE)
 }
 
 /// A table of ~`mb` MB of poorly compressible CSV.
@@ -104,6 +102,41 @@ async fn data_keys(s3: &S3Server) -> Vec<String> {
         .collect()
 }
 
+/// PostgreSQL with a table `big` of ~60 MB, a server of `kind` with an empty bucket, and
+/// the environment of a dump of `big` into it.
+async fn big_day(kind: S3Kind) -> (PgServer, S3Server, Env) {
+    let (pg, s3) = pg_and_bucket(kind, BUCKET).await;
+    big_table(&pg, "big", 60).await;
+    let env = env_for(&pg, &s3, "big");
+    (pg, s3, env)
+}
+
+/// A dump with `env` of `big` in 5 MiB parts at level 1 (and `extra` flags), returned once
+/// it has started the table.
+fn start_big(env: &[(String, String)], extra: &[&str]) -> Child {
+    let mut args = vec!["--part-size-mib", "5", "--compression-level", "1"];
+    args.extend_from_slice(extra);
+    spawn_until_started(env, &args, "big").0
+}
+
+/// [`start_big`], returned once it has an upload pending on `s3` (moto).
+async fn big_upload_pending(env: &[(String, String)], s3: &S3Server) -> Child {
+    let child = start_big(env, &[]);
+    wait_for_pending_upload(s3).await;
+    child
+}
+
+/// Assert that `s3` holds no object and no pending upload after `what` ended a run.
+async fn assert_nothing_left(s3: &S3Server, what: &str) {
+    let keys = s3.keys(BUCKET, "").await;
+    assert!(keys.is_empty(), "{what}: no object, no manifest: {keys:?}");
+    assert!(
+        s3.pending_uploads(BUCKET).await.is_empty(),
+        "{what}: the in-flight upload was aborted"
+    );
+}
+
+/// Wait (at most a minute) until `s3` lists a pending multipart upload.
 async fn wait_for_pending_upload(s3: &S3Server) {
     let start = Instant::now();
     while s3.pending_uploads(BUCKET).await.is_empty() {
@@ -117,7 +150,7 @@ async fn wait_for_pending_upload(s3: &S3Server) {
 
 async fn assert_clean_rerun(pg: &PgServer, s3: &S3Server, env: &[(String, String)], table: &str) {
     let out = run(env, &["--part-size-mib", "5"]);
-    assert_eq!(out.status.code(), Some(0), "re-run: {}", text(&out));
+    assert_exit_why(&out, 0, "re-run");
     let object = s3.get(BUCKET, &format!("out/{DATE}/{table}.csv.gz")).await;
     assert!(
         gunzip(&object) == pg.psql(&format!("COPY {table} TO STDOUT (FORMAT csv)")),
@@ -128,53 +161,28 @@ async fn assert_clean_rerun(pg: &PgServer, s3: &S3Server, env: &[(String, String
 
 #[tokio::test]
 async fn sigterm_and_sigint_abort_uploads_write_no_manifest_and_exit_143_130() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
-    big_table(&pg, "big", 60).await;
-    let env = env_for(&pg, &s3, "big");
+    let (pg, s3, env) = big_day(S3Kind::Moto).await;
     for (signal, code, name) in [
         (libc::SIGTERM, 143, "SIGTERM"),
         (libc::SIGINT, 130, "SIGINT"),
     ] {
-        let (mut child, _) = spawn_until_started(
-            &env,
-            &["--part-size-mib", "5", "--compression-level", "1"],
-            "big",
-        );
-        wait_for_pending_upload(&s3).await;
+        let mut child = big_upload_pending(&env, &s3).await;
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(child.id() as i32, signal) };
         let out = wait_with_timeout(&mut child, Duration::from_secs(30));
-        assert_eq!(out.status.code(), Some(code), "{name}: {}", text(&out));
+        assert_exit_why(&out, code, name);
         let stderr = stderr(&out);
         assert!(stderr.contains(&format!("stopped by {name}")), "{stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-        assert!(
-            s3.keys(BUCKET, "").await.is_empty(),
-            "{name}: no object, no manifest"
-        );
-        assert!(
-            s3.pending_uploads(BUCKET).await.is_empty(),
-            "{name}: in-flight upload aborted"
-        );
+        assert_nothing_left(&s3, name).await;
     }
     assert_clean_rerun(&pg, &s3, &env, "big").await;
 }
 
 #[tokio::test]
 async fn sigkill_leaves_an_upload_that_the_next_run_aborts() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
-    big_table(&pg, "big", 60).await;
-    let env = env_for(&pg, &s3, "big");
-    let (mut child, _) = spawn_until_started(
-        &env,
-        &["--part-size-mib", "5", "--compression-level", "1"],
-        "big",
-    );
-    wait_for_pending_upload(&s3).await;
+    let (pg, s3, env) = big_day(S3Kind::Moto).await;
+    let mut child = big_upload_pending(&env, &s3).await;
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
     assert!(
@@ -194,17 +202,8 @@ async fn sigkill_leaves_an_upload_that_the_next_run_aborts() {
 
 #[tokio::test]
 async fn backend_terminated_mid_copy_fails_cleanly() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
-    big_table(&pg, "big", 60).await;
-    let env = env_for(&pg, &s3, "big");
-    let (mut child, _) = spawn_until_started(
-        &env,
-        &["--part-size-mib", "5", "--compression-level", "1"],
-        "big",
-    );
-    wait_for_pending_upload(&s3).await;
+    let (pg, s3, env) = big_day(S3Kind::Moto).await;
+    let mut child = big_upload_pending(&env, &s3).await;
     let killed: i64 = pg
         .client()
         .await
@@ -217,56 +216,30 @@ async fn backend_terminated_mid_copy_fails_cleanly() {
         .get(0);
     assert!(killed >= 1);
     let out = wait_with_timeout(&mut child, Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let stderr = stderr(&out);
-    assert!(stderr.contains("reading table 'big' failed"), "{stderr}");
-    assert!(
-        s3.keys(BUCKET, "").await.is_empty(),
-        "no object, no manifest"
-    );
-    assert!(
-        s3.pending_uploads(BUCKET).await.is_empty(),
-        "the upload was aborted"
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "reading table 'big' failed");
+    assert_nothing_left(&s3, "the backend terminated").await;
     assert_clean_rerun(&pg, &s3, &env, "big").await;
 }
 
 #[tokio::test]
 async fn s3_server_killed_mid_upload_fails_then_rerun_succeeds() {
-    let pg = PgServer::start();
-    let mut s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
-    big_table(&pg, "big", 60).await;
+    let (pg, mut s3, env) = big_day(S3Kind::S3sFs).await;
     // Through a recording proxy, to know when a part is on its way (s3s-fs cannot list
     // pending uploads).
     let proxy = Proxy::start(&s3.endpoint, None, None);
-    let mut env = env_for(&pg, &s3, "big");
-    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
-    env.push(("AWS_ENDPOINT_URL".into(), proxy.endpoint.clone()));
-    let (mut child, _) = spawn_until_started(
-        &env,
-        &[
-            "--part-size-mib",
-            "5",
-            "--compression-level",
-            "1",
-            "--timeout",
-            "5",
-        ],
-        "big",
-    );
+    let mut child = start_big(&through(&env, &proxy.endpoint), &["--timeout", "5"]);
     proxy.wait_for("UploadPart", |r| r.is_upload_part());
     s3.kill();
     let out = wait_with_timeout(&mut child, Duration::from_secs(120));
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let stderr = stderr(&out);
-    assert!(stderr.contains("unreachable"), "{stderr}");
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "unreachable");
     s3.restart();
     assert!(
         data_keys(&s3).await.is_empty(),
         "no visible object after the failure (its lease may stay: it could not be deleted)"
     );
-    assert_clean_rerun(&pg, &s3, &env_for(&pg, &s3, "big"), "big").await;
+    assert_clean_rerun(&pg, &s3, &env, "big").await;
 }
 
 /// The dump's last check before its manifest: an object of the day that another writer
@@ -276,11 +249,9 @@ async fn s3_server_killed_mid_upload_fails_then_rerun_succeeds() {
 /// is on its way: after every object was uploaded, before the check.
 #[tokio::test]
 async fn an_object_replaced_before_the_manifest_fails_the_run_without_a_manifest() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
-    super::sql(
-        &pg,
+    let (pg, s3) = pg_and_bucket_with(
+        S3Kind::S3sFs,
+        BUCKET,
         "CREATE TABLE first AS SELECT i, md5(i::text) a FROM generate_series(1, 5000) i; \
          CREATE TABLE second AS SELECT i, md5((i*3)::text) b FROM generate_series(1, 5000) i;",
     )
@@ -302,28 +273,20 @@ async fn an_object_replaced_before_the_manifest_fails_the_run_without_a_manifest
         })
     });
     let proxy = Proxy::start(&s3.endpoint, Some(hook), None);
-    let mut env = env_for(&pg, &s3, "first second");
-    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
-    env.push(("AWS_ENDPOINT_URL".into(), proxy.endpoint.clone()));
+    let env = through(&env_for(&pg, &s3, "first second"), &proxy.endpoint);
     let out = run(&env, &[]);
     let other = replaced
         .lock()
         .unwrap()
         .clone()
         .unwrap_or_else(|| panic!("the descriptor was never written: {}", text(&out)));
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let line = stderr(&out);
-    assert!(
-        line.contains(&format!("{victim} is no longer the object this run wrote")),
-        "{line}"
-    );
+    let no_longer = format!("{victim} is no longer the object this run wrote");
+    let line = assert_one_line(&out, 1, &no_longer);
     assert!(line.contains("no manifest written"), "{line}");
-    assert_eq!(line.trim().lines().count(), 1, "one line: {line}");
     let keys = s3.keys(BUCKET, "").await;
-    assert!(
-        !keys.iter().any(|k| k.ends_with("_manifest.json")),
-        "no manifest vouches for the replaced object: {keys:?}"
-    );
+    assert_none(&keys, "no manifest vouches for the replaced object", |k| {
+        k.ends_with("_manifest.json")
+    });
     assert!(
         s3.get(BUCKET, &victim).await == other,
         "the other writer's object is left as it is"
@@ -407,28 +370,13 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
     let ca = pki.path("ca.pem");
     let other = pki.path("other-ca.pem");
     let ok = case("localhost", "verify-full", Some(&ca));
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "verify-full with the right CA: {}",
-        text(&ok)
-    );
+    assert_exit_why(&ok, 0, "verify-full with the right CA");
     let ok = case("127.0.0.1", "verify-ca", Some(&ca));
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "verify-ca ignores the host name: {}",
-        text(&ok)
-    );
+    assert_exit_why(&ok, 0, "verify-ca ignores the host name");
     let ok = case("127.0.0.1", "require", None);
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "require without a CA: {}",
-        text(&ok)
-    );
+    assert_exit_why(&ok, 0, "require without a CA");
     let bad = case("localhost", "verify-full", Some(&other));
-    assert_eq!(bad.status.code(), Some(2), "wrong CA: {}", text(&bad));
+    assert_exit_why(&bad, 2, "wrong CA");
     let err = stderr(&bad);
     assert!(
         err.contains("TLS to PostgreSQL") && err.contains("PGSSLROOTCERT"),
@@ -438,12 +386,7 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
     // whose certificate another CA signed is refused.
     for mode in ["verify-ca", "require"] {
         let bad = case("127.0.0.1", mode, Some(&other));
-        assert_eq!(
-            bad.status.code(),
-            Some(2),
-            "{mode}, wrong CA: {}",
-            text(&bad)
-        );
+        assert_exit_why(&bad, 2, &format!("{mode}, wrong CA"));
         let err = stderr(&bad);
         assert!(
             err.contains("TLS to PostgreSQL") && err.contains("PGSSLROOTCERT"),
@@ -451,27 +394,14 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
         );
     }
     let bad = case("127.0.0.1", "verify-full", Some(&ca));
-    assert_eq!(
-        bad.status.code(),
-        Some(2),
-        "wrong host name: {}",
-        text(&bad)
-    );
-    assert!(stderr(&bad).contains("TLS to PostgreSQL"), "{}", text(&bad));
+    assert_exit_why(&bad, 2, "wrong host name");
+    assert_stderr_has(&bad, "TLS to PostgreSQL");
     let bad = case("localhost", "verify-full", None);
-    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
-    assert!(
-        stderr(&bad).contains("needs a CA certificate"),
-        "{}",
-        text(&bad)
-    );
+    assert_exit(&bad, 2);
+    assert_stderr_has(&bad, "needs a CA certificate");
     let bad = case("localhost", "verify-full", Some("/nonexistent/ca.pem"));
-    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
-    assert!(
-        stderr(&bad).contains("cannot read PGSSLROOTCERT file"),
-        "{}",
-        text(&bad)
-    );
+    assert_exit(&bad, 2);
+    assert_stderr_has(&bad, "cannot read PGSSLROOTCERT file");
 
     // The same as a connection URL: its sslmode and sslrootcert win over PG* variables.
     let url = |ca: &str| -> Output {
@@ -489,9 +419,9 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
         run(&env, &["--tables", "t", "--output", &out_dir])
     };
     let ok = url(&ca);
-    assert_eq!(ok.status.code(), Some(0), "URL verify-full: {}", text(&ok));
+    assert_exit_why(&ok, 0, "URL verify-full");
     let bad = url(&other);
-    assert_eq!(bad.status.code(), Some(2), "URL, wrong CA: {}", text(&bad));
+    assert_exit_why(&bad, 2, "URL, wrong CA");
     assert!(
         !text(&bad).contains(egress_testkit::postgres::PASSWORD),
         "{}",
@@ -522,9 +452,7 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
 #[tokio::test]
 async fn https_to_s3_with_a_custom_ca_bundle() {
     let pki = Pki::new();
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::S3sFs, BUCKET).await;
     pg.client()
         .await
         .batch_execute("CREATE TABLE t AS SELECT 1 AS v")
@@ -559,12 +487,7 @@ async fn https_to_s3_with_a_custom_ca_bundle() {
         format!("https://localhost:{port}"),
     ));
     let without = run(&env, &[]);
-    assert_eq!(
-        without.status.code(),
-        Some(2),
-        "an unknown CA is refused: {}",
-        text(&without)
-    );
+    assert_exit_why(&without, 2, "an unknown CA is refused");
     let err = stderr(&without);
     assert!(
         err.contains("is not trusted")
@@ -574,7 +497,7 @@ async fn https_to_s3_with_a_custom_ca_bundle() {
     );
     env.push(("AWS_CA_BUNDLE".into(), pki.path("ca.pem")));
     let with = run(&env, &[]);
-    assert_eq!(with.status.code(), Some(0), "{}", text(&with));
+    assert_exit(&with, 0);
     assert_eq!(
         gunzip(&s3.get(BUCKET, &format!("out/{DATE}/t.csv.gz")).await),
         b"1\n"
@@ -582,8 +505,8 @@ async fn https_to_s3_with_a_custom_ca_bundle() {
     let mut env = env_for(&pg, &s3, "t");
     env.push(("AWS_CA_BUNDLE".into(), "/nonexistent/bundle.pem".into()));
     let bad = run(&env, &[]);
-    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
-    assert!(stderr(&bad).contains("AWS_CA_BUNDLE"), "{}", text(&bad));
+    assert_exit(&bad, 2);
+    assert_stderr_has(&bad, "AWS_CA_BUNDLE");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -746,7 +669,7 @@ fn termination_log_gets_a_one_paragraph_summary() {
         &[("TABLES".into(), "t".into()), ("PGPORT".into(), "1".into())],
         &["--termination-log", log.to_str().unwrap()],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     let summary = std::fs::read_to_string(&log).unwrap();
     assert!(
         summary.starts_with("egress-dump failed (exit 1): cannot connect to PostgreSQL"),

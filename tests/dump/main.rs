@@ -49,9 +49,25 @@ async fn sql(pg: &PgServer, text: &str) {
     pg.client().await.batch_execute(text).await.expect("SQL");
 }
 
+/// PostgreSQL on which each script of `setup` has run, in order.
+async fn pg_with(setup: &[&str]) -> PgServer {
+    let pg = PgServer::start();
+    for script in setup {
+        sql(&pg, script).await;
+    }
+    pg
+}
+
 /// PostgreSQL, and an S3 server of `kind` holding an empty `bucket`.
 async fn pg_and_bucket(kind: S3Kind, bucket: &str) -> (PgServer, S3Server) {
     (PgServer::start(), S3Server::with_bucket(kind, bucket).await)
+}
+
+/// [`pg_and_bucket`], PostgreSQL holding the tables `setup` (SQL) makes.
+async fn pg_and_bucket_with(kind: S3Kind, bucket: &str, setup: &str) -> (PgServer, S3Server) {
+    let (pg, s3) = pg_and_bucket(kind, bucket).await;
+    sql(&pg, setup).await;
+    (pg, s3)
 }
 
 /// `pg`'s environment (its superuser) for a dump of the day `date`.
@@ -89,6 +105,27 @@ fn dump_to_dir(env: &[(String, String)], tables: &str, dir: &Path, extra: &[&str
     let mut args = vec!["--tables", tables, "--output", &output];
     args.extend_from_slice(extra);
     run(env, &args)
+}
+
+/// [`dump_to_dir`] while `writer` keeps committing, ended with exit 0; more than 50 of the
+/// writer's transactions committed while it ran (the writer is stopped then).
+fn dump_while_writing(
+    env: &[(String, String)],
+    tables: &str,
+    dir: &Path,
+    extra: &[&str],
+    writer: egress_testkit::postgres::Writer,
+) -> Output {
+    let before = writer.commits();
+    let out = dump_to_dir(env, tables, dir, extra);
+    let during = writer.commits() - before;
+    writer.stop();
+    egress_testkit::assert_exit(&out, 0);
+    assert!(
+        during > 50,
+        "only {during} transfers committed while the dump ran"
+    );
+    out
 }
 
 /// Index `index` of `count` (a pod of an Indexed Job), started now with `extra` flags.

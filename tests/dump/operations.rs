@@ -3,23 +3,22 @@
 //! PostgreSQL, and the shell completions and man page.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use egress_testkit::pushgateway::{Pushgateway, Sample};
+use egress_testkit::assert_check_ok;
+use egress_testkit::assert_exit;
+use egress_testkit::assert_exit_why;
+use egress_testkit::pushgateway::{assert_last_run, Pushgateway, Sample};
 use egress_testkit::{stderr, stdout, text, CephRgw, Endpoint, PgServer, S3Kind, S3Server};
 
-use super::run as dump;
+use super::{pg_and_bucket, run as dump, s3_env, Env};
 
 const BUCKET: &str = "ops-bucket";
 const DATE: &str = "2024-07-01";
 
-fn env_for(pg: &PgServer, s3: &dyn Endpoint, tables: &str) -> Vec<(String, String)> {
-    let mut env = pg.env();
-    env.extend(s3.s3().env());
-    env.push(("TABLES".into(), tables.into()));
-    env.push(("S3_OUTPUT".into(), format!("s3://{BUCKET}/ops")));
-    env.push(("DUMP_DATE".into(), DATE.into()));
-    env
+/// The environment of a dump of `tables` from `pg` for [`DATE`] into `s3://{BUCKET}/ops`.
+fn env_for(pg: &PgServer, s3: &dyn Endpoint, tables: &str) -> Env {
+    s3_env(pg, &s3.s3(), tables, &format!("s3://{BUCKET}/ops"), DATE)
 }
 
 async fn tables(pg: &PgServer) {
@@ -55,35 +54,19 @@ fn value(samples: &[Sample], name: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_reach_the_pushgateway_and_a_failure_keeps_the_last_success() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::S3sFs, BUCKET).await;
     tables(&pg).await;
     let gateway = Pushgateway::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("egress.prom");
-    let metrics_args = [
-        "--pushgateway",
-        gateway.url.as_str(),
-        "--metrics-file",
-        file.to_str().unwrap(),
-    ];
+    let file = gateway.file("egress.prom");
+    let metrics_args = gateway.flags(&file);
     let out = dump(&env_for(&pg, &s3, "small wide"), &metrics_args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
 
     // Per-table figures equal the manifest's.
     let manifest = egress_testkit::checked_manifest(
         &s3.get(BUCKET, &format!("ops/{DATE}/_manifest.json")).await,
     );
-    let pushed = gateway.samples("egress-dump");
-    // What Prometheus scrapes from the Pushgateway for this job (shown with --no-capture).
-    for line in gateway
-        .scrape()
-        .lines()
-        .filter(|l| l.contains(r#"job="egress-dump""#))
-    {
-        println!("{line}");
-    }
+    let pushed = gateway.samples_shown("egress-dump");
     for (metric, field) in [
         ("egress_dump_rows", "rows"),
         ("egress_dump_csv_bytes", "uncompressed_bytes"),
@@ -114,13 +97,9 @@ async fn metrics_reach_the_pushgateway_and_a_failure_keeps_the_last_success() {
     // A failed run: its exit code is visible, the last success and its figures stay.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let out = dump(&env_for(&pg, &s3, "small nope"), &metrics_args);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_exit(&out, 2);
     let after = gateway.samples("egress-dump");
-    assert_eq!(value(&after, "egress_last_run_exit_code"), 2.0);
-    assert_eq!(
-        value(&after, "egress_last_success_timestamp_seconds"),
-        success
-    );
+    assert_last_run(&after, value, 2.0, success);
     assert!(value(&after, "egress_last_run_timestamp_seconds") > success);
     assert_eq!(
         by_label(&after, "egress_dump_rows", "table"),
@@ -149,9 +128,7 @@ fn group(samples: Vec<Sample>, date: Option<&str>) -> Vec<Sample> {
 
 #[tokio::test]
 async fn dry_runs_and_checks_push_nothing_and_a_backfill_has_its_own_group() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::S3sFs, BUCKET).await;
     tables(&pg).await;
     let gateway = Pushgateway::start();
     let nightly = |tables: &str| {
@@ -162,25 +139,25 @@ async fn dry_runs_and_checks_push_nothing_and_a_backfill_has_its_own_group() {
     };
     // Last night's run succeeded; tonight's failed.
     let out = dump(&nightly("small wide"), &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let good = group(gateway.samples("egress-dump"), None);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let out = dump(&nightly("small nope"), &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_exit(&out, 2);
     let failed = group(gateway.samples("egress-dump"), None);
     assert_eq!(value(&failed, "egress_last_run_exit_code"), 2.0);
     // A dry run and a check succeed, and push nothing.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let out = dump(&nightly("small wide"), &["--dry-run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let out = dump(&nightly("small wide"), &["--check"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     // Nor does a dry run whose settings are wrong.
     let out = dump(
         &nightly("small wide"),
         &["--dry-run", "--date", "2024-13-01"],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_exit(&out, 2);
     assert!(
         group(gateway.samples("egress-dump"), None) == failed,
         "the nightly group is as the failed run left it"
@@ -189,7 +166,7 @@ async fn dry_runs_and_checks_push_nothing_and_a_backfill_has_its_own_group() {
     let mut backfill = nightly("small wide");
     backfill.push(("DUMP_DATE".into(), DATE.into()));
     let out = dump(&backfill, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let all = gateway.samples("egress-dump");
     assert!(
         group(all.clone(), None) == failed,
@@ -213,38 +190,18 @@ async fn dry_runs_and_checks_push_nothing_and_a_backfill_has_its_own_group() {
 
 #[tokio::test]
 async fn a_failed_push_is_a_warning_that_names_no_secret() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::S3sFs, BUCKET).await;
     tables(&pg).await;
     let closed = egress_testkit::free_port();
     let url = format!("http://pusher:PUSH-SENTINEL-pw@127.0.0.1:{closed}");
     let out = dump(&env_for(&pg, &s3, "small"), &["--pushgateway", &url]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "the run's outcome is unchanged: {}",
-        text(&out)
-    );
+    assert_exit_why(&out, 0, "the run's outcome is unchanged");
     let all = text(&out);
     assert!(all.contains("could not push the metrics"), "{all}");
     assert!(
         !all.contains("PUSH-SENTINEL-pw"),
         "the URL's password leaked: {all}"
     );
-}
-
-/// The capability lines of `--check` as `(status, capability)` pairs.
-fn capabilities(out: &Output) -> Vec<(String, String)> {
-    stdout(out)
-        .lines()
-        .filter(|l| l.starts_with("ok ") || l.starts_with("absent ") || l.starts_with("FAIL "))
-        .map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            let capability = l.get(16..42).map(str::trim).unwrap_or_default().to_string();
-            (fields[0].to_string(), format!("{} {capability}", fields[1]))
-        })
-        .collect()
 }
 
 fn status_of(lines: &[(String, String)], capability: &str) -> String {
@@ -267,10 +224,7 @@ async fn check_reports_what_each_store_can_do_and_fails_on_bad_configuration() {
     for (name, store) in stores {
         store.s3().create_bucket(BUCKET).await;
         let out = dump(&env_for(&pg, store, "small wide"), &["--check"]);
-        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
-        let lines = capabilities(&out);
-        println!("--- {name}\n{}", stdout(&out));
-        for capability in [
+        let capabilities = [
             "output credentials and bucket",
             "output list",
             "output PUT + GET + DELETE",
@@ -279,14 +233,8 @@ async fn check_reports_what_each_store_can_do_and_fails_on_bad_configuration() {
             "output DELETE",
             "database login",
             "database server",
-        ] {
-            assert_eq!(
-                status_of(&lines, capability),
-                "ok",
-                "{name}: {}",
-                stdout(&out)
-            );
-        }
+        ];
+        let lines = assert_check_ok(&out, name, &capabilities);
         assert!(stdout(&out).contains("primary"), "{}", stdout(&out));
         assert_eq!(
             lines
@@ -332,7 +280,7 @@ async fn check_reports_what_each_store_can_do_and_fails_on_bad_configuration() {
         ),
     ] {
         let out = dump(&env, &["--check"]);
-        assert_eq!(out.status.code(), Some(2), "{case}: {}", text(&out));
+        assert_exit_why(&out, 2, case);
         assert!(stdout(&out).contains(needle), "{case}: {}", text(&out));
         assert!(
             stderr(&out).contains("check failed"),
@@ -358,12 +306,7 @@ fn completions_and_man_pages_generate_and_parse() {
                 .args(["completions", shell])
                 .output()
                 .expect("run");
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{program} {shell}: {}",
-                text(&out)
-            );
+            assert_exit_why(&out, 0, &format!("{program} {shell}"));
             // fish spells options `-l tables`, the others `--tables`.
             assert!(stdout(&out).contains(option), "{program} {shell}");
             if shell == "bash" {

@@ -6,6 +6,8 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use egress_testkit::assert_exit_why;
+use egress_testkit::assert_none;
 use egress_testkit::fixtures::{gated_proxy, upload_id, Gate};
 use egress_testkit::overlap::first_run;
 use egress_testkit::proxy::{Proxy, Seen};
@@ -15,8 +17,8 @@ use egress_testkit::{
 };
 
 use super::{
-    dump_to_dir, local_env, pg_and_bucket, run, spawn, sql, through, wait_for_exit, with_var, Env,
-    SMALL_PARTS,
+    dump_to_dir, local_env, pg_and_bucket, pg_and_bucket_with, run, spawn, sql, through,
+    wait_for_exit, with_var, Env, SMALL_PARTS,
 };
 
 const BUCKET: &str = "runs";
@@ -43,8 +45,7 @@ async fn verify_day(s3: &S3Server) -> Option<Vec<String>> {
 /// second has stopped (or is seen waiting): the upload is still pending then.
 #[tokio::test]
 async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
-    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
-    sql(&pg, "CREATE TABLE c1 AS SELECT i AS id, 0 AS v, md5(i::text) || md5((i*3)::text) AS pad FROM generate_series(1, 300000) i; \
+    let (pg, s3) = pg_and_bucket_with(S3Kind::Moto, BUCKET, "CREATE TABLE c1 AS SELECT i AS id, 0 AS v, md5(i::text) || md5((i*3)::text) AS pad FROM generate_series(1, 300000) i; \
               CREATE TABLE c2 AS SELECT i AS id, md5(i::text) AS pad FROM generate_series(1, 50000) i;").await;
     let env = env_for(&pg, &s3, "c1 c2");
     // A writer that keeps changing the tables on its own thread while the dumps run.
@@ -88,10 +89,7 @@ async fn two_dumps_of_one_day_never_leave_a_manifest_that_lies() {
     );
     assert!(s3.pending_uploads(BUCKET).await.is_empty());
     let keys = s3.keys(BUCKET, "").await;
-    assert!(
-        !keys.iter().any(|k| k.contains("egress-lease")),
-        "leases are released: {keys:?}"
-    );
+    assert_none(&keys, "leases are released", |k| k.contains("egress-lease"));
 }
 
 #[tokio::test]
@@ -140,7 +138,7 @@ async fn libpq_connection_strings_work_as_in_libpq() {
     let socket = pg.socket_dir().display().to_string().replace('/', "%2F");
     let url = format!("postgresql://postgres@{socket}:{}/postgres", pg.port);
     let out = with_url(url, &[]);
-    assert_eq!(out.status.code(), Some(0), "Unix socket: {}", text(&out));
+    assert_exit_why(&out, 0, "Unix socket");
     // Unsupported and unknown parameters are refused by name, the URL never echoed.
     let url = format!("postgresql://postgres:{pw}@127.0.0.1:{}/postgres", pg.port);
     let out = with_url(format!("{url}?sslcert=/c.pem"), &[]);
@@ -178,11 +176,9 @@ async fn a_cleartext_password_request_is_refused_unless_chosen() {
     let started = Instant::now();
     let out = dump_to_dir(&env, "t", dir.path(), &[]);
     assert_exit(&out, 2);
+    assert_stderr_has(&out, "asked for the password in clear text");
+    assert_stderr_has(&out, "it was not sent");
     let err = stderr(&out);
-    assert!(
-        err.contains("asked for the password in clear text") && err.contains("it was not sent"),
-        "{err}"
-    );
     assert!(
         err.contains("PGSSLMODE=disable explicitly"),
         "names the fix: {err}"
@@ -195,12 +191,7 @@ async fn a_cleartext_password_request_is_refused_unless_chosen() {
         dir.path(),
         &[],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "chosen explicitly: {}",
-        text(&out)
-    );
+    assert_exit_why(&out, 0, "chosen explicitly");
 }
 
 /// Wait until every one of `apps` is waiting for a lock, while `dump` still runs.
@@ -270,7 +261,7 @@ async fn listed_tables_are_locked_with_the_snapshot_so_ddl_waits_for_the_day() {
         wait_until_blocked(&pg, &mut dump, &apps);
         open.set(true);
         let out = dump.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "jobs {jobs}: {}", text(&out));
+        assert_exit_why(&out, 0, &format!("jobs {jobs}"));
         for (app, child) in children.iter_mut() {
             assert!(
                 child.wait().unwrap().success(),
@@ -318,14 +309,13 @@ async fn listed_tables_are_locked_with_the_snapshot_so_ddl_waits_for_the_day() {
     }
 }
 
+/// Two tables of one row: `free`, and `held` (another session locks it).
+const FREE_AND_HELD: &str =
+    "CREATE TABLE free AS SELECT 1 AS v; CREATE TABLE held AS SELECT 1 AS v";
+
 #[tokio::test]
 async fn a_table_another_session_holds_fails_the_run_naming_that_session() {
-    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
-    sql(
-        &pg,
-        "CREATE TABLE free AS SELECT 1 AS v; CREATE TABLE held AS SELECT 1 AS v",
-    )
-    .await;
+    let (pg, s3) = pg_and_bucket_with(S3Kind::Moto, BUCKET, FREE_AND_HELD).await;
     let mut migration = pg.psql_session(
         "migration",
         "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
@@ -370,9 +360,9 @@ async fn a_table_another_session_holds_fails_the_run_naming_that_session() {
 /// the REINDEX only where it reads the values, and completes).
 #[tokio::test]
 async fn a_reindex_of_the_toast_index_never_stalls_or_breaks_the_measure() {
-    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
-    sql(
-        &pg,
+    let (pg, s3) = pg_and_bucket_with(
+        S3Kind::Moto,
+        BUCKET,
         "CREATE TABLE toasty AS SELECT i, (SELECT string_agg(md5((i * 1000 + j)::text), '') \
          FROM generate_series(1, 200) j) AS long FROM generate_series(1, 300) i",
     )
@@ -469,8 +459,7 @@ struct BigDay {
 
 /// [`BigDay`], its first run started by `start` with the environment through the proxy.
 async fn big_day_under_way(start: impl FnOnce(&Env) -> Child) -> BigDay {
-    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
-    sql(&pg, BIG).await;
+    let (pg, s3) = pg_and_bucket_with(S3Kind::Moto, BUCKET, BIG).await;
     let (proxy, gate) = gated_proxy(&s3);
     let env = through(&env_for(&pg, &s3, "big"), &proxy.endpoint);
     let first = start(&env);
@@ -594,12 +583,7 @@ async fn a_lease_taken_after_waiting_lasts_its_whole_time_to_live() {
     });
     std::thread::sleep(Duration::from_secs(2));
     let third = run(&day.env, &SHORT_LEASE);
-    assert_eq!(
-        third.status.code(),
-        Some(3),
-        "the waiting run's lease is live: {}",
-        text(&third)
-    );
+    assert_exit_why(&third, 3, "the waiting run's lease is live");
     assert_stderr_has(&third, &format!("pid {}", second.id()));
     day.gate.set(true);
     let second = wait_for_exit(second, Duration::from_secs(120));
@@ -644,11 +628,10 @@ async fn a_run_with_a_slow_clock_still_holds_its_lease() {
         "the lease is stamped on the store's clock (now {now}): {lease}"
     );
     let second = run(&day.env, &["--part-size-mib", "5"]);
-    assert_eq!(
-        second.status.code(),
-        Some(3),
-        "the slow run's lease is live on the store's clock: {}",
-        text(&second)
+    assert_exit_why(
+        &second,
+        3,
+        "the slow run's lease is live on the store's clock",
     );
     day.gate.set(true);
     let slow = wait_for_exit(day.first, Duration::from_secs(120));
@@ -683,8 +666,8 @@ async fn a_run_with_a_slow_clock_still_holds_its_lease() {
 
 #[tokio::test]
 async fn an_unreadable_lease_is_one_line_and_is_taken_over_once_it_is_old() {
-    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
-    sql(&pg, "CREATE TABLE small AS SELECT 1 AS v").await;
+    let (pg, s3) =
+        pg_and_bucket_with(S3Kind::Moto, BUCKET, "CREATE TABLE small AS SELECT 1 AS v").await;
     let proxy = Proxy::start(&s3.endpoint, None, None);
     let env = through(&env_for(&pg, &s3, "small"), &proxy.endpoint);
     let key = format!("conc/{DATE}/.egress-lease.json");

@@ -6,28 +6,18 @@
 use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
-use egress_testkit::{gunzip, stderr, text, PgServer, S3Kind, S3Server};
+use egress_testkit::{assert_exit, assert_stderr_has};
+use egress_testkit::{gunzip, text, PgServer, S3Kind, S3Server};
 
-use super::{run, spawn, sql};
+use super::{pg_and_bucket, pg_and_bucket_with, run, s3_env, shard, sql, with_var, Env};
 
 const BUCKET: &str = "shards";
 
-fn env_for(pg: &PgServer, s3: &S3Server, date: &str, tables: &str) -> Vec<(String, String)> {
-    let mut env = pg.env();
-    env.extend(s3.env());
-    env.push(("TABLES".into(), tables.into()));
-    env.push(("S3_OUTPUT".into(), format!("s3://{BUCKET}/day")));
-    env.push(("DUMP_DATE".into(), date.into()));
-    env.push(("COMPRESSION_LEVEL".into(), "1".into()));
-    env
-}
-
-/// Index `index` of `count`, started now.
-fn shard(env: &[(String, String)], count: u64, index: u64, extra: &[&str]) -> Child {
-    let mut env = env.to_vec();
-    env.push(("SHARDS".into(), count.to_string()));
-    env.push(("JOB_COMPLETION_INDEX".into(), index.to_string()));
-    spawn(&env, extra)
+/// The environment of a dump of `tables` from `pg` for `date` into `s3://{BUCKET}/day`,
+/// at compression level 1.
+fn env_for(pg: &PgServer, s3: &S3Server, date: &str, tables: &str) -> Env {
+    let env = s3_env(pg, &s3.s3(), tables, &format!("s3://{BUCKET}/day"), date);
+    with_var(&env, "COMPRESSION_LEVEL", "1")
 }
 
 /// Three account tables whose balances always sum to 3,000,000 (a writer moves money
@@ -97,9 +87,7 @@ async fn verify(s3: &S3Server, date: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn three_processes_dump_one_day_from_one_snapshot() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
     bank(&pg, 60_000).await;
     let tables = "acct_a acct_b acct_c ledger";
     let date = "2024-07-01";
@@ -258,7 +246,7 @@ async fn three_processes_dump_one_day_from_one_snapshot() {
     // order are its rows as one process writes them.
     let single = "2024-07-02";
     let out = run(&env_for(&pg, &s3, single, tables), &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let again = "2024-07-03";
     let env3 = env_for(&pg, &s3, again, tables);
     let outs = wait_all((0..3).map(|i| shard(&env3, 3, i, &split)).collect());
@@ -287,7 +275,7 @@ async fn three_processes_dump_one_day_from_one_snapshot() {
     // The sharded day dumped again by one process: the pieces of the earlier run go, so
     // the folder holds each table in one form only.
     let out = run(&env_for(&pg, &s3, again, tables), &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let left = day_keys(&s3, again).await;
     assert!(!left.iter().any(|k| k.contains(".part-")), "{left:?}");
     assert!(
@@ -320,11 +308,19 @@ async fn until(what: &str, wanted: impl AsyncFn() -> bool) {
     }
 }
 
+/// Wait (at most a minute) until an upload to a key ending with `suffix` is pending at
+/// `s3`: `what`, in the failure.
+async fn until_uploading(s3: &S3Server, what: &str, suffix: &str) {
+    until(what, async || {
+        let pending = s3.pending_uploads(BUCKET).await;
+        pending.iter().any(|k| k.ends_with(suffix))
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn killed_shards_and_coordinators_leave_no_day_and_nothing_pending() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
+    let (pg, s3) = pg_and_bucket(S3Kind::Moto, BUCKET).await;
     // Two big tables of one size: index 0 dumps one, index 1 the other; index 2 the small.
     sql(
         &pg,
@@ -339,13 +335,7 @@ async fn killed_shards_and_coordinators_leave_no_day_and_nothing_pending() {
 
     // A shard killed mid-upload, run again: the day completes from the same snapshot.
     let mut children: Vec<Child> = (0..3).map(|i| shard(&env, 3, i, &small_parts)).collect();
-    until("shard 1's upload", async || {
-        s3.pending_uploads(BUCKET)
-            .await
-            .iter()
-            .any(|k| k.ends_with("big1.csv.gz"))
-    })
-    .await;
+    until_uploading(&s3, "shard 1's upload", "big1.csv.gz").await;
     children[1].kill().unwrap();
     let killed = children.remove(1).wait_with_output().unwrap();
     assert_eq!(killed.status.code(), None, "killed by the signal");
@@ -374,13 +364,7 @@ async fn killed_shards_and_coordinators_leave_no_day_and_nothing_pending() {
         })
         .await;
     }
-    until("the coordinator's upload", async || {
-        s3.pending_uploads(BUCKET)
-            .await
-            .iter()
-            .any(|k| k.ends_with("big0.csv.gz"))
-    })
-    .await;
+    until_uploading(&s3, "the coordinator's upload", "big0.csv.gz").await;
     children[0].kill().unwrap();
     let outs = wait_all(children);
     for (index, out) in outs.iter().enumerate().skip(1) {
@@ -409,38 +393,30 @@ async fn killed_shards_and_coordinators_leave_no_day_and_nothing_pending() {
     assert_eq!(verify(&s3, date).await, Vec::<String>::new());
 }
 
+/// Two tables of one row each, `t1` and `t2`.
+const TWO_TABLES: &str = "CREATE TABLE t1 AS SELECT 1 AS id; CREATE TABLE t2 AS SELECT 2 AS id;";
+
 #[tokio::test]
 async fn shards_that_disagree_or_never_come_fail_in_one_line() {
-    let pg = PgServer::start();
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket(BUCKET).await;
-    sql(
-        &pg,
-        "CREATE TABLE t1 AS SELECT 1 AS id; CREATE TABLE t2 AS SELECT 2 AS id;",
-    )
-    .await;
+    let (pg, s3) = pg_and_bucket_with(S3Kind::Moto, BUCKET, TWO_TABLES).await;
     let date = "2024-07-05";
     let env = env_for(&pg, &s3, date, "t1 t2");
     let wait = ["--shard-wait", "3s"];
 
     // A shard with no coordinator gives up after --shard-wait.
     let out = shard(&env, 2, 1, &wait).wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        stderr(&out).contains(
-            "no plan from the coordinator (index 0) for 2024-07-05 within --shard-wait 3s"
-        ),
-        "{}",
-        text(&out)
+    assert_exit(&out, 1);
+    assert_stderr_has(
+        &out,
+        "no plan from the coordinator (index 0) for 2024-07-05 within --shard-wait 3s",
     );
 
     // A coordinator whose shard never joins: no manifest, nothing of the coordination left.
     let out = shard(&env, 2, 0, &wait).wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        stderr(&out).contains("shard 1 has not joined the day within --shard-wait 3s"),
-        "{}",
-        text(&out)
+    assert_exit(&out, 1);
+    assert_stderr_has(
+        &out,
+        "shard 1 has not joined the day within --shard-wait 3s",
     );
     let left = day_keys(&s3, date).await;
     assert!(
@@ -453,25 +429,18 @@ async fn shards_that_disagree_or_never_come_fail_in_one_line() {
     // A shard started with another shard count is refused (exit 2), and so the day fails.
     let coordinator = shard(&env, 2, 0, &wait);
     let odd = shard(&env, 3, 1, &wait).wait_with_output().unwrap();
-    assert_eq!(odd.status.code(), Some(2), "{}", text(&odd));
-    assert!(
-        stderr(&odd).contains(
-            "this index was started with --shards 3 but the coordinator planned the day for 2"
-        ),
-        "{}",
-        text(&odd)
+    assert_exit(&odd, 2);
+    assert_stderr_has(
+        &odd,
+        "this index was started with --shards 3 but the coordinator planned the day for 2",
     );
     let out = coordinator.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
 
     // No index without JOB_COMPLETION_INDEX.
     let mut env2 = env.clone();
     env2.push(("SHARDS".into(), "2".into()));
     let out = run(&env2, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        stderr(&out).contains("--shards 2 needs this process's index"),
-        "{}",
-        text(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "--shards 2 needs this process's index");
 }

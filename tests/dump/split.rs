@@ -7,22 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use egress_testkit::assert_exit_why;
 use egress_testkit::proxy::{Hook, Proxy};
-use egress_testkit::{gunzip, stdout, text, PgServer, S3Kind, S3Server};
+use egress_testkit::{assert_exit, assert_stdout_has};
+use egress_testkit::{gunzip, stdout, PgServer, S3Kind, S3Server};
 
-use super::{command, run as dump};
+use super::{command, dump_while_writing, local_env, pg_with, run as dump, sql};
 use egress_testkit::peak_rss_mib;
 
 const DATE: &str = "2024-05-01";
 const BUCKET: &str = "split-test";
-
-async fn setup(pg: &PgServer, sql: &str) {
-    pg.client()
-        .await
-        .batch_execute(sql)
-        .await
-        .expect("set up tables");
-}
 
 /// Every awkward value type, a generated column (COPY leaves it out) and a dropped one,
 /// grown to ~8 MB so that a 1 MiB threshold splits it into many chunks.
@@ -49,6 +43,9 @@ UPDATE awkward SET t = t || '!' WHERE id % 97 = 0;
 DELETE FROM awkward WHERE id % 89 = 0;
 "#;
 
+/// A table `small` of 100 rows: too small to be split.
+const SMALL: &str = "CREATE TABLE small AS SELECT i FROM generate_series(1, 100) i;";
+
 /// The serial reference: one COPY that starts at block 0.
 fn serial_copy(pg: &PgServer, table: &str, header: bool) -> Vec<u8> {
     let options = if header {
@@ -73,17 +70,10 @@ fn manifest_entry(manifest: &serde_json::Value, file: &str) -> serde_json::Value
 
 #[tokio::test]
 async fn split_tables_equal_a_serial_copy_byte_for_byte() {
-    let pg = PgServer::start();
-    setup(&pg, AWKWARD).await;
-    setup(
-        &pg,
-        "CREATE TABLE small AS SELECT i FROM generate_series(1, 100) i;",
-    )
-    .await;
+    let pg = pg_with(&[AWKWARD, SMALL]).await;
     let expected = serial_copy(&pg, "awkward", false);
     assert!(expected.len() > 6_000_000, "{} bytes", expected.len());
-    let mut env = pg.env();
-    env.push(("DUMP_DATE".into(), DATE.into()));
+    let env = local_env(&pg, DATE);
     for (jobs, header) in [("2", false), ("3", false), ("3", true)] {
         let dir = tempfile::tempdir().unwrap();
         let mut args = vec![
@@ -100,7 +90,7 @@ async fn split_tables_equal_a_serial_copy_byte_for_byte() {
             args.push("--header");
         }
         let out = dump(&env, &args);
-        assert_eq!(out.status.code(), Some(0), "--jobs {jobs}: {}", text(&out));
+        assert_exit_why(&out, 0, &format!("--jobs {jobs}"));
         let day = dir.path().join(DATE);
         let got = gunzip(&std::fs::read(day.join("awkward.csv.gz")).unwrap());
         let want = if header {
@@ -135,7 +125,7 @@ async fn a_concurrent_writer_does_not_show_in_any_chunk() {
     let pg = PgServer::start();
     // Transfers between accounts: every committed transaction keeps the sum, and an
     // UPDATE writes a new row version, often on a later page (another chunk).
-    setup(
+    sql(
         &pg,
         "CREATE TABLE accounts AS SELECT i AS id, 1000::bigint AS amount, md5(i::text) AS pad \
          FROM generate_series(1, 300000) i; CREATE UNIQUE INDEX ON accounts (id);",
@@ -151,31 +141,16 @@ async fn a_concurrent_writer_does_not_show_in_any_chunk() {
     });
     writer.wait_for(20);
     let dir = tempfile::tempdir().unwrap();
-    let mut env = pg.env();
-    env.push(("DUMP_DATE".into(), DATE.into()));
-    let before = writer.commits();
-    let out = dump(
-        &env,
-        &[
-            "--tables",
-            "accounts",
-            "--split-larger-than",
-            "1MiB",
-            "--jobs",
-            "2",
-            "--compression-level",
-            "9",
-            "--output",
-            dir.path().to_str().unwrap(),
-        ],
-    );
-    let during = writer.commits() - before;
-    writer.stop();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        during > 50,
-        "only {during} transfers committed while the dump ran"
-    );
+    let env = local_env(&pg, DATE);
+    let flags = [
+        "--split-larger-than",
+        "1MiB",
+        "--jobs",
+        "2",
+        "--compression-level",
+        "9",
+    ];
+    dump_while_writing(&env, "accounts", dir.path(), &flags, writer);
     let csv = gunzip(&std::fs::read(dir.path().join(DATE).join("accounts.csv.gz")).unwrap());
     let mut ids = std::collections::BTreeSet::new();
     let mut sum = 0i64;
@@ -278,7 +253,7 @@ fn finish(mut dump: SlowDump) -> Output {
 #[tokio::test]
 async fn a_recovery_conflict_on_a_standby_restarts_the_day_from_a_fresh_snapshot() {
     let primary = PgServer::start();
-    setup(
+    sql(
         &primary,
         "CREATE TABLE readings AS SELECT i AS id, md5(i::text) AS a, md5((i * 7)::text) AS b, \
          i * 0.25 AS v FROM generate_series(1, 1500000) i; \
@@ -291,8 +266,7 @@ async fn a_recovery_conflict_on_a_standby_restarts_the_day_from_a_fresh_snapshot
     ]);
     primary.wait_for_replay(&standby);
     assert_eq!(standby.value("SELECT pg_is_in_recovery()"), "t");
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket(BUCKET).await;
+    let s3 = S3Server::with_bucket(S3Kind::S3sFs, BUCKET).await;
 
     // A Parquet day goes through the same retry: the typed encoder's threads end with the
     // abandoned attempt, and the day is the final snapshot's. Rows added for it and deleted
@@ -316,7 +290,7 @@ async fn a_recovery_conflict_on_a_standby_restarts_the_day_from_a_fresh_snapshot
     dump.slow.store(false, Ordering::SeqCst);
     let out = finish(dump);
     let log = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert!(log.contains("(retry 1 of 3)"), "the retry is logged: {log}");
     assert!(!log.contains("Failed."), "{log}");
     let manifest = s3.get(BUCKET, "replica/2024-05-03/_manifest.json").await;
@@ -334,7 +308,7 @@ async fn a_recovery_conflict_on_a_standby_restarts_the_day_from_a_fresh_snapshot
     force_conflict(&primary, &standby, &dump, 0);
     let out = finish(dump);
     let log = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert!(log.contains("Reading from a standby"), "{log}");
     assert!(log.contains("max_standby_streaming_delay"), "{log}");
     // The server's own words, or (when the terminated session's message was lost to a
@@ -388,15 +362,11 @@ async fn a_recovery_conflict_on_a_standby_restarts_the_day_from_a_fresh_snapshot
     );
     force_conflict(&primary, &standby, &dump, 1);
     let out = finish(dump);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     let error = egress_testkit::stderr(&out);
     assert!(error.contains("recovery conflict"), "{error}");
     assert!(error.contains("hot_standby_feedback"), "{error}");
-    assert!(
-        stdout(&out).contains("Failed. 0 of 1 tables dumped."),
-        "{}",
-        text(&out)
-    );
+    assert_stdout_has(&out, "Failed. 0 of 1 tables dumped.");
     assert!(
         s3.keys(BUCKET, "replica/2024-05-02/").await.is_empty(),
         "nothing of a failed day is visible"
@@ -406,15 +376,14 @@ async fn a_recovery_conflict_on_a_standby_restarts_the_day_from_a_fresh_snapshot
 #[tokio::test]
 async fn memory_does_not_grow_with_the_connections_reading_one_table() {
     let pg = PgServer::start();
-    setup(
+    sql(
         &pg,
         "CREATE TABLE wide AS SELECT i AS id, md5(i::text) || md5((i * 3)::text) AS a, \
          md5((i * 7)::text) AS b FROM generate_series(1, 600000) i;",
     )
     .await;
     let expected = serial_copy(&pg, "wide", false);
-    let mut env = pg.env();
-    env.push(("DUMP_DATE".into(), DATE.into()));
+    let env = local_env(&pg, DATE);
     let mut peaks = Vec::new();
     for jobs in ["2", "16"] {
         let dir = tempfile::tempdir().unwrap();
@@ -433,7 +402,7 @@ async fn memory_does_not_grow_with_the_connections_reading_one_table() {
                 dir.path().to_str().unwrap(),
             ],
         );
-        assert_eq!(out.status.code(), Some(0), "--jobs {jobs}: {}", text(&out));
+        assert_exit_why(&out, 0, &format!("--jobs {jobs}"));
         let got = gunzip(&std::fs::read(dir.path().join(DATE).join("wide.csv.gz")).unwrap());
         assert!(got == expected, "--jobs {jobs}: bytes differ");
         peaks.push(peak_rss_mib(&out));
@@ -447,7 +416,7 @@ async fn memory_does_not_grow_with_the_connections_reading_one_table() {
     // release build's (measured by bench/run.sh); this debug build is larger before it
     // reads a row (15.6 MiB for `--help` against 7.8), so what a one-row dump already takes
     // is set aside, and the rest held to the window, the read-ahead and 8 MiB of slack.
-    setup(&pg, "CREATE TABLE one_row AS SELECT 1 AS id;").await;
+    sql(&pg, "CREATE TABLE one_row AS SELECT 1 AS id;").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
     let idle = peak_rss_mib(&dump(&env, &["--tables", "one_row", "--output", path]));

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use egress_testkit::assert_exit;
+use egress_testkit::assert_exit_why;
 use egress_testkit::{sha256_hex, text, PgServer};
 use serde_json::Value;
 
-use super::run as dump;
+use super::{local_env, run as dump};
 
 const DATE: &str = "2024-05-01";
 
@@ -135,17 +137,13 @@ fn pyarrow_prints(file: &Path, script: &str) -> String {
         .arg(file)
         .output()
         .expect("pyarrow");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The test venv's python, with pyarrow, duckdb, frictionless.
 fn python() -> PathBuf {
-    egress_testkit::process::find_binary(
-        "python",
-        "EGRESS_PYTHON",
-        &[PathBuf::from("/opt/egress-py/bin")],
-        "bash scripts/install-test-deps.sh (a venv at /opt/egress-py with pyarrow, duckdb, frictionless)",
-    )
+    egress_testkit::process::venv_python("pyarrow, duckdb, frictionless")
 }
 
 /// Floats compare by value: PostgreSQL prints `Infinity`, `-0`, Python `inf`, `-0.0`.
@@ -174,8 +172,7 @@ fn dump_parquet(
     tables: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    let mut env = pg.env();
-    env.push(("DUMP_DATE".into(), DATE.into()));
+    let env = local_env(pg, DATE);
     let output = format!("file://{}", out_dir.display());
     let mut args = vec![
         "--tables", tables, "--output", &output, "--format", "parquet",
@@ -221,7 +218,7 @@ async fn every_type_is_read_back_exactly_by_pyarrow_and_duckdb() {
     super::sql(&pg, "ALTER DATABASE postgres SET extra_float_digits = 0").await;
     let dir = tempfile::tempdir().unwrap();
     let out = dump_parquet(&pg, dir.path(), "torture", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let day = dir.path().join(DATE);
     let want = expected(&pg, "torture").await;
     assert_eq!(want.len(), 5);
@@ -302,7 +299,7 @@ async fn a_split_table_is_one_file_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let args = ["--jobs", "3", "--split-larger-than", "1"];
     let out = dump_parquet(&pg, dir.path(), "torture", &args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let day = dir.path().join(DATE);
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(day.join("_manifest.json")).unwrap()).unwrap();
@@ -370,7 +367,7 @@ async fn values_parquet_cannot_hold_are_refused_with_one_line() {
     for (table, _, values, why) in &cases {
         let dir = tempfile::tempdir().unwrap();
         let out = dump_parquet(&pg, dir.path(), table, &[]);
-        assert_eq!(out.status.code(), Some(1), "{table}: {}", text(&out));
+        assert_exit_why(&out, 1, table);
         let row = values.split(", ").count();
         let line = format!("table '{table}': column 'v', row {row}: ");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -405,15 +402,14 @@ async fn a_csv_day_validates_against_its_descriptor() {
     .await;
     for header in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let mut env = pg.env();
-        env.push(("DUMP_DATE".into(), DATE.into()));
+        let env = local_env(&pg, DATE);
         let output = format!("file://{}", dir.path().display());
         let mut args = vec!["--tables", "orders", "--output", &output];
         if header {
             args.push("--header");
         }
         let out = dump(&env, &args);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_exit(&out, 0);
         let package = dir.path().join(DATE).join("datapackage.json");
         let check = Command::new(python())
             .args(["-c", FRICTIONLESS])
@@ -449,25 +445,17 @@ for row in package.resources[0].read_rows():
 async fn a_gigabyte_of_wide_rows_as_parquet_stays_within_the_memory_bound() {
     // A table created and filled in one transaction under wal_level=minimal writes no WAL:
     // the test needs 1.1 GB of disk, not twice that (a CI machine with 1.4 GB free, stop 30).
-    let pg = PgServer::start_with(&["wal_level = minimal", "max_wal_senders = 0"]);
     // 1,100,000 rows of 1,000 characters of hex: 1.1 GB of text, poorly compressible.
-    super::sql(
-        &pg,
+    let (pg, bytes) = big_table(
         "CREATE TABLE wide (id bigint PRIMARY KEY, note text NOT NULL); \
          INSERT INTO wide SELECT g, (SELECT string_agg(md5((g * 40 + j)::text), '') \
                                     FROM generate_series(1, 31) j) || left(md5(g::text), 8) \
          FROM generate_series(1, 1100000) g;",
+        "SELECT sum(octet_length(note))::bigint FROM wide",
     )
     .await;
-    let bytes: i64 = pg
-        .value("SELECT sum(octet_length(note))::bigint FROM wide")
-        .parse()
-        .unwrap();
     assert!(bytes > 1_000_000_000, "{bytes} bytes of text");
-    let dir = tempfile::tempdir().unwrap();
-    let out = dump_parquet(&pg, dir.path(), "wide", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let peak = egress_testkit::peak_rss_mib(&out);
+    let (dir, peak) = parquet_peak(&pg, "wide");
     println!("peak RSS {peak} MiB for {bytes} bytes of text as Parquet");
     // The README's bound for Parquet at the defaults.
     assert!(peak <= PARQUET_BOUND_MIB, "peak RSS {peak} MiB");
@@ -487,6 +475,23 @@ async fn a_gigabyte_of_wide_rows_as_parquet_stays_within_the_memory_bound() {
     assert_eq!(numbers.next(), Some("1100000"), "{said}");
     let groups: u64 = numbers.next().unwrap().parse().unwrap();
     assert!(groups > 1, "row groups are bounded: {said}");
+}
+
+/// A server where `fill` made a big table (under wal_level=minimal a table created and
+/// filled in one transaction writes no WAL: half the disk), and the number `measure` reads.
+async fn big_table(fill: &str, measure: &str) -> (PgServer, i64) {
+    let pg = PgServer::start_with(&["wal_level = minimal", "max_wal_senders = 0"]);
+    super::sql(&pg, fill).await;
+    let measured = pg.value(measure).parse().unwrap();
+    (pg, measured)
+}
+
+/// A Parquet dump of `table` into a new folder, ended with exit 0: the folder, its peak RSS.
+fn parquet_peak(pg: &PgServer, table: &str) -> (tempfile::TempDir, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dump_parquet(pg, dir.path(), table, &[]);
+    assert_exit(&out, 0);
+    (dir, egress_testkit::peak_rss_mib(&out))
 }
 
 /// The README's memory bound for a Parquet dump at the defaults.
@@ -517,7 +522,7 @@ async fn a_parquet_day_in_s3_is_mirrored_and_verified_with_its_descriptor() {
         "parquet",
     ];
     let out = dump(&env, &args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let mut keys = input.keys("days", "").await;
     keys.sort();
     let day = |f: &str| format!("pg/{DATE}/{f}");
@@ -543,7 +548,7 @@ async fn a_parquet_day_in_s3_is_mirrored_and_verified_with_its_descriptor() {
         egress_testkit::run(&mut cmd)
     };
     let out = sync(&["--require-manifest"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     for file in ["torture.parquet", "datapackage.json", "_manifest.json"] {
         let key = format!("{DATE}/{file}");
         assert_eq!(
@@ -553,7 +558,7 @@ async fn a_parquet_day_in_s3_is_mirrored_and_verified_with_its_descriptor() {
         );
     }
     let out = sync(&["--verify"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert!(
         egress_testkit::stdout(&out).contains(&format!("{DATE}: OK (2 objects")),
         "{}",
@@ -575,7 +580,7 @@ async fn a_table_without_columns_is_refused_as_parquet_and_exact_as_csv() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let out = dump_parquet(&pg, dir.path(), "hollow", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     let line = egress_testkit::stderr(&out);
     assert!(
         line.contains("table 'hollow'") && line.contains("has no columns but has rows"),
@@ -585,7 +590,7 @@ async fn a_table_without_columns_is_refused_as_parquet_and_exact_as_csv() {
     let day = dir.path().join(DATE);
     assert!(!day.join("hollow.parquet").exists() && !day.join("_manifest.json").exists());
     let out = dump_parquet(&pg, dir.path(), "nothing", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pyarrow_prints(
             &day.join("nothing.parquet"),
@@ -593,11 +598,10 @@ async fn a_table_without_columns_is_refused_as_parquet_and_exact_as_csv() {
         ),
         "0"
     );
-    let mut env = pg.env();
-    env.push(("DUMP_DATE".into(), DATE.into()));
+    let env = local_env(&pg, DATE);
     let output = format!("file://{}", dir.path().display());
     let out = dump(&env, &["--tables", "hollow", "--output", &output]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let csv = egress_testkit::gunzip(&std::fs::read(day.join("hollow.csv.gz")).unwrap());
     assert_eq!(csv, b"\n\n\n");
     let manifest: Value =
@@ -630,7 +634,7 @@ async fn text_forms_are_written_under_pinned_settings_and_read_back_as_the_same_
     .await;
     let dir = tempfile::tempdir().unwrap();
     let out = dump_parquet(&pg, dir.path(), "stamped", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let day = dir.path().join(DATE);
     let texts = pyarrow_prints(
         &day.join("stamped.parquet"),
@@ -674,11 +678,10 @@ async fn text_forms_are_written_under_pinned_settings_and_read_back_as_the_same_
     assert_eq!(settings["TimeZone"], "Asia/Kolkata");
     assert_eq!(settings["extra_float_digits"], "3");
     // CSV: the database's own settings, as psql prints them.
-    let mut env = pg.env();
-    env.push(("DUMP_DATE".into(), DATE.into()));
+    let env = local_env(&pg, DATE);
     let output = format!("file://{}", dir.path().display());
     let out = dump(&env, &["--tables", "stamped", "--output", &output]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let csv = String::from_utf8(egress_testkit::gunzip(
         &std::fs::read(day.join("stamped.csv.gz")).unwrap(),
     ))
@@ -696,26 +699,18 @@ async fn text_forms_are_written_under_pinned_settings_and_read_back_as_the_same_
 /// the documented bound for large rows.
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_of_48_mib_as_parquet_stay_within_the_documented_memory_bound() {
-    let pg = PgServer::start_with(&["wal_level = minimal", "max_wal_senders = 0"]);
-    super::sql(
-        &pg,
+    let (pg, row) = big_table(
         "CREATE TABLE heavy (id int PRIMARY KEY, t text, b bytea); \
          INSERT INTO heavy SELECT r, \
            (SELECT string_agg(md5((r * 1000000 + i)::text), '') FROM generate_series(1, 786432) i), \
            (SELECT decode(string_agg(md5((r * 2000000 + i)::text || random()::text), ''), 'hex') \
               FROM generate_series(1, 1572864) i) \
          FROM generate_series(1, 3) r;",
+        "SELECT max(octet_length(t) + octet_length(b))::bigint FROM heavy",
     )
     .await;
-    let row: i64 = pg
-        .value("SELECT max(octet_length(t) + octet_length(b))::bigint FROM heavy")
-        .parse()
-        .unwrap();
     assert_eq!(row, 48 << 20, "rows of 48 MiB");
-    let dir = tempfile::tempdir().unwrap();
-    let out = dump_parquet(&pg, dir.path(), "heavy", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let peak = egress_testkit::peak_rss_mib(&out);
+    let (dir, peak) = parquet_peak(&pg, "heavy");
     let bound = PARQUET_BOUND_MIB + LARGE_ROW_FACTOR * 48.0;
     println!("peak RSS {peak} MiB for rows of 48 MiB as Parquet (bound {bound} MiB)");
     assert!(

@@ -11,7 +11,7 @@ use egress_store::{
     list_parallel, Attributes, Body, CompletedPart, Condition, Entry, ErrorKind, GetOptions,
     LocalStore, MemoryStore, PartData, PartSlot, PutOptions, Store,
 };
-use egress_testkit::{CephRgw, S3Kind, S3Server};
+use egress_testkit::{CephRgw, Endpoint, S3Kind, S3Server};
 use futures::StreamExt;
 use md5::{Digest, Md5};
 
@@ -275,11 +275,7 @@ async fn conditional_writes(f: &Fixture) {
 /// number where the store honours it.
 async fn multipart(f: &Fixture) {
     let parts = [data(5 * MIB, 1), data(7 * MIB, 2), data(1, 3)];
-    let upload = f
-        .store
-        .create_multipart("mp/obj", &PutOptions::default())
-        .await
-        .unwrap();
+    let upload = started(f, "mp/obj").await;
     let mut done = Vec::new();
     let mut offset = 0;
     for (i, part) in parts.iter().enumerate() {
@@ -325,13 +321,17 @@ async fn multipart(f: &Fixture) {
     assert_eq!(second, expected, "{}: ?partNumber", f.name);
 }
 
+/// A multipart upload of `key` started on `f`'s store.
+async fn started(f: &Fixture, key: &str) -> egress_store::Upload {
+    f.store
+        .create_multipart(key, &PutOptions::default())
+        .await
+        .unwrap()
+}
+
 /// An aborted upload leaves nothing: no object, no pending upload.
 async fn aborts(f: &Fixture) {
-    let upload = f
-        .store
-        .create_multipart("abort/obj", &PutOptions::default())
-        .await
-        .unwrap();
+    let upload = started(f, "abort/obj").await;
     let slot = PartSlot {
         number: 1,
         offset: 0,
@@ -361,11 +361,7 @@ async fn aborts(f: &Fixture) {
 /// Unfinished uploads are listed, and one found that way can be aborted; where the store
 /// cannot list them it says so.
 async fn pending_uploads(f: &Fixture) {
-    let upload = f
-        .store
-        .create_multipart("pending/obj", &PutOptions::default())
-        .await
-        .unwrap();
+    let upload = started(f, "pending/obj").await;
     let found = f.store.pending_uploads("pending/").await;
     if !f.differs.pending_uploads {
         assert_eq!(
@@ -439,8 +435,13 @@ async fn capabilities(f: &Fixture) {
     );
 }
 
-/// Every case, in order, on one store.
-async fn contract(f: Fixture) {
+/// Every case, in order, on `store` (named `name`), which `differs` from S3 where it says.
+async fn contract(name: &'static str, store: Store, differs: Differences) {
+    let f = Fixture {
+        name,
+        store,
+        differs,
+    };
     macro_rules! cases {
         ($($case:ident),*) => {{
             let mut ran = 0;
@@ -464,15 +465,21 @@ async fn contract(f: Fixture) {
     println!("{}: {ran} contract cases passed", f.name);
 }
 
+/// [`contract`] on the bucket `contract` of `server`, under `prefix`.
+async fn contract_on(
+    server: &dyn Endpoint,
+    prefix: &str,
+    name: &'static str,
+    differs: Differences,
+) {
+    let store = server.s3().store("contract", prefix).await;
+    contract(name, store, differs).await;
+}
+
 #[tokio::test]
 async fn the_contract_holds_in_memory() {
     let store: Store = Arc::new(MemoryStore::new());
-    contract(Fixture {
-        name: "memory",
-        store,
-        differs: AS_S3,
-    })
-    .await;
+    contract("memory", store, AS_S3).await;
 }
 
 #[tokio::test]
@@ -485,60 +492,34 @@ async fn the_contract_holds_on_a_local_directory() {
         user_metadata: false,
         ..AS_S3
     };
-    contract(Fixture {
-        name: "local",
-        store,
-        differs,
-    })
-    .await;
+    contract("local", store, differs).await;
 }
 
 #[tokio::test]
 async fn the_contract_holds_on_moto() {
-    let server = S3Server::start(S3Kind::Moto);
-    server.create_bucket("contract").await;
-    let store = server.s3().store("contract", "under/a prefix").await;
-    contract(Fixture {
-        name: "moto",
-        store,
-        differs: AS_S3,
-    })
-    .await;
+    let server = S3Server::with_bucket(S3Kind::Moto, "contract").await;
+    contract_on(&server, "under/a prefix", "moto", AS_S3).await;
 }
 
 #[tokio::test]
 async fn the_contract_holds_on_s3s_fs() {
-    let server = S3Server::start(S3Kind::S3sFs);
-    server.create_bucket("contract").await;
-    let store = server.s3().store("contract", "under").await;
+    let server = S3Server::with_bucket(S3Kind::S3sFs, "contract").await;
     let differs = Differences {
         part_numbers: false,
         pending_uploads: false,
         conditional_delete: false,
         ..AS_S3
     };
-    contract(Fixture {
-        name: "s3s-fs",
-        store,
-        differs,
-    })
-    .await;
+    contract_on(&server, "under", "s3s-fs", differs).await;
 }
 
 #[tokio::test]
 async fn the_contract_holds_on_ceph_rgw() {
-    let ceph = CephRgw::start();
-    ceph.create_bucket("contract").await;
-    let store = ceph.s3().store("contract", "under").await;
+    let ceph = CephRgw::with_bucket("contract").await;
     let differs = Differences {
         part_numbers: false,
         conditional_delete: false,
         ..AS_S3
     };
-    contract(Fixture {
-        name: "ceph",
-        store,
-        differs,
-    })
-    .await;
+    contract_on(&ceph, "under", "ceph", differs).await;
 }

@@ -129,12 +129,9 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
     let (in_path, out_path) = (format!("{SRC}/data"), format!("{DST}/mirror"));
     let out = sync(&input, &in_path, &output, &out_path, &[]);
     assert_exit(&out, 0);
-    let printed = stdout(&out);
-    assert!(
-        printed.contains(&format!(
-            "`input/{SRC}/data/big/multipart.bin` -> `output/{DST}/mirror/big/multipart.bin`"
-        )),
-        "{printed}"
+    assert_stdout_has(
+        &out,
+        &format!("`input/{SRC}/data/big/multipart.bin` -> `output/{DST}/mirror/big/multipart.bin`"),
     );
     let last = last_line(&out);
     assert!(

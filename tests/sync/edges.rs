@@ -10,14 +10,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use egress_testkit::assert_exit_why;
+use egress_testkit::assert_none;
 use egress_testkit::fixtures::{self, contents, data, manifest_json, put_many, MIB};
+use egress_testkit::overlap::first_run;
 use egress_testkit::process;
 use egress_testkit::proxy::{Hook, Proxy};
+use egress_testkit::{assert_exit, assert_stderr_has, assert_stdout_has};
 use egress_testkit::{
     last_line, stderr, stdout, text, CephRgw, Endpoint, S3Endpoint, S3Kind, S3Server,
 };
 
-use super::{command, sync};
+use super::{command, src_and_dst, sync, sync_ok};
 
 /// An input whose `victim` object is deleted just before its copy reads it.
 async fn vanishing_input(input: &S3Endpoint, bucket: &'static str, victim: &'static str) -> Proxy {
@@ -56,12 +60,7 @@ async fn a_vanished_object_is_counted_not_failed(input: &dyn Endpoint, output: &
         "vdst",
         &["--termination-log", log.to_str().unwrap()],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "a vanished object is not a failure: {}",
-        text(&out)
-    );
+    assert_exit_why(&out, 0, "a vanished object is not a failure");
     let printed = stdout(&out);
     assert_eq!(
         printed
@@ -82,24 +81,19 @@ async fn a_vanished_object_is_counted_not_failed(input: &dyn Endpoint, output: &
 
 #[tokio::test]
 async fn an_input_object_deleted_after_the_listing_is_vanished_on_s3s_fs_and_ceph() {
-    let s3s = S3Server::start(S3Kind::S3sFs);
-    let ceph = CephRgw::start();
-    s3s.create_bucket("vsrc").await;
-    ceph.create_bucket("vdst").await;
+    let s3s = S3Server::with_bucket(S3Kind::S3sFs, "vsrc").await;
+    let ceph = CephRgw::with_bucket("vdst").await;
     a_vanished_object_is_counted_not_failed(&s3s, &ceph).await;
     // And with Ceph as the input.
-    let out2 = S3Server::start(S3Kind::S3sFs);
-    out2.create_bucket("vdst").await;
+    let out2 = S3Server::with_bucket(S3Kind::S3sFs, "vdst").await;
     ceph.create_bucket("vsrc").await;
     a_vanished_object_is_counted_not_failed(&ceph, &out2).await;
 }
 
 #[tokio::test]
 async fn the_output_bucket_deleted_mid_run_stops_the_run_with_one_line() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::Moto);
-    input.create_bucket("src").await;
-    output.create_bucket("gone").await;
+    let input = S3Server::with_bucket(S3Kind::S3sFs, "src").await;
+    let output = S3Server::with_bucket(S3Kind::Moto, "gone").await;
     let objects: Vec<(String, Vec<u8>)> = (0..300)
         .map(|i| (format!("k{i:04}"), data(i, 200)))
         .collect();
@@ -149,12 +143,7 @@ async fn the_output_bucket_deleted_mid_run_stops_the_run_with_one_line() {
         "gone",
         &["--jobs", "1"],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "a missing bucket is a configuration error: {}",
-        text(&out)
-    );
+    assert_exit_why(&out, 2, "a missing bucket is a configuration error");
     let err = stderr(&out);
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(err.contains("bucket 'gone' does not exist"), "{err}");
@@ -171,10 +160,7 @@ async fn the_output_bucket_deleted_mid_run_stops_the_run_with_one_line() {
 
 #[tokio::test]
 async fn a_manifest_listing_an_object_the_input_lacks_fails_naming_it() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+    let (input, output) = src_and_dst(S3Kind::S3sFs, S3Kind::S3sFs).await;
     let (a, b) = (data(1, 900), data(2, 800));
     put_many(
         &input,
@@ -189,23 +175,20 @@ async fn a_manifest_listing_an_object_the_input_lacks_fails_naming_it() {
     )
     .await;
     let out = sync(&input, "src", &output, "dst", &["--require-manifest"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("the manifest lists objects the input does not have: 2024-02-02/b.csv.gz"),
-        "{err}"
+    assert_exit(&out, 1);
+    assert_stderr_has(
+        &out,
+        "the manifest lists objects the input does not have: 2024-02-02/b.csv.gz",
     );
     let keys = output.keys("dst", "").await;
-    assert!(
-        !keys.iter().any(|k| k.ends_with("_manifest.json")),
-        "no manifest for an incomplete day: {keys:?}"
-    );
+    assert_none(&keys, "no manifest for an incomplete day", |k| {
+        k.ends_with("_manifest.json")
+    });
 }
 
 #[tokio::test]
 async fn hostile_keys_never_leave_a_local_output_and_control_characters_list() {
-    let input = S3Server::start(S3Kind::Moto);
-    input.create_bucket("src").await;
+    let input = S3Server::with_bucket(S3Kind::Moto, "src").await;
     let hostile = ["p/../x", "p/a/../../y", "p//lead", "p/./dot"];
     let mut objects: Vec<(String, Vec<u8>)> = hostile
         .iter()
@@ -221,7 +204,7 @@ async fn hostile_keys_never_leave_a_local_output_and_control_characters_list() {
             .env("OUTPUT_URL", "")
             .env("OUTPUT_PATH", &out_dir),
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     let err = stderr(&out);
     for key in ["../x", "a/../../y", "/lead", "./dot"] {
         assert!(
@@ -258,8 +241,7 @@ fn walk(root: &std::path::Path) -> Vec<String> {
 
 #[tokio::test]
 async fn an_output_that_cannot_be_written_is_one_line_and_exit_2() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket("src").await;
+    let input = S3Server::with_bucket(S3Kind::S3sFs, "src").await;
     let objects: Vec<(String, Vec<u8>)> = (0..200)
         .map(|i| (format!("2024-01-01/k{i:03}"), data(i, 100)))
         .collect();
@@ -294,7 +276,7 @@ async fn an_output_that_cannot_be_written_is_one_line_and_exit_2() {
                 .env("OUTPUT_URL", "")
                 .env("OUTPUT_PATH", path),
         );
-        assert_eq!(out.status.code(), Some(exit), "{name}: {}", text(&out));
+        assert_exit_why(&out, exit, name);
         let err = stderr(&out);
         assert_eq!(err.trim().lines().count(), 1, "{name}: one line: {err}");
         assert!(err.contains(&needle), "{name}: names the path: {err}");
@@ -339,14 +321,13 @@ async fn an_endpoint_that_is_not_s3_is_reported_as_such() {
         access_key: "AK".into(),
         secret_key: "SK".into(),
     };
-    let output = S3Server::start(S3Kind::S3sFs);
-    output.create_bucket("dst").await;
+    let output = S3Server::with_bucket(S3Kind::S3sFs, "dst").await;
     for (name, bucket) in [
         ("a 404 page", "no-such-dir"),
         ("an HTML 200", "html-bucket"),
     ] {
         let out = sync(&web, bucket, &output, "dst", &[]);
-        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out));
+        assert_exit_why(&out, 2, name);
         let err = stderr(&out);
         assert!(
             err.contains("does not answer like an S3 server"),
@@ -370,16 +351,15 @@ async fn odd_local_names_are_reported_and_symlinks_not_followed() {
     std::os::unix::fs::symlink(&secret, input.join("link.txt")).unwrap();
     let output = dir.path().join("out");
     let out = egress_testkit::run(&mut super::local_command(&input, &output, &[]));
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let printed = stdout(&out);
-    assert!(
-        printed.contains("not valid UTF-8") && printed.contains("bad\u{FFFD}name.txt"),
-        "{printed}"
-    );
-    assert!(
-        printed.contains("symbolic link") && printed.contains("link.txt"),
-        "{printed}"
-    );
+    assert_exit(&out, 0);
+    for said in [
+        "not valid UTF-8",
+        "bad\u{FFFD}name.txt",
+        "symbolic link",
+        "link.txt",
+    ] {
+        assert_stdout_has(&out, said);
+    }
     assert_eq!(walk(&output), ["sub/ok.txt"]);
 }
 
@@ -579,7 +559,7 @@ async fn killed_mid_run_then_rerun(durability: &str) {
         "killed mid-run: {whole} objects, {temporary} temporary"
     );
     let out = egress_testkit::run(&mut copy());
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let mut copied = walk(&output);
     copied.retain(|n| !n.starts_with(".egress") && !n.contains(".egress-tmp-"));
     assert_eq!(copied.len(), objects, "every object once");
@@ -597,10 +577,7 @@ async fn killed_mid_run_then_rerun(durability: &str) {
 /// (or is seen waiting): the upload is still pending then.
 #[tokio::test]
 async fn two_overlapping_syncs_never_abort_each_others_uploads() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::Moto);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+    let (input, output) = src_and_dst(S3Kind::S3sFs, S3Kind::Moto).await;
     let seed_big = |folder: &'static str, seed: u64| {
         let input = &input;
         async move {
@@ -613,95 +590,29 @@ async fn two_overlapping_syncs_never_abort_each_others_uploads() {
     };
     seed_big("big", 0).await;
     let args = ["--jobs", "2"];
+    // A sync into `via` (the output, through a proxy) with `args`, started, its output piped.
+    let start = |via: &S3Endpoint, args: &[&str]| {
+        command(&input, "src", via, "dst", args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     // The second run finds the first one's lease: exit 3, nothing touched.
-    let (proxy, gate) = fixtures::gated_proxy(&output);
-    let via = output.s3().via(&proxy.endpoint);
-    let mut first = command(&input, "src", &via, "dst", &args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pending = output.wait_for_pending_upload("dst", &mut first).await;
+    let first = first_run(&output, "dst", |via| start(via, &args)).await;
     let second = sync(&input, "src", &output, "dst", &args);
-    assert_eq!(second.status.code(), Some(3), "{}", text(&second));
-    assert!(
-        stderr(&second).contains("another run holds the lease on s3://dst/.egress-sync-lease.json"),
-        "{}",
-        text(&second)
-    );
-    assert_still_pending(&output, &pending).await;
-    gate.set(true);
-    let first = first.wait_with_output().unwrap();
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
-    for out in [&first, &second] {
-        assert!(
-            !stdout(out).contains("aborted"),
-            "no upload was aborted: {}",
-            text(out)
-        );
-    }
+    let held = "another run holds the lease on s3://dst/.egress-sync-lease.json";
+    first.kept_out(&second, held).await;
     // Waiting instead: both succeed, one after the other. The second reads the lease
     // through a proxy of its own: two reads of it mean it found the lease live and waits.
     seed_big("late", 10).await;
     put_many(&input, "src", vec![("late.txt".into(), b"late".to_vec())]).await;
     let expected = contents(&input, "src", "").await;
-    let (proxy, gate) = fixtures::gated_proxy(&output);
-    let via = output.s3().via(&proxy.endpoint);
-    let mut first = command(&input, "src", &via, "dst", &args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pending = output.wait_for_pending_upload("dst", &mut first).await;
-    let watch = Proxy::start(&output.endpoint, None, None);
-    let mut second = command(
-        &input,
-        "src",
-        &output.s3().via(&watch.endpoint),
-        "dst",
-        &["--jobs", "2", "--wait-for-lease", "2m"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let started = std::time::Instant::now();
-    let lease_reads = || {
-        watch
-            .requests()
-            .iter()
-            .filter(|r| r.method == "GET" && r.target.contains(".egress-sync-lease.json"))
-            .count()
-    };
-    while lease_reads() < 2 {
-        assert!(
-            second.try_wait().unwrap().is_none(),
-            "the second run ended before it waited"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the second run never looked at the lease twice"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_still_pending(&output, &pending).await;
-    gate.set(true);
-    let first = first.wait_with_output().unwrap();
-    let second = egress_testkit::wait_for_exit(second, Duration::from_secs(180));
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
-    assert!(
-        stdout(&second).contains("waiting for another run's lease"),
-        "{}",
-        text(&second)
-    );
-    for out in [&first, &second] {
-        assert!(
-            !stdout(out).contains("aborted"),
-            "no upload was aborted: {}",
-            text(out)
-        );
-    }
+    let first = first_run(&output, "dst", |via| start(via, &args)).await;
+    let waiting = ["--jobs", "2", "--wait-for-lease", "2m"];
+    first
+        .waited_for(".egress-sync-lease.json", |via| start(via, &waiting))
+        .await;
     let mirror = contents(&output, "dst", "").await;
     assert_eq!(
         mirror.len(),
@@ -713,18 +624,6 @@ async fn two_overlapping_syncs_never_abort_each_others_uploads() {
         assert!(mirror.get(key) == Some(body), "{key}");
     }
     assert!(output.pending_uploads("dst").await.is_empty());
-}
-
-/// Every one of `uploads` (key, id) is still pending at `server`'s `dst`: nobody aborted
-/// them meanwhile.
-async fn assert_still_pending(server: &S3Server, uploads: &[(String, String)]) {
-    let now = server.pending_upload_ids("dst").await;
-    for upload in uploads {
-        assert!(
-            now.contains(upload),
-            "the first run's upload {upload:?} is no longer pending: {now:?}"
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -784,15 +683,11 @@ fn holding_proxy(server: &S3Server, hold: Held) -> Proxy {
 
 #[tokio::test]
 async fn a_redumped_day_is_handed_over_whole_whenever_the_mirror_stops() {
-    let input = S3Server::start(S3Kind::Moto);
-    let output = S3Server::start(S3Kind::Moto);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+    let (input, output) = src_and_dst(S3Kind::Moto, S3Kind::Moto).await;
     let gated = ["--require-manifest"];
     let (a1, b1) = (data(1, 6 * 1024 * 1024), data(2, 3000));
     let m1 = dump_day(&input, &a1, &b1).await;
-    let out = sync(&input, "src", &output, "dst", &gated);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    sync_ok(&input, &output, &gated);
     assert_eq!(day_at(&output, "dst").await.0, Some(m1.clone()));
 
     // A re-dump that stopped halfway at the input (manifest gone, one object new): the
@@ -803,8 +698,7 @@ async fn a_redumped_day_is_handed_over_whole_whenever_the_mirror_stops() {
         .put("src", &format!("{DAY}/b.csv.gz"), b2.clone())
         .await;
     let before = day_at(&output, "dst").await;
-    let out = sync(&input, "src", &output, "dst", &gated);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    sync_ok(&input, &output, &gated);
     assert!(
         day_at(&output, "dst").await == before,
         "the old day stays whole"
@@ -870,8 +764,7 @@ async fn a_redumped_day_is_handed_over_whole_whenever_the_mirror_stops() {
             );
         }
     }
-    let out = sync(&input, "src", &output, "dst", &gated);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    sync_ok(&input, &output, &gated);
     let (manifest, objects) = day_at(&output, "dst").await;
     assert_eq!(manifest, Some(m2), "the new day's manifest");
     assert!(
@@ -884,18 +777,12 @@ async fn a_redumped_day_is_handed_over_whole_whenever_the_mirror_stops() {
     );
     assert!(output.pending_uploads("dst").await.is_empty());
     let keys = output.keys("dst", "").await;
-    assert!(
-        !keys.iter().any(|k| k.starts_with(".egress")),
-        "no lease or mark left: {keys:?}"
-    );
+    assert_none(&keys, "no lease or mark left", |k| k.starts_with(".egress"));
 }
 
 #[tokio::test]
 async fn the_manifest_written_is_the_version_its_objects_were_checked_against() {
-    let input = S3Server::start(S3Kind::Moto);
-    let output = S3Server::start(S3Kind::Moto);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+    let (input, output) = src_and_dst(S3Kind::Moto, S3Kind::Moto).await;
     let (a, b) = (data(5, 4000), data(6, 5000));
     dump_day(&input, &a, &b).await;
     // The day is dumped again while the mirror copies it: its manifest changes under it.
@@ -931,12 +818,8 @@ async fn the_manifest_written_is_the_version_its_objects_were_checked_against() 
     let proxy = Proxy::start(&input.endpoint, Some(hook), None);
     let via = input.s3().via(&proxy.endpoint);
     let out = sync(&via, "src", &output, "dst", &["--require-manifest"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        stdout(&out).contains(&format!("day `input/src/{DAY}` left without its manifest at the output: the input's manifest changed during this run")),
-        "{}",
-        text(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, &format!("day `input/src/{DAY}` left without its manifest at the output: the input's manifest changed during this run"));
     assert!(last_line(&out).contains("held=1"), "{}", last_line(&out));
     // b was read after the re-dump began: it no longer matches the manifest read first;
     // not a failure of this run, as the day is being written again.
@@ -945,8 +828,7 @@ async fn the_manifest_written_is_the_version_its_objects_were_checked_against() 
     assert_eq!(manifest, None, "no manifest vouches for what was copied");
     assert_eq!(objects.len(), 1, "only a was copied: {objects:?}");
     // The next run hands the new day over whole.
-    let out = sync(&input, "src", &output, "dst", &["--require-manifest"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    sync_ok(&input, &output, &["--require-manifest"]);
     let (manifest, objects) = day_at(&output, "dst").await;
     assert_eq!(
         manifest,
@@ -960,45 +842,23 @@ async fn the_manifest_written_is_the_version_its_objects_were_checked_against() 
 
 #[tokio::test]
 async fn a_gated_dry_run_writes_nothing() {
-    let input = S3Server::start(S3Kind::Moto);
-    let output = S3Server::start(S3Kind::Moto);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+    let (input, output) = src_and_dst(S3Kind::Moto, S3Kind::Moto).await;
     dump_day(&input, &data(14, 4000), &data(15, 6 * 1024 * 1024)).await;
-    let out = sync(
-        &input,
-        "src",
-        &output,
-        "dst",
-        &["--require-manifest", "--dry-run"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        stdout(&out).contains("the day's manifest, last"),
-        "{}",
-        text(&out)
-    );
+    let out = sync_ok(&input, &output, &["--require-manifest", "--dry-run"]);
+    assert_stdout_has(&out, "the day's manifest, last");
     assert!(output.keys("dst", "").await.is_empty(), "nothing written");
 }
 
 #[tokio::test]
 async fn objects_a_day_does_not_list_stay_out_of_it_and_verify_names_them() {
-    let input = S3Server::start(S3Kind::Moto);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+    let (input, output) = src_and_dst(S3Kind::Moto, S3Kind::S3sFs).await;
     let (a, b) = (data(7, 4000), data(8, 5000));
     dump_day(&input, &a, &b).await;
     input
         .put("src", &format!("{DAY}/dropped_table.csv.gz"), data(9, 100))
         .await;
-    let out = sync(&input, "src", &output, "dst", &["--require-manifest"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        stdout(&out).contains(&format!("`input/src/{DAY}/dropped_table.csv.gz` is not listed in its day's manifest: not copied into the day")),
-        "{}",
-        text(&out)
-    );
+    let out = sync_ok(&input, &output, &["--require-manifest"]);
+    assert_stdout_has(&out, &format!("`input/src/{DAY}/dropped_table.csv.gz` is not listed in its day's manifest: not copied into the day"));
     assert!(
         last_line(&out).contains("unlisted=1"),
         "{}",
@@ -1013,28 +873,17 @@ async fn objects_a_day_does_not_list_stay_out_of_it_and_verify_names_them() {
     output
         .put("dst", &format!("{DAY}/stray.csv"), b"x".to_vec())
         .await;
-    let out = sync(&input, "src", &output, "dst", &["--verify"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        stdout(&out).contains(&format!(
-            "output {DAY}: UNLISTED {DAY}/stray.csv (not in the manifest)"
-        )),
-        "{}",
-        text(&out)
+    let out = sync_ok(&input, &output, &["--verify"]);
+    assert_stdout_has(
+        &out,
+        &format!("output {DAY}: UNLISTED {DAY}/stray.csv (not in the manifest)"),
     );
-    assert!(
-        stdout(&out).contains("1 more object(s) not in the manifest"),
-        "{}",
-        text(&out)
-    );
+    assert_stdout_has(&out, "1 more object(s) not in the manifest");
 }
 
 #[tokio::test]
 async fn filters_and_expiry_never_turn_a_day_into_a_failure() {
-    let input = S3Server::start(S3Kind::Moto);
-    let output = S3Server::start(S3Kind::Moto);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+    let (input, output) = src_and_dst(S3Kind::Moto, S3Kind::Moto).await;
     let (a, b) = (data(10, 4000), data(11, 5000));
     dump_day(&input, &a, &b).await;
     let gated = |extra: &[&'static str]| {
@@ -1044,14 +893,7 @@ async fn filters_and_expiry_never_turn_a_day_into_a_failure() {
     };
     // A table excluded: its day is copied without its manifest, with a warning, every run.
     for _ in 0..2 {
-        let out = sync(
-            &input,
-            "src",
-            &output,
-            "dst",
-            &gated(&["--exclude", "*/b.csv.gz"]),
-        );
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let out = sync_ok(&input, &output, &gated(&["--exclude", "*/b.csv.gz"]));
         assert!(
             stdout(&out).contains("WARN")
                 && stdout(&out).contains(
@@ -1069,46 +911,24 @@ async fn filters_and_expiry_never_turn_a_day_into_a_failure() {
         .put("src", "2024-08-02/_manifest.json", b"{".to_vec())
         .await;
     input.put("src", "2024-08-02/x.csv.gz", b"x".to_vec()).await;
-    let out = sync(
-        &input,
-        "src",
-        &output,
-        "dst",
-        &gated(&["--include", "*.csv.gz"]),
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        stdout(&out).contains("its _manifest.json is outside --include/--exclude"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        stdout(&out).contains("WARN folder `input/src/2024-08-02` has an unusable _manifest.json"),
-        "{}",
-        text(&out)
+    let out = sync_ok(&input, &output, &gated(&["--include", "*.csv.gz"]));
+    assert_stdout_has(&out, "its _manifest.json is outside --include/--exclude");
+    assert_stdout_has(
+        &out,
+        "WARN folder `input/src/2024-08-02` has an unusable _manifest.json",
     );
     assert_eq!(day_at(&output, "dst").await.0, None);
     // Mirrored whole, then the lifecycle rule expires one of its objects at the input.
-    let out = sync(
-        &input,
-        "src",
-        &output,
-        "dst",
-        &gated(&["--include", "2024-08-01/*"]),
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    sync_ok(&input, &output, &gated(&["--include", "2024-08-01/*"]));
     assert!(day_at(&output, "dst").await.0.is_some());
     input.delete("src", &format!("{DAY}/a.csv.gz")).await;
     for _ in 0..2 {
         // --remove leaves an object the day's manifest still lists.
-        let out = sync(
+        let out = sync_ok(
             &input,
-            "src",
             &output,
-            "dst",
             &gated(&["--include", "2024-08-01/*", "--remove", "--max-delete", "5"]),
         );
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         assert!(
             stdout(&out).contains(
                 "was mirrored already; the input has since lost 1 of its objects (expired?)"
@@ -1126,27 +946,15 @@ async fn filters_and_expiry_never_turn_a_day_into_a_failure() {
 
 #[tokio::test]
 async fn uploads_the_sync_did_not_start_are_left_alone() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::Moto);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+    let (input, output) = src_and_dst(S3Kind::S3sFs, S3Kind::Moto).await;
     input.put("src", "loose/x.bin", data(12, 1000)).await;
     let theirs = output
         .s3()
         .start_upload("dst", "another-app/export.bin")
         .await;
-    let out = sync(&input, "src", &output, "dst", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        stdout(&out).contains("left 1 unfinished upload(s) under the output alone: no egress-sync run marked them as its own"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        stdout(&out).contains("another-app/export.bin"),
-        "{}",
-        text(&out)
-    );
+    let out = sync_ok(&input, &output, &[]);
+    assert_stdout_has(&out, "left 1 unfinished upload(s) under the output alone: no egress-sync run marked them as its own");
+    assert_stdout_has(&out, "another-app/export.bin");
     assert_eq!(
         output.pending_uploads("dst").await,
         ["another-app/export.bin"],
@@ -1156,10 +964,7 @@ async fn uploads_the_sync_did_not_start_are_left_alone() {
 
 #[tokio::test]
 async fn an_unreadable_mirror_lease_is_one_line() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::Moto);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+    let (input, output) = src_and_dst(S3Kind::S3sFs, S3Kind::Moto).await;
     input.put("src", "loose/x.bin", data(13, 100)).await;
     output
         .put(
@@ -1170,7 +975,7 @@ async fn an_unreadable_mirror_lease_is_one_line() {
         .await;
     let started = std::time::Instant::now();
     let out = sync(&input, "src", &output, "dst", &["--lease-ttl", "4s"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_exit(&out, 3);
     let line = stderr(&out);
     assert!(
         line.contains("a lease object this version cannot read"),
@@ -1179,13 +984,8 @@ async fn an_unreadable_mirror_lease_is_one_line() {
     assert_eq!(line.trim().lines().count(), 1, "{line}");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     let args = ["--lease-ttl", "4s", "--wait-for-lease", "30s"];
-    let out = sync(&input, "src", &output, "dst", &args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        stdout(&out).contains("took over the lease of a run that is gone"),
-        "{}",
-        text(&out)
-    );
+    let out = sync_ok(&input, &output, &args);
+    assert_stdout_has(&out, "took over the lease of a run that is gone");
     assert_eq!(output.get("dst", "loose/x.bin").await, data(13, 100));
 }
 

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use egress_testkit::assert_exit;
+use egress_testkit::assert_exit_why;
 use egress_testkit::{text, PgServer};
 use serde_json::{json, Value};
 
@@ -37,12 +39,7 @@ struct Days {
 
 impl Days {
     async fn new(schema: &str) -> Days {
-        let pg = PgServer::start();
-        pg.client()
-            .await
-            .batch_execute(schema)
-            .await
-            .expect("schema");
+        let pg = pg_with(schema).await;
         Days {
             pg,
             input: tempfile::tempdir().expect("tmp"),
@@ -69,7 +66,7 @@ impl Days {
             .arg("--output")
             .arg(format!("file://{}", self.input.path().display()));
         let out = egress_testkit::run(&mut cmd);
-        assert_eq!(out.status.code(), Some(0), "dump {date}: {}", text(&out));
+        assert_exit_why(&out, 0, &format!("dump {date}"));
     }
 
     /// egress-sync from the input into the output, committing to Iceberg tables.
@@ -156,13 +153,29 @@ impl Days {
     }
 }
 
+/// Assert that both readers (pyiceberg and duckdb) count the rows of each day as `counts`
+/// in `got` (what [`Days::read`] returned).
+#[track_caller]
+fn assert_counts(got: &Value, counts: &Value) {
+    for reader in ["pyiceberg", "duckdb"] {
+        assert_eq!(&got[reader]["counts"], counts, "{reader}: {got}");
+    }
+}
+
+/// PostgreSQL holding the tables `schema` (SQL) makes.
+async fn pg_with(schema: &str) -> PgServer {
+    let pg = PgServer::start();
+    pg.client()
+        .await
+        .batch_execute(schema)
+        .await
+        .expect("schema");
+    pg
+}
+
+/// The test venv's python, with pyiceberg, duckdb and its iceberg extension.
 fn python() -> PathBuf {
-    egress_testkit::process::find_binary(
-        "python",
-        "EGRESS_PYTHON",
-        &[PathBuf::from("/opt/egress-py/bin")],
-        "bash scripts/install-test-deps.sh (a venv at /opt/egress-py with pyiceberg, duckdb and its iceberg extension)",
-    )
+    egress_testkit::process::venv_python("pyiceberg, duckdb and its iceberg extension")
 }
 
 /// Run the readers on `spec` (see read_iceberg.py); each reader's result, checked to hold
@@ -201,7 +214,7 @@ async fn a_mirrored_week_is_one_table_read_alike_by_pyiceberg_and_duckdb() {
         days.sql(&orders_of_day(n as u32 + 1)).await;
         days.dump(date, "orders", "parquet");
         let out = days.sync(&[]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_exit(&out, 0);
         assert!(
             text(&out).contains(&format!("day {date} added to Iceberg table egress.orders")),
             "{}",
@@ -211,8 +224,8 @@ async fn a_mirrored_week_is_one_table_read_alike_by_pyiceberg_and_duckdb() {
     let want = days.manifest_rows("orders");
     assert_eq!(want.len(), 7);
     let got = days.read("orders", Some("2024-03-04"), None);
+    assert_counts(&got, &counts(&want));
     for reader in ["pyiceberg", "duckdb"] {
-        assert_eq!(got[reader]["counts"], counts(&want), "{reader}: {got}");
         assert_eq!(
             got[reader]["rows"],
             days.parquet_rows("2024-03-04", "orders"),
@@ -250,7 +263,7 @@ async fn a_mirrored_week_is_one_table_read_alike_by_pyiceberg_and_duckdb() {
 
     // A run with nothing new commits nothing.
     let out = days.sync(&[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert!(
         !text(&out).contains("Iceberg table egress.orders"),
         "{}",
@@ -261,13 +274,7 @@ async fn a_mirrored_week_is_one_table_read_alike_by_pyiceberg_and_duckdb() {
     let third = py["snapshots"][2][0].as_i64().expect("id");
     let then = days.read("orders", None, Some(third));
     let first_three: BTreeMap<String, u64> = want.into_iter().take(3).collect();
-    for reader in ["pyiceberg", "duckdb"] {
-        assert_eq!(
-            then[reader]["counts"],
-            counts(&first_three),
-            "{reader}: {then}"
-        );
-    }
+    assert_counts(&then, &counts(&first_three));
 }
 
 /// The schema follows the source: a column added upstream is a new optional field that
@@ -295,7 +302,7 @@ async fn the_schema_follows_the_source_and_refuses_what_iceberg_cannot_express()
         .await;
     days.dump("2024-04-02", "items", "parquet");
     let out = days.sync(&[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
 
     let got = days.read("items", Some("2024-04-01"), None);
     let py = &got["pyiceberg"];
@@ -324,23 +331,19 @@ async fn the_schema_follows_the_source_and_refuses_what_iceberg_cannot_express()
     }
     for reader in ["pyiceberg", "duckdb"] {
         assert_eq!(
-            got[reader]["counts"],
-            json!({"2024-04-01": 5, "2024-04-02": 10}),
-            "{reader}: {got}"
-        );
-        assert_eq!(
             got[reader]["rows"], first_day,
             "{reader} reads the earlier day's new column as NULL"
         );
     }
 
+    assert_counts(&got, &json!({"2024-04-01": 5, "2024-04-02": 10}));
     // A column retyped: refused, named, the day mirrored, the table as it was.
     days.sql("ALTER TABLE items ALTER COLUMN label TYPE int USING length(label);")
         .await;
     days.dump("2024-04-03", "items", "parquet");
     let before = days.metadata("items");
     let out = days.sync(&[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_exit(&out, 1);
     let line = egress_testkit::stderr(&out);
     assert!(
         text(&out).contains(
@@ -376,29 +379,28 @@ async fn a_redumped_day_replaces_its_rows_and_a_removed_day_leaves_the_table() {
         days.dump(&format!("2024-03-0{n}"), "orders", "parquet");
     }
     let out = days.sync(&[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
 
     days.sql("DELETE FROM orders WHERE id % 2 = 0;").await;
     days.dump("2024-03-02", "orders", "parquet");
     let out = days.sync(&[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let got = days.read("orders", Some("2024-03-02"), None);
     for reader in ["pyiceberg", "duckdb"] {
-        assert_eq!(
-            got[reader]["counts"],
-            json!({"2024-03-01": 10, "2024-03-02": 15, "2024-03-03": 30}),
-            "{reader}: {got}"
-        );
         assert_eq!(
             got[reader]["rows"],
             days.parquet_rows("2024-03-02", "orders"),
             "{reader}"
         );
     }
+    assert_counts(
+        &got,
+        &json!({"2024-03-01": 10, "2024-03-02": 15, "2024-03-03": 30}),
+    );
 
     std::fs::remove_dir_all(days.input.path().join("2024-03-01")).expect("remove a day");
     let out = days.sync(&["--remove", "--max-delete", "10"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert!(
         !days.output.path().join("2024-03-01").exists(),
         "{}",
@@ -409,13 +411,7 @@ async fn a_redumped_day_replaces_its_rows_and_a_removed_day_leaves_the_table() {
         "--remove leaves the warehouse alone"
     );
     let got = days.read("orders", None, None);
-    for reader in ["pyiceberg", "duckdb"] {
-        assert_eq!(
-            got[reader]["counts"],
-            json!({"2024-03-02": 15, "2024-03-03": 30}),
-            "{reader}: {got}"
-        );
-    }
+    assert_counts(&got, &json!({"2024-03-02": 15, "2024-03-03": 30}));
     let ops: Vec<Value> = got["pyiceberg"]["snapshots"]
         .as_array()
         .expect("snapshots")
@@ -437,7 +433,7 @@ async fn a_redumped_day_replaces_its_rows_and_a_removed_day_leaves_the_table() {
 
     days.dump("2024-03-04", "orders", "csv");
     let out = days.sync(&[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     assert!(days.output.path().join("2024-03-04/orders.csv.gz").exists());
     assert!(
         text(&out).contains(
@@ -458,12 +454,7 @@ struct S3Days {
 impl S3Days {
     async fn new(count: u32) -> S3Days {
         use egress_testkit::{S3Kind, S3Server};
-        let pg = PgServer::start();
-        pg.client()
-            .await
-            .batch_execute(ORDERS)
-            .await
-            .expect("schema");
+        let pg = pg_with(ORDERS).await;
         let (input, output) = (
             S3Server::start(S3Kind::S3sFs),
             S3Server::start(S3Kind::S3sFs),
@@ -492,7 +483,7 @@ impl S3Days {
                     "s3://days/pg",
                 ]);
             let out = egress_testkit::run(&mut cmd);
-            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            assert_exit(&out, 0);
         }
         days
     }
@@ -577,7 +568,7 @@ async fn two_shares_commit_s3_days_through_a_sql_catalog_at_once() {
         .collect();
     for share in shares {
         let out = share.wait_with_output().expect("share");
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_exit(&out, 0);
         assert!(
             !text(&out).contains(&url),
             "the catalog's URL (its password) is never printed"
@@ -604,7 +595,6 @@ async fn two_shares_commit_s3_days_through_a_sql_catalog_at_once() {
     let got = read(&spec);
     let want = json!({"2024-03-01": 10, "2024-03-02": 20, "2024-03-03": 30, "2024-03-04": 40, "2024-03-05": 50, "2024-03-06": 60});
     for reader in ["pyiceberg", "duckdb"] {
-        assert_eq!(got[reader]["counts"], want, "{reader}: {got}");
         assert_eq!(
             got[reader]["rows"].as_array().map(Vec::len),
             Some(50),
@@ -629,9 +619,10 @@ async fn a_sync_killed_mid_commit_leaves_the_last_version_and_the_next_run_finis
     let days = S3Days::new(2).await;
     let upstream = days.output.s3().endpoint.clone();
     // A first run commits the first day only.
+    assert_counts(&got, &want);
     let out =
         egress_testkit::run(&mut days.sync_command(&upstream, &["--include", "2024-03-01/*"]));
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let first = days.metadata("orders").await;
 
     for (moment, kill_at) in [
@@ -681,20 +672,14 @@ async fn a_sync_killed_mid_commit_leaves_the_last_version_and_the_next_run_finis
         std::thread::sleep(std::time::Duration::from_secs(6));
     }
     let out = egress_testkit::run(&mut days.sync_command(&upstream, &[]));
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let now = days.metadata("orders").await;
     assert!(
         now.ends_with("/v2.metadata.json"),
         "the published version is found and named: {now}"
     );
     let got = days.read(&now, None);
-    for reader in ["pyiceberg", "duckdb"] {
-        assert_eq!(
-            got[reader]["counts"],
-            json!({"2024-03-01": 10, "2024-03-02": 20}),
-            "{reader}: {got}"
-        );
-    }
+    assert_counts(&got, &json!({"2024-03-01": 10, "2024-03-02": 20}));
     assert_eq!(
         got["pyiceberg"]["snapshots"].as_array().map(Vec::len),
         Some(2),
@@ -739,8 +724,7 @@ async fn a_commit_at_365_days_reads_and_writes_a_bounded_amount_of_metadata() {
     for n in 1..364 {
         copy_day(days.input.path(), "2024-01-01", &date(n));
     }
-    let output = S3Server::start(S3Kind::S3sFs);
-    output.create_bucket("mirror").await;
+    let output = S3Server::with_bucket(S3Kind::S3sFs, "mirror").await;
     let sync = |endpoint: &str| {
         let s3 = output.s3().via(endpoint);
         let mut cmd = egress_testkit::clean_command(env!("CARGO_BIN_EXE_egress-sync"));
@@ -753,14 +737,14 @@ async fn a_commit_at_365_days_reads_and_writes_a_bounded_amount_of_metadata() {
         egress_testkit::run(&mut cmd)
     };
     let out = sync(&output.s3().endpoint);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
 
     copy_day(days.input.path(), "2024-01-01", &date(364));
     let proxy = egress_testkit::proxy::Proxy::start(&output.s3().endpoint, None, None);
     let started = std::time::Instant::now();
     let out = sync(&proxy.endpoint);
     let seconds = started.elapsed().as_secs_f64();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let mut count: BTreeMap<String, u64> = BTreeMap::new();
     let (mut read, mut written) = (0usize, 0usize);
     for seen in proxy

@@ -14,7 +14,7 @@ use egress_testkit::{
     last_line, stderr, stdout, text, CephRgw, Endpoint, S3Kind, S3Server,
 };
 
-use super::sync;
+use super::{src_and_dst, sync, sync_ok};
 use egress_testkit::peak_rss_mib;
 
 /// Odd part sizes: 5 MiB + 7 MiB + 1 byte.
@@ -169,23 +169,19 @@ async fn mirror_keeps_the_source_form(
 
 #[tokio::test]
 async fn ceph_to_ceph_and_moto_to_ceph_keep_etags_and_a_noop_run_only_lists() {
-    let ceph = CephRgw::start();
-    ceph.create_bucket("src").await;
+    let ceph = CephRgw::with_bucket("src").await;
     // Ceph RGW 16 ignores ?partNumber: the manifest tells the odd part sizes, equal parts
     // are guessed (and confirmed by the composite ETag).
     mirror_keeps_the_source_form(&ceph, &ceph, "dst", true).await;
     // moto answers ?partNumber, so the odd part sizes are learned without a manifest.
-    let moto = S3Server::start(S3Kind::Moto);
-    moto.create_bucket("src").await;
+    let moto = S3Server::with_bucket(S3Kind::Moto, "src").await;
     mirror_keeps_the_source_form(&moto, &ceph, "from-moto", false).await;
 }
 
 #[tokio::test]
 async fn a_byte_damaged_in_flight_is_refused_before_it_is_visible_and_the_retry_succeeds() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let ceph = CephRgw::start();
-    input.create_bucket("src").await;
-    ceph.create_bucket("dst").await;
+    let input = S3Server::with_bucket(S3Kind::S3sFs, "src").await;
+    let ceph = CephRgw::with_bucket("dst").await;
     let single = data(1, 3 * MIB);
     let multi = data(2, 10 * MIB + 1);
     put_many(&input, "src", vec![("single.bin".into(), single.clone())]).await;
@@ -234,12 +230,11 @@ async fn a_byte_damaged_in_flight_is_refused_before_it_is_visible_and_the_retry_
     );
 }
 
-/// Two s3s-fs servers: the input's bucket `src` holding `objects`, the output's `dst` empty.
-async fn s3s_fs_pair(objects: Vec<(String, Vec<u8>)>) -> (S3Server, S3Server) {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+/// Two s3s-fs servers: the input's bucket `src` holding `count` objects of `len` bytes
+/// (object `i` named `key(i)`, its bytes `data(i, len)`), the output's `dst` empty.
+async fn s3s_fs_pair(count: u64, len: usize, key: impl Fn(u64) -> String) -> (S3Server, S3Server) {
+    let (input, output) = src_and_dst(S3Kind::S3sFs, S3Kind::S3sFs).await;
+    let objects = (0..count).map(|i| (key(i), data(i, len))).collect();
     put_many(&input, "src", objects).await;
     (input, output)
 }
@@ -250,29 +245,30 @@ async fn s3s_fs_pair(objects: Vec<(String, Vec<u8>)>) -> (S3Server, S3Server) {
 /// With `--remove`, the 15 unlisted objects would have been deleted from the output.
 #[tokio::test]
 async fn a_damaged_listing_page_is_read_again_or_stops_the_run_and_deletes_nothing() {
-    let objects = (0..20)
-        .map(|i| (format!("k{i:02}"), data(i, 100)))
-        .collect();
-    let (input, output) = s3s_fs_pair(objects).await;
-    let out = sync(&input, "src", &output, "dst", &[]);
-    assert_exit(&out, 0);
+    let (input, output) = s3s_fs_pair(20, 100, |i| format!("k{i:02}")).await;
+    sync_ok(&input, &output, &[]);
     let remove = ["--remove", "--max-delete", "100"];
-    let damage = |times| EditReply {
-        target: "list-type=2".into(),
-        find: b"<Key>k05".to_vec(),
-        replace: b"<Kez>k05".to_vec(),
-        times,
+    // A run with --remove whose listing pages are damaged `times` times.
+    let damaged = |times| {
+        let damage = EditReply {
+            target: "list-type=2".into(),
+            find: b"<Key>k05".to_vec(),
+            replace: b"<Kez>k05".to_vec(),
+            times,
+        };
+        let proxy = Proxy::editing_replies(&input.endpoint, damage);
+        let out = sync(
+            &input.s3().via(&proxy.endpoint),
+            "src",
+            &output,
+            "dst",
+            &remove,
+        );
+        (proxy, out)
     };
 
     // Damaged every time: the run stops with one line, and deletes nothing.
-    let proxy = Proxy::editing_replies(&input.endpoint, damage(usize::MAX));
-    let out = sync(
-        &input.s3().via(&proxy.endpoint),
-        "src",
-        &output,
-        "dst",
-        &remove,
-    );
+    let (proxy, out) = damaged(usize::MAX);
     assert!(proxy.edited() >= 1, "a page was damaged");
     assert_exit(&out, 1);
     let said = stderr(&out);
@@ -286,14 +282,7 @@ async fn a_damaged_listing_page_is_read_again_or_stops_the_run_and_deletes_nothi
     assert_eq!(output.keys("dst", "k").await.len(), 20, "nothing deleted");
 
     // Damaged once: the page is asked again, and the run completes without deleting.
-    let proxy = Proxy::editing_replies(&input.endpoint, damage(1));
-    let out = sync(
-        &input.s3().via(&proxy.endpoint),
-        "src",
-        &output,
-        "dst",
-        &remove,
-    );
+    let (proxy, out) = damaged(1);
     assert_eq!(proxy.edited(), 1, "one page was damaged");
     assert!(
         proxy
@@ -309,14 +298,10 @@ async fn a_damaged_listing_page_is_read_again_or_stops_the_run_and_deletes_nothi
 
 #[tokio::test]
 async fn an_earlier_versions_records_file_is_removed_and_nothing_is_copied_again() {
-    let objects = (0..30)
-        .map(|i| (format!("d/{i}.bin"), data(i, 500)))
-        .collect();
-    let (input, output) = s3s_fs_pair(objects).await;
+    let (input, output) = s3s_fs_pair(30, 500, |i| format!("d/{i}.bin")).await;
     let legacy = data(99, 12 * MIB);
     put_parts(&input, "src", "d/legacy.bin", &legacy, &[6 * MIB, 6 * MIB]).await;
-    let out = sync(&input, "src", &output, "dst", &[]);
-    assert_exit(&out, 0);
+    sync_ok(&input, &output, &[]);
     // What an earlier version left: its records file, and a copy in its own part layout
     // (another ETag) whose metadata records the source, under the names it used.
     let listed = input
@@ -348,8 +333,7 @@ async fn an_earlier_versions_records_file_is_removed_and_nothing_is_copied_again
             br#"{"version":1,"source":"x","records":{}}"#.to_vec(),
         )
         .await;
-    let out = sync(&input, "src", &output, "dst", &[]);
-    assert_exit(&out, 0);
+    let out = sync_ok(&input, &output, &[]);
     assert!(
         last_line(&out).contains("copied=0"),
         "nothing copied again: {}",
@@ -417,10 +401,7 @@ async fn memory_stays_bounded_whatever_the_objects_and_the_jobs() {
         assert!(rss < LIMIT_MIB, "{run}: {keys} objects took {rss} MiB");
     }
 
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+    let (input, output) = src_and_dst(S3Kind::S3sFs, S3Kind::S3sFs).await;
     for i in 0..6u64 {
         let big = data(i, 48 * MIB);
         put_parts(
@@ -438,8 +419,7 @@ async fn memory_stays_bounded_whatever_the_objects_and_the_jobs() {
         vec![("single.bin".into(), data(9, 40 * MIB))],
     )
     .await;
-    let out = sync(&input, "src", &output, "dst", &["--jobs", "256"]);
-    assert_exit(&out, 0);
+    let out = sync_ok(&input, &output, &["--jobs", "256"]);
     let rss = peak_rss_mib(&out);
     assert!(
         rss < LIMIT_MIB,
@@ -452,10 +432,7 @@ async fn memory_stays_bounded_whatever_the_objects_and_the_jobs() {
 /// any other: it is never held whole, whatever its size against the memory budget.
 #[tokio::test]
 async fn a_checked_single_part_object_is_streamed_not_held() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket("src").await;
-    output.create_bucket("dst").await;
+    let (input, output) = src_and_dst(S3Kind::S3sFs, S3Kind::S3sFs).await;
     let big = data(21, 96 * MIB);
     let manifest = egress_testkit::fixtures::manifest_json("2024-02-01", &[("one.csv.gz", &big)]);
     put_many(
@@ -468,8 +445,7 @@ async fn a_checked_single_part_object_is_streamed_not_held() {
     )
     .await;
     let args = ["--require-manifest", "--memory-budget-mib", "16"];
-    let out = sync(&input, "src", &output, "dst", &args);
-    assert_exit(&out, 0);
+    let out = sync_ok(&input, &output, &args);
     assert_stdout_has(&out, "verified=\"size+md5+manifest-sha256\"");
     let rss = peak_rss_mib(&out);
     println!("a 96 MiB single-part object checked against its manifest: peak RSS {rss} MiB");

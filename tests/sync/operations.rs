@@ -3,13 +3,12 @@
 //! sides against s3s-fs, moto and Ceph RGW.
 
 use std::collections::BTreeMap;
-use std::process::Output;
 
+use egress_testkit::assert_check_ok;
 use egress_testkit::fixtures::{self, data, manifest_json, put_many};
-use egress_testkit::pushgateway::{Pushgateway, Sample};
+use egress_testkit::pushgateway::{assert_last_run, Pushgateway, Sample};
 use egress_testkit::{
-    assert_exit, assert_exit_why, assert_stderr_has, assert_stdout_has, stdout, text, CephRgw,
-    Endpoint, S3Kind, S3Server,
+    assert_exit, assert_stderr_has, assert_stdout_has, text, CephRgw, Endpoint, S3Kind, S3Server,
 };
 
 use super::sync;
@@ -30,10 +29,8 @@ fn actions(samples: &[Sample]) -> BTreeMap<String, f64> {
 
 #[tokio::test]
 async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
-    let input = S3Server::start(S3Kind::S3sFs);
-    let output = S3Server::start(S3Kind::S3sFs);
-    input.create_bucket("in-bucket").await;
-    output.create_bucket("out-bucket").await;
+    let input = S3Server::with_bucket(S3Kind::S3sFs, "in-bucket").await;
+    let output = S3Server::with_bucket(S3Kind::S3sFs, "out-bucket").await;
     let objects: Vec<(String, Vec<u8>)> = (0..5)
         .map(|i| {
             (
@@ -45,25 +42,11 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
     let bytes: usize = objects.iter().map(|(_, b)| b.len()).sum();
     put_many(&input, "in-bucket", objects.clone()).await;
     let gateway = Pushgateway::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sync.prom");
-    let args = [
-        "--pushgateway",
-        gateway.url.as_str(),
-        "--metrics-file",
-        file.to_str().unwrap(),
-    ];
+    let file = gateway.file("sync.prom");
+    let args = gateway.flags(&file);
     let out = sync(&input, "in-bucket", &output, "out-bucket", &args);
     assert_exit(&out, 0);
-    let pushed = gateway.samples("egress-sync");
-    // What Prometheus scrapes from the Pushgateway for this job (shown with --no-capture).
-    for line in gateway
-        .scrape()
-        .lines()
-        .filter(|l| l.contains(r#"job="egress-sync""#))
-    {
-        println!("{line}");
-    }
+    let pushed = gateway.samples_shown("egress-sync");
     let expected: BTreeMap<String, f64> = [
         ("copied", 5.0),
         ("deleted", 0.0),
@@ -108,11 +91,7 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
     let out = sync(&input, "in-bucket", &output, "out-bucket", &gated);
     assert_exit(&out, 1);
     let after = gateway.samples("egress-sync");
-    assert_eq!(one(&after, "egress_last_run_exit_code"), 1.0);
-    assert_eq!(
-        one(&after, "egress_last_success_timestamp_seconds"),
-        success
-    );
+    assert_last_run(&after, one, 1.0, success);
     let expected: BTreeMap<String, f64> = [
         ("copied", 1.0), // the first day's manifest
         ("deleted", 0.0),
@@ -136,22 +115,9 @@ async fn sync_metrics_count_each_action_and_a_failure_keeps_the_last_success() {
     );
 }
 
-fn lines(out: &Output) -> Vec<(String, String)> {
-    stdout(out)
-        .lines()
-        .filter(|l| l.starts_with("ok ") || l.starts_with("absent ") || l.starts_with("FAIL "))
-        .map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            let capability = l.get(16..42).map(str::trim).unwrap_or_default();
-            (fields[0].to_string(), format!("{} {capability}", fields[1]))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn check_reads_the_input_and_exercises_the_output_on_each_store() {
-    let input = S3Server::start(S3Kind::Moto);
-    input.create_bucket("in-bucket").await;
+    let input = S3Server::with_bucket(S3Kind::Moto, "in-bucket").await;
     put_many(
         &input,
         "in-bucket",
@@ -178,22 +144,15 @@ async fn check_reads_the_input_and_exercises_the_output_on_each_store() {
             "out-bucket/mirror",
             &["--check"],
         );
-        assert_exit_why(&out, 0, name);
-        let found = lines(&out);
-        println!("--- {name}\n{}", stdout(&out));
-        for wanted in [
+        let capabilities = [
             "input credentials and bucket",
             "input list",
             "input ranged GET",
             "input HEAD ?partNumber",
             "output multipart upload",
             "output PUT + GET + DELETE",
-        ] {
-            assert!(
-                found.contains(&("ok".to_string(), wanted.to_string())),
-                "{name}: {wanted}: {found:?}"
-            );
-        }
+        ];
+        assert_check_ok(&out, name, &capabilities);
         assert!(
             output.s3().keys("out-bucket", "").await.is_empty(),
             "{name}: nothing left"

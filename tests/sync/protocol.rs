@@ -34,6 +34,19 @@ async fn servers_with_day(a: &[u8], b: &[u8]) -> (S3Server, S3Server, Vec<u8>) {
     (input, output, manifest)
 }
 
+/// Put at the input, as the day's manifest, `good` as `edit` changes it.
+async fn put_edited(input: &S3Server, good: &[u8], edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut value: serde_json::Value = serde_json::from_slice(good).unwrap();
+    edit(&mut value);
+    let edited = serde_json::to_vec_pretty(&value).unwrap();
+    input.put("src", &manifest_key(), edited).await;
+}
+
+/// [`servers_with_day`] of two small objects, of the seeds `seed` and `seed + 1`.
+async fn servers_with_small_day(seed: u64) -> (S3Server, S3Server, Vec<u8>) {
+    servers_with_day(&data(seed, 3000), &data(seed + 1, 2000)).await
+}
+
 /// A gated sync that fails (exit 1) saying `why`.
 fn refused(input: &S3Server, output: &S3Server, why: &str) -> std::process::Output {
     let out = sync(input, "src", output, "dst", &GATED);
@@ -70,16 +83,15 @@ async fn an_object_the_output_had_is_read_back_before_a_manifest_vouches_for_it(
 
 #[tokio::test]
 async fn a_manifest_whose_hash_is_wrong_for_skipped_objects_is_not_published() {
-    let (a, b) = (data(4, 3000), data(5, 2000));
-    let (input, output, good) = servers_with_day(&a, &b).await;
+    let (input, output, good) = servers_with_small_day(4).await;
     sync_ok(&input, &output, &GATED);
     // A manifest whose SHA-256 for `a` is wrong: every object is unchanged (skipped), so
     // only reading them back can tell.
-    let mut value: serde_json::Value = serde_json::from_slice(&good).unwrap();
-    value["tables"][0]["sha256"] = serde_json::json!("0".repeat(64));
-    value["run_finished"] = serde_json::json!("2024-09-01T01:00:00.000Z");
-    let wrong = serde_json::to_vec_pretty(&value).unwrap();
-    input.put("src", &manifest_key(), wrong).await;
+    put_edited(&input, &good, |value| {
+        value["tables"][0]["sha256"] = serde_json::json!("0".repeat(64));
+        value["run_finished"] = serde_json::json!("2024-09-01T01:00:00.000Z");
+    })
+    .await;
     refused(&input, &output, "a.csv.gz does not match its manifest");
     // Nothing of the day changed at the output: its manifest there stays, and it is true.
     assert_eq!(output.get("dst", &manifest_key()).await, good);
@@ -88,13 +100,12 @@ async fn a_manifest_whose_hash_is_wrong_for_skipped_objects_is_not_published() {
 
 #[tokio::test]
 async fn a_manifest_listing_an_object_twice_or_too_large_is_refused_in_one_line() {
-    let (a, b) = (data(6, 3000), data(7, 2000));
-    let (input, output, good) = servers_with_day(&a, &b).await;
-    let mut value: serde_json::Value = serde_json::from_slice(&good).unwrap();
-    let first = value["tables"][0].clone();
-    value["tables"].as_array_mut().unwrap().push(first);
-    let twice = serde_json::to_vec(&value).unwrap();
-    input.put("src", &manifest_key(), twice).await;
+    let (input, output, good) = servers_with_small_day(6).await;
+    put_edited(&input, &good, |value| {
+        let first = value["tables"][0].clone();
+        value["tables"].as_array_mut().unwrap().push(first);
+    })
+    .await;
     refused(&input, &output, "it lists 'a.csv.gz' more than once");
     assert!(output
         .keys("dst", "")

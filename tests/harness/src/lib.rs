@@ -115,6 +115,46 @@ pub fn assert_last_line_has(out: &std::process::Output, needle: &str) {
     assert!(last_line(out).contains(needle), "{}", text(out));
 }
 
+/// The capability lines a `--check` run printed, as `(status, "side capability")` pairs
+/// (`("ok", "output list")`).
+pub fn check_lines(out: &std::process::Output) -> Vec<(String, String)> {
+    stdout(out)
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("absent ") || l.starts_with("FAIL "))
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let capability = l.get(16..42).map(str::trim).unwrap_or_default();
+            (fields[0].to_string(), format!("{} {capability}", fields[1]))
+        })
+        .collect()
+}
+
+/// Assert that a `--check` run named `name` ended with exit 0 and that each of
+/// `capabilities` has a line, every one of its lines `ok`; returns its capability lines (its
+/// stdout printed: shown with --no-capture).
+#[track_caller]
+pub fn assert_check_ok(
+    out: &std::process::Output,
+    name: &str,
+    capabilities: &[&str],
+) -> Vec<(String, String)> {
+    assert_exit_why(out, 0, name);
+    println!("--- {name}\n{}", stdout(out));
+    let lines = check_lines(out);
+    for capability in capabilities {
+        let mut statuses = lines
+            .iter()
+            .filter(|(_, c)| c == capability)
+            .map(|(s, _)| s);
+        let first = statuses.next();
+        assert!(
+            first.is_some_and(|s| s == "ok") && statuses.all(|s| s == "ok"),
+            "{name}: {capability}: {lines:?}"
+        );
+    }
+    lines
+}
+
 /// The peak resident set a run reports on its last line (`peak_rss_mib=`).
 pub fn peak_rss_mib(out: &std::process::Output) -> f64 {
     let line = last_line(out);

@@ -24,6 +24,17 @@ pub fn find_binary(name: &str, env_var: &str, extra_dirs: &[PathBuf], install: &
     panic!("test server binary '{name}' not found (set {env_var} or put it on PATH); install it with: {install}");
 }
 
+/// The test venv's python (`$EGRESS_PYTHON`, else /opt/egress-py/bin), its install hint
+/// naming the `packages` a test needs of it.
+pub fn venv_python(packages: &str) -> PathBuf {
+    find_binary(
+        "python",
+        "EGRESS_PYTHON",
+        &[PathBuf::from("/opt/egress-py/bin")],
+        &format!("bash scripts/install-test-deps.sh (a venv at /opt/egress-py with {packages})"),
+    )
+}
+
 /// The user to run servers as: ourselves, or `postgres` (then `nobody`) when we are root,
 /// because PostgreSQL refuses to run as root.
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -77,6 +77,27 @@ impl Pushgateway {
         }
     }
 
+    /// A path for a metrics file named `name`, in this Pushgateway's own temporary folder.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self._dir.path().join(name)
+    }
+
+    /// The flags that push a run's metrics here and write them to `file` too.
+    pub fn flags<'a>(&'a self, file: &'a Path) -> [&'a str; 4] {
+        let file = file.to_str().expect("a UTF-8 path");
+        ["--pushgateway", &self.url, "--metrics-file", file]
+    }
+
+    /// [`Pushgateway::samples`] of `job`, once the lines Prometheus scrapes for it are
+    /// printed (shown with --no-capture).
+    pub fn samples_shown(&self, job: &str) -> Vec<Sample> {
+        let wanted = format!("job=\"{job}\"");
+        for line in self.scrape().lines().filter(|l| l.contains(&wanted)) {
+            println!("{line}");
+        }
+        self.samples(job)
+    }
+
     /// The scraped samples pushed under `job`.
     pub fn samples(&self, job: &str) -> Vec<Sample> {
         parse(&self.scrape())
@@ -91,6 +112,20 @@ impl Drop for Pushgateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Assert that `samples` (each metric's value read by `read`) show a last run that exited
+/// with `code`, and the last success still at `success`.
+#[track_caller]
+pub fn assert_last_run(
+    samples: &[Sample],
+    read: impl Fn(&[Sample], &str) -> f64,
+    code: f64,
+    success: f64,
+) {
+    assert_eq!(read(samples, "egress_last_run_exit_code"), code);
+    let last_success = read(samples, "egress_last_success_timestamp_seconds");
+    assert_eq!(last_success, success, "the last success stays");
 }
 
 /// The samples of an exposition text (comments skipped; label values unescaped).
