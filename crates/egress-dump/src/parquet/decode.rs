@@ -43,17 +43,18 @@ pub fn field(plan: &ColumnPlan) -> Field {
 fn typed_field(name: &str, kind: &Kind, nullable: bool) -> Field {
     let field = Field::new(name, data_type(kind), nullable);
     // Canonical extension types, which the Parquet writer turns into logical types.
-    let extension = match kind {
-        Kind::Uuid => "arrow.uuid",
-        Kind::Json | Kind::Jsonb => "arrow.json",
-        _ => return field,
-    };
-    // The JSON extension is only valid with its (empty) metadata: without it the writer
-    // falls back to a plain string.
-    field.with_metadata(HashMap::from([
-        ("ARROW:extension:name".to_string(), extension.to_string()),
-        ("ARROW:extension:metadata".to_string(), String::new()),
-    ]))
+    let name = |extension: &str| ("ARROW:extension:name".to_string(), extension.to_string());
+    // Each extension is valid only with the metadata it expects (arrow-rs 58), else the
+    // writer falls back to plain bytes or a plain string: UUID with none, JSON with an
+    // empty one.
+    match kind {
+        Kind::Uuid => field.with_metadata(HashMap::from([name("arrow.uuid")])),
+        Kind::Json | Kind::Jsonb => field.with_metadata(HashMap::from([
+            name("arrow.json"),
+            ("ARROW:extension:metadata".to_string(), String::new()),
+        ])),
+        _ => field,
+    }
 }
 
 fn data_type(kind: &Kind) -> DataType {
