@@ -146,7 +146,7 @@ fn writers(outcome: &Outcome, change: &str) -> Vec<String> {
 fn two_pods_of_one_index_leave_one_objects_bytes_and_a_true_manifest() {
     // The second pod finds the claim and writes nothing; the manifest is the store's bytes.
     let outcome = run_both_exit_0(&two_pods(), "shard 1/2 2024-06-01");
-    let writers = writers(&outcome, "COMPLETE in:2024-06-01/big.part-00001.csv.gz");
+    let writers = writers(&outcome, "COMPLETE in:2024-06-01/big.part-00001.parquet");
     assert_eq!(
         writers.len(),
         1,
@@ -190,9 +190,17 @@ fn a_lost_reply_to_the_lease_write_is_settled_as_ours() {
 
 #[test]
 fn a_lost_reply_to_a_completion_is_settled_by_reading_the_object_back() {
-    let dump = losing_first(Kind::Dump, "pod-0", "big.csv.gz");
+    let dump = losing_first(Kind::Dump, "pod-0", "big.parquet");
     let outcome = run_clean(&scripted(vec![(0, dump)], Vec::new()));
     let trace = outcome.trace.join("\n");
+    assert!(
+        outcome
+            .trace
+            .windows(2)
+            .any(|w| w[0].contains("COMPLETE in:2024-06-01/big.parquet")
+                && w[1].contains("reply lost")),
+        "the completion's reply was lost: {trace}"
+    );
     assert_eq!(exits(&outcome, "dump 2024-06-01")[0], Some(0), "{trace}");
 }
 
@@ -261,7 +269,7 @@ mod with_the_old_behaviour {
     #[test]
     fn mutant_two_pods_of_one_index_overwrite_each_other() {
         let outcome = broken("pieces-overwrite", two_pods());
-        let writers = writers(&outcome, "COMPLETE in:2024-06-01/big.part-00001.csv.gz");
+        let writers = writers(&outcome, "COMPLETE in:2024-06-01/big.part-00001.parquet");
         assert_eq!(
             writers.len(),
             2,
