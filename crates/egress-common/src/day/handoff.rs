@@ -88,16 +88,10 @@ impl Withdrawals {
     /// Withdraw `folder`'s manifest, once per run; every writer in the folder waits.
     async fn withdraw_once(&self, folder: &str) -> Result<(), StoreError> {
         let folder = folder.to_string();
-        let failed = self.failed.lock().is_ok_and(|f| f.contains(&folder));
         // A failed day keeps a manifest the output has; one it lacks protects nothing,
         // and the day's other objects are still copied.
-        if failed && !self.withdrawn(&folder) && self.has_manifest(&folder).await? {
-            return Err(StoreError::new(
-                ErrorKind::Other,
-                format!(
-                    "day {folder} already failed in this run: its manifest at the output stays, and so does the day"
-                ),
-            ));
+        if self.failed(&folder) && !self.withdrawn(&folder) && self.has_manifest(&folder).await? {
+            return Err(already_failed(&folder));
         }
         let cell = match self.folders.lock() {
             Ok(mut map) => map.entry(folder.clone()).or_default().clone(),
@@ -136,6 +130,11 @@ impl Withdrawals {
         if let Some(departure) = self.departure.as_ref().filter(|_| !late) {
             departure.before_leaving(folder).await.map_err(failed)?;
         }
+        // The day may have failed while its tables let it go (a departure takes seconds):
+        // then its manifest stays, and the run's commit brings the day back to its tables.
+        if self.failed(folder) {
+            return Err(already_failed(folder));
+        }
         self.dest.delete(&key).await.map_err(failed)?;
         if let Some(departure) = self.departure.as_ref().filter(|_| late) {
             departure.before_leaving(folder).await.map_err(failed)?;
@@ -155,6 +154,11 @@ impl Withdrawals {
         }
     }
 
+    /// True when this run failed an object of `folder`.
+    fn failed(&self, folder: &str) -> bool {
+        self.failed.lock().is_ok_and(|f| f.contains(folder))
+    }
+
     /// True when this run withdrew `folder`'s manifest.
     pub fn withdrawn(&self, folder: &str) -> bool {
         self.folders
@@ -162,6 +166,16 @@ impl Withdrawals {
             .map(|m| m.get(folder).is_some_and(|c| c.get().is_some()))
             .unwrap_or(false)
     }
+}
+
+/// Why a day this run failed is not withdrawn.
+fn already_failed(folder: &str) -> StoreError {
+    StoreError::new(
+        ErrorKind::Other,
+        format!(
+            "day {folder} already failed in this run: its manifest at the output stays, and so does the day"
+        ),
+    )
 }
 
 /// What the run knows of one day when its manifest's turn comes (`--require-manifest`).
