@@ -440,20 +440,28 @@ if [[ $PARTS == *parquet* ]]; then
   PG_EXT=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/duckdb_ext/extensions/v1.4.4/linux_amd64/postgres_scanner.duckdb_extension
   DSN="host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres"
   for round in $(seq "$ROUNDS"); do
-    rm -rf "$WORK/pq-egress" "$WORK/pq-duck.parquet"
-    # Contenders alternate: DuckDB first in odd rounds, last in even ones.
-    order=(duck egress)
-    ((round % 2 == 0)) && order=(egress duck)
+    rm -rf "$WORK/pq-egress" "$WORK/pq-split" "$WORK/pq-duck.parquet"
+    # Contenders rotate: each goes first in one round of three. DuckDB's scanner reads a
+    # large table on several connections by default; egress-dump does with the flags of
+    # the second line (one stream otherwise).
+    order=(duck egress split)
+    ((round % 3 == 2)) && order=(egress split duck)
+    ((round % 3 == 0)) && order=(split duck egress)
     for c in "${order[@]}"; do
       case $c in
         duck) measure parquet "DuckDB 1.4.4 COPY (FROM pg.public.bench) TO 'bench.parquet'" "$PY" "$ROOT/bench/duckdb_copy.py" "$PG_EXT" "$DSN" bench "$WORK/pq-duck.parquet" ;;
         egress) measure parquet "egress-dump --format parquet" "$DUMP" --tables bench --output "$WORK/pq-egress" --date 2024-01-01 --format parquet --progress never ;;
+        split) measure parquet "egress-dump --format parquet --jobs 2 --split-larger-than 64MiB" "$DUMP" --tables bench --output "$WORK/pq-split" --date 2024-01-01 --format parquet --progress never --jobs 2 --split-larger-than 64MiB ;;
       esac
     done
   done
   printf '%s\t%s\n' "DuckDB 1.4.4 COPY (FROM pg.public.bench) TO 'bench.parquet'" "$(stat -c %s "$WORK/pq-duck.parquet")" >>"$WORK/sizes.tsv"
   printf '%s\t%s\n' "egress-dump --format parquet" "$(stat -c %s "$WORK/pq-egress/2024-01-01/bench.parquet")" >>"$WORK/sizes.tsv"
-  # Both files hold the table's rows.
+  printf '%s\t%s\n' "egress-dump --format parquet --jobs 2 --split-larger-than 64MiB" "$(stat -c %s "$WORK/pq-split/2024-01-01/bench.parquet")" >>"$WORK/sizes.tsv"
+  # The chunked read writes the same file as the one stream (rows in ctid order).
+  cmp -s "$WORK/pq-egress/2024-01-01/bench.parquet" "$WORK/pq-split/2024-01-01/bench.parquet" \
+    || { log "the chunked Parquet file differs from the one-stream file"; FAILED=1; }
+  # Every file holds the table's rows.
   for f in "$WORK/pq-duck.parquet" "$WORK/pq-egress/2024-01-01/bench.parquet"; do
     n=$("$PY" -c 'import sys, pyarrow.parquet as pq; print(pq.ParquetFile(sys.argv[1]).metadata.num_rows)' "$f")
     [ "$n" = "$(psql -X -At -c 'SELECT count(*) FROM bench')" ] || { log "WRONG ROW COUNT in $f: $n"; FAILED=1; }
