@@ -333,25 +333,35 @@ pub fn start<A: BinaryArgs, F: Future<Output = ExitCode>>(
     run: impl FnOnce(A) -> F,
 ) -> ! {
     crate::memory::map_buffers_from(map_buffers_from);
-    run_main(program, |runtime| runtime.block_on(entry(run)))
+    run_main(program, |runtime| runtime.block_on(entry(A::parse(), run)))
 }
 
-/// As [`start`], but `run` is a task on the runtime's workers, not polled on this thread:
-/// a future `block_on` polls is woken across threads each time a task feeds it, and a
-/// dump's COPY stream did so 37,000 times for the bench table (35% of a typed dump's
-/// context switches, 0.3-0.8 CPU-s of 3.3, `perf record -e sched:sched_switch`).
-pub fn start_on_workers<
-    A: BinaryArgs + Send + 'static,
-    F: Future<Output = ExitCode> + Send + 'static,
->(
+/// As [`start`], but when `on_workers` says so for the flags, `run` is a task on the
+/// runtime's workers rather than polled on this thread.
+///
+/// Polled here, this thread is a stage of its own beside the workers, but every wake-up
+/// from a worker crosses threads: one typed dump stream was woken 37,000 times (35% of
+/// its context switches, `perf record -e sched:sched_switch`), which pays with one
+/// connection (3.26 s vs 3.72 s median on workers, the bench table) and costs with several
+/// (3.71 s vs 3.07 s, and 3.29 vs 2.35 client CPU-s, `--jobs 2 --split-larger-than 64MiB`).
+pub fn start_on_workers<A, F>(
     program: &str,
     map_buffers_from: usize,
+    on_workers: fn(&A) -> bool,
     run: impl FnOnce(A) -> F + Send + 'static,
-) -> ! {
+) -> !
+where
+    A: BinaryArgs + Send + 'static,
+    F: Future<Output = ExitCode> + Send + 'static,
+{
     crate::memory::map_buffers_from(map_buffers_from);
     run_main(program, |runtime| {
+        let args = A::parse();
+        if !on_workers(&args) {
+            return runtime.block_on(entry(args, run));
+        }
         runtime.block_on(async {
-            match tokio::spawn(entry(run)).await {
+            match tokio::spawn(entry(args, run)).await {
                 Ok(code) => code,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => ExitCode::Runtime,
@@ -360,9 +370,11 @@ pub fn start_on_workers<
     })
 }
 
-/// The flags parsed and the steps before a run taken; then `run` with the flags.
-async fn entry<A: BinaryArgs, F: Future<Output = ExitCode>>(run: impl FnOnce(A) -> F) -> ExitCode {
-    let args = A::parse();
+/// The steps before a run taken; then `run` with the flags.
+async fn entry<A: BinaryArgs, F: Future<Output = ExitCode>>(
+    args: A,
+    run: impl FnOnce(A) -> F,
+) -> ExitCode {
     if let Some(code) = before_run(args.common(), args.tool(), A::command(), A::ENV) {
         return code;
     }
