@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -33,7 +34,7 @@ struct Shared<'a> {
     chunks: &'a [Chunk],
     sql: &'a (dyn Fn(&Chunk) -> String + Sync),
     header: bool,
-    progress: &'a Counters,
+    progress: &'a Arc<Counters>,
     next: AtomicUsize,
     window: Semaphore,
     buffer: usize,
@@ -47,7 +48,7 @@ pub async fn copy_chunks(
     sql: &(dyn Fn(&Chunk) -> String + Sync),
     header: bool,
     output: mpsc::Sender<Bytes>,
-    progress: &Counters,
+    progress: &Arc<Counters>,
 ) -> Result<CopyStats, CopyError> {
     let shared = Shared {
         chunks,
@@ -103,7 +104,10 @@ async fn read_chunks(
         let sql = (shared.sql)(chunk);
         let header = shared.header && index == 0;
         // In slices: the reorder window counts the bytes of the chunks it holds.
-        let shape = (header, false);
+        let shape = copy_stream::Shape {
+            header,
+            whole_rows: false,
+        };
         let copied = copy_stream::copy_out(session, &sql, shape, data_tx, shared.progress).await;
         let failed = copied.is_err();
         let _ = ended_tx.send(copied);

@@ -71,12 +71,15 @@ async fn read(
     source: Source<'_>,
     table: &ResolvedTable,
     output: mpsc::Sender<Bytes>,
-    counters: &Counters,
+    counters: &Arc<Counters>,
 ) -> Result<CopyStats, CopyError> {
     match source {
         Source::Whole { session, select } => {
             let sql = table.copy_sql(select);
-            let shape = (select.header(true), select.is_binary());
+            let shape = copy_stream::Shape {
+                header: select.header(true),
+                whole_rows: select.is_binary(),
+            };
             copy_stream::copy_out(session, &sql, shape, output, counters).await
         }
         Source::Chunks {

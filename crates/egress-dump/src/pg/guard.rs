@@ -1,14 +1,18 @@
 //! A watch on the server's messages, where they travel in plain (on the socket, or above
-//! TLS), for two jobs tokio-postgres cannot do:
+//! TLS), for three jobs tokio-postgres cannot do:
 //!
 //! - **Never give the password away.** A server that asks for the password in clear text
 //!   (AuthenticationCleartextPassword) where that is not safe fails the connection before
 //!   the driver could answer; tokio-postgres would otherwise send `PGPASSWORD` to whoever
 //!   declines TLS and asks for it.
-//! - **Bound memory by bytes.** tokio-postgres reads up to four messages ahead of its
-//!   reader; with 50 MB rows that is 200 MB. The watch stops reading at a message boundary
-//!   while the rows already read but not yet taken by the dump ([`Flow`]) reach 1 MiB, so a
-//!   dump holds at most the row it works on and the next one.
+//! - **Read COPY rows in bulk.** tokio-postgres reads 8 KB at a time and parses, queues and
+//!   hands over every CopyData message on its own: one per row, 1.8 M on the bench table,
+//!   and the largest share of the typed dump's client CPU (`perf record`). While a COPY is
+//!   tapped ([`Flow::tap`]) the watch reads [`SCRATCH`] bytes at a time and hands the rows'
+//!   bytes straight to the dump's [`Tap`]; the driver sees the COPY start and end, no rows.
+//! - **Bound memory by bytes.** Large rows the tap sent whole count against a read-ahead of
+//!   1 MiB ([`Flow`]) until the dump drops them; reading pauses at that, so a dump holds at
+//!   most the row it works on and the next one.
 //!
 //! One guard sits on the socket (it sees the plain protocol when the connection stays
 //! unencrypted, and steps aside when TLS starts); one sits above TLS.
@@ -17,9 +21,10 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
 
+use bytes::{Buf, BytesMut};
 use futures::task::AtomicWaker;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -29,35 +34,64 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 /// Authentication request codes.
 const AUTH_OK: u32 = 0;
 const AUTH_CLEARTEXT: u32 = 3;
-/// Rows read ahead of the dump, in bytes, before reading pauses.
+/// Bytes sent whole and not yet dropped by the dump, before reading pauses.
 const READ_AHEAD: u64 = 1024 * 1024;
+/// Bytes read from the server at a time (tokio-postgres reads 8 KB). A connection holds
+/// this once it has read anything; 16 connections hold 1 MiB.
+pub(super) const SCRATCH: usize = 64 * 1024;
 
 /// The server asked for the password in clear text where it would travel readable.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the server asked for the password in clear text (password authentication) over {0}, where anyone on the path could read it; it was not sent")]
 pub(super) struct CleartextRefused(pub &'static str);
 
-/// How far reading is ahead of the dump: COPY rows read from the server, rows taken.
+/// Where the rows of a tapped COPY go (the dump's reader batches them into chunks).
 ///
-/// Lock-free, and with hysteresis: reading pauses once it is [`READ_AHEAD`] ahead and is
-/// woken only when the dump has brought that under half, not for every row taken. With a
-/// mutex, `Flow::read` and `Flow::took` (once per row each) were 4% of the Parquet run's
-/// samples on the bench table (1.8M rows, `perf record`); lock-free they no longer show.
-#[derive(Debug, Default)]
+/// The guard calls `row`, `data` and `end` only while no chunk is waiting to be sent.
+pub trait Tap: Send {
+    /// A row (one CopyData message) of `len` bytes starts.
+    fn row(&mut self, len: usize);
+    /// Bytes of the current row; how many were taken (fewer when a chunk filled up).
+    fn data(&mut self, bytes: &[u8]) -> usize;
+    /// The COPY ended (or failed): what is batched is sent.
+    fn end(&mut self);
+    /// True while a chunk waits to be sent.
+    fn waiting(&self) -> bool;
+    /// Send the waiting chunk: ready once it is sent, or once nobody reads any more.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+/// The COPY a connection's dump is reading: the tap its rows go to, and how far reading is
+/// ahead of the dump (bytes of large rows sent, bytes dropped).
+///
+/// Lock-free on the row path, and with hysteresis: reading pauses once it is
+/// [`READ_AHEAD`] ahead and is woken only when the dump has brought that under half.
+#[derive(Default)]
 pub struct Flow {
-    /// A COPY is being read: only then may reading pause (a COPY abandoned half-way must
+    /// A COPY is tapped: only then may reading pause (a COPY abandoned half-way must
     /// still be drained by the driver).
     active: AtomicBool,
+    /// The tap for the next COPY, until the guard sees that COPY start.
+    armed: Mutex<Option<Box<dyn Tap>>>,
     read: AtomicU64,
     taken: AtomicU64,
     /// The reader is paused (its waker registered).
     waiting: AtomicBool,
     waker: AtomicWaker,
-    /// Which COPY is metered (a row taken after its COPY ended counts for nothing).
+    /// Which COPY is metered (a row dropped after its COPY ended counts for nothing).
     generation: AtomicU64,
 }
 
-/// A row handed on whole, taken (its bytes counted off the read-ahead) when dropped.
+impl std::fmt::Debug for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flow")
+            .field("active", &self.active.load(SeqCst))
+            .field("behind", &self.behind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bytes sent whole, counted off the read-ahead when dropped.
 #[derive(Debug)]
 pub struct TakenOnDrop {
     flow: Arc<Flow>,
@@ -73,29 +107,36 @@ impl Drop for TakenOnDrop {
     }
 }
 
-/// Metering for one COPY; reading never pauses once it is dropped.
-pub struct Metered<'a>(&'a Flow);
+/// A COPY tapped: while this lives its rows go to the tap; once it is dropped they are
+/// read and dropped, and reading never pauses.
+pub struct Tapped<'a>(&'a Flow);
 
-impl Drop for Metered<'_> {
+impl Drop for Tapped<'_> {
     fn drop(&mut self) {
         self.0.active.store(false, SeqCst);
+        drop(self.0.take_armed());
         self.0.waker.wake();
     }
 }
 
 impl Flow {
-    /// Start metering a COPY (until the returned value is dropped).
-    pub fn meter(&self) -> Metered<'_> {
+    /// Send the rows of the next COPY on this connection to `tap` (until the returned value
+    /// is dropped). Arm it before the COPY is sent.
+    pub fn tap(&self, tap: Box<dyn Tap>) -> Tapped<'_> {
         self.generation.fetch_add(1, SeqCst);
         self.read.store(0, SeqCst);
         self.taken.store(0, SeqCst);
+        *self.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some(tap);
         self.active.store(true, SeqCst);
-        Metered(self)
+        Tapped(self)
     }
 
-    /// A row of `len` bytes handed on whole: taken when the returned value is dropped (by
-    /// whoever finishes with the row), if this COPY is still the one metered.
-    pub fn taken_on_drop(self: &Arc<Self>, len: usize) -> TakenOnDrop {
+    /// `len` bytes sent whole: counted as read now, as taken when the returned value is
+    /// dropped (by whoever finishes with them), if this COPY is still the one metered.
+    pub fn sent_whole(self: &Arc<Self>, len: usize) -> TakenOnDrop {
+        if self.active.load(SeqCst) {
+            self.read.fetch_add(len as u64, SeqCst);
+        }
         TakenOnDrop {
             flow: self.clone(),
             generation: self.generation.load(SeqCst),
@@ -103,19 +144,23 @@ impl Flow {
         }
     }
 
-    /// The dump took a row whose CopyData body was `len` bytes.
-    pub fn took(&self, len: usize) {
-        self.taken.fetch_add(len as u64 + 5, SeqCst);
+    fn took(&self, len: usize) {
+        self.taken.fetch_add(len as u64, SeqCst);
         if self.waiting.load(SeqCst) && self.behind() < READ_AHEAD / 2 {
             self.waiting.store(false, SeqCst);
             self.waker.wake();
         }
     }
 
-    fn read(&self, message_len: u64) {
-        if self.active.load(SeqCst) {
-            self.read.fetch_add(message_len, SeqCst);
-        }
+    fn take_armed(&self) -> Option<Box<dyn Tap>> {
+        self.armed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn active(&self) -> bool {
+        self.active.load(SeqCst)
     }
 
     /// Bytes read and not yet taken.
@@ -125,8 +170,7 @@ impl Flow {
             .saturating_sub(self.taken.load(SeqCst))
     }
 
-    /// True when reading has run `READ_AHEAD` ahead: reads then stop at the end of the
-    /// message being read, and pause there.
+    /// True when reading has run `READ_AHEAD` ahead of the dump.
     fn ahead(&self) -> bool {
         self.active.load(SeqCst) && self.behind() >= READ_AHEAD
     }
@@ -166,8 +210,10 @@ enum State {
     Header { len: usize },
     /// Reading an authentication request's code.
     Code { len: usize, left: usize },
-    /// Reading the rest of a message.
+    /// Reading the rest of a message (for the driver).
     Body { left: usize },
+    /// Reading the rest of a row of a tapped COPY (for the tap, or for nobody).
+    Row { left: usize },
     /// Nothing more to watch here (TLS took the stream, or there is nothing to watch).
     Done,
 }
@@ -181,11 +227,22 @@ pub(super) struct Guard<S> {
     /// `Some(where)` while a cleartext request must be refused (it names the connection).
     refuse: Option<&'static str>,
     flow: Option<Arc<Flow>>,
+    /// Bytes read from the server and not yet routed: `scratch[pos..filled]`.
+    scratch: Vec<u8>,
+    pos: usize,
+    filled: usize,
+    /// Bytes routed to the driver and not yet handed over.
+    pending: BytesMut,
+    /// A COPY's rows are being read: they go to `tap`, or nowhere once it was abandoned.
+    copying: bool,
+    tap: Option<Box<dyn Tap>>,
+    /// The COPY ended: the tap goes once its last chunk is sent.
+    tap_ended: bool,
 }
 
 impl<S> Guard<S> {
     /// Watch `inner` at `layer`: refuse cleartext requests naming `refuse` (`None`: allow
-    /// them), and meter COPY rows into `flow` (`None`: do not).
+    /// them), and tap the COPYs armed on `flow` (`None`: none).
     pub(super) fn new(
         inner: S,
         layer: Layer,
@@ -204,47 +261,64 @@ impl<S> Guard<S> {
             code: [0; 4],
             refuse,
             flow,
+            scratch: Vec::new(),
+            pos: 0,
+            filled: 0,
+            pending: BytesMut::new(),
+            copying: false,
+            tap: None,
+            tap_ended: false,
         }
     }
 
-    /// Watch bytes the server sent; an error when they ask for the password in clear.
-    fn observe(&mut self, mut data: &[u8]) -> Result<(), CleartextRefused> {
-        while !data.is_empty() {
-            let (next, used) = self.step(data)?;
-            self.state = next;
-            data = &data[used..];
+    /// Route the bytes read and not yet routed, until they are all routed or a chunk of
+    /// the tap waits to be sent; an error when the server asks for the password in clear.
+    fn route(&mut self) -> Result<(), CleartextRefused> {
+        let scratch = std::mem::take(&mut self.scratch);
+        let mut result = Ok(());
+        while self.pos < self.filled && !self.tap.as_ref().is_some_and(|t| t.waiting()) {
+            match self.step(&scratch[self.pos..self.filled]) {
+                Ok((next, used)) => {
+                    self.state = next;
+                    self.pos += used;
+                }
+                Err(refused) => {
+                    result = Err(refused);
+                    break;
+                }
+            }
         }
-        Ok(())
+        self.scratch = scratch;
+        result
     }
 
-    /// One step of the watch over `data`: the next state and how many bytes it took.
+    /// One step over `data`: the next state and how many bytes it took, routed to the
+    /// driver (`pending`), to the tap, or nowhere.
     fn step(&mut self, data: &[u8]) -> Result<(State, usize), CleartextRefused> {
         Ok(match self.state {
-            State::FirstWrite | State::Done => (self.state, data.len()),
-            // `S`: TLS starts and the guard above TLS takes over.
-            State::SslReply if data[0] == b'S' => (State::Done, 1),
-            State::SslReply => (State::Header { len: 0 }, 1),
+            State::FirstWrite | State::Done => {
+                self.pending.extend_from_slice(data);
+                (self.state, data.len())
+            }
+            State::SslReply => {
+                self.pending.extend_from_slice(&data[..1]);
+                // `S`: TLS starts and the guard above TLS takes over.
+                match data[0] {
+                    b'S' => (State::Done, 1),
+                    _ => (State::Header { len: 0 }, 1),
+                }
+            }
+            // A whole header at hand (the usual case, once per row): take it at once.
+            State::Header { len: 0 } if data.len() >= 5 => {
+                self.header.copy_from_slice(&data[..5]);
+                (self.message(), 5)
+            }
             State::Header { len } => {
                 self.header[len] = data[0];
                 if len + 1 < 5 {
                     return Ok((State::Header { len: len + 1 }, 1));
                 }
-                let size = u32::from_be_bytes([
-                    self.header[1],
-                    self.header[2],
-                    self.header[3],
-                    self.header[4],
-                ]) as usize;
-                let left = size.saturating_sub(4);
-                if self.header[0] == b'd' {
-                    if let Some(flow) = &self.flow {
-                        flow.read(size as u64 + 1);
-                    }
-                }
-                match self.header[0] {
-                    b'R' if left >= 4 && self.refuse.is_some() => (State::Code { len: 0, left }, 1),
-                    _ => (self.body(left), 1),
-                }
+                (self.message(), 1)
             }
             State::Code { len, left } => {
                 self.code[len] = data[0];
@@ -256,13 +330,62 @@ impl<S> Guard<S> {
                     AUTH_OK => self.refuse = None,
                     _ => {}
                 }
+                self.pending.extend_from_slice(&self.code);
                 (self.body(left - 4), 1)
             }
             State::Body { left } => {
                 let used = left.min(data.len());
+                self.pending.extend_from_slice(&data[..used]);
                 (self.body(left - used), used)
             }
+            State::Row { left } => {
+                let at_most = left.min(data.len());
+                let used = match &mut self.tap {
+                    Some(tap) => tap.data(&data[..at_most]),
+                    None => at_most,
+                };
+                match left - used {
+                    0 => (State::Header { len: 0 }, used),
+                    left => (State::Row { left }, used),
+                }
+            }
         })
+    }
+
+    /// A message's header is complete: where its body goes, and what it starts or ends.
+    fn message(&mut self) -> State {
+        let [tag, size @ ..] = self.header;
+        let left = (u32::from_be_bytes(size) as usize).saturating_sub(4);
+        if self.copying && tag == b'd' {
+            if let Some(tap) = &mut self.tap {
+                tap.row(left);
+            }
+            return match left {
+                0 => State::Header { len: 0 },
+                left => State::Row { left },
+            };
+        }
+        if self.copying {
+            // CopyDone, or an error: the rows ended.
+            self.copying = false;
+            if let Some(tap) = &mut self.tap {
+                tap.end();
+                self.tap_ended = true;
+            }
+        }
+        if tag == b'H' {
+            // CopyOutResponse: the rows that follow go to the tap armed for them, if any.
+            if let Some(tap) = self.flow.as_ref().and_then(|f| f.take_armed()) {
+                self.tap = Some(tap);
+                self.copying = true;
+            }
+        }
+        if tag == b'R' && left >= 4 && self.refuse.is_some() {
+            self.pending.extend_from_slice(&self.header);
+            return State::Code { len: 0, left };
+        }
+        self.pending.extend_from_slice(&self.header);
+        self.body(left)
     }
 
     /// The rest of a message, `left` bytes; then the next header, unless nothing is left
@@ -276,14 +399,37 @@ impl<S> Guard<S> {
     }
 }
 
-impl<S> Guard<S> {
-    /// How many bytes the next read may take: up to the end of the current message when
-    /// reading has run far enough ahead that the next boundary is a pause.
-    fn read_limit(&self) -> usize {
-        match (self.state, &self.flow) {
-            (State::Body { left }, Some(flow)) if flow.ahead() => left,
-            _ => usize::MAX,
+impl<S: AsyncRead + Unpin> Guard<S> {
+    /// Read what the server sent next into the scratch buffer (nothing read: the end).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; SCRATCH];
         }
+        let mut buf = ReadBuf::new(&mut self.scratch);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+        self.filled = buf.filled().len();
+        self.pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Send the tap's waiting chunk; let the tap go once the COPY ended and all is sent, or
+    /// once the dump abandoned the COPY.
+    fn poll_tap(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(tap) = &mut self.tap else {
+            return Poll::Ready(());
+        };
+        if !self.flow.as_ref().is_some_and(|f| f.active()) {
+            self.tap = None;
+            return Poll::Ready(());
+        }
+        if tap.waiting() {
+            ready!(tap.poll_send(cx));
+        }
+        if self.tap_ended {
+            self.tap = None;
+            self.tap_ended = false;
+        }
+        Poll::Ready(())
     }
 }
 
@@ -294,33 +440,34 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guard<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        // Pause between messages while the dump has not taken the rows read so far.
-        if this.state == (State::Header { len: 0 })
-            && this.flow.as_ref().is_some_and(|f| f.must_wait(cx))
-        {
-            return Poll::Pending;
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
         }
-        let mut limited = buf.take(this.read_limit());
-        let start = limited.filled().as_ptr();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, &mut limited);
-        if !matches!(polled, Poll::Ready(Ok(()))) {
-            return polled;
-        }
-        debug_assert_eq!(start, limited.filled().as_ptr());
-        let n = limited.filled().len();
-        if this.state != State::Done {
-            if let Err(refused) = this.observe(limited.filled()) {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    refused,
-                )));
+        loop {
+            ready!(this.poll_tap(cx));
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending[..n]);
+                this.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.pos < this.filled {
+                this.route()
+                    .map_err(|refused| io::Error::new(io::ErrorKind::PermissionDenied, refused))?;
+                continue;
+            }
+            if this.state == State::Done {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            // Pause while the dump holds the large rows sent so far.
+            if this.tap.is_some() && this.flow.as_ref().is_some_and(|f| f.must_wait(cx)) {
+                return Poll::Pending;
+            }
+            ready!(this.poll_fill(cx))?;
+            if this.filled == 0 {
+                return Poll::Ready(Ok(()));
             }
         }
-        // SAFETY: the inner reader initialised these `n` bytes of `buf`'s unfilled part
-        // (the same memory `limited` wraps), as tokio's own `Take` relies on.
-        unsafe { buf.assume_init(n) };
-        buf.advance(n);
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -358,6 +505,7 @@ impl<S: tokio_postgres::tls::TlsStream + Unpin> tokio_postgres::tls::TlsStream f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     fn message(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![tag];
@@ -372,70 +520,211 @@ mod tests {
         message(b'R', &body)
     }
 
-    fn guard(layer: Layer) -> Guard<()> {
-        Guard::new((), layer, Some("an unencrypted connection"), None)
+    fn guard(layer: Layer) -> Guard<&'static [u8]> {
+        Guard::new(&[][..], layer, Some("an unencrypted connection"), None)
+    }
+
+    /// Route `bytes` as if just read, sending the tap's chunks as they wait.
+    fn feed<S>(g: &mut Guard<S>, bytes: &[u8]) -> Result<(), CleartextRefused> {
+        (g.scratch, g.pos, g.filled) = (bytes.to_vec(), 0, bytes.len());
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        while g.pos < g.filled {
+            g.route()?;
+            if let Some(tap) = &mut g.tap {
+                assert!(tap.poll_send(&mut cx).is_ready());
+            }
+        }
+        Ok(())
     }
 
     #[test]
     fn a_cleartext_request_is_refused_even_split_across_reads() {
         let mut g = guard(Layer::AboveTls);
         let msg = auth(3, b"");
-        assert!(g.observe(&msg[..3]).is_ok());
-        assert!(g.observe(&msg[3..]).is_err());
+        assert!(feed(&mut g, &msg[..3]).is_ok());
+        assert!(feed(&mut g, &msg[3..]).is_err());
     }
 
     #[test]
     fn scram_and_md5_pass_and_authentication_ok_ends_the_watch() {
         let mut g = guard(Layer::AboveTls);
-        assert!(g.observe(&auth(10, b"SCRAM-SHA-256\0\0")).is_ok());
-        assert!(g.observe(&auth(12, b"v=abc")).is_ok());
-        assert!(g.observe(&auth(0, b"")).is_ok());
+        assert!(feed(&mut g, &auth(10, b"SCRAM-SHA-256\0\0")).is_ok());
+        assert!(feed(&mut g, &auth(12, b"v=abc")).is_ok());
+        assert!(feed(&mut g, &auth(0, b"")).is_ok());
         assert_eq!(g.state, State::Done);
         let mut g = guard(Layer::AboveTls);
-        assert!(g.observe(&auth(5, b"salt")).is_ok());
+        assert!(feed(&mut g, &auth(5, b"salt")).is_ok());
         // A message without a body, then the cleartext request right after it.
         let mut g = guard(Layer::AboveTls);
         let mut bytes = message(b'v', b"");
         bytes.extend(auth(3, b""));
-        assert!(g.observe(&bytes).is_err());
+        assert!(feed(&mut g, &bytes).is_err());
     }
 
     #[test]
     fn on_the_socket_tls_hands_over_and_a_refused_tls_keeps_watching() {
         let mut g = guard(Layer::Socket);
         g.state = State::SslReply;
-        assert!(g.observe(b"S").is_ok());
+        assert!(feed(&mut g, b"S").is_ok());
         assert_eq!(g.state, State::Done);
         let mut g = guard(Layer::Socket);
         g.state = State::SslReply;
         let mut bytes = b"N".to_vec();
         bytes.extend(auth(3, b""));
         assert!(
-            g.observe(&bytes).is_err(),
+            feed(&mut g, &bytes).is_err(),
             "declined TLS, then asked for the password"
         );
-        let mut allowed = Guard::new((), Layer::Socket, None, None);
-        assert!(allowed.observe(&auth(3, b"")).is_ok());
+        let mut allowed: Guard<&[u8]> = Guard::new(&[][..], Layer::Socket, None, None);
+        assert!(feed(&mut allowed, &auth(3, b"")).is_ok());
+    }
+
+    /// A tap that keeps the rows it is given, taking at most `step` bytes at a time and
+    /// making the guard wait after each.
+    struct Keep {
+        rows: Arc<Mutex<Vec<Vec<u8>>>>,
+        step: usize,
+        waiting: bool,
+    }
+
+    impl Tap for Keep {
+        fn row(&mut self, _len: usize) {
+            assert!(!self.waiting);
+            self.rows.lock().unwrap().push(Vec::new());
+        }
+        fn data(&mut self, bytes: &[u8]) -> usize {
+            assert!(!self.waiting);
+            let n = bytes.len().min(self.step);
+            let mut rows = self.rows.lock().unwrap();
+            rows.last_mut().unwrap().extend_from_slice(&bytes[..n]);
+            self.waiting = true;
+            n
+        }
+        fn end(&mut self) {
+            self.waiting = true;
+        }
+        fn waiting(&self) -> bool {
+            self.waiting
+        }
+        fn poll_send(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+            self.waiting = false;
+            Poll::Ready(())
+        }
+    }
+
+    /// What the server sends for a COPY of `rows`, between two other requests.
+    fn copy_reply(rows: &[&[u8]]) -> (Vec<u8>, Vec<u8>) {
+        let mut driver = message(b'Z', b"I");
+        driver.extend(message(b'2', b""));
+        driver.extend(message(b'H', &[0, 0, 1, 0, 0]));
+        let mut all = driver.clone();
+        for row in rows {
+            all.extend(message(b'd', row));
+        }
+        let end = [
+            message(b'c', b""),
+            message(b'C', b"COPY 3\0"),
+            message(b'Z', b"I"),
+        ]
+        .concat();
+        driver.extend(&end);
+        all.extend(end);
+        (all, driver)
+    }
+
+    /// Read everything through a guard on `flow`, `chunk` bytes at a time at most.
+    async fn read_through(bytes: &[u8], flow: &Arc<Flow>, chunk: usize) -> Vec<u8> {
+        let mut g = Guard::new(bytes, Layer::AboveTls, None, Some(flow.clone()));
+        let mut driver = Vec::new();
+        let mut buf = vec![0; chunk];
+        loop {
+            let n = g.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return driver;
+            }
+            driver.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tapped_copy_gives_its_rows_to_the_tap_and_the_rest_to_the_driver() {
+        let big = vec![7u8; 3 * SCRATCH + 11];
+        let rows: [&[u8]; 4] = [b"1,a\n", b"", &big, b"2,b\n"];
+        let (all, driver_part) = copy_reply(&rows);
+        for (step, chunk) in [(1, 1), (3, 5), (usize::MAX, 8192)] {
+            let flow = Arc::new(Flow::default());
+            let kept = Arc::new(Mutex::new(Vec::new()));
+            let tap = Keep {
+                rows: kept.clone(),
+                step,
+                waiting: false,
+            };
+            let tapped = flow.tap(Box::new(tap));
+            let driver = read_through(&all, &flow, chunk).await;
+            assert_eq!(driver, driver_part, "the driver sees all but the rows");
+            assert_eq!(*kept.lock().unwrap(), rows.map(<[u8]>::to_vec));
+            drop(tapped);
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_reach_the_driver_when_no_tap_is_armed_or_after_it_was_dropped() {
+        let (all, _) = copy_reply(&[b"1,a\n", b"2,b\n"]);
+        let flow = Arc::new(Flow::default());
+        assert_eq!(read_through(&all, &flow, 8192).await, all);
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let tap = Keep {
+            rows: kept.clone(),
+            step: usize::MAX,
+            waiting: false,
+        };
+        drop(flow.tap(Box::new(tap)));
+        assert_eq!(read_through(&all, &flow, 8192).await, all);
+        assert!(kept.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_rows_of_an_abandoned_copy_are_read_and_dropped() {
+        let (all, driver_part) = copy_reply(&[b"1,a\n", b"2,b\n"]);
+        let flow = Arc::new(Flow::default());
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let tap = Keep {
+            rows: kept.clone(),
+            step: usize::MAX,
+            waiting: false,
+        };
+        let tapped = flow.tap(Box::new(tap));
+        let mut g = Guard::new(&all[..], Layer::AboveTls, None, Some(flow.clone()));
+        let mut buf = vec![0; 5];
+        g.read_exact(&mut buf).await.unwrap();
+        // The first row went to the tap; the dump gives up on the COPY.
+        assert_eq!(kept.lock().unwrap().len(), 1);
+        drop(tapped);
+        let mut rest = Vec::new();
+        g.read_to_end(&mut rest).await.unwrap();
+        buf.extend(rest);
+        assert_eq!(buf, driver_part, "the driver sees the COPY end");
+        assert_eq!(kept.lock().unwrap().len(), 1, "the second row is dropped");
     }
 
     #[test]
-    fn copy_rows_are_metered_and_reading_pauses_until_the_dump_takes_them() {
+    fn whole_rows_count_against_the_read_ahead_until_dropped() {
         let flow = Arc::new(Flow::default());
-        let metered = flow.meter();
-        let mut g = Guard::new((), Layer::AboveTls, None, Some(flow.clone()));
-        let big = message(b'd', &vec![b'x'; 2 * 1024 * 1024]);
-        g.observe(&auth(0, b"")).unwrap();
-        g.observe(&big[..1000]).unwrap();
-        g.observe(&big[1000..]).unwrap();
-        assert_eq!(g.state, State::Header { len: 0 });
+        let tapped = flow.tap(Box::new(Keep {
+            rows: Arc::default(),
+            step: 1,
+            waiting: false,
+        }));
         let waker = futures::task::noop_waker();
         let cx = Context::from_waker(&waker);
-        assert!(flow.must_wait(&cx), "a 2 MiB row read and not taken: pause");
-        flow.took(2 * 1024 * 1024);
+        let row = flow.sent_whole(2 * 1024 * 1024);
+        assert!(flow.must_wait(&cx), "a 2 MiB row sent and not taken: pause");
+        drop(row);
         assert!(!flow.must_wait(&cx), "taken: read on");
-        g.observe(&big).unwrap();
+        let _row = flow.sent_whole(2 * 1024 * 1024);
         assert!(flow.must_wait(&cx));
-        drop(metered);
+        drop(tapped);
         assert!(
             !flow.must_wait(&cx),
             "an abandoned COPY never blocks the connection"

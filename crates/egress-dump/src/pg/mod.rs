@@ -8,7 +8,8 @@
 //! - `target`: parameters to a target (hosts, TLS, timeouts, keepalives).
 //! - `connect`: sockets, and connecting to a target's hosts.
 //! - `tls`, `guard`: the TLS connector, and the guard on the protocol that refuses a
-//!   request for a cleartext password (and meters the connection's read-ahead).
+//!   request for a cleartext password, reads COPY rows in bulk for the dump ([`Tap`]) and
+//!   bounds the connection's read-ahead.
 //! - `session`: the connection in use and the server's facts.
 //! - `error`: what went wrong, typed.
 
@@ -22,7 +23,7 @@ mod tls;
 
 pub use conninfo::Params;
 pub use error::{DbError, DbErrorKind};
-pub use guard::{Flow, TakenOnDrop};
+pub use guard::{Flow, TakenOnDrop, Tap, Tapped};
 pub use session::{
     conflicts_counted, prepare_session, server_facts, text_settings, ServerFacts, Session,
 };
