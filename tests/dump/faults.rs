@@ -348,6 +348,8 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
         "ALTER SYSTEM SET ssl_key_file = 'server.key'",
         "SELECT pg_reload_conf()",
         "CREATE TABLE t AS SELECT 1 AS v",
+        // Rows over many TLS records and reads: the guard above TLS taps the COPY.
+        "CREATE TABLE wide AS SELECT i, repeat(md5(i::text), 7) AS s FROM generate_series(1, 40000) i",
     ] {
         admin.batch_execute(sql).await.unwrap();
     }
@@ -375,6 +377,39 @@ async fn tls_to_postgresql_follows_libpq_sslmode() {
     assert_exit_why(&ok, 0, "verify-ca ignores the host name");
     let ok = case("127.0.0.1", "require", None);
     assert_exit_why(&ok, 0, "require without a CA");
+    let wide = |format: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let mut env = pg.env();
+        env.retain(|(k, _)| k != "PGHOST");
+        env.push(("PGHOST".into(), "localhost".into()));
+        env.push(("PGSSLMODE".into(), "verify-full".into()));
+        env.push(("PGSSLROOTCERT".into(), ca.clone()));
+        let dir = out.path().to_str().unwrap();
+        let args = ["--tables", "wide", "--output", dir, "--date", "2024-01-01"];
+        let done = run(&env, &[&args[..], &["--format", format]].concat());
+        assert_exit_why(&done, 0, &format!("{format} over TLS"));
+        (out, done)
+    };
+    let (out, _) = wide("csv");
+    let csv =
+        egress_testkit::gunzip(&std::fs::read(out.path().join("2024-01-01/wide.csv.gz")).unwrap());
+    let expected: String = (1..=40000)
+        .map(|i| {
+            format!(
+                "{i},{}\n",
+                hex::encode(<md5::Md5 as md5::Digest>::digest(i.to_string())).repeat(7)
+            )
+        })
+        .collect();
+    assert!(
+        csv == expected.as_bytes(),
+        "a tapped COPY over TLS is the table, byte for byte ({} bytes, {} expected)",
+        csv.len(),
+        expected.len()
+    );
+    let (_, done) = wide("parquet");
+    let log = String::from_utf8_lossy(&done.stdout);
+    assert!(log.contains("rows=40000"), "{log}");
     let bad = case("localhost", "verify-full", Some(&other));
     assert_exit_why(&bad, 2, "wrong CA");
     let err = stderr(&bad);
