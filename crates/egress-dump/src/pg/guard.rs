@@ -159,8 +159,11 @@ impl Flow {
             .take()
     }
 
-    fn active(&self) -> bool {
-        self.active.load(SeqCst)
+    /// The tapped COPY, if one is: its generation.
+    fn tapping(&self) -> Option<u64> {
+        self.active
+            .load(SeqCst)
+            .then(|| self.generation.load(SeqCst))
     }
 
     /// Bytes read and not yet taken.
@@ -235,7 +238,8 @@ pub(super) struct Guard<S> {
     pending: BytesMut,
     /// A COPY's rows are being read: they go to `tap`, or nowhere once it was abandoned.
     copying: bool,
-    tap: Option<Box<dyn Tap>>,
+    /// The tap, and the generation of the COPY it was armed for.
+    tap: Option<(Box<dyn Tap>, u64)>,
     /// The COPY ended: the tap goes once its last chunk is sent.
     tap_ended: bool,
 }
@@ -276,7 +280,7 @@ impl<S> Guard<S> {
     fn route(&mut self) -> Result<(), CleartextRefused> {
         let scratch = std::mem::take(&mut self.scratch);
         let mut result = Ok(());
-        while self.pos < self.filled && !self.tap.as_ref().is_some_and(|t| t.waiting()) {
+        while self.pos < self.filled && !self.tap.as_ref().is_some_and(|(t, _)| t.waiting()) {
             match self.step(&scratch[self.pos..self.filled]) {
                 Ok((next, used)) => {
                     self.state = next;
@@ -341,7 +345,7 @@ impl<S> Guard<S> {
             State::Row { left } => {
                 let at_most = left.min(data.len());
                 let used = match &mut self.tap {
-                    Some(tap) => tap.data(&data[..at_most]),
+                    Some((tap, _)) => tap.data(&data[..at_most]),
                     None => at_most,
                 };
                 match left - used {
@@ -357,7 +361,7 @@ impl<S> Guard<S> {
         let [tag, size @ ..] = self.header;
         let left = (u32::from_be_bytes(size) as usize).saturating_sub(4);
         if self.copying && tag == b'd' {
-            if let Some(tap) = &mut self.tap {
+            if let Some((tap, _)) = &mut self.tap {
                 tap.row(left);
             }
             return match left {
@@ -368,16 +372,19 @@ impl<S> Guard<S> {
         if self.copying {
             // CopyDone, or an error: the rows ended.
             self.copying = false;
-            if let Some(tap) = &mut self.tap {
+            if let Some((tap, _)) = &mut self.tap {
                 tap.end();
                 self.tap_ended = true;
             }
         }
         if tag == b'H' {
             // CopyOutResponse: the rows that follow go to the tap armed for them, if any.
-            if let Some(tap) = self.flow.as_ref().and_then(|f| f.take_armed()) {
-                self.tap = Some(tap);
-                self.copying = true;
+            let flow = self.flow.as_ref();
+            if let Some(generation) = flow.and_then(|f| f.tapping()) {
+                if let Some(tap) = flow.and_then(|f| f.take_armed()) {
+                    self.tap = Some((tap, generation));
+                    self.copying = true;
+                }
             }
         }
         if tag == b'R' && left >= 4 && self.refuse.is_some() {
@@ -413,12 +420,12 @@ impl<S: AsyncRead + Unpin> Guard<S> {
     }
 
     /// Send the tap's waiting chunk; let the tap go once the COPY ended and all is sent, or
-    /// once the dump abandoned the COPY.
+    /// once the dump abandoned the COPY (and perhaps armed the next one already).
     fn poll_tap(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(tap) = &mut self.tap else {
+        let Some((tap, generation)) = &mut self.tap else {
             return Poll::Ready(());
         };
-        if !self.flow.as_ref().is_some_and(|f| f.active()) {
+        if self.flow.as_ref().and_then(|f| f.tapping()) != Some(*generation) {
             self.tap = None;
             return Poll::Ready(());
         }
@@ -531,7 +538,7 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         while g.pos < g.filled {
             g.route()?;
-            if let Some(tap) = &mut g.tap {
+            if let Some((tap, _)) = &mut g.tap {
                 assert!(tap.poll_send(&mut cx).is_ready());
             }
         }
@@ -706,6 +713,34 @@ mod tests {
         buf.extend(rest);
         assert_eq!(buf, driver_part, "the driver sees the COPY end");
         assert_eq!(kept.lock().unwrap().len(), 1, "the second row is dropped");
+    }
+
+    #[tokio::test]
+    async fn the_next_copy_armed_before_the_last_one_drained_gets_only_its_own_rows() {
+        let (first, first_driver) = copy_reply(&[b"a1\n", b"a2\n"]);
+        let (second, second_driver) = copy_reply(&[b"b1\n"]);
+        let all = [first, second].concat();
+        let flow = Arc::new(Flow::default());
+        let keep = |rows: &Arc<Mutex<Vec<Vec<u8>>>>| {
+            Box::new(Keep {
+                rows: rows.clone(),
+                step: usize::MAX,
+                waiting: false,
+            })
+        };
+        let (kept_a, kept_b) = (Arc::default(), Arc::default());
+        let tapped = flow.tap(keep(&kept_a));
+        let mut g = Guard::new(&all[..], Layer::AboveTls, None, Some(flow.clone()));
+        let mut driver = vec![0; 5];
+        g.read_exact(&mut driver).await.unwrap();
+        assert_eq!(kept_a.lock().unwrap().len(), 1);
+        // The first COPY is given up, the next one armed, before its rows were read.
+        drop(tapped);
+        let _tapped = flow.tap(keep(&kept_b));
+        g.read_to_end(&mut driver).await.unwrap();
+        assert_eq!(driver, [first_driver, second_driver].concat());
+        assert_eq!(*kept_a.lock().unwrap(), [b"a1\n".to_vec()]);
+        assert_eq!(*kept_b.lock().unwrap(), [b"b1\n".to_vec()]);
     }
 
     #[test]
