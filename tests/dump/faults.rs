@@ -723,3 +723,42 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test]
+async fn notices_raised_while_a_table_is_read_leave_its_rows_whole() {
+    // PostgreSQL sends a NoticeResponse between the rows of a COPY when the query raises one;
+    // the connection's guard, which reads the rows below the driver, passes it on and goes on.
+    let pg = PgServer::start();
+    pg.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION noisy(i int) RETURNS int LANGUAGE plpgsql AS \
+             $$ BEGIN IF i % 1000 = 0 THEN RAISE NOTICE 'row %', i; END IF; RETURN i; END $$; \
+             CREATE VIEW loud AS SELECT noisy(i) AS i, repeat(md5(i::text), 3) AS s \
+             FROM generate_series(1, 20000) i",
+        )
+        .await
+        .unwrap();
+    let expected: String = (1..=20000)
+        .map(|i| {
+            let md5 = hex::encode(<md5::Md5 as md5::Digest>::digest(i.to_string()));
+            format!("{i},{}\n", md5.repeat(3))
+        })
+        .collect();
+    for format in ["csv", "parquet"] {
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().to_str().unwrap();
+        let args = [
+            "--tables", "loud", "--output", dir, "--date", DATE, "--format", format,
+        ];
+        let done = run(&pg.env(), &args);
+        assert_exit_why(&done, 0, &format!("{format} with notices between the rows"));
+        let log = String::from_utf8_lossy(&done.stdout);
+        assert!(log.contains("rows=20000"), "{log}");
+        if format == "csv" {
+            let object = out.path().join(DATE).join("loud.csv.gz");
+            let csv = gunzip(&std::fs::read(object).unwrap());
+            assert!(csv == expected.as_bytes(), "the rows, byte for byte");
+        }
+    }
+}

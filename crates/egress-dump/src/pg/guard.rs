@@ -72,7 +72,7 @@ pub struct Flow {
     /// still be drained by the driver).
     active: AtomicBool,
     /// The tap for the next COPY, until the guard sees that COPY start.
-    armed: Mutex<Option<Box<dyn Tap>>>,
+    armed: Mutex<Option<Tapping>>,
     read: AtomicU64,
     taken: AtomicU64,
     /// The reader is paused (its waker registered).
@@ -123,10 +123,15 @@ impl Flow {
     /// Send the rows of the next COPY on this connection to `tap` (until the returned value
     /// is dropped). Arm it before the COPY is sent.
     pub fn tap(&self, tap: Box<dyn Tap>) -> Tapped<'_> {
-        self.generation.fetch_add(1, SeqCst);
+        let generation = self.generation.fetch_add(1, SeqCst) + 1;
         self.read.store(0, SeqCst);
         self.taken.store(0, SeqCst);
-        *self.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some(tap);
+        let armed = Tapping {
+            tap,
+            generation,
+            ended: false,
+        };
+        *self.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some(armed);
         self.active.store(true, SeqCst);
         Tapped(self)
     }
@@ -152,7 +157,7 @@ impl Flow {
         }
     }
 
-    fn take_armed(&self) -> Option<Box<dyn Tap>> {
+    fn take_armed(&self) -> Option<Tapping> {
         self.armed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -238,10 +243,15 @@ pub(super) struct Guard<S> {
     pending: BytesMut,
     /// A COPY's rows are being read: they go to `tap`, or nowhere once it was abandoned.
     copying: bool,
-    /// The tap, and the generation of the COPY it was armed for.
-    tap: Option<(Box<dyn Tap>, u64)>,
+    tap: Option<Tapping>,
+}
+
+/// A tap, and the COPY it was armed for (taken together, dropped together).
+struct Tapping {
+    tap: Box<dyn Tap>,
+    generation: u64,
     /// The COPY ended: the tap goes once its last chunk is sent.
-    tap_ended: bool,
+    ended: bool,
 }
 
 impl<S> Guard<S> {
@@ -271,7 +281,6 @@ impl<S> Guard<S> {
             pending: BytesMut::new(),
             copying: false,
             tap: None,
-            tap_ended: false,
         }
     }
 
@@ -280,7 +289,7 @@ impl<S> Guard<S> {
     fn route(&mut self) -> Result<(), CleartextRefused> {
         let scratch = std::mem::take(&mut self.scratch);
         let mut result = Ok(());
-        while self.pos < self.filled && !self.tap.as_ref().is_some_and(|(t, _)| t.waiting()) {
+        while self.pos < self.filled && !self.tap.as_ref().is_some_and(|t| t.tap.waiting()) {
             match self.step(&scratch[self.pos..self.filled]) {
                 Ok((next, used)) => {
                     self.state = next;
@@ -345,7 +354,7 @@ impl<S> Guard<S> {
             State::Row { left } => {
                 let at_most = left.min(data.len());
                 let used = match &mut self.tap {
-                    Some((tap, _)) => tap.data(&data[..at_most]),
+                    Some(t) => t.tap.data(&data[..at_most]),
                     None => at_most,
                 };
                 match left - used {
@@ -360,32 +369,35 @@ impl<S> Guard<S> {
     fn message(&mut self) -> State {
         let [tag, size @ ..] = self.header;
         let left = (u32::from_be_bytes(size) as usize).saturating_sub(4);
-        if self.copying && tag == b'd' {
-            if let Some((tap, _)) = &mut self.tap {
-                tap.row(left);
+        match (self.copying, tag) {
+            (true, b'd') => {
+                if let Some(t) = &mut self.tap {
+                    t.tap.row(left);
+                }
+                return match left {
+                    0 => State::Header { len: 0 },
+                    left => State::Row { left },
+                };
             }
-            return match left {
-                0 => State::Header { len: 0 },
-                left => State::Row { left },
-            };
-        }
-        if self.copying {
+            // Notices, parameter changes and notifications may come between rows: for the
+            // driver; the COPY goes on.
+            (true, b'N' | b'S' | b'A') => {}
             // CopyDone, or an error: the rows ended.
-            self.copying = false;
-            if let Some((tap, _)) = &mut self.tap {
-                tap.end();
-                self.tap_ended = true;
+            (true, _) => {
+                self.copying = false;
+                if let Some(t) = &mut self.tap {
+                    t.tap.end();
+                    t.ended = true;
+                }
             }
-        }
-        if tag == b'H' {
             // CopyOutResponse: the rows that follow go to the tap armed for them, if any.
-            let flow = self.flow.as_ref();
-            if let Some(generation) = flow.and_then(|f| f.tapping()) {
-                if let Some(tap) = flow.and_then(|f| f.take_armed()) {
-                    self.tap = Some((tap, generation));
+            (false, b'H') => {
+                if let Some(armed) = self.flow.as_ref().and_then(|f| f.take_armed()) {
+                    self.tap = Some(armed);
                     self.copying = true;
                 }
             }
+            (false, _) => {}
         }
         if tag == b'R' && left >= 4 && self.refuse.is_some() {
             self.pending.extend_from_slice(&self.header);
@@ -422,19 +434,28 @@ impl<S: AsyncRead + Unpin> Guard<S> {
     /// Send the tap's waiting chunk; let the tap go once the COPY ended and all is sent, or
     /// once the dump abandoned the COPY (and perhaps armed the next one already).
     fn poll_tap(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some((tap, generation)) = &mut self.tap else {
+        let Some(t) = &mut self.tap else {
             return Poll::Ready(());
         };
-        if self.flow.as_ref().and_then(|f| f.tapping()) != Some(*generation) {
+        let Some(flow) = self.flow.as_ref() else {
+            return Poll::Ready(());
+        };
+        if flow.tapping() != Some(t.generation) {
             self.tap = None;
             return Poll::Ready(());
         }
-        if tap.waiting() {
-            ready!(tap.poll_send(cx));
+        if t.tap.waiting() && t.tap.poll_send(cx).is_pending() {
+            // Giving the COPY up wakes this too ([`Tapped`]'s drop), checked once more after
+            // registering so that a drop in between is not missed.
+            flow.waker.register(cx.waker());
+            if flow.tapping() != Some(t.generation) {
+                self.tap = None;
+                return Poll::Ready(());
+            }
+            return Poll::Pending;
         }
-        if self.tap_ended {
+        if t.ended {
             self.tap = None;
-            self.tap_ended = false;
         }
         Poll::Ready(())
     }
@@ -464,6 +485,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guard<S> {
                 continue;
             }
             if this.state == State::Done {
+                // TLS took the stream (this guard is on the socket): nothing more to read here.
+                this.scratch = Vec::new();
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             // Pause while the dump holds the large rows sent so far.
@@ -538,8 +561,8 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         while g.pos < g.filled {
             g.route()?;
-            if let Some((tap, _)) = &mut g.tap {
-                assert!(tap.poll_send(&mut cx).is_ready());
+            if let Some(t) = &mut g.tap {
+                assert!(t.tap.poll_send(&mut cx).is_ready());
             }
         }
         Ok(())
@@ -593,6 +616,19 @@ mod tests {
         rows: Arc<Mutex<Vec<Vec<u8>>>>,
         step: usize,
         waiting: bool,
+        /// While set, nothing is sent (the reader is slow).
+        blocked: Arc<AtomicBool>,
+    }
+
+    impl Keep {
+        fn new(rows: Arc<Mutex<Vec<Vec<u8>>>>, step: usize) -> Keep {
+            Keep {
+                rows,
+                step,
+                waiting: false,
+                blocked: Arc::default(),
+            }
+        }
     }
 
     impl Tap for Keep {
@@ -615,6 +651,9 @@ mod tests {
             self.waiting
         }
         fn poll_send(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+            if self.blocked.load(SeqCst) {
+                return Poll::Pending;
+            }
             self.waiting = false;
             Poll::Ready(())
         }
@@ -662,11 +701,7 @@ mod tests {
         for (step, chunk) in [(1, 1), (3, 5), (usize::MAX, 8192)] {
             let flow = Arc::new(Flow::default());
             let kept = Arc::new(Mutex::new(Vec::new()));
-            let tap = Keep {
-                rows: kept.clone(),
-                step,
-                waiting: false,
-            };
+            let tap = Keep::new(kept.clone(), step);
             let tapped = flow.tap(Box::new(tap));
             let driver = read_through(&all, &flow, chunk).await;
             assert_eq!(driver, driver_part, "the driver sees all but the rows");
@@ -681,11 +716,7 @@ mod tests {
         let flow = Arc::new(Flow::default());
         assert_eq!(read_through(&all, &flow, 8192).await, all);
         let kept = Arc::new(Mutex::new(Vec::new()));
-        let tap = Keep {
-            rows: kept.clone(),
-            step: usize::MAX,
-            waiting: false,
-        };
+        let tap = Keep::new(kept.clone(), usize::MAX);
         drop(flow.tap(Box::new(tap)));
         assert_eq!(read_through(&all, &flow, 8192).await, all);
         assert!(kept.lock().unwrap().is_empty());
@@ -696,11 +727,7 @@ mod tests {
         let (all, driver_part) = copy_reply(&[b"1,a\n", b"2,b\n"]);
         let flow = Arc::new(Flow::default());
         let kept = Arc::new(Mutex::new(Vec::new()));
-        let tap = Keep {
-            rows: kept.clone(),
-            step: usize::MAX,
-            waiting: false,
-        };
+        let tap = Keep::new(kept.clone(), usize::MAX);
         let tapped = flow.tap(Box::new(tap));
         let mut g = Guard::new(&all[..], Layer::AboveTls, None, Some(flow.clone()));
         let mut buf = vec![0; 5];
@@ -721,13 +748,7 @@ mod tests {
         let (second, second_driver) = copy_reply(&[b"b1\n"]);
         let all = [first, second].concat();
         let flow = Arc::new(Flow::default());
-        let keep = |rows: &Arc<Mutex<Vec<Vec<u8>>>>| {
-            Box::new(Keep {
-                rows: rows.clone(),
-                step: usize::MAX,
-                waiting: false,
-            })
-        };
+        let keep = |rows: &Arc<Mutex<Vec<Vec<u8>>>>| Box::new(Keep::new(rows.clone(), usize::MAX));
         let (kept_a, kept_b) = (Arc::default(), Arc::default());
         let tapped = flow.tap(keep(&kept_a));
         let mut g = Guard::new(&all[..], Layer::AboveTls, None, Some(flow.clone()));
@@ -743,14 +764,70 @@ mod tests {
         assert_eq!(*kept_b.lock().unwrap(), [b"b1\n".to_vec()]);
     }
 
+    #[tokio::test]
+    async fn notices_between_rows_go_to_the_driver_and_the_copy_goes_on() {
+        let (all, driver_part) = copy_reply(&[b"1,a\n", b"2,b\n"]);
+        let notice = message(b'N', b"SNOTICE\0Mhello\0\0");
+        // The first row ends 9 bytes after the CopyOutResponse: the notice goes there.
+        let h_end = [
+            message(b'Z', b"I"),
+            message(b'2', b""),
+            message(b'H', &[0, 0, 1, 0, 0]),
+        ]
+        .concat()
+        .len();
+        let at = h_end + 9;
+        let with_notice = [&all[..at], &notice, &all[at..]].concat();
+        let expected_driver = [&driver_part[..h_end], &notice, &driver_part[h_end..]].concat();
+        let flow = Arc::new(Flow::default());
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let _tapped = flow.tap(Box::new(Keep::new(kept.clone(), usize::MAX)));
+        assert_eq!(
+            read_through(&with_notice, &flow, 8192).await,
+            expected_driver
+        );
+        assert_eq!(
+            *kept.lock().unwrap(),
+            [b"1,a\n".to_vec(), b"2,b\n".to_vec()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_copy_given_up_while_its_last_chunk_waits_leaves_the_next_tap_alone() {
+        let (first, first_driver) = copy_reply(&[b"a1\n"]);
+        let (second, second_driver) = copy_reply(&[b"b1\n", b"b2\n"]);
+        let all = [first, second].concat();
+        let flow = Arc::new(Flow::default());
+        let (kept_a, kept_b) = (Arc::default(), Arc::default());
+        let tap_a = Keep::new(Arc::clone(&kept_a), usize::MAX);
+        let blocked = tap_a.blocked.clone();
+        let tapped = flow.tap(Box::new(tap_a));
+        let mut g = Guard::new(&all[..], Layer::AboveTls, None, Some(flow.clone()));
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut space = vec![0; 8192];
+        let mut buf = ReadBuf::new(&mut space);
+        // The COPY's start and its row; then its end, whose last chunk cannot be sent.
+        assert!(Pin::new(&mut g).poll_read(&mut cx, &mut buf).is_ready());
+        blocked.store(true, SeqCst);
+        assert!(Pin::new(&mut g).poll_read(&mut cx, &mut buf).is_pending());
+        // The dump gives up on it and arms the next COPY.
+        drop(tapped);
+        let _tapped = flow.tap(Box::new(Keep::new(Arc::clone(&kept_b), usize::MAX)));
+        let mut driver = buf.filled().to_vec();
+        g.read_to_end(&mut driver).await.unwrap();
+        assert_eq!(driver, [first_driver, second_driver].concat());
+        assert_eq!(*kept_a.lock().unwrap(), [b"a1\n".to_vec()]);
+        assert_eq!(
+            *kept_b.lock().unwrap(),
+            [b"b1\n".to_vec(), b"b2\n".to_vec()]
+        );
+    }
+
     #[test]
     fn whole_rows_count_against_the_read_ahead_until_dropped() {
         let flow = Arc::new(Flow::default());
-        let tapped = flow.tap(Box::new(Keep {
-            rows: Arc::default(),
-            step: 1,
-            waiting: false,
-        }));
+        let tapped = flow.tap(Box::new(Keep::new(Arc::default(), 1)));
         let waker = futures::task::noop_waker();
         let cx = Context::from_waker(&waker);
         let row = flow.sent_whole(2 * 1024 * 1024);
