@@ -415,14 +415,17 @@ async fn memory_does_not_grow_with_the_connections_reading_one_table() {
     // as two; each adds only its 1 MiB of read-ahead and its session. The bound itself is a
     // release build's (measured by bench/run.sh); this debug build is larger before it
     // reads a row (15.6 MiB for `--help` against 7.8), so what a one-row dump already takes
-    // is set aside, and the rest held to the window, the read-ahead and 8 MiB of slack.
+    // is set aside, and the rest held to the window, the read-ahead and 10 MiB of slack
+    // for the allocator's sixteen threads: since the rows are read below the driver the
+    // window fills (37.7-40.8 MiB over a one-row dump in five runs here, 35.0 before).
+    // A release build at --jobs 16: 51-56 MiB in all (`/usr/bin/time`, 600,000 rows).
     sql(&pg, "CREATE TABLE one_row AS SELECT 1 AS id;").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
     let idle = peak_rss_mib(&dump(&env, &["--tables", "one_row", "--output", path]));
     println!("peak RSS of a one-row dump: {idle} MiB");
     assert!(
-        peaks[1] - idle <= 16.0 + 16.0 + 8.0,
+        peaks[1] - idle <= 16.0 + 16.0 + 10.0,
         "--jobs 16 took {} MiB, {idle} MiB of it a one-row dump's",
         peaks[1]
     );

@@ -642,11 +642,18 @@ pub async fn claim<R: DeserializeOwned>(
             Some(found) => conditional(found.etag),
         };
         let status = claim.status::<serde_json::Value>(State::Joined, None, Vec::new());
-        match claim.write(&status, condition).await? {
-            true => return Ok(Claimed::Mine(claim)),
-            // Another pod's claim came first: look again.
-            false => tokio::time::sleep(POLL).await,
+        if claim.write(&status, condition).await? {
+            // A store whose conditional write is not atomic (s3s-fs checks, then writes)
+            // lets two pods' claims both succeed, the last one standing: read the claim
+            // back a beat later, and wait for the other pod when its claim landed last.
+            // (Seen once in CI: both pods dumped, the first then found its claim gone.)
+            tokio::time::sleep(POLL).await;
+            if claim.holds().await? || egress_store::mutant::active("pieces-overwrite") {
+                return Ok(Claimed::Mine(claim));
+            }
         }
+        // Another pod's claim came first: look again.
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -787,15 +794,19 @@ impl Claim {
                 self.store.describe(&lease::key_in(&self.date))
             )));
         }
-        let found = objects::read::<serde_json::Value>(&self.store, &self.key).await?;
-        let ours = found.as_ref().is_some_and(|f| {
-            f.value.get("pod").and_then(|p| p.as_str()) == Some(self.pod.as_str())
-        });
-        if !ours && !egress_store::mutant::active("pieces-overwrite") {
+        if !self.holds().await? && !egress_store::mutant::active("pieces-overwrite") {
             self.lost.store(true, Ordering::SeqCst);
             return Err(self.refusal("another pod of this index took its claim over"));
         }
         Ok(())
+    }
+
+    /// True when the index's status is this pod's claim.
+    async fn holds(&self) -> Result<bool, StoreError> {
+        let found = objects::read::<serde_json::Value>(&self.store, &self.key).await?;
+        Ok(found.as_ref().is_some_and(|f| {
+            f.value.get("pod").and_then(|p| p.as_str()) == Some(self.pod.as_str())
+        }))
     }
 
     /// Not LeaseLost (exit 3, which fails the Job): the Job retries this index, and the
