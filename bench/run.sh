@@ -59,12 +59,14 @@ s3a() { AWS_ACCESS_KEY_ID=AKA AWS_SECRET_ACCESS_KEY=SKA aws --endpoint-url "$A_U
 s3b() { AWS_ACCESS_KEY_ID=AKB AWS_SECRET_ACCESS_KEY=SKB aws --endpoint-url "$B_URL" --region us-east-1 "$@"; }
 
 # CPU seconds used so far by the servers (PostgreSQL's backends and both S3 servers): the
-# share of the machine a contender leaves to them is part of what bounds it.
+# share of the machine a contender leaves to them is part of what bounds it. A backend
+# exits with its connection, so its time is read from the postmaster's reaped children
+# (fields 16-17); reading only live processes (14-15) reported 0.00 for every dump.
 server_cpu() {
   local total=0 pid
   for pid in "${PIDS[@]}" $(pgrep -u postgres -f "postgres" || true); do
     [ -r "/proc/$pid/stat" ] || continue
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    total=$((total + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat")))
   done
   echo "$total"
 }
@@ -439,16 +441,20 @@ if [[ $PARTS == *parquet* ]]; then
   PY=${BENCH_PYTHON:-/opt/egress-py/bin/python}
   PG_EXT=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/duckdb_ext/extensions/v1.4.4/linux_amd64/postgres_scanner.duckdb_extension
   DSN="host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres"
+  half=$(( $(psql -X -At -c "SELECT pg_relation_size('bench') / 8192") / 2 ))
+  PARQUET_FLOOR="psql -X -c \"COPY (SELECT * FROM bench WHERE ctid < '($half,0)'::tid) TO STDOUT (FORMAT binary)\" >/dev/null &
+    psql -X -c \"COPY (SELECT * FROM bench WHERE ctid >= '($half,0)'::tid) TO STDOUT (FORMAT binary)\" >/dev/null; wait"
   for round in $(seq "$ROUNDS"); do
     rm -rf "$WORK/pq-egress" "$WORK/pq-split" "$WORK/pq-duck.parquet"
-    # Contenders rotate: each goes first in one round of three. DuckDB's scanner reads a
+    # Contenders rotate: each goes first in one round of four. DuckDB's scanner reads a
     # large table on several connections by default; egress-dump does with the flags of
-    # the second line (one stream otherwise).
-    order=(duck egress split)
-    ((round % 3 == 2)) && order=(egress split duck)
-    ((round % 3 == 0)) && order=(split duck egress)
-    for c in "${order[@]}"; do
+    # the third line (one stream otherwise). The floor is PostgreSQL alone: the same
+    # binary COPY on two connections, read by psql and thrown away, no client work at all.
+    contenders=(floor duck egress split)
+    for i in 0 1 2 3; do
+      c=${contenders[$(((round + i) % 4))]}
       case $c in
+        floor) measure parquet "(floor) 2 x psql COPY (FORMAT binary) > /dev/null" bash -c "$PARQUET_FLOOR" ;;
         duck) measure parquet "DuckDB 1.4.4 COPY (FROM pg.public.bench) TO 'bench.parquet'" "$PY" "$ROOT/bench/duckdb_copy.py" "$PG_EXT" "$DSN" bench "$WORK/pq-duck.parquet" ;;
         egress) measure parquet "egress-dump --format parquet" "$DUMP" --tables bench --output "$WORK/pq-egress" --date 2024-01-01 --format parquet --progress never ;;
         split) measure parquet "egress-dump --format parquet --jobs 2 --split-larger-than 64MiB" "$DUMP" --tables bench --output "$WORK/pq-split" --date 2024-01-01 --format parquet --progress never --jobs 2 --split-larger-than 64MiB ;;
