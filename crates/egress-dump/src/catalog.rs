@@ -154,17 +154,29 @@ impl ResolvedTable {
         let name = self.quoted();
         let options = select.options(true);
         let list = select.items.join(", ");
+        let from = self.rows_of();
         match (self.kind == 'r' && !select.cast, list.is_empty()) {
             (true, true) => format!("COPY {name} TO STDOUT {options}"),
             (true, false) => format!("COPY {name} ({list}) TO STDOUT {options}"),
-            (false, true) => format!("COPY (SELECT * FROM {name}) TO STDOUT {options}"),
-            (false, false) => format!("COPY (SELECT {list} FROM {name}) TO STDOUT {options}"),
+            (false, true) => format!("COPY (SELECT * FROM {from}) TO STDOUT {options}"),
+            (false, false) => format!("COPY (SELECT {list} FROM {from}) TO STDOUT {options}"),
         }
     }
 
     /// `"schema"."name"`.
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// What a query reads for this table's rows: a table's (or foreign table's) own rows
+    /// only, as `COPY table TO` prints them: without `ONLY` a query also reads the rows of
+    /// tables that inherit from it (a parent with a child of as many rows was written
+    /// twice over, manifest and all). A partitioned table's rows are its partitions'.
+    pub fn rows_of(&self) -> String {
+        match self.kind {
+            'r' | 'f' => format!("ONLY {}", self.quoted()),
+            _ => self.quoted(),
+        }
     }
 }
 
@@ -381,7 +393,16 @@ mod tests {
         };
         assert_eq!(
             t.copy_sql(&Select::binary(Arc::new(plan))),
-            r#"COPY (SELECT "id", CASE WHEN pg_catalog.num_nulls("ip") = 0 THEN pg_catalog.format('%s', "ip") END FROM "s"."a""b") TO STDOUT (FORMAT binary)"#
+            r#"COPY (SELECT "id", CASE WHEN pg_catalog.num_nulls("ip") = 0 THEN pg_catalog.format('%s', "ip") END FROM ONLY "s"."a""b") TO STDOUT (FORMAT binary)"#
+        );
+        // A partitioned table's rows are its partitions': no ONLY.
+        let p = ResolvedTable {
+            kind: 'p',
+            ..t.clone()
+        };
+        assert_eq!(
+            p.copy_sql(&Select::csv(&[], false)),
+            r#"COPY (SELECT * FROM "s"."a""b") TO STDOUT (FORMAT csv)"#
         );
     }
 }

@@ -155,7 +155,7 @@ pub fn chunk_sql(table: &ResolvedTable, select: &Select, chunk: &Chunk) -> Strin
     format!(
         "COPY (SELECT {} FROM {} WHERE {range}) TO STDOUT {}",
         select.items.join(", "),
-        table.quoted(),
+        table.rows_of(),
         select.options(chunk.index == 0)
     )
 }
@@ -289,11 +289,11 @@ mod tests {
         };
         assert_eq!(
             chunk_sql(&table, &columns, &first),
-            r#"COPY (SELECT "id", "Note" FROM "s"."a""b" WHERE ctid >= '(0,0)'::tid AND ctid < '(64,0)'::tid) TO STDOUT (FORMAT csv, HEADER)"#
+            r#"COPY (SELECT "id", "Note" FROM ONLY "s"."a""b" WHERE ctid >= '(0,0)'::tid AND ctid < '(64,0)'::tid) TO STDOUT (FORMAT csv, HEADER)"#
         );
         assert_eq!(
             chunk_sql(&table, &columns, &last),
-            r#"COPY (SELECT "id", "Note" FROM "s"."a""b" WHERE ctid >= '(64,0)'::tid) TO STDOUT (FORMAT csv)"#
+            r#"COPY (SELECT "id", "Note" FROM ONLY "s"."a""b" WHERE ctid >= '(64,0)'::tid) TO STDOUT (FORMAT csv)"#
         );
     }
 }
