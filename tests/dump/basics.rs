@@ -382,6 +382,38 @@ async fn schema_qualified_mixed_case_empty_tables_to_a_local_folder() {
     assert_valid_gzip_everywhere(&day.join("empty_one.csv.gz"));
 }
 
+/// libpq's `PGDATESTYLE` and `PGTZ` set the session's DateStyle and TimeZone, so `psql`
+/// prints other dates with them; egress-dump ignored them (found by an adversarial run:
+/// `2024-07-01 13:00:00+00` where psql printed `01/07/2024 18:30:00 IST`).
+#[tokio::test]
+async fn a_csv_day_follows_the_session_defaults_libpq_reads_from_the_environment() {
+    let pg = pg_with(&["CREATE TABLE tz (ts timestamptz, d date, i interval);
+         INSERT INTO tz VALUES ('2024-07-01 13:00+00', '2024-07-01', '1 day 2 hours');"])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = local_env(&pg, DATE);
+    env.push(("PGDATESTYLE".into(), "SQL, DMY".into()));
+    env.push(("PGTZ".into(), "Asia/Kolkata".into()));
+    env.push((
+        "PGOPTIONS".into(),
+        "-c TimeZone=UTC -c IntervalStyle=iso_8601".into(),
+    ));
+    let out = dump(
+        &env,
+        &["--tables", "tz", "--output", dir.path().to_str().unwrap()],
+    );
+    assert_exit(&out, 0);
+    let got = gunzip(&std::fs::read(dir.path().join(DATE).join("tz.csv.gz")).unwrap());
+    // What psql prints with the same environment: PGTZ wins over PGOPTIONS' TimeZone.
+    let want = pg.psql(
+        "SET IntervalStyle = iso_8601; SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Asia/Kolkata'; \
+         COPY tz TO STDOUT (FORMAT csv)",
+    );
+    let got = String::from_utf8_lossy(&got);
+    assert_eq!(got, String::from_utf8_lossy(&want));
+    assert_eq!(got, "01/07/2024 18:30:00 IST,01/07/2024,P1DT2H\n");
+}
+
 #[tokio::test]
 async fn missing_tables_are_all_reported_and_injection_is_just_a_missing_name() {
     let (pg, s3) = pg_and_bucket_with(S3Kind::S3sFs, BUCKET, Y_AND_REAL_ONE).await;

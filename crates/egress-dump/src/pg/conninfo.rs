@@ -76,6 +76,17 @@ pub(super) const ENV: &[(&str, &str)] = &[
     ("PGGSSENCMODE", "gssencmode"),
 ];
 
+/// libpq's variables that set a session's defaults, by the setting each one sets. libpq
+/// sends them at connection start after `options` (so they win over a `-c` of the same
+/// setting), and skips the value `default`; egress-dump appends them to `options` as `-c`
+/// switches, which the server reads in that same order. Ignoring them wrote a CSV day in
+/// other date and time forms than `psql` prints with the same environment.
+pub(super) const SESSION_ENV: &[(&str, &str)] = &[
+    ("PGDATESTYLE", "datestyle"),
+    ("PGTZ", "timezone"),
+    ("PGGEQO", "geqo"),
+];
+
 /// Connection parameters by libpq name; where each came from is kept for messages.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Params {
@@ -144,8 +155,43 @@ impl Params {
                 params.set(name, value.clone(), Origin::Env)?;
             }
         }
+        params.add_session_defaults(env);
         Ok(params)
     }
+
+    /// [`SESSION_ENV`]'s variables `env` holds, appended to `options` as `-c` switches.
+    fn add_session_defaults(&mut self, env: &[(String, String)]) {
+        let switches: Vec<String> = SESSION_ENV
+            .iter()
+            .filter_map(|(var, setting)| {
+                let (_, value) = env.iter().find(|(k, v)| k == var && !v.is_empty())?;
+                let value = value.trim();
+                (!value.eq_ignore_ascii_case("default"))
+                    .then(|| format!("-c {setting}={}", option_escaped(value)))
+            })
+            .collect();
+        if switches.is_empty() {
+            return;
+        }
+        let (options, origin) = match self.values.remove("options") {
+            Some((options, origin)) => (format!("{options} {}", switches.join(" ")), origin),
+            None => (switches.join(" "), Origin::Env),
+        };
+        self.values.insert("options".into(), (options, origin));
+    }
+}
+
+/// `value` as one word of the server's `options`: spaces and backslashes escaped with a
+/// backslash (`SQL, DMY` -> `SQL,\ DMY`).
+fn option_escaped(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c == '\\' || c.is_ascii_whitespace() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn check_name(name: &str, origin: Origin) -> Result<(), ConfigError> {
@@ -487,5 +533,25 @@ mod tests {
         assert_eq!(p.get("port"), None, "an empty variable counts as unset");
         assert_eq!(p.source("host"), "PGHOST");
         assert_eq!(p.source("sslmode"), "sslmode in DATABASE_URL");
+    }
+
+    #[test]
+    fn session_defaults_from_the_environment_follow_options_as_libpq_sends_them() {
+        let vars = env(&[
+            ("PGOPTIONS", "-c search_path=x"),
+            ("PGDATESTYLE", "SQL, DMY"),
+            ("PGTZ", "Asia/Kolkata"),
+            ("PGGEQO", "default"),
+        ]);
+        let p = Params::resolve(None, &vars).unwrap();
+        assert_eq!(
+            p.get("options"),
+            Some(r"-c search_path=x -c datestyle=SQL,\ DMY -c timezone=Asia/Kolkata")
+        );
+        let p = Params::resolve(Some("host=db"), &env(&[("PGTZ", r"a\b c")])).unwrap();
+        assert_eq!(p.get("options"), Some(r"-c timezone=a\\b\ c"));
+        assert_eq!(p.source("options"), "PGOPTIONS");
+        let p = Params::resolve(None, &env(&[("PGGEQO", "DEFAULT")])).unwrap();
+        assert_eq!(p.get("options"), None, "`default` is not sent, as in libpq");
     }
 }

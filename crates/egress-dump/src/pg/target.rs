@@ -16,9 +16,10 @@ use super::tls::{self, SslMode};
 
 /// The `PG*` variables of this process, for [`Params::resolve`].
 pub fn env_from_process() -> Vec<(String, String)> {
-    super::conninfo::ENV
+    let vars = super::conninfo::ENV
         .iter()
-        .filter_map(|(var, _)| std::env::var(var).ok().map(|v| (var.to_string(), v)))
+        .chain(super::conninfo::SESSION_ENV);
+    vars.filter_map(|(var, _)| std::env::var(var).ok().map(|v| (var.to_string(), v)))
         .collect()
 }
 
