@@ -109,7 +109,7 @@ pub async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts
 /// DateStyle is set: the day/month order for reading stays the database's. TimeZone,
 /// lc_monetary and search_path are left as they are (pinning them would change what views
 /// compute, or what a money amount means) and recorded in the manifest
-/// ([`text_settings`]). A CSV day keeps the database's own settings, as `psql` does.
+/// ([`text_settings`]). A CSV day keeps the database's other settings, as `psql` does.
 pub async fn prepare_session(
     client: &Client,
     lock_timeout: Duration,
