@@ -762,3 +762,65 @@ async fn notices_raised_while_a_table_is_read_leave_its_rows_whole() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_table_whose_reading_changes_a_setting_that_shapes_values_fails_and_the_next_is_whole() {
+    // A view calling set_config('client_encoding', ...) left the session in LATIN9: the
+    // next table on the connection was written in LATIN9, exit 0 (an adversarial run).
+    let pg = PgServer::start();
+    pg.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE utf (id int, t text); INSERT INTO utf VALUES (1, 'café'), (2, 'naïve €'); \
+             CREATE FUNCTION latin9() RETURNS int LANGUAGE sql AS \
+             $$ SELECT 1 FROM (SELECT set_config('client_encoding', 'LATIN9', false)) s $$; \
+             CREATE VIEW a_latin9 AS SELECT latin9() AS x; \
+             CREATE FUNCTION dmy() RETURNS int LANGUAGE sql AS \
+             $$ SELECT 1 FROM (SELECT set_config('DateStyle', 'SQL, DMY', false)) s $$; \
+             CREATE VIEW b_dmy AS SELECT dmy() AS x",
+        )
+        .await
+        .unwrap();
+    let want = pg.psql("COPY utf TO STDOUT (FORMAT csv)");
+    for (view, setting) in [("a_latin9", "client_encoding"), ("b_dmy", "DateStyle")] {
+        for format in ["csv", "parquet"] {
+            let out = tempfile::tempdir().unwrap();
+            let dir = out.path().to_str().unwrap();
+            let tables = format!("{view},utf");
+            let args = [
+                "--tables",
+                &tables,
+                "--output",
+                dir,
+                "--date",
+                DATE,
+                "--format",
+                format,
+                "--jobs",
+                "1",
+                "--keep-going",
+            ];
+            let done = run(&pg.env(), &args);
+            assert_exit_why(&done, 1, &format!("{format}: {view} changes {setting}"));
+            let log = String::from_utf8_lossy(&done.stdout);
+            assert!(
+                log.contains(&format!("changed the session's {setting}")) && log.contains(view),
+                "{log}"
+            );
+            let day = out.path().join(DATE);
+            let ext = if format == "csv" { "csv.gz" } else { "parquet" };
+            assert!(
+                !day.join(format!("{view}.{ext}")).exists(),
+                "{view}: no object"
+            );
+            assert!(!day.join("_manifest.json").exists(), "no manifest");
+            if format == "csv" {
+                let csv = gunzip(&std::fs::read(day.join("utf.csv.gz")).unwrap());
+                assert_eq!(
+                    String::from_utf8_lossy(&csv),
+                    String::from_utf8_lossy(&want)
+                );
+            }
+        }
+    }
+}

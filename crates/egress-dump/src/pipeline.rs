@@ -57,11 +57,19 @@ impl Source<'_> {
     }
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
     /// What is read and how.
     fn select(&self) -> &Select {
         match self {
             Source::Whole { select, .. } | Source::Chunks { select, .. } => select,
+        }
+    }
+
+    /// The connections that read it.
+    fn sessions(&self) -> &'a [Session] {
+        match self {
+            Source::Whole { session, .. } => std::slice::from_ref(*session),
+            Source::Chunks { sessions, .. } => sessions,
         }
     }
 }
@@ -215,6 +223,14 @@ async fn settle(
     })
 }
 
+/// Every session that read the table still has the settings that shape values' text.
+async fn settings_kept(sessions: &[Session]) -> Result<(), DbError> {
+    for session in sessions {
+        session.check_settings().await?;
+    }
+    Ok(())
+}
+
 /// What the middle stage made of the rows.
 struct Encoded {
     /// Rows, when the stage counted them (a binary `COPY`'s).
@@ -300,12 +316,20 @@ pub async fn dump_table(
     let (part_tx, part_rx) = mpsc::channel(1);
     let encoder = encode(source.select(), raw_rx, part_tx, context);
     let chunks = source.chunks();
+    let sessions = source.sessions();
     let copy = read(source, table, raw_tx, context.counters);
     let receive = upload::receive(context.store, &key, part_rx, settings.upload_concurrency);
     let (copied, encoded, received) = tokio::join!(copy, encoder, receive);
 
     // Only when all three stages succeeded may the object become visible.
     let (copy, encoded, pending) = settle(&name, copied, encoded, received).await?;
+    if let Err(source) = settings_kept(sessions).await {
+        upload::abort(pending).await;
+        return Err(TableError::Read {
+            table: name,
+            source,
+        });
+    }
     // A binary COPY's rows are counted by its decoder (its trailer is a message too).
     let rows = encoded.rows.unwrap_or(copy.rows);
     let stats = encoded.stats;

@@ -277,6 +277,7 @@ impl Target {
             client,
             flow,
             ended,
+            shaping: std::sync::OnceLock::new(),
         })
     }
 

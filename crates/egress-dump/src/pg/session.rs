@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::error::{classify, DbError};
+use super::error::{classify, DbError, DbErrorKind};
 use super::guard::Flow;
 use super::target::Target;
 
@@ -20,6 +20,8 @@ pub struct Session {
     /// idle (e.g. for a recovery conflict) sends its error outside any request, and the
     /// next request only sees "connection closed".
     pub(super) ended: Arc<OnceLock<DbError>>,
+    /// The settings that shape values' text ([`SHAPING`]) as the session was prepared.
+    pub(super) shaping: OnceLock<Vec<(String, String)>>,
 }
 
 impl Session {
@@ -111,10 +113,16 @@ pub async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts
 /// compute, or what a money amount means) and recorded in the manifest
 /// ([`text_settings`]). A CSV day keeps the database's other settings, as `psql` does.
 pub async fn prepare_session(
-    client: &Client,
+    session: &Session,
     lock_timeout: Duration,
     typed: bool,
 ) -> Result<(), DbError> {
+    set_session(session, lock_timeout, typed).await?;
+    let _ = session.shaping.set(shaping(session).await?);
+    Ok(())
+}
+
+async fn set_session(client: &Client, lock_timeout: Duration, typed: bool) -> Result<(), DbError> {
     let millis = lock_timeout.as_millis();
     let pins = match typed {
         true => {
@@ -133,29 +141,61 @@ pub async fn prepare_session(
         .map_err(|e| DbError::new("cannot prepare the database session", &e))
 }
 
+/// The settings that shape the text of values: a typed day's manifest records them, and
+/// a table whose reading changed one fails ([`Session::check_settings`]).
+const SHAPING: &[&str] = &[
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "bytea_output",
+    "extra_float_digits",
+    "lc_monetary",
+    "search_path",
+    "quote_all_identifiers",
+    "client_encoding",
+];
+
+/// [`SHAPING`]'s settings as the session has them now, in one round trip.
+async fn shaping(client: &Client) -> Result<Vec<(String, String)>, DbError> {
+    let names: Vec<&str> = SHAPING.to_vec();
+    let rows = client
+        .query(
+            "SELECT n, current_setting(n) FROM unnest($1::text[]) WITH ORDINALITY AS s(n, i) ORDER BY i",
+            &[&names],
+        )
+        .await
+        .map_err(|e| DbError::new("cannot read the session's settings", &e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// The settings that shape the text of values a typed day keeps as PostgreSQL text, as
 /// this session has them (the manifest records them, so a reader can parse them back).
 pub async fn text_settings(
     client: &Client,
 ) -> Result<std::collections::BTreeMap<String, String>, DbError> {
-    const NAMES: &[&str] = &[
-        "DateStyle",
-        "IntervalStyle",
-        "TimeZone",
-        "bytea_output",
-        "extra_float_digits",
-        "lc_monetary",
-        "search_path",
-        "quote_all_identifiers",
-        "client_encoding",
-    ];
-    let mut settings = std::collections::BTreeMap::new();
-    for name in NAMES {
-        let row = client
-            .query_one("SELECT current_setting($1)", &[name])
+    Ok(shaping(client).await?.into_iter().collect())
+}
+
+impl Session {
+    /// Fails when a setting that shapes values' text is not what it was when the session
+    /// was prepared: a function the table's query calls changed it (`set_config`, found
+    /// by an adversarial run: a view that set `client_encoding` to LATIN9 had the next
+    /// table written in LATIN9, exit 0). The table's savepoint, rolled back, undoes it.
+    pub async fn check_settings(&self) -> Result<(), DbError> {
+        let Some(prepared) = self.shaping.get() else {
+            return Ok(());
+        };
+        let now = shaping(&self.client)
             .await
-            .map_err(|e| DbError::new("cannot read the session's settings", &e))?;
-        settings.insert(name.to_string(), row.get::<_, String>(0));
+            .map_err(|e| e.context("after reading"))?;
+        match prepared.iter().zip(&now).find(|(a, b)| a != b) {
+            None => Ok(()),
+            Some(((name, was), (_, is))) => Err(DbError {
+                kind: DbErrorKind::QueryFailed,
+                message: format!(
+                    "reading it changed the session's {name} from '{was}' to '{is}' (a function its query calls sets it, e.g. with set_config), so its rows may not be written as the day says; make the function leave {name} as it found it (ALTER FUNCTION ... SET {name} FROM CURRENT)"
+                ),
+            }),
+        }
     }
-    Ok(settings)
 }
