@@ -27,6 +27,9 @@ pub enum ErrorKind {
     InvalidKey,
     /// A local output that cannot be written (permission denied, a file in the way).
     NotWritable,
+    /// The local disk, or its quota, is full: every later write fails too, but nothing in
+    /// the configuration is wrong (freeing space and running again is the fix).
+    StorageFull,
     /// The endpoint answers, but not as an S3 server does.
     NotS3,
     /// The endpoint's TLS certificate is not trusted (a private CA not given, a wrong host).
@@ -63,7 +66,7 @@ impl ErrorKind {
     /// True when the run must stop at once: its configuration is wrong, or it lost its
     /// lease.
     pub fn stops_the_run(self) -> bool {
-        self.is_configuration() || self == ErrorKind::LeaseLost
+        self.is_configuration() || matches!(self, ErrorKind::LeaseLost | ErrorKind::StorageFull)
     }
 }
 
@@ -120,10 +123,14 @@ impl StoreError {
             | Io::ReadOnlyFilesystem
             | Io::NotADirectory
             | Io::IsADirectory
-            | Io::AlreadyExists
-            | Io::StorageFull => StoreError::new(
+            | Io::AlreadyExists => StoreError::new(
                 ErrorKind::NotWritable,
                 format!("{what} {path}: {e}; choose a directory this user can write"),
+            ),
+            // Not a wrong directory (the hint was, and exit 2): the disk must be freed.
+            Io::StorageFull | Io::QuotaExceeded | Io::FileTooLarge => StoreError::new(
+                ErrorKind::StorageFull,
+                format!("{what} {path}: {e}; free space on that disk (or raise its quota) and run again"),
             ),
             _ => StoreError::new(ErrorKind::Other, format!("{what} {path}: {e}")),
         };
@@ -165,5 +172,20 @@ mod tests {
         assert!(ErrorKind::Credentials.is_configuration());
         assert!(!ErrorKind::Unreachable.is_configuration());
         assert!(ErrorKind::LeaseLost.stops_the_run());
+    }
+
+    #[test]
+    fn a_full_disk_stops_the_run_without_blaming_the_configuration() {
+        let path = std::path::Path::new("/out/2024-01-01/t.csv.gz");
+        for kind in [
+            std::io::ErrorKind::StorageFull,
+            std::io::ErrorKind::QuotaExceeded,
+        ] {
+            let e = StoreError::io("writing", path, &std::io::Error::from(kind));
+            assert_eq!(e.kind(), ErrorKind::StorageFull, "{e}");
+            assert!(!e.kind().is_configuration() && e.kind().stops_the_run());
+            assert!(e.to_string().contains("free space on that disk"), "{e}");
+            assert!(!e.to_string().contains("choose a directory"), "{e}");
+        }
     }
 }
