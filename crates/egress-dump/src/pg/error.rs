@@ -66,7 +66,7 @@ pub(super) fn classify(e: &tokio_postgres::Error) -> (DbErrorKind, String) {
             _ if code == "3D000" => DbErrorKind::Authentication,
             _ => DbErrorKind::QueryFailed,
         };
-        return (kind, format!("{} ({code})", db.message()));
+        return (kind, format!("{} ({code})", clipped(db.message())));
     }
     let text = egress_common::error::chain(e);
     (
@@ -77,6 +77,23 @@ pub(super) fn classify(e: &tokio_postgres::Error) -> (DbErrorKind, String) {
         },
         text,
     )
+}
+
+/// The server's words are kept up to this many bytes: a function may raise an error of
+/// megabytes (a 2 MB message made a 4 MB log, found by an adversarial run).
+const MESSAGE_BYTES: usize = 2048;
+
+/// `message`, cut at [`MESSAGE_BYTES`] (on a character boundary) with what was left out.
+fn clipped(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MESSAGE_BYTES {
+        return message.into();
+    }
+    let mut end = MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let left = message.len() - end;
+    format!("{}... ({left} more bytes)", &message[..end]).into()
 }
 
 /// True when the TLS handshake failed: rustls reported a problem, or tokio-postgres says
@@ -106,4 +123,18 @@ pub(super) fn find_source<'a, E: std::error::Error + 'static>(
         source = cause.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_server_messages_are_clipped_on_a_character_boundary() {
+        assert_eq!(clipped("short"), "short");
+        let long = "é".repeat(MESSAGE_BYTES);
+        let cut = clipped(&long);
+        assert!(cut.len() < MESSAGE_BYTES + 40, "{}", cut.len());
+        assert!(cut.ends_with(&format!("... ({} more bytes)", long.len() - MESSAGE_BYTES)));
+    }
 }
