@@ -342,14 +342,28 @@ fn is_uuid(field: &Field) -> bool {
 /// The name mapping readers resolve the data files' columns with (the files carry no
 /// field ids): every field of every schema the table had, each id under every name it
 /// was written with; the date column under none (no file holds it).
+///
+/// The schemas are taken in the order of their ids, whatever order `schemas` gives them
+/// (iceberg's `schemas_iter` walks a hash map): mapping only the last one's fields lost a
+/// column added since whenever an older schema came last, and DuckDB and pyiceberg then
+/// refused the table ("does not have a field-id"), found by an adversarial run.
 pub fn name_mapping<'a>(schemas: impl Iterator<Item = &'a Schema>) -> NameMapping {
+    let mut schemas: Vec<&Schema> = schemas.collect();
+    schemas.sort_by_key(|s| s.schema_id());
     let mut names: HashMap<i32, Vec<String>> = HashMap::new();
-    let mut latest: Vec<NestedFieldRef> = Vec::new();
+    // Every top-level field of any schema, in the order first seen, as its latest schema
+    // defines it.
+    let mut fields: Vec<NestedFieldRef> = Vec::new();
     for schema in schemas {
         collect_names(schema.as_struct().fields(), &mut names);
-        latest = schema.as_struct().fields().to_vec();
+        for f in schema.as_struct().fields() {
+            match fields.iter_mut().find(|known| known.id == f.id) {
+                Some(known) => *known = f.clone(),
+                None => fields.push(f.clone()),
+            }
+        }
     }
-    NameMapping::new(mapped(&latest, &names))
+    NameMapping::new(mapped(&fields, &names))
 }
 
 fn collect_names(fields: &[NestedFieldRef], names: &mut HashMap<i32, Vec<String>>) {
@@ -510,6 +524,36 @@ mod tests {
             evolve(None, 0, &reserved, &[]).unwrap_err(),
             Refusal::ReservedName
         );
+    }
+
+    #[test]
+    fn the_mapping_holds_every_schema_s_fields_in_any_order_of_the_schemas() {
+        use iceberg::spec::{NestedField, PrimitiveType, Type};
+        let field = |id, name: &str| {
+            Arc::new(NestedField::optional(
+                id,
+                name,
+                Type::Primitive(PrimitiveType::String),
+            ))
+        };
+        let schema = |id, fields| {
+            Schema::builder()
+                .with_schema_id(id)
+                .with_fields(fields)
+                .build()
+                .unwrap()
+        };
+        let old = schema(0, vec![field(1, "a"), field(2, "was")]);
+        let new = schema(1, vec![field(1, "a"), field(2, "is"), field(3, "extra")]);
+        for order in [[&old, &new], [&new, &old]] {
+            let mapping = serde_json::to_value(name_mapping(order.into_iter())).unwrap();
+            let text = mapping.to_string();
+            assert!(text.contains("\"extra\""), "a column added since: {text}");
+            assert!(
+                text.contains("[\"was\",\"is\"]"),
+                "a renamed column under both names: {text}"
+            );
+        }
     }
 
     #[test]
