@@ -185,6 +185,29 @@ async fn mirrors_pages_of_small_and_large_objects_then_copies_only_changes() {
 }
 
 #[tokio::test]
+async fn a_copy_overwritten_at_the_output_with_as_many_other_bytes_is_copied_again() {
+    // Another tool rewrote the copy: no record, same size, newer. Its MD5 ETag differs
+    // from the input's, which proves other bytes (it was kept, found by an adversarial run).
+    let (input, output) = source_and_mirror(S3Kind::Moto, S3Kind::Moto).await;
+    let original = data(1, 4000);
+    input
+        .put(SRC, "2024-01-01/t.csv.gz", original.clone())
+        .await;
+    assert_exit(&mirror(&input, &output, &[]), 0);
+    let mut other = original.clone();
+    other[10] ^= 0xff;
+    output.put(DST, "2024-01-01/t.csv.gz", other).await;
+    let plan = mirror(&input, &output, &["--dry-run"]);
+    assert_exit(&plan, 0);
+    assert_stdout_has(&plan, "copy (changed: same size, but its MD5 differs)");
+    let out = mirror(&input, &output, &[]);
+    assert_exit(&out, 0);
+    let last = last_line(&out);
+    assert!(last.contains("copied=1 "), "{last}");
+    assert!(output.get(DST, "2024-01-01/t.csv.gz").await == original);
+}
+
+#[tokio::test]
 async fn dry_run_changes_nothing_and_remove_is_guarded() {
     let (input, output) = source_and_mirror(S3Kind::S3sFs, S3Kind::S3sFs).await;
     input.create_bucket("empty-bucket").await;

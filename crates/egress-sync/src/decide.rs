@@ -27,6 +27,8 @@ pub enum CopyReason {
     SourceChanged,
     /// No record (copied by another tool); same size, but the source is newer.
     SourceNewer,
+    /// No record; same size, but both ETags are MD5s of the content, and they differ.
+    Md5Differs,
     /// It looked unchanged, but its bytes are not what its day's manifest lists (read
     /// back before the manifest could vouch for it).
     ContentDiffers,
@@ -83,13 +85,28 @@ pub fn decide(pair: &Pair, dest: StoreTraits) -> Decision {
 }
 
 /// Decide from the output object's metadata, for a key [`decide`] could not.
+///
+/// Without a record, two single-part ETags that differ mean other bytes (an object
+/// overwritten at the output with as many bytes was kept, found by an adversarial run),
+/// unless the output's is not an MD5 (encrypted). A source's ETag that is not an MD5 for
+/// the same reason costs one copy, which then carries its record.
 pub fn after_head(source: &ObjectInfo, dest: &ObjectMeta) -> Decision {
+    let md5s_differ = match (&source.etag, &dest.etag) {
+        (Some(s), Some(d)) => is_md5(s) && is_md5(d) && !dest.etag_not_md5 && s != d,
+        _ => false,
+    };
     match Record::from_metadata(&dest.attributes.metadata) {
         Some(r) if r.describes(source) => Decision::Skip(SkipReason::Recorded),
         Some(_) => Decision::Copy(CopyReason::SourceChanged),
+        None if md5s_differ => Decision::Copy(CopyReason::Md5Differs),
         None if dest.modified >= source.modified => Decision::Skip(SkipReason::SameSizeNotNewer),
         None => Decision::Copy(CopyReason::SourceNewer),
     }
+}
+
+/// A single-part ETag: 32 hex digits (a multipart one ends in `-<parts>`).
+fn is_md5(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// What a copy records about its source, in the copy's user metadata.
@@ -183,6 +200,7 @@ impl fmt::Display for CopyReason {
             CopyReason::TimeDiffers => "changed: modification time differs",
             CopyReason::SourceChanged => "changed: source ETag or size differs from the last copy",
             CopyReason::SourceNewer => "changed: source is newer",
+            CopyReason::Md5Differs => "changed: same size, but its MD5 differs",
             CopyReason::ContentDiffers => "changed: its bytes are not its day's manifest's",
         })
     }
@@ -303,6 +321,31 @@ mod tests {
         assert_eq!(
             after_head(&source, &meta(None, 49)),
             Decision::Copy(CopyReason::SourceNewer)
+        );
+        // Without a record, two MD5s that differ: other bytes, whatever the times say.
+        let md5 = |c: char| c.to_string().repeat(32);
+        let plain = obj("k", 5, Some(&md5('a')), 50);
+        let tampered = ObjectMeta {
+            etag: Some(md5('b')),
+            ..meta(None, 60)
+        };
+        assert_eq!(
+            after_head(&plain, &tampered),
+            Decision::Copy(CopyReason::Md5Differs)
+        );
+        let encrypted = ObjectMeta {
+            etag_not_md5: true,
+            ..tampered.clone()
+        };
+        assert_eq!(
+            after_head(&plain, &encrypted),
+            Decision::Skip(SkipReason::SameSizeNotNewer)
+        );
+        let multipart = obj("k", 5, Some(&format!("{}-2", md5('a'))), 50);
+        assert_eq!(
+            after_head(&multipart, &tampered),
+            Decision::Skip(SkipReason::SameSizeNotNewer),
+            "a multipart ETag is no MD5 of the bytes"
         );
     }
 
