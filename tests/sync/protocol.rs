@@ -61,12 +61,22 @@ async fn an_object_the_output_had_is_read_back_before_a_manifest_vouches_for_it(
     let (input, output, first) = servers_with_day(&a, &b1).await;
     sync_ok(&input, &output, &GATED);
     // The day is dumped again: `a` the same bytes, `b` new. Meanwhile another tool puts
-    // other bytes of `a`'s size at the output (as a day dumped twice within one second
-    // looks to a local output: same size, same time): the listings show it as unchanged,
-    // so the mirror skips it, and must read it back before publishing.
+    // other bytes of `a`'s size at the output, keeping the copy's record (as a day dumped
+    // twice within one second looks to a local output: same size, same time): the
+    // listings and the record show it as unchanged, so the mirror skips it, and must read
+    // it back before publishing.
     let mut other = a.clone();
     other[100] ^= 0xff;
-    output.put("dst", &format!("{DAY}/a.csv.gz"), other).await;
+    let key = format!("{DAY}/a.csv.gz");
+    let copy = output.client().head_object().bucket("dst").key(&key);
+    let record = copy.send().await.unwrap().metadata().cloned();
+    let rewrite = output.client().put_object().bucket("dst").key(&key);
+    rewrite
+        .set_metadata(record)
+        .body(other.into())
+        .send()
+        .await
+        .unwrap();
     let second = day(&input, &a, &b2).await;
     assert_ne!(first, second);
     // Read back, it is not the manifest's: the input's `a` is (read to be sure), so it is

@@ -31,15 +31,22 @@ pub enum Folder {
     Unusable(String),
 }
 
-/// What a usable manifest lists, and the manifest as read (the version its objects are
-/// checked against, and the one the output gets).
+/// What a usable manifest lists, and which version of it was read (the version its
+/// objects are checked against, and the one the output gets). Its bytes are not kept:
+/// every day's manifest held until the hand-over made memory grow with the days of a
+/// run (88.6 MiB for 730 days of 96 KB manifests, found by an adversarial run); they are
+/// read again to be published ([`InputManifests::bytes_as_read`]).
 #[derive(Debug, Clone)]
 pub struct Listed {
     objects: HashMap<String, Entry>,
-    /// The manifest's bytes.
-    pub raw: bytes::Bytes,
+    /// The manifest's SHA-256.
+    sha256: [u8; 32],
     /// Its metadata as read.
     pub meta: ObjectMeta,
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    <sha2::Sha256 as sha2::Digest>::digest(bytes).into()
 }
 
 #[derive(Debug, Clone)]
@@ -91,7 +98,7 @@ impl InputManifests {
             Err(e) => return Err(e),
         };
         Ok(match Manifest::parse(&body) {
-            Ok(m) => Folder::Complete(Box::new(listed(folder, &m, body, meta))),
+            Ok(m) => Folder::Complete(Box::new(listed(folder, &m, &body, meta))),
             Err(reason) => Folder::Unusable(reason),
         })
     }
@@ -112,7 +119,34 @@ impl InputManifests {
             return Ok(read == now);
         }
         let again = self.source.get(&key, GetOptions::default()).await?;
-        Ok(again.body.collect().await? == listed.raw)
+        Ok(sha256(&again.body.collect().await?) == listed.sha256)
+    }
+
+    /// `folder`'s manifest read again, to be published: `None` unless it is still the
+    /// version read (same ETag where the input gives one, and the same bytes).
+    pub async fn bytes_as_read(&self, folder: &str) -> Result<Option<bytes::Bytes>, StoreError> {
+        let Some(Folder::Complete(listed)) = self.folders.get(folder) else {
+            return Ok(None);
+        };
+        let options = GetOptions {
+            if_match: listed.meta.etag.clone(),
+            ..GetOptions::default()
+        };
+        let got = match self.source.get(&manifest::key_in(folder), options).await {
+            Ok(got) if got.meta.size == listed.meta.size => got,
+            Ok(_) => return Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::NotFound | ErrorKind::PreconditionFailed
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let body = got.body.collect().await?;
+        Ok((sha256(&body) == listed.sha256).then_some(body))
     }
 
     /// The manifest entry for `key`, marking it seen at the input.
@@ -221,7 +255,7 @@ impl InputManifests {
     }
 }
 
-fn listed(folder: &str, m: &Manifest, raw: bytes::Bytes, meta: ObjectMeta) -> Listed {
+fn listed(folder: &str, m: &Manifest, raw: &[u8], meta: ObjectMeta) -> Listed {
     let objects = m
         .objects()
         .into_iter()
@@ -237,7 +271,11 @@ fn listed(folder: &str, m: &Manifest, raw: bytes::Bytes, meta: ObjectMeta) -> Li
             (key::join(folder, o.file), entry)
         })
         .collect();
-    Listed { objects, raw, meta }
+    Listed {
+        objects,
+        sha256: sha256(raw),
+        meta,
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub struct Publication {
     pub body: bytes::Bytes,
     /// How to write it (its headers, and the record of the version it is).
     pub options: egress_store::PutOptions,
+    /// Its share of the memory budget, given back once it is written.
+    pub memory: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Objects and bytes done so far, for the status line.
@@ -169,6 +171,11 @@ impl Pool {
     /// The report so far.
     pub fn report(&self) -> Report {
         self.report.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// `bytes` of the transfers' memory budget, held until the permit is dropped.
+    pub async fn hold_memory(&self, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.transfers.settings.hold(bytes).await
     }
 
     /// Run every task `produce` sends, `jobs` at a time, while it produces them; returns

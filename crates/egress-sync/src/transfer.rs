@@ -83,6 +83,15 @@ impl Settings {
             .map_err(|_| closed())
     }
 
+    /// `bytes` of the memory budget, held until the permit is dropped (a day's manifest
+    /// on its way to the output).
+    pub async fn hold(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let permits = bytes
+            .div_ceil(PERMIT_BYTES)
+            .clamp(1, self.budget_permits as u64) as u32;
+        self.budget.clone().acquire_many_owned(permits).await.ok()
+    }
+
     async fn stream(&self) -> Result<OwnedSemaphorePermit, CopyError> {
         self.streams
             .clone()
