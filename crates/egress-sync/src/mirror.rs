@@ -348,7 +348,7 @@ impl<'a> Mirror<'a> {
             if manifest::is_manifest(&source.key) {
                 if egress_store::mutant::active("publish-unconfirmed") {
                     let folder = manifest::folder_of(&source.key).to_string();
-                    if let Some(task) = self.publication(&source.key, &folder).await {
+                    if let Some(task) = self.publication(&source, &folder).await {
                         let _ = tx.send(task).await;
                     }
                     continue;
@@ -664,7 +664,12 @@ impl<'a> Mirror<'a> {
             Decided::HandOff(facts, handoff, _) => (facts, handoff),
         };
         match handoff {
-            HandOff::Publish => self.publication(&key, &folder).await,
+            HandOff::Publish => match &pair {
+                Pair::SourceOnly(source) | Pair::Both(source, _) => {
+                    self.publication(source, &folder).await
+                }
+                Pair::DestOnly(_) => None,
+            },
             HandOff::AlreadyThere { lost } => {
                 if !lost.is_empty() {
                     info!(folder = %folder, "day `{input}/{folder}` was mirrored already; the input has since lost {} of its objects (expired?): {}", lost.len(), lost.join(", "));
@@ -706,8 +711,12 @@ impl<'a> Mirror<'a> {
         }
     }
 
-    /// The manifest as read, to be written with the record of the version it is.
-    async fn publication(&self, key: &str, folder: &str) -> Option<Task> {
+    /// The manifest as read, to be written with the record of the version it is, as the
+    /// input's listing (`source`) names versions: by ETag, or by size and time where the
+    /// listing has no ETags (s3s-fs): recording the ETag of the read there made the next
+    /// run find every manifest changed, publish it again and read its day back.
+    async fn publication(&self, source: &ObjectInfo, folder: &str) -> Option<Task> {
+        let key = source.key.as_str();
         // Manifests on their way hold memory budget: the hand-over reads them again one by
         // one, and at most the budget's worth waits for the pool.
         let size = match self.manifests.lock().await.folder(folder).await {
@@ -740,8 +749,8 @@ impl<'a> Mirror<'a> {
         let version = ObjectInfo {
             key: key.to_string(),
             size: body.len() as u64,
-            etag: listed.meta.etag.clone(),
-            modified: listed.meta.modified,
+            etag: source.etag.as_ref().and(listed.meta.etag.clone()),
+            modified: source.modified,
             modified_nanos: 0,
         };
         let md5: [u8; 16] =
